@@ -1,0 +1,5 @@
+"""Build hook: compiles the native garbled-circuit engine (native/) through cffi at install."""
+
+from setuptools import setup
+
+setup(cffi_modules=["native/build_ffi.py:ffibuilder"])
