@@ -1,0 +1,241 @@
+"""Fixed-point lowering: a network + quantization -> a flat plan of ring operations.
+
+The plan is what both the plaintext fixed-point reference and the secure protocol execute, so
+they compute the same integers by construction. Every tensor carries an exponent ``e`` (its
+fraction bits). Rules, with activation fraction bits f and weight fraction bits f_w:
+
+* input: ``encode(x, f)``, e = f;
+* conv / conv_transpose: weights ``round(w * 2^f_w)``, bias ``round(b * 2^(e + f_w))``, output
+  e + f_w (exact in the ring; this is the HE step);
+* avgpool: a 2x2 *sum* (local on shares, exact), e + 2: the sum of four values with exponent e
+  is their mean with exponent e + 2, so the 1/4 is folded into the next layer's scale;
+* upsample: local, e unchanged;
+* relu: the garbled-circuit step ``nonlinear(shift = e - f, relu)`` back to e = f;
+* maxpool: ``nonlinear`` over the 2x2 window; fused with a preceding relu when that relu has no
+  other consumer (max and ReLU and the floor shift commute, so the result is identical);
+* concat: inputs at different exponents are brought to the smallest common one above f by
+  exact local multiplication by a power of two when that stays <= f + 2, else truncated to f;
+* a linear op whose input has e > f + 2 gets a truncation (``nonlinear``, no relu) first;
+* argmax: over classes, on the low ``in_bits`` of the logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .format import Model, Network, Quantization
+from .graph import LINEAR_OPS, ModelError, Node
+
+
+@dataclass
+class Step:
+    """One ring operation. ``out`` names the tensor it defines; ``inputs`` the ones it reads."""
+
+    kind: str  # input | linear | nonlinear | sumpool | upsample | concat | scale | argmax
+    out: str
+    inputs: list[str]
+    exp: int  # exponent (fraction bits) of the output
+    attrs: dict[str, Any] = field(default_factory=dict)
+    weight: np.ndarray | None = None  # int64, server only
+    bias: np.ndarray | None = None  # int64, server only
+
+    def public(self) -> dict[str, Any]:
+        """What the client may know of this step: no weights."""
+        return {"kind": self.kind, "out": self.out, "inputs": list(self.inputs), "exp": self.exp,
+                "attrs": dict(self.attrs)}
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    ring_bits: int
+    frac_bits: int
+    in_channels: int
+
+    @property
+    def output(self) -> str:
+        return self.steps[-1].out
+
+    def public(self) -> list[dict[str, Any]]:
+        return [s.public() for s in self.steps]
+
+    def relu_count(self, height: int, width: int) -> int:
+        """Non-linear (garbled-circuit) instances per slice of the given size."""
+        shapes = self.shapes(height, width)
+        n = 0
+        for s in self.steps:
+            if s.kind == "nonlinear":
+                c, h, w = shapes[s.out]
+                n += c * h * w
+        return n
+
+    def shapes(self, height: int, width: int) -> dict[str, tuple[int, int, int]]:
+        out: dict[str, tuple[int, int, int]] = {}
+        for s in self.steps:
+            ins = [out[i] for i in s.inputs]
+            a = s.attrs
+            if s.kind == "input":
+                out[s.out] = (self.in_channels, height, width)
+            elif s.kind == "linear":
+                c, h, w = ins[0]
+                if a["op"] == "conv":
+                    d = 2 * a["pad"] - a["k"] + 1
+                    out[s.out] = (a["out_channels"], h + d, w + d)
+                else:
+                    out[s.out] = (a["out_channels"], 2 * h, 2 * w)
+            elif s.kind == "nonlinear" and a["window"] == 4 or s.kind == "sumpool":
+                c, h, w = ins[0]
+                out[s.out] = (c, h // 2, w // 2)
+            elif s.kind == "upsample":
+                c, h, w = ins[0]
+                out[s.out] = (c, 2 * h, 2 * w)
+            elif s.kind == "concat":
+                out[s.out] = (sum(i[0] for i in ins), *ins[0][1:])
+            elif s.kind == "argmax":
+                out[s.out] = (1, *ins[0][1:])
+            else:  # nonlinear (window 1), scale
+                out[s.out] = ins[0]
+        return out
+
+
+def _linear_attrs(node: Node, wshape: tuple[int, ...]) -> dict[str, Any]:
+    if node.op == "conv":
+        return {"op": "conv", "k": int(wshape[2]), "pad": int(node.attrs.get("pad", 0)),
+                "in_channels": int(wshape[1]), "out_channels": int(wshape[0])}
+    return {"op": "conv_transpose", "k": 2, "pad": 0, "in_channels": int(wshape[0]),
+            "out_channels": int(wshape[1])}
+
+
+def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
+    """Lower a network to ring steps. Without weights (the client's view) pass ``weight_shapes``
+    (``{node: shape}``); the steps then carry no weight arrays."""
+    quant.validate()
+    L, f, fw = quant.ring_bits, quant.frac_bits, quant.weight_frac_bits
+    has_weights = bool(net.weights)
+    steps: list[Step] = []
+    exp: dict[str, int] = {}
+    g = net.graph
+
+    def shape_of(node: Node) -> tuple[int, ...]:
+        if has_weights:
+            return tuple(net.weights[f"{node.name}.weight"].shape)
+        if weight_shapes is None or node.name not in weight_shapes:
+            raise ModelError(f"no weight shape for {node.name!r}")
+        return tuple(weight_shapes[node.name])
+
+    def truncate(name: str, target: int, label: str) -> str:
+        """Insert a truncation of tensor ``name`` down to exponent ``target``."""
+        out = f"{name}:{label}"
+        steps.append(Step("nonlinear", out, [name], target, {
+            "shift": exp[name] - target, "relu": False, "window": 1,
+            "in_bits": int(quant.in_bits.get(out, L))}))
+        exp[out] = target
+        return out
+
+    fused: set[str] = set()  # relu nodes folded into the following maxpool
+    for node in g.nodes:
+        if node.op == "relu":
+            cons = g.consumers(node.name)
+            if len(cons) == 1 and cons[0].op == "maxpool":
+                fused.add(node.name)
+
+    alias: dict[str, str] = {}  # graph name -> tensor name in the plan
+
+    def src(i: str) -> str:
+        return alias.get(i, i)
+
+    for node in g.nodes:
+        ins = [src(i) for i in node.inputs]
+        if node.op == "input":
+            steps.append(Step("input", node.name, [], f, {"channels": int(node.attrs.get("channels", 1))}))
+            exp[node.name] = f
+        elif node.op in LINEAR_OPS:
+            x = ins[0]
+            if exp[x] > f + 2:
+                x = truncate(x, f, "trunc")
+            e_out = exp[x] + fw
+            if e_out >= L - 1:
+                raise ModelError(f"{node.name}: exponent {e_out} does not fit a {L}-bit ring")
+            attrs = _linear_attrs(node, shape_of(node))
+            w = b = None
+            if has_weights:
+                w = np.floor(net.weights[f"{node.name}.weight"].astype(np.float64) * 2.0**fw + 0.5).astype(np.int64)
+                b = np.floor(net.weights[f"{node.name}.bias"].astype(np.float64) * 2.0**e_out + 0.5).astype(np.int64)
+            steps.append(Step("linear", node.name, [x], e_out, attrs, w, b))
+            exp[node.name] = e_out
+        elif node.op == "relu":
+            if node.name in fused:
+                alias[node.name] = ins[0]  # the maxpool step applies it
+                continue
+            x = ins[0]
+            shift = max(exp[x] - f, 0)
+            steps.append(Step("nonlinear", node.name, [x], exp[x] - shift, {
+                "shift": shift, "relu": True, "window": 1, "in_bits": int(quant.in_bits.get(node.name, L))}))
+            exp[node.name] = exp[x] - shift
+        elif node.op == "maxpool":
+            x = ins[0]
+            relu = node.inputs[0] in fused
+            shift = max(exp[x] - f, 0)
+            steps.append(Step("nonlinear", node.name, [x], exp[x] - shift, {
+                "shift": shift, "relu": relu, "window": 4, "in_bits": int(quant.in_bits.get(node.name, L))}))
+            exp[node.name] = exp[x] - shift
+        elif node.op == "avgpool":
+            steps.append(Step("sumpool", node.name, ins, exp[ins[0]] + 2))
+            exp[node.name] = exp[ins[0]] + 2
+        elif node.op == "upsample":
+            steps.append(Step("upsample", node.name, ins, exp[ins[0]]))
+            exp[node.name] = exp[ins[0]]
+        elif node.op == "concat":
+            target = max(exp[i] for i in ins)
+            if target > f + 2:
+                target = f
+            aligned = []
+            for k, i in enumerate(ins):
+                if exp[i] > target:
+                    i = truncate(i, target, f"trunc{k}")
+                elif exp[i] < target:
+                    out = f"{i}:scale{k}"
+                    steps.append(Step("scale", out, [i], target, {"factor_log2": target - exp[i]}))
+                    exp[out] = target
+                    i = out
+                aligned.append(i)
+            steps.append(Step("concat", node.name, aligned, target))
+            exp[node.name] = target
+        elif node.op == "argmax":
+            steps.append(Step("argmax", node.name, ins, 0, {"in_bits": int(quant.in_bits.get(node.name, L))}))
+        else:  # pragma: no cover - graph.validate rejects unknown ops
+            raise ModelError(f"unsupported op {node.op!r}")
+    return Plan(steps, L, f, int(g.input.attrs.get("channels", 1)))
+
+
+def model_plans(model: Model) -> dict[str, Plan]:
+    """One plan per network of a model (weights included)."""
+    return {name: compile_plan(net, model.quantization) for name, net in model.networks.items()}
+
+
+LOCAL_KINDS = ("sumpool", "upsample", "concat", "scale")
+
+
+def apply_local(step: Step, inputs: list[np.ndarray], ring_bits: int) -> np.ndarray:
+    """The steps that are linear maps without weights, done locally on each additive share."""
+    from .. import ring
+
+    if step.kind == "sumpool":
+        return ring.sum_pool2x2(inputs[0], ring_bits)
+    if step.kind == "upsample":
+        return ring.upsample2x(inputs[0])
+    if step.kind == "concat":
+        return np.concatenate(inputs, axis=1)
+    if step.kind == "scale":
+        return ring.mul_const(inputs[0], 1 << step.attrs["factor_log2"], ring_bits)
+    raise ValueError(f"{step.kind} is not a local step")
+
+
+def nonlinear_windows(step: Step, x: np.ndarray) -> np.ndarray:
+    """The (..., k) layout the non-linear rule takes: 2x2 windows for pooling, else k = 1."""
+    from .. import ring
+
+    return ring.pool_windows2x2(x) if step.attrs["window"] == 4 else x[..., None]

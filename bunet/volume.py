@@ -1,0 +1,180 @@
+"""CT volumes: NIfTI I/O, intensity preprocessing, slicing along planes, resizing, fusion, preview.
+
+Volumes are handled in nibabel's closest canonical orientation (RAS+: array axes x -> patient
+right... left-to-right, y posterior-to-anterior, z inferior-to-superior), whatever the file's
+orientation, and mapped back on writing, so a mask always has the input's grid and affine.
+2D slices use the radiological display convention the training images use: for an axial (xy)
+slice, rows run anterior -> posterior and columns patient-right -> patient-left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+PLANES = ("xy", "yz", "xz")
+FUSIONS = ("majority", "union", "single")
+
+# Stack layout per plane from a canonical array v[x, y, z]: (slice, row, col) after flipping
+# x and/or y/z so rows/cols follow the display convention above.
+_LAYOUT = {
+    "xy": ((2, 1, 0), (0, 1)),  # slices along z; rows = -y (A->P), cols = -x (R->L)
+    "xz": ((1, 2, 0), (0, 2)),  # slices along y; rows = -z (S->I), cols = -x
+    "yz": ((0, 2, 1), (1, 2)),  # slices along x; rows = -z, cols = -y (A->P)
+}
+
+
+class ScanError(ValueError):
+    """An input scan that cannot be used (message is one line, names the problem)."""
+
+
+@dataclass
+class Scan:
+    """A loaded CT volume: HU values in canonical orientation plus what is needed to go back."""
+
+    hu: np.ndarray  # float32 (X, Y, Z), canonical RAS+
+    image: nib.Nifti1Image  # the file as loaded (affine, header, original orientation)
+    ornt: np.ndarray  # orientation transform original -> canonical
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.hu.shape)  # type: ignore[return-value]
+
+    @property
+    def zooms(self) -> tuple[float, float, float]:
+        """Voxel size (mm) along the canonical axes."""
+        z = np.asarray(self.image.header.get_zooms()[:3], dtype=float)
+        return tuple(float(z[int(a)]) for a in np.argsort(self.ornt[:, 0]))  # type: ignore[return-value]
+
+
+def load_scan(path: str | Path) -> Scan:
+    """Load a .nii / .nii.gz CT scan (any orientation) as HU in canonical orientation."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScanError(f"scan not found: {path}")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)  # applies scl_slope / scl_inter
+    except Exception as e:  # nibabel raises many types for corrupt files
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ScanError(f"cannot read {path.name} as NIfTI: {why}") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ScanError(f"{path.name} is not a NIfTI image")
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ScanError(f"{path.name} has {data.ndim} dimensions {data.shape}; a 3D CT volume is needed")
+    if min(data.shape) < 1 or not np.isfinite(data).all():
+        raise ScanError(f"{path.name} holds empty or non-finite voxel values")
+    ornt = nib.orientations.io_orientation(img.affine)
+    canon = nib.orientations.apply_orientation(data, ornt)
+    return Scan(np.ascontiguousarray(canon, dtype=np.float32), img, ornt)
+
+
+def to_slices(vol: np.ndarray, plane: str) -> np.ndarray:
+    """(X, Y, Z) canonical volume -> (n, rows, cols) stack of display-oriented slices."""
+    if plane not in _LAYOUT:
+        raise ValueError(f"unknown plane {plane!r}; use one of {', '.join(PLANES)}")
+    perm, flips = _LAYOUT[plane]
+    return np.ascontiguousarray(np.transpose(np.flip(vol, flips), perm))
+
+
+def from_slices(stack: np.ndarray, plane: str) -> np.ndarray:
+    """Inverse of :func:`to_slices`."""
+    perm, flips = _LAYOUT[plane]
+    return np.ascontiguousarray(np.flip(np.transpose(stack, np.argsort(perm)), flips))
+
+
+def resize_stack(stack: np.ndarray, size: tuple[int, int], *, labels: bool = False) -> np.ndarray:
+    """Resize every slice of (n, h, w) to (n, *size): linear for intensities, nearest for labels."""
+    n, h, w = stack.shape
+    if (h, w) == tuple(size):
+        return stack.copy()
+    if labels:  # nearest neighbour by index arithmetic (pixel centres), exact and cheap
+        rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(int), h - 1)
+        cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
+        return stack[:, rows][:, :, cols]
+    factors = (1.0, size[0] / h, size[1] / w)
+    out = ndimage.zoom(stack.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+    return out[:, : size[0], : size[1]]
+
+
+def fuse(labels: dict[str, np.ndarray], method: str = "majority", classes: int = 2) -> np.ndarray:
+    """Fuse per-plane label volumes (all canonical, same shape) into one.
+
+    majority: per voxel the class with most votes, a tie going to the lowest class (background),
+    so with three binary planes a voxel is lesion when two or three planes say so;
+    union: the highest class any plane gives (any lesion vote wins); single: exactly one plane.
+    """
+    if not labels:
+        raise ValueError("nothing to fuse")
+    vols = list(labels.values())
+    if method == "single" or len(vols) == 1:
+        if len(vols) != 1:
+            raise ValueError("fusion 'single' needs exactly one plane")
+        return vols[0].astype(np.uint8)
+    if method == "union":
+        return np.maximum.reduce(vols).astype(np.uint8)
+    if method != "majority":
+        raise ValueError(f"unknown fusion {method!r}; use one of {', '.join(FUSIONS)}")
+    votes = np.stack([sum((v == c).astype(np.uint8) for v in vols) for c in range(classes)])
+    return np.argmax(votes, axis=0).astype(np.uint8)  # argmax takes the first maximum
+
+
+def write_mask(labels: np.ndarray, scan: Scan, path: str | Path) -> None:
+    """Write canonical labels as a uint8 NIfTI in the input's own grid, affine and header."""
+    back = nib.orientations.apply_orientation(labels.astype(np.uint8), _inverse(scan.ornt))
+    if back.shape != scan.image.shape[:3]:
+        raise AssertionError("mask shape does not match the scan")  # a bug, not bad input
+    hdr = scan.image.header.copy()
+    hdr.set_data_dtype(np.uint8)
+    hdr.set_slope_inter(1, 0)
+    out = type(scan.image)(back, scan.image.affine, hdr)
+    out.set_qform(scan.image.affine, code=int(scan.image.header["qform_code"]) or 1)
+    out.set_sform(scan.image.affine, code=int(scan.image.header["sform_code"]) or 1)
+    path = Path(path)
+    tmp = path.with_name(".part-" + path.name)
+    nib.save(out, str(tmp))
+    tmp.replace(path)
+
+
+def _inverse(ornt: np.ndarray) -> np.ndarray:
+    """Orientation transform that undoes ``ornt`` (canonical -> original)."""
+    inv = np.zeros_like(ornt)
+    for i, (ax, flip) in enumerate(ornt):
+        inv[int(ax)] = (i, flip)
+    return inv
+
+
+def preview(scan: Scan, labels: np.ndarray, path: str | Path, window: tuple[float, float] = (-1350.0, 150.0)) -> None:
+    """PNG with the middle slice of each plane, grey CT under a red lesion overlay."""
+    from PIL import Image
+
+    lo, hi = window
+    tiles = []
+    for plane in PLANES:
+        img = to_slices(scan.hu, plane)
+        lab = to_slices(labels, plane)
+        k = img.shape[0] // 2
+        grey = np.clip((img[k] - lo) / (hi - lo), 0, 1)
+        rgb = np.stack([grey] * 3, axis=-1)
+        m = lab[k] > 0
+        rgb[m] = 0.5 * rgb[m] + 0.5 * np.array([1.0, 0.1, 0.1])
+        # physical aspect: scale rows/cols by voxel size so anisotropic scans look right
+        z = scan.zooms
+        perm = _LAYOUT[plane][0]
+        row_mm, col_mm = z[perm[1]], z[perm[2]]
+        h = max(1, round(rgb.shape[0] * row_mm / min(row_mm, col_mm)))
+        w = max(1, round(rgb.shape[1] * col_mm / min(row_mm, col_mm)))
+        tiles.append(Image.fromarray((rgb * 255).astype(np.uint8)).resize((w, h), Image.NEAREST))
+    H = max(t.height for t in tiles)
+    canvas = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), H))
+    x = 0
+    for t in tiles:
+        canvas.paste(t, (x, (H - t.height) // 2))
+        x += t.width + 8
+    canvas.save(str(path))
