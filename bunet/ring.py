@@ -56,10 +56,9 @@ def to_signed(a: np.ndarray, bits: int) -> np.ndarray:
     For bits == 64 this is a plain reinterpretation.
     """
     a = np.asarray(a).astype(U64, copy=False)
-    if bits == 64:
-        return a.view(np.int64)
-    low = (a & mask(bits)).astype(np.int64)
-    return np.where(low >= (1 << (bits - 1)), low - (1 << bits), low)
+    up = U64(64 - bits)
+    # move bit (bits-1) to the sign position, then an arithmetic shift back sign-extends
+    return (a << up).view(np.int64) >> np.int64(64 - bits)
 
 
 def encode(x: np.ndarray, frac_bits: int, ring_bits: int) -> np.ndarray:

@@ -210,7 +210,7 @@ class Model:
                 header = json.loads(z.read("model.json"))
                 with np.load(io.BytesIO(z.read("weights.npz"))) as npz:
                     weights = {k: npz[k].astype(np.float32) for k in npz.files}
-        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, ValueError) as e:
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError, ValueError, EOFError) as e:
             raise ModelError(f"{path.name} is not a readable BUNET model file ({e})") from None
         m = Model.from_header(header, weights)
         m.validate()

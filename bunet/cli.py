@@ -1,0 +1,249 @@
+"""Command lines: ``bunet-client``, ``bunet-server``, ``bunet-model``.
+
+Every failure a user can cause (bad file, unreachable server, TLS or token failure, model/scan
+mismatch, server limits) ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAIL = 1
+
+
+def _fail(msg: str, code: int = EXIT_FAIL) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return code
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token_file", None):
+        try:
+            return Path(args.token_file).read_text().strip() or None
+        except OSError as e:
+            raise ValueError(f"cannot read token file {args.token_file}: {e.strerror}") from None
+    return getattr(args, "token", None) or os.environ.get("BUNET_TOKEN") or None
+
+
+# ---------------------------------------------------------------------------------------------
+# bunet-client
+
+
+def _default_output(scan: str) -> Path:
+    p = Path(scan)
+    stem = p.name[:-7] if p.name.endswith(".nii.gz") else p.stem
+    return p.with_name(f"{stem}_mask.nii.gz")
+
+
+def client_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bunet-client", description="Secure lesion segmentation of a chest CT scan.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    seg = sub.add_parser("segment", help="segment a NIfTI scan; the scan never leaves this machine in the clear")
+    seg.add_argument("scan", help="CT scan in HU, .nii or .nii.gz")
+    seg.add_argument("--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server "
+                     "with the bundled model)")
+    seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan)")
+    seg.add_argument("--planes", help="comma-separated planes among xy,yz,xz (default: those the model serves)")
+    seg.add_argument("--fusion", choices=["majority", "union", "single"], default="majority",
+                     help="how per-plane masks are combined (default: majority vote)")
+    seg.add_argument("--preview", metavar="PNG", help="also write a PNG: middle slice of each plane with the mask")
+    seg.add_argument("--model", help="model file for the embedded server (default: the bundled model)")
+    seg.add_argument("--tls", action="store_true", help="use TLS with the system's trusted CAs")
+    seg.add_argument("--ca", help="CA certificate (PEM) that signed the server's certificate (implies --tls)")
+    seg.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
+    seg.add_argument("--key", help="client private key (PEM) for mutual TLS")
+    seg.add_argument("--token", help="access token (prefer --token-file or BUNET_TOKEN)")
+    seg.add_argument("--token-file", help="file holding the access token")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        return _segment(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from . import volume
+    from .client import Client, ClientError
+    from .model.graph import ModelError
+
+    planes = [p.strip() for p in args.planes.split(",") if p.strip()] if args.planes else None
+    if planes is not None:
+        bad = [p for p in planes if p not in volume.PLANES]
+        if bad or not planes:
+            return _fail(f"--planes takes xy, yz and/or xz, got {args.planes!r}", EXIT_USAGE)
+    if args.model and args.server:
+        return _fail("--model is for the embedded server; a remote server has its own model", EXIT_USAGE)
+    out = Path(args.output) if args.output else _default_output(args.scan)
+    if not out.parent.is_dir():
+        return _fail(f"output folder {out.parent} does not exist")
+    try:
+        scan = volume.load_scan(args.scan)  # fail fast, before any server is started
+        with Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
+                    model=args.model) as client:
+            bar = None
+            if not args.quiet:
+                from tqdm import tqdm
+
+                bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False)
+
+            def progress(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+            result = client.segment(scan, planes, args.fusion, progress)
+            if bar is not None:
+                bar.close()
+        volume.write_mask(result.labels, result.scan, out)
+        if args.preview:
+            volume.preview(result.scan, result.labels, args.preview)
+    except (ClientError, volume.ScanError, ModelError, ValueError, OSError) as e:
+        return _fail(str(e))
+    lesion = int((result.labels > 0).sum())
+    print(f"mask: {out} ({lesion} lesion voxels of {result.labels.size})", file=sys.stderr)
+    for line in result.summary.lines():
+        print(line, file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# bunet-server
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bunet-server", description="Serve a BUNET model for secure segmentation.")
+    ap.add_argument("--model", help="model file (.bunet); default: the bundled model")
+    ap.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT")
+    ap.add_argument("--tls-cert", help="server certificate chain (PEM)")
+    ap.add_argument("--tls-key", help="server private key (PEM)")
+    ap.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    ap.add_argument("--token-file", help="file with the bearer token clients must present (or BUNET_TOKEN)")
+    ap.add_argument("--max-sessions", type=int, default=2, help="concurrent secure sessions (default 2)")
+    ap.add_argument("--max-slices", type=int, default=256, help="slices per job (default 256)")
+    ap.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a silent session is kept")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.max_sessions < 1 or args.max_slices < 1 or args.idle_timeout <= 0:
+        return _fail("limits must be positive", EXIT_USAGE)
+    from .model.graph import ModelError
+    from .server import Server
+
+    try:
+        token = _token(args)
+        srv = Server(args.model, args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                     client_ca=args.client_ca, token=token, max_sessions=args.max_sessions,
+                     max_slices=args.max_slices, idle_timeout_s=args.idle_timeout).start()
+    except (ModelError, ValueError, OSError, RuntimeError) as e:
+        return _fail(str(e))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"bunet-server: serving {srv.model.name!r} on {srv.address}"
+          f"{' with TLS' if args.tls_cert else ''}{' (token required)' if token else ''}", file=sys.stderr)
+    stop.wait()
+    print("bunet-server: shutting down (finishing running sessions)", file=sys.stderr)
+    srv.stop(grace=30.0)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# bunet-model
+
+
+def model_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bunet-model", description="Inspect and convert BUNET model files.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    info = sub.add_parser("info", help="print a model file without its weights")
+    info.add_argument("model", nargs="?", help="model file (default: the bundled model)")
+    info.add_argument("--json", action="store_true", help="print the full JSON header")
+    conv = sub.add_parser("import-onnx", help="convert an ONNX U-Net (exported by PyTorch) to a .bunet file")
+    conv.add_argument("onnx")
+    conv.add_argument("-o", "--output", required=True)
+    conv.add_argument("--name", default=None)
+    conv.add_argument("--input-size", type=int, nargs=2, default=[128, 128])
+    conv.add_argument("--ring-bits", type=int, default=24)
+    conv.add_argument("--frac-bits", type=int, default=8)
+    conv.add_argument("--weight-frac-bits", type=int, default=8)
+    conv.add_argument("--planes", default="xy")
+    args = ap.parse_args(argv)
+    from .model.graph import ModelError
+
+    try:
+        if args.cmd == "info":
+            return _model_info(args)
+        return _model_import(args)
+    except (ModelError, ValueError, OSError) as e:
+        return _fail(str(e))
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from .model.format import Model
+    from .model.plan import compile_plan
+    from .server import bundled_model_path
+
+    path = Path(args.model) if args.model else bundled_model_path()
+    m = Model.load(path)
+    if args.json:
+        print(json.dumps(m.header(), indent=1))
+        return 0
+    q, pp = m.quantization, m.preprocessing
+    print(f"model:        {m.name}  ({path}, {path.stat().st_size:,} bytes)")
+    if m.description:
+        print(f"description:  {m.description}")
+    print(f"format:       bunet-model v{m.header()['format_version']}")
+    print(f"planes:       {', '.join(f'{p} -> {n}' for p, n in m.plane_networks.items())}")
+    win = f"HU window center {pp.center:g}, width {pp.width:g}" if pp.kind == "hu_window" else "values as given"
+    print(f"input:        {pp.input_size[0]}x{pp.input_size[1]}, {win}; classes: {', '.join(pp.classes)}")
+    print(f"quantization: ring Z_2^{q.ring_bits}, {q.frac_bits} fraction bits (activations), "
+          f"{q.weight_frac_bits} (weights)" + (f", narrowed inputs: {q.in_bits}" if q.in_bits else ""))
+    print(f"parameters:   {m.parameter_count():,}")
+    for name, net in m.networks.items():
+        plan = compile_plan(net, q)
+        h, w = pp.input_size
+        shapes = net.graph.shapes(int(net.graph.input.attrs.get("channels", 1)), h, w, net.weights)
+        print(f"network {name!r}: {len(net.graph.nodes)} nodes, "
+              f"{plan.relu_count(h, w):,} garbled-circuit instances per slice")
+        for n in net.graph.nodes:
+            extra = ""
+            if n.op in ("conv", "conv_transpose"):
+                extra = f" weight {tuple(net.weights[n.name + '.weight'].shape)}"
+                if n.op == "conv":
+                    extra += f" pad {n.attrs.get('pad', 0)}"
+            c, hh, ww = shapes[n.name]
+            print(f"  {n.name:<18} {n.op:<15} <- {', '.join(n.inputs) or '-':<22} -> {c}x{hh}x{ww}{extra}")
+    if m.metadata:
+        print("metadata:")
+        for k, v in m.metadata.items():
+            print(f"  {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    return 0
+
+
+def _model_import(args: argparse.Namespace) -> int:
+    from .model.format import Model, Preprocessing, Quantization
+    from .model.onnx_import import load_onnx
+
+    net = load_onnx(args.onnx)
+    planes = [p.strip() for p in args.planes.split(",") if p.strip()]
+    m = Model(name=args.name or Path(args.onnx).stem, networks={"main": net},
+              plane_networks={p: "main" for p in planes},
+              quantization=Quantization(args.ring_bits, args.frac_bits, args.weight_frac_bits),
+              preprocessing=Preprocessing(input_size=tuple(args.input_size)))
+    m.save(args.output)
+    print(f"wrote {args.output} ({m.parameter_count():,} parameters)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(client_main())

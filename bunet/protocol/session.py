@@ -1,0 +1,240 @@
+"""The 2PC session: a compiled plan executed layer by layer on additive shares.
+
+Both halves walk the same plan (``bunet.model.plan``) in lock step over a :class:`Channel`:
+
+* input: the client's share is its encoded slice, the server's share is zero;
+* linear steps: HomConv (``bunet.he``): the client uploads its encrypted share, the server
+  returns Enc(W*x_c) + W*x_s + b - r and keeps r;
+* non-linear steps: the garbled-circuit engine (``bunet.gc``): ReLU/truncation/max-pool re-share
+  their output; instances are sent in chunks with a window of chunks in flight so garbling,
+  transfer and evaluation overlap;
+* local steps (sum-pool, upsampling, concatenation, scaling) on each share alone;
+* argmax: revealed to the client only.
+
+Nothing here knows about gRPC, and nothing here logs a share, a key or a weight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import gc, he, ring
+from ..model.format import Model
+from ..model.plan import LOCAL_KINDS, Plan, Step, apply_local, compile_plan, nonlinear_windows
+from .channel import Channel, ProtocolError
+
+GC_CHUNK = 1 << 15  # instances per garbled-circuit message (bounds memory, enables overlap)
+GC_WINDOW = 2  # chunks in flight
+
+Progress = Callable[[int], None]  # called with the number of plan steps just finished
+
+
+@dataclass
+class JobSpec:
+    """What the client announces at the start of a job (all public)."""
+
+    network: str
+    slices: int
+    height: int
+    width: int
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @staticmethod
+    def from_bytes(b: bytes) -> JobSpec:
+        try:
+            d = json.loads(b)
+            return JobSpec(str(d["network"]), int(d["slices"]), int(d["height"]), int(d["width"]))
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError("malformed job request") from None
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds per phase, as seen by one party."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, phase: str, t0: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class Limits:
+    """Server-side limits for one job."""
+
+    max_slices: int = 4096
+    max_pixels: int = 1024 * 1024
+
+
+def _gc_op(step: Step, ring_bits: int) -> gc.Op:
+    a = step.attrs
+    if step.kind == "argmax":
+        return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"])
+    return gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"], relu=a["relu"], k=a["window"])
+
+
+def _flat(step: Step, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Share tensor -> (instances, window) rows for the garbled circuit, plus the result shape."""
+    if step.kind == "argmax":
+        rows = np.moveaxis(x, 1, -1)
+        return np.ascontiguousarray(rows.reshape(-1, rows.shape[-1])), rows.shape[:-1]
+    w = nonlinear_windows(step, x)
+    return np.ascontiguousarray(w.reshape(-1, w.shape[-1])), w.shape[:-1]
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(i, min(i + GC_CHUNK, n)) for i in range(0, n, GC_CHUNK)] or [slice(0, 0)]
+
+
+def conv_spec(step: Step) -> he.ConvSpec:
+    a = step.attrs
+    return he.ConvSpec(kind=a["op"], k=a["k"], pad=a["pad"], in_channels=a["in_channels"],
+                       out_channels=a["out_channels"])
+
+
+class ServerProtocol:
+    """The vendor's half: holds the weights; prepares every layer's frequency-domain filters once
+    per model and serves any number of jobs (each job on its own channel and GC session)."""
+
+    def __init__(self, model: Model, he_params: he.HEParams | None = None) -> None:
+        model.validate()
+        self.model = model
+        self.plans: dict[str, Plan] = {k: compile_plan(n, model.quantization) for k, n in model.networks.items()}
+        self.he_params = he_params or he.HEParams.for_ring(model.quantization.ring_bits)
+        self.he = he.ServerHE(self.he_params)
+        self._layers: dict[tuple[str, str, int, int], Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        """Public description: the model header (no weights) and the HE parameters."""
+        return {"model": self.model.header(), "he_params": self.he_params.to_bytes().hex()}
+
+    def _layer(self, net: str, step: Step, shape: tuple[int, int, int]) -> Any:
+        key = (net, step.out, shape[1], shape[2])
+        if key not in self._layers:  # frequency-domain filters: computed once per model and size
+            self._layers[key] = self.he.prepare(conv_spec(step), step.weight, step.bias, in_shape=shape)
+        return self._layers[key]
+
+    def run_job(self, chan: Channel, limits: Limits | None = None) -> Timings:
+        limits = limits or Limits()
+        t = Timings()
+        spec = JobSpec.from_bytes(chan.recv("job"))
+        if spec.network not in self.plans:
+            raise ProtocolError(f"unknown network {spec.network!r}")
+        if not 1 <= spec.slices <= limits.max_slices:
+            raise ProtocolError(f"job of {spec.slices} slices is over the server's limit of {limits.max_slices}")
+        if spec.height * spec.width > limits.max_pixels or min(spec.height, spec.width) < 1:
+            raise ProtocolError("slice size is over the server's limit")
+        plan = self.plans[spec.network]
+        shapes = plan.shapes(spec.height, spec.width)
+        t0 = time.perf_counter()
+        garbler = gc.Garbler()
+        chan.send("gc_hello", garbler.hello(chan.recv("gc_hello")))
+        t.add("gc", t0)
+        B = spec.slices
+        shares: dict[str, np.ndarray] = {}
+        for step in plan.steps:
+            ins = [shares[i] for i in step.inputs]
+            t0 = time.perf_counter()
+            if step.kind == "input":
+                c, h, w = shapes[step.out]
+                shares[step.out] = np.zeros((B, c, h, w), dtype=np.uint64)  # the server's share is 0
+            elif step.kind == "linear":
+                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
+                down, y_s = self.he.apply(layer, chan.recv(f"he:{step.out}"), ins[0])
+                chan.send(f"he:{step.out}", down)
+                shares[step.out] = y_s
+                t.add("he", t0)
+            elif step.kind in ("nonlinear", "argmax"):
+                op = _gc_op(step, plan.ring_bits)
+                rows, shape = _flat(step, ins[0])
+                outs = []
+                for sl in _chunks(len(rows)):
+                    resp, out_s = garbler.respond(op, chan.recv(f"gc:{step.out}"), rows[sl])
+                    chan.send(f"gc:{step.out}", resp)
+                    outs.append(out_s)
+                if step.kind == "nonlinear":
+                    shares[step.out] = np.concatenate(outs).reshape(shape)
+                t.add("gc", t0)
+            elif step.kind in LOCAL_KINDS:
+                shares[step.out] = apply_local(step, ins, plan.ring_bits)
+                t.add("local", t0)
+            else:  # pragma: no cover
+                raise ProtocolError(f"unknown step kind {step.kind}")
+        chan.send("done", b"")
+        return t
+
+
+class ClientProtocol:
+    """The hospital's half: knows the public architecture and its own secret key, never weights."""
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        self.model = Model.from_header(description["model"])
+        shapes = self.model.weight_shapes()
+        self.plans = {k: compile_plan(n, self.model.quantization, {s: tuple(v) for s, v in shapes[k].items()})
+                      for k, n in self.model.networks.items()}
+        self.he_params = he.HEParams.from_bytes(bytes.fromhex(description["he_params"]))
+        self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
+
+    def run_job(self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None) -> tuple[
+            np.ndarray, Timings]:
+        """Segment a batch of preprocessed slices x (B, C, H, W) float in [0, 1] -> labels (B, H, W)."""
+        plan = self.plans[network]
+        L = plan.ring_bits
+        B, C, H, W = x.shape
+        t = Timings()
+        chan.send("job", JobSpec(network, B, H, W).to_bytes())
+        t0 = time.perf_counter()
+        ev = gc.Evaluator()
+        chan.send("gc_hello", ev.hello())
+        ev.finish_hello(chan.recv("gc_hello"))
+        t.add("gc", t0)
+        shares: dict[str, np.ndarray] = {}
+        labels = None
+        for step in plan.steps:
+            ins = [shares[i] for i in step.inputs]
+            t0 = time.perf_counter()
+            if step.kind == "input":
+                shares[step.out] = ring.encode(x, plan.frac_bits, L)
+            elif step.kind == "linear":
+                spec = conv_spec(step)
+                chan.send(f"he:{step.out}", self.he.encrypt(spec, ins[0]))
+                shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"), batch=B)
+                t.add("he", t0)
+            elif step.kind in ("nonlinear", "argmax"):
+                op = _gc_op(step, L)
+                rows, shape = _flat(step, ins[0])
+                outs = self._gc_chunks(chan, ev, op, step.out, rows)
+                if step.kind == "nonlinear":
+                    shares[step.out] = np.concatenate(outs).reshape(shape)
+                else:
+                    labels = np.concatenate(outs).reshape(shape)
+                t.add("gc", t0)
+            elif step.kind in LOCAL_KINDS:
+                shares[step.out] = apply_local(step, ins, L)
+                t.add("local", t0)
+            if progress:
+                progress(1)
+        chan.recv("done")
+        assert labels is not None
+        return labels, t
+
+    @staticmethod
+    def _gc_chunks(chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray) -> list[np.ndarray]:
+        """Requests for up to GC_WINDOW chunks in flight; results in order."""
+        chunks = _chunks(len(rows))
+        outs: list[np.ndarray] = []
+        sent = 0
+        for i in range(len(chunks)):
+            while sent < len(chunks) and sent < i + GC_WINDOW:
+                chan.send(f"gc:{name}", ev.request(op, rows[chunks[sent]]))
+                sent += 1
+            outs.append(ev.finish(op, chan.recv(f"gc:{name}")))
+        return outs
