@@ -1,0 +1,179 @@
+"""End to end over real gRPC on localhost: the secure mask equals the fixed-point reference mask
+exactly; TLS and token paths; the client never receives weight material; clear errors."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bunet import volume
+from bunet.client import Client, ClientError
+from bunet.model import reference
+from bunet.model.format import Quantization
+from bunet.model.plan import compile_plan
+from bunet.model.unet import seed_unet_model
+from bunet.protocol.channel import pipe
+from bunet.protocol.session import ClientProtocol, ServerProtocol
+from bunet.server import Server
+
+
+@pytest.fixture(scope="module")
+def model():
+    # small but complete: max-pool (GC window 4), transposed conv, concat, avg-pool path elsewhere
+    return seed_unet_model(in_channels=1, base=4, depth=2, input_size=16, seed=7,
+                           quantization=Quantization(24, 8, 8), planes=("xy", "yz", "xz"))
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with Server(model, "127.0.0.1:0", max_slices=64) as s:
+        yield s
+
+
+def _scan(tmp_path, shape=(20, 18, 6)):
+    rng = np.random.default_rng(5)
+    hu = rng.normal(-700, 300, shape).astype(np.int16)
+    aff = np.diag([1.2, 1.2, 4.0, 1.0])
+    p = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(hu, aff), str(p))
+    return p
+
+
+def test_secure_equals_fixed_point_reference_in_memory(model):
+    """The protocol alone, both halves in threads over an in-memory channel."""
+    import threading
+
+    srv = ServerProtocol(model)
+    cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
+    x = np.random.default_rng(1).random((3, 1, 16, 16)).astype(np.float32)
+    x[0] = 0.0  # all-zero slice
+    a, b = pipe()
+    th = threading.Thread(target=srv.run_job, args=(b,))
+    th.start()
+    labels, _ = cli.run_job(a, "main", x)
+    th.join()
+    ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+    assert labels.shape == (3, 16, 16)
+    assert np.array_equal(labels, ref)
+
+
+def test_segment_over_grpc_matches_reference_per_plane(server, model, tmp_path):
+    path = _scan(tmp_path)
+    with Client(server.address) as c:
+        res = c.segment(path, ["xy", "yz", "xz"])
+    scan = volume.load_scan(path)
+    pp = model.preprocessing
+    plan = compile_plan(model.networks["main"], model.quantization)
+    for p in ("xy", "yz", "xz"):
+        st = volume.to_slices(scan.hu, p)
+        x = volume.resize_stack(pp.apply(st), pp.input_size)[:, None].astype(np.float32)
+        ref = reference.run_plan(plan, x).astype(np.uint8)
+        want = volume.from_slices(volume.resize_stack(ref, st.shape[1:], labels=True), p)
+        assert np.array_equal(res.per_plane[p], want), p
+    assert np.array_equal(res.labels, volume.fuse(res.per_plane))
+    assert res.summary.bytes_up > 0 and res.summary.bytes_down > 0
+    out = tmp_path / "mask.nii.gz"
+    volume.write_mask(res.labels, res.scan, out)
+    assert np.allclose(nib.load(str(out)).affine, nib.load(str(path)).affine)
+
+
+def test_client_never_receives_weight_material(server, model):
+    """Scan every byte the client receives (Describe and a whole job) for the weights' encodings."""
+    from bunet.protocol import channel as chmod
+
+    received: list[bytes] = []
+    orig = chmod.Channel.recv
+
+    def spy(self, tag):
+        data = orig(self, tag)
+        received.append(data)
+        return data
+
+    with Client(server.address) as c:
+        desc = json.dumps(c.protocol.model.header())
+        chmod.Channel.recv = spy
+        try:
+            c.segment_slices(np.random.default_rng(2).random((2, 1, 16, 16)).astype(np.float32))
+        finally:
+            chmod.Channel.recv = orig
+    blob = b"".join(received) + desc.encode()
+    assert "weight\"" not in desc and len(received) > 5
+    plan = compile_plan(model.networks["main"], model.quantization)
+    for s in plan.steps:
+        if s.weight is None:
+            continue
+        w = s.weight.reshape(-1)
+        for pattern in (model.networks["main"].weights[f"{s.out}.weight"].reshape(-1)[:4].tobytes(),
+                        w[:3].astype("<i8").tobytes(), (w[:3] % (1 << 24)).astype("<u4").tobytes()):
+            assert pattern not in blob, s.out
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    c, k = tmp_path / "cert.pem", tmp_path / "key.pem"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    return str(c), str(k)
+
+
+def test_tls_and_token(model, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    with Server(model, "localhost:0", tls_cert=cert, tls_key=key, token="s3cret") as srv:
+        with Client(srv.address, ca=cert, token="s3cret") as c:
+            x = np.random.default_rng(3).random((1, 1, 16, 16)).astype(np.float32)
+            ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+            assert np.array_equal(c.segment_slices(x), ref)
+        with pytest.raises(ClientError, match="token"):
+            Client(srv.address, ca=cert, token="wrong")
+        with pytest.raises(ClientError, match="token"):
+            Client(srv.address, ca=cert)
+        with pytest.raises(ClientError, match="reach|TLS"):
+            Client(srv.address, token="s3cret")  # plaintext client against a TLS server
+
+
+def test_error_cases(server, tmp_path):
+    with pytest.raises(ClientError, match="reach"):
+        Client("127.0.0.1:1")
+    with Client(server.address) as c:
+        with pytest.raises(ClientError, match="not found"):
+            c.segment(tmp_path / "missing.nii.gz")
+        with pytest.raises(ClientError, match="plane"):
+            c.segment(_scan(tmp_path), ["qq"])
+
+
+def test_server_limits_and_survival(model, tmp_path):
+    with Server(model, "127.0.0.1:0", max_slices=2) as srv:
+        with Client(srv.address, max_batch=8, lanes=1) as c:
+            c.max_batch = 8  # ask for more than the server allows
+            with pytest.raises(ClientError, match="limit"):
+                c.segment_slices(np.zeros((5, 1, 16, 16), dtype=np.float32))
+            # the server is still up and serves the next job
+            x = np.random.default_rng(4).random((2, 1, 16, 16)).astype(np.float32)
+            ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+            c.max_batch = 2
+            assert np.array_equal(c.segment_slices(x), ref)
+
+
+def test_plane_not_served(tmp_path):
+    m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8, planes=("xy",))
+    with Server(m) as srv, Client(srv.address) as c:
+        with pytest.raises(ClientError, match="does not serve plane yz"):
+            c.segment(_scan(tmp_path), ["yz"])
