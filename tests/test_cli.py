@@ -11,8 +11,8 @@ from bunet.model.unet import seed_unet_model
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import sys; from bunet import cli; sys.exit(cli.%s(sys.argv[1:]))"
-                           % args[0], *args[1:]], capture_output=True, text=True, timeout=300)
+    code = f"import sys; from bunet import cli; sys.exit(cli.{args[0]}(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args[1:]], capture_output=True, text=True, timeout=300)
 
 
 def test_missing_scan_is_one_line(tmp_path):

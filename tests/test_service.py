@@ -160,20 +160,18 @@ def test_error_cases(server, tmp_path):
 
 
 def test_server_limits_and_survival(model, tmp_path):
-    with Server(model, "127.0.0.1:0", max_slices=2) as srv:
-        with Client(srv.address, max_batch=8, lanes=1) as c:
-            c.max_batch = 8  # ask for more than the server allows
-            with pytest.raises(ClientError, match="limit"):
-                c.segment_slices(np.zeros((5, 1, 16, 16), dtype=np.float32))
-            # the server is still up and serves the next job
-            x = np.random.default_rng(4).random((2, 1, 16, 16)).astype(np.float32)
-            ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
-            c.max_batch = 2
-            assert np.array_equal(c.segment_slices(x), ref)
+    with Server(model, "127.0.0.1:0", max_slices=2) as srv, Client(srv.address, max_batch=8, lanes=1) as c:
+        c.max_batch = 8  # ask for more than the server allows
+        with pytest.raises(ClientError, match="limit"):
+            c.segment_slices(np.zeros((5, 1, 16, 16), dtype=np.float32))
+        # the server is still up and serves the next job
+        x = np.random.default_rng(4).random((2, 1, 16, 16)).astype(np.float32)
+        ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+        c.max_batch = 2
+        assert np.array_equal(c.segment_slices(x), ref)
 
 
 def test_plane_not_served(tmp_path):
     m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8, planes=("xy",))
-    with Server(m) as srv, Client(srv.address) as c:
-        with pytest.raises(ClientError, match="does not serve plane yz"):
-            c.segment(_scan(tmp_path), ["yz"])
+    with Server(m) as srv, Client(srv.address) as c, pytest.raises(ClientError, match="does not serve plane yz"):
+        c.segment(_scan(tmp_path), ["yz"])

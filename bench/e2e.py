@@ -1,0 +1,128 @@
+"""End-to-end benchmark: secure segmentation over gRPC on localhost, server in its own process.
+
+    python bench/e2e.py --out e2e.json [--sizes 128 256 512] [--skip-bundled]
+
+For the seed U-Net (16 base features, 4 poolings, 2 classes, random weights) at each size, and
+the bundled model on the bundled sample scan: secure seconds per slice, the plaintext fixed-point
+and float seconds per slice in the same run, bytes each way, and whether the secure mask equals
+the fixed-point reference exactly. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bunet import volume  # noqa: E402
+from bunet.client import Client  # noqa: E402
+from bunet.model import reference  # noqa: E402
+from bunet.model.format import Model  # noqa: E402
+from bunet.model.plan import compile_plan  # noqa: E402
+from bunet.model.unet import seed_unet_model  # noqa: E402
+from bunet.server import bundled_model_path  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, model_path: Path) -> None:
+        self.address = f"127.0.0.1:{_free_port()}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from bunet.cli import server_main; sys.exit(server_main())",
+             "--model", str(model_path), "--listen", self.address, "--max-slices", "4096"],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        line = self.proc.stderr.readline()  # "serving ..." once it listens
+        if "serving" not in line:
+            raise RuntimeError(f"server did not start: {line}{self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -> dict:
+    net = model.network(plane)
+    plan = compile_plan(net, model.quantization)
+    t0 = time.perf_counter()
+    ref = reference.run_plan(plan, x)
+    plain_fixed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reference.float_labels(net, x)
+    plain_float = time.perf_counter() - t0
+    srv = ServerProcess(model_path)
+    try:
+        with Client(srv.address) as c:
+            from bunet.client import Summary
+
+            summary = Summary()
+            t0 = time.perf_counter()
+            labels = c.segment_slices(x, plane, summary=summary)
+            secure = time.perf_counter() - t0
+    finally:
+        srv.stop()
+    n = len(x)
+    return {
+        "slices": n,
+        "secure_s": secure / n,
+        "plain_s": plain_fixed / n,
+        "plain_float_s": plain_float / n,
+        "secure_over_plain": secure / plain_fixed,
+        "bytes_up": summary.bytes_up / n,
+        "bytes_down": summary.bytes_down / n,
+        "client_phase_s": {k: v / n for k, v in summary.seconds.items()},
+        "mask_equal_reference": bool(np.array_equal(labels, ref)),
+        "relu_instances": plan.relu_count(x.shape[2], x.shape[3]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512])
+    ap.add_argument("--skip-bundled", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            m = seed_unet_model(in_channels=1, base=16, depth=4, classes=2, input_size=size, seed=0)
+            p = Path(tmp) / f"seed{size}.bunet"
+            m.save(p)
+            x = np.random.default_rng(size).random((1, 1, size, size)).astype(np.float32)
+            rows.append({"model": "seed-unet-16x4", "size": size, **_measure(m, p, x)})
+            print(json.dumps(rows[-1]), file=sys.stderr)
+        if not args.skip_bundled:
+            mp = bundled_model_path()
+            m = Model.load(mp)
+            scan = volume.load_scan(ROOT / "data" / "sample_ct.nii.gz")
+            t0 = time.perf_counter()
+            pp = m.preprocessing
+            st = volume.to_slices(scan.hu, "xy")
+            x = volume.resize_stack(pp.apply(st), pp.input_size)[:, None].astype(np.float32)
+            row = {"model": m.name, "size": pp.input_size[0], "scan": "data/sample_ct.nii.gz", **_measure(m, mp, x)}
+            row["scan_total_s"] = time.perf_counter() - t0
+            rows.append(row)
+            print(json.dumps(rows[-1]), file=sys.stderr)
+    out = json.dumps({"benchmark": "e2e", "rows": rows}, indent=1)
+    print(out)
+    if args.out:
+        args.out.write_text(out)
+
+
+if __name__ == "__main__":
+    main()
