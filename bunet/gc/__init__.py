@@ -1,0 +1,15 @@
+"""Garbled circuits for BUNET's non-linear layers (C engine in native/, bound with cffi).
+
+The server garbles, the client evaluates::
+
+    from bunet.gc import Garbler, Evaluator, MaxTrunc, Argmax
+    ev, g = Evaluator(), Garbler()
+    ev.finish_hello(g.hello(ev.hello()))
+    op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True, k=1)
+    resp, out_s = g.respond(op, ev.request(op, yc), ys)
+    out_c = ev.finish(op, resp)
+"""
+
+from .engine import Argmax, Evaluator, Garbler, MaxTrunc
+
+__all__ = ["Argmax", "Evaluator", "Garbler", "MaxTrunc"]

@@ -1,0 +1,287 @@
+"""Circuit construction: one small gate list, the same for every instance, run by the C engine.
+
+The circuits are built here symbolically (with constant folding), dead gates are removed,
+wires are packed into few slots (the engine keeps ``slots x 256`` labels per chunk), and every
+hashing gate gets its own tweak offset, ciphertext index and arithmetic bit offset. The C
+engine applies each gate to a whole chunk of instances in one loop.
+
+Gates (and what they cost per instance):
+
+* XOR, NOT, XORG (XOR with a garbler share bit, known to the garbler in plaintext): free.
+* AND: half gates, 2 ciphertexts (32 bytes).
+* ANDG: AND with a garbler share bit, a garbler half gate: 1 ciphertext (16 bytes).
+* B2A: unary Boolean-to-arithmetic gate, one ``m``-bit ciphertext (the share of ``w * bit``
+  in Z_{2^m}, scaled by 2^j into Z_{2^l}; bit j of the output needs only l - j bits).
+* B2A2 + NOUT: the ReLU output ``n * V`` with ``n = NOT sign``, ``V = sum_j 2^j S_j``.
+  With ``c`` the colour of n's label and ``r`` its permute bit (``n = c ^ r``):
+  ``n V = r V + c (1 - 2r) V``. B2A2 gives the evaluator shares of ``r * 2^j S_j`` and
+  ``(1-2r) 2^j S_j`` (two (l-j)-bit ciphertexts from one hash), NOUT one l-bit ciphertext
+  with which the evaluator turns ``Y = R_Y + (1-2r) V`` into a share of ``c (1-2r) V``.
+  This fuses the ReLU multiplexer into the output conversion: no AND gate for it.
+* REVEAL: the permute bit of an output wire, for the evaluator only (argmax): 1 bit.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+# gate opcodes, must match native/bunet_gc.c
+XOR, NOT, XORG, AND, ANDG, B2A, B2A2, NOUT, REVEAL = range(9)
+_SINKS = {B2A, B2A2, NOUT, REVEAL}
+
+C0, C1 = -1, -2  # constant wires (folded away, never reach the engine)
+
+
+def _is_const(w: int) -> bool:
+    return w < 0
+
+
+def _cval(w: int) -> int:
+    return 0 if w == C0 else 1
+
+
+def _const(bit: int) -> int:
+    return C1 if bit else C0
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled circuit: gate records for the engine plus its per-instance costs."""
+
+    gates: np.ndarray  # int32 (ngates, 8): op, a, b, o, tweak, ct/bit offset, p1, p2
+    nwires: int  # wire slots
+    n_inputs: int  # k * b input wires (slots 0 .. n_inputs-1 at chunk start)
+    tweaks_per_inst: int
+    ct_per_inst: int  # 16-byte ciphertexts per instance
+    arith_bytes_per_inst: int
+    and_gates: int  # half-gates ANDs (2 ciphertexts each)
+    andg_gates: int  # garbler half gates (1 ciphertext each)
+    const_out: int  # constant output bits OR-ed into the evaluator's result (argmax)
+
+
+class _Builder:
+    def __init__(self, n_inputs: int) -> None:
+        self.n_inputs = n_inputs
+        self.next = n_inputs
+        self.gates: list[list[int]] = []  # [op, a, b, o, p1, p2, width]
+
+    def _emit(self, op: int, a: int, b: int = 0, p1: int = 0, p2: int = 0, width: int = 0,
+              out: bool = True) -> int:
+        o = -3
+        if out:
+            o = self.next
+            self.next += 1
+        self.gates.append([op, a, b, o, p1, p2, width])
+        return o
+
+    # --- Boolean layer with constant folding
+    def xor(self, x: int, y: int) -> int:
+        if _is_const(x) and _is_const(y):
+            return _const(_cval(x) ^ _cval(y))
+        if _is_const(x):
+            x, y = y, x
+        if _is_const(y):
+            return self.not_(x) if _cval(y) else x
+        return self._emit(XOR, x, y)
+
+    def not_(self, x: int) -> int:
+        if _is_const(x):
+            return _const(1 - _cval(x))
+        return self._emit(NOT, x)
+
+    def and_(self, x: int, y: int) -> int:
+        if _is_const(x):
+            x, y = y, x
+        if _is_const(y):
+            return x if _cval(y) else C0
+        return self._emit(AND, x, y)
+
+    def xorg(self, x: int, j: int, bit: int) -> int:
+        assert not _is_const(x)
+        return self._emit(XORG, x, 0, j, bit)
+
+    def andg(self, x: int, j: int, bit: int) -> int:
+        assert not _is_const(x)
+        return self._emit(ANDG, x, 0, j, bit)
+
+    def maj(self, x: int, y: int, c: int) -> int:
+        """Carry ``maj(x, y, c) = c ^ ((x ^ c) & (y ^ c))``: one AND."""
+        if c == C0:
+            return self.and_(x, y)
+        if c == C1:
+            return self.not_(self.and_(self.not_(x), self.not_(y)))
+        return self.xor(c, self.and_(self.xor(x, c), self.xor(y, c)))
+
+    def mux(self, sel: int, x: int, y: int) -> int:
+        """``sel ? x : y``: one AND."""
+        return self.xor(y, self.and_(sel, self.xor(x, y)))
+
+    # --- arithmetic
+    def share_sum(self, j: int, b: int, keep_from: int) -> list[int]:
+        """Bits keep_from..b-1 of (client share + server share) mod 2^b for input value j.
+
+        The server's bits are garbler plaintext (free XOR); carries: ANDG for bit 0, then one
+        AND per bit: b - 2 ANDs + 1 garbler half gate.
+        """
+        s: list[int] = []
+        c = C0
+        for i in range(b):
+            a = j * b + i
+            si = self.xorg(a, j, i)
+            if c != C0:
+                si = self.xor(si, c)
+            s.append(si)
+            if i < b - 1:
+                if c == C0:
+                    c = self.andg(a, j, i)
+                else:
+                    c = self.xor(c, self.and_(self.xor(a, c), self.xorg(c, j, i)))
+        return s[keep_from:]
+
+    def gt_signed(self, x: list[int], y: list[int]) -> int:
+        """[x > y] for two's-complement bit vectors (LSB first): len(x) ANDs."""
+        m = len(x)
+        xs = x[:-1] + [self.not_(x[-1])]
+        ys = y[:-1] + [self.not_(y[-1])]
+        c = C1  # carry of ys + ~xs + 1: 1 iff ys >= xs
+        for i in range(m):
+            c = self.maj(ys[i], self.not_(xs[i]), c)
+        return self.not_(c)
+
+
+def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
+    gates = bld.gates
+    # dead-gate elimination
+    needed: set[int] = set()
+    live = [False] * len(gates)
+    for gi in range(len(gates) - 1, -1, -1):
+        op, a, b, o = gates[gi][:4]
+        if op in _SINKS or o in needed:
+            live[gi] = True
+            needed.add(a)
+            if op in (XOR, AND, B2A2):
+                needed.add(b)
+    gates = [g for g, lv in zip(gates, live) if lv]
+    # slot allocation (outputs get a fresh slot before the inputs are released: no aliasing)
+    last_use: dict[int, int] = {}
+    for gi, g in enumerate(gates):
+        op, a, b = g[:3]
+        last_use[a] = gi
+        if op in (XOR, AND, B2A2):
+            last_use[b] = gi
+    slot: dict[int, int] = {w: w for w in range(bld.n_inputs)}
+    free: list[int] = []
+    nslots = bld.n_inputs
+    for w in range(bld.n_inputs):  # unused inputs free their slot at once
+        if w not in last_use:
+            free.append(w)
+    recs = []
+    tw = ct = abits = 0
+    n_and = n_andg = 0
+    for gi, g in enumerate(gates):
+        op, a, b, o, p1, p2, width = g
+        sa = slot[a]
+        sb = slot[b] if op in (XOR, AND, B2A2) else 0
+        so = 0
+        if o >= 0:
+            if free:
+                so = free.pop()
+            else:
+                so = nslots
+                nslots += 1
+            slot[o] = so
+        t = c = 0
+        q1, q2 = p1, p2
+        if op == AND:
+            t, c = tw, ct
+            tw, ct = tw + 2, ct + 2
+            n_and += 1
+        elif op == ANDG:
+            t, c = tw, ct
+            tw, ct = tw + 1, ct + 1
+            n_andg += 1
+        elif op in (B2A, B2A2):
+            t, c = tw, abits
+            tw += 1
+            abits += width * (2 if op == B2A2 else 1)
+            q1, q2 = width, p2
+            if op == B2A:
+                sb = p1  # weight code: 0 -> +1, 1 -> -1
+        elif op == NOUT:
+            t, c = tw, abits
+            tw += 1
+            abits += width
+            q1, q2 = width, 0
+        elif op == REVEAL:
+            c = abits
+            abits += 1
+            q1, q2 = 0, p2
+        recs.append([op, sa, sb, so, t, c, q1, q2])
+        for w in {a} | ({b} if op in (XOR, AND, B2A2) else set()):
+            if last_use.get(w) == gi:
+                free.append(slot[w])
+    arr = np.array(recs, dtype=np.int32).reshape(-1, 8)
+    return Compiled(arr, max(nslots, 1), bld.n_inputs, max(tw, 1), ct, (abits + 7) // 8, n_and, n_andg,
+                    const_out)
+
+
+@functools.lru_cache(maxsize=64)
+def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: int) -> Compiled:
+    """``ring.nonlinear`` over windows of k values, output re-shared in Z_{2^l}.
+
+    Truncation commutes with max (floor is monotone), so the window maximum is taken over the
+    (b - s)-bit truncated values. AND gates per instance: k * (b - 2) + (k - 1) * 2 * (b - s)
+    half-gates ANDs + k garbler half gates; outputs cost only arithmetic ciphertexts.
+    """
+    b, s, l = in_bits, shift, ring_bits
+    bld = _Builder(k * b)
+    vals = [bld.share_sum(j, b, s) for j in range(k)]
+    while len(vals) > 1:  # pairwise tree (k = 4: two levels)
+        nxt = []
+        for x, y in zip(vals[0::2], vals[1::2]):
+            gt = bld.gt_signed(x, y)
+            nxt.append([bld.mux(gt, xi, yi) for xi, yi in zip(x, y)])
+        if len(vals) % 2:
+            nxt.append(vals[-1])
+        vals = nxt
+    m = vals[0]
+    mb = len(m)  # b - s
+    if relu:
+        n = bld.not_(m[-1])
+        for i in range(mb - 1):
+            bld._emit(B2A2, m[i], n, 0, i, width=l - i, out=False)
+        bld._emit(NOUT, n, 0, 0, 0, width=l, out=False)
+    else:
+        for i in range(mb):
+            bld._emit(B2A, m[i], 0, 1 if i == mb - 1 else 0, i, width=l - i, out=False)
+    return _finish(bld)
+
+
+@functools.lru_cache(maxsize=64)
+def argmax_circuit(in_bits: int, k: int) -> Compiled:
+    """Smallest index of the largest of k signed b-bit values, revealed to the evaluator.
+
+    AND gates per instance: k * (b - 2) [adders] + (k - 1) * b [comparisons]
+    + (k - 2) * b [value multiplexers] + index multiplexers; plus k garbler half gates.
+    """
+    b = in_bits
+    bld = _Builder(k * b)
+    vals = [bld.share_sum(j, b, 0) for j in range(k)]
+    idx_bits = max(1, (k - 1).bit_length())
+    best = vals[0]
+    idx = [C0] * idx_bits
+    for j in range(1, k):
+        gt = bld.gt_signed(vals[j], best)
+        if j < k - 1:
+            best = [bld.mux(gt, x, y) for x, y in zip(vals[j], best)]
+        idx = [bld.mux(gt, _const((j >> i) & 1), idx[i]) for i in range(idx_bits)]
+    const_out = 0
+    for i, w in enumerate(idx):
+        if _is_const(w):
+            const_out |= _cval(w) << i
+        else:
+            bld._emit(REVEAL, w, 0, 0, i, out=False)
+    return _finish(bld, const_out)

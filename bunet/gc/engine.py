@@ -1,0 +1,361 @@
+"""Garbler (server) and evaluator (client) over NumPy share arrays; messages are bytes.
+
+Session setup (three messages, once)::
+
+    m1 = ev.hello(); m2 = g.hello(m1); ev.finish_hello(m2)
+
+128 base OTs (evaluator = base-OT sender), after which every layer is one request/response::
+
+    req = ev.request(op, yc)              # IKNP u-matrix: 16 bytes per client input bit
+    resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
+    out_c = ev.finish(op, resp)
+
+The IKNP sender's correlation is the garbler's free-XOR offset Delta, so the correlated OTs
+are directly the client's input labels. Requests must reach ``respond`` in the order they were
+made (checked: the sequence number fixes the OT and tweak ranges, which are never reused);
+``finish`` may take responses in any order and C calls release the GIL, so chunks can be
+pipelined and run on two threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import circuits
+from .ot import N_BASE, POINT, BaseOTReceiver, BaseOTSender
+
+try:
+    from ._native import ffi, lib
+except ImportError as e:  # pragma: no cover - build problem
+    raise ImportError(
+        "bunet.gc._native is not built: run `pip install .` or `python native/build_ffi.py`"
+    ) from e
+
+if not lib.bn_cpu_ok():  # pragma: no cover - hardware dependent
+    raise RuntimeError("bunet.gc needs a CPU with AES-NI, PCLMULQDQ, SSSE3 and SSE4.1 (not found by cpuid)")
+
+MAGIC = b"BNG1"
+T_HELLO1, T_HELLO2, T_REQ, T_RESP = 1, 2, 3, 4
+_HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
+OP_MAXTRUNC, OP_ARGMAX = 1, 2
+
+
+def _check_int(name: str, v: object, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= int(v) <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class MaxTrunc:
+    """``ring.nonlinear`` over windows of k values, re-shared: (n, k) shares -> (n,) shares.
+
+    k=1, relu=True: ReLU fused with truncation; k=1, relu=False: truncation; k=4: 2x2 max-pool.
+    """
+
+    ring_bits: int
+    in_bits: int | None = None
+    shift: int = 0
+    relu: bool = True
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        l = _check_int("ring_bits", self.ring_bits, 1, 64)
+        b = l if self.in_bits is None else _check_int("in_bits", self.in_bits, 1, l)
+        object.__setattr__(self, "in_bits", b)
+        _check_int("shift", self.shift, 0, b - 1)
+        _check_int("k", self.k, 1, 64)
+        if not isinstance(self.relu, (bool, np.bool_)):
+            raise ValueError("relu must be a bool")
+
+    @property
+    def circuit(self) -> circuits.Compiled:
+        return circuits.max_trunc_circuit(self.ring_bits, self.in_bits, self.shift, bool(self.relu), self.k)
+
+    def _params(self) -> tuple[int, int, int, int, int, int]:
+        return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)), self.k)
+
+
+@dataclass(frozen=True)
+class Argmax:
+    """Index of the largest of k signed in_bits-bit values (ties: lowest), for the client only."""
+
+    ring_bits: int
+    in_bits: int | None = None
+    k: int = 2
+
+    def __post_init__(self) -> None:
+        l = _check_int("ring_bits", self.ring_bits, 1, 64)
+        b = l if self.in_bits is None else _check_int("in_bits", self.in_bits, 1, l)
+        object.__setattr__(self, "in_bits", b)
+        _check_int("k", self.k, 1, 1024)
+
+    @property
+    def circuit(self) -> circuits.Compiled:
+        return circuits.argmax_circuit(self.in_bits, self.k)
+
+    def _params(self) -> tuple[int, int, int, int, int, int]:
+        return (OP_ARGMAX, self.ring_bits, self.in_bits, 0, 0, self.k)
+
+
+Op = MaxTrunc | Argmax
+
+
+def _check_op(op: object) -> Op:
+    if not isinstance(op, (MaxTrunc, Argmax)):
+        raise ValueError("op must be a MaxTrunc or Argmax")
+    return op
+
+
+def _check_shares(op: Op, y: object, who: str) -> np.ndarray:
+    if not isinstance(y, np.ndarray):
+        raise ValueError(f"{who} shares must be a numpy array")
+    if y.dtype != np.uint64:
+        raise ValueError(f"{who} shares must have dtype uint64, got {y.dtype}")
+    if y.ndim == 1 and op.k == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape[1] != op.k:
+        raise ValueError(f"{who} shares must have shape (n, {op.k}), got {y.shape}")
+    if op.ring_bits < 64 and y.size and bool((y >> np.uint64(op.ring_bits)).any()):
+        raise ValueError(f"{who} shares must lie in [0, 2^{op.ring_bits})")
+    return np.ascontiguousarray(y)
+
+
+def _pad128(x: int) -> int:
+    return (x + 127) // 128 * 128
+
+
+def _derive(nonce_c: bytes, nonce_s: bytes, a_pt: bytes) -> tuple[bytes, bytes, bytes]:
+    sid = hashlib.blake2b(nonce_c + nonce_s + a_pt, digest_size=32, person=b"bunet-gc-sid-v1").digest()
+    aes_key = hashlib.blake2b(sid, digest_size=16, person=b"bunet-gc-aes-v1").digest()
+    return sid, sid[:8], aes_key
+
+
+def _sched(keys: list[bytes]) -> object:
+    buf = ffi.new("uint8_t[]", 176 * len(keys))
+    for i, k in enumerate(keys):
+        lib.bn_aes_keysched(k, buf + 176 * i)
+    return buf
+
+
+class _Party:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._seq = 0
+        self._blk = 0  # OT offset, in 128-row blocks per column
+        self._tweak = 0  # global gate-hash tweak counter
+        self._tag: bytes | None = None
+        self._rk: object = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _ready(self) -> None:
+        if self._tag is None:
+            raise ValueError("session not set up: run the hello exchange first")
+
+    def _alloc(self, op: Op, n: int, m: int) -> tuple[int, int, int]:
+        with self._lock:
+            seq, blk, tw = self._seq, self._blk, self._tweak
+            self._seq += 1
+            self._blk += m // 128
+            self._tweak += n * op.circuit.tweaks_per_inst
+            if self._tweak >= 1 << 63 or self._blk >= 1 << 62:
+                raise ValueError("session exhausted: start a new session")
+        return seq, blk, tw
+
+    def _header(self, typ: int, seq: int, op: Op, n: int) -> bytes:
+        return _HDR.pack(MAGIC, typ, self._tag, seq, *op._params(), n)
+
+    def _parse(self, msg: object, typ: int, op: Op) -> tuple[int, int, memoryview]:
+        if not isinstance(msg, (bytes, bytearray, memoryview)):
+            raise ValueError("message must be bytes")
+        mv = memoryview(msg).cast("B")
+        if len(mv) < _HDR.size:
+            raise ValueError("message too short")
+        magic, t, tag, seq, *params, n = _HDR.unpack_from(mv)
+        if magic != MAGIC or t != typ:
+            raise ValueError("not a BUNET GC message of the expected type")
+        if tag != self._tag:
+            raise ValueError("message belongs to another session")
+        if tuple(params) != op._params():
+            raise ValueError("message was made for a different operation")
+        return seq, n, mv[_HDR.size :]
+
+
+def _sizes(op: Op, n: int) -> tuple[int, int, int]:
+    c = op.circuit
+    m = _pad128(n * op.k * op.in_bits)
+    return m, n * c.ct_per_inst * 16, n * c.arith_bytes_per_inst
+
+
+def _buf(a: object) -> object:
+    return ffi.from_buffer("uint8_t[]", a)
+
+
+def _u64(a: np.ndarray) -> object:
+    return ffi.from_buffer("uint64_t[]", a)
+
+
+class Evaluator(_Party):
+    """The client: OT-extension receiver and circuit evaluator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._base = BaseOTSender()
+        self._nonce = os.urandom(16)
+        self._ks0: object = None
+        self._ks1: object = None
+        self._pending: dict[int, tuple[tuple[int, ...], int, np.ndarray, int]] = {}
+
+    def hello(self) -> bytes:
+        """Base OT round 1 (client -> server)."""
+        msg = MAGIC + bytes([T_HELLO1]) + self._nonce + self._base.A
+        self.bytes_sent += len(msg)
+        return msg
+
+    def finish_hello(self, msg: bytes) -> None:
+        """Consume the server's base-OT reply; the session is ready afterwards."""
+        if not isinstance(msg, (bytes, bytearray)) or len(msg) != 5 + 16 + N_BASE * POINT:
+            raise ValueError("malformed hello reply")
+        if msg[:4] != MAGIC or msg[4] != T_HELLO2:
+            raise ValueError("not a BUNET GC hello reply")
+        self.bytes_received += len(msg)
+        nonce_s = bytes(msg[5:21])
+        bs = [bytes(msg[21 + POINT * i : 21 + POINT * (i + 1)]) for i in range(N_BASE)]
+        sid, tag, aes_key = _derive(self._nonce, nonce_s, self._base.A)
+        k0, k1 = self._base.keys(sid, bs)
+        self._ks0, self._ks1 = _sched(k0), _sched(k1)
+        rk = ffi.new("uint8_t[]", 176)
+        lib.bn_aes_keysched(aes_key, rk)
+        self._rk = rk
+        self._tag = tag
+
+    def request(self, op: Op, yc: np.ndarray) -> bytes:
+        """Client -> server: OT-extension message for the client's input bits of this layer."""
+        op = _check_op(op)
+        self._ready()
+        yc = _check_shares(op, yc, "client")
+        n = yc.shape[0]
+        m, _, _ = _sizes(op, n)
+        seq, blk, tw = self._alloc(op, n, m)
+        choice = np.empty(m // 8, dtype=np.uint8)
+        lib.bn_unpack_bits(_u64(yc), n * op.k, op.in_bits, _buf(choice), m)
+        hdr = self._header(T_REQ, seq, op, n)
+        out = bytearray(len(hdr) + 16 * m)
+        out[: len(hdr)] = hdr
+        labels = np.empty(16 * m, dtype=np.uint8)
+        body = memoryview(out)[len(hdr) :]
+        lib.bn_iknp_recv(self._ks0, self._ks1, blk, m, _buf(choice), _buf(body), _buf(labels))
+        with self._lock:
+            self._pending[seq] = (op._params(), n, labels, tw)
+            self.bytes_sent += len(out)
+        return bytes(out)
+
+    def finish(self, op: Op, resp: bytes) -> np.ndarray:
+        """Consume the server's response: the client's new shares (MaxTrunc) or labels (Argmax)."""
+        op = _check_op(op)
+        self._ready()
+        seq, n, body = self._parse(resp, T_RESP, op)
+        with self._lock:
+            pend = self._pending.get(seq)
+            if pend is None or pend[0] != op._params() or pend[1] != n:
+                raise ValueError("response does not match any pending request")
+            _, nct, nar = _sizes(op, n)
+            if len(body) != nct + nar:
+                raise ValueError("response has the wrong length")
+            del self._pending[seq]
+            self.bytes_received += len(resp)
+        _, _, labels, tw = pend
+        c = op.circuit
+        out = np.empty(n, dtype=np.uint64)
+        mask = (1 << op.ring_bits) - 1 if isinstance(op, MaxTrunc) else (1 << 64) - 1
+        ct = body[:nct]
+        ar = body[nct:]
+        rc = lib.bn_gc_run(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
+                           op.in_bits, ffi.NULL, _buf(labels), self._rk, ffi.NULL, tw, c.tweaks_per_inst,
+                           _buf(ct), c.ct_per_inst, _buf(ar), c.arith_bytes_per_inst,
+                           _u64(out), mask)
+        if rc != 0:
+            raise MemoryError("garbled-circuit evaluation failed (out of memory)")
+        if isinstance(op, Argmax):
+            return (out | np.uint64(c.const_out)).astype(np.int64)
+        return out
+
+
+class Garbler(_Party):
+    """The server: OT-extension sender (correlation = Delta) and garbler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        d = bytearray(16)
+        if lib.bn_prg_fill(_buf(d), 16) != 0:
+            raise OSError("getrandom() failed")
+        d[0] |= 1  # point-and-permute: lsb(Delta) = 1
+        self._delta = ffi.new("uint8_t[]", bytes(d))
+        d[:] = bytes(16)
+        self._ks: object = None
+
+    def hello(self, msg: bytes) -> bytes:
+        """Base OT round 2 (server -> client); the session is ready afterwards."""
+        if not isinstance(msg, (bytes, bytearray)) or len(msg) != 5 + 16 + POINT:
+            raise ValueError("malformed hello")
+        if msg[:4] != MAGIC or msg[4] != T_HELLO1:
+            raise ValueError("not a BUNET GC hello")
+        self.bytes_received += len(msg)
+        nonce_c, a_pt = bytes(msg[5:21]), bytes(msg[21:])
+        dbytes = bytes(ffi.buffer(self._delta, 16))
+        choices = [(dbytes[i // 8] >> (i % 8)) & 1 for i in range(N_BASE)]
+        rcv = BaseOTReceiver(a_pt, choices)
+        nonce_s = os.urandom(16)
+        sid, tag, aes_key = _derive(nonce_c, nonce_s, a_pt)
+        self._ks = _sched(rcv.keys(sid))
+        rk = ffi.new("uint8_t[]", 176)
+        lib.bn_aes_keysched(aes_key, rk)
+        self._rk = rk
+        self._tag = tag
+        out = MAGIC + bytes([T_HELLO2]) + nonce_s + b"".join(rcv.bs)
+        self.bytes_sent += len(out)
+        return out
+
+    def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
+        """Garble one layer. Returns (response for the client, server's new shares or None)."""
+        op = _check_op(op)
+        self._ready()
+        ys = _check_shares(op, ys, "server")
+        n = ys.shape[0]
+        seq, n_req, body = self._parse(req, T_REQ, op)
+        if n_req != n:
+            raise ValueError("request was made for a different number of instances")
+        m, nct, nar = _sizes(op, n)
+        if len(body) != 16 * m:
+            raise ValueError("request has the wrong length")
+        with self._lock:
+            if seq != self._seq:
+                raise ValueError("request out of order (or replayed)")
+            _, blk, tw = self._alloc(op, n, m)
+        self.bytes_received += len(req)
+        labels = np.empty(16 * m, dtype=np.uint8)
+        lib.bn_iknp_send(self._ks, self._delta, blk, m, _buf(body), _buf(labels))
+        c = op.circuit
+        hdr = self._header(T_RESP, seq, op, n)
+        out = bytearray(len(hdr) + nct + nar)
+        out[: len(hdr)] = hdr
+        mv = memoryview(out)
+        acc = np.empty(n, dtype=np.uint64)
+        rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
+                           op.in_bits, _u64(ys), _buf(labels), self._rk, self._delta, tw, c.tweaks_per_inst,
+                           _buf(mv[len(hdr) : len(hdr) + nct]), c.ct_per_inst, _buf(mv[len(hdr) + nct :]),
+                           c.arith_bytes_per_inst, _u64(acc), (1 << 64) - 1)
+        if rc != 0:
+            raise MemoryError("garbling failed (out of memory)")
+        self.bytes_sent += len(out)
+        if isinstance(op, Argmax):
+            return bytes(out), None
+        mask = np.uint64((1 << op.ring_bits) - 1)
+        return bytes(out), (np.uint64(0) - acc) & mask

@@ -1,0 +1,489 @@
+/* BUNET native garbled-circuit engine.
+ *
+ * - fixed-key AES-NI hash H(x, t) = pi(sigma(x) ^ t) ^ sigma(x), sigma(xl, xh) = (xh, xl ^ xh)
+ *   (tweakable MMO with an orthomorphism, Guo-Katz-Wang-Yu); tweaks are unique per gate use.
+ * - AES-CTR PRG seeded from getrandom().
+ * - IKNP OT extension (columns by AES-CTR under the base-OT keys, SSE2 movemask transpose).
+ * - a tiny circuit interpreter: the circuit (built in Python, the same for all n instances)
+ *   is a list of gates; every gate is applied to a chunk of NB instances in one loop, so
+ *   hashing is batched (8 AES blocks in flight) and there is no per-gate Python call.
+ *
+ * Garbling/evaluation code is constant time: selections by secret bits use masks, never
+ * branches or secret-dependent indices.
+ */
+#include "bunet_gc.h"
+
+#include <cpuid.h>
+#include <errno.h>
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <wmmintrin.h>
+
+typedef __m128i block;
+
+#define NB 256 /* instances per internal chunk */
+
+int bn_cpu_ok(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    return (c & bit_AES) && (c & bit_SSE4_1) && (c & bit_SSSE3) && (c & bit_PCLMUL) ? 1 : 0;
+}
+
+int bn_getrandom(uint8_t *buf, size_t len) {
+    while (len > 0) {
+        ssize_t r = getrandom(buf, len, 0);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        buf += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- AES */
+
+static inline block expand_step(block t1, block t2) {
+    block t3;
+    t2 = _mm_shuffle_epi32(t2, 0xff);
+    t3 = _mm_slli_si128(t1, 4);
+    t1 = _mm_xor_si128(t1, t3);
+    t3 = _mm_slli_si128(t3, 4);
+    t1 = _mm_xor_si128(t1, t3);
+    t3 = _mm_slli_si128(t3, 4);
+    t1 = _mm_xor_si128(t1, t3);
+    return _mm_xor_si128(t1, t2);
+}
+
+void bn_aes_keysched(const uint8_t *key, uint8_t *out176) {
+    block rk[11];
+    rk[0] = _mm_loadu_si128((const block *)key);
+#define EXP(i, rc) rk[i] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i - 1], rc))
+    EXP(1, 0x01); EXP(2, 0x02); EXP(3, 0x04); EXP(4, 0x08); EXP(5, 0x10);
+    EXP(6, 0x20); EXP(7, 0x40); EXP(8, 0x80); EXP(9, 0x1b); EXP(10, 0x36);
+#undef EXP
+    memcpy(out176, rk, sizeof rk);
+}
+
+typedef struct { block k[11]; } aeskey;
+
+static inline void load_key(aeskey *K, const uint8_t *rk) {
+    for (int i = 0; i < 11; i++) K->k[i] = _mm_loadu_si128((const block *)(rk + 16 * i));
+}
+
+/* encrypt cnt (<= 8) blocks in place, all in flight */
+#define AES_N(K, x, N)                                                        \
+    do {                                                                      \
+        for (int _i = 0; _i < (N); _i++) x[_i] = _mm_xor_si128(x[_i], (K)->k[0]); \
+        for (int _r = 1; _r < 10; _r++)                                       \
+            for (int _i = 0; _i < (N); _i++) x[_i] = _mm_aesenc_si128(x[_i], (K)->k[_r]); \
+        for (int _i = 0; _i < (N); _i++) x[_i] = _mm_aesenclast_si128(x[_i], (K)->k[10]); \
+    } while (0)
+
+static inline void aes8(const aeskey *K, block *x) { AES_N(K, x, 8); }
+static inline void aes1(const aeskey *K, block *x) { AES_N(K, x, 1); }
+
+static inline block sigma(block a) {
+    return _mm_xor_si128(_mm_shuffle_epi32(a, 78), _mm_and_si128(a, _mm_set_epi64x(-1, 0)));
+}
+
+/* out[i] = H(in[i], tweak = (dom, tw0 + i*twstep)); in may equal out */
+static void hash_batch(const aeskey *K, const block *in, block *out, size_t cnt, uint64_t tw0,
+                       uint64_t twstep, uint64_t dom) {
+    size_t i = 0;
+    block s[8], x[8];
+    for (; i + 8 <= cnt; i += 8) {
+        for (int j = 0; j < 8; j++) {
+            s[j] = sigma(_mm_loadu_si128(in + i + j));
+            x[j] = _mm_xor_si128(s[j], _mm_set_epi64x((long long)dom, (long long)(tw0 + (i + j) * twstep)));
+        }
+        aes8(K, x);
+        for (int j = 0; j < 8; j++) _mm_storeu_si128(out + i + j, _mm_xor_si128(x[j], s[j]));
+    }
+    for (; i < cnt; i++) {
+        s[0] = sigma(_mm_loadu_si128(in + i));
+        x[0] = _mm_xor_si128(s[0], _mm_set_epi64x((long long)dom, (long long)(tw0 + i * twstep)));
+        aes1(K, x);
+        _mm_storeu_si128(out + i, _mm_xor_si128(x[0], s[0]));
+    }
+}
+
+void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cnt, uint64_t tw0,
+                   uint64_t twstep, uint64_t dom) {
+    aeskey K;
+    load_key(&K, rk);
+    hash_batch(&K, (const block *)in, (block *)out, cnt, tw0, twstep, dom);
+}
+
+/* AES-CTR PRG under a fresh getrandom() key (one key per call: each call is a fresh PRG). */
+int bn_prg_fill(uint8_t *out, size_t len) {
+    uint8_t key[16], rk[176];
+    if (bn_getrandom(key, 16) != 0) return -1;
+    bn_aes_keysched(key, rk);
+    aeskey K;
+    load_key(&K, rk);
+    uint64_t ctr = 0;
+    block x[8];
+    while (len > 0) {
+        for (int j = 0; j < 8; j++) x[j] = _mm_set_epi64x(0, (long long)(ctr + j));
+        ctr += 8;
+        aes8(&K, x);
+        size_t take = len < 128 ? len : 128;
+        memcpy(out, x, take);
+        out += take;
+        len -= take;
+    }
+    memset(key, 0, sizeof key);
+    memset(rk, 0, sizeof rk);
+    memset(&K, 0, sizeof K);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- transpose */
+
+/* bit matrix nrows x ncols (row-major, LSB-first bits) -> ncols x nrows; nrows % 16 == 0, ncols % 8 == 0 */
+void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t ncols) {
+    union {
+        block x;
+        uint8_t b[16];
+    } tmp;
+    for (uint64_t rr = 0; rr < nrows; rr += 16) {
+        for (uint64_t cc = 0; cc < ncols; cc += 8) {
+            for (int i = 0; i < 16; i++) tmp.b[i] = inp[(rr + i) * (ncols / 8) + cc / 8];
+            for (int i = 7; i >= 0; i--) {
+                uint16_t v = (uint16_t)_mm_movemask_epi8(tmp.x);
+                memcpy(out + (cc + i) * (nrows / 8) + rr / 8, &v, 2);
+                tmp.x = _mm_slli_epi64(tmp.x, 1);
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- IKNP */
+
+#define ROWS 1024 /* rows per internal chunk (8 AES blocks per column) */
+
+static inline void ctr8(const aeskey *K, uint64_t ctr, block *x, int nb) {
+    for (int j = 0; j < 8; j++) x[j] = _mm_set_epi64x(0, (long long)(ctr + j));
+    if (nb == 8)
+        aes8(K, x);
+    else
+        for (int j = 0; j < nb; j++) aes1(K, x + j);
+}
+
+/* receiver: m rows (m % 128 == 0), choice bits packed; u: 128 columns of m/8 bytes; t_rows: m x 16 */
+void bn_iknp_recv(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m,
+                  const uint8_t *choice, uint8_t *u, uint8_t *t_rows) {
+    static __thread uint8_t tmat[128 * ROWS / 8];
+    const uint64_t mb = m / 8;
+    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
+        uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
+        int nb = (int)(rows / 128);
+        uint64_t ctr = blk_off + r0 / 128;
+        for (int i = 0; i < 128; i++) {
+            aeskey K0, K1;
+            block g0[8], g1[8];
+            load_key(&K0, ks0 + 176 * i);
+            load_key(&K1, ks1 + 176 * i);
+            ctr8(&K0, ctr, g0, nb);
+            ctr8(&K1, ctr, g1, nb);
+            for (int j = 0; j < nb; j++) {
+                block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * j));
+                _mm_storeu_si128((block *)(u + i * mb + r0 / 8 + 16 * j),
+                                 _mm_xor_si128(_mm_xor_si128(g0[j], g1[j]), c));
+                _mm_storeu_si128((block *)(tmat + i * (rows / 8) + 16 * j), g0[j]);
+            }
+        }
+        bn_transpose(tmat, t_rows + r0 * 16, 128, rows);
+    }
+}
+
+/* sender: s = delta bits; q^i = G(k_i) ^ s_i u^i; q_rows: m x 16 (q_j = t_j ^ r_j delta) */
+void bn_iknp_send(const uint8_t *ks, const uint8_t *delta, uint64_t blk_off, uint64_t m,
+                  const uint8_t *u, uint8_t *q_rows) {
+    static __thread uint8_t tmat[128 * ROWS / 8];
+    const uint64_t mb = m / 8;
+    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
+        uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
+        int nb = (int)(rows / 128);
+        uint64_t ctr = blk_off + r0 / 128;
+        for (int i = 0; i < 128; i++) {
+            aeskey K;
+            block g[8];
+            load_key(&K, ks + 176 * i);
+            ctr8(&K, ctr, g, nb);
+            block msk = _mm_set1_epi8((char)(-(int)((delta[i / 8] >> (i % 8)) & 1)));
+            for (int j = 0; j < nb; j++) {
+                block uu = _mm_loadu_si128((const block *)(u + i * mb + r0 / 8 + 16 * j));
+                _mm_storeu_si128((block *)(tmat + i * (rows / 8) + 16 * j),
+                                 _mm_xor_si128(g[j], _mm_and_si128(uu, msk)));
+            }
+        }
+        bn_transpose(tmat, q_rows + r0 * 16, 128, rows);
+    }
+}
+
+/* low `bits` bits of each value, LSB first, concatenated; out (out_bits/8 bytes) zeroed first */
+void bn_unpack_bits(const uint64_t *vals, uint64_t cnt, uint32_t bits, uint8_t *out, uint64_t out_bits) {
+    memset(out, 0, out_bits / 8);
+    uint64_t pos = 0;
+    for (uint64_t i = 0; i < cnt; i++) {
+        uint64_t v = vals[i];
+        for (uint32_t j = 0; j < bits; j++, pos++) out[pos >> 3] |= (uint8_t)(((v >> j) & 1) << (pos & 7));
+    }
+}
+
+/* ---------------------------------------------------------------- circuits */
+
+enum { G_XOR = 0, G_NOT = 1, G_XORG = 2, G_AND = 3, G_ANDG = 4, G_B2A = 5, G_B2A2 = 6, G_NOUT = 7, G_REVEAL = 8 };
+#define GREC 8 /* op, a, b, o, t, c, p1, p2 */
+
+static inline uint64_t lsb(block x) { return (uint64_t)_mm_cvtsi128_si64(x) & 1; }
+static inline block bm(uint64_t bit) { return _mm_set1_epi64x(-(long long)bit); }
+static inline uint64_t lo64(block x) { return (uint64_t)_mm_cvtsi128_si64(x); }
+static inline uint64_t hi64(block x) { return (uint64_t)_mm_extract_epi64(x, 1); }
+static inline uint64_t mmask(uint32_t m) { return m >= 64 ? ~0ULL : ((1ULL << m) - 1); }
+
+static inline void put_bits(uint8_t *base, uint32_t bitoff, uint64_t v, uint32_t m) {
+    uint8_t *p = base + (bitoff >> 3);
+    uint32_t sh = bitoff & 7;
+    unsigned __int128 x = (unsigned __int128)(v & mmask(m)) << sh;
+    uint32_t nb = (sh + m + 7) >> 3;
+    for (uint32_t q = 0; q < nb; q++) p[q] |= (uint8_t)(x >> (8 * q));
+}
+
+static inline uint64_t get_bits(const uint8_t *base, uint32_t bitoff, uint32_t m) {
+    const uint8_t *p = base + (bitoff >> 3);
+    uint32_t sh = bitoff & 7;
+    uint32_t nb = (sh + m + 7) >> 3;
+    unsigned __int128 x = 0;
+    for (uint32_t q = 0; q < nb; q++) x |= (unsigned __int128)p[q] << (8 * q);
+    return (uint64_t)(x >> sh) & mmask(m);
+}
+
+/* Run the circuit over n instances.
+ * garbler: in_labels are zero labels; writes ct (ctpi blocks per instance, layout [ct][inst])
+ *          and arith (abpi bytes per instance, must be zeroed); out = garbler accumulator acc0.
+ * evaluator: in_labels are active labels; reads ct/arith; out = evaluator accumulator acc0.
+ * The caller turns acc0 into shares (garbler: -acc0 mod 2^l) or labels.
+ */
+int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
+              uint32_t b, const uint64_t *ys, const uint8_t *in_labels, const uint8_t *rk,
+              const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
+              uint8_t *arith, uint32_t abpi, uint64_t *out, uint64_t outmask) {
+    (void)ctpi;
+    aeskey K;
+    load_key(&K, rk);
+    const block D = garbler ? _mm_loadu_si128((const block *)delta) : _mm_setzero_si128();
+    const uint64_t dom = 0x4743000000000000ULL; /* "GC" gate-hash domain */
+    block *W = aligned_alloc(64, (size_t)nwires * NB * sizeof(block));
+    block *hb = aligned_alloc(64, 4 * NB * sizeof(block));
+    uint64_t *acc0 = aligned_alloc(64, NB * sizeof(uint64_t));
+    uint64_t *acc1 = aligned_alloc(64, NB * sizeof(uint64_t));
+    if (!W || !hb || !acc0 || !acc1) {
+        free(W); free(hb); free(acc0); free(acc1);
+        return -1;
+    }
+    block *ctb = (block *)ct;
+    const uint32_t nin = k * b;
+    for (uint64_t i0 = 0; i0 < n; i0 += NB) {
+        const uint32_t cnt = (uint32_t)(n - i0 < NB ? n - i0 : NB);
+        const uint64_t twc = tweak_base + i0 * tpi;
+        for (uint32_t i = 0; i < cnt; i++) {
+            for (uint32_t w = 0; w < nin; w++)
+                W[(size_t)w * NB + i] = _mm_loadu_si128((const block *)(in_labels + ((i0 + i) * nin + w) * 16));
+            acc0[i] = 0;
+            acc1[i] = 0;
+        }
+        for (uint32_t g = 0; g < ngates; g++) {
+            const int32_t *G = gates + (size_t)g * GREC;
+            const int op = G[0];
+            block *A = W + (size_t)G[1] * NB, *B = W + (size_t)G[2] * NB, *O = W + (size_t)G[3] * NB;
+            const uint64_t t = (uint64_t)G[4];
+            const uint32_t c = (uint32_t)G[5], p1 = (uint32_t)G[6], p2 = (uint32_t)G[7];
+            switch (op) {
+            case G_XOR:
+                for (uint32_t i = 0; i < cnt; i++) O[i] = _mm_xor_si128(A[i], B[i]);
+                break;
+            case G_NOT:
+                for (uint32_t i = 0; i < cnt; i++) O[i] = _mm_xor_si128(A[i], D);
+                break;
+            case G_XORG:
+                if (garbler)
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        uint64_t gb = (ys[(i0 + i) * k + p1] >> p2) & 1;
+                        O[i] = _mm_xor_si128(A[i], _mm_and_si128(D, bm(gb)));
+                    }
+                else
+                    for (uint32_t i = 0; i < cnt; i++) O[i] = A[i];
+                break;
+            case G_AND: {
+                /* half gates (Zahur-Rosulek-Evans): 2 ciphertexts, tweaks t, t+1 */
+                block *h0 = hb, *h1 = hb + NB, *h2 = hb + 2 * NB, *h3 = hb + 3 * NB;
+                block *TG = ctb + (size_t)c * n + i0, *TE = ctb + (size_t)(c + 1) * n + i0;
+                if (garbler) {
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        h0[i] = A[i];
+                        h1[i] = _mm_xor_si128(A[i], D);
+                        h2[i] = B[i];
+                        h3[i] = _mm_xor_si128(B[i], D);
+                    }
+                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
+                    hash_batch(&K, h2, h2, cnt, twc + t + 1, tpi, dom);
+                    hash_batch(&K, h3, h3, cnt, twc + t + 1, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const block a0 = A[i];
+                        const uint64_t pa = lsb(a0), pb = lsb(B[i]);
+                        const block tg = _mm_xor_si128(_mm_xor_si128(h0[i], h1[i]), _mm_and_si128(D, bm(pb)));
+                        const block wg = _mm_xor_si128(h0[i], _mm_and_si128(tg, bm(pa)));
+                        const block te = _mm_xor_si128(_mm_xor_si128(h2[i], h3[i]), a0);
+                        const block we = _mm_xor_si128(h2[i], _mm_and_si128(_mm_xor_si128(te, a0), bm(pb)));
+                        _mm_storeu_si128(TG + i, tg);
+                        _mm_storeu_si128(TE + i, te);
+                        O[i] = _mm_xor_si128(wg, we);
+                    }
+                } else {
+                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(&K, B, h1, cnt, twc + t + 1, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const block a = A[i];
+                        const block tg = _mm_loadu_si128(TG + i), te = _mm_loadu_si128(TE + i);
+                        const block wg = _mm_xor_si128(h0[i], _mm_and_si128(tg, bm(lsb(a))));
+                        const block we = _mm_xor_si128(h1[i], _mm_and_si128(_mm_xor_si128(te, a), bm(lsb(B[i]))));
+                        O[i] = _mm_xor_si128(wg, we);
+                    }
+                }
+                break;
+            }
+            case G_ANDG: {
+                /* a AND g, g known to the garbler: one garbler half gate, 1 ciphertext */
+                block *h0 = hb, *h1 = hb + NB;
+                block *T = ctb + (size_t)c * n + i0;
+                if (garbler) {
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        h0[i] = A[i];
+                        h1[i] = _mm_xor_si128(A[i], D);
+                    }
+                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const uint64_t gb = (ys[(i0 + i) * k + p1] >> p2) & 1;
+                        const block tt = _mm_xor_si128(_mm_xor_si128(h0[i], h1[i]), _mm_and_si128(D, bm(gb)));
+                        _mm_storeu_si128(T + i, tt);
+                        O[i] = _mm_xor_si128(h0[i], _mm_and_si128(tt, bm(lsb(A[i]))));
+                    }
+                } else {
+                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++)
+                        O[i] = _mm_xor_si128(h0[i], _mm_and_si128(_mm_loadu_si128(T + i), bm(lsb(A[i]))));
+                }
+                break;
+            }
+            case G_B2A:
+            case G_B2A2: {
+                /* unary Boolean-to-arithmetic gate in Z_{2^p1}, result scaled by 2^p2:
+                 * evaluator E = h(L) + colour * T; garbler R with E = R + w * bit.
+                 * B2A: weight +1 (G[2] == 0) or -1 (G[2] == 1), into acc0.
+                 * B2A2 (ReLU output, n wire = G[2]): from one hash, Z (low half, weight r') into acc0
+                 * and Y (high half, weight 1 - 2 r') into acc1, r' = permute bit of the n wire;
+                 * Z's ciphertext at bit c, Y's at bit c + p1. */
+                const uint64_t mk = mmask(p1);
+                block *h0 = hb, *h1 = hb + NB;
+                if (garbler) {
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        h0[i] = A[i];
+                        h1[i] = _mm_xor_si128(A[i], D);
+                    }
+                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const uint64_t p = lsb(A[i]);
+                        const uint64_t sel = -p;
+                        uint8_t *ab = arith + (i0 + i) * abpi;
+                        uint64_t wz, wy;
+                        if (op == G_B2A) {
+                            wz = (uint64_t)G[2] ? ~0ULL : 1ULL;
+                            wy = 0;
+                        } else {
+                            const uint64_t rp = lsb(B[i]);
+                            wz = rp;
+                            wy = 1 - 2 * rp;
+                        }
+                        /* low half */
+                        {
+                            const uint64_t a0 = lo64(h0[i]), a1 = lo64(h1[i]);
+                            const uint64_t hc0 = (a1 & sel) | (a0 & ~sel), hc1 = (a0 & sel) | (a1 & ~sel);
+                            const uint64_t R = (hc0 - wz * p) & mk;
+                            const uint64_t T = (R + wz * (1 - p) - hc1) & mk;
+                            put_bits(ab, c, T, p1);
+                            acc0[i] += R << p2;
+                        }
+                        if (op == G_B2A2) {
+                            const uint64_t a0 = hi64(h0[i]), a1 = hi64(h1[i]);
+                            const uint64_t hc0 = (a1 & sel) | (a0 & ~sel), hc1 = (a0 & sel) | (a1 & ~sel);
+                            const uint64_t R = (hc0 - wy * p) & mk;
+                            const uint64_t T = (R + wy * (1 - p) - hc1) & mk;
+                            put_bits(ab, c + p1, T, p1);
+                            acc1[i] += R << p2;
+                        }
+                    }
+                } else {
+                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const uint64_t col = -lsb(A[i]);
+                        const uint8_t *ab = arith + (i0 + i) * abpi;
+                        acc0[i] += ((lo64(h0[i]) + (get_bits(ab, c, p1) & col)) & mk) << p2;
+                        if (op == G_B2A2) acc1[i] += ((hi64(h0[i]) + (get_bits(ab, c + p1, p1) & col)) & mk) << p2;
+                    }
+                }
+                break;
+            }
+            case G_NOUT: {
+                /* ReLU output: E = h(L_n) + c * (T + Y) in Z_{2^p1}; garbler R_B = h(colour-0 label) */
+                const uint64_t mk = mmask(p1);
+                block *h0 = hb, *h1 = hb + NB;
+                if (garbler) {
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const block k0 = _mm_xor_si128(A[i], _mm_and_si128(D, bm(lsb(A[i]))));
+                        h0[i] = k0;
+                        h1[i] = _mm_xor_si128(k0, D);
+                    }
+                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const uint64_t rb = lo64(h0[i]) & mk;
+                        const uint64_t T = (rb - lo64(h1[i]) - acc1[i]) & mk;
+                        put_bits(arith + (i0 + i) * abpi, c, T, p1);
+                        acc0[i] += rb;
+                    }
+                } else {
+                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const uint64_t col = -lsb(A[i]);
+                        const uint64_t T = get_bits(arith + (i0 + i) * abpi, c, p1);
+                        acc0[i] += (lo64(h0[i]) + ((T + acc1[i]) & col)) & mk;
+                    }
+                }
+                break;
+            }
+            case G_REVEAL:
+                if (garbler)
+                    for (uint32_t i = 0; i < cnt; i++) put_bits(arith + (i0 + i) * abpi, c, lsb(A[i]), 1);
+                else
+                    for (uint32_t i = 0; i < cnt; i++)
+                        acc0[i] |= (lsb(A[i]) ^ get_bits(arith + (i0 + i) * abpi, c, 1)) << p2;
+                break;
+            default:
+                free(W); free(hb); free(acc0); free(acc1);
+                return -2;
+            }
+        }
+        for (uint32_t i = 0; i < cnt; i++) out[i0 + i] = acc0[i] & outmask;
+    }
+    free(W); free(hb); free(acc0); free(acc1);
+    return 0;
+}
