@@ -135,10 +135,7 @@ class _Builder:
                 si = self.xor(si, c)
             s.append(si)
             if i < b - 1:
-                if c == C0:
-                    c = self.andg(a, j, i)
-                else:
-                    c = self.xor(c, self.and_(self.xor(a, c), self.xorg(c, j, i)))
+                c = self.andg(a, j, i) if c == C0 else self.xor(c, self.and_(self.xor(a, c), self.xorg(c, j, i)))
         return s[keep_from:]
 
     def gt_signed(self, x: list[int], y: list[int]) -> int:
@@ -164,7 +161,7 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
             needed.add(a)
             if op in (XOR, AND, B2A2):
                 needed.add(b)
-    gates = [g for g, lv in zip(gates, live) if lv]
+    gates = [g for g, lv in zip(gates, live, strict=False) if lv]
     # slot allocation (outputs get a fresh slot before the inputs are released: no aliasing)
     last_use: dict[int, int] = {}
     for gi, g in enumerate(gates):
@@ -241,9 +238,9 @@ def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: i
     vals = [bld.share_sum(j, b, s) for j in range(k)]
     while len(vals) > 1:  # pairwise tree (k = 4: two levels)
         nxt = []
-        for x, y in zip(vals[0::2], vals[1::2]):
+        for x, y in zip(vals[0::2], vals[1::2], strict=False):
             gt = bld.gt_signed(x, y)
-            nxt.append([bld.mux(gt, xi, yi) for xi, yi in zip(x, y)])
+            nxt.append([bld.mux(gt, xi, yi) for xi, yi in zip(x, y, strict=False)])
         if len(vals) % 2:
             nxt.append(vals[-1])
         vals = nxt
@@ -276,7 +273,7 @@ def argmax_circuit(in_bits: int, k: int) -> Compiled:
     for j in range(1, k):
         gt = bld.gt_signed(vals[j], best)
         if j < k - 1:
-            best = [bld.mux(gt, x, y) for x, y in zip(vals[j], best)]
+            best = [bld.mux(gt, x, y) for x, y in zip(vals[j], best, strict=False)]
         idx = [bld.mux(gt, _const((j >> i) & 1), idx[i]) for i in range(idx_bits)]
     const_out = 0
     for i, w in enumerate(idx):

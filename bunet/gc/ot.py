@@ -83,6 +83,6 @@ class BaseOTReceiver:
 
     def keys(self, sid: bytes) -> list[bytes]:
         out = [_key(sid, i, self.A, b_pt, _mul(b, self.A)) for i, (b, b_pt) in enumerate(zip(self._secrets,
-                                                                                             self.bs))]
+                                                                                             self.bs, strict=False))]
         self._secrets = []
         return out

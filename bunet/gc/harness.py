@@ -1,0 +1,179 @@
+"""Two-party harness over a socket (socketpair or loopback TCP), for tests and benchmarks.
+
+Frames are length-prefixed. The evaluator pipelines: a sender thread computes and sends
+requests up to ``depth`` chunks ahead while the main thread receives responses and evaluates,
+so garbling (server) and evaluation (client) overlap.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import Argmax, Evaluator, Garbler, MaxTrunc
+
+_LEN = struct.Struct("<Q")
+MAX_FRAME = 1 << 31
+
+
+class Channel:
+    """Length-prefixed frames over a connected socket, with byte counters."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sent = 0
+        self.received = 0
+        self._slock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self._slock:
+            self.sock.sendall(_LEN.pack(len(data)))
+            self.sock.sendall(data)
+            self.sent += _LEN.size + len(data)
+
+    def _recv_exact(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        mv = memoryview(buf)
+        got = 0
+        while got < n:
+            r = self.sock.recv_into(mv[got:], n - got)
+            if r == 0:
+                raise ConnectionError("peer closed the connection")
+            got += r
+        return buf
+
+    def recv(self) -> bytes:
+        (n,) = _LEN.unpack(self._recv_exact(_LEN.size))
+        if n > MAX_FRAME:
+            raise ValueError("frame too large")
+        data = bytes(self._recv_exact(n))
+        self.received += _LEN.size + n
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(i, min(n, i + chunk)) for i in range(0, n, chunk)] or [(0, 0)]
+
+
+def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 15) -> np.ndarray | None:
+    """Server side of one session and one layer: returns the server's output shares (or None)."""
+    g = Garbler()
+    ch.send(g.hello(ch.recv()))
+    outs = []
+    ys = ys.reshape(ys.shape[0], -1)
+    for lo, hi in _chunks(ys.shape[0], chunk):
+        resp, out_s = g.respond(op, ch.recv(), ys[lo:hi])
+        ch.send(resp)
+        outs.append(out_s)
+    if isinstance(op, Argmax):
+        return None
+    return np.concatenate(outs)
+
+
+def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 15,
+                  depth: int = 2) -> np.ndarray:
+    """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax)."""
+    ev = Evaluator()
+    ch.send(ev.hello())
+    ev.finish_hello(ch.recv())
+    yc = yc.reshape(yc.shape[0], -1)
+    parts = _chunks(yc.shape[0], chunk)
+    slots = threading.Semaphore(depth)
+    err: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            for lo, hi in parts:
+                slots.acquire()
+                ch.send(ev.request(op, yc[lo:hi]))
+        except BaseException as e:  # surfaced by the main thread
+            err.append(e)
+
+    th = threading.Thread(target=sender, daemon=True)
+    th.start()
+    outs = []
+    for _ in parts:
+        resp = ch.recv()
+        outs.append(ev.finish(op, resp))
+        slots.release()
+    th.join()
+    if err:
+        raise err[0]
+    return np.concatenate(outs)
+
+
+@dataclass
+class RunStats:
+    seconds: float
+    client_sent: int
+    client_received: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.client_sent + self.client_received
+
+
+def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socket | None,
+                  op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int) -> None:
+    try:
+        if sock is None:
+            srv = socket.create_server(addr or ("127.0.0.1", 0))
+            conn.send(srv.getsockname()[1])
+            s, _ = srv.accept()
+            srv.close()
+        else:
+            s = sock
+        if s.family != socket.AF_UNIX:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ch = Channel(s)
+        out = run_garbler(ch, op, ys, chunk)
+        conn.send(("ok", out))
+        ch.close()
+    except BaseException as e:  # report to the parent, never hang it
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 15,
+              tcp: bool = False, depth: int = 2) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
+    """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
+
+    tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server shares,
+    stats); stats.seconds covers the session from the client's hello to its last output.
+    """
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    if tcp:
+        proc = ctx.Process(target=_garbler_proc, args=(child, ("127.0.0.1", 0), None, op, ys, chunk))
+        proc.start()
+        port = parent.recv()
+        if not isinstance(port, int):
+            raise RuntimeError(f"garbler failed: {port}")
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        s, peer = socket.socketpair()
+        proc = ctx.Process(target=_garbler_proc, args=(child, None, peer, op, ys, chunk))
+        proc.start()
+        peer.close()
+    ch = Channel(s)
+    try:
+        t0 = time.perf_counter()
+        out_c = run_evaluator(ch, op, yc, chunk, depth)
+        dt = time.perf_counter() - t0
+        status, out_s = parent.recv()
+    finally:
+        ch.close()
+        proc.join(timeout=30)
+    if status != "ok":
+        raise RuntimeError(f"garbler failed: {out_s}")
+    return out_c, out_s, RunStats(dt, ch.sent, ch.received)

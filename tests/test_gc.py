@@ -1,0 +1,290 @@
+"""Garbled-circuit engine: circuits against the fixed-point reference, OT, messages, processes."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bunet import ring
+from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc
+from bunet.gc.engine import ffi, lib
+from bunet.gc.ot import BaseOTReceiver, BaseOTSender
+
+HSET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _session() -> tuple[Evaluator, Garbler]:
+    ev, g = Evaluator(), Garbler()
+    ev.finish_hello(g.hello(ev.hello()))
+    return ev, g
+
+
+@pytest.fixture(scope="module")
+def sess() -> tuple[Evaluator, Garbler]:
+    return _session()
+
+
+def _run(sess, op, x: np.ndarray):
+    ev, g = sess
+    yc, ys = ring.share(x, op.ring_bits)
+    resp, out_s = g.respond(op, ev.request(op, yc), ys)
+    return ev.finish(op, resp), out_s
+
+
+def _check_max_trunc(sess, op: MaxTrunc, x: np.ndarray) -> None:
+    out_c, out_s = _run(sess, op, x)
+    l = op.ring_bits
+    assert out_c.dtype == np.uint64 and out_s.dtype == np.uint64
+    assert out_c.shape == out_s.shape == (x.shape[0],)
+    assert not (out_s >> np.uint64(l)).any() if l < 64 else True
+    want = ring.nonlinear(x, in_bits=op.in_bits, shift=op.shift, relu=op.relu, ring_bits=l)
+    np.testing.assert_array_equal(ring.add(out_c, out_s, l), want)
+
+
+def _extremes(l: int, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    top = (1 << l) - 1
+    vals = np.array([0, (1 << (l - 1)) - 1, 1 << (l - 1), top, 1, top - 1], dtype=np.uint64)
+    return vals[rng.integers(0, len(vals), size=(n, k))]
+
+
+CONFIGS = [(24, 24, 8), (32, 32, 12), (64, 64, 12), (64, 40, 20), (24, 16, 15), (8, 8, 0), (1, 1, 0), (17, 9, 4)]
+
+
+@pytest.mark.parametrize("l,b,s", CONFIGS)
+@pytest.mark.parametrize("relu,k", [(True, 1), (False, 1), (True, 4), (False, 4)])
+def test_max_trunc_random_and_extremes(sess, l, b, s, relu, k):
+    rng = np.random.default_rng(l * 1000 + b * 10 + s + k)
+    op = MaxTrunc(ring_bits=l, in_bits=b, shift=s, relu=relu, k=k)
+    _check_max_trunc(sess, op, ring.random((301, k), l))  # odd n, > one engine chunk
+    _check_max_trunc(sess, op, _extremes(l, 67, k, rng))
+    _check_max_trunc(sess, op, np.zeros((5, k), dtype=np.uint64))  # all zero
+    neg = ring.from_signed(-rng.integers(1, 1 << min(b - 1, 62), size=(9, k), endpoint=True), l) if b > 1 else \
+        np.full((9, k), 1, dtype=np.uint64)
+    _check_max_trunc(sess, op, neg)  # all negative
+    _check_max_trunc(sess, op, np.zeros((0, k), dtype=np.uint64))  # n = 0
+    _check_max_trunc(sess, op, ring.random((1, k), l))  # n = 1
+
+
+def test_extreme_shares(sess):
+    """The shares themselves at the ring's extremes (not only their sum)."""
+    l = 24
+    op = MaxTrunc(ring_bits=l, in_bits=l, shift=8, relu=True)
+    top = (1 << l) - 1
+    pairs = [(0, 0), (top, 1), (top, top), (1 << 23, 1 << 23), ((1 << 23) - 1, 0), (0, top), (top, 0)]
+    yc = np.array([[a] for a, _ in pairs], dtype=np.uint64)
+    ys = np.array([[b] for _, b in pairs], dtype=np.uint64)
+    ev, g = sess
+    resp, out_s = g.respond(op, ev.request(op, yc), ys)
+    out_c = ev.finish(op, resp)
+    want = ring.nonlinear(ring.add(yc, ys, l), in_bits=l, shift=8, relu=True, ring_bits=l)
+    np.testing.assert_array_equal(ring.add(out_c, out_s, l), want)
+
+
+@HSET
+@given(
+    data=st.data(),
+    l=st.integers(1, 64),
+    relu=st.booleans(),
+    k=st.sampled_from([1, 2, 4]),
+    n=st.integers(0, 40),
+)
+def test_max_trunc_hypothesis(sess, data, l, relu, k, n):
+    b = data.draw(st.integers(1, l))
+    s = data.draw(st.integers(0, b - 1))
+    raw = data.draw(st.lists(st.integers(0, (1 << l) - 1), min_size=n * k, max_size=n * k))
+    x = np.array(raw, dtype=np.uint64).reshape(n, k)
+    _check_max_trunc(sess, MaxTrunc(ring_bits=l, in_bits=b, shift=s, relu=relu, k=k), x)
+
+
+@pytest.mark.parametrize("l,b,k", [(24, 24, 2), (64, 64, 2), (32, 20, 3), (24, 24, 5), (8, 8, 1), (16, 16, 9)])
+def test_argmax(sess, l, b, k):
+    rng = np.random.default_rng(k + l)
+    op = Argmax(ring_bits=l, in_bits=b, k=k)
+    ev, g = sess
+    for x in (ring.random((257, k), l), _extremes(l, 99, k, rng), np.zeros((3, k), dtype=np.uint64),
+              np.zeros((0, k), dtype=np.uint64)):
+        yc, ys = ring.share(x, l)
+        resp, none = g.respond(op, ev.request(op, yc), ys)
+        assert none is None
+        got = ev.finish(op, resp)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, ring.argmax(x, in_bits=b))
+
+
+@HSET
+@given(data=st.data(), l=st.integers(1, 64), k=st.integers(1, 6), n=st.integers(0, 30))
+def test_argmax_hypothesis_ties(sess, data, l, k, n):
+    b = data.draw(st.integers(1, l))
+    # few distinct values: many ties
+    pool = data.draw(st.lists(st.integers(0, (1 << l) - 1), min_size=1, max_size=3))
+    idx = data.draw(st.lists(st.integers(0, len(pool) - 1), min_size=n * k, max_size=n * k))
+    x = np.array([pool[i] for i in idx], dtype=np.uint64).reshape(n, k)
+    _, _ = sess
+    ev, g = sess
+    op = Argmax(ring_bits=l, in_bits=b, k=k)
+    yc, ys = ring.share(x, l)
+    resp, _ = g.respond(op, ev.request(op, yc), ys)
+    np.testing.assert_array_equal(ev.finish(op, resp), ring.argmax(x, in_bits=b))
+
+
+def test_output_shares_look_random(sess):
+    """The server's output shares are fresh: same input, different shares each time."""
+    op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True)
+    x = np.zeros((64, 1), dtype=np.uint64)
+    _, s1 = _run(sess, op, x)
+    _, s2 = _run(sess, op, x)
+    assert len(set(s1.tolist())) > 60 and not np.array_equal(s1, s2)
+
+
+def test_base_ot():
+    snd = BaseOTSender()
+    choices = [i % 2 for i in range(128)]
+    rcv = BaseOTReceiver(snd.A, choices)
+    sid = b"s" * 32
+    k0, k1 = snd.keys(sid, rcv.bs)
+    kr = rcv.keys(sid)
+    for c, a, b, r in zip(choices, k0, k1, kr, strict=False):
+        assert r == (b if c else a) and r != (a if c else b)
+    assert len(set(k0 + k1)) == 256
+
+
+def test_iknp_correlation():
+    rng = np.random.default_rng(1)
+    delta = bytearray(rng.bytes(16))
+    delta[0] |= 1
+    k0 = [rng.bytes(16) for _ in range(128)]
+    k1 = [rng.bytes(16) for _ in range(128)]
+    bits = [(delta[i // 8] >> (i % 8)) & 1 for i in range(128)]
+    ks = [k1[i] if bits[i] else k0[i] for i in range(128)]
+
+    def sched(keys):
+        buf = ffi.new("uint8_t[]", 176 * 128)
+        for i, k in enumerate(keys):
+            lib.bn_aes_keysched(k, buf + 176 * i)
+        return buf
+
+    for m, off in [(128, 0), (2048 + 384, 7)]:
+        choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
+        u = np.empty(16 * m, dtype=np.uint8)
+        t = np.empty(16 * m, dtype=np.uint8)
+        q = np.empty(16 * m, dtype=np.uint8)
+        lib.bn_iknp_recv(sched(k0), sched(k1), off, m, ffi.from_buffer("uint8_t[]", choice),
+                         ffi.from_buffer("uint8_t[]", u), ffi.from_buffer("uint8_t[]", t))
+        lib.bn_iknp_send(sched(ks), bytes(delta), off, m, ffi.from_buffer("uint8_t[]", u),
+                         ffi.from_buffer("uint8_t[]", q))
+        r = np.unpackbits(choice, bitorder="little")
+        d = np.frombuffer(bytes(delta), dtype=np.uint8)
+        diff = (t ^ q).reshape(m, 16)
+        np.testing.assert_array_equal(diff, np.where(r[:, None] == 1, d[None, :], 0))
+        assert len({bytes(row) for row in q.reshape(m, 16)}) == m
+
+
+def test_pipelined_out_of_order_and_threads():
+    ev, g = _session()
+    op = MaxTrunc(ring_bits=32, in_bits=32, shift=12, relu=True)
+    xs = [ring.random((500 + i, 1), 32) for i in range(4)]
+    shares = [ring.share(x, 32) for x in xs]
+    reqs = [ev.request(op, yc) for yc, _ in shares]
+    results: list = [None] * 4
+
+    def work(i):
+        results[i] = g.respond(op, reqs[i], shares[i][1])
+
+    # respond calls must start in order (the sequence number fixes the OT/tweak ranges); once a
+    # call has claimed its range, the next may start while it is still garbling
+    ths = []
+    for i in range(4):
+        th = threading.Thread(target=work, args=(i,))
+        th.start()
+        ths.append(th)
+        while g._seq <= i and th.is_alive():
+            pass
+    for th in ths:
+        th.join()
+    for i in (3, 1, 2, 0):  # finish in any order
+        resp, out_s = results[i]
+        out_c = ev.finish(op, resp)
+        want = ring.nonlinear(xs[i], in_bits=32, shift=12, relu=True, ring_bits=32)
+        np.testing.assert_array_equal(ring.add(out_c, out_s, 32), want)
+
+
+def test_bad_messages():
+    ev, g = _session()
+    op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True)
+    x = ring.random((10, 1), 24)
+    yc, ys = ring.share(x, 24)
+    req = ev.request(op, yc)
+    with pytest.raises(ValueError):
+        g.respond(op, req[:-1], ys)  # truncated
+    with pytest.raises(ValueError):
+        g.respond(op, req + b"\0", ys)  # too long
+    with pytest.raises(ValueError):
+        g.respond(op, b"garbage", ys)
+    with pytest.raises(ValueError):
+        g.respond(MaxTrunc(ring_bits=24, in_bits=24, shift=7, relu=True), req, ys)  # other op
+    with pytest.raises(ValueError):
+        g.respond(op, req, ys[:5])  # other n
+    ev2, g2 = _session()
+    with pytest.raises(ValueError):
+        g2.respond(op, req, ys)  # other session
+    resp, out_s = g.respond(op, req, ys)
+    with pytest.raises(ValueError):
+        g.respond(op, req, ys)  # replay
+    with pytest.raises(ValueError):
+        ev.finish(op, resp[:-3])
+    with pytest.raises(ValueError):
+        ev.finish(Argmax(ring_bits=24, k=1), resp)
+    with pytest.raises(ValueError):
+        ev.finish(op, b"x" * 100)
+    out_c = ev.finish(op, resp)
+    np.testing.assert_array_equal(ring.add(out_c, out_s, 24),
+                                  ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24))
+    with pytest.raises(ValueError):
+        ev.finish(op, resp)  # already consumed
+    with pytest.raises(ValueError):
+        Evaluator().finish_hello(b"\0" * 10)
+    with pytest.raises(ValueError):
+        Garbler().hello(b"BNG1\x01" + b"\0" * 48)  # invalid group element
+    with pytest.raises(ValueError):
+        Evaluator().request(op, yc)  # no session
+
+
+def test_input_validation(sess):
+    ev, _ = sess
+    op = MaxTrunc(ring_bits=24, in_bits=24, shift=8)
+    for bad in (np.zeros((3, 1), dtype=np.int64), np.zeros((3, 2), dtype=np.uint64),
+                np.full((3, 1), 1 << 24, dtype=np.uint64), [[1]]):
+        with pytest.raises(ValueError) as ei:
+            ev.request(op, bad)
+        assert "16777216" not in str(ei.value)
+    for kw in (dict(ring_bits=0), dict(ring_bits=65), dict(ring_bits=24, in_bits=25),
+               dict(ring_bits=24, shift=24), dict(ring_bits=24, in_bits=8, shift=8), dict(ring_bits=24, k=0)):
+        with pytest.raises(ValueError):
+            MaxTrunc(**kw)
+    with pytest.raises(ValueError):
+        Argmax(ring_bits=24, k=0)
+    with pytest.raises(ValueError):
+        ev.request("relu", np.zeros((1, 1), dtype=np.uint64))
+
+
+def test_two_processes():
+    from bunet.gc.harness import two_party
+
+    l = 24
+    op = MaxTrunc(ring_bits=l, in_bits=l, shift=8, relu=True, k=4)
+    x = ring.random((3001, 4), l)
+    yc, ys = ring.share(x, l)
+    out_c, out_s, stats = two_party(op, yc, ys, chunk=1000)
+    np.testing.assert_array_equal(ring.add(out_c, out_s, l),
+                                  ring.nonlinear(x, in_bits=l, shift=8, relu=True, ring_bits=l))
+    assert stats.client_sent > 0 and stats.client_received > 0
+    op2 = Argmax(ring_bits=l, k=2)
+    x2 = ring.random((777, 2), l)
+    yc2, ys2 = ring.share(x2, l)
+    lab, none, _ = two_party(op2, yc2, ys2, chunk=300, tcp=True)
+    assert none is None
+    np.testing.assert_array_equal(lab, ring.argmax(x2, in_bits=l))
