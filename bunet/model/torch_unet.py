@@ -17,6 +17,7 @@ PyTorch path and the ONNX path are one code path.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -115,7 +116,8 @@ def to_onnx_bytes(model: nn.Module, in_channels: int, height: int, width: int) -
     model.eval()
     buf = io.BytesIO()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
             torch.onnx.export(
                 model,
                 (torch.zeros(1, in_channels, height, width),),
