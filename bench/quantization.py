@@ -1,0 +1,136 @@
+"""Quantization benchmark: the plaintext half of the Blind U-Net paper's Table 1.
+
+    python bench/quantization.py --out quant.json [--data ../shared/data/medseg_covid19_2d_infnet]
+                                 [--model data/covid_unet.bunet]
+
+For each ring / fraction configuration, runs the fixed-point reference
+(:func:`bunet.model.reference.fixed_forward`, the integers the secure protocol computes) on the
+48 MedSeg test slices and reports lesion Dice of the fixed-point mask against the float mask
+(pooled over all pixels at model resolution, where the two engines are compared) and against
+the radiologist's mask (labels nearest-resized to each slice's original size, pooled, as in
+training), the pixel agreement with the float labels, and the overflow fraction: the share of
+values entering a garbled circuit (ReLU / truncation / argmax inputs) whose float magnitude does
+not fit the signed ``in_bits`` window at that tensor's scale (a wrap-around in the ring).
+Prints the JSON and writes it to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bunet.model.format import Model, Network, Quantization  # noqa: E402
+from bunet.model.plan import compile_plan  # noqa: E402
+from bunet.model.reference import float_forward, run_plan  # noqa: E402
+from bunet.model.train import _load_split, evaluate_labels  # noqa: E402
+
+# (ring_bits, frac_bits, weight_frac_bits)
+CONFIGS: list[tuple[int, int, int]] = [
+    (32, 12, 12), (32, 13, 10), (32, 10, 10),
+    (24, 8, 8), (24, 9, 7), (24, 7, 9), (24, 8, 6), (24, 6, 6),
+    (22, 7, 7), (20, 6, 6), (20, 6, 5), (18, 5, 5), (16, 4, 4), (16, 5, 3),
+]
+
+
+def overflow_fraction(net: Network, quant: Quantization, floats: dict[str, np.ndarray]) -> float:
+    """Share of garbled-circuit inputs whose float value * 2^exp leaves the signed in_bits range."""
+    plan = compile_plan(net, quant)
+    exp = {s.out: s.exp for s in plan.steps}
+    bad = total = 0
+    for s in plan.steps:
+        if s.kind not in ("nonlinear", "argmax"):
+            continue
+        src = s.inputs[0]
+        v = floats.get(src.split(":")[0])
+        if v is None:
+            continue
+        lim = 2.0 ** (s.attrs["in_bits"] - 1)
+        bad += int((np.abs(v) * 2.0 ** exp[src] >= lim).sum())
+        total += v.size
+    return bad / max(total, 1)
+
+
+def _dice_pooled(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit: int = 0) -> dict:
+    model = Model.load(model_path)
+    net = model.network("xy")
+    h, w = model.preprocessing.input_size
+    x, _, _, truths = _load_split(data, "test", h)  # 8-bit slices / 255: already windowed
+    if (h, w) != (x.shape[1], x.shape[2]):
+        raise SystemExit(f"model input {h}x{w} is not square; the MedSeg bench resizes to squares")
+    if limit:
+        x, truths = x[:limit], truths[:limit]
+    x = x[:, None].astype(np.float32)
+    floats = float_forward(net, x, keep=True)
+    float_lab = np.argmax(floats[net.graph.nodes[-1].inputs[0]], axis=1)
+    float_truth = evaluate_labels(list(float_lab), truths)
+    rows = []
+    for L, f, fw in configs:
+        q = Quantization(ring_bits=L, frac_bits=f, weight_frac_bits=fw)
+        t0 = time.time()
+        try:
+            plan = compile_plan(net, q)
+            lab = np.concatenate([run_plan(plan, x[i:i + 8]) for i in range(0, len(x), 8)])
+        except Exception as e:  # a config the plan rejects (exponent does not fit the ring)
+            rows.append({"ring_bits": L, "frac_bits": f, "weight_frac_bits": fw, "error": str(e)})
+            continue
+        vs_truth = evaluate_labels(list(lab), truths)
+        row = {
+            "ring_bits": L, "frac_bits": f, "weight_frac_bits": fw,
+            "dice_vs_float": round(_dice_pooled(lab > 0, float_lab > 0), 5),
+            "dice_vs_truth": round(vs_truth["dice_pooled"], 5),
+            "dice_vs_truth_mean_per_slice": round(vs_truth["dice_mean"], 5),
+            "pixel_agreement_vs_float": round(float((lab == float_lab).mean()), 6),
+            "overflow_fraction": overflow_fraction(net, q, floats),
+            "seconds": round(time.time() - t0, 2),
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return {
+        "benchmark": "quantization",
+        "model": str(model_path.name),
+        "model_sha_params": model.parameter_count(),
+        "input_size": [h, w],
+        "slices": len(x),
+        "float": {"dice_vs_truth": round(float_truth["dice_pooled"], 5),
+                  "dice_vs_truth_mean_per_slice": round(float_truth["dice_mean"], 5)},
+        "dice_vs_float_protocol": "lesion Dice of fixed vs float labels, pooled over all slices at model resolution",
+        "dice_vs_truth_protocol": "labels nearest-resized to each slice's original size, pooled over all pixels",
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="JSON output file")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "medseg_covid19_2d_infnet"))
+    p.add_argument("--model", default=str(ROOT / "data" / "covid_unet.bunet"))
+    p.add_argument("--limit", type=int, default=0, help="first N test slices only (smoke runs)")
+    p.add_argument("--configs", default="", help="override, e.g. '24:8:8,20:6:6'")
+    a = p.parse_args(argv)
+    data = Path(a.data)
+    if not (data / "test" / "images").is_dir():
+        raise SystemExit(f"error: no MedSeg test slices under {data}")
+    configs = CONFIGS
+    if a.configs:
+        configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]  # type: ignore[misc]
+    result = run(Path(a.model), data, configs, a.limit)
+    text = json.dumps(result, indent=1)
+    Path(a.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
