@@ -1,0 +1,138 @@
+"""Client half of HomConv: holds the secret key, encrypts its share, decrypts its new share."""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from functools import lru_cache
+
+import numpy as np
+
+from bunet import ring
+
+from . import wire
+from .layout import LayerSpec, Plan
+from .params import HEParams
+from .rand import Sampler, derive, uniform_mod
+from .rns import RNS, rns_for
+
+_U64 = np.uint64
+
+
+@lru_cache(maxsize=256)
+def plan_for(spec: LayerSpec, n: int) -> Plan:
+    return Plan.make(spec, n)
+
+
+def expand_a(rns: RNS, seed: bytes, count: int) -> np.ndarray:
+    """(K, count, N) public polynomials a (already in NTT form) of an upload's ciphertexts."""
+    out = np.empty((rns.k, count, rns.n))
+    for i in range(count):
+        out[:, i] = uniform_mod(derive(seed, i, b"a"), rns.primes, rns.n)
+    return out
+
+
+def scaled_message(params: HEParams, rns: RNS, m: np.ndarray) -> np.ndarray:
+    """Residues of Delta * m for m in [0, t) (uint64), shape (K, *m.shape)."""
+    out = np.empty((rns.k,) + m.shape)
+    for i, p in enumerate(rns.primes):
+        dp = _U64(params.delta % p)
+        out[i] = ((m % _U64(p)) * dp % _U64(p)).astype(np.float64)
+    return out
+
+
+class ClientHE:
+    """Secret-key side.  Keys are generated here from the OS CSPRNG and never leave this object."""
+
+    def __init__(self, params: HEParams) -> None:
+        params.validate()
+        self.params = params
+        self.rns = rns_for(params.primes, params.poly_degree)
+        self._rand = Sampler()
+        n = params.poly_degree
+        self._s = self._rand.ternary((n,))
+        self._s_hat = self.rns.forward(self.rns.from_int(self._s))
+        s_pad = np.zeros(2 * n)
+        s_pad[:n] = self._s
+        self._s_fft = np.fft.fft(s_pad)
+        self._pk_seed = secrets.token_bytes(wire.SEED_BYTES)
+        a = uniform_mod(derive(self._pk_seed, 0, b"pk"), params.primes, n)
+        e = self.rns.forward(self.rns.from_int(self._rand.cbd((n,))))
+        self._pk0 = self.rns.reduce(-(self.rns.reduce(a * self._s_hat)) - e + 2 * self.rns.col(1)[0])
+
+    def __repr__(self) -> str:
+        return f"ClientHE(N={self.params.poly_degree}, l={self.params.ring_bits})"
+
+    def public_key(self) -> bytes:
+        """(pk0, seed of pk1): an encryption of zero the server uses to re-randomise results."""
+        return (wire.MAGIC_PK + self.params.digest() + self._pk_seed
+                + wire.pack_uint(self._pk0, wire.RESIDUE_BYTES))
+
+    # ----- upload -------------------------------------------------------------------------------
+    def encrypt(self, spec: LayerSpec, x_c: np.ndarray) -> bytes:
+        """Seeded symmetric BFV encryption of the client's share (B, C, H, W) in Z_{2^l}."""
+        x_c = np.asarray(x_c)
+        if x_c.ndim != 4 or x_c.dtype != np.uint64:
+            raise ValueError("share must be a (B, C, H, W) uint64 array")
+        plan = plan_for(spec, self.params.poly_degree)
+        m = plan.encode_input(ring.reduce(x_c, self.params.ring_bits))
+        batch = x_c.shape[0]
+        m = m.reshape(-1, self.params.poly_degree)
+        count = m.shape[0]
+        v = scaled_message(self.params, self.rns, m)
+        v += self.rns.from_int(self._rand.cbd(m.shape))
+        v_hat = self.rns.forward(self.rns.reduce(v))
+        seed = secrets.token_bytes(wire.SEED_BYTES)
+        a = expand_a(self.rns, seed, count)
+        c0 = self.rns.reduce(v_hat - self.rns.reduce(a * self._s_hat[:, None, :]))
+        head = (wire.MAGIC_UP + self.params.digest() + wire.spec_digest(spec.to_bytes())
+                + struct.pack("<II", batch, count) + seed)
+        return head + wire.pack_uint(c0.transpose(1, 0, 2), wire.RESIDUE_BYTES)
+
+    # ----- download -----------------------------------------------------------------------------
+    def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:
+        """The client's new share y_c = W*x + b - r (B, C_out, H', W')."""
+        prm = self.params
+        n = prm.poly_degree
+        plan = plan_for(spec, n)
+        rd = wire.Reader(msg)
+        rd.expect(wire.MAGIC_DOWN, "HE result")
+        rd.check(prm.digest(), "HE parameters")
+        rd.check(wire.spec_digest(spec.to_bytes()), "layer spec")
+        batch, n_out, n_ret = struct.unpack("<III", rd.take(12))
+        if batch < 1 or n_out != plan.n_out_cts(batch) or n_ret != batch * plan.n_returned:
+            raise ValueError("HE result has the wrong number of ciphertexts")
+        b1 = (prm.down_bits + 7) // 8
+        b0 = (prm.down_c0_bits + 7) // 8
+        c1 = wire.unpack_uint(rd.take(n_out * n * b1), n_out * n, b1).reshape(n_out, n)
+        c0 = wire.unpack_uint(rd.take(n_ret * b0), n_ret, b0)
+        rd.done()
+        m_bits = prm.down_bits
+        ct, coef, flat = plan.returned
+        per_ct = plan.n_og * plan.tiles
+        cts = (np.arange(batch)[:, None] * per_ct + ct[None, :]).reshape(-1)
+        prod = self._mul_s(c1, m_bits)
+        x = (c0 << _U64(m_bits - prm.down_c0_bits)) + prod[cts, np.tile(coef, batch)]
+        shift = m_bits - prm.ring_bits
+        y = ((x + _U64(1 << (shift - 1))) >> _U64(shift)) & ring.mask(prm.ring_bits)
+        out = np.zeros((batch, plan.c_out * plan.ho * plan.wo), dtype=_U64)
+        out[:, flat] = y.reshape(batch, -1)
+        return plan.from_eff_output(out.reshape(batch, plan.c_out, plan.ho, plan.wo))
+
+    def _mul_s(self, c1: np.ndarray, m_bits: int) -> np.ndarray:
+        """c1 * s mod (X^N + 1, 2^m) exactly, via a float FFT on two signed limbs."""
+        n = self.params.poly_degree
+        half = (m_bits + 1) // 2
+        c = c1.astype(np.int64)
+        c = np.where(c >= 1 << (m_bits - 1), c - (1 << m_bits), c)
+        hi = c >> half
+        lo = c - (hi << half)
+        z = np.zeros((c.shape[0], 2 * n), dtype=np.complex128)
+        z[:, :n] = lo + 1j * hi
+        r = np.fft.ifft(np.fft.fft(z, axis=1) * self._s_fft, axis=1)
+        lo_p = np.rint(r.real).astype(np.int64)
+        hi_p = np.rint(r.imag).astype(np.int64)
+        lo_n = lo_p[:, :n] - lo_p[:, n:]
+        hi_n = hi_p[:, :n] - hi_p[:, n:]
+        res = lo_n.astype(_U64) + (hi_n.astype(_U64) << _U64(half))
+        return res & _U64((1 << m_bits) - 1)

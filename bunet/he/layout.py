@@ -1,0 +1,237 @@
+"""Public layer geometry: how shares become polynomials and how results come back out.
+
+Coefficient encoding (Cheetah-style).  For a k x k convolution the padded input is cut into
+overlap-save tiles: an output tile of th x tw pixels needs an input tile of Ht x Wt =
+(th+k-1) x (tw+k-1) pixels (the halo).  One input tile of one channel is one polynomial,
+pixel (a, b) at coefficient a*Wt + b.  The kernel of output channel o against input channel c
+is the polynomial sum_{u,v} w[o,c,u,v] X^(D - u*Wt - v) with D = (k-1)*Wt + (k-1); then the
+coefficient D + i*Wt + j of the product is sum_{u,v} w * x[i+u, j+v], the convolution.
+When a tile is at most N/2 coefficients (small planes), O' = N // P output channels share one
+product polynomial: output channel o' of the group is shifted by X^(o'*P), so the server's
+returned ciphertexts stay dense.  Summing the products over input channels gives the full
+convolution in each coefficient (P*O' <= N keeps the wrap-around away from valid outputs).
+
+A 2x2 stride-2 transposed convolution is four 1x1 convolutions (one per kernel offset),
+i.e. one 1x1 convolution with 4*C_out outputs whose results are interleaved afterwards.
+
+Everything here depends only on public data (shapes, kernel size, padding, N), so the client
+and the server derive the same plan.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Kind of linear layer: ``conv`` (k x k, stride 1, zero padding ``pad``) or ``convT`` (2x2, s2)."""
+
+    kind: str = "conv"
+    k: int = 3
+    pad: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("conv", "convT"):
+            raise ValueError("kind must be 'conv' or 'convT'")
+        if self.kind == "convT" and (self.k, self.pad) != (2, 0):
+            object.__setattr__(self, "k", 2)
+            object.__setattr__(self, "pad", 0)
+        if not 1 <= self.k <= 7 or not 0 <= self.pad < self.k:
+            raise ValueError("unsupported kernel size or padding")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Everything the client needs to know about a layer: public shapes, never weights."""
+
+    conv: ConvSpec
+    c_in: int
+    c_out: int
+    h: int
+    w: int
+
+    def __post_init__(self) -> None:
+        for v in (self.c_in, self.c_out, self.h, self.w):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError("layer dimensions must be positive integers")
+        if self.c_in > 512:
+            raise ValueError("at most 512 input channels per layer")
+
+    def to_bytes(self) -> bytes:
+        c = self.conv
+        return f"{c.kind}:{c.k}:{c.pad}:{self.c_in}:{self.c_out}:{self.h}:{self.w}".encode()
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        if self.conv.kind == "convT":
+            return self.c_out, 2 * self.h, 2 * self.w
+        k, p = self.conv.k, self.conv.pad
+        return self.c_out, self.h + 2 * p - k + 1, self.w + 2 * p - k + 1
+
+
+def _sizes(n: int) -> list[int]:
+    """Distinct values ceil(n / m): the tile sizes worth trying along one axis."""
+    return sorted({math.ceil(n / m) for m in range(1, n + 1)})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tiling and packing of one layer for polynomial degree N (derived, never transmitted)."""
+
+    spec: LayerSpec
+    n: int
+    k: int            # effective kernel size (1 for convT)
+    pad: int
+    c_in: int
+    c_out: int        # effective outputs (4*C_out for convT)
+    ho: int
+    wo: int
+    th: int
+    tw: int
+    opack: int        # O': output channels per product polynomial
+
+    @staticmethod
+    def make(spec: LayerSpec, n: int) -> Plan:
+        if spec.conv.kind == "convT":
+            k, pad, c_out = 1, 0, 4 * spec.c_out
+        else:
+            k, pad, c_out = spec.conv.k, spec.conv.pad, spec.c_out
+        ho, wo = spec.h + 2 * pad - k + 1, spec.w + 2 * pad - k + 1
+        if ho < 1 or wo < 1:
+            raise ValueError("input smaller than the kernel")
+        best = None
+        for tw in _sizes(wo):
+            wt = tw + k - 1
+            if wt > n:
+                continue
+            for th in _sizes(ho):
+                p = (th + k - 1) * wt
+                if p > n:
+                    continue
+                opack = max(1, min(c_out, n // p))
+                tiles = math.ceil(ho / th) * math.ceil(wo / tw)
+                n_og = math.ceil(c_out / opack)
+                cost = tiles * (spec.c_in * n_og + 8 * spec.c_in + 24 * n_og)
+                key = (cost, tiles * spec.c_in, -th * tw)
+                if best is None or key < best[0]:
+                    best = (key, th, tw, opack)
+        if best is None:
+            raise ValueError("layer too wide for the polynomial degree")
+        _, th, tw, opack = best
+        return Plan(spec, n, k, pad, spec.c_in, c_out, ho, wo, th, tw, opack)
+
+    # ----- geometry ---------------------------------------------------------------------------
+    @property
+    def ht(self) -> int:
+        return self.th + self.k - 1
+
+    @property
+    def wt(self) -> int:
+        return self.tw + self.k - 1
+
+    @property
+    def p(self) -> int:
+        return self.ht * self.wt
+
+    @property
+    def n_ti(self) -> int:
+        return math.ceil(self.ho / self.th)
+
+    @property
+    def n_tj(self) -> int:
+        return math.ceil(self.wo / self.tw)
+
+    @property
+    def tiles(self) -> int:
+        return self.n_ti * self.n_tj
+
+    @property
+    def n_og(self) -> int:
+        return math.ceil(self.c_out / self.opack)
+
+    @property
+    def d(self) -> int:
+        return (self.k - 1) * self.wt + (self.k - 1)
+
+    def n_in_cts(self, batch: int) -> int:
+        return batch * self.c_in * self.tiles
+
+    def n_out_cts(self, batch: int) -> int:
+        return batch * self.n_og * self.tiles
+
+    def tap_exponents(self) -> np.ndarray:
+        """(O', k*k) exponents of X for output slot o' and kernel tap (u, v)."""
+        u, v = np.meshgrid(np.arange(self.k), np.arange(self.k), indexing="ij")
+        base = self.d - u.ravel() * self.wt - v.ravel()
+        return np.arange(self.opack)[:, None] * self.p + base[None, :]
+
+    # ----- encoding ---------------------------------------------------------------------------
+    def encode_input(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) share -> (B, C, tiles, N) uint64 coefficient vectors (zero padded)."""
+        b, c, h, w = x.shape
+        if (c, h, w) != (self.c_in, self.spec.h, self.spec.w):
+            raise ValueError("share shape does not match the layer")
+        hp = self.n_ti * self.th + self.k - 1
+        wp = self.n_tj * self.tw + self.k - 1
+        xp = np.zeros((b, c, hp, wp), dtype=np.uint64)
+        xp[:, :, self.pad:self.pad + h, self.pad:self.pad + w] = x
+        out = np.zeros((b, c, self.n_ti, self.n_tj, self.n), dtype=np.uint64)
+        for ti in range(self.n_ti):
+            for tj in range(self.n_tj):
+                blk = xp[:, :, ti * self.th: ti * self.th + self.ht, tj * self.tw: tj * self.tw + self.wt]
+                out[:, :, ti, tj, : self.p] = blk.reshape(b, c, self.p)
+        return out.reshape(b, c, self.tiles, self.n)
+
+    @cached_property
+    def returned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For one batch element: (ct index og*tiles+tile, coefficient, flat output index) of
+        every returned c0 coefficient, ordered by ciphertext (the wire order)."""
+        og, ti, tj, op, i, j = np.meshgrid(
+            np.arange(self.n_og), np.arange(self.n_ti), np.arange(self.n_tj),
+            np.arange(self.opack), np.arange(self.th), np.arange(self.tw), indexing="ij")
+        o = og * self.opack + op
+        row = ti * self.th + i
+        col = tj * self.tw + j
+        valid = (o < self.c_out) & (row < self.ho) & (col < self.wo)
+        ct = (og * self.tiles + ti * self.n_tj + tj)[valid]
+        coef = (op * self.p + self.d + i * self.wt + j)[valid]
+        flat = ((o * self.ho + row) * self.wo + col)[valid]
+        return ct.astype(np.int64), coef.astype(np.int64), flat.astype(np.int64)
+
+    @property
+    def n_returned(self) -> int:
+        return int(self.returned[0].size)
+
+    def to_eff_output(self, y: np.ndarray) -> np.ndarray:
+        """Layer output (B, C_out, Ho', Wo') -> effective (B, c_out_eff, ho, wo) layout."""
+        if self.spec.conv.kind != "convT":
+            return y
+        b, co, h2, w2 = y.shape
+        h, w = h2 // 2, w2 // 2
+        return y.reshape(b, co, h, 2, w, 2).transpose(0, 1, 3, 5, 2, 4).reshape(b, 4 * co, h, w)
+
+    def from_eff_output(self, y: np.ndarray) -> np.ndarray:
+        if self.spec.conv.kind != "convT":
+            return y
+        b, c4, h, w = y.shape
+        co = c4 // 4
+        return y.reshape(b, co, 2, 2, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(b, co, 2 * h, 2 * w)
+
+    def eff_weights(self, weight: np.ndarray) -> np.ndarray:
+        """Weights as (c_out_eff, c_in, k*k) signed int64."""
+        w = np.asarray(weight)
+        if not np.issubdtype(w.dtype, np.integer):
+            raise ValueError("weights must be integers")
+        w = w.astype(np.int64)
+        if self.spec.conv.kind == "convT":
+            if w.shape != (self.c_in, self.spec.c_out, 2, 2):
+                raise ValueError("transposed-conv weight shape does not fit the layer")
+            return w.transpose(1, 2, 3, 0).reshape(4 * self.spec.c_out, self.c_in, 1)
+        if w.shape != (self.c_out, self.c_in, self.k, self.k):
+            raise ValueError("conv weight shape does not fit the layer")
+        return w.reshape(self.c_out, self.c_in, self.k * self.k)

@@ -1,0 +1,274 @@
+"""Server half of HomConv: public parameters and public key only, never the secret key.
+
+Per layer (``prepare``, once per model): the kernel taps' frequency-domain vectors
+V[o', tap] = NTT(X^(o'*P + D - u*Wt - v)) and the integer weight matrix.  Per call (``apply``):
+
+1. regenerate each input ciphertext's ``a`` from the upload seed; ``c0`` arrives in NTT form;
+2. frequency-domain product, accumulated over input channels in NTT form:
+   Y[og] = sum_{o', tap} V[o', tap] * (sum_c w[og*O'+o', c, tap] * X[c])   (mod p, exact)
+   -- the inner sum is one BLAS matrix product with small integer weights;
+3. re-randomise with the client's public key (u*pk + (e1, e2)) so c1 no longer reveals W,
+   leave NTT form once per output ciphertext;
+4. add Delta * (W*x_s + b - r) and a uniform flooding integer to the returned c0 coefficients;
+5. switch to the power-of-two modulus 2^m (c1 whole, c0 only where outputs are, top bits only).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from bunet import ring
+
+from . import wire
+from .client import plan_for, scaled_message
+from .layout import ConvSpec, LayerSpec, Plan
+from .params import HEParams
+from .rand import Sampler, derive, uniform_mod
+from .rns import rns_for
+
+_U64 = np.uint64
+CHUNK_BYTES = 96 << 20   # working-set target per chunk of tiles
+
+
+@dataclass
+class ServerLayer:
+    """Weights of one layer in the form the server's hot loop needs (built once per model)."""
+
+    spec: LayerSpec
+    plan: Plan
+    weight: np.ndarray          # original integer weights (for the plaintext part W*x_s)
+    bias: np.ndarray | None
+    wmat: np.ndarray            # (c_out_eff * k*k, c_in) float64
+    taps: np.ndarray            # (K, O', k*k, N) NTT-form monomials
+    strategy: str               # "taps" (one BLAS product per tap) or "filters" (NTT-form kernels)
+    wgroup: np.ndarray | None   # (O'*k*k, n_og * c_in) weights grouped per product polynomial
+    filters: np.ndarray | None  # (K*N, n_og, c_in) float32 cached NTT-form kernels, if they fit
+
+
+class ServerHE:
+    """Public side: ``params`` plus the client's public key (no secret key anywhere)."""
+
+    def __init__(self, params: HEParams, public_key: bytes, threads: int | None = None,
+                 filter_cache_bytes: int = 1 << 30) -> None:
+        params.validate()
+        self.cache_left = filter_cache_bytes
+        self.params = params
+        self.rns = rns_for(params.primes, params.poly_degree)
+        self._rand = Sampler()
+        self.threads = threads or min(2, os.cpu_count() or 1)
+        n = params.poly_degree
+        rd = wire.Reader(public_key)
+        rd.expect(wire.MAGIC_PK, "public key")
+        rd.check(params.digest(), "HE parameters")
+        seed = bytes(rd.take(wire.SEED_BYTES))
+        k = self.rns.k
+        pk0 = wire.unpack_uint(rd.take(k * n * wire.RESIDUE_BYTES), k * n, wire.RESIDUE_BYTES)
+        rd.done()
+        pk0 = pk0.astype(np.float64).reshape(k, n)
+        if np.any(pk0 >= self.rns.pf[:, None]):
+            raise ValueError("public key residues out of range")
+        self._pk = np.stack([pk0, uniform_mod(derive(seed, 0, b"pk"), params.primes, n)])  # (2, K, N)
+
+    # ----- per model ------------------------------------------------------------------------------
+    def prepare(self, conv: ConvSpec, weight: np.ndarray, bias: np.ndarray | None,
+                in_shape: tuple[int, int, int]) -> ServerLayer:
+        c_in, h, w = (int(v) for v in in_shape)
+        weight = np.asarray(weight)
+        c_out = weight.shape[1] if conv.kind == "convT" else weight.shape[0]
+        spec = LayerSpec(conv, c_in, int(c_out), h, w)
+        plan = plan_for(spec, self.params.poly_degree)
+        weff = plan.eff_weights(weight)
+        l1 = np.abs(weff).sum(axis=(1, 2)).max(initial=0)
+        if l1 > 1 << self.params.weight_l1_bits:
+            raise ValueError("layer weights exceed the public weight bound of the HE parameters")
+        if bias is not None:
+            bias = np.asarray(bias).astype(np.int64).reshape(spec.c_out)
+        kk = plan.k * plan.k
+        wmat = weff.transpose(0, 2, 1).reshape(plan.c_out * kk, c_in).astype(np.float64)
+        mono = np.zeros((plan.opack * kk, self.params.poly_degree), dtype=np.int64)
+        mono[np.arange(plan.opack * kk), plan.tap_exponents().reshape(-1)] = 1
+        taps = self.rns.forward(self.rns.from_int(mono)).reshape(self.rns.k, plan.opack, kk, -1)
+        strategy = "taps" if kk * plan.c_out <= 3 * plan.n_og else "filters"
+        wgroup = filters = None
+        if strategy == "filters":
+            wg = np.zeros((plan.n_og * plan.opack, c_in, kk))
+            wg[: plan.c_out] = weff
+            wg = wg.reshape(plan.n_og, plan.opack, c_in, kk).transpose(1, 3, 0, 2)
+            wgroup = np.ascontiguousarray(wg.reshape(plan.opack * kk, plan.n_og * c_in))
+            if np.abs(wgroup).sum(axis=0).max(initial=0) * (1 << 22) >= 2.0**53:
+                raise ValueError("weights too large for exact kernel transforms")
+            size = self.rns.k * plan.n * plan.n_og * c_in * 4
+            if size <= self.cache_left:
+                self.cache_left -= size
+                filters = self._filters(taps, wgroup, np.arange(plan.n_og), c_in).astype(np.float32)
+        return ServerLayer(spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps,
+                           strategy, wgroup, filters)
+
+    def _filters(self, taps: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int) -> np.ndarray:
+        """NTT-form kernels F[og, c] = sum_{o', tap} w * V[o', tap]: (K*N, len(ogs), c_in)."""
+        k, n = self.rns.k, self.params.poly_degree
+        cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
+        v = taps.reshape(k, -1, n).transpose(0, 2, 1)                       # (K, N, O'*kk)
+        f = np.matmul(v, wgroup[:, cols])                                   # (K, N, len*c_in)
+        f = self.rns.reduce(f)
+        return f.reshape(k * n, ogs.size, c_in)
+
+    def layer_spec(self, layer: ServerLayer) -> LayerSpec:
+        """What to send the client about this layer (public)."""
+        return layer.spec
+
+    # ----- per call ---------------------------------------------------------------------------------
+    def apply(self, layer: ServerLayer, up: bytes, x_s: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """Returns (download message, server's new share y_s = r)."""
+        prm, plan, rns = self.params, layer.plan, self.rns
+        n, k = prm.poly_degree, rns.k
+        rd = wire.Reader(up)
+        rd.expect(wire.MAGIC_UP, "HE upload")
+        rd.check(prm.digest(), "HE parameters")
+        rd.check(wire.spec_digest(layer.spec.to_bytes()), "layer spec")
+        batch, count = struct.unpack("<II", rd.take(8))
+        seed = bytes(rd.take(wire.SEED_BYTES))
+        if batch < 1 or count != plan.n_in_cts(batch):
+            raise ValueError("HE upload has the wrong number of ciphertexts")
+        c0 = wire.unpack_uint(rd.take(count * k * n * wire.RESIDUE_BYTES), count * k * n, wire.RESIDUE_BYTES)
+        rd.done()
+        x_s = np.asarray(x_s)
+        if x_s.shape != (batch, layer.spec.c_in, layer.spec.h, layer.spec.w) or x_s.dtype != _U64:
+            raise ValueError("server share shape does not match the upload")
+        c0 = c0.astype(np.float64).reshape(batch, plan.c_in, plan.tiles, k, n)
+        if np.any(c0 >= rns.pf[:, None]):
+            raise ValueError("ciphertext residues out of range")
+
+        y_s, m_s = self._plain_part(layer, x_s)
+        ct_ids, coef, _ = plan.returned
+        per_ct = plan.n_og * plan.tiles
+        n_out = batch * per_ct
+        c1_out = np.empty((n_out, n), dtype=_U64)
+        c0_out = np.empty((batch, ct_ids.size), dtype=_U64)
+        jobs = [(b, tiles) for b in range(batch) for tiles in self._tile_chunks(plan)]
+
+        def run(job: tuple[int, np.ndarray]) -> None:
+            b, tiles = job
+            self._chunk(layer, b, tiles, c0[b][:, tiles], seed, m_s[b], c1_out, c0_out)
+
+        if self.threads > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(self.threads) as ex:
+                list(ex.map(run, jobs))
+        else:
+            for j in jobs:
+                run(j)
+        head = (wire.MAGIC_DOWN + prm.digest() + wire.spec_digest(layer.spec.to_bytes())
+                + struct.pack("<III", batch, n_out, c0_out.size))
+        b1 = (prm.down_bits + 7) // 8
+        b0 = (prm.down_c0_bits + 7) // 8
+        return head + wire.pack_uint(c1_out, b1) + wire.pack_uint(c0_out, b0), y_s
+
+    # ----- internals --------------------------------------------------------------------------------
+    def _plain_part(self, layer: ServerLayer, x_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """r (the server's new share) and m_s = W*x_s + b - r laid out in the wire order."""
+        lb = self.params.ring_bits
+        if layer.spec.conv.kind == "convT":
+            y = ring.conv_transpose2x2(x_s, layer.weight, layer.bias, lb)
+        else:
+            y = ring.conv2d(x_s, layer.weight, layer.bias, layer.spec.conv.pad, lb)
+        r = ring.random(y.shape, lb)
+        m = layer.plan.to_eff_output(ring.sub(y, r, lb)).reshape(y.shape[0], -1)
+        return r, m[:, layer.plan.returned[2]]
+
+    def _tile_chunks(self, plan: Plan) -> list[np.ndarray]:
+        per_tile = 8 * 2 * self.rns.k * plan.n * (plan.c_in + plan.c_out * plan.k * plan.k + 2 * plan.n_og)
+        size = max(1, min(plan.tiles, CHUNK_BYTES // per_tile))
+        return [np.arange(s, min(s + size, plan.tiles)) for s in range(0, plan.tiles, size)]
+
+    def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0: np.ndarray, seed: bytes,
+               m_s: np.ndarray, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+        plan, rns = layer.plan, self.rns
+        n, k, tc = plan.n, rns.k, tiles.size
+        # X[c, tile, poly, K, N]: poly 0 = c0 (NTT form on the wire), poly 1 = a (from the seed)
+        x = np.empty((plan.c_in, tc, 2, k, n))
+        x[:, :, 0] = c0
+        idx = ((b * plan.c_in + np.arange(plan.c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
+        for j, i in enumerate(idx):
+            x[j // tc, j % tc, 1] = uniform_mod(derive(seed, int(i), b"a"), rns.primes, n)
+        product = self._product_filters if layer.strategy == "filters" else self._product_taps
+        y = product(layer, x)
+        self._finish(plan, b, tiles, y, m_s, c1_out, c0_out)
+
+    def _product_filters(self, layer: ServerLayer, x: np.ndarray) -> np.ndarray:
+        """Pointwise products with the NTT-form kernels, summed over input channels (batched GEMM)."""
+        plan, rns = layer.plan, self.rns
+        n, k, tc = plan.n, rns.k, x.shape[1]
+        xs = np.ascontiguousarray(x.transpose(3, 4, 0, 1, 2)).reshape(k * n, plan.c_in, tc * 2)
+        y = np.empty((k, plan.n_og, tc, 2, n))
+        step = max(1, min(plan.n_og, CHUNK_BYTES // (8 * k * n * (plan.c_in + 2 * tc))))
+        for s0 in range(0, plan.n_og, step):
+            ogs = np.arange(s0, min(s0 + step, plan.n_og))
+            if layer.filters is not None:
+                f = layer.filters[:, s0:s0 + ogs.size].astype(np.float64)
+            else:
+                f = self._filters(layer.taps, layer.wgroup, ogs, plan.c_in)
+            prod = np.matmul(f, xs).reshape(k, n, ogs.size, tc, 2)         # sums < c_in * 2^44
+            prod = rns.reduce(prod)
+            y[:, s0:s0 + ogs.size] = prod.transpose(0, 2, 3, 4, 1)
+        return y
+
+    def _product_taps(self, layer: ServerLayer, x: np.ndarray) -> np.ndarray:
+        """One integer-weight BLAS product per kernel tap, then the taps' NTT-form monomials."""
+        plan, rns = layer.plan, self.rns
+        n, k, kk, tc = plan.n, rns.k, plan.k * plan.k, x.shape[1]
+        # Z[(o, tap)] = sum_c w * X[c]: exact (|sum| <= ||W||_1 * p < 2^53)
+        z = np.matmul(layer.wmat, x.reshape(plan.c_in, -1)).reshape(plan.c_out, kk, tc, 2, k, n)
+        z = z.transpose(4, 0, 1, 2, 3, 5)                      # (K, c_out, kk, tc, 2, N)
+        y = np.zeros((k, plan.n_og, tc, 2, n))
+        for i in range(k):
+            zi = rns_mod(z[i], rns.pf[i], rns.pinv[i])
+            for op in range(plan.opack):
+                o = np.arange(op, plan.c_out, plan.opack)
+                part = zi[o] * layer.taps[i, op][None, :, None, None, :]  # (len(o), kk, tc, 2, N)
+                s = part.sum(axis=1)
+                y[i, : o.size] += s
+            y[i] = rns_mod(y[i], rns.pf[i], rns.pinv[i])
+        return y
+
+    def _finish(self, plan: Plan, b: int, tiles: np.ndarray, y: np.ndarray, m_s: np.ndarray,
+                c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+        """Re-randomise, leave NTT form, add the server term and flooding, switch to 2^m."""
+        rns, prm = self.rns, self.params
+        k, n = rns.k, plan.n
+        n_og, tc = plan.n_og, tiles.size
+        y = y.reshape(k, n_og * tc, 2, n)
+        cnt = n_og * tc
+        u = rns.forward(rns.from_int(self._rand.ternary((cnt, n))))          # (K, cnt, N)
+        y[:, :, 0] += u * self._pk[0][:, None, :]
+        y[:, :, 1] += u * self._pk[1][:, None, :]
+        y = rns.inverse(rns.reduce(y.reshape(k, cnt * 2, n)).reshape(k, cnt, 2, n))
+        ct_local = (np.arange(n_og)[:, None] * plan.tiles + tiles[None, :]).reshape(-1)  # og*T + tile
+        ct_global = b * n_og * plan.tiles + ct_local
+        # c1: + e2, then to 2^m
+        c1 = y[:, :, 1] + rns.from_int(self._rand.cbd((cnt, n)))
+        c1_out[ct_global] = rns.to_pow2(rns.reduce(c1), prm.down_bits)
+        # c0: only the returned coefficients of these ciphertexts
+        ret_ct, ret_coef, _ = plan.returned
+        pos = np.flatnonzero(np.isin(ret_ct, ct_local))
+        if pos.size == 0:
+            return
+        row = np.searchsorted(ct_local, ret_ct[pos]) if np.all(np.diff(ct_local) > 0) else \
+            np.array([np.flatnonzero(ct_local == c)[0] for c in ret_ct[pos]])
+        v = y[:, row, 0, ret_coef[pos]]                                           # (K, npos)
+        v += rns.from_int(self._rand.cbd((pos.size,)))
+        v += self._rand.uniform_signed_residues(prm.flood_bits, rns.primes, (pos.size,))
+        v += scaled_message(prm, rns, m_s[pos])
+        hi = rns.to_pow2(rns.reduce(v), prm.down_bits)
+        drop = prm.down_bits - prm.down_c0_bits
+        c0_out[b, pos] = ((hi + _U64(1 << (drop - 1))) >> _U64(drop)) & _U64((1 << prm.down_c0_bits) - 1)
+
+
+def rns_mod(x: np.ndarray, p: float, pinv: float) -> np.ndarray:
+    from .rns import mod_inplace
+
+    return mod_inplace(x, p, pinv)

@@ -1,0 +1,69 @@
+"""Byte formats of the three HE messages (public key, upload, download), built with NumPy.
+
+Every message starts with an 8-byte magic, the 16-byte parameter digest and (for layer
+messages) a 16-byte digest of the public layer spec, so a mismatch is a ValueError before any
+share-dependent work.  Integers are little-endian; residues and coefficients are packed into
+the fewest whole bytes that hold them.  Errors never include share or key values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+MAGIC_PK = b"BUHEpk1\x00"
+MAGIC_UP = b"BUHEup1\x00"
+MAGIC_DOWN = b"BUHEdn1\x00"
+RESIDUE_BYTES = 3   # residues < 2^22
+SEED_BYTES = 32
+
+
+def spec_digest(spec_bytes: bytes) -> bytes:
+    return hashlib.sha256(spec_bytes).digest()[:16]
+
+
+def pack_uint(a: np.ndarray, nbytes: int) -> bytes:
+    """Low ``nbytes`` bytes of each element (little-endian) of a uint64/float64-integer array."""
+    u = np.ascontiguousarray(a).astype("<u8", copy=False).reshape(-1)
+    return u.view(np.uint8).reshape(-1, 8)[:, :nbytes].tobytes()
+
+
+def unpack_uint(buf: bytes | memoryview, count: int, nbytes: int) -> np.ndarray:
+    raw = np.frombuffer(buf, dtype=np.uint8, count=count * nbytes).reshape(count, nbytes)
+    full = np.zeros((count, 8), dtype=np.uint8)
+    full[:, :nbytes] = raw
+    return full.view("<u8").reshape(count)
+
+
+class Reader:
+    """Sequential reader that turns every short read into a ValueError."""
+
+    def __init__(self, data: bytes) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError("message must be bytes")
+        self.mv = memoryview(data)
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.mv):
+            raise ValueError("message too short")
+        out = self.mv[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
+
+    def expect(self, magic: bytes, what: str) -> None:
+        if bytes(self.take(len(magic))) != magic:
+            raise ValueError(f"not a {what} message")
+
+    def check(self, digest: bytes, what: str) -> None:
+        if bytes(self.take(16)) != digest:
+            raise ValueError(f"{what} mismatch between client and server")
+
+    def done(self) -> None:
+        if self.pos != len(self.mv):
+            raise ValueError("message has trailing bytes")

@@ -1,0 +1,133 @@
+"""HomConv on shares: exact equality with bunet.ring's plaintext linear maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bunet import ring
+from bunet.he import ClientHE, ConvSpec, HEParams, LayerSpec, ServerHE
+
+L = 24
+
+
+@pytest.fixture(scope="module")
+def parties() -> tuple[HEParams, ClientHE, ServerHE]:
+    params = HEParams.for_ring(L)
+    cli = ClientHE(params)
+    return params, cli, ServerHE(params, cli.public_key())
+
+
+def seed_unet_layers(size: int) -> list[tuple[str, int, int, int]]:
+    """(kind, c_in, c_out, input size) of every linear layer of the seed U-Net."""
+    feats = [16, 32, 64, 128, 256]
+    layers, c, s = [], 2, size
+    for i, f in enumerate(feats):
+        layers += [("conv", c, f, s), ("conv", f, f, s)]
+        c = f
+        if i < len(feats) - 1:
+            s //= 2
+    for f in reversed(feats[:-1]):
+        layers += [("convT", c, f, s)]
+        s *= 2
+        layers += [("conv", 2 * f, f, s), ("conv", f, f, s)]
+        c = f
+    layers.append(("conv1", c, 2, s))
+    return layers
+
+
+def adversarial_share(rng: np.random.Generator, shape: tuple[int, ...], case: str) -> np.ndarray:
+    if case == "random":
+        return ring.random(shape, L)
+    if case == "zero":
+        return np.zeros(shape, dtype=np.uint64)
+    if case == "max":
+        return np.full(shape, (1 << L) - 1, dtype=np.uint64)
+    if case == "half":
+        return np.full(shape, 1 << (L - 1), dtype=np.uint64)
+    if case == "negative":
+        return ring.from_signed(-rng.integers(1, 1 << (L - 2), shape), L)
+    vals = np.array([0, 1, (1 << (L - 1)) - 1, 1 << (L - 1), (1 << L) - 1], dtype=np.uint64)
+    return vals[rng.integers(0, vals.size, shape)]
+
+
+def run_layer(parties, conv: ConvSpec, w: np.ndarray, b: np.ndarray | None, xc: np.ndarray,
+              xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, cli, srv = parties
+    layer = srv.prepare(conv, w, b, xc.shape[1:])
+    up = cli.encrypt(layer.spec, xc)
+    down, ys = srv.apply(layer, up, xs)
+    yc = cli.decrypt(layer.spec, down)
+    x = ring.add(xc, xs, L)
+    if conv.kind == "convT":
+        ref = ring.conv_transpose2x2(x, w, b, L)
+    else:
+        ref = ring.conv2d(x, w, b, conv.pad, L)
+    return ring.add(yc, ys, L), ref
+
+
+@pytest.mark.parametrize("idx", range(len(seed_unet_layers(32))))
+def test_seed_unet_layer_shapes(parties, idx: int) -> None:
+    kind, ci, co, s = seed_unet_layers(32)[idx]
+    rng = np.random.default_rng(idx)
+    conv = {"conv": ConvSpec("conv", 3, 1), "conv1": ConvSpec("conv", 1, 0), "convT": ConvSpec("convT")}[kind]
+    wshape = (ci, co, 2, 2) if kind == "convT" else (co, ci, conv.k, conv.k)
+    w = rng.integers(-(1 << 9), 1 << 9, wshape)
+    b = rng.integers(-(1 << 20), 1 << 20, co)
+    case = ["random", "zero", "max", "half", "negative", "mixed"][idx % 6]
+    xc = adversarial_share(rng, (1, ci, s, s), case)
+    xs = adversarial_share(rng, (1, ci, s, s), "random" if idx % 2 else case)
+    got, ref = run_layer(parties, conv, w, b, xc, xs)
+    assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("conv,shape,batch", [
+    (ConvSpec("conv", 3, 1), (3, 13, 9), 3),
+    (ConvSpec("conv", 3, 0), (2, 9, 13), 2),
+    (ConvSpec("conv", 1, 0), (5, 7, 11), 2),
+    (ConvSpec("convT"), (4, 13, 9), 2),
+    (ConvSpec("conv", 5, 2), (2, 11, 6), 1),
+    (ConvSpec("conv", 3, 1), (2, 70, 65), 1),     # several overlap-save tiles
+])
+def test_odd_sizes_and_batches(parties, conv: ConvSpec, shape, batch: int) -> None:
+    rng = np.random.default_rng(7)
+    ci = shape[0]
+    co = 3
+    wshape = (ci, co, 2, 2) if conv.kind == "convT" else (co, ci, conv.k, conv.k)
+    w = rng.integers(-300, 300, wshape)
+    xc = adversarial_share(rng, (batch,) + shape, "mixed")
+    xs = ring.random((batch,) + shape, L)
+    got, ref = run_layer(parties, conv, w, None, xc, xs)
+    assert np.array_equal(got, ref)
+
+
+def test_all_negative_weights_and_inputs(parties) -> None:
+    rng = np.random.default_rng(3)
+    w = -rng.integers(1, 1 << 10, (4, 6, 3, 3))
+    xc = ring.from_signed(-rng.integers(1, 1 << 20, (2, 6, 10, 10)), L)
+    xs = np.zeros_like(xc)
+    got, ref = run_layer(parties, ConvSpec("conv", 3, 1), w, -np.ones(4, dtype=np.int64), xc, xs)
+    assert np.array_equal(got, ref)
+
+
+def test_shares_are_fresh(parties) -> None:
+    """The server's output share is a fresh uniform mask, the client's looks uniform too."""
+    rng = np.random.default_rng(5)
+    w = rng.integers(-5, 5, (2, 2, 3, 3))
+    xc = np.zeros((1, 2, 8, 8), dtype=np.uint64)
+    got1, _ = run_layer(parties, ConvSpec(), w, None, xc, xc)
+    _, cli, srv = parties
+    layer = srv.prepare(ConvSpec(), w, None, (2, 8, 8))
+    _, ys1 = srv.apply(layer, cli.encrypt(layer.spec, xc), xc)
+    _, ys2 = srv.apply(layer, cli.encrypt(layer.spec, xc), xc)
+    assert not np.array_equal(ys1, ys2)
+    assert np.array_equal(got1, np.zeros_like(got1))
+
+
+def test_layer_spec_is_public_only(parties) -> None:
+    _, _, srv = parties
+    w = np.ones((4, 2, 3, 3), dtype=np.int64)
+    layer = srv.prepare(ConvSpec(), w, None, (2, 8, 8))
+    spec = srv.layer_spec(layer)
+    assert isinstance(spec, LayerSpec)
+    assert spec == LayerSpec(ConvSpec(), 2, 4, 8, 8)
