@@ -91,8 +91,8 @@ static inline block sigma(block a) {
 }
 
 /* out[i] = H(in[i], tweak = (dom, tw0 + i*twstep)); in may equal out */
-static void hash_batch(const aeskey *K, const block *in, block *out, size_t cnt, uint64_t tw0,
-                       uint64_t twstep, uint64_t dom) {
+static void hash_batch_sse(const aeskey *K, const block *in, block *out, size_t cnt, uint64_t tw0,
+                           uint64_t twstep, uint64_t dom) {
     size_t i = 0;
     block s[8], x[8];
     for (; i + 8 <= cnt; i += 8) {
@@ -109,6 +109,64 @@ static void hash_batch(const aeskey *K, const block *in, block *out, size_t cnt,
         aes1(K, x);
         _mm_storeu_si128(out + i, _mm_xor_si128(x[0], s[0]));
     }
+}
+
+/* the same with 256-bit VAES: 16 blocks in flight (used only when cpuid reports VAES+AVX2) */
+__attribute__((target("avx2,vaes"))) static void hash_batch_vaes(const aeskey *K, const block *in, block *out,
+                                                                 size_t cnt, uint64_t tw0, uint64_t twstep,
+                                                                 uint64_t dom) {
+    size_t i = 0;
+    if (cnt >= 16) {
+        __m256i rk[11];
+        for (int r = 0; r < 11; r++) rk[r] = _mm256_broadcastsi128_si256(K->k[r]);
+        const __m256i himask = _mm256_set_epi64x(-1, 0, -1, 0);
+        __m256i tw = _mm256_set_epi64x((long long)dom, (long long)(tw0 + twstep), (long long)dom, (long long)tw0);
+        const __m256i step = _mm256_set_epi64x(0, (long long)(2 * twstep), 0, (long long)(2 * twstep));
+        for (; i + 16 <= cnt; i += 16) {
+            __m256i sg[8], x[8];
+            for (int j = 0; j < 8; j++) {
+                const __m256i a = _mm256_loadu_si256((const __m256i *)(in + i + 2 * j));
+                sg[j] = _mm256_xor_si256(_mm256_shuffle_epi32(a, 78), _mm256_and_si256(a, himask));
+                x[j] = _mm256_xor_si256(_mm256_xor_si256(sg[j], tw), rk[0]);
+                tw = _mm256_add_epi64(tw, step);
+            }
+            for (int r = 1; r < 10; r++)
+                for (int j = 0; j < 8; j++) x[j] = _mm256_aesenc_epi128(x[j], rk[r]);
+            for (int j = 0; j < 8; j++) {
+                x[j] = _mm256_aesenclast_epi128(x[j], rk[10]);
+                _mm256_storeu_si256((__m256i *)(out + i + 2 * j), _mm256_xor_si256(x[j], sg[j]));
+            }
+        }
+    }
+    if (i < cnt) hash_batch_sse(K, in + i, out + i, cnt - i, tw0 + i * twstep, twstep, dom);
+}
+
+static int have_vaes = -1;
+
+static int detect_vaes(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!(c & bit_OSXSAVE) || !(c & bit_AVX)) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if ((lo & 6) != 6) return 0; /* OS saves XMM and YMM state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & bit_AVX2) && (c & (1u << 9)) ? 1 : 0; /* VAES: leaf 7 ECX bit 9 */
+}
+
+static inline void hash_batch(const aeskey *K, const block *in, block *out, size_t cnt, uint64_t tw0,
+                              uint64_t twstep, uint64_t dom) {
+    if (have_vaes < 0) have_vaes = detect_vaes() && !getenv("BUNET_NO_VAES");
+    if (have_vaes)
+        hash_batch_vaes(K, in, out, cnt, tw0, twstep, dom);
+    else
+        hash_batch_sse(K, in, out, cnt, tw0, twstep, dom);
+}
+
+int bn_have_vaes(void) {
+    if (have_vaes < 0) have_vaes = detect_vaes() && !getenv("BUNET_NO_VAES");
+    return have_vaes;
 }
 
 void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cnt, uint64_t tw0,
@@ -174,56 +232,79 @@ static inline void ctr8(const aeskey *K, uint64_t ctr, block *x, int nb) {
         for (int j = 0; j < nb; j++) aes1(K, x + j);
 }
 
-/* receiver: m rows (m % 128 == 0), choice bits packed; u: 128 columns of m/8 bytes; t_rows: m x 16 */
-void bn_iknp_recv(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m,
-                  const uint8_t *choice, uint8_t *u, uint8_t *t_rows) {
+/* Receiver's t rows [r0, r0 + rows) (both multiples of 128): transpose of the columns G(k0_i). */
+static void iknp_t_rows(const uint8_t *ks0, uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
     static __thread uint8_t tmat[128 * ROWS / 8];
-    const uint64_t mb = m / 8;
-    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
-        uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
-        int nb = (int)(rows / 128);
-        uint64_t ctr = blk_off + r0 / 128;
+    for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
+        const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
+        const int nb = (int)(sr / 128);
+        const uint64_t ctr = blk_off + (r0 + s0) / 128;
         for (int i = 0; i < 128; i++) {
-            aeskey K0, K1;
-            block g0[8], g1[8];
+            aeskey K0;
+            block g0[8];
             load_key(&K0, ks0 + 176 * i);
-            load_key(&K1, ks1 + 176 * i);
             ctr8(&K0, ctr, g0, nb);
-            ctr8(&K1, ctr, g1, nb);
-            for (int j = 0; j < nb; j++) {
-                block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * j));
-                _mm_storeu_si128((block *)(u + i * mb + r0 / 8 + 16 * j),
-                                 _mm_xor_si128(_mm_xor_si128(g0[j], g1[j]), c));
-                _mm_storeu_si128((block *)(tmat + i * (rows / 8) + 16 * j), g0[j]);
-            }
+            for (int j = 0; j < nb; j++) _mm_storeu_si128((block *)(tmat + i * (sr / 8) + 16 * j), g0[j]);
         }
-        bn_transpose(tmat, t_rows + r0 * 16, 128, rows);
+        bn_transpose(tmat, out + s0 * 16, 128, sr);
     }
 }
 
-/* sender: s = delta bits; q^i = G(k_i) ^ s_i u^i; q_rows: m x 16 (q_j = t_j ^ r_j delta) */
-void bn_iknp_send(const uint8_t *ks, const uint8_t *delta, uint64_t blk_off, uint64_t m,
-                  const uint8_t *u, uint8_t *q_rows) {
+/* Sender's q rows [r0, r0 + rows): q^i = G(k_i) ^ s_i u^i, s = delta; u has columns of mb bytes. */
+static void iknp_q_rows(const uint8_t *ks, const uint8_t *delta, const uint8_t *u, uint64_t mb, uint64_t blk_off,
+                        uint64_t r0, uint64_t rows, uint8_t *out) {
     static __thread uint8_t tmat[128 * ROWS / 8];
-    const uint64_t mb = m / 8;
-    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
-        uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
-        int nb = (int)(rows / 128);
-        uint64_t ctr = blk_off + r0 / 128;
+    for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
+        const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
+        const int nb = (int)(sr / 128);
+        const uint64_t ctr = blk_off + (r0 + s0) / 128;
         for (int i = 0; i < 128; i++) {
             aeskey K;
             block g[8];
             load_key(&K, ks + 176 * i);
             ctr8(&K, ctr, g, nb);
-            block msk = _mm_set1_epi8((char)(-(int)((delta[i / 8] >> (i % 8)) & 1)));
+            const block msk = _mm_set1_epi8((char)(-(int)((delta[i / 8] >> (i % 8)) & 1)));
             for (int j = 0; j < nb; j++) {
-                block uu = _mm_loadu_si128((const block *)(u + i * mb + r0 / 8 + 16 * j));
-                _mm_storeu_si128((block *)(tmat + i * (rows / 8) + 16 * j),
-                                 _mm_xor_si128(g[j], _mm_and_si128(uu, msk)));
+                const block uu = _mm_loadu_si128((const block *)(u + i * mb + (r0 + s0) / 8 + 16 * j));
+                _mm_storeu_si128((block *)(tmat + i * (sr / 8) + 16 * j), _mm_xor_si128(g[j], _mm_and_si128(uu, msk)));
             }
         }
-        bn_transpose(tmat, q_rows + r0 * 16, 128, rows);
+        bn_transpose(tmat, out + s0 * 16, 128, sr);
     }
+}
+
+/* receiver's message: u^i = G(k0_i) ^ G(k1_i) ^ r for m rows (m % 128 == 0); 128 columns of m/8 bytes */
+void bn_iknp_u(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m, const uint8_t *choice,
+               uint8_t *u) {
+    const uint64_t mb = m / 8;
+    for (int i = 0; i < 128; i++) {
+        aeskey K0, K1;
+        load_key(&K0, ks0 + 176 * i);
+        load_key(&K1, ks1 + 176 * i);
+        for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
+            const uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
+            const int nb = (int)(rows / 128);
+            block g0[8], g1[8];
+            ctr8(&K0, blk_off + r0 / 128, g0, nb);
+            ctr8(&K1, blk_off + r0 / 128, g1, nb);
+            for (int j = 0; j < nb; j++) {
+                const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * j));
+                _mm_storeu_si128((block *)(u + i * mb + r0 / 8 + 16 * j), _mm_xor_si128(_mm_xor_si128(g0[j], g1[j]), c));
+            }
+        }
+    }
+}
+
+/* whole-matrix versions (tests, benchmarks): receiver u and t rows; sender q rows */
+void bn_iknp_recv(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m,
+                  const uint8_t *choice, uint8_t *u, uint8_t *t_rows) {
+    bn_iknp_u(ks0, ks1, blk_off, m, choice, u);
+    iknp_t_rows(ks0, blk_off, 0, m, t_rows);
+}
+
+void bn_iknp_send(const uint8_t *ks, const uint8_t *delta, uint64_t blk_off, uint64_t m,
+                  const uint8_t *u, uint8_t *q_rows) {
+    iknp_q_rows(ks, delta, u, m / 8, blk_off, 0, m, q_rows);
 }
 
 /* low `bits` bits of each value, LSB first, concatenated; out (out_bits/8 bytes) zeroed first */
@@ -247,33 +328,62 @@ static inline uint64_t lo64(block x) { return (uint64_t)_mm_cvtsi128_si64(x); }
 static inline uint64_t hi64(block x) { return (uint64_t)_mm_extract_epi64(x, 1); }
 static inline uint64_t mmask(uint32_t m) { return m >= 64 ? ~0ULL : ((1ULL << m) - 1); }
 
-static inline void put_bits(uint8_t *base, uint32_t bitoff, uint64_t v, uint32_t m) {
-    uint8_t *p = base + (bitoff >> 3);
-    uint32_t sh = bitoff & 7;
-    unsigned __int128 x = (unsigned __int128)(v & mmask(m)) << sh;
-    uint32_t nb = (sh + m + 7) >> 3;
-    for (uint32_t q = 0; q < nb; q++) p[q] |= (uint8_t)(x >> (8 * q));
+/* Arithmetic ciphertexts: each gate has its own region holding n values of m bits, packed
+ * back to back (LSB first); a chunk starts at instance i0 (a multiple of 8, so byte aligned). */
+static void pack_vals(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m) {
+    unsigned __int128 acc = 0;
+    uint32_t nb = 0;
+    const uint64_t mk = mmask(m);
+    for (uint32_t i = 0; i < cnt; i++) {
+        acc |= (unsigned __int128)(v[i] & mk) << nb;
+        nb += m;
+        if (nb >= 64) {
+            const uint64_t w = (uint64_t)acc;
+            memcpy(dst, &w, 8);
+            dst += 8;
+            acc >>= 64;
+            nb -= 64;
+        }
+    }
+    while (nb > 0) {
+        *dst++ = (uint8_t)acc;
+        acc >>= 8;
+        nb = nb > 8 ? nb - 8 : 0;
+    }
 }
 
-static inline uint64_t get_bits(const uint8_t *base, uint32_t bitoff, uint32_t m) {
-    const uint8_t *p = base + (bitoff >> 3);
-    uint32_t sh = bitoff & 7;
-    uint32_t nb = (sh + m + 7) >> 3;
-    unsigned __int128 x = 0;
-    for (uint32_t q = 0; q < nb; q++) x |= (unsigned __int128)p[q] << (8 * q);
-    return (uint64_t)(x >> sh) & mmask(m);
+static void unpack_vals(const uint8_t *src, const uint8_t *end, uint64_t *v, uint32_t cnt, uint32_t m) {
+    unsigned __int128 acc = 0;
+    uint32_t nb = 0;
+    const uint64_t mk = mmask(m);
+    for (uint32_t i = 0; i < cnt; i++) {
+        if (nb < m) {
+            uint64_t w = 0;
+            const size_t avail = (size_t)(end - src);
+            const size_t take = avail >= 8 ? 8 : avail;
+            memcpy(&w, src, take);
+            src += take;
+            acc |= (unsigned __int128)w << nb;
+            nb += 64;
+        }
+        v[i] = (uint64_t)acc & mk;
+        acc >>= m;
+        nb -= m;
+    }
 }
 
 /* Run the circuit over n instances.
- * garbler: in_labels are zero labels; writes ct (ctpi blocks per instance, layout [ct][inst])
- *          and arith (abpi bytes per instance, must be zeroed); out = garbler accumulator acc0.
- * evaluator: in_labels are active labels; reads ct/arith; out = evaluator accumulator acc0.
+ * Input labels come straight from IKNP, chunk by chunk (no label matrix in memory):
+ * garbler: zero labels q (ot_keys = its 128 base-OT key schedules, u = the client's matrix);
+ *          writes ct (ctpi blocks per instance, layout [ct][inst])
+ *          and arith (per-gate regions of n packed values, arith_len bytes in all); out = acc0.
+ * evaluator: active labels t (ot_keys = schedules of k0_i, u unused); reads ct/arith; out = acc0.
  * The caller turns acc0 into shares (garbler: -acc0 mod 2^l) or labels.
  */
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
-              uint32_t b, const uint64_t *ys, const uint8_t *in_labels, const uint8_t *rk,
-              const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
-              uint8_t *arith, uint32_t abpi, uint64_t *out, uint64_t outmask) {
+              uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, const uint8_t *u, uint64_t m,
+              uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
+              uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask) {
     (void)ctpi;
     aeskey K;
     load_key(&K, rk);
@@ -283,18 +393,49 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
     block *hb = aligned_alloc(64, 4 * NB * sizeof(block));
     uint64_t *acc0 = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *acc1 = aligned_alloc(64, NB * sizeof(uint64_t));
-    if (!W || !hb || !acc0 || !acc1) {
-        free(W); free(hb); free(acc0); free(acc1);
-        return -1;
+    uint64_t *tv = aligned_alloc(64, NB * sizeof(uint64_t));
+    uint64_t *tv2 = aligned_alloc(64, NB * sizeof(uint64_t));
+    uint64_t *roff = malloc(((size_t)ngates + 1) * sizeof(uint64_t));
+    const uint32_t nin = k * b;
+    uint8_t *L = aligned_alloc(64, ((size_t)NB * nin + 128) * 16);
+    int rc = 0;
+    if (!W || !hb || !acc0 || !acc1 || !tv || !tv2 || !roff || !L) {
+        rc = -1;
+        goto done;
+    }
+    {
+        uint64_t off = 0;
+        for (uint32_t g = 0; g < ngates; g++) {
+            const int32_t *G = gates + (size_t)g * GREC;
+            roff[g] = off;
+            if (G[0] == G_B2A || G[0] == G_NOUT) off += (n * (uint64_t)G[6] + 7) / 8;
+            if (G[0] == G_B2A2) off += 2 * ((n * (uint64_t)G[6] + 7) / 8);
+            if (G[0] == G_REVEAL) off += (n + 7) / 8;
+        }
+        if (off != arith_len) {
+            rc = -3;
+            goto done;
+        }
     }
     block *ctb = (block *)ct;
-    const uint32_t nin = k * b;
+    if ((n * nin + 127) / 128 * 128 != m) {
+        rc = -3;
+        goto done;
+    }
     for (uint64_t i0 = 0; i0 < n; i0 += NB) {
         const uint32_t cnt = (uint32_t)(n - i0 < NB ? n - i0 : NB);
         const uint64_t twc = tweak_base + i0 * tpi;
+        /* this chunk's input labels straight from OT extension: rows i0*nin .. (i0+cnt)*nin */
+        {
+            const uint64_t r0 = i0 * nin, rows = ((uint64_t)cnt * nin + 127) / 128 * 128;
+            if (garbler)
+                iknp_q_rows(ot_keys, delta, u, m / 8, blk_off, r0, rows, L);
+            else
+                iknp_t_rows(ot_keys, blk_off, r0, rows, L);
+        }
         for (uint32_t i = 0; i < cnt; i++) {
             for (uint32_t w = 0; w < nin; w++)
-                W[(size_t)w * NB + i] = _mm_loadu_si128((const block *)(in_labels + ((i0 + i) * nin + w) * 16));
+                W[(size_t)w * NB + i] = _mm_loadu_si128((const block *)(L + ((size_t)i * nin + w) * 16));
             acc0[i] = 0;
             acc1[i] = 0;
         }
@@ -390,8 +531,10 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                  * B2A: weight +1 (G[2] == 0) or -1 (G[2] == 1), into acc0.
                  * B2A2 (ReLU output, n wire = G[2]): from one hash, Z (low half, weight r') into acc0
                  * and Y (high half, weight 1 - 2 r') into acc1, r' = permute bit of the n wire;
-                 * Z's ciphertext at bit c, Y's at bit c + p1. */
+                 * Z's ciphertexts in the gate's first region, Y's in the second. */
                 const uint64_t mk = mmask(p1);
+                const uint64_t rlen = (n * p1 + 7) / 8;
+                uint8_t *rz = arith + roff[g] + i0 * p1 / 8, *ry = arith + roff[g] + rlen + i0 * p1 / 8;
                 block *h0 = hb, *h1 = hb + NB;
                 if (garbler) {
                     for (uint32_t i = 0; i < cnt; i++) {
@@ -400,51 +543,58 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     }
                     hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
                     hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
-                    for (uint32_t i = 0; i < cnt; i++) {
-                        const uint64_t p = lsb(A[i]);
-                        const uint64_t sel = -p;
-                        uint8_t *ab = arith + (i0 + i) * abpi;
-                        uint64_t wz, wy;
-                        if (op == G_B2A) {
-                            wz = (uint64_t)G[2] ? ~0ULL : 1ULL;
-                            wy = 0;
-                        } else {
-                            const uint64_t rp = lsb(B[i]);
-                            wz = rp;
-                            wy = 1 - 2 * rp;
-                        }
-                        /* low half */
-                        {
+                    if (op == G_B2A) {
+                        const uint64_t wz = (uint64_t)G[2] ? ~0ULL : 1ULL;
+                        for (uint32_t i = 0; i < cnt; i++) {
+                            const uint64_t p = lsb(A[i]), sel = -p;
                             const uint64_t a0 = lo64(h0[i]), a1 = lo64(h1[i]);
                             const uint64_t hc0 = (a1 & sel) | (a0 & ~sel), hc1 = (a0 & sel) | (a1 & ~sel);
-                            const uint64_t R = (hc0 - wz * p) & mk;
-                            const uint64_t T = (R + wz * (1 - p) - hc1) & mk;
-                            put_bits(ab, c, T, p1);
-                            acc0[i] += R << p2;
+                            const uint64_t R = hc0 - wz * p;
+                            tv[i] = R + wz * (1 - p) - hc1;
+                            acc0[i] += (R & mk) << p2;
                         }
-                        if (op == G_B2A2) {
-                            const uint64_t a0 = hi64(h0[i]), a1 = hi64(h1[i]);
-                            const uint64_t hc0 = (a1 & sel) | (a0 & ~sel), hc1 = (a0 & sel) | (a1 & ~sel);
-                            const uint64_t R = (hc0 - wy * p) & mk;
-                            const uint64_t T = (R + wy * (1 - p) - hc1) & mk;
-                            put_bits(ab, c + p1, T, p1);
-                            acc1[i] += R << p2;
+                        pack_vals(rz, tv, cnt, p1);
+                    } else {
+                        for (uint32_t i = 0; i < cnt; i++) {
+                            const uint64_t p = lsb(A[i]), sel = -p;
+                            const uint64_t rp = lsb(B[i]), wz = rp, wy = 1 - 2 * rp;
+                            uint64_t a0 = lo64(h0[i]), a1 = lo64(h1[i]);
+                            uint64_t hc0 = (a1 & sel) | (a0 & ~sel), hc1 = (a0 & sel) | (a1 & ~sel);
+                            uint64_t R = hc0 - wz * p;
+                            tv[i] = R + wz * (1 - p) - hc1;
+                            acc0[i] += (R & mk) << p2;
+                            a0 = hi64(h0[i]);
+                            a1 = hi64(h1[i]);
+                            hc0 = (a1 & sel) | (a0 & ~sel);
+                            hc1 = (a0 & sel) | (a1 & ~sel);
+                            R = hc0 - wy * p;
+                            tv2[i] = R + wy * (1 - p) - hc1;
+                            acc1[i] += (R & mk) << p2;
                         }
+                        pack_vals(rz, tv, cnt, p1);
+                        pack_vals(ry, tv2, cnt, p1);
                     }
                 } else {
                     hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    unpack_vals(rz, arith + roff[g] + rlen, tv, cnt, p1);
+                    if (op == G_B2A2) unpack_vals(ry, arith + roff[g] + 2 * rlen, tv2, cnt, p1);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t col = -lsb(A[i]);
-                        const uint8_t *ab = arith + (i0 + i) * abpi;
-                        acc0[i] += ((lo64(h0[i]) + (get_bits(ab, c, p1) & col)) & mk) << p2;
-                        if (op == G_B2A2) acc1[i] += ((hi64(h0[i]) + (get_bits(ab, c + p1, p1) & col)) & mk) << p2;
+                        acc0[i] += ((lo64(h0[i]) + (tv[i] & col)) & mk) << p2;
                     }
+                    if (op == G_B2A2)
+                        for (uint32_t i = 0; i < cnt; i++) {
+                            const uint64_t col = -lsb(A[i]);
+                            acc1[i] += ((hi64(h0[i]) + (tv2[i] & col)) & mk) << p2;
+                        }
                 }
                 break;
             }
             case G_NOUT: {
                 /* ReLU output: E = h(L_n) + c * (T + Y) in Z_{2^p1}; garbler R_B = h(colour-0 label) */
                 const uint64_t mk = mmask(p1);
+                const uint64_t rlen = (n * p1 + 7) / 8;
+                uint8_t *rz = arith + roff[g] + i0 * p1 / 8;
                 block *h0 = hb, *h1 = hb + NB;
                 if (garbler) {
                     for (uint32_t i = 0; i < cnt; i++) {
@@ -456,34 +606,39 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t rb = lo64(h0[i]) & mk;
-                        const uint64_t T = (rb - lo64(h1[i]) - acc1[i]) & mk;
-                        put_bits(arith + (i0 + i) * abpi, c, T, p1);
+                        tv[i] = rb - lo64(h1[i]) - acc1[i];
                         acc0[i] += rb;
                     }
+                    pack_vals(rz, tv, cnt, p1);
                 } else {
                     hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    unpack_vals(rz, arith + roff[g] + rlen, tv, cnt, p1);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t col = -lsb(A[i]);
-                        const uint64_t T = get_bits(arith + (i0 + i) * abpi, c, p1);
-                        acc0[i] += (lo64(h0[i]) + ((T + acc1[i]) & col)) & mk;
+                        acc0[i] += (lo64(h0[i]) + ((tv[i] + acc1[i]) & col)) & mk;
                     }
                 }
                 break;
             }
-            case G_REVEAL:
-                if (garbler)
-                    for (uint32_t i = 0; i < cnt; i++) put_bits(arith + (i0 + i) * abpi, c, lsb(A[i]), 1);
-                else
-                    for (uint32_t i = 0; i < cnt; i++)
-                        acc0[i] |= (lsb(A[i]) ^ get_bits(arith + (i0 + i) * abpi, c, 1)) << p2;
+            case G_REVEAL: {
+                uint8_t *rz = arith + roff[g] + i0 / 8;
+                if (garbler) {
+                    for (uint32_t i = 0; i < cnt; i++) tv[i] = lsb(A[i]);
+                    pack_vals(rz, tv, cnt, 1);
+                } else {
+                    unpack_vals(rz, arith + roff[g] + (n + 7) / 8, tv, cnt, 1);
+                    for (uint32_t i = 0; i < cnt; i++) acc0[i] |= (lsb(A[i]) ^ tv[i]) << p2;
+                }
                 break;
+            }
             default:
-                free(W); free(hb); free(acc0); free(acc1);
-                return -2;
+                rc = -2;
+                goto done;
             }
         }
         for (uint32_t i = 0; i < cnt; i++) out[i0 + i] = acc0[i] & outmask;
     }
-    free(W); free(hb); free(acc0); free(acc1);
-    return 0;
+done:
+    free(W); free(hb); free(acc0); free(acc1); free(tv); free(tv2); free(roff); free(L);
+    return rc;
 }

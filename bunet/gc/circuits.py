@@ -56,10 +56,19 @@ class Compiled:
     n_inputs: int  # k * b input wires (slots 0 .. n_inputs-1 at chunk start)
     tweaks_per_inst: int
     ct_per_inst: int  # 16-byte ciphertexts per instance
-    arith_bytes_per_inst: int
+    arith_regions: tuple[int, ...]  # bit width of each arithmetic ciphertext region (n values each)
     and_gates: int  # half-gates ANDs (2 ciphertexts each)
     andg_gates: int  # garbler half gates (1 ciphertext each)
     const_out: int  # constant output bits OR-ed into the evaluator's result (argmax)
+
+    def arith_len(self, n: int) -> int:
+        """Bytes of arithmetic ciphertexts for n instances (each region packed, byte padded)."""
+        return sum((n * m + 7) // 8 for m in self.arith_regions)
+
+    @property
+    def bytes_per_inst(self) -> float:
+        """Garbled bytes per instance, server to client (asymptotic)."""
+        return 16 * self.ct_per_inst + sum(self.arith_regions) / 8
 
 
 class _Builder:
@@ -176,7 +185,8 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
         if w not in last_use:
             free.append(w)
     recs = []
-    tw = ct = abits = 0
+    tw = ct = 0
+    regions: list[int] = []
     n_and = n_andg = 0
     for gi, g in enumerate(gates):
         op, a, b, o, p1, p2, width = g
@@ -201,27 +211,27 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
             tw, ct = tw + 1, ct + 1
             n_andg += 1
         elif op in (B2A, B2A2):
-            t, c = tw, abits
+            t, c = tw, len(regions)
             tw += 1
-            abits += width * (2 if op == B2A2 else 1)
+            regions += [width] * (2 if op == B2A2 else 1)
             q1, q2 = width, p2
             if op == B2A:
                 sb = p1  # weight code: 0 -> +1, 1 -> -1
         elif op == NOUT:
-            t, c = tw, abits
+            t, c = tw, len(regions)
             tw += 1
-            abits += width
+            regions.append(width)
             q1, q2 = width, 0
         elif op == REVEAL:
-            c = abits
-            abits += 1
+            c = len(regions)
+            regions.append(1)
             q1, q2 = 0, p2
         recs.append([op, sa, sb, so, t, c, q1, q2])
         for w in {a} | ({b} if op in (XOR, AND, B2A2) else set()):
             if last_use.get(w) == gi:
                 free.append(slot[w])
     arr = np.array(recs, dtype=np.int32).reshape(-1, 8)
-    return Compiled(arr, max(nslots, 1), bld.n_inputs, max(tw, 1), ct, (abits + 7) // 8, n_and, n_andg,
+    return Compiled(arr, max(nslots, 1), bld.n_inputs, max(tw, 1), ct, tuple(regions), n_and, n_andg,
                     const_out)
 
 

@@ -19,6 +19,7 @@ pipelined and run on two threads.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import struct
@@ -191,7 +192,25 @@ class _Party:
 def _sizes(op: Op, n: int) -> tuple[int, int, int]:
     c = op.circuit
     m = _pad128(n * op.k * op.in_bits)
-    return m, n * c.ct_per_inst * 16, n * c.arith_bytes_per_inst
+    return m, n * c.ct_per_inst * 16, c.arith_len(n)
+
+
+_PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
+_PyBytes_FromStringAndSize.restype = ctypes.py_object
+_PyBytes_FromStringAndSize.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
+
+
+def _new_message(header: bytes, body_len: int) -> tuple[bytes, object]:
+    """A fresh, unshared bytes object (header + body_len bytes) and a writable pointer to its body.
+
+    The engine writes the body in place: this saves a copy and a second set of page faults per
+    message (large messages dominate the cost of a layer otherwise). The object is not visible to
+    anyone else until it is returned, so filling it is safe.
+    """
+    msg = _PyBytes_FromStringAndSize(None, len(header) + body_len)
+    ptr = ffi.cast("uint8_t *", ffi.from_buffer(msg))
+    ffi.memmove(ptr, header, len(header))
+    return msg, ptr + len(header)
 
 
 def _buf(a: object) -> object:
@@ -211,7 +230,7 @@ class Evaluator(_Party):
         self._nonce = os.urandom(16)
         self._ks0: object = None
         self._ks1: object = None
-        self._pending: dict[int, tuple[tuple[int, ...], int, np.ndarray, int]] = {}
+        self._pending: dict[int, tuple[tuple[int, ...], int, int, int]] = {}
 
     def hello(self) -> bytes:
         """Base OT round 1 (client -> server)."""
@@ -246,16 +265,12 @@ class Evaluator(_Party):
         seq, blk, tw = self._alloc(op, n, m)
         choice = np.empty(m // 8, dtype=np.uint8)
         lib.bn_unpack_bits(_u64(yc), n * op.k, op.in_bits, _buf(choice), m)
-        hdr = self._header(T_REQ, seq, op, n)
-        out = bytearray(len(hdr) + 16 * m)
-        out[: len(hdr)] = hdr
-        labels = np.empty(16 * m, dtype=np.uint8)
-        body = memoryview(out)[len(hdr) :]
-        lib.bn_iknp_recv(self._ks0, self._ks1, blk, m, _buf(choice), _buf(body), _buf(labels))
+        out, body = _new_message(self._header(T_REQ, seq, op, n), 16 * m)
+        lib.bn_iknp_u(self._ks0, self._ks1, blk, m, _buf(choice), body)
         with self._lock:
-            self._pending[seq] = (op._params(), n, labels, tw)
+            self._pending[seq] = (op._params(), n, blk, tw)
             self.bytes_sent += len(out)
-        return bytes(out)
+        return out
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc) or labels (Argmax)."""
@@ -271,18 +286,20 @@ class Evaluator(_Party):
                 raise ValueError("response has the wrong length")
             del self._pending[seq]
             self.bytes_received += len(resp)
-        _, _, labels, tw = pend
+        _, _, blk, tw = pend
         c = op.circuit
+        m = _pad128(n * op.k * op.in_bits)
         out = np.empty(n, dtype=np.uint64)
         mask = (1 << op.ring_bits) - 1 if isinstance(op, MaxTrunc) else (1 << 64) - 1
         ct = body[:nct]
         ar = body[nct:]
         rc = lib.bn_gc_run(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, ffi.NULL, _buf(labels), self._rk, ffi.NULL, tw, c.tweaks_per_inst,
-                           _buf(ct), c.ct_per_inst, _buf(ar), c.arith_bytes_per_inst,
+                           op.in_bits, ffi.NULL, self._ks0, ffi.NULL, m, blk, self._rk, ffi.NULL, tw,
+                           c.tweaks_per_inst,
+                           _buf(ct), c.ct_per_inst, _buf(ar), nar,
                            _u64(out), mask)
         if rc != 0:
-            raise MemoryError("garbled-circuit evaluation failed (out of memory)")
+            raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
         if isinstance(op, Argmax):
             return (out | np.uint64(c.const_out)).astype(np.int64)
         return out
@@ -340,22 +357,17 @@ class Garbler(_Party):
                 raise ValueError("request out of order (or replayed)")
             _, blk, tw = self._alloc(op, n, m)
         self.bytes_received += len(req)
-        labels = np.empty(16 * m, dtype=np.uint8)
-        lib.bn_iknp_send(self._ks, self._delta, blk, m, _buf(body), _buf(labels))
         c = op.circuit
-        hdr = self._header(T_RESP, seq, op, n)
-        out = bytearray(len(hdr) + nct + nar)
-        out[: len(hdr)] = hdr
-        mv = memoryview(out)
+        out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
         acc = np.empty(n, dtype=np.uint64)
         rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, _u64(ys), _buf(labels), self._rk, self._delta, tw, c.tweaks_per_inst,
-                           _buf(mv[len(hdr) : len(hdr) + nct]), c.ct_per_inst, _buf(mv[len(hdr) + nct :]),
-                           c.arith_bytes_per_inst, _u64(acc), (1 << 64) - 1)
+                           op.in_bits, _u64(ys), self._ks, _buf(body), m, blk, self._rk, self._delta, tw,
+                           c.tweaks_per_inst, body_out, c.ct_per_inst, body_out + nct, nar, _u64(acc),
+                           (1 << 64) - 1)
         if rc != 0:
-            raise MemoryError("garbling failed (out of memory)")
+            raise MemoryError(f"garbling failed (engine code {rc})")
         self.bytes_sent += len(out)
         if isinstance(op, Argmax):
-            return bytes(out), None
+            return out, None
         mask = np.uint64((1 << op.ring_bits) - 1)
-        return bytes(out), (np.uint64(0) - acc) & mask
+        return out, (np.uint64(0) - acc) & mask

@@ -1,0 +1,149 @@
+"""Benchmark of the garbled-circuit engine; prints (and optionally writes) JSON.
+
+    python bench/gc.py --out gc.json [--relus 1048576] [--quick]
+
+Keys: garble_and_per_s / eval_and_per_s (one core, in memory, half-gates ANDs in a large batch),
+bytes_per_and, ot_per_s (IKNP correlated OTs per second, in memory, sender and receiver each on
+one core: the slower side), and per quantization (default l=24, b=24, s=8 and l=32, s=12):
+relu_and_gates, relu_bytes (all bytes both ways per ReLU over the socket, OT and session setup
+included), relu_per_s (two processes over loopback TCP, end to end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bunet import ring  # noqa: E402
+from bunet.gc import MaxTrunc  # noqa: E402
+from bunet.gc import circuits as C  # noqa: E402
+from bunet.gc.engine import ffi, lib  # noqa: E402
+from bunet.gc.harness import two_party  # noqa: E402
+
+
+def _best(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
+    """A layer of `depth` ANDs per instance (each gate ANDs the two previous wires)."""
+    bld = C._Builder(2)
+    a, b = 0, 1
+    for i in range(depth):
+        c = bld.and_(a, b)
+        a, b = b, c
+        if i == depth - 1:
+            bld._emit(C.REVEAL, c, 0, 0, 0, out=False)
+    circ = C._finish(bld)
+    assert circ.and_gates == depth
+    rng = np.random.default_rng(0)
+    m = (n * 2 + 127) // 128 * 128
+    u = rng.integers(0, 256, size=m * 16, dtype=np.uint8)  # input labels come from IKNP inside the run
+    ks = ffi.new("uint8_t[]", 176 * 128)
+    for i in range(128):
+        lib.bn_aes_keysched(rng.bytes(16), ks + 176 * i)
+    rk = ffi.new("uint8_t[]", 176)
+    lib.bn_aes_keysched(bytes(16), rk)
+    delta = bytearray(rng.bytes(16))
+    delta[0] |= 1
+    ct = np.empty(n * circ.ct_per_inst * 16, dtype=np.uint8)
+    ar = np.zeros(max(1, circ.arith_len(n)), dtype=np.uint8)
+    out = np.empty(n, dtype=np.uint64)
+    g = ffi.from_buffer("int32_t[]", circ.gates)
+    u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+
+    def run(garbler: int) -> None:
+        rc = lib.bn_gc_run(garbler, g, circ.gates.shape[0], circ.nwires, n, 1, 2, ffi.NULL, ks, u8(u), m, 0, rk,
+                           bytes(delta), 0, circ.tweaks_per_inst, u8(ct), circ.ct_per_inst, u8(ar),
+                           circ.arith_len(n), ffi.from_buffer("uint64_t[]", out), (1 << 64) - 1)
+        assert rc == 0
+
+    tg = _best(lambda: run(1), reps)
+    te = _best(lambda: run(0), reps)
+    return {"garble_and_per_s": n * depth / tg, "eval_and_per_s": n * depth / te,
+            "bytes_per_and": circ.ct_per_inst * 16 / depth}
+
+
+def bench_ot(m: int = 1 << 21, reps: int = 3) -> dict:
+    rng = np.random.default_rng(1)
+
+    def sched() -> object:
+        buf = ffi.new("uint8_t[]", 176 * 128)
+        for i in range(128):
+            lib.bn_aes_keysched(rng.bytes(16), buf + 176 * i)
+        return buf
+
+    k0, k1, ks = sched(), sched(), sched()
+    delta = bytearray(rng.bytes(16))
+    delta[0] |= 1
+    choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
+    u = np.empty(16 * m, dtype=np.uint8)
+    t = np.empty(16 * m, dtype=np.uint8)
+    q = np.empty(16 * m, dtype=np.uint8)
+    u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+    tr = _best(lambda: lib.bn_iknp_recv(k0, k1, 0, m, u8(choice), u8(u), u8(t)), reps)
+    ts = _best(lambda: lib.bn_iknp_send(ks, bytes(delta), 0, m, u8(u), u8(q)), reps)
+    return {"ot_per_s": m / max(tr, ts), "ot_recv_per_s": m / tr, "ot_send_per_s": m / ts,
+            "ot_bytes_per_cot": 16}
+
+
+def bench_relu(l: int, s: int, n: int, chunk: int) -> dict:
+    op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1)
+    x = ring.random((n, 1), l)
+    yc, ys = ring.share(x, l)
+    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, tcp=True)
+    ok = bool(np.array_equal(ring.add(out_c, out_s, l),
+                             ring.nonlinear(x, in_bits=l, shift=s, relu=True, ring_bits=l)))
+    c = op.circuit
+    return {
+        "relu_and_gates": c.and_gates + c.andg_gates,
+        "relu_halfgate_ands": c.and_gates,
+        "relu_garbler_half_gates": c.andg_gates,
+        "relu_bytes": st.total_bytes / n,
+        "relu_bytes_client_to_server": st.client_sent / n,
+        "relu_bytes_server_to_client": st.client_received / n,
+        "relu_per_s": n / st.seconds,
+        "relu_n": n,
+        "relu_seconds": st.seconds,
+        "relu_exact": ok,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="write the JSON here too")
+    ap.add_argument("--relus", type=int, default=1 << 20, help="ReLUs per end-to-end run (default 2^20)")
+    ap.add_argument("--chunk", type=int, default=1 << 15)
+    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    a = ap.parse_args()
+    n = 1 << 14 if a.quick else a.relus
+    res: dict = {}
+    res.update(bench_and(reps=2 if a.quick else 5))
+    res.update(bench_ot(m=1 << 17 if a.quick else 1 << 21))
+    default = bench_relu(24, 8, n, a.chunk)
+    res.update(default)  # the default quantization at top level
+    res["default_quantization"] = {"ring_bits": 24, "in_bits": 24, "shift": 8, **default}
+    res["l32"] = {"ring_bits": 32, "in_bits": 32, "shift": 12, **bench_relu(32, 12, n, a.chunk)}
+    res["cpus"] = os.cpu_count()
+    res["loadavg_at_end"] = os.getloadavg()[0]
+    text = json.dumps(res, indent=2)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
