@@ -36,15 +36,21 @@ from bunet.model.train import _load_split, evaluate_labels  # noqa: E402
 CONFIGS: list[tuple[int, int, int]] = [
     (32, 12, 12), (32, 13, 10), (32, 10, 10),
     (24, 8, 8), (24, 9, 7), (24, 7, 9), (24, 8, 6), (24, 6, 6),
-    (22, 7, 7), (20, 6, 6), (20, 6, 5), (18, 5, 5), (16, 4, 4), (16, 5, 3),
+    (22, 8, 8), (22, 7, 9), (22, 7, 7), (21, 8, 8), (21, 7, 9),
+    (20, 8, 8), (20, 7, 9), (20, 6, 6), (20, 6, 5), (18, 5, 5), (16, 4, 4), (16, 5, 3),
 ]
 
 
-def overflow_fraction(net: Network, quant: Quantization, floats: dict[str, np.ndarray]) -> float:
-    """Share of garbled-circuit inputs whose float value * 2^exp leaves the signed in_bits range."""
+def overflow_fraction(
+    net: Network, quant: Quantization, floats: dict[str, np.ndarray]
+) -> tuple[float, float]:
+    """Share of garbled-circuit inputs whose float value * 2^exp leaves the signed in_bits range,
+    and the headroom: min over those inputs of log2(range / max |value * 2^exp|), in bits
+    (negative = overflow; what a narrower ``in_bits`` could save)."""
     plan = compile_plan(net, quant)
     exp = {s.out: s.exp for s in plan.steps}
     bad = total = 0
+    headroom = np.inf
     for s in plan.steps:
         if s.kind not in ("nonlinear", "argmax"):
             continue
@@ -53,9 +59,11 @@ def overflow_fraction(net: Network, quant: Quantization, floats: dict[str, np.nd
         if v is None:
             continue
         lim = 2.0 ** (s.attrs["in_bits"] - 1)
-        bad += int((np.abs(v) * 2.0 ** exp[src] >= lim).sum())
+        scaled = np.abs(v) * 2.0 ** exp[src]
+        bad += int((scaled >= lim).sum())
         total += v.size
-    return bad / max(total, 1)
+        headroom = min(headroom, float(np.log2(lim / max(float(scaled.max()), 1e-30))))
+    return bad / max(total, 1), headroom
 
 
 def _dice_pooled(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,13 +95,15 @@ def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit
             rows.append({"ring_bits": L, "frac_bits": f, "weight_frac_bits": fw, "error": str(e)})
             continue
         vs_truth = evaluate_labels(list(lab), truths)
+        ovf, headroom = overflow_fraction(net, q, floats)
         row = {
             "ring_bits": L, "frac_bits": f, "weight_frac_bits": fw,
             "dice_vs_float": round(_dice_pooled(lab > 0, float_lab > 0), 5),
             "dice_vs_truth": round(vs_truth["dice_pooled"], 5),
             "dice_vs_truth_mean_per_slice": round(vs_truth["dice_mean"], 5),
             "pixel_agreement_vs_float": round(float((lab == float_lab).mean()), 6),
-            "overflow_fraction": overflow_fraction(net, q, floats),
+            "overflow_fraction": ovf,
+            "headroom_bits": round(headroom, 2),
             "seconds": round(time.time() - t0, 2),
         }
         rows.append(row)

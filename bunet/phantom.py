@@ -5,7 +5,7 @@
 Why a phantom: the project must ship a sample scan that a new user can segment with one
 command, and real COVID-19 CT volumes cannot be redistributed (nor are any available in full).
 The phantom is built in world coordinates (millimetres, x to the patient's right, y anterior,
-z superior) and sampled on a small grid (default 128 x 128 x 14 voxels of 2.5 x 2.5 x 3 mm) so
+z superior) and sampled on a small grid (default 128 x 128 x 12 voxels of 2.5 x 2.5 x 3 mm) so
 that secure inference of every axial slice fits a one-minute demo. What it contains, in HU:
 
 * air outside the body (-1000), a body ellipse with subcutaneous fat (-100) over muscle (+45);
@@ -81,7 +81,7 @@ def _render_segments(axes: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 
 def make_phantom(
-    shape: tuple[int, int, int] = (128, 128, 14),
+    shape: tuple[int, int, int] = (128, 128, 12),
     spacing: tuple[float, float, float] = (2.5, 2.5, 3.0),
     seed: int = 2020,
     n_lesions: int = 6,
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="data/sample_ct.nii.gz", help="HU volume (.nii or .nii.gz)")
     p.add_argument("--labels", default=None, help="lesion label volume (default: <out stem>_lesions.nii.gz)")
     p.add_argument("--size", type=int, default=128, help="in-plane voxels")
-    p.add_argument("--slices", type=int, default=14)
+    p.add_argument("--slices", type=int, default=12)
     p.add_argument("--seed", type=int, default=2020)
     args = p.parse_args(argv)
     out = Path(args.out)

@@ -27,7 +27,7 @@ def test_deterministic_and_typed() -> None:
 
 def test_tissue_values_and_lesions() -> None:
     hu, lab, _ = make_phantom()
-    assert hu.shape == (128, 128, 14)
+    assert hu.shape == (128, 128, 12)
     assert hu.min() <= -950 and hu.max() >= 600  # air and bone
     les = lab > 0
     assert 0.01 < les.mean() < 0.15
