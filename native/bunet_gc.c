@@ -1,7 +1,9 @@
 /* BUNET native garbled-circuit engine.
  *
- * - fixed-key AES-NI hash H(x, t) = pi(sigma(x) ^ t) ^ sigma(x), sigma(xl, xh) = (xh, xl ^ xh)
- *   (tweakable MMO with an orthomorphism, Guo-Katz-Wang-Yu); tweaks are unique per gate use.
+ * - AES-NI hash H_j(x, t) = pi_j(sigma(x) ^ t) ^ sigma(x), sigma(xl, xh) = (xh, xl ^ xh)
+ *   (tweakable MMO with an orthomorphism, Guo-Katz-Wang-Yu), t unique per gate and instance in
+ *   the session; pi_j is AES under a per-gate, per-chunk key derived from the public session key
+ *   (multi-instance security in the style of emp's MITCCRH). 256-bit VAES when the CPU has it.
  * - AES-CTR PRG seeded from getrandom().
  * - IKNP OT extension (columns by AES-CTR under the base-OT keys, SSE2 movemask transpose).
  * - a tiny circuit interpreter: the circuit (built in Python, the same for all n instances)
@@ -372,6 +374,36 @@ static void unpack_vals(const uint8_t *src, const uint8_t *end, uint64_t *v, uin
     }
 }
 
+/* Per-gate keys (multi-instance security, as emp's MITCCRH): every hashing gate, on every chunk
+ * of <= NB instances, hashes under its own AES key k_j = expand(pi(j)), j = the gate's first
+ * tweak on that chunk (unique in the session); the instance tweak still separates the hashes
+ * under one key. So no fixed key ever sees more than a few hundred hash inputs. */
+static inline void keyexp_block(block key, aeskey *out) {
+    block *rk = out->k;
+    rk[0] = key;
+#define EXP(i, rc) rk[i] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i - 1], rc))
+    EXP(1, 0x01); EXP(2, 0x02); EXP(3, 0x04); EXP(4, 0x08); EXP(5, 0x10);
+    EXP(6, 0x20); EXP(7, 0x40); EXP(8, 0x80); EXP(9, 0x1b); EXP(10, 0x36);
+#undef EXP
+}
+
+typedef struct {
+    aeskey master, k;
+    uint64_t last;
+    int valid;
+} keyctx;
+
+static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
+    if (!kc->valid || kc->last != j) {
+        block x = _mm_set_epi64x(0x4b45590000000000LL, (long long)j);
+        aes1(&kc->master, &x);
+        keyexp_block(x, &kc->k);
+        kc->last = j;
+        kc->valid = 1;
+    }
+    return &kc->k;
+}
+
 /* Run the circuit over n instances.
  * Input labels come straight from IKNP, chunk by chunk (no label matrix in memory):
  * garbler: zero labels q (ot_keys = its 128 base-OT key schedules, u = the client's matrix);
@@ -385,8 +417,9 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
               uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
               uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask) {
     (void)ctpi;
-    aeskey K;
-    load_key(&K, rk);
+    keyctx kc;
+    load_key(&kc.master, rk);
+    kc.valid = 0;
     const block D = garbler ? _mm_loadu_si128((const block *)delta) : _mm_setzero_si128();
     const uint64_t dom = 0x4743000000000000ULL; /* "GC" gate-hash domain */
     block *W = aligned_alloc(64, (size_t)nwires * NB * sizeof(block));
@@ -472,10 +505,10 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         h2[i] = B[i];
                         h3[i] = _mm_xor_si128(B[i], D);
                     }
-                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
-                    hash_batch(&K, h2, h2, cnt, twc + t + 1, tpi, dom);
-                    hash_batch(&K, h3, h3, cnt, twc + t + 1, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h1, h1, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 1), h2, h2, cnt, twc + t + 1, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 1), h3, h3, cnt, twc + t + 1, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const block a0 = A[i];
                         const uint64_t pa = lsb(a0), pb = lsb(B[i]);
@@ -488,8 +521,8 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         O[i] = _mm_xor_si128(wg, we);
                     }
                 } else {
-                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(&K, B, h1, cnt, twc + t + 1, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), A, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 1), B, h1, cnt, twc + t + 1, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const block a = A[i];
                         const block tg = _mm_loadu_si128(TG + i), te = _mm_loadu_si128(TE + i);
@@ -509,8 +542,8 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         h0[i] = A[i];
                         h1[i] = _mm_xor_si128(A[i], D);
                     }
-                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h1, h1, cnt, twc + t, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t gb = (ys[(i0 + i) * k + p1] >> p2) & 1;
                         const block tt = _mm_xor_si128(_mm_xor_si128(h0[i], h1[i]), _mm_and_si128(D, bm(gb)));
@@ -518,7 +551,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         O[i] = _mm_xor_si128(h0[i], _mm_and_si128(tt, bm(lsb(A[i]))));
                     }
                 } else {
-                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), A, h0, cnt, twc + t, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++)
                         O[i] = _mm_xor_si128(h0[i], _mm_and_si128(_mm_loadu_si128(T + i), bm(lsb(A[i]))));
                 }
@@ -541,8 +574,8 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         h0[i] = A[i];
                         h1[i] = _mm_xor_si128(A[i], D);
                     }
-                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h1, h1, cnt, twc + t, tpi, dom);
                     if (op == G_B2A) {
                         const uint64_t wz = (uint64_t)G[2] ? ~0ULL : 1ULL;
                         for (uint32_t i = 0; i < cnt; i++) {
@@ -575,7 +608,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         pack_vals(ry, tv2, cnt, p1);
                     }
                 } else {
-                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), A, h0, cnt, twc + t, tpi, dom);
                     unpack_vals(rz, arith + roff[g] + rlen, tv, cnt, p1);
                     if (op == G_B2A2) unpack_vals(ry, arith + roff[g] + 2 * rlen, tv2, cnt, p1);
                     for (uint32_t i = 0; i < cnt; i++) {
@@ -602,8 +635,8 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         h0[i] = k0;
                         h1[i] = _mm_xor_si128(k0, D);
                     }
-                    hash_batch(&K, h0, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(&K, h1, h1, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h0, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h1, h1, cnt, twc + t, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t rb = lo64(h0[i]) & mk;
                         tv[i] = rb - lo64(h1[i]) - acc1[i];
@@ -611,7 +644,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     }
                     pack_vals(rz, tv, cnt, p1);
                 } else {
-                    hash_batch(&K, A, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), A, h0, cnt, twc + t, tpi, dom);
                     unpack_vals(rz, arith + roff[g] + rlen, tv, cnt, p1);
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t col = -lsb(A[i]);
