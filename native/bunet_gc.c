@@ -204,18 +204,49 @@ int bn_prg_fill(uint8_t *out, size_t len) {
 
 /* ---------------------------------------------------------------- transpose */
 
-/* bit matrix nrows x ncols (row-major, LSB-first bits) -> ncols x nrows; nrows % 16 == 0, ncols % 8 == 0 */
+/* bit matrix nrows x ncols (row-major, LSB-first bits) -> ncols x nrows; nrows % 16 == 0, ncols % 8 == 0.
+ * Tiles of 16 rows x 64 columns: 16 8-byte loads, a byte transpose by unpacks, then movemasks. */
 void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t ncols) {
-    union {
-        block x;
-        uint8_t b[16];
-    } tmp;
+    const uint64_t nb = ncols / 8, ob = nrows / 8;
     for (uint64_t rr = 0; rr < nrows; rr += 16) {
-        for (uint64_t cc = 0; cc < ncols; cc += 8) {
-            for (int i = 0; i < 16; i++) tmp.b[i] = inp[(rr + i) * (ncols / 8) + cc / 8];
-            for (int i = 7; i >= 0; i--) {
-                uint16_t v = (uint16_t)_mm_movemask_epi8(tmp.x);
-                memcpy(out + (cc + i) * (nrows / 8) + rr / 8, &v, 2);
+        uint64_t cb = 0;
+        for (; cb + 8 <= nb; cb += 8) {
+            block r[16], a[8], bq[8], v[8];
+            for (int i = 0; i < 16; i++) r[i] = _mm_loadl_epi64((const block *)(inp + (rr + i) * nb + cb));
+            for (int i = 0; i < 8; i++) a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]); /* rows 2i,2i+1; bytes j=0..7 */
+            for (int i = 0; i < 4; i++) {
+                bq[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);     /* rows 4i..4i+3, j = 0..3 */
+                bq[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]); /* rows 4i..4i+3, j = 4..7 */
+            }
+            for (int h = 0; h < 2; h++) {
+                const block lo01 = _mm_unpacklo_epi32(bq[h], bq[2 + h]);  /* rows 0..7,  j = 4h, 4h+1 */
+                const block hi01 = _mm_unpackhi_epi32(bq[h], bq[2 + h]);  /* rows 0..7,  j = 4h+2, 4h+3 */
+                const block lo23 = _mm_unpacklo_epi32(bq[4 + h], bq[6 + h]); /* rows 8..15 */
+                const block hi23 = _mm_unpackhi_epi32(bq[4 + h], bq[6 + h]);
+                v[4 * h + 0] = _mm_unpacklo_epi64(lo01, lo23);
+                v[4 * h + 1] = _mm_unpackhi_epi64(lo01, lo23);
+                v[4 * h + 2] = _mm_unpacklo_epi64(hi01, hi23);
+                v[4 * h + 3] = _mm_unpackhi_epi64(hi01, hi23);
+            }
+            for (int j = 0; j < 8; j++) {
+                block x = v[j];
+                const uint64_t c0 = (cb + j) * 8;
+                for (int k = 7; k >= 0; k--) {
+                    const uint16_t m16 = (uint16_t)_mm_movemask_epi8(x);
+                    memcpy(out + (c0 + k) * ob + rr / 8, &m16, 2);
+                    x = _mm_slli_epi64(x, 1);
+                }
+            }
+        }
+        for (; cb < nb; cb++) { /* tail: one byte column at a time */
+            union {
+                block x;
+                uint8_t b[16];
+            } tmp;
+            for (int i = 0; i < 16; i++) tmp.b[i] = inp[(rr + i) * nb + cb];
+            for (int k = 7; k >= 0; k--) {
+                const uint16_t m16 = (uint16_t)_mm_movemask_epi8(tmp.x);
+                memcpy(out + (cb * 8 + k) * ob + rr / 8, &m16, 2);
                 tmp.x = _mm_slli_epi64(tmp.x, 1);
             }
         }

@@ -26,6 +26,11 @@ class Channel:
     """Length-prefixed frames over a connected socket, with byte counters."""
 
     def __init__(self, sock: socket.socket) -> None:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+            except OSError:  # pragma: no cover - best effort
+                pass
         self.sock = sock
         self.sent = 0
         self.received = 0
