@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bunet import ring  # noqa: E402
 from bunet.gc import MaxTrunc  # noqa: E402
-from bunet.gc import circuits as C  # noqa: E402
+from bunet.gc import circuits as gcc  # noqa: E402
 from bunet.gc.engine import ffi, lib  # noqa: E402
 from bunet.gc.harness import two_party  # noqa: E402
 
@@ -39,14 +39,14 @@ def _best(fn, reps: int) -> float:
 
 def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
     """A layer of `depth` ANDs per instance (each gate ANDs the two previous wires)."""
-    bld = C._Builder(2)
+    bld = gcc._Builder(2)
     a, b = 0, 1
     for i in range(depth):
         c = bld.and_(a, b)
         a, b = b, c
         if i == depth - 1:
-            bld._emit(C.REVEAL, c, 0, 0, 0, out=False)
-    circ = C._finish(bld)
+            bld._emit(gcc.REVEAL, c, 0, 0, 0, out=False)
+    circ = gcc._finish(bld)
     assert circ.and_gates == depth
     rng = np.random.default_rng(0)
     m = (n * 2 + 127) // 128 * 128
@@ -125,7 +125,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="write the JSON here too")
     ap.add_argument("--relus", type=int, default=1 << 20, help="ReLUs per end-to-end run (default 2^20)")
-    ap.add_argument("--chunk", type=int, default=1 << 15)
+    ap.add_argument("--chunk", type=int, default=1 << 14, help="instances per request/response")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     a = ap.parse_args()
     n = 1 << 14 if a.quick else a.relus

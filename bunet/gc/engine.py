@@ -95,7 +95,7 @@ class Argmax:
         l = _check_int("ring_bits", self.ring_bits, 1, 64)
         b = l if self.in_bits is None else _check_int("in_bits", self.in_bits, 1, l)
         object.__setattr__(self, "in_bits", b)
-        _check_int("k", self.k, 1, 1024)
+        _check_int("k", self.k, 1, 64)
 
     @property
     def circuit(self) -> circuits.Compiled:

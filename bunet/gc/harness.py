@@ -7,6 +7,7 @@ so garbling (server) and evaluation (client) overlap.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import socket
 import struct
@@ -27,10 +28,8 @@ class Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
+            with contextlib.suppress(OSError):  # best effort
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-            except OSError:  # pragma: no cover - best effort
-                pass
         self.sock = sock
         self.sent = 0
         self.received = 0
@@ -69,7 +68,7 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + chunk)) for i in range(0, n, chunk)] or [(0, 0)]
 
 
-def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 15) -> np.ndarray | None:
+def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 14) -> np.ndarray | None:
     """Server side of one session and one layer: returns the server's output shares (or None)."""
     g = Garbler()
     ch.send(g.hello(ch.recv()))
@@ -84,7 +83,7 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
     return np.concatenate(outs)
 
 
-def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 15,
+def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 14,
                   depth: int = 2) -> np.ndarray:
     """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax)."""
     ev = Evaluator()
@@ -148,7 +147,7 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
         conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
-def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 15,
+def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 14,
               tcp: bool = False, depth: int = 2) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 
