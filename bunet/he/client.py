@@ -58,7 +58,7 @@ class ClientHE:
         self._pk_seed = secrets.token_bytes(wire.SEED_BYTES)
         a = uniform_mod(derive(self._pk_seed, 0, b"pk"), params.primes, n)
         e = self.rns.forward(self.rns.from_int(self._rand.cbd((n,))))
-        self._pk0 = self.rns.reduce(-(self.rns.reduce(a * self._s_hat)) - e + 2 * self.rns.col(1)[0])
+        self._pk0 = self.rns.canon(self.rns.reduce(-(self.rns.reduce(a * self._s_hat)) - e))
 
     def __repr__(self) -> str:
         return f"ClientHE(N={self.params.poly_degree}, l={self.params.ring_bits})"
@@ -84,7 +84,7 @@ class ClientHE:
         v_hat = self.rns.forward(self.rns.reduce(v))
         seed = secrets.token_bytes(wire.SEED_BYTES)
         a = expand_a(self.rns, seed, count)
-        c0 = self.rns.reduce(v_hat - self.rns.reduce(a * self._s_hat[:, None, :]))
+        c0 = self.rns.canon(self.rns.reduce(v_hat - self.rns.reduce(a * self._s_hat[:, None, :])))
         head = (wire.MAGIC_UP + self.params.digest() + wire.spec_digest(spec.to_bytes())
                 + struct.pack("<II", batch, count) + seed)
         return head + wire.pack_uint(c0.transpose(1, 0, 2), wire.RESIDUE_BYTES)

@@ -18,19 +18,26 @@ F64 = np.float64
 
 
 def mod_inplace(x: np.ndarray, p: np.ndarray | float, pinv: np.ndarray | float) -> np.ndarray:
-    """x mod p for exact float64 integers |x| < 2^53 (p may broadcast); result in [0, p)."""
+    """Centred lazy reduction in place: exact float64 integers |x| < 2^53 -> |x| <= p/2 + 1.
+
+    Every intermediate stays centred, so a product is below 2^42 and sums of up to 2^10 of
+    them stay exact; only values leaving the module are made canonical (:func:`canon`).
+    """
     q = np.multiply(x, pinv)
-    np.floor(q, out=q)
+    np.rint(q, out=q)
     q *= p
-    np.subtract(x, q, out=x)
-    # one correction each way covers the rounding of x * pinv
+    x -= q
+    return x
+
+
+def canon(x: np.ndarray, p: np.ndarray | float) -> np.ndarray:
+    """Centred residues -> [0, p), in place."""
     x += np.where(x < 0, p, 0.0)
-    x -= np.where(x >= p, p, 0.0)
     return x
 
 
 def mod(x: np.ndarray, p: np.ndarray | float, pinv: np.ndarray | float) -> np.ndarray:
-    return mod_inplace(np.array(x, dtype=F64, copy=True), p, pinv)
+    return canon(mod_inplace(np.array(x, dtype=F64, copy=True), p, pinv), p)
 
 
 def _primitive_root_2n(p: int, n: int) -> int:
@@ -43,15 +50,26 @@ def _primitive_root_2n(p: int, n: int) -> int:
     raise ValueError("no primitive root")
 
 
-def _dft_matrix(root: int, n: int, p: int) -> np.ndarray:
-    e = np.outer(np.arange(n), np.arange(n)) % (p - 1)
-    pw = np.array([pow(root, i, p) for i in range(n)], dtype=object)
-    # root^(i*j) with i*j reduced mod n since root has order n
-    return np.array([[int(pw[(i * j) % n]) for j in range(n)] for i in range(n)], dtype=F64) if e is not None else None
+def _centred(a: np.ndarray, p: int) -> np.ndarray:
+    a = np.asarray(a, dtype=np.int64) % p
+    return np.where(a > p // 2, a - p, a).astype(F64)
+
+
+def _powers(g: int, count: int, p: int) -> np.ndarray:
+    out = np.empty(count, dtype=np.int64)
+    v = 1
+    for i in range(count):
+        out[i] = v
+        v = v * g % p
+    return out
 
 
 class PrimeNTT:
-    """Negacyclic NTT of length N modulo one prime, vectorised over leading axes."""
+    """Negacyclic NTT of length N modulo one prime, vectorised over leading axes.
+
+    Four-step: index i = i1 + n1*i2, output k = j2 + n2*j1 stored at [j2, j1].  The twist by
+    psi^i is folded into the first DFT matrix (psi^(n1*i2)) and the twiddles (psi^i1).
+    """
 
     def __init__(self, p: int, n: int) -> None:
         self.p, self.n = p, n
@@ -60,53 +78,47 @@ class PrimeNTT:
         n2 = n // n1
         self.n1, self.n2 = n1, n2
         psi = _primitive_root_2n(p, n)
-        omega = psi * psi % p
-        inv = lambda a: pow(a, p - 2, p)  # noqa: E731
-        idx = np.arange(n)
-        self.twist = np.array([pow(psi, int(i), p) for i in idx], dtype=F64)
-        n_inv = inv(n)
-        psi_inv = inv(psi)
-        self.untwist = np.array([pow(psi_inv, int(i), p) * n_inv % p for i in idx], dtype=F64)
-        self.f2 = _dft_matrix(pow(omega, n1, p), n2, p)           # (j2, i2)
-        self.f1 = _dft_matrix(pow(omega, n2, p), n1, p)           # (i1, j1), symmetric
-        om_inv = inv(omega)
-        self.f2i = _dft_matrix(pow(om_inv, n1, p), n2, p)
-        self.f1i = _dft_matrix(pow(om_inv, n2, p), n1, p)
-        j2 = np.arange(n2)[:, None]
-        i1 = np.arange(n1)[None, :]
-        ex = (j2 * i1) % n
-        powers = [1] * n
-        for k in range(1, n):
-            powers[k] = powers[k - 1] * omega % p
-        powers_inv = [1] * n
-        for k in range(1, n):
-            powers_inv[k] = powers_inv[k - 1] * om_inv % p
-        pw = np.array(powers, dtype=F64)
-        pwi = np.array(powers_inv, dtype=F64)
-        self.tw = pw[ex]            # (n2, n1): omega^(i1*j2)
-        self.twi = pwi[ex]
+        psi_inv = pow(psi, -1, p)
+        pw = _powers(psi, 2 * n, p)          # psi^e, e < 2N  (omega^e = psi^(2e))
+        pwi = _powers(psi_inv, 2 * n, p)
+        i2 = np.arange(n2)
+        j2 = np.arange(n2)
+        i1 = np.arange(n1)
+        j1 = np.arange(n1)
+        # forward
+        e = (2 * n1 * np.outer(j2, i2) + n1 * i2[None, :]) % (2 * n)
+        self.f2 = _centred(pw[e], p)                                        # [j2, i2]
+        e = (2 * np.outer(j2, i1) + i1[None, :]) % (2 * n)
+        self.tw = _centred(pw[e], p)                                        # [j2, i1]
+        e = (2 * n2 * np.outer(i1, j1)) % (2 * n)
+        self.f1 = _centred(pw[e], p)                                        # [i1, j1]
+        # inverse
+        self.f1i = _centred(pwi[(2 * n2 * np.outer(j1, i1)) % (2 * n)], p)   # [j1, i1]
+        e = (2 * np.outer(j2, i1) + i1[None, :]) % (2 * n)
+        self.twi = _centred(pwi[e], p)                                      # [j2, i1]
+        n_inv = pow(n, -1, p)
+        e = (2 * n1 * np.outer(i2, j2) + n1 * i2[:, None]) % (2 * n)
+        self.f2i = _centred(pwi[e] * n_inv % p, p)                          # [i2, j2]
 
     def _red(self, x: np.ndarray) -> np.ndarray:
         return mod_inplace(x, self.pf, self.pinv)
 
     def forward(self, a: np.ndarray) -> np.ndarray:
-        """(..., N) residues -> (..., N) evaluations at psi^(odd), fixed order."""
+        """(..., N) residues (|a| <= p) -> (..., N) centred evaluations at psi^(odd)."""
         shp = a.shape
-        x = self._red(a * self.twist)
-        x = x.reshape(-1, self.n2, self.n1)                     # [i2, i1]
+        x = a.reshape(-1, self.n2, self.n1)                     # [i2, i1]
         x = self._red(np.matmul(self.f2, x))                    # [j2, i1]
-        x = self._red(x * self.tw)
-        x = self._red(np.matmul(x, self.f1))                    # [j2, j1]
+        x *= self.tw
+        x = self._red(np.matmul(self._red(x), self.f1))         # [j2, j1]
         return x.reshape(shp)
 
     def inverse(self, a: np.ndarray) -> np.ndarray:
         shp = a.shape
         x = a.reshape(-1, self.n2, self.n1)
         x = self._red(np.matmul(x, self.f1i))                   # [j2, i1]
-        x = self._red(x * self.twi)
-        x = self._red(np.matmul(self.f2i, x))                   # [i2, i1]
-        x = x.reshape(shp)
-        return self._red(x * self.untwist)
+        x *= self.twi
+        x = self._red(np.matmul(self.f2i, self._red(x)))        # [i2, i1]
+        return x.reshape(shp)
 
 
 class RNS:
@@ -132,9 +144,13 @@ class RNS:
         return self.pf.reshape(s), self.pinv.reshape(s)
 
     def reduce(self, x: np.ndarray) -> np.ndarray:
-        """In-place mod for an array shaped (K, ...)."""
+        """In-place centred reduction of an array shaped (K, ...)."""
         p, pinv = self.col(x.ndim - 1)
         return mod_inplace(x, p, pinv)
+
+    def canon(self, x: np.ndarray) -> np.ndarray:
+        """In-place: centred residues (K, ...) -> [0, p)."""
+        return canon(x, self.col(x.ndim - 1)[0])
 
     def from_int(self, x: np.ndarray) -> np.ndarray:
         """Signed or unsigned integer array -> (K, ...) residues (exact for |x| < 2^63)."""
@@ -153,7 +169,7 @@ class RNS:
         return np.stack([nt.inverse(a[i]) for i, nt in enumerate(self.ntts)])
 
     def to_pow2(self, x: np.ndarray, bits: int) -> np.ndarray:
-        """round(2^bits * c / q) mod 2^bits for c given by residues (K, ...) in [0, p_i), as uint64.
+        """round(2^bits * c / q) mod 2^bits for c given by (centred) residues (K, ...), as uint64.
 
         Float rounding adds at most K * 2^(bits-52) < 1 to the exact rounding error (bits <= 50);
         the noise analysis budgets |error| <= 2 per coefficient.
@@ -163,10 +179,10 @@ class RNS:
         acc = None
         scale = float(1 << bits)
         for i in range(self.k):
-            y = mod_inplace(x[i] * self.crt_inv[i], self.pf[i], self.pinv[i])
+            y = mod_inplace(x[i] * self.crt_inv[i], self.pf[i], self.pinv[i])   # centred is fine
             y *= scale / self.pf[i]
             acc = y if acc is None else acc + y
-        v = np.rint(acc).astype(np.int64).astype(np.uint64)
+        v = np.rint(acc).astype(np.int64).view(np.uint64)
         return v & np.uint64((1 << bits) - 1)
 
 
