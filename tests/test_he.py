@@ -59,10 +59,7 @@ def run_layer(parties, conv: ConvSpec, w: np.ndarray, b: np.ndarray | None, xc: 
     down, ys = srv.apply(layer, up, xs)
     yc = cli.decrypt(layer.spec, down)
     x = ring.add(xc, xs, L)
-    if conv.kind == "convT":
-        ref = ring.conv_transpose2x2(x, w, b, L)
-    else:
-        ref = ring.conv2d(x, w, b, conv.pad, L)
+    ref = ring.conv_transpose2x2(x, w, b, L) if conv.kind == "convT" else ring.conv2d(x, w, b, conv.pad, L)
     return ring.add(yc, ys, L), ref
 
 

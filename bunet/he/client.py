@@ -4,41 +4,19 @@ from __future__ import annotations
 
 import secrets
 import struct
-from functools import lru_cache
 
 import numpy as np
 
 from bunet import ring
 
 from . import wire
+from .bfv import expand_a, plan_for, scaled_message
 from .layout import LayerSpec, Plan
 from .params import HEParams
 from .rand import Sampler, derive, uniform_mod
-from .rns import RNS, rns_for
+from .rns import rns_for
 
 _U64 = np.uint64
-
-
-@lru_cache(maxsize=256)
-def plan_for(spec: LayerSpec, n: int) -> Plan:
-    return Plan.make(spec, n)
-
-
-def expand_a(rns: RNS, seed: bytes, count: int) -> np.ndarray:
-    """(K, count, N) public polynomials a (already in NTT form) of an upload's ciphertexts."""
-    out = np.empty((rns.k, count, rns.n))
-    for i in range(count):
-        out[:, i] = uniform_mod(derive(seed, i, b"a"), rns.primes, rns.n)
-    return out
-
-
-def scaled_message(params: HEParams, rns: RNS, m: np.ndarray) -> np.ndarray:
-    """Residues of Delta * m for m in [0, t) (uint64), shape (K, *m.shape)."""
-    out = np.empty((rns.k,) + m.shape)
-    for i, p in enumerate(rns.primes):
-        dp = _U64(params.delta % p)
-        out[i] = ((m % _U64(p)) * dp % _U64(p)).astype(np.float64)
-    return out
 
 
 class ClientHE:
@@ -93,6 +71,29 @@ class ClientHE:
     def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:
         """The client's new share y_c = W*x + b - r (B, C_out, H', W')."""
         prm = self.params
+        plan, batch, x = self._phase(spec, msg)
+        shift = prm.down_bits - prm.ring_bits
+        y = ((x + _U64(1 << (shift - 1))) >> _U64(shift)) & ring.mask(prm.ring_bits)
+        out = np.zeros((batch, plan.c_out * plan.ho * plan.wo), dtype=_U64)
+        out[:, plan.returned[2]] = y.reshape(batch, -1)
+        return plan.from_eff_output(out.reshape(batch, plan.c_out, plan.ho, plan.wo))
+
+    def noise(self, spec: LayerSpec, msg: bytes) -> np.ndarray:
+        """Diagnostics: signed decryption noise of every returned coefficient, modulo 2^m.
+
+        Decryption is correct while |noise| < 2^m / (2t); nothing here is secret to the client.
+        """
+        prm = self.params
+        _, _, x = self._phase(spec, msg)
+        shift = prm.down_bits - prm.ring_bits
+        y = (x + _U64(1 << (shift - 1))) >> _U64(shift)
+        d = (x - (y << _U64(shift))) & _U64((1 << prm.down_bits) - 1)
+        d = d.astype(np.int64)
+        return np.where(d >= 1 << (prm.down_bits - 1), d - (1 << prm.down_bits), d)
+
+    def _phase(self, spec: LayerSpec, msg: bytes) -> tuple[Plan, int, np.ndarray]:
+        """Parse a result and return c0 + c1*s mod 2^m at every returned coefficient."""
+        prm = self.params
         n = prm.poly_degree
         plan = plan_for(spec, n)
         rd = wire.Reader(msg)
@@ -100,7 +101,7 @@ class ClientHE:
         rd.check(prm.digest(), "HE parameters")
         rd.check(wire.spec_digest(spec.to_bytes()), "layer spec")
         batch, n_out, n_ret = struct.unpack("<III", rd.take(12))
-        if batch < 1 or n_out != plan.n_out_cts(batch) or n_ret != batch * plan.n_returned:
+        if not 1 <= batch <= 1 << 16 or n_out != plan.n_out_cts(batch) or n_ret != batch * plan.n_returned:
             raise ValueError("HE result has the wrong number of ciphertexts")
         b1 = (prm.down_bits + 7) // 8
         b0 = (prm.down_c0_bits + 7) // 8
@@ -108,16 +109,14 @@ class ClientHE:
         c0 = wire.unpack_uint(rd.take(n_ret * b0), n_ret, b0)
         rd.done()
         m_bits = prm.down_bits
-        ct, coef, flat = plan.returned
+        if np.any(c1 >> _U64(m_bits)) or np.any(c0 >> _U64(prm.down_c0_bits)):
+            raise ValueError("HE result coefficients out of range")
+        ct, coef, _ = plan.returned
         per_ct = plan.n_og * plan.tiles
         cts = (np.arange(batch)[:, None] * per_ct + ct[None, :]).reshape(-1)
         prod = self._mul_s(c1, m_bits)
         x = (c0 << _U64(m_bits - prm.down_c0_bits)) + prod[cts, np.tile(coef, batch)]
-        shift = m_bits - prm.ring_bits
-        y = ((x + _U64(1 << (shift - 1))) >> _U64(shift)) & ring.mask(prm.ring_bits)
-        out = np.zeros((batch, plan.c_out * plan.ho * plan.wo), dtype=_U64)
-        out[:, flat] = y.reshape(batch, -1)
-        return plan.from_eff_output(out.reshape(batch, plan.c_out, plan.ho, plan.wo))
+        return plan, batch, x & _U64((1 << m_bits) - 1)
 
     def _mul_s(self, c1: np.ndarray, m_bits: int) -> np.ndarray:
         """c1 * s mod (X^N + 1, 2^m) exactly, via a float FFT on two signed limbs."""

@@ -25,7 +25,7 @@ import numpy as np
 from bunet import ring
 
 from . import wire
-from .client import plan_for, scaled_message
+from .bfv import plan_for, scaled_message
 from .layout import ConvSpec, LayerSpec, Plan
 from .params import HEParams
 from .rand import Sampler, derive, uniform_mod

@@ -1,0 +1,129 @@
+"""Worst-case noise, message validation, and the server working from public material only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bunet import ring
+from bunet.he import ClientHE, ConvSpec, HEParams, LayerSpec, ServerHE
+from bunet.he import server as server_mod
+
+L = 24
+
+
+@pytest.fixture(scope="module")
+def params() -> HEParams:
+    return HEParams.for_ring(L)
+
+
+@pytest.fixture(scope="module")
+def client(params: HEParams) -> ClientHE:
+    return ClientHE(params)
+
+
+def _server_from_blobs(params: HEParams, client: ClientHE) -> ServerHE:
+    """Exactly what a remote server receives: the parameter blob and the public-key bytes."""
+    return ServerHE(HEParams.from_bytes(params.to_bytes()), bytes(client.public_key()))
+
+
+def test_server_holds_no_secret_key(params: HEParams, client: ClientHE) -> None:
+    srv = _server_from_blobs(params, client)
+    secret = client._s_hat                                   # noqa: SLF001 (test inspects)
+    for name, val in vars(srv).items():
+        assert "secret" not in name.lower()
+        if isinstance(val, np.ndarray):
+            assert not any(np.array_equal(val.reshape(-1)[: secret.size], secret.reshape(-1)[: val.size])
+                           for _ in [0] if val.size >= secret.size)
+    assert not any(isinstance(v, ClientHE) for v in vars(srv).values())
+    # and it computes correctly from that material alone
+    rng = np.random.default_rng(1)
+    w = rng.integers(-100, 100, (3, 2, 3, 3))
+    layer = srv.prepare(ConvSpec(), w, None, (2, 9, 7))
+    xc, xs = ring.random((1, 2, 9, 7), L), ring.random((1, 2, 9, 7), L)
+    down, ys = srv.apply(layer, client.encrypt(layer.spec, xc), xs)
+    got = ring.add(client.decrypt(layer.spec, down), ys, L)
+    assert np.array_equal(got, ring.conv2d(ring.add(xc, xs, L), w, None, 1, L))
+
+
+@pytest.mark.slow
+def test_worst_case_noise_at_largest_shape(params: HEParams, client: ClientHE) -> None:
+    """512 input channels, 3x3, every output at the public L1 bound, inputs at the ring's top."""
+    srv = _server_from_blobs(params, client)
+    c_in, c_out, h, w = 512, 3, 6, 5
+    mag = (1 << params.weight_l1_bits) // (c_in * 9)
+    rng = np.random.default_rng(11)
+    wt = mag * rng.choice([-1, 1], (c_out, c_in, 3, 3))
+    wt[0] = mag                                               # all positive row
+    wt[1] = -mag                                              # all negative row
+    assert np.abs(wt).sum(axis=(1, 2, 3)).max() <= 1 << params.weight_l1_bits
+    layer = srv.prepare(ConvSpec(), wt, np.full(c_out, -1), (c_in, h, w))
+    xc = np.full((1, c_in, h, w), (1 << L) - 1, dtype=np.uint64)
+    xs = np.full((1, c_in, h, w), (1 << L) - 1, dtype=np.uint64)
+    down, ys = srv.apply(layer, client.encrypt(layer.spec, xc), xs)
+    got = ring.add(client.decrypt(layer.spec, down), ys, L)
+    assert np.array_equal(got, ring.conv2d(ring.add(xc, xs, L), wt, np.full(c_out, -1), 1, L))
+    noise = np.abs(client.noise(layer.spec, down))
+    assert noise.max() < 2 ** (params.down_bits - L) // 2
+
+
+def test_flooding_is_applied(params: HEParams, client: ClientHE, monkeypatch) -> None:
+    """Every returned c0 coefficient gets a flood of the full width, freshly sampled."""
+    srv = _server_from_blobs(params, client)
+    rng = np.random.default_rng(2)
+    w = rng.integers(-1000, 1000, (4, 8, 3, 3))
+    layer = srv.prepare(ConvSpec(), w, None, (8, 16, 16))
+    xc, xs = ring.random((1, 8, 16, 16), L), ring.random((1, 8, 16, 16), L)
+    calls: list[tuple[int, tuple[int, ...]]] = []
+    real = server_mod.Sampler.uniform_signed_residues
+
+    def spy(self, bits, primes, shape):
+        calls.append((bits, shape))
+        return real(self, bits, primes, shape)
+
+    monkeypatch.setattr(server_mod.Sampler, "uniform_signed_residues", spy)
+    down, _ = srv.apply(layer, client.encrypt(layer.spec, xc), xs)
+    assert {b for b, _ in calls} == {params.flood_bits}
+    assert sum(int(np.prod(s)) for _, s in calls) == layer.plan.n_returned
+    floods = real(srv._rand, params.flood_bits, (params.primes[0],), (4096,))[0]   # noqa: SLF001
+    assert len(np.unique(floods)) > 4000
+
+
+def test_message_validation(params: HEParams, client: ClientHE) -> None:
+    srv = _server_from_blobs(params, client)
+    w = np.ones((2, 2, 3, 3), dtype=np.int64)
+    layer = srv.prepare(ConvSpec(), w, None, (2, 8, 8))
+    xc = ring.random((1, 2, 8, 8), L)
+    xs = ring.random((1, 2, 8, 8), L)
+    up = client.encrypt(layer.spec, xc)
+    secret_text = str(int(xc[0, 0, 0, 0]))
+    bad_uploads = [up[:-1], up + b"\x00", b"x" * len(up), up[:8] + bytes(16) + up[24:],
+                   up[:24] + bytes(16) + up[40:]]
+    for bad in bad_uploads:
+        with pytest.raises(ValueError) as exc:
+            srv.apply(layer, bad, xs)
+        assert secret_text not in str(exc.value)
+    with pytest.raises(ValueError):
+        srv.apply(layer, up, xs[:, :1])
+    other = srv.prepare(ConvSpec(), np.ones((2, 2, 3, 3), dtype=np.int64), None, (2, 8, 9))
+    with pytest.raises(ValueError):
+        srv.apply(other, up, ring.random((1, 2, 8, 9), L))
+    down, _ = srv.apply(layer, up, xs)
+    for bad in (down[:-3], down + b"\x01", down[:8] + bytes(16) + down[24:]):
+        with pytest.raises(ValueError):
+            client.decrypt(layer.spec, bad)
+    with pytest.raises(ValueError):
+        client.decrypt(LayerSpec(ConvSpec(), 2, 2, 8, 9), down)
+    # a client with other parameters is refused before any work
+    other_params = HEParams.for_ring(20)
+    with pytest.raises(ValueError):
+        ServerHE(other_params, client.public_key())
+
+
+def test_weight_bound_enforced(params: HEParams, client: ClientHE) -> None:
+    srv = _server_from_blobs(params, client)
+    big = np.full((1, 512, 3, 3), 1 << 10, dtype=np.int64)
+    with pytest.raises(ValueError):
+        srv.prepare(ConvSpec(), big, None, (512, 4, 4))
+    with pytest.raises(ValueError):
+        srv.prepare(ConvSpec(), np.ones((2, 2, 3, 3)), None, (2, 4, 4))   # float weights
