@@ -96,7 +96,10 @@ class Plan:
     opack: int        # O': output channels per product polynomial
 
     @staticmethod
-    def make(spec: LayerSpec, n: int) -> Plan:
+    def make(spec: LayerSpec, n: int, max_filters: int = 6144) -> Plan:
+        """Cheapest tiling; for k > 1 also at most ``max_filters`` NTT-form kernels (memory:
+        each is K*N residues), since smaller tiles with more output packing need fewer kernels
+        for about the same number of products."""
         if spec.conv.kind == "convT":
             k, pad, c_out = 1, 0, 4 * spec.c_out
         else:
@@ -117,7 +120,8 @@ class Plan:
                 tiles = math.ceil(ho / th) * math.ceil(wo / tw)
                 n_og = math.ceil(c_out / opack)
                 cost = tiles * (spec.c_in * n_og + 8 * spec.c_in + 24 * n_og)
-                key = (cost, tiles * spec.c_in, -th * tw)
+                over = max(0, n_og * spec.c_in - max_filters) if k > 1 else 0
+                key = (over, cost, tiles * spec.c_in, -th * tw)
                 if best is None or key < best[0]:
                     best = (key, th, tw, opack)
         if best is None:

@@ -54,7 +54,7 @@ class ServerHE:
     """Public side: ``params`` plus the client's public key (no secret key anywhere)."""
 
     def __init__(self, params: HEParams, public_key: bytes, threads: int | None = None,
-                 filter_cache_bytes: int = 1 << 30) -> None:
+                 filter_cache_bytes: int = 6 << 30) -> None:
         params.validate()
         self.cache_left = filter_cache_bytes
         self.params = params
@@ -93,7 +93,8 @@ class ServerHE:
         mono = np.zeros((plan.opack * kk, self.params.poly_degree), dtype=np.int64)
         mono[np.arange(plan.opack * kk), plan.tap_exponents().reshape(-1)] = 1
         taps = self.rns.forward(self.rns.from_int(mono)).reshape(self.rns.k, plan.opack, kk, -1)
-        strategy = "taps" if kk * plan.c_out <= 3 * plan.n_og else "filters"
+        n_filters = plan.n_og * c_in
+        strategy = "taps" if kk * plan.c_out <= 3 * plan.n_og or (kk == 1 and n_filters > 6144) else "filters"
         wgroup = filters = None
         if strategy == "filters":
             wg = np.zeros((plan.n_og * plan.opack, c_in, kk))
