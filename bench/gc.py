@@ -76,27 +76,34 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
             "bytes_per_and": circ.ct_per_inst * 16 / depth}
 
 
-def bench_ot(m: int = 1 << 21, reps: int = 3) -> dict:
+def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
+    """Correlated OT extension (SoftSpoken with k bits per block; k = 1 is IKNP), in memory."""
+    from bunet.gc.ot import ggm_choices, ggm_client, ggm_garbler
+
     rng = np.random.default_rng(1)
-
-    def sched() -> object:
-        buf = ffi.new("uint8_t[]", 176 * 128)
-        for i in range(128):
-            lib.bn_aes_keysched(rng.bytes(16), buf + 176 * i)
-        return buf
-
-    k0, k1, ks = sched(), sched(), sched()
     delta = bytearray(rng.bytes(16))
     delta[0] |= 1
+    delta = bytes(delta)
+    leaves_c, sums = ggm_client(k)
+    leaves_g = ggm_garbler(k, delta, [p[c] for p, c in zip(sums, ggm_choices(k, delta), strict=True)])
+
+    def sched(tree: list) -> object:
+        flat = [leaf for t in tree for leaf in t]
+        buf = ffi.new("uint8_t[]", 176 * len(flat))
+        for i, key in enumerate(flat):
+            lib.bn_aes_keysched(key, buf + 176 * i)
+        return buf
+
+    sc, sg = sched(leaves_c), sched(leaves_g)
     choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
-    u = np.empty(16 * m, dtype=np.uint8)
+    cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
     t = np.empty(16 * m, dtype=np.uint8)
     q = np.empty(16 * m, dtype=np.uint8)
     u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
-    tr = _best(lambda: lib.bn_iknp_recv(k0, k1, 0, m, u8(choice), u8(u), u8(t)), reps)
-    ts = _best(lambda: lib.bn_iknp_send(ks, bytes(delta), 0, m, u8(u), u8(q)), reps)
+    tr = _best(lambda: lib.bn_cot_recv(sc, k, 0, m, u8(choice), u8(cm), u8(t)), reps)
+    ts = _best(lambda: lib.bn_cot_send(sg, k, delta, 0, m, u8(cm), u8(q)), reps)
     return {"ot_per_s": m / max(tr, ts), "ot_recv_per_s": m / tr, "ot_send_per_s": m / ts,
-            "ot_bytes_per_cot": 16}
+            "ot_bytes_per_cot": 16 / k, "ot_softspoken_k": k}
 
 
 def bench_relu(l: int, s: int, n: int, chunk: int) -> dict:
@@ -132,6 +139,7 @@ def main() -> None:
     res: dict = {}
     res.update(bench_and(reps=2 if a.quick else 5))
     res.update(bench_ot(m=1 << 17 if a.quick else 1 << 21))
+    res["ot_iknp_k1"] = bench_ot(m=1 << 17 if a.quick else 1 << 21, k=1)
     default = bench_relu(24, 8, n, a.chunk)
     res.update(default)  # the default quantization at top level
     res["default_quantization"] = {"ring_bits": 24, "in_bits": 24, "shift": 8, **default}

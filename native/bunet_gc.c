@@ -265,79 +265,164 @@ static inline void ctr8(const aeskey *K, uint64_t ctr, block *x, int nb) {
         for (int j = 0; j < nb; j++) aes1(K, x + j);
 }
 
-/* Receiver's t rows [r0, r0 + rows) (both multiples of 128): transpose of the columns G(k0_i). */
-static void iknp_t_rows(const uint8_t *ks0, uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
+/* SoftSpoken OT extension (Roy 2022), semi-honest, k bits per block (k = 1 is IKNP).
+ * 128/k blocks; block b has N = 2^k leaf seeds s_{b,x} (AES-CTR keys, schedules [b][x]).
+ * The client (OT-extension receiver) knows every leaf; the garbler all but leaf d_b, where
+ * d_b = Delta bits b*k .. b*k+k-1 (GGM-punctured trees, set up once per session over base OTs).
+ * With G_x the CTR stream of s_{b,x} over the rows:
+ *   client:  u_b = XOR_x G_x, t column (b*k+j) = v_{b,j} = XOR_{x: x_j = 1} G_x, sends c_b = u_b ^ r;
+ *   garbler: q column (b*k+j) = XOR_{x != d} (x ^ d)_j G_x  ^  d_j c_b = v_{b,j} ^ d_j r.
+ * So q_row = t_row ^ r * Delta: correlated OT with the free-XOR offset, 128/k bits sent per OT.
+ * The garbler's missing leaf is a dummy key whose stream is multiplied by 0 (constant time). */
+
+/* CTR streams of all N leaves of block b for nb 128-row blocks starting at ctr: g[x*8 + j] */
+static inline void leaf_streams_sse(const uint8_t *leaves, uint32_t k, uint32_t b, uint64_t ctr, int nb, block *g) {
+    const uint32_t N = 1u << k;
+    for (uint32_t x = 0; x < N; x++) {
+        aeskey K;
+        load_key(&K, leaves + ((size_t)b * N + x) * 176);
+        ctr8(&K, ctr, g + 8 * x, nb);
+    }
+}
+
+/* VAES: two leaves per ymm (one key per 128-bit lane), up to 8 ymm in flight */
+__attribute__((target("avx2,vaes"))) static void leaf_streams_vaes(const uint8_t *leaves, uint32_t k, uint32_t b,
+                                                                   uint64_t ctr, int nb, block *g) {
+    const uint32_t N = 1u << k;
+    for (uint32_t x = 0; x < N; x += 2) {
+        const uint8_t *ka = leaves + ((size_t)b * N + x) * 176, *kb = ka + 176;
+        __m256i rk[11], c[8];
+        for (int r = 0; r < 11; r++)
+            rk[r] = _mm256_set_m128i(_mm_loadu_si128((const block *)(kb + 16 * r)),
+                                     _mm_loadu_si128((const block *)(ka + 16 * r)));
+        for (int j = 0; j < 8; j++)
+            c[j] = _mm256_xor_si256(_mm256_set_epi64x(0, (long long)(ctr + j), 0, (long long)(ctr + j)), rk[0]);
+        for (int r = 1; r < 10; r++)
+            for (int j = 0; j < 8; j++) c[j] = _mm256_aesenc_epi128(c[j], rk[r]);
+        for (int j = 0; j < nb; j++) {
+            const __m256i y = _mm256_aesenclast_epi128(c[j], rk[10]);
+            g[8 * x + j] = _mm256_castsi256_si128(y);
+            g[8 * (x + 1) + j] = _mm256_extracti128_si256(y, 1);
+        }
+    }
+}
+
+static inline void leaf_streams(const uint8_t *leaves, uint32_t k, uint32_t b, uint64_t ctr, int nb, block *g) {
+    if (bn_have_vaes())
+        leaf_streams_vaes(leaves, k, b, ctr, nb, g);
+    else
+        leaf_streams_sse(leaves, k, b, ctr, nb, g);
+}
+
+/* u[q] = XOR_x G_x[q], v[j*8+q] = XOR_{x: x_j = 1} G_x[q]   (x, j public loop indices);
+ * specialised per k so that the loops unroll and the accumulators stay in registers */
+static inline __attribute__((always_inline)) void uv_acc_k(const block *g, const uint32_t k, int nb, block *u,
+                                                           block *v) {
+    const uint32_t N = 1u << k;
+    for (int q = 0; q < nb; q++) {
+        block uu = _mm_setzero_si128(), vv[8];
+        for (uint32_t j = 0; j < k; j++) vv[j] = _mm_setzero_si128();
+        for (uint32_t x = 0; x < N; x++) {
+            const block gx = g[8 * x + q];
+            uu = _mm_xor_si128(uu, gx);
+            for (uint32_t j = 0; j < k; j++)
+                if ((x >> j) & 1) vv[j] = _mm_xor_si128(vv[j], gx);
+        }
+        u[q] = uu;
+        for (uint32_t j = 0; j < k; j++) v[j * 8 + q] = vv[j];
+    }
+}
+
+static void uv_accumulate(const block *g, uint32_t k, int nb, block *u, block *v) {
+    switch (k) {
+    case 1: uv_acc_k(g, 1, nb, u, v); break;
+    case 2: uv_acc_k(g, 2, nb, u, v); break;
+    case 4: uv_acc_k(g, 4, nb, u, v); break;
+    default: uv_acc_k(g, 8, nb, u, v); break;
+    }
+}
+
+/* client's t rows [r0, r0 + rows) (multiples of 128) */
+static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
+                       uint8_t *out) {
     static __thread uint8_t tmat[128 * ROWS / 8];
+    static __thread block g[256 * 8];
+    block u[8], v[64];
+    const uint32_t B = 128 / k;
     for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
         const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
         const int nb = (int)(sr / 128);
         const uint64_t ctr = blk_off + (r0 + s0) / 128;
-        for (int i = 0; i < 128; i++) {
-            aeskey K0;
-            block g0[8];
-            load_key(&K0, ks0 + 176 * i);
-            ctr8(&K0, ctr, g0, nb);
-            for (int j = 0; j < nb; j++) _mm_storeu_si128((block *)(tmat + i * (sr / 8) + 16 * j), g0[j]);
+        for (uint32_t b = 0; b < B; b++) {
+            leaf_streams(leaves, k, b, ctr, nb, g);
+            uv_accumulate(g, k, nb, u, v);
+            for (uint32_t j = 0; j < k; j++)
+                for (int q = 0; q < nb; q++)
+                    _mm_storeu_si128((block *)(tmat + (b * k + j) * (sr / 8) + 16 * q), v[j * 8 + q]);
         }
         bn_transpose(tmat, out + s0 * 16, 128, sr);
     }
 }
 
-/* Sender's q rows [r0, r0 + rows): q^i = G(k_i) ^ s_i u^i, s = delta; u has columns of mb bytes. */
-static void iknp_q_rows(const uint8_t *ks, const uint8_t *delta, const uint8_t *u, uint64_t mb, uint64_t blk_off,
-                        uint64_t r0, uint64_t rows, uint8_t *out) {
+/* garbler's q rows [r0, r0 + rows); cm = client's B columns of mb bytes. With the dummy stream in
+ * place of the missing leaf, XOR_x (x ^ d)_j G_x = v_j ^ d_j u (the dummy's coefficient is 0). */
+static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm, uint64_t mb,
+                       uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
     static __thread uint8_t tmat[128 * ROWS / 8];
+    static __thread block g[256 * 8];
+    block u[8], v[64];
+    const uint32_t B = 128 / k;
     for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
         const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
         const int nb = (int)(sr / 128);
         const uint64_t ctr = blk_off + (r0 + s0) / 128;
-        for (int i = 0; i < 128; i++) {
-            aeskey K;
-            block g[8];
-            load_key(&K, ks + 176 * i);
-            ctr8(&K, ctr, g, nb);
-            const block msk = _mm_set1_epi8((char)(-(int)((delta[i / 8] >> (i % 8)) & 1)));
-            for (int j = 0; j < nb; j++) {
-                const block uu = _mm_loadu_si128((const block *)(u + i * mb + (r0 + s0) / 8 + 16 * j));
-                _mm_storeu_si128((block *)(tmat + i * (sr / 8) + 16 * j), _mm_xor_si128(g[j], _mm_and_si128(uu, msk)));
+        for (uint32_t b = 0; b < B; b++) {
+            leaf_streams(leaves, k, b, ctr, nb, g);
+            uv_accumulate(g, k, nb, u, v);
+            for (int q = 0; q < nb; q++)
+                u[q] = _mm_xor_si128(u[q], _mm_loadu_si128((const block *)(cm + b * mb + (r0 + s0) / 8 + 16 * q)));
+            for (uint32_t j = 0; j < k; j++) {
+                const uint32_t c = b * k + j;
+                const block dj = _mm_set1_epi8((char)(-(int)((delta[c / 8] >> (c % 8)) & 1)));
+                for (int q = 0; q < nb; q++)
+                    _mm_storeu_si128((block *)(tmat + c * (sr / 8) + 16 * q),
+                                     _mm_xor_si128(v[j * 8 + q], _mm_and_si128(u[q], dj)));
             }
         }
         bn_transpose(tmat, out + s0 * 16, 128, sr);
     }
 }
 
-/* receiver's message: u^i = G(k0_i) ^ G(k1_i) ^ r for m rows (m % 128 == 0); 128 columns of m/8 bytes */
-void bn_iknp_u(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m, const uint8_t *choice,
-               uint8_t *u) {
+/* client's message: c_b = u_b ^ r for m rows (m % 128 == 0); 128/k columns of m/8 bytes */
+void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
+                uint8_t *cm) {
+    static __thread block g[256 * 8];
     const uint64_t mb = m / 8;
-    for (int i = 0; i < 128; i++) {
-        aeskey K0, K1;
-        load_key(&K0, ks0 + 176 * i);
-        load_key(&K1, ks1 + 176 * i);
-        for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
-            const uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
-            const int nb = (int)(rows / 128);
-            block g0[8], g1[8];
-            ctr8(&K0, blk_off + r0 / 128, g0, nb);
-            ctr8(&K1, blk_off + r0 / 128, g1, nb);
-            for (int j = 0; j < nb; j++) {
-                const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * j));
-                _mm_storeu_si128((block *)(u + i * mb + r0 / 8 + 16 * j), _mm_xor_si128(_mm_xor_si128(g0[j], g1[j]), c));
+    const uint32_t N = 1u << k, B = 128 / k;
+    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
+        const uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
+        const int nb = (int)(rows / 128);
+        for (uint32_t b = 0; b < B; b++) {
+            leaf_streams(leaves, k, b, blk_off + r0 / 128, nb, g);
+            for (int q = 0; q < nb; q++) {
+                block u = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
+                for (uint32_t x = 0; x < N; x++) u = _mm_xor_si128(u, g[8 * x + q]);
+                _mm_storeu_si128((block *)(cm + b * mb + r0 / 8 + 16 * q), u);
             }
         }
     }
 }
 
-/* whole-matrix versions (tests, benchmarks): receiver u and t rows; sender q rows */
-void bn_iknp_recv(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m,
-                  const uint8_t *choice, uint8_t *u, uint8_t *t_rows) {
-    bn_iknp_u(ks0, ks1, blk_off, m, choice, u);
-    iknp_t_rows(ks0, blk_off, 0, m, t_rows);
+/* whole-matrix versions (tests, benchmarks) */
+void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
+                 uint8_t *cm, uint8_t *t_rows) {
+    bn_cot_msg(leaves, k, blk_off, m, choice, cm);
+    sst_t_rows(leaves, k, blk_off, 0, m, t_rows);
 }
 
-void bn_iknp_send(const uint8_t *ks, const uint8_t *delta, uint64_t blk_off, uint64_t m,
-                  const uint8_t *u, uint8_t *q_rows) {
-    iknp_q_rows(ks, delta, u, m / 8, blk_off, 0, m, q_rows);
+void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
+                 const uint8_t *cm, uint8_t *q_rows) {
+    sst_q_rows(leaves, k, delta, cm, m / 8, blk_off, 0, m, q_rows);
 }
 
 /* low `bits` bits of each value, LSB first, concatenated; out (out_bits/8 bytes) zeroed first */
@@ -444,8 +529,8 @@ static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
  * The caller turns acc0 into shares (garbler: -acc0 mod 2^l) or labels.
  */
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
-              uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, const uint8_t *u, uint64_t m,
-              uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
+              uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
+              uint64_t m, uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
               uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask) {
     (void)ctpi;
     keyctx kc;
@@ -493,9 +578,9 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
         {
             const uint64_t r0 = i0 * nin, rows = ((uint64_t)cnt * nin + 127) / 128 * 128;
             if (garbler)
-                iknp_q_rows(ot_keys, delta, u, m / 8, blk_off, r0, rows, L);
+                sst_q_rows(ot_keys, ot_k, delta, u, m / 8, blk_off, r0, rows, L);
             else
-                iknp_t_rows(ot_keys, blk_off, r0, rows, L);
+                sst_t_rows(ot_keys, ot_k, blk_off, r0, rows, L);
         }
         for (uint32_t i = 0; i < cnt; i++) {
             for (uint32_t w = 0; w < nin; w++)

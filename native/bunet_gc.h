@@ -11,16 +11,16 @@ void bn_aes_keysched(const uint8_t *key, uint8_t *out176);
 int bn_prg_fill(uint8_t *out, size_t len);
 void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cnt,
                    uint64_t tw0, uint64_t twstep, uint64_t dom);
-void bn_iknp_recv(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m,
-                  const uint8_t *choice, uint8_t *u, uint8_t *t_rows);
-void bn_iknp_u(const uint8_t *ks0, const uint8_t *ks1, uint64_t blk_off, uint64_t m, const uint8_t *choice,
-               uint8_t *u);
-void bn_iknp_send(const uint8_t *ks, const uint8_t *delta, uint64_t blk_off, uint64_t m,
-                  const uint8_t *u, uint8_t *q_rows);
+void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
+                uint8_t *cm);
+void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
+                 uint8_t *cm, uint8_t *t_rows);
+void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
+                 const uint8_t *cm, uint8_t *q_rows);
 void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t ncols);
 void bn_unpack_bits(const uint64_t *vals, uint64_t cnt, uint32_t bits, uint8_t *out, uint64_t out_bits);
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
-              uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, const uint8_t *u, uint64_t m,
-              uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
+              uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
+              uint64_t m, uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
               uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask);
 #endif

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bunet import ring
 from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc
 from bunet.gc.engine import ffi, lib
-from bunet.gc.ot import BaseOTReceiver, BaseOTSender
+from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 HSET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -152,35 +152,54 @@ def test_base_ot():
     assert len(set(k0 + k1)) == 256
 
 
-def test_iknp_correlation():
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_cot_correlation(k):
+    """SoftSpoken/IKNP: q_j = t_j ^ r_j * Delta, through the GGM-punctured trees."""
+    rng = np.random.default_rng(k)
     delta = bytearray(rng.bytes(16))
     delta[0] |= 1
-    k0 = [rng.bytes(16) for _ in range(128)]
-    k1 = [rng.bytes(16) for _ in range(128)]
-    bits = [(delta[i // 8] >> (i % 8)) & 1 for i in range(128)]
-    ks = [k1[i] if bits[i] else k0[i] for i in range(128)]
+    delta = bytes(delta)
+    leaves_c, sums = ggm_client(k)
+    choices = ggm_choices(k, delta)
+    leaves_g = ggm_garbler(k, delta, [pair[c] for pair, c in zip(sums, choices, strict=True)])
+    for b in range(128 // k):  # the garbler misses exactly leaf d_b
+        d = sum(((delta[(b * k + j) // 8] >> ((b * k + j) % 8)) & 1) << j for j in range(k))
+        same = [leaves_c[b][x] == leaves_g[b][x] for x in range(1 << k)]
+        assert same == [x != d for x in range(1 << k)]
 
-    def sched(keys):
-        buf = ffi.new("uint8_t[]", 176 * 128)
-        for i, k in enumerate(keys):
-            lib.bn_aes_keysched(k, buf + 176 * i)
+    def sched(tree):
+        flat = [leaf for t in tree for leaf in t]
+        buf = ffi.new("uint8_t[]", 176 * len(flat))
+        for i, key in enumerate(flat):
+            lib.bn_aes_keysched(key, buf + 176 * i)
         return buf
 
+    sc, sg = sched(leaves_c), sched(leaves_g)
     for m, off in [(128, 0), (2048 + 384, 7)]:
         choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
-        u = np.empty(16 * m, dtype=np.uint8)
+        cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
         t = np.empty(16 * m, dtype=np.uint8)
         q = np.empty(16 * m, dtype=np.uint8)
-        lib.bn_iknp_recv(sched(k0), sched(k1), off, m, ffi.from_buffer("uint8_t[]", choice),
-                         ffi.from_buffer("uint8_t[]", u), ffi.from_buffer("uint8_t[]", t))
-        lib.bn_iknp_send(sched(ks), bytes(delta), off, m, ffi.from_buffer("uint8_t[]", u),
-                         ffi.from_buffer("uint8_t[]", q))
+        lib.bn_cot_recv(sc, k, off, m, ffi.from_buffer("uint8_t[]", choice), ffi.from_buffer("uint8_t[]", cm),
+                        ffi.from_buffer("uint8_t[]", t))
+        lib.bn_cot_send(sg, k, delta, off, m, ffi.from_buffer("uint8_t[]", cm), ffi.from_buffer("uint8_t[]", q))
         r = np.unpackbits(choice, bitorder="little")
-        d = np.frombuffer(bytes(delta), dtype=np.uint8)
+        dl = np.frombuffer(delta, dtype=np.uint8)
         diff = (t ^ q).reshape(m, 16)
-        np.testing.assert_array_equal(diff, np.where(r[:, None] == 1, d[None, :], 0))
+        np.testing.assert_array_equal(diff, np.where(r[:, None] == 1, dl[None, :], 0))
         assert len({bytes(row) for row in q.reshape(m, 16)}) == m
+
+
+@pytest.mark.parametrize("k", [1, 2, 8])
+def test_other_ot_k(k):
+    ev, g = Evaluator(ot_k=k), Garbler()
+    ev.finish_hello(g.hello(ev.hello()))
+    op = MaxTrunc(ring_bits=32, in_bits=32, shift=12, relu=True)
+    for n in (300, 1):
+        x = ring.random((n, 1), 32)
+        out_c, out_s = _run((ev, g), op, x)
+        np.testing.assert_array_equal(ring.add(out_c, out_s, 32),
+                                      ring.nonlinear(x, in_bits=32, shift=12, relu=True, ring_bits=32))
 
 
 def test_pipelined_out_of_order_and_threads():
@@ -248,7 +267,9 @@ def test_bad_messages():
     with pytest.raises(ValueError):
         Evaluator().finish_hello(b"\0" * 10)
     with pytest.raises(ValueError):
-        Garbler().hello(b"BNG1\x01" + b"\0" * 48)  # invalid group element
+        Garbler().hello(b"BNG1\x01\x04" + b"\0" * 48)  # invalid group element
+    with pytest.raises(ValueError):
+        Garbler().hello(b"BNG1\x01\x03" + b"\0" * 48)  # unsupported OT parameter
     with pytest.raises(ValueError):
         Evaluator().request(op, yc)  # no session
 

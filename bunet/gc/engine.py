@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import circuits
-from .ot import N_BASE, POINT, BaseOTReceiver, BaseOTSender
+from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 try:
     from ._native import ffi, lib
@@ -213,6 +213,17 @@ def _new_message(header: bytes, body_len: int) -> tuple[bytes, object]:
     return msg, ptr + len(header)
 
 
+OT_KS = (1, 2, 4, 8)  # SoftSpoken bits per block: the client sends 128/k bits per OT (k = 1: IKNP)
+
+
+def _cot_len(k: int, m: int) -> int:
+    return (128 // k) * (m // 8)
+
+
+def _xor16(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(SEED, "little")
+
+
 def _buf(a: object) -> object:
     return ffi.from_buffer("uint8_t[]", a)
 
@@ -224,17 +235,20 @@ def _u64(a: np.ndarray) -> object:
 class Evaluator(_Party):
     """The client: OT-extension receiver and circuit evaluator."""
 
-    def __init__(self) -> None:
+    def __init__(self, ot_k: int = 2) -> None:
         super().__init__()
+        if ot_k not in OT_KS:
+            raise ValueError(f"ot_k must be one of {OT_KS}")
+        self.ot_k = ot_k
         self._base = BaseOTSender()
         self._nonce = os.urandom(16)
-        self._ks0: object = None
-        self._ks1: object = None
+        self._leaves: object = None
+        self._setup = b""  # GGM level sums under the base-OT keys, sent with the first request
         self._pending: dict[int, tuple[tuple[int, ...], int, int, int]] = {}
 
     def hello(self) -> bytes:
         """Base OT round 1 (client -> server)."""
-        msg = MAGIC + bytes([T_HELLO1]) + self._nonce + self._base.A
+        msg = MAGIC + bytes([T_HELLO1, self.ot_k]) + self._nonce + self._base.A
         self.bytes_sent += len(msg)
         return msg
 
@@ -249,7 +263,9 @@ class Evaluator(_Party):
         bs = [bytes(msg[21 + POINT * i : 21 + POINT * (i + 1)]) for i in range(N_BASE)]
         sid, tag, aes_key = _derive(self._nonce, nonce_s, self._base.A)
         k0, k1 = self._base.keys(sid, bs)
-        self._ks0, self._ks1 = _sched(k0), _sched(k1)
+        leaves, sums = ggm_client(self.ot_k)
+        self._leaves = _sched([leaf for tree in leaves for leaf in tree])
+        self._setup = b"".join(_xor16(s0, a) + _xor16(s1, b) for (s0, s1), a, b in zip(sums, k0, k1, strict=True))
         rk = ffi.new("uint8_t[]", 176)
         lib.bn_aes_keysched(aes_key, rk)
         self._rk = rk
@@ -265,8 +281,9 @@ class Evaluator(_Party):
         seq, blk, tw = self._alloc(op, n, m)
         choice = np.empty(m // 8, dtype=np.uint8)
         lib.bn_unpack_bits(_u64(yc), n * op.k, op.in_bits, _buf(choice), m)
-        out, body = _new_message(self._header(T_REQ, seq, op, n), 16 * m)
-        lib.bn_iknp_u(self._ks0, self._ks1, blk, m, _buf(choice), body)
+        setup = self._setup if seq == 0 else b""
+        out, body = _new_message(self._header(T_REQ, seq, op, n) + setup, _cot_len(self.ot_k, m))
+        lib.bn_cot_msg(self._leaves, self.ot_k, blk, m, _buf(choice), body)
         with self._lock:
             self._pending[seq] = (op._params(), n, blk, tw)
             self.bytes_sent += len(out)
@@ -294,7 +311,7 @@ class Evaluator(_Party):
         ct = body[:nct]
         ar = body[nct:]
         rc = lib.bn_gc_run(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, ffi.NULL, self._ks0, ffi.NULL, m, blk, self._rk, ffi.NULL, tw,
+                           op.in_bits, ffi.NULL, self._leaves, self.ot_k, ffi.NULL, m, blk, self._rk, ffi.NULL, tw,
                            c.tweaks_per_inst,
                            _buf(ct), c.ct_per_inst, _buf(ar), nar,
                            _u64(out), mask)
@@ -316,22 +333,30 @@ class Garbler(_Party):
         d[0] |= 1  # point-and-permute: lsb(Delta) = 1
         self._delta = ffi.new("uint8_t[]", bytes(d))
         d[:] = bytes(16)
-        self._ks: object = None
+        self._leaves: object = None
+        self._ot_k = 0
+        self._base_keys: list[bytes] = []
+        self._choices: list[int] = []
 
     def hello(self, msg: bytes) -> bytes:
         """Base OT round 2 (server -> client); the session is ready afterwards."""
-        if not isinstance(msg, (bytes, bytearray)) or len(msg) != 5 + 16 + POINT:
+        if not isinstance(msg, (bytes, bytearray)) or len(msg) != 6 + 16 + POINT:
             raise ValueError("malformed hello")
         if msg[:4] != MAGIC or msg[4] != T_HELLO1:
             raise ValueError("not a BUNET GC hello")
+        if msg[5] not in OT_KS:
+            raise ValueError("unsupported OT extension parameter")
+        if self._tag is not None:
+            raise ValueError("session already set up")
         self.bytes_received += len(msg)
-        nonce_c, a_pt = bytes(msg[5:21]), bytes(msg[21:])
+        self._ot_k = msg[5]
+        nonce_c, a_pt = bytes(msg[6:22]), bytes(msg[22:])
         dbytes = bytes(ffi.buffer(self._delta, 16))
-        choices = [(dbytes[i // 8] >> (i % 8)) & 1 for i in range(N_BASE)]
-        rcv = BaseOTReceiver(a_pt, choices)
+        self._choices = ggm_choices(self._ot_k, dbytes)
+        rcv = BaseOTReceiver(a_pt, self._choices)
         nonce_s = os.urandom(16)
         sid, tag, aes_key = _derive(nonce_c, nonce_s, a_pt)
-        self._ks = _sched(rcv.keys(sid))
+        self._base_keys = rcv.keys(sid)
         rk = ffi.new("uint8_t[]", 176)
         lib.bn_aes_keysched(aes_key, rk)
         self._rk = rk
@@ -339,6 +364,17 @@ class Garbler(_Party):
         out = MAGIC + bytes([T_HELLO2]) + nonce_s + b"".join(rcv.bs)
         self.bytes_sent += len(out)
         return out
+
+    def _finish_setup(self, blob: memoryview) -> None:
+        """Rebuild the punctured GGM trees from the client's encrypted level sums (first request)."""
+        sums = []
+        for i, (key, c) in enumerate(zip(self._base_keys, self._choices, strict=True)):
+            off = 32 * i + 16 * c
+            sums.append(_xor16(bytes(blob[off : off + 16]), key))
+        dbytes = bytes(ffi.buffer(self._delta, 16))
+        leaves = ggm_garbler(self._ot_k, dbytes, sums)
+        self._leaves = _sched([leaf for tree in leaves for leaf in tree])
+        self._base_keys = []
 
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
         """Garble one layer. Returns (response for the client, server's new shares or None)."""
@@ -350,19 +386,23 @@ class Garbler(_Party):
         if n_req != n:
             raise ValueError("request was made for a different number of instances")
         m, nct, nar = _sizes(op, n)
-        if len(body) != 16 * m:
+        setup_len = 32 * N_BASE if seq == 0 else 0
+        if len(body) != setup_len + _cot_len(self._ot_k, m):
             raise ValueError("request has the wrong length")
         with self._lock:
             if seq != self._seq:
                 raise ValueError("request out of order (or replayed)")
+            if seq == 0:
+                self._finish_setup(body[:setup_len])
             _, blk, tw = self._alloc(op, n, m)
+        body = body[setup_len:]
         self.bytes_received += len(req)
         c = op.circuit
         out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
         acc = np.empty(n, dtype=np.uint64)
         rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, _u64(ys), self._ks, _buf(body), m, blk, self._rk, self._delta, tw,
-                           c.tweaks_per_inst, body_out, c.ct_per_inst, body_out + nct, nar, _u64(acc),
+                           op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, self._rk,
+                           self._delta, tw, c.tweaks_per_inst, body_out, c.ct_per_inst, body_out + nct, nar, _u64(acc),
                            (1 << 64) - 1)
         if rc != 0:
             raise MemoryError(f"garbling failed (engine code {rc})")

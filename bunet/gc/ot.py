@@ -86,3 +86,71 @@ class BaseOTReceiver:
                                                                                              self.bs, strict=False))]
         self._secrets = []
         return out
+
+
+# --- GGM-punctured trees for SoftSpoken OT extension ----------------------------------------
+# 128/k trees of depth k. The client knows every leaf; through the 128 base OTs (one per tree
+# level) the garbler learns the XOR of the level's nodes on the side off its punctured path, and
+# so every leaf but leaf d_b (d_b = Delta bits b*k .. b*k+k-1). Leaf x is reached by the bits of
+# x, most significant first. One-time session setup.
+
+SEED = 16
+
+
+def _expand(node: bytes) -> tuple[bytes, bytes]:
+    h = hashlib.blake2b(node, digest_size=32, person=b"bunet-ggm-v1").digest()
+    return h[:SEED], h[SEED:]
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def ggm_client(k: int) -> tuple[list[list[bytes]], list[tuple[bytes, bytes]]]:
+    """All trees: leaves[b][x], and per base OT i = b*k + level-1 the two level sums (even, odd)."""
+    leaves, sums = [], []
+    for _ in range(128 // k):
+        level = [os.urandom(SEED)]
+        for _ in range(k):
+            level = [c for node in level for c in _expand(node)]
+            s0, s1 = bytes(SEED), bytes(SEED)
+            for y, node in enumerate(level):
+                if y & 1:
+                    s1 = _xor(s1, node)
+                else:
+                    s0 = _xor(s0, node)
+            sums.append((s0, s1))
+        leaves.append(level)
+    return leaves, sums
+
+
+def ggm_choices(k: int, delta: bytes) -> list[int]:
+    """The garbler's base-OT choice bits: the side off the punctured path, level by level."""
+    out = []
+    for b in range(128 // k):
+        d = sum(((delta[(b * k + j) // 8] >> ((b * k + j) % 8)) & 1) << j for j in range(k))
+        out += [1 - ((d >> (k - lv)) & 1) for lv in range(1, k + 1)]
+    return out
+
+
+def ggm_garbler(k: int, delta: bytes, level_sums: list[bytes]) -> list[list[bytes]]:
+    """Rebuild every leaf but the punctured one (a zero dummy there), from the chosen level sums."""
+    leaves = []
+    for b in range(128 // k):
+        d = sum(((delta[(b * k + j) // 8] >> ((b * k + j) % 8)) & 1) << j for j in range(k))
+        known: dict[int, bytes] = {}
+        for lv in range(1, k + 1):
+            hole = d >> (k - lv)
+            nxt: dict[int, bytes] = {}
+            for y, node in known.items():
+                left, right = _expand(node)
+                nxt[2 * y], nxt[2 * y + 1] = left, right
+            sib = hole ^ 1
+            acc = level_sums[b * k + lv - 1]
+            for y, node in nxt.items():
+                if (y & 1) == (sib & 1):
+                    acc = _xor(acc, node)
+            nxt[sib] = acc
+            known = nxt
+        leaves.append([known.get(x, bytes(SEED)) for x in range(1 << k)])
+    return leaves
