@@ -181,9 +181,12 @@ class _Importer:
         if n.domain not in ("", "ai.onnx"):
             self._reject(n, f"op domain {n.domain!r}")
         if op == "Constant":
-            if "value" not in a:
+            kinds = {"value": None, "value_float": np.float32, "value_floats": np.float32,
+                     "value_int": np.int64, "value_ints": np.int64}
+            key = next((k for k in kinds if k in a), None)
+            if key is None:
                 self._reject(n, f"Constant attribute(s) {sorted(a)}")
-            self.consts[n.output[0]] = np.asarray(a["value"])
+            self.consts[n.output[0]] = np.asarray(a[key], dtype=kinds[key])
             return
         if op == "Identity" and n.input[0] in self.alias:
             self.alias[n.output[0]] = self.alias[n.input[0]]
