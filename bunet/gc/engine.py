@@ -4,17 +4,29 @@ Session setup (three messages, once)::
 
     m1 = ev.hello(); m2 = g.hello(m1); ev.finish_hello(m2)
 
-128 base OTs (evaluator = base-OT sender), after which every layer is one request/response::
+128 base OTs (Chou-Orlandi; the evaluator is the base-OT sender), then every layer is one
+request/response::
 
-    req = ev.request(op, yc)              # IKNP u-matrix: 16 bytes per client input bit
+    req = ev.request(op, yc)              # OT-extension message for the client's input bits
     resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
     out_c = ev.finish(op, resp)
 
-The IKNP sender's correlation is the garbler's free-XOR offset Delta, so the correlated OTs
-are directly the client's input labels. Requests must reach ``respond`` in the order they were
-made (checked: the sequence number fixes the OT and tweak ranges, which are never reused);
-``finish`` may take responses in any order and C calls release the GIL, so chunks can be
-pipelined and run on two threads.
+OT extension is SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=2)``,
+k = 1 is plain IKNP): the client sends 128/k bits per input bit (16 bytes for IKNP, 8 for the
+default k = 2). Its correlation is the garbler's free-XOR offset Delta, so the correlated OTs are
+directly the client's input labels: the garbler sends nothing per client input bit, and the
+server's own share bits are XOR-ed in for free. The GGM-punctured trees behind SoftSpoken are
+set up once: the client's encrypted level sums ride on the first request (4 KiB, once).
+
+Requests must reach ``respond`` in the order they were made (checked: the sequence number fixes
+the OT range and the hash tweaks, which are never reused); ``finish`` may take responses in any
+order and the C calls release the GIL, so chunks can be pipelined and run on two threads.
+
+Costs per instance (AND = half-gates, 32 bytes; ANDG = garbler half gate, 16 bytes; see
+``circuits``): MaxTrunc k=1 (ReLU or truncation): b-2 AND + 1 ANDG, plus (l-j)-bit arithmetic
+ciphertexts per output bit j (two per bit for the ReLU, fused with its multiplexer); MaxTrunc
+k=4: 4(b-2) + 6(b-s) AND + 4 ANDG; Argmax over K: K(b-2) + (K-1)b + (K-2)b + index muxes AND
++ K ANDG.
 """
 
 from __future__ import annotations
