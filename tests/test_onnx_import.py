@@ -137,3 +137,16 @@ def test_final_argmax_kept_and_garbage_rejected() -> None:
         load_onnx(b"this is not onnx")
     with pytest.raises(ModelError, match="not found"):
         load_onnx("/nonexistent/model.onnx")
+
+
+def test_model_from_onnx(tmp_path) -> None:  # noqa: ANN001
+    from bunet.model.format import Model
+    from bunet.model.onnx_import import model_from_onnx
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(_model(nodes, [_w("w", 2, 2, 3, 3)]))
+    m = model_from_onnx(path, name="tiny")
+    assert m.preprocessing.input_size == (8, 8) and m.plane_networks == {"xy": "main"}
+    m.save(tmp_path / "m.bunet")
+    assert Model.load(tmp_path / "m.bunet").parameter_count() == 2 * 2 * 9 + 2

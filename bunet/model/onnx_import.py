@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .format import Network
+from .format import Model, Network, Preprocessing, Quantization
 from .graph import Graph, ModelError, Node
 
 # ops evaluated with NumPy when all inputs are constant (shape arithmetic emitted by exporters)
@@ -466,3 +466,30 @@ def onnx_input_size(source: str | Path | bytes) -> tuple[int, int] | None:
             d = [x.dim_value if x.HasField("dim_value") else None for x in i.type.tensor_type.shape.dim]
             return (d[2], d[3]) if len(d) == 4 and d[2] and d[3] else None
     return None
+
+
+def model_from_onnx(
+    source: str | Path | bytes,
+    *,
+    name: str = "onnx_model",
+    preprocessing: Preprocessing | None = None,
+    quantization: Quantization | None = None,
+    planes: tuple[str, ...] = ("xy",),
+    metadata: dict[str, Any] | None = None,
+) -> Model:
+    """A complete :class:`Model` around one imported network serving ``planes``.
+
+    Without ``preprocessing`` the default HU window is used with the ONNX input's static size
+    (when it has one); the model is validated before it is returned.
+    """
+    data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    net = load_onnx(data)
+    pp = preprocessing or Preprocessing()
+    size = onnx_input_size(data)
+    if preprocessing is None and size is not None:
+        pp.input_size = size
+    model = Model(name=name, networks={"main": net}, plane_networks={p: "main" for p in planes},
+                  quantization=quantization or Quantization(), preprocessing=pp,
+                  metadata=dict(metadata or {}, source="onnx"))
+    model.validate()
+    return model
