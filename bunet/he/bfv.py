@@ -28,11 +28,5 @@ def expand_a(rns: RNS, seed: bytes, count: int) -> np.ndarray:
 
 
 def scaled_message(params: HEParams, rns: RNS, m: np.ndarray) -> np.ndarray:
-    """Residues of Delta * m for m in [0, t) (uint64), shape (K, *m.shape)."""
-    out = np.empty((rns.k,) + m.shape)
-    for i, p in enumerate(rns.primes):
-        dp = _U64(params.delta % p)
-        out[i] = ((m % _U64(p)) * dp % _U64(p)).astype(np.float64)
-    return out
-
-
+    """Centred residues of Delta * m for m in [0, t) (uint64), shape (K, *m.shape)."""
+    return rns.mul_const(rns.from_uint(m), params.delta)

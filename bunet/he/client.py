@@ -29,13 +29,13 @@ class ClientHE:
         self._rand = Sampler()
         n = params.poly_degree
         self._s = self._rand.ternary((n,))
-        self._s_hat = self.rns.forward(self.rns.from_int(self._s))
+        self._s_hat = self.rns.forward(np.array(self.rns.small(self._s)))
         s_pad = np.zeros(2 * n)
         s_pad[:n] = self._s
         self._s_fft = np.fft.fft(s_pad)
         self._pk_seed = secrets.token_bytes(wire.SEED_BYTES)
         a = uniform_mod(derive(self._pk_seed, 0, b"pk"), params.primes, n)
-        e = self.rns.forward(self.rns.from_int(self._rand.cbd((n,))))
+        e = self.rns.forward(self.rns.small(self._rand.cbd((n,))))
         self._pk0 = self.rns.canon(self.rns.reduce(-(self.rns.reduce(a * self._s_hat)) - e))
 
     def __repr__(self) -> str:
@@ -58,8 +58,8 @@ class ClientHE:
         m = m.reshape(-1, self.params.poly_degree)
         count = m.shape[0]
         v = scaled_message(self.params, self.rns, m)
-        v += self.rns.from_int(self._rand.cbd(m.shape))
-        v_hat = self.rns.forward(self.rns.reduce(v))
+        v += self.rns.small(self._rand.cbd(m.shape))
+        v_hat = self.rns.forward(v)
         seed = secrets.token_bytes(wire.SEED_BYTES)
         a = expand_a(self.rns, seed, count)
         c0 = self.rns.canon(self.rns.reduce(v_hat - self.rns.reduce(a * self._s_hat[:, None, :])))

@@ -19,6 +19,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from .params import NOISE_ETA
+from .rns import mod_inplace
 
 
 def keystream(key: bytes, nbytes: int) -> bytes:
@@ -96,19 +97,26 @@ class Sampler:
         return out[:n].reshape(shape)
 
     def uniform_signed_residues(self, bits: int, primes: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-        """Residues mod each prime of a uniform integer in [-2^bits, 2^bits), shape (K, *shape).
+        """Centred residues mod each prime of a uniform integer in [-2^bits, 2^bits), shape (K, *shape).
 
-        The integer is hi * 2^48 + lo48 - 2^bits with hi < 2^(bits + 1 - 48) (bits <= 110).
+        The integer is sum_i limb_i * 2^(48 i) - 2^bits with 48-bit limbs (the top one shorter),
+        evaluated exactly in float64 per prime.
         """
-        if not 48 <= bits <= 110:
+        if not 1 <= bits <= 200:
             raise ValueError("flood width out of range")
-        w = self.words64((2,) + shape)
-        lo = w[0] & np.uint64((1 << 48) - 1)
-        hi = w[1] >> np.uint64(64 - (bits + 1 - 48))
+        total = bits + 1
+        n_limbs = (total + 47) // 48
+        w = self.words64((n_limbs,) + shape)
+        limbs = []
+        for i in range(n_limbs):
+            width = min(48, total - 48 * i)
+            limbs.append((w[i] >> np.uint64(64 - width)).astype(np.float64))
         out = np.empty((len(primes),) + shape, dtype=np.float64)
-        for i, p in enumerate(primes):
-            pu = np.uint64(p)
-            v = (hi % pu) * np.uint64((1 << 48) % p) % pu + lo % pu
-            v = (v + np.uint64(p - (1 << bits) % p)) % pu
-            out[i] = v.astype(np.float64)
+        for j, p in enumerate(primes):
+            pf, pinv = float(p), 1.0 / p
+            acc = np.full(shape, -float((1 << bits) % p))
+            for i, limb in enumerate(limbs):
+                acc += mod_inplace(limb.copy(), pf, pinv) * float((1 << (48 * i)) % p)
+                mod_inplace(acc, pf, pinv)
+            out[j] = acc
         return out

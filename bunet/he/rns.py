@@ -161,6 +161,28 @@ class RNS:
             out[i] = np.mod(xi, p).astype(F64)
         return out
 
+    def small(self, x: np.ndarray) -> np.ndarray:
+        """Small signed integers (|x| <= p/2, e.g. noise or ternary) as centred residues (K, ...)."""
+        return np.broadcast_to(np.asarray(x, dtype=F64), (self.k,) + np.shape(x))
+
+    def from_uint(self, x: np.ndarray) -> np.ndarray:
+        """Integers in [0, 2^53) -> centred residues (K, ...) using float arithmetic only."""
+        xf = np.asarray(x).astype(F64)
+        out = np.empty((self.k,) + xf.shape)
+        for i in range(self.k):
+            out[i] = xf
+            mod_inplace(out[i], self.pf[i], self.pinv[i])
+        return out
+
+    def mul_const(self, x: np.ndarray, c: int) -> np.ndarray:
+        """x * c mod q for centred residues x (K, ...) and an integer constant, in place."""
+        for i, p in enumerate(self.primes):
+            cc = c % p
+            cc = cc - p if cc > p // 2 else cc
+            x[i] *= float(cc)
+            mod_inplace(x[i], self.pf[i], self.pinv[i])
+        return x
+
     def forward(self, a: np.ndarray) -> np.ndarray:
         """(K, ..., N) -> NTT form per prime."""
         return np.stack([nt.forward(a[i]) for i, nt in enumerate(self.ntts)])

@@ -244,24 +244,25 @@ class ServerHE:
         n_og, tc = plan.n_og, tiles.size
         y = y.reshape(k, n_og * tc, 2, n)
         cnt = n_og * tc
-        u = rns.forward(rns.from_int(self._rand.ternary((cnt, n))))          # (K, cnt, N)
+        u = rns.forward(np.array(rns.small(self._rand.ternary((cnt, n)))))          # (K, cnt, N)
         y[:, :, 0] += u * self._pk[0][:, None, :]
         y[:, :, 1] += u * self._pk[1][:, None, :]
         y = rns.inverse(rns.reduce(y.reshape(k, cnt * 2, n)).reshape(k, cnt, 2, n))
         ct_local = (np.arange(n_og)[:, None] * plan.tiles + tiles[None, :]).reshape(-1)  # og*T + tile
         ct_global = b * n_og * plan.tiles + ct_local
         # c1: + e2, then to 2^m
-        c1 = y[:, :, 1] + rns.from_int(self._rand.cbd((cnt, n)))
+        c1 = y[:, :, 1] + rns.small(self._rand.cbd((cnt, n)))
         c1_out[ct_global] = rns.to_pow2(rns.reduce(c1), prm.down_bits)
         # c0: only the returned coefficients of these ciphertexts
         ret_ct, ret_coef, _ = plan.returned
-        pos = np.flatnonzero(np.isin(ret_ct, ct_local))
-        if pos.size == 0:
+        lo = np.searchsorted(ret_ct, ct_local, "left")
+        hi = np.searchsorted(ret_ct, ct_local, "right")
+        if not np.any(hi > lo):
             return
-        row = np.searchsorted(ct_local, ret_ct[pos]) if np.all(np.diff(ct_local) > 0) else \
-            np.array([np.flatnonzero(ct_local == c)[0] for c in ret_ct[pos]])
+        pos = np.concatenate([np.arange(a, z) for a, z in zip(lo, hi, strict=True)])
+        row = np.repeat(np.arange(cnt), hi - lo)
         v = y[:, row, 0, ret_coef[pos]]                                           # (K, npos)
-        v += rns.from_int(self._rand.cbd((pos.size,)))
+        v += rns.small(self._rand.cbd((pos.size,)))
         v += self._rand.uniform_signed_residues(prm.flood_bits, rns.primes, (pos.size,))
         v += scaled_message(prm, rns, m_s[pos])
         hi = rns.to_pow2(rns.reduce(v), prm.down_bits)
