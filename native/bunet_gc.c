@@ -425,16 +425,6 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
     sst_q_rows(leaves, k, delta, cm, m / 8, blk_off, 0, m, q_rows);
 }
 
-/* low `bits` bits of each value, LSB first, concatenated; out (out_bits/8 bytes) zeroed first */
-void bn_unpack_bits(const uint64_t *vals, uint64_t cnt, uint32_t bits, uint8_t *out, uint64_t out_bits) {
-    memset(out, 0, out_bits / 8);
-    uint64_t pos = 0;
-    for (uint64_t i = 0; i < cnt; i++) {
-        uint64_t v = vals[i];
-        for (uint32_t j = 0; j < bits; j++, pos++) out[pos >> 3] |= (uint8_t)(((v >> j) & 1) << (pos & 7));
-    }
-}
-
 /* ---------------------------------------------------------------- circuits */
 
 enum { G_XOR = 0, G_NOT = 1, G_XORG = 2, G_AND = 3, G_ANDG = 4, G_B2A = 5, G_B2A2 = 6, G_NOUT = 7, G_REVEAL = 8 };
@@ -468,6 +458,16 @@ static void pack_vals(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m)
         acc >>= 8;
         nb = nb > 8 ? nb - 8 : 0;
     }
+}
+
+/* low `bits` bits of each value, LSB first, concatenated; the rest of out (out_bits/8 bytes) zeroed */
+void bn_unpack_bits(const uint64_t *vals, uint64_t cnt, uint32_t bits, uint8_t *out, uint64_t out_bits) {
+    const uint64_t used = (cnt * bits + 7) / 8;
+    for (uint64_t i0 = 0; i0 < cnt; i0 += 1024) { /* 1024 values: a whole number of bytes */
+        const uint32_t c = (uint32_t)(cnt - i0 < 1024 ? cnt - i0 : 1024);
+        pack_vals(out + i0 * bits / 8, vals + i0, c, bits);
+    }
+    memset(out + used, 0, out_bits / 8 - used);
 }
 
 static void unpack_vals(const uint8_t *src, const uint8_t *end, uint64_t *v, uint32_t cnt, uint32_t m) {
