@@ -71,11 +71,12 @@ def centred_q_mod_t(q: int, t: int) -> int:
 def noise_bound_pre_flood(weight_l1_bits: int, r_t: int) -> int:
     """Worst-case |noise| of c0 + c1*s that depends on the weights, at the full modulus q.
 
-    Sum over inputs of w * e (|e| <= NOISE_ETA), plus |q mod t| * |floor(W*m/t)| with
-    |floor(W*m/t)| <= ||W||_1 + 1, plus 2 for the rounding of the scaled plaintext terms.
+    Sum over inputs of w * e (|e| <= NOISE_ETA); |q mod t| * |floor(W*m/t)| with
+    |floor(W*m/t)| <= ||W||_1 + 1; |q mod t| * ||W||_1 for the server adding its share to the
+    input (x_c + x_s may exceed t); 2 for the rounding of the scaled plaintext terms.
     """
     l1 = 1 << weight_l1_bits
-    return NOISE_ETA * l1 + abs(r_t) * (l1 + 1) + 2 * max(1, abs(r_t))
+    return NOISE_ETA * l1 + abs(r_t) * (2 * l1 + 1) + 2 * max(1, abs(r_t))
 
 
 def _needed_q(ring_bits: int, weight_l1_bits: int, n: int, r_t: int = 1) -> tuple[int, int]:

@@ -146,6 +146,7 @@ class ServerHE:
             raise ValueError("ciphertext residues out of range")
 
         y_s, m_s = self._plain_part(layer, x_s)
+        xs_poly = plan.encode_input(ring.reduce(x_s, prm.ring_bits))          # (B, C, T, N)
         ct_ids, coef, _ = plan.returned
         per_ct = plan.n_og * plan.tiles
         n_out = batch * per_ct
@@ -155,7 +156,7 @@ class ServerHE:
 
         def run(job: tuple[int, np.ndarray]) -> None:
             b, tiles = job
-            self._chunk(layer, b, tiles, c0[b][:, tiles], seed, m_s[b], c1_out, c0_out)
+            self._chunk(layer, b, tiles, c0[b][:, tiles], xs_poly[b][:, tiles], seed, m_s[b], c1_out, c0_out)
 
         if self.threads > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(self.threads) as ex:
@@ -171,14 +172,18 @@ class ServerHE:
 
     # ----- internals --------------------------------------------------------------------------------
     def _plain_part(self, layer: ServerLayer, x_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """r (the server's new share) and m_s = W*x_s + b - r laid out in the wire order."""
+        """r (the server's new share) and b - r laid out in the wire order.
+
+        The server's share x_s itself rides along inside the ciphertext (added to c0 before the
+        products), so W*x_s costs no separate plaintext convolution.
+        """
         lb = self.params.ring_bits
-        if layer.spec.conv.kind == "convT":
-            y = ring.conv_transpose2x2(x_s, layer.weight, layer.bias, lb)
-        else:
-            y = ring.conv2d(x_s, layer.weight, layer.bias, layer.spec.conv.pad, lb)
-        r = ring.random(y.shape, lb)
-        m = layer.plan.to_eff_output(ring.sub(y, r, lb)).reshape(y.shape[0], -1)
+        batch = x_s.shape[0]
+        shape = (batch,) + layer.spec.out_shape
+        r = ring.random(shape, lb)
+        bias = np.zeros(layer.spec.c_out, dtype=np.int64) if layer.bias is None else layer.bias
+        b = np.broadcast_to(ring.from_signed(bias, lb)[None, :, None, None], shape)
+        m = layer.plan.to_eff_output(ring.sub(b, r, lb)).reshape(batch, -1)
         return r, m[:, layer.plan.returned[2]]
 
     def _tile_chunks(self, plan: Plan) -> list[np.ndarray]:
@@ -186,13 +191,16 @@ class ServerHE:
         size = max(1, min(plan.tiles, CHUNK_BYTES // per_tile))
         return [np.arange(s, min(s + size, plan.tiles)) for s in range(0, plan.tiles, size)]
 
-    def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0: np.ndarray, seed: bytes,
-               m_s: np.ndarray, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+    def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0: np.ndarray, xs: np.ndarray,
+               seed: bytes, m_s: np.ndarray, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         plan, rns = layer.plan, self.rns
         n, k, tc = plan.n, rns.k, tiles.size
         # X[c, tile, poly, K, N]: poly 0 = c0 (NTT form on the wire), poly 1 = a (from the seed)
         x = np.empty((plan.c_in, tc, 2, k, n))
-        x[:, :, 0] = c0
+        # c0 + Delta * x_s: the ciphertext now encrypts x_c + x_s (noise + |q mod t| per input)
+        xs_hat = rns.forward(scaled_message(self.params, rns, xs.reshape(-1, n)))      # (K, c*tc, N)
+        x[:, :, 0] = c0 + xs_hat.reshape(k, plan.c_in, tc, n).transpose(1, 2, 0, 3)
+        rns.reduce(x[:, :, 0].transpose(2, 0, 1, 3))
         idx = ((b * plan.c_in + np.arange(plan.c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
         for j, i in enumerate(idx):
             x[j // tc, j % tc, 1] = uniform_mod(derive(seed, int(i), b"a"), rns.primes, n)
