@@ -427,7 +427,8 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
 
 /* ---------------------------------------------------------------- circuits */
 
-enum { G_XOR = 0, G_NOT = 1, G_XORG = 2, G_AND = 3, G_ANDG = 4, G_B2A = 5, G_B2A2 = 6, G_NOUT = 7, G_REVEAL = 8 };
+enum { G_XOR = 0, G_NOT = 1, G_XORG = 2, G_AND = 3, G_ANDG = 4, G_B2A = 5, G_B2A2 = 6, G_NOUT = 7, G_REVEAL = 8,
+       G_CARRY = 9, G_SUM = 10 };
 #define GREC 8 /* op, a, b, o, t, c, p1, p2 */
 
 static inline uint64_t lsb(block x) { return (uint64_t)_mm_cvtsi128_si64(x) & 1; }
@@ -544,11 +545,12 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
     uint64_t *acc1 = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *tv = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *tv2 = aligned_alloc(64, NB * sizeof(uint64_t));
+    block *xb = aligned_alloc(64, 2 * NB * sizeof(block)), *yb = xb ? xb + NB : NULL;
     uint64_t *roff = malloc(((size_t)ngates + 1) * sizeof(uint64_t));
     const uint32_t nin = k * b;
     uint8_t *L = aligned_alloc(64, ((size_t)NB * nin + 128) * 16);
     int rc = 0;
-    if (!W || !hb || !acc0 || !acc1 || !tv || !tv2 || !roff || !L) {
+    if (!W || !hb || !acc0 || !acc1 || !tv || !tv2 || !roff || !L || !xb) {
         rc = -1;
         goto done;
     }
@@ -601,6 +603,12 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
             case G_NOT:
                 for (uint32_t i = 0; i < cnt; i++) O[i] = _mm_xor_si128(A[i], D);
                 break;
+            case G_SUM: /* a ^ c ^ g (full-adder sum bit with a garbler share bit) */
+                for (uint32_t i = 0; i < cnt; i++) {
+                    const uint64_t gb = garbler ? (ys[(i0 + i) * k + p1] >> p2) & 1 : 0;
+                    O[i] = _mm_xor_si128(_mm_xor_si128(A[i], B[i]), _mm_and_si128(D, bm(gb)));
+                }
+                break;
             case G_XORG:
                 if (garbler)
                     for (uint32_t i = 0; i < cnt; i++) {
@@ -610,41 +618,54 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 else
                     for (uint32_t i = 0; i < cnt; i++) O[i] = A[i];
                 break;
-            case G_AND: {
-                /* half gates (Zahur-Rosulek-Evans): 2 ciphertexts, tweaks t, t+1 */
+            case G_AND:
+            case G_CARRY: {
+                /* half gates (Zahur-Rosulek-Evans): 2 ciphertexts, tweaks t, t+1.
+                 * CARRY (full-adder carry with a garbler share bit g): X = a ^ c, Y = c ^ g, out = c ^ (X & Y). */
+                const block *X = A, *Y = B;
+                if (op == G_CARRY) {
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        xb[i] = _mm_xor_si128(A[i], B[i]);
+                        const uint64_t gb = garbler ? (ys[(i0 + i) * k + p1] >> p2) & 1 : 0;
+                        yb[i] = _mm_xor_si128(B[i], _mm_and_si128(D, bm(gb)));
+                    }
+                    X = xb;
+                    Y = yb;
+                }
+                const block cz = op == G_CARRY ? _mm_set1_epi8(-1) : _mm_setzero_si128();
                 block *h0 = hb, *h1 = hb + NB, *h2 = hb + 2 * NB, *h3 = hb + 3 * NB;
                 block *TG = ctb + (size_t)c * n + i0, *TE = ctb + (size_t)(c + 1) * n + i0;
                 if (garbler) {
                     for (uint32_t i = 0; i < cnt; i++) {
-                        h0[i] = A[i];
-                        h1[i] = _mm_xor_si128(A[i], D);
-                        h2[i] = B[i];
-                        h3[i] = _mm_xor_si128(B[i], D);
+                        h0[i] = X[i];
+                        h1[i] = _mm_xor_si128(X[i], D);
+                        h2[i] = Y[i];
+                        h3[i] = _mm_xor_si128(Y[i], D);
                     }
                     hash_batch(gate_key(&kc, twc + t), h0, h0, cnt, twc + t, tpi, dom);
                     hash_batch(gate_key(&kc, twc + t), h1, h1, cnt, twc + t, tpi, dom);
                     hash_batch(gate_key(&kc, twc + t + 1), h2, h2, cnt, twc + t + 1, tpi, dom);
                     hash_batch(gate_key(&kc, twc + t + 1), h3, h3, cnt, twc + t + 1, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++) {
-                        const block a0 = A[i];
-                        const uint64_t pa = lsb(a0), pb = lsb(B[i]);
+                        const block a0 = X[i];
+                        const uint64_t pa = lsb(a0), pb = lsb(Y[i]);
                         const block tg = _mm_xor_si128(_mm_xor_si128(h0[i], h1[i]), _mm_and_si128(D, bm(pb)));
                         const block wg = _mm_xor_si128(h0[i], _mm_and_si128(tg, bm(pa)));
                         const block te = _mm_xor_si128(_mm_xor_si128(h2[i], h3[i]), a0);
                         const block we = _mm_xor_si128(h2[i], _mm_and_si128(_mm_xor_si128(te, a0), bm(pb)));
                         _mm_storeu_si128(TG + i, tg);
                         _mm_storeu_si128(TE + i, te);
-                        O[i] = _mm_xor_si128(wg, we);
+                        O[i] = _mm_xor_si128(_mm_xor_si128(wg, we), _mm_and_si128(B[i], cz));
                     }
                 } else {
-                    hash_batch(gate_key(&kc, twc + t), A, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(gate_key(&kc, twc + t + 1), B, h1, cnt, twc + t + 1, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), X, h0, cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 1), Y, h1, cnt, twc + t + 1, tpi, dom);
                     for (uint32_t i = 0; i < cnt; i++) {
-                        const block a = A[i];
+                        const block a = X[i];
                         const block tg = _mm_loadu_si128(TG + i), te = _mm_loadu_si128(TE + i);
                         const block wg = _mm_xor_si128(h0[i], _mm_and_si128(tg, bm(lsb(a))));
-                        const block we = _mm_xor_si128(h1[i], _mm_and_si128(_mm_xor_si128(te, a), bm(lsb(B[i]))));
-                        O[i] = _mm_xor_si128(wg, we);
+                        const block we = _mm_xor_si128(h1[i], _mm_and_si128(_mm_xor_si128(te, a), bm(lsb(Y[i]))));
+                        O[i] = _mm_xor_si128(_mm_xor_si128(wg, we), _mm_and_si128(B[i], cz));
                     }
                 }
                 break;
@@ -788,6 +809,6 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
         for (uint32_t i = 0; i < cnt; i++) out[i0 + i] = acc0[i] & outmask;
     }
 done:
-    free(W); free(hb); free(acc0); free(acc1); free(tv); free(tv2); free(roff); free(L);
+    free(W); free(hb); free(acc0); free(acc1); free(tv); free(tv2); free(roff); free(L); free(xb);
     return rc;
 }

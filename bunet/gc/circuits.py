@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # gate opcodes, must match native/bunet_gc.c
-XOR, NOT, XORG, AND, ANDG, B2A, B2A2, NOUT, REVEAL = range(9)
+XOR, NOT, XORG, AND, ANDG, B2A, B2A2, NOUT, REVEAL, CARRY, SUM = range(11)
+_TWO_IN = (XOR, AND, B2A2, CARRY, SUM)
 _SINKS = {B2A, B2A2, NOUT, REVEAL}
 
 C0, C1 = -1, -2  # constant wires (folded away, never reach the engine)
@@ -139,12 +140,10 @@ class _Builder:
         c = C0
         for i in range(b):
             a = j * b + i
-            si = self.xorg(a, j, i)
-            if c != C0:
-                si = self.xor(si, c)
-            s.append(si)
+            s.append(self.xorg(a, j, i) if c == C0 else self._emit(SUM, a, c, j, i))
             if i < b - 1:
-                c = self.andg(a, j, i) if c == C0 else self.xor(c, self.and_(self.xor(a, c), self.xorg(c, j, i)))
+                # carry c' = c ^ ((a ^ c) & (g ^ c)): one fused CARRY gate (a half-gates AND)
+                c = self.andg(a, j, i) if c == C0 else self._emit(CARRY, a, c, j, i)
         return s[keep_from:]
 
     def gt_signed(self, x: list[int], y: list[int]) -> int:
@@ -168,7 +167,7 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
         if op in _SINKS or o in needed:
             live[gi] = True
             needed.add(a)
-            if op in (XOR, AND, B2A2):
+            if op in _TWO_IN:
                 needed.add(b)
     gates = [g for g, lv in zip(gates, live, strict=False) if lv]
     # slot allocation (outputs get a fresh slot before the inputs are released: no aliasing)
@@ -176,7 +175,7 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
     for gi, g in enumerate(gates):
         op, a, b = g[:3]
         last_use[a] = gi
-        if op in (XOR, AND, B2A2):
+        if op in _TWO_IN:
             last_use[b] = gi
     slot: dict[int, int] = {w: w for w in range(bld.n_inputs)}
     free: list[int] = []
@@ -191,7 +190,7 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
     for gi, g in enumerate(gates):
         op, a, b, o, p1, p2, width = g
         sa = slot[a]
-        sb = slot[b] if op in (XOR, AND, B2A2) else 0
+        sb = slot[b] if op in _TWO_IN else 0
         so = 0
         if o >= 0:
             if free:
@@ -202,7 +201,7 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
             slot[o] = so
         t = c = 0
         q1, q2 = p1, p2
-        if op == AND:
+        if op in (AND, CARRY):
             t, c = tw, ct
             tw, ct = tw + 2, ct + 2
             n_and += 1
@@ -227,7 +226,7 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
             regions.append(1)
             q1, q2 = 0, p2
         recs.append([op, sa, sb, so, t, c, q1, q2])
-        for w in {a} | ({b} if op in (XOR, AND, B2A2) else set()):
+        for w in {a} | ({b} if op in _TWO_IN else set()):
             if last_use.get(w) == gi:
                 free.append(slot[w])
     arr = np.array(recs, dtype=np.int32).reshape(-1, 8)
