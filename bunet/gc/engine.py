@@ -270,6 +270,8 @@ class Evaluator(_Party):
             raise ValueError("malformed hello reply")
         if msg[:4] != MAGIC or msg[4] != T_HELLO2:
             raise ValueError("not a BUNET GC hello reply")
+        if self._tag is not None:
+            raise ValueError("session already set up")
         self.bytes_received += len(msg)
         nonce_s = bytes(msg[5:21])
         bs = [bytes(msg[21 + POINT * i : 21 + POINT * (i + 1)]) for i in range(N_BASE)]
