@@ -36,7 +36,7 @@ class ClientHE:
         self._pk_seed = secrets.token_bytes(wire.SEED_BYTES)
         a = uniform_mod(derive(self._pk_seed, 0, b"pk"), params.primes, n)
         e = self.rns.forward(self.rns.small(self._rand.cbd((n,))))
-        self._pk0 = self.rns.canon(self.rns.reduce(-(self.rns.reduce(a * self._s_hat)) - e))
+        self._pk0 = self.rns.reduce(-(self.rns.reduce(a * self._s_hat)) - e)
 
     def __repr__(self) -> str:
         return f"ClientHE(N={self.params.poly_degree}, l={self.params.ring_bits})"
@@ -44,7 +44,7 @@ class ClientHE:
     def public_key(self) -> bytes:
         """(pk0, seed of pk1): an encryption of zero the server uses to re-randomise results."""
         return (wire.MAGIC_PK + self.params.digest() + self._pk_seed
-                + wire.pack_uint(self._pk0, wire.RESIDUE_BYTES))
+                + wire.pack_int(self._pk0, wire.RESIDUE_BYTES))
 
     # ----- upload -------------------------------------------------------------------------------
     def encrypt(self, spec: LayerSpec, x_c: np.ndarray) -> bytes:
@@ -62,10 +62,11 @@ class ClientHE:
         v_hat = self.rns.forward(v)
         seed = secrets.token_bytes(wire.SEED_BYTES)
         a = expand_a(self.rns, seed, count)
-        c0 = self.rns.canon(self.rns.reduce(v_hat - self.rns.reduce(a * self._s_hat[:, None, :])))
+        a *= self._s_hat[:, None, :]                       # |a * s| < 2^43: no reduction needed yet
+        c0 = self.rns.reduce(np.subtract(v_hat, a, out=a))  # centred, |c0| <= p/2 + 1 < 2^21
         head = (wire.MAGIC_UP + self.params.digest() + wire.spec_digest(spec.to_bytes())
                 + struct.pack("<II", batch, count) + seed)
-        return head + wire.pack_uint(c0.transpose(1, 0, 2), wire.RESIDUE_BYTES)
+        return head + wire.pack_int(c0.transpose(1, 0, 2), wire.RESIDUE_BYTES)
 
     # ----- download -----------------------------------------------------------------------------
     def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:

@@ -67,10 +67,10 @@ class ServerHE:
         rd.check(params.digest(), "HE parameters")
         seed = bytes(rd.take(wire.SEED_BYTES))
         k = self.rns.k
-        pk0 = wire.unpack_uint(rd.take(k * n * wire.RESIDUE_BYTES), k * n, wire.RESIDUE_BYTES)
+        pk0 = wire.unpack_int(rd.take(k * n * wire.RESIDUE_BYTES), k * n, wire.RESIDUE_BYTES)
         rd.done()
         pk0 = pk0.astype(np.float64).reshape(k, n)
-        if np.any(pk0 >= self.rns.pf[:, None]):
+        if np.any(np.abs(pk0) > self.rns.pf[:, None] // 2 + 1):
             raise ValueError("public key residues out of range")
         self._pk = np.stack([pk0, uniform_mod(derive(seed, 0, b"pk"), params.primes, n)])  # (2, K, N)
 
@@ -136,13 +136,13 @@ class ServerHE:
         seed = bytes(rd.take(wire.SEED_BYTES))
         if batch < 1 or count != plan.n_in_cts(batch):
             raise ValueError("HE upload has the wrong number of ciphertexts")
-        c0 = wire.unpack_uint(rd.take(count * k * n * wire.RESIDUE_BYTES), count * k * n, wire.RESIDUE_BYTES)
+        c0 = wire.unpack_int(rd.take(count * k * n * wire.RESIDUE_BYTES), count * k * n, wire.RESIDUE_BYTES)
         rd.done()
         x_s = np.asarray(x_s)
         if x_s.shape != (batch, layer.spec.c_in, layer.spec.h, layer.spec.w) or x_s.dtype != _U64:
             raise ValueError("server share shape does not match the upload")
         c0 = c0.astype(np.float64).reshape(batch, plan.c_in, plan.tiles, k, n)
-        if np.any(c0 >= rns.pf[:, None]):
+        if np.any(np.abs(c0) > rns.pf[:, None] // 2 + 1):
             raise ValueError("ciphertext residues out of range")
 
         y_s, m_s = self._plain_part(layer, x_s)

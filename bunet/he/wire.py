@@ -16,7 +16,7 @@ import numpy as np
 MAGIC_PK = b"BUHEpk1\x00"
 MAGIC_UP = b"BUHEup1\x00"
 MAGIC_DOWN = b"BUHEdn1\x00"
-RESIDUE_BYTES = 3   # residues < 2^22
+RESIDUE_BYTES = 3   # centred residues, |x| < 2^21: signed 24-bit
 SEED_BYTES = 32
 
 
@@ -35,6 +35,17 @@ def unpack_uint(buf: bytes | memoryview, count: int, nbytes: int) -> np.ndarray:
     full = np.zeros((count, 8), dtype=np.uint8)
     full[:, :nbytes] = raw
     return full.view("<u8").reshape(count)
+
+
+def pack_int(a: np.ndarray, nbytes: int) -> bytes:
+    """Signed integers (float64 or int) as nbytes-byte two's complement, little-endian."""
+    return pack_uint(np.ascontiguousarray(a).astype(np.int64).view(np.uint64), nbytes)
+
+
+def unpack_int(buf: bytes | memoryview, count: int, nbytes: int) -> np.ndarray:
+    u = unpack_uint(buf, count, nbytes).view(np.int64)
+    shift = 64 - 8 * nbytes
+    return (u << shift) >> shift
 
 
 class Reader:
