@@ -122,6 +122,11 @@ def bench_relu(l: int, s: int, n: int, chunk: int) -> dict:
         "relu_bytes_client_to_server": st.client_sent / n,
         "relu_bytes_server_to_client": st.client_received / n,
         "relu_per_s": n / st.seconds,
+        # CPU time per ReLU of each party over the session (independent of other load on the
+        # machine); with one core per party the rate is bounded by the busier party
+        "relu_client_cpu_us": st.extra["client_cpu_s"] / n * 1e6,
+        "relu_server_cpu_us": st.extra["server_cpu_s"] / n * 1e6,
+        "relu_per_s_cpu_bound": n / max(st.extra["client_cpu_s"], st.extra["server_cpu_s"]),
         "relu_n": n,
         "relu_seconds": st.seconds,
         "relu_exact": ok,

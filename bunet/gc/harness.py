@@ -140,8 +140,9 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
         if s.family != socket.AF_UNIX:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ch = Channel(s)
+        cpu0 = time.process_time()
         out = run_garbler(ch, op, ys, chunk)
-        conn.send(("ok", out))
+        conn.send(("ok", (out, time.process_time() - cpu0)))
         ch.close()
     except BaseException as e:  # report to the parent, never hang it
         conn.send(("error", f"{type(e).__name__}: {e}"))
@@ -152,7 +153,8 @@ def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: i
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 
     tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server shares,
-    stats); stats.seconds covers the session from the client's hello to its last output.
+    stats); stats.seconds covers the session from the client's hello to its last output, and
+    stats.extra holds each party's CPU seconds over the session (process time, all threads).
     """
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -171,13 +173,14 @@ def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: i
         peer.close()
     ch = Channel(s)
     try:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         out_c = run_evaluator(ch, op, yc, chunk, depth)
-        dt = time.perf_counter() - t0
-        status, out_s = parent.recv()
+        dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        status, payload = parent.recv()
     finally:
         ch.close()
         proc.join(timeout=30)
     if status != "ok":
-        raise RuntimeError(f"garbler failed: {out_s}")
-    return out_c, out_s, RunStats(dt, ch.sent, ch.received)
+        raise RuntimeError(f"garbler failed: {payload}")
+    out_s, server_cpu = payload
+    return out_c, out_s, RunStats(dt, ch.sent, ch.received, {"client_cpu_s": cpu, "server_cpu_s": server_cpu})
