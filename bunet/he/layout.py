@@ -119,7 +119,7 @@ class Plan:
                 opack = max(1, min(c_out, n // p))
                 tiles = math.ceil(ho / th) * math.ceil(wo / tw)
                 n_og = math.ceil(c_out / opack)
-                cost = tiles * (spec.c_in * n_og + 8 * spec.c_in + 24 * n_og)
+                cost = tiles * (spec.c_in * n_og + 33 * spec.c_in + 60 * n_og)   # ~ products + NTTs
                 over = max(0, n_og * spec.c_in - max_filters) if k > 1 else 0
                 key = (over, cost, tiles * spec.c_in, -th * tw)
                 if best is None or key < best[0]:
