@@ -106,11 +106,11 @@ def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 2) -> dict:
             "ot_bytes_per_cot": 16 / k, "ot_softspoken_k": k}
 
 
-def bench_relu(l: int, s: int, n: int, chunk: int) -> dict:
+def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 2) -> dict:
     op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1)
     x = ring.random((n, 1), l)
     yc, ys = ring.share(x, l)
-    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, tcp=True)
+    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, tcp=True, ot_k=ot_k)
     ok = bool(np.array_equal(ring.add(out_c, out_s, l),
                              ring.nonlinear(x, in_bits=l, shift=s, relu=True, ring_bits=l)))
     c = op.circuit
@@ -130,6 +130,7 @@ def bench_relu(l: int, s: int, n: int, chunk: int) -> dict:
         "relu_n": n,
         "relu_seconds": st.seconds,
         "relu_exact": ok,
+        "ot_softspoken_k": ot_k,
     }
 
 
@@ -151,6 +152,8 @@ def main() -> None:
     res.update(default)  # the default quantization at top level
     res["default_quantization"] = {"ring_bits": 24, "in_bits": 24, "shift": 8, **default}
     res["l32"] = {"ring_bits": 32, "in_bits": 32, "shift": 12, **bench_relu(32, 12, n, a.chunk)}
+    # the bandwidth knob: SoftSpoken k=4 halves the client's OT bytes again for more client CPU
+    res["default_quantization_ot_k4"] = bench_relu(24, 8, n, a.chunk, ot_k=4)
     res["cpus"] = os.cpu_count()
     res["loadavg_at_start"] = load0
     res["loadavg_at_end"] = os.getloadavg()[0]
