@@ -128,3 +128,32 @@ def test_layer_spec_is_public_only(parties) -> None:
     spec = srv.layer_spec(layer)
     assert isinstance(spec, LayerSpec)
     assert spec == LayerSpec(ConvSpec(), 2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("ring_bits", [16, 32])
+def test_other_ring_widths(ring_bits: int) -> None:
+    """l = 16 (N = 4096) and l = 32 (N = 8192, q != 1 mod t budgeted) on a small layer."""
+    params = HEParams.for_ring(ring_bits)
+    cli = ClientHE(params)
+    srv = ServerHE(params, cli.public_key())
+    rng = np.random.default_rng(ring_bits)
+    for conv, wshape in ((ConvSpec("conv", 3, 1), (3, 4, 3, 3)), (ConvSpec("convT"), (4, 3, 2, 2))):
+        w = rng.integers(-(1 << 8), 1 << 8, wshape)
+        layer = srv.prepare(conv, w, np.arange(3), (4, 11, 7))
+        xc = np.full((2, 4, 11, 7), (1 << ring_bits) - 1, dtype=np.uint64)
+        xs = ring.random((2, 4, 11, 7), ring_bits)
+        down, ys = srv.apply(layer, cli.encrypt(layer.spec, xc), xs)
+        got = ring.add(cli.decrypt(layer.spec, down), ys, ring_bits)
+        x = ring.add(xc, xs, ring_bits)
+        ref = (ring.conv_transpose2x2(x, w, np.arange(3), ring_bits) if conv.kind == "convT"
+               else ring.conv2d(x, w, np.arange(3), 1, ring_bits))
+        assert np.array_equal(got, ref)
+
+
+def test_tiny_plane_many_outputs(parties) -> None:
+    """1x1 on a 1x1 plane: output packing is capped so NTT-domain sums stay exact."""
+    rng = np.random.default_rng(9)
+    w = rng.integers(-(1 << 9), 1 << 9, (700, 3, 1, 1))
+    xc = ring.random((1, 3, 1, 1), L)
+    got, ref = run_layer(parties, ConvSpec("conv", 1, 0), w, None, xc, ring.random((1, 3, 1, 1), L))
+    assert np.array_equal(got, ref)

@@ -116,7 +116,8 @@ class Plan:
                 p = (th + k - 1) * wt
                 if p > n:
                     continue
-                opack = max(1, min(c_out, n // p))
+                # O' * k*k <= 512 keeps every NTT-domain sum below 2^53 (exact in float64)
+                opack = max(1, min(c_out, n // p, 512 // (k * k)))
                 tiles = math.ceil(ho / th) * math.ceil(wo / tw)
                 n_og = math.ceil(c_out / opack)
                 cost = tiles * (spec.c_in * n_og + 33 * spec.c_in + 60 * n_og)   # ~ products + NTTs

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 
 import numpy as np
@@ -68,11 +69,10 @@ class Sampler:
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
-        self._ctr = 0
+        self._ctr = itertools.count(1)     # next() is atomic: threads never share a stream
 
     def _bytes(self, nbytes: int) -> bytes:
-        self._ctr += 1
-        return keystream(derive(self._key, self._ctr, b"sampler"), nbytes)
+        return keystream(derive(self._key, next(self._ctr), b"sampler"), nbytes)
 
     def words64(self, shape: tuple[int, ...]) -> np.ndarray:
         n = int(np.prod(shape))
