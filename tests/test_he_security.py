@@ -127,3 +127,23 @@ def test_weight_bound_enforced(params: HEParams, client: ClientHE) -> None:
         srv.prepare(ConvSpec(), big, None, (512, 4, 4))
     with pytest.raises(ValueError):
         srv.prepare(ConvSpec(), np.ones((2, 2, 3, 3)), None, (2, 4, 4))   # float weights
+
+
+@pytest.mark.parametrize("ring_bits", [24, 32])
+def test_decryption_product_is_exact(ring_bits: int) -> None:
+    """The client's float-FFT product c1 * s mod (X^N + 1, 2^m) equals the integer one."""
+    prm = HEParams.for_ring(ring_bits)
+    cli = ClientHE(prm)
+    n, m = prm.poly_degree, prm.down_bits
+    rng = np.random.default_rng(ring_bits)
+    c1 = rng.integers(0, 1 << m, (2, n), dtype=np.uint64)
+    c1[0, :] = (1 << m) - 1                                   # extremes
+    got = cli._mul_s(c1, m)                                   # noqa: SLF001
+    s = cli._s.astype(np.int64)                               # noqa: SLF001
+    for row in range(2):
+        c = c1[row].astype(np.int64)
+        c = np.where(c >= 1 << (m - 1), c - (1 << m), c)      # |c| < 2^(m-1), |c*s| sums < 2^62
+        full = np.convolve(c, s)
+        neg = full[:n].copy()
+        neg[: n - 1] -= full[n:]
+        assert np.array_equal(got[row], neg.view(np.uint64) & np.uint64((1 << m) - 1))
