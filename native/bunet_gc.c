@@ -413,6 +413,32 @@ void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m,
     }
 }
 
+/* client, one pass: message c_b = u_b ^ r AND its t rows (m x 16 bytes), m % 128 == 0 */
+void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
+                       uint8_t *cm, uint8_t *t_rows) {
+    static __thread uint8_t tmat[128 * ROWS / 8];
+    static __thread block g[256 * 8];
+    block u[8], v[64];
+    const uint64_t mb = m / 8;
+    const uint32_t B = 128 / k;
+    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
+        const uint64_t sr = m - r0 < ROWS ? m - r0 : ROWS;
+        const int nb = (int)(sr / 128);
+        for (uint32_t b = 0; b < B; b++) {
+            leaf_streams(leaves, k, b, blk_off + r0 / 128, nb, g);
+            uv_accumulate(g, k, nb, u, v);
+            for (int q = 0; q < nb; q++) {
+                const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
+                _mm_storeu_si128((block *)(cm + b * mb + r0 / 8 + 16 * q), _mm_xor_si128(u[q], c));
+            }
+            for (uint32_t j = 0; j < k; j++)
+                for (int q = 0; q < nb; q++)
+                    _mm_storeu_si128((block *)(tmat + (b * k + j) * (sr / 8) + 16 * q), v[j * 8 + q]);
+        }
+        bn_transpose(tmat, t_rows + r0 * 16, 128, sr);
+    }
+}
+
 /* whole-matrix versions (tests, benchmarks) */
 void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                  uint8_t *cm, uint8_t *t_rows) {
@@ -531,7 +557,7 @@ static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
  */
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
               uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
-              uint64_t m, uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
+              uint64_t m, uint64_t blk_off, const uint8_t *in_labels, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
               uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask) {
     (void)ctpi;
     keyctx kc;
@@ -579,7 +605,9 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
         /* this chunk's input labels straight from OT extension: rows i0*nin .. (i0+cnt)*nin */
         {
             const uint64_t r0 = i0 * nin, rows = ((uint64_t)cnt * nin + 127) / 128 * 128;
-            if (garbler)
+            if (in_labels)
+                memcpy(L, in_labels + r0 * 16, (size_t)cnt * nin * 16); /* labels made with the request */
+            else if (garbler)
                 sst_q_rows(ot_keys, ot_k, delta, u, m / 8, blk_off, r0, rows, L);
             else
                 sst_t_rows(ot_keys, ot_k, blk_off, r0, rows, L);

@@ -13,6 +13,8 @@ void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cn
                    uint64_t tw0, uint64_t twstep, uint64_t dom);
 void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                 uint8_t *cm);
+void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
+                       uint8_t *cm, uint8_t *t_rows);
 void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                  uint8_t *cm, uint8_t *t_rows);
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
@@ -21,6 +23,6 @@ void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t nco
 void bn_unpack_bits(const uint64_t *vals, uint64_t cnt, uint32_t bits, uint8_t *out, uint64_t out_bits);
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
               uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
-              uint64_t m, uint64_t blk_off, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
+              uint64_t m, uint64_t blk_off, const uint8_t *in_labels, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
               uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask);
 #endif

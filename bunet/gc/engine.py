@@ -11,9 +11,9 @@ request/response::
     resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
     out_c = ev.finish(op, resp)
 
-OT extension is SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=2)``,
-k = 1 is plain IKNP): the client sends 128/k bits per input bit (16 bytes for IKNP, 8 for the
-default k = 2). Its correlation is the garbler's free-XOR offset Delta, so the correlated OTs are
+OT extension is SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
+k = 1 is plain IKNP): the client sends 128/k bits per input bit (16 bytes for IKNP, 4 for the
+default k = 4; k = 2 costs 8 bytes and less CPU). Its correlation is the garbler's free-XOR offset Delta, so the correlated OTs are
 directly the client's input labels: the garbler sends nothing per client input bit, and the
 server's own share bits are XOR-ed in for free. The GGM-punctured trees behind SoftSpoken are
 set up once: the client's encrypted level sums ride on the first request (4 KiB, once).
@@ -247,7 +247,7 @@ def _u64(a: np.ndarray) -> object:
 class Evaluator(_Party):
     """The client: OT-extension receiver and circuit evaluator."""
 
-    def __init__(self, ot_k: int = 2) -> None:
+    def __init__(self, ot_k: int = 4) -> None:
         super().__init__()
         if ot_k not in OT_KS:
             raise ValueError(f"ot_k must be one of {OT_KS}")
@@ -256,7 +256,21 @@ class Evaluator(_Party):
         self._nonce = os.urandom(16)
         self._leaves: object = None
         self._setup = b""  # GGM level sums under the base-OT keys, sent with the first request
-        self._pending: dict[int, tuple[tuple[int, ...], int, int, int]] = {}
+        self._pending: dict[int, tuple[tuple[int, ...], int, np.ndarray, int]] = {}
+        self._pool: list[np.ndarray] = []  # label buffers, reused (fresh pages are costly)
+
+    def _take_buffer(self, size: int) -> np.ndarray:
+        with self._lock:
+            for i, buf in enumerate(self._pool):
+                if buf.size >= size:
+                    return self._pool.pop(i)[:size]
+        return np.empty(size, dtype=np.uint8)
+
+    def _give_buffer(self, buf: np.ndarray) -> None:
+        base = buf.base if isinstance(buf.base, np.ndarray) else buf
+        with self._lock:
+            if len(self._pool) < 4:
+                self._pool.append(base)
 
     def hello(self) -> bytes:
         """Base OT round 1 (client -> server)."""
@@ -297,9 +311,10 @@ class Evaluator(_Party):
         lib.bn_unpack_bits(_u64(yc), n * op.k, op.in_bits, _buf(choice), m)
         setup = self._setup if seq == 0 else b""
         out, body = _new_message(self._header(T_REQ, seq, op, n) + setup, _cot_len(self.ot_k, m))
-        lib.bn_cot_msg(self._leaves, self.ot_k, blk, m, _buf(choice), body)
+        labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
+        lib.bn_cot_recv_fused(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
         with self._lock:
-            self._pending[seq] = (op._params(), n, blk, tw)
+            self._pending[seq] = (op._params(), n, labels, tw)
             self.bytes_sent += len(out)
         return out
 
@@ -317,7 +332,7 @@ class Evaluator(_Party):
                 raise ValueError("response has the wrong length")
             del self._pending[seq]
             self.bytes_received += len(resp)
-        _, _, blk, tw = pend
+        _, _, labels, tw = pend
         c = op.circuit
         m = _pad128(n * op.k * op.in_bits)
         out = np.empty(n, dtype=np.uint64)
@@ -325,10 +340,9 @@ class Evaluator(_Party):
         ct = body[:nct]
         ar = body[nct:]
         rc = lib.bn_gc_run(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, ffi.NULL, self._leaves, self.ot_k, ffi.NULL, m, blk, self._rk, ffi.NULL, tw,
-                           c.tweaks_per_inst,
-                           _buf(ct), c.ct_per_inst, _buf(ar), nar,
-                           _u64(out), mask)
+                           op.in_bits, ffi.NULL, ffi.NULL, self.ot_k, ffi.NULL, m, 0, _buf(labels), self._rk,
+                           ffi.NULL, tw, c.tweaks_per_inst, _buf(ct), c.ct_per_inst, _buf(ar), nar, _u64(out), mask)
+        self._give_buffer(labels)
         if rc != 0:
             raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
         if isinstance(op, Argmax):
@@ -415,7 +429,7 @@ class Garbler(_Party):
         out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
         acc = np.empty(n, dtype=np.uint64)
         rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, self._rk,
+                           op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL, self._rk,
                            self._delta, tw, c.tweaks_per_inst, body_out, c.ct_per_inst, body_out + nct, nar, _u64(acc),
                            (1 << 64) - 1)
         if rc != 0:

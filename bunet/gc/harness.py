@@ -84,7 +84,7 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
 
 
 def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 14,
-                  depth: int = 2, ot_k: int = 2) -> np.ndarray:
+                  depth: int = 2, ot_k: int = 4) -> np.ndarray:
     """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax)."""
     ev = Evaluator(ot_k=ot_k)
     ch.send(ev.hello())
@@ -149,7 +149,7 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
 
 
 def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 14,
-              tcp: bool = False, depth: int = 2, ot_k: int = 2) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
+              tcp: bool = False, depth: int = 2, ot_k: int = 4) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 
     tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server shares,
