@@ -13,10 +13,11 @@ request/response::
 
 OT extension is SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
 k = 1 is plain IKNP): the client sends 128/k bits per input bit (16 bytes for IKNP, 4 for the
-default k = 4; k = 2 costs 8 bytes and less CPU). Its correlation is the garbler's free-XOR offset Delta, so the correlated OTs are
-directly the client's input labels: the garbler sends nothing per client input bit, and the
-server's own share bits are XOR-ed in for free. The GGM-punctured trees behind SoftSpoken are
-set up once: the client's encrypted level sums ride on the first request (4 KiB, once).
+default k = 4; k = 2 costs 8 bytes and less CPU). Its correlation is the garbler's free-XOR
+offset Delta, so the correlated OTs are directly the client's input labels: the garbler sends
+nothing per client input bit, and the server's own share bits are XOR-ed in for free. The
+GGM-punctured trees behind SoftSpoken are set up once: the client's encrypted level sums ride
+on the first request (4 KiB, once).
 
 Requests must reach ``respond`` in the order they were made (checked: the sequence number fixes
 the OT range and the hash tweaks, which are never reused); ``finish`` may take responses in any
