@@ -8,7 +8,7 @@ import numpy as np
 
 from .layout import LayerSpec, Plan
 from .params import HEParams
-from .rand import derive, uniform_mod
+from .rand import derive, uniform_mod_many
 from .rns import RNS
 
 _U64 = np.uint64
@@ -21,10 +21,12 @@ def plan_for(spec: LayerSpec, n: int) -> Plan:
 
 def expand_a(rns: RNS, seed: bytes, count: int) -> np.ndarray:
     """(K, count, N) public polynomials a (already in NTT form) of an upload's ciphertexts."""
-    out = np.empty((rns.k, count, rns.n))
-    for i in range(count):
-        out[:, i] = uniform_mod(derive(seed, i, b"a"), rns.primes, rns.n)
-    return out
+    return expand_a_at(rns, seed, np.arange(count))
+
+
+def expand_a_at(rns: RNS, seed: bytes, indices: np.ndarray) -> np.ndarray:
+    """(K, len(indices), N): the a-polynomials of the given ciphertext indices of an upload."""
+    return uniform_mod_many([derive(seed, int(i), b"a") for i in indices], rns.primes, rns.n)
 
 
 def scaled_message(params: HEParams, rns: RNS, m: np.ndarray) -> np.ndarray:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from bunet import ring
 
 from . import wire
-from .bfv import expand_a, plan_for, scaled_message
+from .bfv import expand_a_at, plan_for, scaled_message
 from .layout import LayerSpec, Plan
 from .params import HEParams
 from .rand import Sampler, derive, uniform_mod
@@ -57,16 +58,24 @@ class ClientHE:
         batch = x_c.shape[0]
         m = m.reshape(-1, self.params.poly_degree)
         count = m.shape[0]
-        v = scaled_message(self.params, self.rns, m)
-        v += self.rns.small(self._rand.cbd(m.shape))
-        v_hat = self.rns.forward(v)
         seed = secrets.token_bytes(wire.SEED_BYTES)
-        a = expand_a(self.rns, seed, count)
-        a *= self._s_hat[:, None, :]                       # |a * s| < 2^43: no reduction needed yet
-        c0 = self.rns.reduce(np.subtract(v_hat, a, out=a))  # centred, |c0| <= p/2 + 1 < 2^21
+        c0 = np.empty((count, self.rns.k, self.params.poly_degree))
+
+        def part(idx: np.ndarray) -> None:
+            v = scaled_message(self.params, self.rns, m[idx])
+            v += self.rns.small(self._rand.cbd((idx.size, m.shape[1])))
+            v_hat = self.rns.forward(v)
+            a = expand_a_at(self.rns, seed, idx)
+            a *= self._s_hat[:, None, :]                       # |a * s| < 2^43: no reduction yet
+            # centred, |c0| <= p/2 + 1 < 2^21
+            c0[idx] = self.rns.reduce(np.subtract(v_hat, a, out=a)).transpose(1, 0, 2)
+
+        parts = np.array_split(np.arange(count), min(count, 4))
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(part, parts))
         head = (wire.MAGIC_UP + self.params.digest() + wire.spec_digest(spec.to_bytes())
                 + struct.pack("<II", batch, count) + seed)
-        return head + wire.pack_int(c0.transpose(1, 0, 2), wire.RESIDUE_BYTES)
+        return head + wire.pack_int(c0, wire.RESIDUE_BYTES)
 
     # ----- download -----------------------------------------------------------------------------
     def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:

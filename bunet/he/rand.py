@@ -48,6 +48,24 @@ def uniform_mod(key: bytes, primes: tuple[int, ...], n: int) -> np.ndarray:
     return out
 
 
+def uniform_mod_many(keys: list[bytes], primes: tuple[int, ...], n: int) -> np.ndarray:
+    """(K, len(keys), n): ``uniform_mod(key)`` for every key, rejection done in one vector pass."""
+    k, count = len(primes), len(keys)
+    extra = 64 + n // 64
+    words = np.frombuffer(b"".join(keystream(key, 4 * k * (n + extra)) for key in keys), dtype=np.uint32)
+    words = words.reshape(count, k, n + extra)
+    lim = np.array([(1 << 32) // p * p for p in primes], dtype=np.uint32)[None, :, None]
+    ok = words < lim
+    keep = ok & (np.cumsum(ok, axis=2) <= n)
+    if not np.all(keep.sum(axis=2) == n):      # probability < 2^-100: per-key slow path
+        return np.stack([uniform_mod(key, primes, n) for key in keys], axis=1)
+    vals = words[keep].reshape(count, k, n).transpose(1, 0, 2)
+    out = np.empty((k, count, n))
+    for i, p in enumerate(primes):
+        out[i] = vals[i] % np.uint32(p)
+    return out
+
+
 def _uniform_slow(key: bytes, primes: tuple[int, ...], n: int, out: np.ndarray, start: int) -> np.ndarray:
     for i in range(start, len(primes)):
         p = primes[i]

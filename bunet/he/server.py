@@ -25,14 +25,14 @@ import numpy as np
 from bunet import ring
 
 from . import wire
-from .bfv import plan_for, scaled_message
+from .bfv import expand_a_at, plan_for, scaled_message
 from .layout import ConvSpec, LayerSpec, Plan
 from .params import HEParams
 from .rand import Sampler, derive, uniform_mod
 from .rns import rns_for
 
 _U64 = np.uint64
-CHUNK_BYTES = 96 << 20   # working-set target per chunk of tiles
+CHUNK_BYTES = 768 << 20  # working-set target per chunk of tiles
 
 
 @dataclass
@@ -61,6 +61,7 @@ class ServerHE:
         self.rns = rns_for(params.primes, params.poly_degree)
         self._rand = Sampler()
         self.threads = threads or min(2, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         n = params.poly_degree
         rd = wire.Reader(public_key)
         rd.expect(wire.MAGIC_PK, "public key")
@@ -152,18 +153,10 @@ class ServerHE:
         n_out = batch * per_ct
         c1_out = np.empty((n_out, n), dtype=_U64)
         c0_out = np.empty((batch, ct_ids.size), dtype=_U64)
-        jobs = [(b, tiles) for b in range(batch) for tiles in self._tile_chunks(plan)]
-
-        def run(job: tuple[int, np.ndarray]) -> None:
-            b, tiles = job
-            self._chunk(layer, b, tiles, c0[b][:, tiles], xs_poly[b][:, tiles], seed, m_s[b], c1_out, c0_out)
-
-        if self.threads > 1 and len(jobs) > 1:
-            with ThreadPoolExecutor(self.threads) as ex:
-                list(ex.map(run, jobs))
-        else:
-            for j in jobs:
-                run(j)
+        for b in range(batch):
+            for tiles in self._tile_chunks(layer):
+                self._chunk(layer, b, tiles, c0[b][:, tiles], xs_poly[b][:, tiles], seed, m_s[b],
+                            c1_out, c0_out)
         head = (wire.MAGIC_DOWN + prm.digest() + wire.spec_digest(layer.spec.to_bytes())
                 + struct.pack("<III", batch, n_out, c0_out.size))
         b1 = (prm.down_bits + 7) // 8
@@ -186,10 +179,20 @@ class ServerHE:
         m = layer.plan.to_eff_output(ring.sub(b, r, lb)).reshape(batch, -1)
         return r, m[:, layer.plan.returned[2]]
 
-    def _tile_chunks(self, plan: Plan) -> list[np.ndarray]:
-        per_tile = 8 * 2 * self.rns.k * plan.n * (plan.c_in + plan.c_out * plan.k * plan.k + 2 * plan.n_og)
+    def _tile_chunks(self, layer: ServerLayer) -> list[np.ndarray]:
+        """Tiles per chunk: as many as fit CHUNK_BYTES, so each kernel is read few times."""
+        plan = layer.plan
+        extra = plan.c_out * plan.k * plan.k if layer.strategy == "taps" else plan.c_in
+        per_tile = 8 * 2 * self.rns.k * plan.n * (plan.c_in + extra + 2 * plan.n_og)
         size = max(1, min(plan.tiles, CHUNK_BYTES // per_tile))
         return [np.arange(s, min(s + size, plan.tiles)) for s in range(0, plan.tiles, size)]
+
+    def _map(self, fn, items: list) -> None:
+        if self._pool is not None and len(items) > 1:
+            list(self._pool.map(fn, items))
+        else:
+            for it in items:
+                fn(it)
 
     def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0: np.ndarray, xs: np.ndarray,
                seed: bytes, m_s: np.ndarray, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
@@ -197,34 +200,44 @@ class ServerHE:
         n, k, tc = plan.n, rns.k, tiles.size
         # X[c, tile, poly, K, N]: poly 0 = c0 (NTT form on the wire), poly 1 = a (from the seed)
         x = np.empty((plan.c_in, tc, 2, k, n))
-        # c0 + Delta * x_s: the ciphertext now encrypts x_c + x_s (noise + |q mod t| per input)
-        xs_hat = rns.forward(scaled_message(self.params, rns, xs.reshape(-1, n)))      # (K, c*tc, N)
-        x[:, :, 0] = c0 + xs_hat.reshape(k, plan.c_in, tc, n).transpose(1, 2, 0, 3)
-        rns.reduce(x[:, :, 0].transpose(2, 0, 1, 3))
-        idx = ((b * plan.c_in + np.arange(plan.c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
-        for j, i in enumerate(idx):
-            x[j // tc, j % tc, 1] = uniform_mod(derive(seed, int(i), b"a"), rns.primes, n)
-        product = self._product_filters if layer.strategy == "filters" else self._product_taps
-        y = product(layer, x)
-        self._finish(plan, b, tiles, y, m_s, c1_out, c0_out)
 
-    def _product_filters(self, layer: ServerLayer, x: np.ndarray) -> np.ndarray:
-        """Pointwise products with the NTT-form kernels, summed over input channels (batched GEMM)."""
+        def prep(cs: np.ndarray) -> None:
+            # c0 + Delta * x_s: the ciphertext now encrypts x_c + x_s (noise + |q mod t| per input)
+            xs_hat = rns.forward(scaled_message(self.params, rns, xs[cs].reshape(-1, n)))
+            x[cs, :, 0] = c0[cs] + xs_hat.reshape(k, cs.size, tc, n).transpose(1, 2, 0, 3)
+            rns.reduce(x[cs, :, 0].transpose(2, 0, 1, 3))
+            idx = ((b * plan.c_in + cs)[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
+            a = expand_a_at(rns, seed, idx)                                    # (K, cs*tc, N)
+            x[cs, :, 1] = a.reshape(k, cs.size, tc, n).transpose(1, 2, 0, 3)
+
+        self._map(prep, np.array_split(np.arange(plan.c_in), min(plan.c_in, 2 * self.threads)))
+        if layer.strategy == "filters":
+            self._product_filters(layer, x, b, tiles, m_s, c1_out, c0_out)
+        else:
+            y = self._product_taps(layer, x)
+            chunks = np.array_split(np.arange(plan.n_og), min(plan.n_og, 2 * self.threads))
+            self._map(lambda ogs: self._finish(plan, b, tiles, ogs, y[:, ogs], m_s, c1_out, c0_out), chunks)
+
+    def _product_filters(self, layer: ServerLayer, x: np.ndarray, b: int, tiles: np.ndarray,
+                         m_s: np.ndarray, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+        """Pointwise products with the NTT-form kernels, summed over input channels (batched GEMM),
+        then the output ciphertexts of each group of kernels are finished (threads over groups)."""
         plan, rns = layer.plan, self.rns
         n, k, tc = plan.n, rns.k, x.shape[1]
         xs = np.ascontiguousarray(x.transpose(3, 4, 0, 1, 2)).reshape(k * n, plan.c_in, tc * 2)
-        y = np.empty((k, plan.n_og, tc, 2, n))
-        step = max(1, min(plan.n_og, CHUNK_BYTES // (8 * k * n * (plan.c_in + 2 * tc))))
-        for s0 in range(0, plan.n_og, step):
-            ogs = np.arange(s0, min(s0 + step, plan.n_og))
+        step = max(1, min(plan.n_og, CHUNK_BYTES // (8 * k * n * (2 * plan.c_in + 2 * tc)) // self.threads))
+        groups = [np.arange(s0, min(s0 + step, plan.n_og)) for s0 in range(0, plan.n_og, step)]
+
+        def run(ogs: np.ndarray) -> None:
             if layer.filters is not None:
-                f = layer.filters[:, s0:s0 + ogs.size].astype(np.float64)
+                f = layer.filters[:, ogs[0]:ogs[-1] + 1].astype(np.float64)
             else:
                 f = self._filters(layer.taps, layer.wgroup, ogs, plan.c_in)
-            prod = np.matmul(f, xs).reshape(k, n, ogs.size, tc, 2)         # sums < c_in * 2^44
-            prod = rns.reduce(prod)
-            y[:, s0:s0 + ogs.size] = prod.transpose(0, 2, 3, 4, 1)
-        return y
+            prod = rns.reduce(np.matmul(f, xs).reshape(k, n, ogs.size, tc, 2))   # sums < c_in * 2^43
+            y = np.ascontiguousarray(prod.transpose(0, 2, 3, 4, 1))              # (K, og, tile, 2, N)
+            self._finish(plan, b, tiles, ogs, y, m_s, c1_out, c0_out)
+
+        self._map(run, groups)
 
     def _product_taps(self, layer: ServerLayer, x: np.ndarray) -> np.ndarray:
         """One integer-weight BLAS product per kernel tap, then the taps' NTT-form monomials."""
@@ -244,20 +257,20 @@ class ServerHE:
             y[i] = rns_mod(y[i], rns.pf[i], rns.pinv[i])
         return y
 
-    def _finish(self, plan: Plan, b: int, tiles: np.ndarray, y: np.ndarray, m_s: np.ndarray,
-                c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+    def _finish(self, plan: Plan, b: int, tiles: np.ndarray, ogs: np.ndarray, y: np.ndarray,
+                m_s: np.ndarray, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         """Re-randomise, leave NTT form, add the server term and flooding, switch to 2^m."""
         rns, prm = self.rns, self.params
         k, n = rns.k, plan.n
-        n_og, tc = plan.n_og, tiles.size
+        n_og, tc = ogs.size, tiles.size
         y = y.reshape(k, n_og * tc, 2, n)
         cnt = n_og * tc
         u = rns.forward(np.array(rns.small(self._rand.ternary((cnt, n)))))          # (K, cnt, N)
         y[:, :, 0] += u * self._pk[0][:, None, :]
         y[:, :, 1] += u * self._pk[1][:, None, :]
         y = rns.inverse(rns.reduce(y.reshape(k, cnt * 2, n)).reshape(k, cnt, 2, n))
-        ct_local = (np.arange(n_og)[:, None] * plan.tiles + tiles[None, :]).reshape(-1)  # og*T + tile
-        ct_global = b * n_og * plan.tiles + ct_local
+        ct_local = (ogs[:, None] * plan.tiles + tiles[None, :]).reshape(-1)    # og*T + tile, ascending
+        ct_global = b * plan.n_og * plan.tiles + ct_local
         # c1: + e2, then to 2^m
         c1 = y[:, :, 1] + rns.small(self._rand.cbd((cnt, n)))
         c1_out[ct_global] = rns.to_pow2(rns.reduce(c1), prm.down_bits)
