@@ -31,6 +31,7 @@ class Channel:
             with contextlib.suppress(OSError):  # best effort
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
         self.sock = sock
+        self._rbuf = bytearray(0)
         self.sent = 0
         self.received = 0
         self._slock = threading.Lock()
@@ -41,9 +42,15 @@ class Channel:
             self.sock.sendall(data)
             self.sent += _LEN.size + len(data)
 
-    def _recv_exact(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        mv = memoryview(buf)
+    def _recv_exact(self, n: int, reuse: bool = False) -> bytearray | memoryview:
+        if reuse:  # into the channel's receive buffer (fresh pages per frame are costly)
+            if len(self._rbuf) < n:
+                self._rbuf = bytearray(n)  # a new object: views of the old one stay valid
+            mv = memoryview(self._rbuf)[:n]
+            buf: bytearray | memoryview = mv
+        else:
+            buf = bytearray(n)
+            mv = memoryview(buf)
         got = 0
         while got < n:
             r = self.sock.recv_into(mv[got:], n - got)
@@ -52,11 +59,12 @@ class Channel:
             got += r
         return buf
 
-    def recv(self) -> bytearray:
+    def recv(self, reuse: bool = False) -> bytearray | memoryview:
+        """The next frame. reuse=True: a view of the channel's buffer, valid until the next recv."""
         (n,) = _LEN.unpack(self._recv_exact(_LEN.size))
         if n > MAX_FRAME:
             raise ValueError("frame too large")
-        data = self._recv_exact(n)  # the engine takes any bytes-like message: no copy
+        data = self._recv_exact(n, reuse)  # the engine takes any bytes-like message: no copy
         self.received += _LEN.size + n
         return data
 
@@ -75,7 +83,7 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
     outs = []
     ys = ys.reshape(ys.shape[0], -1)
     for lo, hi in _chunks(ys.shape[0], chunk):
-        resp, out_s = g.respond(op, ch.recv(), ys[lo:hi])
+        resp, out_s = g.respond(op, ch.recv(reuse=True), ys[lo:hi])
         ch.send(resp)
         outs.append(out_s)
     if isinstance(op, Argmax):
@@ -84,7 +92,7 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
 
 
 def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 14,
-                  depth: int = 2, ot_k: int = 4) -> np.ndarray:
+                  depth: int = 4, ot_k: int = 4) -> np.ndarray:
     """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax)."""
     ev = Evaluator(ot_k=ot_k)
     ch.send(ev.hello())
@@ -106,8 +114,7 @@ def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int
     th.start()
     outs = []
     for _ in parts:
-        resp = ch.recv()
-        outs.append(ev.finish(op, resp))
+        outs.append(ev.finish(op, ch.recv(reuse=True)))
         slots.release()
     th.join()
     if err:
@@ -149,7 +156,7 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
 
 
 def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 14,
-              tcp: bool = False, depth: int = 2, ot_k: int = 4) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
+              tcp: bool = False, depth: int = 4, ot_k: int = 4) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 
     tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server shares,
