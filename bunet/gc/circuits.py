@@ -8,7 +8,8 @@ engine applies each gate to a whole chunk of instances in one loop.
 Gates (and what they cost per instance):
 
 * XOR, NOT, XORG (XOR with a garbler share bit, known to the garbler in plaintext): free.
-* AND: half gates, 2 ciphertexts (32 bytes).
+* AND: half gates, 2 ciphertexts (32 bytes). CARRY is an AND fused with its XORs, the full-adder
+  carry ``c ^ ((a ^ c) & (g ^ c))`` with g a garbler share bit; SUM is ``a ^ c ^ g`` (free).
 * ANDG: AND with a garbler share bit, a garbler half gate: 1 ciphertext (16 bytes).
 * B2A: unary Boolean-to-arithmetic gate, one ``m``-bit ciphertext (the share of ``w * bit``
   in Z_{2^m}, scaled by 2^j into Z_{2^l}; bit j of the output needs only l - j bits).
