@@ -25,7 +25,7 @@
 
 typedef __m128i block;
 
-#define NB 256 /* instances per internal chunk */
+#define NB 128 /* instances per internal chunk */
 
 int bn_cpu_ok(void) {
     unsigned a, b, c, d;
