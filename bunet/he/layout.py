@@ -96,7 +96,7 @@ class Plan:
     opack: int        # O': output channels per product polynomial
 
     @staticmethod
-    def make(spec: LayerSpec, n: int, max_filters: int = 6144) -> Plan:
+    def make(spec: LayerSpec, n: int, max_filters: int = 8192) -> Plan:
         """Cheapest tiling; for k > 1 also at most ``max_filters`` NTT-form kernels (memory:
         each is K*N residues), since smaller tiles with more output packing need fewer kernels
         for about the same number of products."""

@@ -33,6 +33,7 @@ from .rns import rns_for
 
 _U64 = np.uint64
 CHUNK_BYTES = 768 << 20  # working-set target per chunk of tiles
+FINISH_CTS = 32          # output ciphertexts finished together (keeps the NTT working set small)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class ServerHE:
         mono[np.arange(plan.opack * kk), plan.tap_exponents().reshape(-1)] = 1
         taps = self.rns.forward(self.rns.from_int(mono)).reshape(self.rns.k, plan.opack, kk, -1)
         n_filters = plan.n_og * c_in
-        strategy = "taps" if kk * plan.c_out <= 3 * plan.n_og or (kk == 1 and n_filters > 6144) else "filters"
+        strategy = "taps" if kk * plan.c_out <= 3 * plan.n_og or (kk == 1 and n_filters > 8192) else "filters"
         wgroup = filters = None
         if strategy == "filters":
             wg = np.zeros((plan.n_og * plan.opack, c_in, kk))
@@ -215,8 +216,10 @@ class ServerHE:
             self._product_filters(layer, x, b, tiles, m_s, c1_out, c0_out)
         else:
             y = self._product_taps(layer, x)
-            chunks = np.array_split(np.arange(plan.n_og), min(plan.n_og, 2 * self.threads))
-            self._map(lambda ogs: self._finish(plan, b, tiles, ogs, y[:, ogs], m_s, c1_out, c0_out), chunks)
+            tb = max(1, min(tc, FINISH_CTS))
+            jobs = [(og, t0) for og in range(plan.n_og) for t0 in range(0, tc, tb)]
+            self._map(lambda j: self._finish(plan, b, tiles[j[1]:j[1] + tb], np.array([j[0]]),
+                                             y[:, j[0]:j[0] + 1, j[1]:j[1] + tb], m_s, c1_out, c0_out), jobs)
 
     def _product_filters(self, layer: ServerLayer, x: np.ndarray, b: int, tiles: np.ndarray,
                          m_s: np.ndarray, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
@@ -225,7 +228,8 @@ class ServerHE:
         plan, rns = layer.plan, self.rns
         n, k, tc = plan.n, rns.k, x.shape[1]
         xs = np.ascontiguousarray(x.transpose(3, 4, 0, 1, 2)).reshape(k * n, plan.c_in, tc * 2)
-        step = max(1, min(plan.n_og, CHUNK_BYTES // (8 * k * n * (2 * plan.c_in + 2 * tc)) // self.threads))
+        step = max(1, min(plan.n_og, CHUNK_BYTES // (8 * k * n * (2 * plan.c_in + 2 * tc)) // self.threads,
+                          FINISH_CTS // tc))
         groups = [np.arange(s0, min(s0 + step, plan.n_og)) for s0 in range(0, plan.n_og, step)]
 
         def run(ogs: np.ndarray) -> None:
@@ -234,8 +238,11 @@ class ServerHE:
             else:
                 f = self._filters(layer.taps, layer.wgroup, ogs, plan.c_in)
             prod = rns.reduce(np.matmul(f, xs).reshape(k, n, ogs.size, tc, 2))   # sums < c_in * 2^43
-            y = np.ascontiguousarray(prod.transpose(0, 2, 3, 4, 1))              # (K, og, tile, 2, N)
-            self._finish(plan, b, tiles, ogs, y, m_s, c1_out, c0_out)
+            y = prod.transpose(0, 2, 3, 4, 1)                                     # (K, og, tile, 2, N)
+            tb = max(1, FINISH_CTS // ogs.size)
+            for t0 in range(0, tc, tb):
+                sub = np.ascontiguousarray(y[:, :, t0:t0 + tb])
+                self._finish(plan, b, tiles[t0:t0 + tb], ogs, sub, m_s, c1_out, c0_out)
 
         self._map(run, groups)
 
