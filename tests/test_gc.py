@@ -320,3 +320,20 @@ def test_transpose(nrows, ncols):
     lib.bn_transpose(ffi.from_buffer("uint8_t[]", inp), ffi.from_buffer("uint8_t[]", out), nrows, ncols)
     got = np.unpackbits(out.reshape(ncols, nrows // 8), axis=1, bitorder="little")
     np.testing.assert_array_equal(got, bits.T)
+
+
+@pytest.mark.parametrize("ot_k", [1, 2, 4])
+def test_message_sizes(ot_k):
+    ev, g = Evaluator(ot_k=ot_k), Garbler()
+    ev.finish_hello(g.hello(ev.hello()))
+    for op in (MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
+               Argmax(ring_bits=24, k=3)):
+        for n in (100, 257):
+            x = ring.random((n, op.k), op.ring_bits)
+            yc, ys = ring.share(x, op.ring_bits)
+            req = ev.request(op, yc)
+            resp, _ = g.respond(op, req, ys)
+            ev.finish(op, resp)
+            want_req, want_resp = op.message_sizes(n, ot_k)
+            first = 4096 if ev._seq == 1 else 0  # the session's first request carries the OT setup
+            assert len(req) == want_req + first and len(resp) == want_resp

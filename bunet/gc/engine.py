@@ -95,6 +95,14 @@ class MaxTrunc:
     def _params(self) -> tuple[int, int, int, int, int, int]:
         return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)), self.k)
 
+    def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
+        """(request bytes, response bytes) for n instances, to size chunks for a transport.
+
+        The first request of a session carries 4 KiB more (the OT-extension setup)."""
+        m = _pad128(n * self.k * self.in_bits)
+        c = self.circuit
+        return _HDR.size + _cot_len(ot_k, m), _HDR.size + 16 * n * c.ct_per_inst + c.arith_len(n)
+
 
 @dataclass(frozen=True)
 class Argmax:
@@ -116,6 +124,14 @@ class Argmax:
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
         return (OP_ARGMAX, self.ring_bits, self.in_bits, 0, 0, self.k)
+
+    def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
+        """(request bytes, response bytes) for n instances, to size chunks for a transport.
+
+        The first request of a session carries 4 KiB more (the OT-extension setup)."""
+        m = _pad128(n * self.k * self.in_bits)
+        c = self.circuit
+        return _HDR.size + _cot_len(ot_k, m), _HDR.size + 16 * n * c.ct_per_inst + c.arith_len(n)
 
 
 Op = MaxTrunc | Argmax
