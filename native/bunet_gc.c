@@ -732,6 +732,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                  * Z's ciphertexts in the gate's first region, Y's in the second. */
                 const uint64_t mk = mmask(p1);
                 const uint64_t rlen = (n * p1 + 7) / 8;
+                const uint64_t w0 = (op == G_B2A2 && G[3]) ? ~0ULL : 1ULL; /* B2A2: weight -1 if G[3] */
                 uint8_t *rz = arith + roff[g] + i0 * p1 / 8, *ry = arith + roff[g] + rlen + i0 * p1 / 8;
                 block *h0 = hb, *h1 = hb + NB;
                 if (garbler) {
@@ -755,7 +756,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     } else {
                         for (uint32_t i = 0; i < cnt; i++) {
                             const uint64_t p = lsb(A[i]), sel = -p;
-                            const uint64_t rp = lsb(B[i]), wz = rp, wy = 1 - 2 * rp;
+                            const uint64_t rp = lsb(B[i]), wz = rp * w0, wy = (1 - 2 * rp) * w0;
                             uint64_t a0 = lo64(h0[i]), a1 = lo64(h1[i]);
                             uint64_t hc0 = (a1 & sel) | (a0 & ~sel), hc1 = (a0 & sel) | (a1 & ~sel);
                             uint64_t R = hc0 - wz * p;
@@ -806,6 +807,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         const uint64_t rb = lo64(h0[i]) & mk;
                         tv[i] = rb - lo64(h1[i]) - acc1[i];
                         acc0[i] += rb;
+                        acc1[i] = 0;
                     }
                     pack_vals(rz, tv, cnt, p1);
                 } else {
@@ -814,6 +816,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t col = -lsb(A[i]);
                         acc0[i] += (lo64(h0[i]) + ((tv[i] + acc1[i]) & col)) & mk;
+                        acc1[i] = 0;
                     }
                 }
                 break;

@@ -89,7 +89,7 @@ def test_extreme_shares(sess):
     data=st.data(),
     l=st.integers(1, 64),
     relu=st.booleans(),
-    k=st.sampled_from([1, 2, 4]),
+    k=st.sampled_from([1, 2, 3, 4]),
     n=st.integers(0, 40),
 )
 def test_max_trunc_hypothesis(sess, data, l, relu, k, n):

@@ -147,6 +147,12 @@ class _Builder:
                 c = self.andg(a, j, i) if c == C0 else self._emit(CARRY, a, c, j, i)
         return s[keep_from:]
 
+    def times(self, w: int, bits: list[int], neg: list[int], l: int) -> None:
+        """Arithmetic output ``w * sum_i (+-2^i) bits[i]`` (B2A2 gates + one NOUT, no AND)."""
+        for i, (bi, ng) in enumerate(zip(bits, neg, strict=True)):
+            self._emit(B2A2, bi, w, ng, i, width=l - i, out=False)
+        self._emit(NOUT, w, 0, 0, 0, width=l, out=False)
+
     def gt_signed(self, x: list[int], y: list[int]) -> int:
         """[x > y] for two's-complement bit vectors (LSB first): len(x) ANDs."""
         m = len(x)
@@ -217,6 +223,8 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
             q1, q2 = width, p2
             if op == B2A:
                 sb = p1  # weight code: 0 -> +1, 1 -> -1
+            else:
+                so = p1  # B2A2 weight code (in the unused output field): 0 -> +1, 1 -> -1
         elif op == NOUT:
             t, c = tw, len(regions)
             tw += 1
@@ -240,13 +248,16 @@ def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: i
     """``ring.nonlinear`` over windows of k values, output re-shared in Z_{2^l}.
 
     Truncation commutes with max (floor is monotone), so the window maximum is taken over the
-    (b - s)-bit truncated values. AND gates per instance: k * (b - 2) + (k - 1) * 2 * (b - s)
-    half-gates ANDs + k garbler half gates; outputs cost only arithmetic ciphertexts.
+    (b - s)-bit truncated values, m = b - s bits. The last comparison selects no bits: the output
+    is ``w1 * V(x) + w2 * V(y)`` in arithmetic gates (w1 = keep & gt, w2 = keep & ~gt).
+    AND gates per instance (half-gates, plus k garbler half gates):
+    k = 1: b - 2;  k = 2: 2(b-2) + m (+2 with ReLU);  k = 4: 4(b-2) + 5m (+2 with ReLU),
+    i.e. 22 / 170 for b = 24, s = 8 (ReLU / 2x2 max-pool with ReLU).
     """
     b, s, l = in_bits, shift, ring_bits
     bld = _Builder(k * b)
     vals = [bld.share_sum(j, b, s) for j in range(k)]
-    while len(vals) > 1:  # pairwise tree (k = 4: two levels)
+    while len(vals) > 2:  # pairwise tree down to two values (k = 4: one level)
         nxt = []
         for x, y in zip(vals[0::2], vals[1::2], strict=False):
             gt = bld.gt_signed(x, y)
@@ -254,16 +265,29 @@ def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: i
         if len(vals) % 2:
             nxt.append(vals[-1])
         vals = nxt
-    m = vals[0]
-    mb = len(m)  # b - s
+    mb = b - s
+    if len(vals) == 1:
+        m = vals[0]
+        if relu:
+            bld.times(bld.not_(m[-1]), m[:-1], [0] * (mb - 1), l)
+        else:
+            for i in range(mb):
+                bld._emit(B2A, m[i], 0, 1 if i == mb - 1 else 0, i, width=l - i, out=False)
+        return _finish(bld)
+    # last level: no Boolean multiplexer; out = w1 * V(x) + w2 * V(y) with
+    # w1 = keep & gt, w2 = keep & ~gt (keep = NOT sign of the max for ReLU, else 1)
+    x, y = vals
+    gt = bld.gt_signed(x, y)
     if relu:
-        n = bld.not_(m[-1])
-        for i in range(mb - 1):
-            bld._emit(B2A2, m[i], n, 0, i, width=l - i, out=False)
-        bld._emit(NOUT, n, 0, 0, 0, width=l, out=False)
+        keep = bld.not_(bld.mux(gt, x[-1], y[-1]))
+        w1 = bld.and_(keep, gt)
+        w2 = bld.xor(keep, w1)
+        bld.times(w1, x[:-1], [0] * (mb - 1), l)
+        bld.times(w2, y[:-1], [0] * (mb - 1), l)
     else:
-        for i in range(mb):
-            bld._emit(B2A, m[i], 0, 1 if i == mb - 1 else 0, i, width=l - i, out=False)
+        signs = [0] * (mb - 1) + [1]  # two's complement: the top bit weighs -2^(mb-1)
+        bld.times(gt, x, signs, l)
+        bld.times(bld.not_(gt), y, signs, l)
     return _finish(bld)
 
 
