@@ -147,3 +147,28 @@ def test_decryption_product_is_exact(ring_bits: int) -> None:
         neg = full[:n].copy()
         neg[: n - 1] -= full[n:]
         assert np.array_equal(got[row], neg.view(np.uint64) & np.uint64((1 << m) - 1))
+
+
+@pytest.mark.parametrize("bits", [60, 79, 105])
+def test_flood_residues_are_one_integer(bits: int) -> None:
+    """The flood's residues are those of a single integer in [-2^bits, 2^bits) (CRT-consistent)."""
+    import itertools
+
+    from bunet.he.rand import Sampler
+
+    primes = (4169729, 4120577, 778241)
+    s = Sampler()
+    start = next(s._ctr)                                     # noqa: SLF001
+    s._ctr = itertools.count(start)                          # noqa: SLF001
+    out = s.uniform_signed_residues(bits, primes, (300,))
+    twin = Sampler()
+    twin._key, twin._ctr = s._key, itertools.count(start)    # noqa: SLF001
+    total = bits + 1
+    n_limbs = (total + 26) // 27
+    w = twin.words64((n_limbs, 300))
+    vals = [sum((int(w[i, j]) >> (64 - min(27, total - 27 * i))) << (27 * i) for i in range(n_limbs)) - (1 << bits)
+            for j in range(300)]
+    assert all(-(1 << bits) <= v < 1 << bits for v in vals)
+    assert min(vals) < 0 < max(vals)
+    for i, p in enumerate(primes):
+        assert all((int(out[i, j]) - v) % p == 0 for j, v in enumerate(vals))

@@ -117,24 +117,20 @@ class Sampler:
     def uniform_signed_residues(self, bits: int, primes: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
         """Centred residues mod each prime of a uniform integer in [-2^bits, 2^bits), shape (K, *shape).
 
-        The integer is sum_i limb_i * 2^(48 i) - 2^bits with 48-bit limbs (the top one shorter),
-        evaluated exactly in float64 per prime.
+        The integer is sum_i limb_i * 2^(27 i) - 2^bits with 27-bit limbs (the top one shorter):
+        with every 2^(27 i) mod p below 2^22 each term is below 2^49, so one reduction per
+        prime suffices (bits <= 130).
         """
-        if not 1 <= bits <= 200:
+        if not 1 <= bits <= 130:
             raise ValueError("flood width out of range")
         total = bits + 1
-        n_limbs = (total + 47) // 48
+        n_limbs = (total + 26) // 27
         w = self.words64((n_limbs,) + shape)
-        limbs = []
-        for i in range(n_limbs):
-            width = min(48, total - 48 * i)
-            limbs.append((w[i] >> np.uint64(64 - width)).astype(np.float64))
+        limbs = [(w[i] >> np.uint64(64 - min(27, total - 27 * i))).astype(np.float64) for i in range(n_limbs)]
         out = np.empty((len(primes),) + shape, dtype=np.float64)
         for j, p in enumerate(primes):
-            pf, pinv = float(p), 1.0 / p
-            acc = np.full(shape, -float((1 << bits) % p))
-            for i, limb in enumerate(limbs):
-                acc += mod_inplace(limb.copy(), pf, pinv) * float((1 << (48 * i)) % p)
-                mod_inplace(acc, pf, pinv)
-            out[j] = acc
+            acc = limbs[0] - float((1 << bits) % p)
+            for i in range(1, n_limbs):
+                acc += limbs[i] * float((1 << (27 * i)) % p)
+            out[j] = mod_inplace(acc, float(p), 1.0 / p)
         return out

@@ -109,6 +109,7 @@ class ServerHE:
             if size <= self.cache_left:
                 self.cache_left -= size
                 filters = self._filters(taps, wgroup, np.arange(plan.n_og), c_in).astype(np.float32)
+        _ = plan.returned          # index maps of the returned coefficients, computed once per shape
         return ServerLayer(spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps,
                            strategy, wgroup, filters)
 
