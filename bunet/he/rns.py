@@ -185,10 +185,16 @@ class RNS:
 
     def forward(self, a: np.ndarray) -> np.ndarray:
         """(K, ..., N) -> NTT form per prime."""
-        return np.stack([nt.forward(a[i]) for i, nt in enumerate(self.ntts)])
+        out = np.empty(a.shape)
+        for i, nt in enumerate(self.ntts):
+            out[i] = nt.forward(a[i])
+        return out
 
     def inverse(self, a: np.ndarray) -> np.ndarray:
-        return np.stack([nt.inverse(a[i]) for i, nt in enumerate(self.ntts)])
+        out = np.empty(a.shape)
+        for i, nt in enumerate(self.ntts):
+            out[i] = nt.inverse(a[i])
+        return out
 
     def to_pow2(self, x: np.ndarray, bits: int) -> np.ndarray:
         """round(2^bits * c / q) mod 2^bits for c given by (centred) residues (K, ...), as uint64.
