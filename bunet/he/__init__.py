@@ -4,6 +4,13 @@ Client:  ``ClientHE(params)`` -- secret key; ``public_key()``, ``encrypt(spec, x
 Server:  ``ServerHE(params, public_key)`` -- ``prepare(ConvSpec, W, b, in_shape)`` once per model,
          ``apply(layer, upload, x_s) -> (download, y_s)`` per call.
 Result:  y_c + y_s = ring.conv2d(x_c + x_s, W, b, pad, l)  (or ring.conv_transpose2x2) exactly.
+
+Start-up: both sides build ``HEParams.for_ring(l, weight_l1_bits)`` (or exchange ``to_bytes()``;
+every message carries ``digest()``); the client sends ``public_key()`` once.  The public key is
+an encryption of zero the server needs to re-randomise results: without it the returned c1 is a
+linear function of the weights with coefficients the client knows.  No Galois or relinearisation
+keys exist.  BFV itself runs in NumPy (RNS over 22-bit NTT primes, exact float64/BLAS arithmetic);
+SEAL validates the parameter set with its 128-bit check (see :mod:`bunet.he.params`).
 """
 
 from .client import ClientHE

@@ -1,16 +1,24 @@
 """Server half of HomConv: public parameters and public key only, never the secret key.
 
-Per layer (``prepare``, once per model): the kernel taps' frequency-domain vectors
-V[o', tap] = NTT(X^(o'*P + D - u*Wt - v)) and the integer weight matrix.  Per call (``apply``):
+Per layer (``prepare``, once per model): the NTT-form kernels ("frequency-domain filters")
+F[og, c] = sum_{o', tap} w[og*O'+o', c, tap] * NTT(X^(o'*P + D - u*Wt - v)), cached as float32
+within ``filter_cache_bytes`` (else rebuilt per call by one exact GEMM).  For 1x1 layers whose
+kernels would be many, the "taps" strategy is used instead: one BLAS product with the integer
+weights per tap, then the taps' NTT-form monomials.  Per call (``apply``):
 
 1. regenerate each input ciphertext's ``a`` from the upload seed; ``c0`` arrives in NTT form;
-2. frequency-domain product, accumulated over input channels in NTT form:
-   Y[og] = sum_{o', tap} V[o', tap] * (sum_c w[og*O'+o', c, tap] * X[c])   (mod p, exact)
-   -- the inner sum is one BLAS matrix product with small integer weights;
+   add Delta * x_s (NTT form) to it, so the ciphertext encrypts x_c + x_s and W*x_s needs no
+   separate plaintext convolution;
+2. point-wise products with the kernels, accumulated over input channels in NTT form
+   (a batched matrix product per NTT slot, exact in float64);
 3. re-randomise with the client's public key (u*pk + (e1, e2)) so c1 no longer reveals W,
    leave NTT form once per output ciphertext;
-4. add Delta * (W*x_s + b - r) and a uniform flooding integer to the returned c0 coefficients;
-5. switch to the power-of-two modulus 2^m (c1 whole, c0 only where outputs are, top bits only).
+4. add Delta * (b - r) and a uniform flooding integer to the returned c0 coefficients;
+5. switch to the power-of-two modulus 2^m (c1 whole, c0 only at valid outputs, top bits only).
+
+Heavy NumPy calls release the GIL, so a thread pool spreads input preparation, kernel groups
+and output blocks over the cores (``sealapi`` calls hold the GIL, one reason SEAL is not on this
+path).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from .bfv import expand_a_at, plan_for, scaled_message
 from .layout import ConvSpec, LayerSpec, Plan
 from .params import HEParams
 from .rand import Sampler, derive, uniform_mod
-from .rns import rns_for
+from .rns import mod_inplace, rns_for
 
 _U64 = np.uint64
 CHUNK_BYTES = 768 << 20  # working-set target per chunk of tiles
@@ -42,7 +50,7 @@ class ServerLayer:
 
     spec: LayerSpec
     plan: Plan
-    weight: np.ndarray          # original integer weights (for the plaintext part W*x_s)
+    weight: np.ndarray          # original integer weights
     bias: np.ndarray | None
     wmat: np.ndarray            # (c_out_eff * k*k, c_in) float64
     taps: np.ndarray            # (K, O', k*k, N) NTT-form monomials
@@ -256,13 +264,13 @@ class ServerHE:
         z = z.transpose(4, 0, 1, 2, 3, 5)                      # (K, c_out, kk, tc, 2, N)
         y = np.zeros((k, plan.n_og, tc, 2, n))
         for i in range(k):
-            zi = rns_mod(z[i], rns.pf[i], rns.pinv[i])
+            zi = mod_inplace(z[i], rns.pf[i], rns.pinv[i])
             for op in range(plan.opack):
                 o = np.arange(op, plan.c_out, plan.opack)
                 part = zi[o] * layer.taps[i, op][None, :, None, None, :]  # (len(o), kk, tc, 2, N)
                 s = part.sum(axis=1)
                 y[i, : o.size] += s
-            y[i] = rns_mod(y[i], rns.pf[i], rns.pinv[i])
+            y[i] = mod_inplace(y[i], rns.pf[i], rns.pinv[i])
         return y
 
     def _finish(self, plan: Plan, b: int, tiles: np.ndarray, ogs: np.ndarray, y: np.ndarray,
@@ -298,8 +306,3 @@ class ServerHE:
         drop = prm.down_bits - prm.down_c0_bits
         c0_out[b, pos] = ((hi + _U64(1 << (drop - 1))) >> _U64(drop)) & _U64((1 << prm.down_c0_bits) - 1)
 
-
-def rns_mod(x: np.ndarray, p: float, pinv: float) -> np.ndarray:
-    from .rns import mod_inplace
-
-    return mod_inplace(x, p, pinv)
