@@ -17,6 +17,7 @@ Nothing here knows about gRPC, and nothing here logs a share, a key or a weight.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,10 +75,10 @@ class Limits:
     max_pixels: int = 1024 * 1024
 
 
-def _gc_op(step: Step, ring_bits: int) -> gc.Op:
+def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
     a = step.attrs
     if step.kind == "argmax":
-        return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"])
+        return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"], k=classes)
     return gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"], relu=a["relu"], k=a["window"])
 
 
@@ -96,8 +97,13 @@ def _chunks(n: int) -> list[slice]:
 
 def conv_spec(step: Step) -> he.ConvSpec:
     a = step.attrs
-    return he.ConvSpec(kind=a["op"], k=a["k"], pad=a["pad"], in_channels=a["in_channels"],
-                       out_channels=a["out_channels"])
+    return he.ConvSpec(kind="conv" if a["op"] == "conv" else "convT", k=a["k"], pad=a["pad"])
+
+
+def layer_spec(step: Step, in_shape: tuple[int, int, int]) -> he.LayerSpec:
+    """The public description of a linear layer both halves agree on."""
+    c, h, w = in_shape
+    return he.LayerSpec(conv_spec(step), c, step.attrs["out_channels"], h, w)
 
 
 class ServerProtocol:
@@ -109,17 +115,20 @@ class ServerProtocol:
         self.model = model
         self.plans: dict[str, Plan] = {k: compile_plan(n, model.quantization) for k, n in model.networks.items()}
         self.he_params = he_params or he.HEParams.for_ring(model.quantization.ring_bits)
-        self.he = he.ServerHE(self.he_params)
+        self.he_params.validate()  # SEAL's 128-bit check, at start-up
         self._layers: dict[tuple[str, str, int, int], Any] = {}
+        self._prepare_lock = threading.Lock()
 
     def describe(self) -> dict[str, Any]:
         """Public description: the model header (no weights) and the HE parameters."""
         return {"model": self.model.header(), "he_params": self.he_params.to_bytes().hex()}
 
-    def _layer(self, net: str, step: Step, shape: tuple[int, int, int]) -> Any:
+    def _layer(self, hes: he.ServerHE, net: str, step: Step, shape: tuple[int, int, int]) -> Any:
+        """Frequency-domain filters: computed once per model and slice size, shared by all jobs."""
         key = (net, step.out, shape[1], shape[2])
-        if key not in self._layers:  # frequency-domain filters: computed once per model and size
-            self._layers[key] = self.he.prepare(conv_spec(step), step.weight, step.bias, in_shape=shape)
+        with self._prepare_lock:
+            if key not in self._layers:
+                self._layers[key] = hes.prepare(conv_spec(step), step.weight, step.bias, in_shape=shape)
         return self._layers[key]
 
     def run_job(self, chan: Channel, limits: Limits | None = None) -> Timings:
@@ -135,9 +144,13 @@ class ServerProtocol:
         plan = self.plans[spec.network]
         shapes = plan.shapes(spec.height, spec.width)
         t0 = time.perf_counter()
+        hes = he.ServerHE(self.he_params, chan.recv("he_pk"))  # the client's key: re-randomises results
+        t.add("he", t0)
+        t0 = time.perf_counter()
         garbler = gc.Garbler()
         chan.send("gc_hello", garbler.hello(chan.recv("gc_hello")))
         t.add("gc", t0)
+        classes = shapes[plan.steps[-1].inputs[0]][0]
         B = spec.slices
         shares: dict[str, np.ndarray] = {}
         for step in plan.steps:
@@ -147,13 +160,13 @@ class ServerProtocol:
                 c, h, w = shapes[step.out]
                 shares[step.out] = np.zeros((B, c, h, w), dtype=np.uint64)  # the server's share is 0
             elif step.kind == "linear":
-                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
-                down, y_s = self.he.apply(layer, chan.recv(f"he:{step.out}"), ins[0])
+                layer = self._layer(hes, spec.network, step, shapes[step.inputs[0]])
+                down, y_s = hes.apply(layer, chan.recv(f"he:{step.out}"), ins[0])
                 chan.send(f"he:{step.out}", down)
                 shares[step.out] = y_s
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
-                op = _gc_op(step, plan.ring_bits)
+                op = _gc_op(step, plan.ring_bits, classes)
                 rows, shape = _flat(step, ins[0])
                 outs = []
                 for sl in _chunks(len(rows)):
@@ -181,7 +194,9 @@ class ClientProtocol:
         self.plans = {k: compile_plan(n, self.model.quantization, {s: tuple(v) for s, v in shapes[k].items()})
                       for k, n in self.model.networks.items()}
         self.he_params = he.HEParams.from_bytes(bytes.fromhex(description["he_params"]))
+        self.he_params.validate()
         self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
+        self.public_key = self.he.public_key()
 
     def run_job(self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None) -> tuple[
             np.ndarray, Timings]:
@@ -190,8 +205,11 @@ class ClientProtocol:
         L = plan.ring_bits
         B, C, H, W = x.shape
         t = Timings()
+        shapes = plan.shapes(H, W)
+        classes = shapes[plan.steps[-1].inputs[0]][0]
         chan.send("job", JobSpec(network, B, H, W).to_bytes())
         t0 = time.perf_counter()
+        chan.send("he_pk", self.public_key)
         ev = gc.Evaluator()
         chan.send("gc_hello", ev.hello())
         ev.finish_hello(chan.recv("gc_hello"))
@@ -204,12 +222,12 @@ class ClientProtocol:
             if step.kind == "input":
                 shares[step.out] = ring.encode(x, plan.frac_bits, L)
             elif step.kind == "linear":
-                spec = conv_spec(step)
+                spec = layer_spec(step, shapes[step.inputs[0]])
                 chan.send(f"he:{step.out}", self.he.encrypt(spec, ins[0]))
-                shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"), batch=B)
+                shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"))
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
-                op = _gc_op(step, L)
+                op = _gc_op(step, L, classes)
                 rows, shape = _flat(step, ins[0])
                 outs = self._gc_chunks(chan, ev, op, step.out, rows)
                 if step.kind == "nonlinear":
