@@ -99,7 +99,13 @@ def resize_stack(stack: np.ndarray, size: tuple[int, int], *, labels: bool = Fal
         cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(int), w - 1)
         return stack[:, rows][:, :, cols]
     factors = (1.0, size[0] / h, size[1] / w)
-    out = ndimage.zoom(stack.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+    src = stack.astype(np.float32)
+    # when shrinking, low-pass first (as the training images were resized) so thin structures
+    # do not alias into noise; sigma follows the usual anti-aliasing rule (1/factor - 1) / 2
+    sigma = tuple(max(0.0, (1.0 / f - 1.0) / 2.0) for f in factors)
+    if any(sigma):
+        src = ndimage.gaussian_filter(src, sigma, mode="nearest")
+    out = ndimage.zoom(src, factors, order=1, mode="nearest", grid_mode=True)
     return out[:, : size[0], : size[1]]
 
 

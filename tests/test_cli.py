@@ -44,3 +44,9 @@ def test_model_info(tmp_path):
     assert "ring Z_2^24" in r.stdout and "garbled-circuit instances per slice" in r.stdout
     r = _run("model_main", "info", str(tmp_path / "missing.bunet"))
     assert r.returncode == 1 and "not found" in r.stderr
+
+
+def test_bundled_model_info():
+    r = _run("model_main", "info")
+    assert r.returncode == 0, r.stderr
+    assert "xy -> main" in r.stdout and "lesion" in r.stdout
