@@ -93,7 +93,8 @@ def _segment(args: argparse.Namespace) -> int:
             if not args.quiet:
                 from tqdm import tqdm
 
-                bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False)
+                bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False,
+                           disable=None)  # None: no bar when stderr is not a terminal
 
             def progress(done: int, total: int) -> None:
                 if bar is not None:
