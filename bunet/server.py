@@ -43,6 +43,7 @@ class Server:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.protocol = ServerProtocol(self.model)
+        self.protocol.prepare(*self.model.preprocessing.input_size)  # filters once, before any job
         self.job_limits = Limits(max_slices=max_slices)
         servicer = SegmentationServicer(
             json.dumps(self.protocol.describe()), self._run_job,

@@ -23,6 +23,7 @@ path).
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +63,7 @@ class ServerLayer:
 class ServerHE:
     """Public side: ``params`` plus the client's public key (no secret key anywhere)."""
 
-    def __init__(self, params: HEParams, public_key: bytes, threads: int | None = None,
+    def __init__(self, params: HEParams, public_key: bytes | None = None, threads: int | None = None,
                  filter_cache_bytes: int = 6 << 30) -> None:
         params.validate()
         self.cache_left = filter_cache_bytes
@@ -71,6 +72,21 @@ class ServerHE:
         self._rand = Sampler()
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self._pk = self._load_public_key(public_key) if public_key is not None else None
+
+    def with_public_key(self, public_key: bytes) -> ServerHE:
+        """A per-client view: same parameters, thread pool and prepared layers, the client's key.
+
+        Layers from :meth:`prepare` do not depend on the key, so one model preparation serves
+        every session.
+        """
+        other = copy.copy(self)
+        other._rand = Sampler()
+        other._pk = other._load_public_key(public_key)
+        return other
+
+    def _load_public_key(self, public_key: bytes) -> np.ndarray:
+        params = self.params
         n = params.poly_degree
         rd = wire.Reader(public_key)
         rd.expect(wire.MAGIC_PK, "public key")
@@ -82,7 +98,7 @@ class ServerHE:
         pk0 = pk0.astype(np.float64).reshape(k, n)
         if np.any(np.abs(pk0) > self.rns.pf[:, None] // 2 + 1):
             raise ValueError("public key residues out of range")
-        self._pk = np.stack([pk0, uniform_mod(derive(seed, 0, b"pk"), params.primes, n)])  # (2, K, N)
+        return np.stack([pk0, uniform_mod(derive(seed, 0, b"pk"), params.primes, n)])  # (2, K, N)
 
     # ----- per model ------------------------------------------------------------------------------
     def prepare(self, conv: ConvSpec, weight: np.ndarray, bias: np.ndarray | None,
@@ -137,6 +153,8 @@ class ServerHE:
     # ----- per call ---------------------------------------------------------------------------------
     def apply(self, layer: ServerLayer, up: bytes, x_s: np.ndarray) -> tuple[bytes, np.ndarray]:
         """Returns (download message, server's new share y_s = r)."""
+        if self._pk is None:
+            raise ValueError("no client public key: use with_public_key() for a session")
         prm, plan, rns = self.params, layer.plan, self.rns
         n, k = prm.poly_degree, rns.k
         rd = wire.Reader(up)

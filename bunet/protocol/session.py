@@ -116,6 +116,7 @@ class ServerProtocol:
         self.plans: dict[str, Plan] = {k: compile_plan(n, model.quantization) for k, n in model.networks.items()}
         self.he_params = he_params or he.HEParams.for_ring(model.quantization.ring_bits)
         self.he_params.validate()  # SEAL's 128-bit check, at start-up
+        self.he = he.ServerHE(self.he_params)  # public parameters only; per-job views add the client's key
         self._layers: dict[tuple[str, str, int, int], Any] = {}
         self._prepare_lock = threading.Lock()
 
@@ -123,13 +124,21 @@ class ServerProtocol:
         """Public description: the model header (no weights) and the HE parameters."""
         return {"model": self.model.header(), "he_params": self.he_params.to_bytes().hex()}
 
-    def _layer(self, hes: he.ServerHE, net: str, step: Step, shape: tuple[int, int, int]) -> Any:
+    def _layer(self, net: str, step: Step, shape: tuple[int, int, int]) -> Any:
         """Frequency-domain filters: computed once per model and slice size, shared by all jobs."""
         key = (net, step.out, shape[1], shape[2])
         with self._prepare_lock:
             if key not in self._layers:
-                self._layers[key] = hes.prepare(conv_spec(step), step.weight, step.bias, in_shape=shape)
+                self._layers[key] = self.he.prepare(conv_spec(step), step.weight, step.bias, in_shape=shape)
         return self._layers[key]
+
+    def prepare(self, height: int, width: int) -> None:
+        """Precompute every layer's filters for slices of this size (at start-up, not in a job)."""
+        for net, plan in self.plans.items():
+            shapes = plan.shapes(height, width)
+            for step in plan.steps:
+                if step.kind == "linear":
+                    self._layer(net, step, shapes[step.inputs[0]])
 
     def run_job(self, chan: Channel, limits: Limits | None = None) -> Timings:
         limits = limits or Limits()
@@ -144,7 +153,7 @@ class ServerProtocol:
         plan = self.plans[spec.network]
         shapes = plan.shapes(spec.height, spec.width)
         t0 = time.perf_counter()
-        hes = he.ServerHE(self.he_params, chan.recv("he_pk"))  # the client's key: re-randomises results
+        hes = self.he.with_public_key(chan.recv("he_pk"))  # the client's key: re-randomises results
         t.add("he", t0)
         t0 = time.perf_counter()
         garbler = gc.Garbler()
@@ -160,7 +169,7 @@ class ServerProtocol:
                 c, h, w = shapes[step.out]
                 shares[step.out] = np.zeros((B, c, h, w), dtype=np.uint64)  # the server's share is 0
             elif step.kind == "linear":
-                layer = self._layer(hes, spec.network, step, shapes[step.inputs[0]])
+                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
                 down, y_s = hes.apply(layer, chan.recv(f"he:{step.out}"), ins[0])
                 chan.send(f"he:{step.out}", down)
                 shares[step.out] = y_s
