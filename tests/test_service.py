@@ -175,3 +175,13 @@ def test_plane_not_served(tmp_path):
     m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8, planes=("xy",))
     with Server(m) as srv, Client(srv.address) as c, pytest.raises(ClientError, match="does not serve plane yz"):
         c.segment(_scan(tmp_path), ["yz"])
+
+
+def test_server_he_without_client_key_refuses_to_answer(model):
+    """The model-wide HE object holds public parameters only; answering needs a session's key."""
+    srv = ServerProtocol(model)
+    step = next(s for s in srv.plans["main"].steps if s.kind == "linear")
+    layer = srv._layer("main", step, srv.plans["main"].shapes(16, 16)[step.inputs[0]])
+    with pytest.raises(ValueError, match="public key"):
+        srv.he.apply(layer, b"", np.zeros((1, 1, 16, 16), dtype=np.uint64))
+    assert not any("secret" in k.lower() for k in vars(srv.he))
