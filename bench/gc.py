@@ -78,6 +78,7 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
 
 def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
     """Correlated OT extension (SoftSpoken with k bits per block; k = 1 is IKNP), in memory."""
+    from bunet.gc.engine import aes_key_schedules
     from bunet.gc.ot import ggm_choices, ggm_client, ggm_garbler
 
     rng = np.random.default_rng(1)
@@ -87,14 +88,8 @@ def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
     leaves_c, sums = ggm_client(k)
     leaves_g = ggm_garbler(k, delta, [p[c] for p, c in zip(sums, ggm_choices(k, delta), strict=True)])
 
-    def sched(tree: list) -> object:
-        flat = [leaf for t in tree for leaf in t]
-        buf = ffi.new("uint8_t[]", 176 * len(flat))
-        for i, key in enumerate(flat):
-            lib.bn_aes_keysched(key, buf + 176 * i)
-        return buf
 
-    sc, sg = sched(leaves_c), sched(leaves_g)
+    sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
     choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
     cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
     t = np.empty(16 * m, dtype=np.uint8)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bunet import ring
 from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc
-from bunet.gc.engine import ffi, lib
+from bunet.gc.engine import aes_key_schedules, ffi, lib
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 HSET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -167,14 +167,8 @@ def test_cot_correlation(k):
         same = [leaves_c[b][x] == leaves_g[b][x] for x in range(1 << k)]
         assert same == [x != d for x in range(1 << k)]
 
-    def sched(tree):
-        flat = [leaf for t in tree for leaf in t]
-        buf = ffi.new("uint8_t[]", 176 * len(flat))
-        for i, key in enumerate(flat):
-            lib.bn_aes_keysched(key, buf + 176 * i)
-        return buf
 
-    sc, sg = sched(leaves_c), sched(leaves_g)
+    sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
     for m, off in [(128, 0), (2048 + 384, 7)]:
         choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
         cm = np.empty((128 // k) * m // 8, dtype=np.uint8)

@@ -167,7 +167,7 @@ def _derive(nonce_c: bytes, nonce_s: bytes, a_pt: bytes) -> tuple[bytes, bytes, 
     return sid, sid[:8], aes_key
 
 
-def _sched(keys: list[bytes]) -> object:
+def aes_key_schedules(keys: list[bytes]) -> object:
     buf = ffi.new("uint8_t[]", 176 * len(keys))
     for i, k in enumerate(keys):
         lib.bn_aes_keysched(k, buf + 176 * i)
@@ -309,7 +309,7 @@ class Evaluator(_Party):
         sid, tag, aes_key = _derive(self._nonce, nonce_s, self._base.A)
         k0, k1 = self._base.keys(sid, bs)
         leaves, sums = ggm_client(self.ot_k)
-        self._leaves = _sched([leaf for tree in leaves for leaf in tree])
+        self._leaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         self._setup = b"".join(_xor16(s0, a) + _xor16(s1, b) for (s0, s1), a, b in zip(sums, k0, k1, strict=True))
         rk = ffi.new("uint8_t[]", 176)
         lib.bn_aes_keysched(aes_key, rk)
@@ -418,7 +418,7 @@ class Garbler(_Party):
             sums.append(_xor16(bytes(blob[off : off + 16]), key))
         dbytes = bytes(ffi.buffer(self._delta, 16))
         leaves = ggm_garbler(self._ot_k, dbytes, sums)
-        self._leaves = _sched([leaf for tree in leaves for leaf in tree])
+        self._leaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         self._base_keys = []
 
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
