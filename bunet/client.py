@@ -89,9 +89,7 @@ class Client:
         network = self.model.plane_networks.get(plane)
         if network is None:
             raise ClientError(f"the model does not serve plane {plane} (it serves {', '.join(self.model.planes)})")
-        n = len(x)
-        per_job = max(1, min(self.max_batch, math.ceil(n / self.lanes)))
-        batches = [slice(i, min(i + per_job, n)) for i in range(0, n, per_job)]
+        batches = self._batches(len(x))
         summary = summary or Summary()
         lock = threading.Lock()
 
@@ -138,7 +136,7 @@ class Client:
         stacks = {p: volume.to_slices(s.hu, p) for p in planes}
         per_plane: dict[str, np.ndarray] = {}
         done = [0]
-        total_steps = sum(self._job_count(len(st)) * self.steps_per_job(p) for p, st in stacks.items())
+        total_steps = sum(len(self._batches(len(st))) * self.steps_per_job(p) for p, st in stacks.items())
 
         def tick(k: int) -> None:
             done[0] += k
@@ -159,9 +157,10 @@ class Client:
         summary.wall_s = time.perf_counter() - t_start
         return Result(fused, s, per_plane, summary)
 
-    def _job_count(self, n: int) -> int:
+    def _batches(self, n: int) -> list[slice]:
+        """Slices per secure job: spread over the lanes, at most ``max_batch`` each."""
         per_job = max(1, min(self.max_batch, math.ceil(n / self.lanes)))
-        return math.ceil(n / per_job)
+        return [slice(i, min(i + per_job, n)) for i in range(0, n, per_job)]
 
     def close(self) -> None:
         if getattr(self, "stub", None) is not None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import ring
 from .format import Model, Network, Quantization
 from .graph import LINEAR_OPS, ModelError, Node
 
@@ -221,8 +222,6 @@ LOCAL_KINDS = ("sumpool", "upsample", "concat", "scale")
 
 def apply_local(step: Step, inputs: list[np.ndarray], ring_bits: int) -> np.ndarray:
     """The steps that are linear maps without weights, done locally on each additive share."""
-    from .. import ring
-
     if step.kind == "sumpool":
         return ring.sum_pool2x2(inputs[0], ring_bits)
     if step.kind == "upsample":
@@ -236,6 +235,4 @@ def apply_local(step: Step, inputs: list[np.ndarray], ring_bits: int) -> np.ndar
 
 def nonlinear_windows(step: Step, x: np.ndarray) -> np.ndarray:
     """The (..., k) layout the non-linear rule takes: 2x2 windows for pooling, else k = 1."""
-    from .. import ring
-
     return ring.pool_windows2x2(x) if step.attrs["window"] == 4 else x[..., None]

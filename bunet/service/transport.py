@@ -69,13 +69,11 @@ class StreamChannel(Channel):
         if not first.more:
             return first.tag, first.data
         parts = [first.data]
-        size = len(first.data)
         while True:
             fr = self._next()
             if fr.tag != first.tag:
                 raise ProtocolError("interleaved frames from peer")
             parts.append(fr.data)
-            size += len(fr.data)
             if not fr.more:
                 return first.tag, b"".join(parts)
 
