@@ -84,8 +84,34 @@ def test_plan_fuses_relu_into_sole_maxpool_and_truncates_linear_chains():
     m = seed_unet_model(in_channels=1, base=4, depth=1, input_size=16)
     plan = compile_plan(m.networks["main"], m.quantization)
     kinds = {s.out: s for s in plan.steps}
-    # enc0b_relu feeds both the pool and the skip concat: not fused; pool works on truncated values
-    assert kinds["pool0"].attrs == {"shift": 0, "relu": False, "window": 4, "in_bits": 24}
+    # enc0b_relu feeds both the pool and the skip concat: not fused; the pool works on the ReLU's
+    # truncated output, which fits 24 - 8 = 16 signed bits, so it reads only those
+    assert kinds["pool0"].attrs == {"shift": 0, "relu": False, "window": 4, "in_bits": 16}
     assert kinds["enc0a_relu"].attrs["shift"] == m.quantization.weight_frac_bits
     exps = {s.exp for s in plan.steps if s.kind == "nonlinear"}
     assert exps == {m.quantization.frac_bits}
+
+
+@pytest.mark.parametrize("pool,up", [("maxpool", "conv_transpose"), ("avgpool", "upsample")])
+def test_narrowed_in_bits_change_no_value(pool, up):
+    """Range tracking only narrows what a circuit reads: running every non-linear step on the
+    whole ring gives the same tensors bit for bit, on inputs that drive activations to the limits."""
+    import copy
+
+    m = seed_unet_model(in_channels=2, base=4, depth=2, input_size=16, pool=pool, up=up)
+    plan = compile_plan(m.networks["main"], m.quantization)
+    wide = copy.deepcopy(plan)
+    narrowed = 0
+    for s in wide.steps:
+        if s.kind in ("nonlinear", "argmax"):
+            narrowed += s.attrs["in_bits"] < plan.ring_bits
+            s.attrs["in_bits"] = plan.ring_bits
+    assert narrowed > 0 or pool == "avgpool"  # avg-pool nets have no ReLU -> non-linear chain
+    rng = np.random.default_rng(7)
+    for scale in (1.0, 30.0, 1000.0):
+        x = (rng.standard_normal((2, 2, 16, 16)) * scale).astype(np.float32)
+        a = reference.run_plan(plan, x, keep=True)
+        b = reference.run_plan(wide, x, keep=True)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -17,6 +17,13 @@ fraction bits). Rules, with activation fraction bits f and weight fraction bits 
   exact local multiplication by a power of two when that stays <= f + 2, else truncated to f;
 * a linear op whose input has e > f + 2 gets a truncation (``nonlinear``, no relu) first;
 * argmax: over classes, on the low ``in_bits`` of the logits.
+
+Value ranges: every tensor also carries ``bits``, a signed width that provably holds its exact
+value (a linear output may use the whole ring; a ReLU that drops s of b bits leaves b - s; max,
+concat and upsampling keep the width; a 2x2 sum adds 2, a scale by 2^k adds k). A non-linear
+step reads only ``in_bits = min(configured, bits)`` low bits of its input, which changes nothing
+in the result (the value fits) but shrinks the circuit: a max-pool after a ReLU compares 16-bit
+instead of 24-bit values at the default quantization.
 """
 
 from __future__ import annotations
@@ -118,7 +125,18 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
     has_weights = bool(net.weights)
     steps: list[Step] = []
     exp: dict[str, int] = {}
+    bits: dict[str, int] = {}  # signed width holding each tensor's exact value (see module docstring)
     g = net.graph
+
+    def in_bits(x: str, name: str) -> int:
+        return min(int(quant.in_bits.get(name, L)), bits[x])
+
+    def nonlinear(name: str, x: str, shift: int, relu: bool, window: int) -> None:
+        b = in_bits(x, name)
+        steps.append(Step("nonlinear", name, [x], exp[x] - shift, {
+            "shift": shift, "relu": relu, "window": window, "in_bits": b}))
+        exp[name] = exp[x] - shift
+        bits[name] = b - shift
 
     def shape_of(node: Node) -> tuple[int, ...]:
         if has_weights:
@@ -130,10 +148,7 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
     def truncate(name: str, target: int, label: str) -> str:
         """Insert a truncation of tensor ``name`` down to exponent ``target``."""
         out = f"{name}:{label}"
-        steps.append(Step("nonlinear", out, [name], target, {
-            "shift": exp[name] - target, "relu": False, "window": 1,
-            "in_bits": int(quant.in_bits.get(out, L))}))
-        exp[out] = target
+        nonlinear(out, name, exp[name] - target, relu=False, window=1)
         return out
 
     fused: set[str] = set()  # relu nodes folded into the following maxpool
@@ -153,6 +168,7 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
         if node.op == "input":
             steps.append(Step("input", node.name, [], f, {"channels": int(node.attrs.get("channels", 1))}))
             exp[node.name] = f
+            bits[node.name] = L
         elif node.op in LINEAR_OPS:
             x = ins[0]
             if exp[x] > f + 2:
@@ -167,28 +183,24 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
                 b = np.floor(net.weights[f"{node.name}.bias"].astype(np.float64) * 2.0**e_out + 0.5).astype(np.int64)
             steps.append(Step("linear", node.name, [x], e_out, attrs, w, b))
             exp[node.name] = e_out
+            bits[node.name] = L
         elif node.op == "relu":
             if node.name in fused:
                 alias[node.name] = ins[0]  # the maxpool step applies it
                 continue
             x = ins[0]
-            shift = max(exp[x] - f, 0)
-            steps.append(Step("nonlinear", node.name, [x], exp[x] - shift, {
-                "shift": shift, "relu": True, "window": 1, "in_bits": int(quant.in_bits.get(node.name, L))}))
-            exp[node.name] = exp[x] - shift
+            nonlinear(node.name, x, max(exp[x] - f, 0), relu=True, window=1)
         elif node.op == "maxpool":
             x = ins[0]
-            relu = node.inputs[0] in fused
-            shift = max(exp[x] - f, 0)
-            steps.append(Step("nonlinear", node.name, [x], exp[x] - shift, {
-                "shift": shift, "relu": relu, "window": 4, "in_bits": int(quant.in_bits.get(node.name, L))}))
-            exp[node.name] = exp[x] - shift
+            nonlinear(node.name, x, max(exp[x] - f, 0), relu=node.inputs[0] in fused, window=4)
         elif node.op == "avgpool":
             steps.append(Step("sumpool", node.name, ins, exp[ins[0]] + 2))
             exp[node.name] = exp[ins[0]] + 2
+            bits[node.name] = min(L, bits[ins[0]] + 2)
         elif node.op == "upsample":
             steps.append(Step("upsample", node.name, ins, exp[ins[0]]))
             exp[node.name] = exp[ins[0]]
+            bits[node.name] = bits[ins[0]]
         elif node.op == "concat":
             target = max(exp[i] for i in ins)
             if target > f + 2:
@@ -201,12 +213,14 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
                     out = f"{i}:scale{k}"
                     steps.append(Step("scale", out, [i], target, {"factor_log2": target - exp[i]}))
                     exp[out] = target
+                    bits[out] = min(L, bits[i] + target - exp[i])
                     i = out
                 aligned.append(i)
             steps.append(Step("concat", node.name, aligned, target))
             exp[node.name] = target
+            bits[node.name] = max(bits[i] for i in aligned)
         elif node.op == "argmax":
-            steps.append(Step("argmax", node.name, ins, 0, {"in_bits": int(quant.in_bits.get(node.name, L))}))
+            steps.append(Step("argmax", node.name, ins, 0, {"in_bits": in_bits(ins[0], node.name)}))
         else:  # pragma: no cover - graph.validate rejects unknown ops
             raise ModelError(f"unsupported op {node.op!r}")
     return Plan(steps, L, f, int(g.input.attrs.get("channels", 1)))
