@@ -2,7 +2,7 @@
 
     python bench/gc.py --out gc.json [--relus 1048576] [--quick]
 
-Keys: garble_and_per_s / eval_and_per_s (one core, in memory, half-gates ANDs in a large batch),
+Keys: garble_and_per_s / eval_and_per_s (one core, in memory, three-halves ANDs in a large batch),
 bytes_per_and, ot_per_s (IKNP correlated OTs per second, in memory, sender and receiver each on
 one core: the slower side), and per quantization (default l=24, b=24, s=8 and l=32, s=12):
 relu_and_gates, relu_bytes (all bytes both ways per ReLU over the socket, OT and session setup
@@ -58,7 +58,7 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
     lib.bn_aes_keysched(bytes(16), rk)
     delta = bytearray(rng.bytes(16))
     delta[0] |= 1
-    ct = np.empty(n * circ.ct_per_inst * 16, dtype=np.uint8)
+    ct = np.empty(n * circ.ct_bytes, dtype=np.uint8)
     ar = np.zeros(max(1, circ.arith_len(n)), dtype=np.uint8)
     out = np.empty(n, dtype=np.uint64)
     g = ffi.from_buffer("int32_t[]", circ.gates)
@@ -66,14 +66,14 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
 
     def run(garbler: int) -> None:
         rc = lib.bn_gc_run(garbler, g, circ.gates.shape[0], circ.nwires, n, 1, 2, ffi.NULL, ks, 2, u8(u), m, 0,
-                           ffi.NULL, rk, bytes(delta), 0, circ.tweaks_per_inst, u8(ct), circ.ct_per_inst, u8(ar),
+                           ffi.NULL, rk, bytes(delta), 0, circ.tweaks_per_inst, u8(ct), circ.ct_bytes, u8(ar),
                            circ.arith_len(n), ffi.from_buffer("uint64_t[]", out), (1 << 64) - 1)
         assert rc == 0
 
     tg = _best(lambda: run(1), reps)
     te = _best(lambda: run(0), reps)
     return {"garble_and_per_s": n * depth / tg, "eval_and_per_s": n * depth / te,
-            "bytes_per_and": circ.ct_per_inst * 16 / depth}
+            "bytes_per_and": (circ.bytes_per_inst - 1 / 8) / depth}  # less the REVEAL bit
 
 
 def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:

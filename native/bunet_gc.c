@@ -4,7 +4,9 @@
  *   (tweakable MMO with an orthomorphism, Guo-Katz-Wang-Yu), t unique per gate and instance in
  *   the session; pi_j is AES under a per-gate, per-chunk key derived from the public session key
  *   (multi-instance security in the style of emp's MITCCRH). 256-bit VAES when the CPU has it.
- * - AES-CTR PRG seeded from getrandom().
+ * - AES-CTR PRG seeded from getrandom() (Delta, and the garbler's random control bits).
+ * - free-XOR with three-halves AND gates (Rosulek-Roy 2021: 1.5 labels + 5 bits each, see th_rmul) and
+ *   garbler half gates (1 label) for ANDs with a garbler-known bit.
  * - IKNP OT extension (columns by AES-CTR under the base-OT keys, SSE2 movemask transpose).
  * - a tiny circuit interpreter: the circuit (built in Python, the same for all n instances)
  *   is a list of gates; every gate is applied to a chunk of NB instances in one loop, so
@@ -178,27 +180,43 @@ void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cn
     hash_batch(&K, (const block *)in, (block *)out, cnt, tw0, twstep, dom);
 }
 
-/* AES-CTR PRG under a fresh getrandom() key (one key per call: each call is a fresh PRG). */
-int bn_prg_fill(uint8_t *out, size_t len) {
+/* AES-CTR PRG under a fresh getrandom() key (each prg_init is a fresh PRG). */
+typedef struct {
+    aeskey K;
+    uint64_t ctr;
+} prg_t;
+
+static int prg_init(prg_t *p) {
     uint8_t key[16], rk[176];
     if (bn_getrandom(key, 16) != 0) return -1;
     bn_aes_keysched(key, rk);
-    aeskey K;
-    load_key(&K, rk);
-    uint64_t ctr = 0;
+    load_key(&p->K, rk);
+    p->ctr = 0;
+    memset(key, 0, sizeof key);
+    memset(rk, 0, sizeof rk);
+    return 0;
+}
+
+/* the next 8 blocks of the stream */
+static inline void prg_next8(prg_t *p, block *x) {
+    for (int j = 0; j < 8; j++) x[j] = _mm_set_epi64x(0, (long long)(p->ctr + j));
+    p->ctr += 8;
+    aes8(&p->K, x);
+}
+
+int bn_prg_fill(uint8_t *out, size_t len) {
+    prg_t p;
+    if (prg_init(&p) != 0) return -1;
     block x[8];
     while (len > 0) {
-        for (int j = 0; j < 8; j++) x[j] = _mm_set_epi64x(0, (long long)(ctr + j));
-        ctr += 8;
-        aes8(&K, x);
+        prg_next8(&p, x);
         size_t take = len < 128 ? len : 128;
         memcpy(out, x, take);
         out += take;
         len -= take;
     }
-    memset(key, 0, sizeof key);
-    memset(rk, 0, sizeof rk);
-    memset(&K, 0, sizeof K);
+    memset(x, 0, sizeof x);
+    memset(&p, 0, sizeof p);
     return 0;
 }
 
@@ -517,6 +535,28 @@ static void unpack_vals(const uint8_t *src, const uint8_t *end, uint64_t *v, uin
     }
 }
 
+/* Three-halves AND gate (Rosulek-Roy, "Three Halves Make a Whole?", CRYPTO 2021), our notation:
+ * labels are halves (L = low 64 bits, R = high 64 bits); A, B the evaluator's input labels with
+ * colours i = lsb(A), j = lsb(B). The evaluator hashes A, B and A ^ B (one 128-bit hash each: the low
+ * half is a label half, bit 64 a control-bit mask) and outputs
+ *   L = h(A) ^ h(A^B) ^ i G0 ^ (i^j) G2 ^ [R_ij (A, B)]_L,   R = h(B) ^ h(A^B) ^ j G1 ^ (i^j) G2 ^ [R_ij (A, B)]_R
+ * where R_ij is a 2x4 GF(2) matrix on (A_L, A_R, B_L, B_R): R_ij = P_ij ^ c0 S1 ^ c1 S2, with
+ *   P_ij = [(1^i) B_L ; (1^j) A_R],  S1 = [A_L^A_R^B_L ; A_L^B_R],  S2 = [A_L^B_R ; A_R^B_L^B_R]
+ * and (c0, c1) two control bits the evaluator decodes from 5 garbler bits z and the hash bits:
+ *   c0 = z0 ^ i z2 ^ (i^j) z4 ^ e(A) ^ e(A^B),   c1 = z1 ^ j z3 ^ (i^j) z4 ^ e(B) ^ e(A^B).
+ * The garbler picks c(i,j) = (r0 ^ b i ^ (a^b) j, r1 ^ (a^b) i ^ a j) with fresh random r0, r1, where
+ * (a, b) are the colours at which the AND is 1: each c(i,j) alone is uniform (hides a, b), and with these
+ * R_ij the four output equations L, R = C ^ [i=a][j=b] Delta have a solution (C, G0, G1, G2, z), which
+ * the garbler reads off the colour pairs (0,0), (0,1), (1,0). Checked exhaustively by the tests.
+ * th_rmul returns R_ij (A, B) for colours (i, j) and control bits (c0, c1), all bits 0/1, without branches. */
+static inline void th_rmul(uint64_t i, uint64_t j, uint64_t c0, uint64_t c1, block A, block B, uint64_t *L,
+                           uint64_t *R) {
+    const uint64_t aL = lo64(A), aR = hi64(A), bL = lo64(B), bR = hi64(B);
+    const uint64_t u = aL ^ bR, v = aR ^ bL;
+    *L = (-(1 ^ i) & bL) ^ (-c0 & (aL ^ v)) ^ (-c1 & u);
+    *R = (-(1 ^ j) & aR) ^ (-c0 & u) ^ (-c1 & (v ^ bR));
+}
+
 /* Per-gate keys (multi-instance security, as emp's MITCCRH): every hashing gate, on every chunk
  * of <= NB instances, hashes under its own AES key k_j = expand(pi(j)), j = the gate's first
  * tweak on that chunk (unique in the session); the instance tweak still separates the hashes
@@ -550,7 +590,8 @@ static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
 /* Run the circuit over n instances.
  * Input labels come straight from IKNP, chunk by chunk (no label matrix in memory):
  * garbler: zero labels q (ot_keys = its 128 base-OT key schedules, u = the client's matrix);
- *          writes ct (ctpi blocks per instance, layout [ct][inst])
+ *          writes ct (ctpi bytes per instance; each ciphertext gate has a region at byte c * n of
+ *          n records: 24 bytes (G0, G1, G2) per three-halves AND, 16 per garbler half gate)
  *          and arith (per-gate regions of n packed values, arith_len bytes in all); out = acc0.
  * evaluator: active labels t (ot_keys = schedules of k0_i, u unused); reads ct/arith; out = acc0.
  * The caller turns acc0 into shares (garbler: -acc0 mod 2^l) or labels.
@@ -566,7 +607,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
     const block D = garbler ? _mm_loadu_si128((const block *)delta) : _mm_setzero_si128();
     const uint64_t dom = 0x4743000000000000ULL; /* "GC" gate-hash domain */
     block *W = aligned_alloc(64, (size_t)nwires * NB * sizeof(block));
-    block *hb = aligned_alloc(64, 4 * NB * sizeof(block));
+    block *hb = aligned_alloc(64, 6 * NB * sizeof(block));
     uint64_t *acc0 = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *acc1 = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *tv = aligned_alloc(64, NB * sizeof(uint64_t));
@@ -576,6 +617,11 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
     const uint32_t nin = k * b;
     uint8_t *L = aligned_alloc(64, ((size_t)NB * nin + 128) * 16);
     int rc = 0;
+    prg_t prg; /* garbler: the three-halves gates' random control bits */
+    if (garbler && prg_init(&prg) != 0) {
+        rc = -4;
+        goto done;
+    }
     if (!W || !hb || !acc0 || !acc1 || !tv || !tv2 || !roff || !L || !xb) {
         rc = -1;
         goto done;
@@ -588,13 +634,13 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
             if (G[0] == G_B2A || G[0] == G_NOUT) off += (n * (uint64_t)G[6] + 7) / 8;
             if (G[0] == G_B2A2) off += 2 * ((n * (uint64_t)G[6] + 7) / 8);
             if (G[0] == G_REVEAL) off += (n + 7) / 8;
+            if (G[0] == G_AND || G[0] == G_CARRY) off += (n * 5 + 7) / 8; /* three-halves control bits */
         }
         if (off != arith_len) {
             rc = -3;
             goto done;
         }
     }
-    block *ctb = (block *)ct;
     if ((n * nin + 127) / 128 * 128 != m) {
         rc = -3;
         goto done;
@@ -648,7 +694,8 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 break;
             case G_AND:
             case G_CARRY: {
-                /* half gates (Zahur-Rosulek-Evans): 2 ciphertexts, tweaks t, t+1.
+                /* three-halves AND (Rosulek-Roy, CRYPTO 2021): 3 half ciphertexts G0, G1, G2 (24 bytes)
+                 * + 5 control bits z, hash tweaks t (A), t+1 (B), t+2 (A^B). See th_rmul for R_ij.
                  * CARRY (full-adder carry with a garbler share bit g): X = a ^ c, Y = c ^ g, out = c ^ (X & Y). */
                 const block *X = A, *Y = B;
                 if (op == G_CARRY) {
@@ -661,39 +708,79 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     Y = yb;
                 }
                 const block cz = op == G_CARRY ? _mm_set1_epi8(-1) : _mm_setzero_si128();
-                block *h0 = hb, *h1 = hb + NB, *h2 = hb + 2 * NB, *h3 = hb + 3 * NB;
-                block *TG = ctb + (size_t)c * n + i0, *TE = ctb + (size_t)(c + 1) * n + i0;
+                uint8_t *T = ct + (size_t)c * n + i0 * 24;
+                uint8_t *rz = arith + roff[g] + i0 * 5 / 8;
+                block *h[6];
+                for (int q = 0; q < 6; q++) h[q] = hb + (size_t)q * NB;
                 if (garbler) {
-                    for (uint32_t i = 0; i < cnt; i++) {
-                        h0[i] = X[i];
-                        h1[i] = _mm_xor_si128(X[i], D);
-                        h2[i] = Y[i];
-                        h3[i] = _mm_xor_si128(Y[i], D);
+                    const uint64_t DL = lo64(D), DR = hi64(D);
+                    for (uint32_t i = 0; i < cnt; i++) { /* colour-0 labels A0, B0 */
+                        const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(lsb(X[i]))));
+                        const block b0 = _mm_xor_si128(Y[i], _mm_and_si128(D, bm(lsb(Y[i]))));
+                        h[0][i] = a0;
+                        h[1][i] = _mm_xor_si128(a0, D);
+                        h[2][i] = b0;
+                        h[3][i] = _mm_xor_si128(b0, D);
+                        h[4][i] = _mm_xor_si128(a0, b0);
+                        h[5][i] = _mm_xor_si128(h[4][i], D);
                     }
-                    hash_batch(gate_key(&kc, twc + t), h0, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(gate_key(&kc, twc + t), h1, h1, cnt, twc + t, tpi, dom);
-                    hash_batch(gate_key(&kc, twc + t + 1), h2, h2, cnt, twc + t + 1, tpi, dom);
-                    hash_batch(gate_key(&kc, twc + t + 1), h3, h3, cnt, twc + t + 1, tpi, dom);
+                    for (int q = 0; q < 6; q++)
+                        hash_batch(gate_key(&kc, twc + t + q / 2), h[q], h[q], cnt, twc + t + q / 2, tpi, dom);
+                    block rb[8]; /* rho0 of instance i: bit i of rb[0]; rho1: bit i of rb[1] */
+                    prg_next8(&prg, rb);
+                    uint64_t rw[4];
+                    memcpy(rw, rb, sizeof rw);
                     for (uint32_t i = 0; i < cnt; i++) {
-                        const block a0 = X[i];
-                        const uint64_t pa = lsb(a0), pb = lsb(Y[i]);
-                        const block tg = _mm_xor_si128(_mm_xor_si128(h0[i], h1[i]), _mm_and_si128(D, bm(pb)));
-                        const block wg = _mm_xor_si128(h0[i], _mm_and_si128(tg, bm(pa)));
-                        const block te = _mm_xor_si128(_mm_xor_si128(h2[i], h3[i]), a0);
-                        const block we = _mm_xor_si128(h2[i], _mm_and_si128(_mm_xor_si128(te, a0), bm(pb)));
-                        _mm_storeu_si128(TG + i, tg);
-                        _mm_storeu_si128(TE + i, te);
-                        O[i] = _mm_xor_si128(_mm_xor_si128(wg, we), _mm_and_si128(B[i], cz));
+                        const uint64_t al = lsb(X[i]), be = lsb(Y[i]);
+                        const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(al)));
+                        const block b0 = _mm_xor_si128(Y[i], _mm_and_si128(D, bm(be)));
+                        const block a1 = _mm_xor_si128(a0, D), b1 = _mm_xor_si128(b0, D);
+                        const uint64_t r0 = (rw[i >> 6] >> (i & 63)) & 1, r1 = (rw[2 + (i >> 6)] >> (i & 63)) & 1;
+                        /* the output is 1 at colours (a, b) = (1 ^ al, 1 ^ be); control bits per colour pair:
+                         * c(0,0) = (r0, r1), c(0,1) = (r0^a^b, r1^a), c(1,0) = (r0^b, r1^a^b) */
+                        const uint64_t a = 1 ^ al, bb = 1 ^ be, ab = a ^ bb;
+                        uint64_t R00L, R00R, R01L, R01R, R10L, R10R;
+                        th_rmul(0, 0, r0, r1, a0, b0, &R00L, &R00R);
+                        th_rmul(0, 1, r0 ^ ab, r1 ^ a, a0, b1, &R01L, &R01R);
+                        th_rmul(1, 0, r0 ^ bb, r1 ^ ab, a1, b0, &R10L, &R10R);
+                        const uint64_t t00 = -(al & be), t01 = -(al & (1 ^ be)), t10 = -((1 ^ al) & be);
+                        const block k00 = _mm_xor_si128(h[0][i], h[4][i]), k01 = _mm_xor_si128(h[0][i], h[5][i]);
+                        const block k10 = _mm_xor_si128(h[1][i], h[5][i]);
+                        const block m00 = _mm_xor_si128(h[2][i], h[4][i]), m01 = _mm_xor_si128(h[3][i], h[5][i]);
+                        const uint64_t CL = lo64(k00) ^ R00L ^ (t00 & DL), CR = lo64(m00) ^ R00R ^ (t00 & DR);
+                        const uint64_t G2 = CL ^ (t01 & DL) ^ lo64(k01) ^ R01L;
+                        const uint64_t G0 = G2 ^ CL ^ (t10 & DL) ^ lo64(k10) ^ R10L;
+                        const uint64_t G1 = G2 ^ CR ^ (t01 & DR) ^ lo64(m01) ^ R01R;
+                        const uint64_t z0 = r0 ^ (hi64(k00) & 1), z1 = r1 ^ (hi64(m00) & 1);
+                        const uint64_t z4 = r0 ^ ab ^ z0 ^ (hi64(k01) & 1);
+                        const uint64_t z2 = r0 ^ bb ^ z0 ^ z4 ^ (hi64(k10) & 1);
+                        const uint64_t z3 = r1 ^ a ^ z1 ^ z4 ^ (hi64(m01) & 1);
+                        tv[i] = z0 | z1 << 1 | z2 << 2 | z3 << 3 | z4 << 4;
+                        memcpy(T + 24 * (size_t)i, &G0, 8);
+                        memcpy(T + 24 * (size_t)i + 8, &G1, 8);
+                        memcpy(T + 24 * (size_t)i + 16, &G2, 8);
+                        O[i] = _mm_xor_si128(_mm_set_epi64x((long long)CR, (long long)CL), _mm_and_si128(B[i], cz));
                     }
+                    pack_vals(rz, tv, cnt, 5);
                 } else {
-                    hash_batch(gate_key(&kc, twc + t), X, h0, cnt, twc + t, tpi, dom);
-                    hash_batch(gate_key(&kc, twc + t + 1), Y, h1, cnt, twc + t + 1, tpi, dom);
+                    for (uint32_t i = 0; i < cnt; i++) h[2][i] = _mm_xor_si128(X[i], Y[i]);
+                    hash_batch(gate_key(&kc, twc + t), X, h[0], cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 1), Y, h[1], cnt, twc + t + 1, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 2), h[2], h[2], cnt, twc + t + 2, tpi, dom);
+                    unpack_vals(rz, arith + roff[g] + (n * 5 + 7) / 8, tv, cnt, 5);
                     for (uint32_t i = 0; i < cnt; i++) {
-                        const block a = X[i];
-                        const block tg = _mm_loadu_si128(TG + i), te = _mm_loadu_si128(TE + i);
-                        const block wg = _mm_xor_si128(h0[i], _mm_and_si128(tg, bm(lsb(a))));
-                        const block we = _mm_xor_si128(h1[i], _mm_and_si128(_mm_xor_si128(te, a), bm(lsb(Y[i]))));
-                        O[i] = _mm_xor_si128(_mm_xor_si128(wg, we), _mm_and_si128(B[i], cz));
+                        const uint64_t ci = lsb(X[i]), cj = lsb(Y[i]), cx = ci ^ cj, z = tv[i];
+                        const block k1 = _mm_xor_si128(h[0][i], h[2][i]), k2 = _mm_xor_si128(h[1][i], h[2][i]);
+                        const uint64_t c0 = (z ^ (ci & (z >> 2)) ^ (cx & (z >> 4)) ^ hi64(k1)) & 1;
+                        const uint64_t c1 = ((z >> 1) ^ (cj & (z >> 3)) ^ (cx & (z >> 4)) ^ hi64(k2)) & 1;
+                        uint64_t RL, RR, G0, G1, G2;
+                        th_rmul(ci, cj, c0, c1, X[i], Y[i], &RL, &RR);
+                        memcpy(&G0, T + 24 * (size_t)i, 8);
+                        memcpy(&G1, T + 24 * (size_t)i + 8, 8);
+                        memcpy(&G2, T + 24 * (size_t)i + 16, 8);
+                        const uint64_t L = lo64(k1) ^ (-ci & G0) ^ (-cx & G2) ^ RL;
+                        const uint64_t R = lo64(k2) ^ (-cj & G1) ^ (-cx & G2) ^ RR;
+                        O[i] = _mm_xor_si128(_mm_set_epi64x((long long)R, (long long)L), _mm_and_si128(B[i], cz));
                     }
                 }
                 break;
@@ -701,7 +788,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
             case G_ANDG: {
                 /* a AND g, g known to the garbler: one garbler half gate, 1 ciphertext */
                 block *h0 = hb, *h1 = hb + NB;
-                block *T = ctb + (size_t)c * n + i0;
+                block *T = (block *)(ct + (size_t)c * n + i0 * 16);
                 if (garbler) {
                     for (uint32_t i = 0; i < cnt; i++) {
                         h0[i] = A[i];
@@ -840,6 +927,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
         for (uint32_t i = 0; i < cnt; i++) out[i0 + i] = acc0[i] & outmask;
     }
 done:
+    if (garbler) memset(&prg, 0, sizeof prg);
     free(W); free(hb); free(acc0); free(acc1); free(tv); free(tv2); free(roff); free(L); free(xb);
     return rc;
 }

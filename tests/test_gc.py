@@ -331,3 +331,76 @@ def test_message_sizes(ot_k):
             want_req, want_resp = op.message_sizes(n, ot_k)
             first = 4096 if ev._seq == 1 else 0  # the session's first request carries the OT setup
             assert len(req) == want_req + first and len(resp) == want_resp
+
+
+def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray:
+    """Garble and evaluate a raw circuit: bits (n, b) client input bits, gbits (n,) garbler share words.
+
+    The input labels come from SoftSpoken OT as in a session (k = 4); returns the evaluator's output word."""
+    rng = np.random.default_rng(seed)
+    n, b = bits.shape
+    k = 4
+    delta = bytearray(rng.bytes(16))
+    delta[0] |= 1
+    delta = bytes(delta)
+    leaves_c, sums = ggm_client(k)
+    leaves_g = ggm_garbler(k, delta, [p[c] for p, c in zip(sums, ggm_choices(k, delta), strict=True)])
+    sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
+    m = (n * b + 127) // 128 * 128
+    choice = np.zeros(m, dtype=np.uint8)
+    choice[: n * b] = bits.reshape(-1)
+    choice = np.packbits(choice, bitorder="little")
+    cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
+    labels = np.empty(16 * m, dtype=np.uint8)
+    u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+    lib.bn_cot_recv(sc, k, 0, m, u8(choice), u8(cm), u8(labels))
+    rk = aes_key_schedules([rng.bytes(16)])
+    ct = np.zeros(max(1, n * circ.ct_bytes), dtype=np.uint8)
+    ar = np.zeros(max(1, circ.arith_len(n)), dtype=np.uint8)
+    ys = np.ascontiguousarray(gbits, dtype=np.uint64)
+    out_g = np.empty(n, dtype=np.uint64)
+    out_e = np.empty(n, dtype=np.uint64)
+    g = ffi.from_buffer("int32_t[]", circ.gates)
+    common = (g, circ.gates.shape[0], circ.nwires, n, 1, b)
+    rc = lib.bn_gc_run(1, *common, ffi.from_buffer("uint64_t[]", ys), sg, k, u8(cm), m, 0, ffi.NULL, rk, delta, 7,
+                       circ.tweaks_per_inst, u8(ct), circ.ct_bytes, u8(ar), circ.arith_len(n),
+                       ffi.from_buffer("uint64_t[]", out_g), (1 << 64) - 1)
+    assert rc == 0
+    rc = lib.bn_gc_run(0, *common, ffi.NULL, ffi.NULL, k, ffi.NULL, m, 0, u8(labels), rk, ffi.NULL, 7,
+                       circ.tweaks_per_inst, u8(ct), circ.ct_bytes, u8(ar), circ.arith_len(n),
+                       ffi.from_buffer("uint64_t[]", out_e), (1 << 64) - 1)
+    assert rc == 0
+    return out_e
+
+
+@pytest.mark.parametrize("n", [1, 7, 128, 1000, 4099])
+def test_three_halves_and_gate(n):
+    """One three-halves AND (and the fused CARRY) over all four input combinations, many instances;
+    chained gates check whole output labels (a wrong bit anywhere would garble the next gate)."""
+    from bunet.gc import circuits as gcc
+
+    bld = gcc._Builder(2)
+    x, y = 0, 1
+    a = bld.and_(x, y)  # x & y
+    c = bld._emit(gcc.CARRY, x, y, 0, 0)  # maj(x, y, g)
+    d = bld.and_(bld.not_(a), bld.xor(x, y))  # x ^ y, through the AND's output label
+    e = bld.and_(d, c)  # (x ^ y) & maj(x, y, g) = (x ^ y) & g
+    f = bld.and_(bld.not_(e), bld.not_(a))  # ~((x^y)&g) & ~(x&y)
+    for i, w in enumerate((a, c, d, e, f)):
+        bld._emit(gcc.REVEAL, w, 0, 0, i, out=False)
+    circ = gcc._finish(bld)
+    assert circ.and_gates == 5 and circ.ct_bytes == 5 * 24 and circ.bytes_per_inst == 5 * 24 + (5 * 5 + 5) / 8
+    rng = np.random.default_rng(n)
+    combo = np.arange(n) % 4 if n < 8 else rng.permutation(np.arange(n) % 4)
+    bits = np.stack([combo & 1, combo >> 1], axis=1).astype(np.uint8)
+    gb = rng.integers(0, 2, size=n).astype(np.uint64)
+    for seed in range(3):
+        got = _run_raw(circ, bits, gb | (rng.integers(0, 1 << 62, size=n).astype(np.uint64) << np.uint64(1)), seed)
+        xx, yy, gg = bits[:, 0].astype(np.uint64), bits[:, 1].astype(np.uint64), gb
+        ra = xx & yy
+        rc = (xx & yy) | (xx & gg) | (yy & gg)
+        rd = xx ^ yy
+        re = rd & rc
+        rf = (re ^ 1) & (ra ^ 1)
+        want = ra | rc << np.uint64(1) | rd << np.uint64(2) | re << np.uint64(3) | rf << np.uint64(4)
+        np.testing.assert_array_equal(got, want)

@@ -8,8 +8,10 @@ engine applies each gate to a whole chunk of instances in one loop.
 Gates (and what they cost per instance):
 
 * XOR, NOT, XORG (XOR with a garbler share bit, known to the garbler in plaintext): free.
-* AND: half gates, 2 ciphertexts (32 bytes). CARRY is an AND fused with its XORs, the full-adder
-  carry ``c ^ ((a ^ c) & (g ^ c))`` with g a garbler share bit; SUM is ``a ^ c ^ g`` (free).
+* AND: three-halves garbling (Rosulek-Roy, CRYPTO 2021): three 64-bit half ciphertexts plus 5 control
+  bits, 24.625 bytes (half gates: 32); the garbler hashes 6 times, the evaluator 3 times.
+  CARRY is an AND fused with its XORs, the full-adder carry ``c ^ ((a ^ c) & (g ^ c))`` with g a garbler
+  share bit; SUM is ``a ^ c ^ g`` (free).
 * ANDG: AND with a garbler share bit, a garbler half gate: 1 ciphertext (16 bytes).
 * B2A: unary Boolean-to-arithmetic gate, one ``m``-bit ciphertext (the share of ``w * bit``
   in Z_{2^m}, scaled by 2^j into Z_{2^l}; bit j of the output needs only l - j bits).
@@ -57,9 +59,10 @@ class Compiled:
     nwires: int  # wire slots
     n_inputs: int  # k * b input wires (slots 0 .. n_inputs-1 at chunk start)
     tweaks_per_inst: int
-    ct_per_inst: int  # 16-byte ciphertexts per instance
-    arith_regions: tuple[int, ...]  # bit width of each arithmetic ciphertext region (n values each)
-    and_gates: int  # half-gates ANDs (2 ciphertexts each)
+    ct_bytes: int  # ciphertext bytes per instance: 24 per AND/CARRY (three halves), 16 per ANDG
+    arith_regions: tuple[int, ...]  # bit width of each packed region (n values each): arithmetic
+    # ciphertexts, REVEAL bits, and the 5 control bits of each three-halves AND
+    and_gates: int  # three-halves ANDs (AND and CARRY): 24 bytes + 5 bits each
     andg_gates: int  # garbler half gates (1 ciphertext each)
     const_out: int  # constant output bits OR-ed into the evaluator's result (argmax)
 
@@ -70,7 +73,7 @@ class Compiled:
     @property
     def bytes_per_inst(self) -> float:
         """Garbled bytes per instance, server to client (asymptotic)."""
-        return 16 * self.ct_per_inst + sum(self.arith_regions) / 8
+        return self.ct_bytes + sum(self.arith_regions) / 8
 
 
 class _Builder:
@@ -143,7 +146,7 @@ class _Builder:
             a = j * b + i
             s.append(self.xorg(a, j, i) if c == C0 else self._emit(SUM, a, c, j, i))
             if i < b - 1:
-                # carry c' = c ^ ((a ^ c) & (g ^ c)): one fused CARRY gate (a half-gates AND)
+                # carry c' = c ^ ((a ^ c) & (g ^ c)): one fused CARRY gate (a three-halves AND)
                 c = self.andg(a, j, i) if c == C0 else self._emit(CARRY, a, c, j, i)
         return s[keep_from:]
 
@@ -208,13 +211,14 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
             slot[o] = so
         t = c = 0
         q1, q2 = p1, p2
-        if op in (AND, CARRY):
+        if op in (AND, CARRY):  # three halves: hash tweaks t, t+1, t+2; G0 G1 G2; 5 control bits
             t, c = tw, ct
-            tw, ct = tw + 2, ct + 2
+            tw, ct = tw + 3, ct + 24
+            regions.append(5)
             n_and += 1
         elif op == ANDG:
             t, c = tw, ct
-            tw, ct = tw + 1, ct + 1
+            tw, ct = tw + 1, ct + 16
             n_andg += 1
         elif op in (B2A, B2A2):
             t, c = tw, len(regions)
@@ -250,9 +254,12 @@ def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: i
     Truncation commutes with max (floor is monotone), so the window maximum is taken over the
     (b - s)-bit truncated values, m = b - s bits. The last comparison selects no bits: the output
     is ``w1 * V(x) + w2 * V(y)`` in arithmetic gates (w1 = keep & gt, w2 = keep & ~gt).
-    AND gates per instance (half-gates, plus k garbler half gates):
-    k = 1: b - 2;  k = 2: 2(b-2) + m (+2 with ReLU);  k = 4: 4(b-2) + 5m (+2 with ReLU),
-    i.e. 22 / 170 for b = 24, s = 8 (ReLU / 2x2 max-pool with ReLU).
+    AND gates per instance (three halves, 24.625 bytes each; plus k garbler half gates, 16 bytes):
+    k = 1: b - 2;  k = 2: 2(b-2) + m (+2 with ReLU);  k = 4: 4(b-2) + 5m (+2 with ReLU).
+    Garbled bytes per instance (``Compiled.bytes_per_inst``; the client's input OTs come on top,
+    b * 128/ot_k bits per value, 96 bytes for b = 24 at ot_k = 4):
+    ReLU l = b = 24, s = 8: 22 AND + 1 ANDG, 624.5 bytes; l = b = 32, s = 12: 30 AND + 1 ANDG, 868 bytes;
+    2x2 max-pool with ReLU (24, 8): 170 AND + 4 ANDG, 4383.75 bytes.
     """
     b, s, l = in_bits, shift, ring_bits
     bld = _Builder(k * b)
@@ -297,6 +304,7 @@ def argmax_circuit(in_bits: int, k: int) -> Compiled:
 
     AND gates per instance: k * (b - 2) [adders] + (k - 1) * b [comparisons]
     + (k - 2) * b [value multiplexers] + index multiplexers; plus k garbler half gates.
+    K = 2, b = 24: 68 AND + 2 ANDG, 1706.6 bytes; b = 32: 92 AND + 2 ANDG, 2297.6 bytes.
     """
     b = in_bits
     bld = _Builder(k * b)

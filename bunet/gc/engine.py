@@ -23,11 +23,12 @@ Requests must reach ``respond`` in the order they were made (checked: the sequen
 the OT range and the hash tweaks, which are never reused); ``finish`` may take responses in any
 order and the C calls release the GIL, so chunks can be pipelined and run on two threads.
 
-Costs per instance (AND = half-gates, 32 bytes; ANDG = garbler half gate, 16 bytes; see
-``circuits``): MaxTrunc k=1 (ReLU or truncation): b-2 AND + 1 ANDG, plus (l-j)-bit arithmetic
-ciphertexts per output bit j (two per bit for the ReLU, fused with its multiplexer); MaxTrunc
-k=4: 4(b-2) + 6(b-s) AND + 4 ANDG; Argmax over K: K(b-2) + (K-1)b + (K-2)b + index muxes AND
-+ K ANDG.
+Costs per instance (AND = three-halves garbling, Rosulek-Roy 2021: 24 bytes + 5 control bits;
+ANDG = garbler half gate, 16 bytes; see ``circuits``): MaxTrunc k=1 (ReLU or truncation): b-2 AND
++ 1 ANDG, plus (l-j)-bit arithmetic ciphertexts per output bit j (two per bit for the ReLU, fused
+with its multiplexer): 624.5 bytes for the default ReLU (l = b = 24, s = 8), plus 96 bytes of
+client OT messages at ot_k = 4; MaxTrunc k=4: 4(b-2) + 6(b-s) AND + 4 ANDG; Argmax over K:
+K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class MaxTrunc:
         The first request of a session carries 4 KiB more (the OT-extension setup)."""
         m = _pad128(n * self.k * self.in_bits)
         c = self.circuit
-        return _HDR.size + _cot_len(ot_k, m), _HDR.size + 16 * n * c.ct_per_inst + c.arith_len(n)
+        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Argmax:
         The first request of a session carries 4 KiB more (the OT-extension setup)."""
         m = _pad128(n * self.k * self.in_bits)
         c = self.circuit
-        return _HDR.size + _cot_len(ot_k, m), _HDR.size + 16 * n * c.ct_per_inst + c.arith_len(n)
+        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
 
 Op = MaxTrunc | Argmax
@@ -221,7 +222,7 @@ class _Party:
 def _sizes(op: Op, n: int) -> tuple[int, int, int]:
     c = op.circuit
     m = _pad128(n * op.k * op.in_bits)
-    return m, n * c.ct_per_inst * 16, c.arith_len(n)
+    return m, n * c.ct_bytes, c.arith_len(n)
 
 
 _PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
@@ -358,7 +359,7 @@ class Evaluator(_Party):
         ar = body[nct:]
         rc = lib.bn_gc_run(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
                            op.in_bits, ffi.NULL, ffi.NULL, self.ot_k, ffi.NULL, m, 0, _buf(labels), self._rk,
-                           ffi.NULL, tw, c.tweaks_per_inst, _buf(ct), c.ct_per_inst, _buf(ar), nar, _u64(out), mask)
+                           ffi.NULL, tw, c.tweaks_per_inst, _buf(ct), c.ct_bytes, _buf(ar), nar, _u64(out), mask)
         self._give_buffer(labels)
         if rc != 0:
             raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
@@ -447,7 +448,7 @@ class Garbler(_Party):
         acc = np.empty(n, dtype=np.uint64)
         rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
                            op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL, self._rk,
-                           self._delta, tw, c.tweaks_per_inst, body_out, c.ct_per_inst, body_out + nct, nar, _u64(acc),
+                           self._delta, tw, c.tweaks_per_inst, body_out, c.ct_bytes, body_out + nct, nar, _u64(acc),
                            (1 << 64) - 1)
         if rc != 0:
             raise MemoryError(f"garbling failed (engine code {rc})")
