@@ -538,24 +538,28 @@ static void unpack_vals(const uint8_t *src, const uint8_t *end, uint64_t *v, uin
 /* Three-halves AND gate (Rosulek-Roy, "Three Halves Make a Whole?", CRYPTO 2021), our notation:
  * labels are halves (L = low 64 bits, R = high 64 bits); A, B the evaluator's input labels with
  * colours i = lsb(A), j = lsb(B). The evaluator hashes A, B and A ^ B (one 128-bit hash each: the low
- * half is a label half, bit 64 a control-bit mask) and outputs
+ * half is a label half, the top bit e(.) masks a control bit) and outputs
  *   L = h(A) ^ h(A^B) ^ i G0 ^ (i^j) G2 ^ [R_ij (A, B)]_L,   R = h(B) ^ h(A^B) ^ j G1 ^ (i^j) G2 ^ [R_ij (A, B)]_R
  * where R_ij is a 2x4 GF(2) matrix on (A_L, A_R, B_L, B_R): R_ij = P_ij ^ c0 S1 ^ c1 S2, with
  *   P_ij = [(1^i) B_L ; (1^j) A_R],  S1 = [A_L^A_R^B_L ; A_L^B_R],  S2 = [A_L^B_R ; A_R^B_L^B_R]
  * and (c0, c1) two control bits the evaluator decodes from 5 garbler bits z and the hash bits:
- *   c0 = z0 ^ i z2 ^ (i^j) z4 ^ e(A) ^ e(A^B),   c1 = z1 ^ j z3 ^ (i^j) z4 ^ e(B) ^ e(A^B).
+ *   c0 = z0 ^ i z2 ^ (i^j) z4 ^ e(h(A) ^ h(A^B)),   c1 = z1 ^ j z3 ^ (i^j) z4 ^ e(h(B) ^ h(A^B)).
  * The garbler picks c(i,j) = (r0 ^ b i ^ (a^b) j, r1 ^ (a^b) i ^ a j) with fresh random r0, r1, where
  * (a, b) are the colours at which the AND is 1: each c(i,j) alone is uniform (hides a, b), and with these
- * R_ij the four output equations L, R = C ^ [i=a][j=b] Delta have a solution (C, G0, G1, G2, z), which
- * the garbler reads off the colour pairs (0,0), (0,1), (1,0). Checked exhaustively by the tests.
- * th_rmul returns R_ij (A, B) for colours (i, j) and control bits (c0, c1), all bits 0/1, without branches. */
-static inline void th_rmul(uint64_t i, uint64_t j, uint64_t c0, uint64_t c1, block A, block B, uint64_t *L,
-                           uint64_t *R) {
-    const uint64_t aL = lo64(A), aR = hi64(A), bL = lo64(B), bR = hi64(B);
-    const uint64_t u = aL ^ bR, v = aR ^ bL;
-    *L = (-(1 ^ i) & bL) ^ (-c0 & (aL ^ v)) ^ (-c1 & u);
-    *R = (-(1 ^ j) & aR) ^ (-c0 & u) ^ (-c1 & (v ^ bR));
+ * R_ij the four output equations (L, R) = C ^ [i=a][j=b] Delta have a solution (C, G0, G1, G2, z), which
+ * the garbler reads off the colour pairs (0,0), (0,1), (1,0). Checked over all inputs by the tests.
+ * th_rmul returns R_ij (A, B) given mP = ((1^i) mask, (1^j) mask) and the masks of c0, c1: no branches. */
+static inline block th_rmul(block A, block B, block mP, block m0, block m1) {
+    const block lo = _mm_set_epi64x(0, -1);
+    const block w = _mm_xor_si128(A, _mm_shuffle_epi32(B, 0x4e));                      /* (A_L^B_R, A_R^B_L) */
+    const block s1 = _mm_xor_si128(_mm_shuffle_epi32(w, 0x4e), _mm_and_si128(A, lo)); /* S1 (A, B) */
+    const block s2 = _mm_xor_si128(w, _mm_andnot_si128(lo, B));                        /* S2 (A, B) */
+    const block p = _mm_and_si128(_mm_blend_epi16(B, A, 0xf0), mP);                    /* P_ij (A, B) */
+    return _mm_xor_si128(p, _mm_xor_si128(_mm_and_si128(s1, m0), _mm_and_si128(s2, m1)));
 }
+
+/* e(.): the control-bit mask of a hash, its top bit */
+static inline uint64_t th_e(block h) { return (uint64_t)_mm_movemask_pd(_mm_castsi128_pd(h)) >> 1; }
 
 /* Per-gate keys (multi-instance security, as emp's MITCCRH): every hashing gate, on every chunk
  * of <= NB instances, hashes under its own AES key k_j = expand(pi(j)), j = the gate's first
@@ -634,7 +638,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
             if (G[0] == G_B2A || G[0] == G_NOUT) off += (n * (uint64_t)G[6] + 7) / 8;
             if (G[0] == G_B2A2) off += 2 * ((n * (uint64_t)G[6] + 7) / 8);
             if (G[0] == G_REVEAL) off += (n + 7) / 8;
-            if (G[0] == G_AND || G[0] == G_CARRY) off += (n * 5 + 7) / 8; /* three-halves control bits */
+            if (G[0] == G_AND || G[0] == G_CARRY) off += 5 * ((n + 7) / 8); /* three-halves control bit planes */
         }
         if (off != arith_len) {
             rc = -3;
@@ -694,8 +698,8 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 break;
             case G_AND:
             case G_CARRY: {
-                /* three-halves AND (Rosulek-Roy, CRYPTO 2021): 3 half ciphertexts G0, G1, G2 (24 bytes)
-                 * + 5 control bits z, hash tweaks t (A), t+1 (B), t+2 (A^B). See th_rmul for R_ij.
+                /* three-halves AND (see th_rmul): G0 G1 G2 (24 bytes per instance) + 5 control bits (bit planes
+                 * z0..z4 of n bits each), hash tweaks t (A), t+1 (B), t+2 (A^B).
                  * CARRY (full-adder carry with a garbler share bit g): X = a ^ c, Y = c ^ g, out = c ^ (X & Y). */
                 const block *X = A, *Y = B;
                 if (op == G_CARRY) {
@@ -709,11 +713,12 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 }
                 const block cz = op == G_CARRY ? _mm_set1_epi8(-1) : _mm_setzero_si128();
                 uint8_t *T = ct + (size_t)c * n + i0 * 24;
-                uint8_t *rz = arith + roff[g] + i0 * 5 / 8;
+                const uint64_t plane = (n + 7) / 8, zbytes = (cnt + 7) / 8;
+                uint8_t *zp = arith + roff[g] + i0 / 8;
+                uint64_t zw[5][2] = {{0}};
                 block *h[6];
                 for (int q = 0; q < 6; q++) h[q] = hb + (size_t)q * NB;
                 if (garbler) {
-                    const uint64_t DL = lo64(D), DR = hi64(D);
                     for (uint32_t i = 0; i < cnt; i++) { /* colour-0 labels A0, B0 */
                         const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(lsb(X[i]))));
                         const block b0 = _mm_xor_si128(Y[i], _mm_and_si128(D, bm(lsb(Y[i]))));
@@ -726,61 +731,67 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     }
                     for (int q = 0; q < 6; q++)
                         hash_batch(gate_key(&kc, twc + t + q / 2), h[q], h[q], cnt, twc + t + q / 2, tpi, dom);
-                    block rb[8]; /* rho0 of instance i: bit i of rb[0]; rho1: bit i of rb[1] */
+                    block rb[8]; /* r0 of instance i: bit i of rb[0]; r1: bit i of rb[1] */
                     prg_next8(&prg, rb);
                     uint64_t rw[4];
                     memcpy(rw, rb, sizeof rw);
+                    const block lo = _mm_set_epi64x(0, -1), hi = _mm_set_epi64x(-1, 0), ones = _mm_set1_epi8(-1);
                     for (uint32_t i = 0; i < cnt; i++) {
-                        const uint64_t al = lsb(X[i]), be = lsb(Y[i]);
+                        const uint64_t al = lsb(X[i]), be = lsb(Y[i]), sh = i & 63;
                         const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(al)));
                         const block b0 = _mm_xor_si128(Y[i], _mm_and_si128(D, bm(be)));
                         const block a1 = _mm_xor_si128(a0, D), b1 = _mm_xor_si128(b0, D);
-                        const uint64_t r0 = (rw[i >> 6] >> (i & 63)) & 1, r1 = (rw[2 + (i >> 6)] >> (i & 63)) & 1;
-                        /* the output is 1 at colours (a, b) = (1 ^ al, 1 ^ be); control bits per colour pair:
+                        const uint64_t r0 = (rw[i >> 6] >> sh) & 1, r1 = (rw[2 + (i >> 6)] >> sh) & 1;
+                        /* the AND is 1 at colours (a, b) = (1 ^ al, 1 ^ be); control bits per colour pair:
                          * c(0,0) = (r0, r1), c(0,1) = (r0^a^b, r1^a), c(1,0) = (r0^b, r1^a^b) */
                         const uint64_t a = 1 ^ al, bb = 1 ^ be, ab = a ^ bb;
-                        uint64_t R00L, R00R, R01L, R01R, R10L, R10R;
-                        th_rmul(0, 0, r0, r1, a0, b0, &R00L, &R00R);
-                        th_rmul(0, 1, r0 ^ ab, r1 ^ a, a0, b1, &R01L, &R01R);
-                        th_rmul(1, 0, r0 ^ bb, r1 ^ ab, a1, b0, &R10L, &R10R);
-                        const uint64_t t00 = -(al & be), t01 = -(al & (1 ^ be)), t10 = -((1 ^ al) & be);
-                        const block k00 = _mm_xor_si128(h[0][i], h[4][i]), k01 = _mm_xor_si128(h[0][i], h[5][i]);
+                        const block R00 = th_rmul(a0, b0, ones, bm(r0), bm(r1));
+                        const block R01 = th_rmul(a0, b1, lo, bm(r0 ^ ab), bm(r1 ^ a));
+                        const block R10 = th_rmul(a1, b0, hi, bm(r0 ^ bb), bm(r1 ^ ab));
+                        const block k00 = _mm_xor_si128(h[0][i], h[4][i]), m00 = _mm_xor_si128(h[2][i], h[4][i]);
+                        const block k01 = _mm_xor_si128(h[0][i], h[5][i]), m01 = _mm_xor_si128(h[3][i], h[5][i]);
                         const block k10 = _mm_xor_si128(h[1][i], h[5][i]);
-                        const block m00 = _mm_xor_si128(h[2][i], h[4][i]), m01 = _mm_xor_si128(h[3][i], h[5][i]);
-                        const uint64_t CL = lo64(k00) ^ R00L ^ (t00 & DL), CR = lo64(m00) ^ R00R ^ (t00 & DR);
-                        const uint64_t G2 = CL ^ (t01 & DL) ^ lo64(k01) ^ R01L;
-                        const uint64_t G0 = G2 ^ CL ^ (t10 & DL) ^ lo64(k10) ^ R10L;
-                        const uint64_t G1 = G2 ^ CR ^ (t01 & DR) ^ lo64(m01) ^ R01R;
-                        const uint64_t z0 = r0 ^ (hi64(k00) & 1), z1 = r1 ^ (hi64(m00) & 1);
-                        const uint64_t z4 = r0 ^ ab ^ z0 ^ (hi64(k01) & 1);
-                        const uint64_t z2 = r0 ^ bb ^ z0 ^ z4 ^ (hi64(k10) & 1);
-                        const uint64_t z3 = r1 ^ a ^ z1 ^ z4 ^ (hi64(m01) & 1);
-                        tv[i] = z0 | z1 << 1 | z2 << 2 | z3 << 3 | z4 << 4;
-                        memcpy(T + 24 * (size_t)i, &G0, 8);
-                        memcpy(T + 24 * (size_t)i + 8, &G1, 8);
-                        memcpy(T + 24 * (size_t)i + 16, &G2, 8);
-                        O[i] = _mm_xor_si128(_mm_set_epi64x((long long)CR, (long long)CL), _mm_and_si128(B[i], cz));
+                        /* C = output label of colour pair (0,0) minus its Delta; V01 = (G2, G1 ^ G2); V10_L = G0 ^ G2 */
+                        const block C = _mm_xor_si128(_mm_xor_si128(_mm_unpacklo_epi64(k00, m00), R00),
+                                                      _mm_and_si128(D, bm(al & be)));
+                        const block V01 = _mm_xor_si128(_mm_xor_si128(_mm_unpacklo_epi64(k01, m01), R01),
+                                                        _mm_xor_si128(_mm_and_si128(D, bm(al & (1 ^ be))), C));
+                        const block V10 = _mm_xor_si128(_mm_xor_si128(k10, R10),
+                                                        _mm_xor_si128(_mm_and_si128(D, bm((1 ^ al) & be)), C));
+                        const block GG = _mm_xor_si128(_mm_blend_epi16(V10, V01, 0xf0), _mm_unpacklo_epi64(V01, V01));
+                        _mm_storeu_si128((block *)(T + 24 * (size_t)i), GG);
+                        _mm_storel_epi64((block *)(T + 24 * (size_t)i + 16), V01);
+                        const uint64_t z0 = r0 ^ th_e(k00), z1 = r1 ^ th_e(m00);
+                        const uint64_t z4 = r0 ^ ab ^ z0 ^ th_e(k01);
+                        const uint64_t z2 = r0 ^ bb ^ z0 ^ z4 ^ th_e(k10);
+                        const uint64_t z3 = r1 ^ a ^ z1 ^ z4 ^ th_e(m01);
+                        zw[0][i >> 6] |= z0 << sh;
+                        zw[1][i >> 6] |= z1 << sh;
+                        zw[2][i >> 6] |= z2 << sh;
+                        zw[3][i >> 6] |= z3 << sh;
+                        zw[4][i >> 6] |= z4 << sh;
+                        O[i] = _mm_xor_si128(C, _mm_and_si128(B[i], cz));
                     }
-                    pack_vals(rz, tv, cnt, 5);
+                    for (int q = 0; q < 5; q++) memcpy(zp + q * plane, zw[q], zbytes);
                 } else {
                     for (uint32_t i = 0; i < cnt; i++) h[2][i] = _mm_xor_si128(X[i], Y[i]);
                     hash_batch(gate_key(&kc, twc + t), X, h[0], cnt, twc + t, tpi, dom);
                     hash_batch(gate_key(&kc, twc + t + 1), Y, h[1], cnt, twc + t + 1, tpi, dom);
                     hash_batch(gate_key(&kc, twc + t + 2), h[2], h[2], cnt, twc + t + 2, tpi, dom);
-                    unpack_vals(rz, arith + roff[g] + (n * 5 + 7) / 8, tv, cnt, 5);
+                    for (int q = 0; q < 5; q++) memcpy(zw[q], zp + q * plane, zbytes);
                     for (uint32_t i = 0; i < cnt; i++) {
-                        const uint64_t ci = lsb(X[i]), cj = lsb(Y[i]), cx = ci ^ cj, z = tv[i];
+                        const uint64_t ci = lsb(X[i]), cj = lsb(Y[i]), cx = ci ^ cj, sh = i & 63, w = i >> 6;
                         const block k1 = _mm_xor_si128(h[0][i], h[2][i]), k2 = _mm_xor_si128(h[1][i], h[2][i]);
-                        const uint64_t c0 = (z ^ (ci & (z >> 2)) ^ (cx & (z >> 4)) ^ hi64(k1)) & 1;
-                        const uint64_t c1 = ((z >> 1) ^ (cj & (z >> 3)) ^ (cx & (z >> 4)) ^ hi64(k2)) & 1;
-                        uint64_t RL, RR, G0, G1, G2;
-                        th_rmul(ci, cj, c0, c1, X[i], Y[i], &RL, &RR);
-                        memcpy(&G0, T + 24 * (size_t)i, 8);
-                        memcpy(&G1, T + 24 * (size_t)i + 8, 8);
-                        memcpy(&G2, T + 24 * (size_t)i + 16, 8);
-                        const uint64_t L = lo64(k1) ^ (-ci & G0) ^ (-cx & G2) ^ RL;
-                        const uint64_t R = lo64(k2) ^ (-cj & G1) ^ (-cx & G2) ^ RR;
-                        O[i] = _mm_xor_si128(_mm_set_epi64x((long long)R, (long long)L), _mm_and_si128(B[i], cz));
+                        const uint64_t z4 = cx & (zw[4][w] >> sh);
+                        const uint64_t c0 = ((zw[0][w] >> sh) ^ (ci & (zw[2][w] >> sh)) ^ z4 ^ th_e(k1)) & 1;
+                        const uint64_t c1 = ((zw[1][w] >> sh) ^ (cj & (zw[3][w] >> sh)) ^ z4 ^ th_e(k2)) & 1;
+                        const block mP = _mm_set_epi64x((long long)(cj - 1), (long long)(ci - 1)); /* (1^i, 1^j) masks */
+                        const block R = th_rmul(X[i], Y[i], mP, bm(c0), bm(c1));
+                        const block GG = _mm_loadu_si128((const block *)(T + 24 * (size_t)i));
+                        const block G2 = _mm_loadl_epi64((const block *)(T + 24 * (size_t)i + 16));
+                        const block v = _mm_xor_si128(_mm_andnot_si128(mP, GG), _mm_and_si128(_mm_unpacklo_epi64(G2, G2), bm(cx)));
+                        O[i] = _mm_xor_si128(_mm_xor_si128(_mm_unpacklo_epi64(k1, k2), _mm_xor_si128(v, R)),
+                                             _mm_and_si128(B[i], cz));
                     }
                 }
                 break;

@@ -61,7 +61,7 @@ class Compiled:
     tweaks_per_inst: int
     ct_bytes: int  # ciphertext bytes per instance: 24 per AND/CARRY (three halves), 16 per ANDG
     arith_regions: tuple[int, ...]  # bit width of each packed region (n values each): arithmetic
-    # ciphertexts, REVEAL bits, and the 5 control bits of each three-halves AND
+    # ciphertexts, REVEAL bits, and the 5 control-bit planes of each three-halves AND
     and_gates: int  # three-halves ANDs (AND and CARRY): 24 bytes + 5 bits each
     andg_gates: int  # garbler half gates (1 ciphertext each)
     const_out: int  # constant output bits OR-ed into the evaluator's result (argmax)
@@ -214,7 +214,7 @@ def _finish(bld: _Builder, const_out: int = 0) -> Compiled:
         if op in (AND, CARRY):  # three halves: hash tweaks t, t+1, t+2; G0 G1 G2; 5 control bits
             t, c = tw, ct
             tw, ct = tw + 3, ct + 24
-            regions.append(5)
+            regions += [1] * 5  # control bits z0..z4, one bit plane each
             n_and += 1
         elif op == ANDG:
             t, c = tw, ct
