@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["native/build_ffi.py:ffibuilder"])
+setup(cffi_modules=["native/build_ffi.py:ffibuilder", "native/build_he_ffi.py:ffibuilder"])

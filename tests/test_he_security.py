@@ -7,7 +7,6 @@ import pytest
 
 from bunet import ring
 from bunet.he import ClientHE, ConvSpec, HEParams, LayerSpec, ServerHE
-from bunet.he import server as server_mod
 
 L = 24
 
@@ -67,26 +66,52 @@ def test_worst_case_noise_at_largest_shape(params: HEParams, client: ClientHE) -
     assert noise.max() < 2 ** (params.down_bits - L) // 2
 
 
-def test_flooding_is_applied(params: HEParams, client: ClientHE, monkeypatch) -> None:
-    """Every returned c0 coefficient gets a flood of the full width, freshly sampled."""
+def test_flooding_is_applied(params: HEParams, client: ClientHE) -> None:
+    """Every returned c0 coefficient carries a flood of the full width.
+
+    What the client sees of the noise at 2^m is the c0 truncation (uniform, 2^(m - m0) wide)
+    plus the flood (uniform in +-2^(flood_bits + m) / q); everything else is far smaller.  Without
+    the flood the variance would be the truncation's alone, 30% lower than predicted here.
+    """
     srv = _server_from_blobs(params, client)
     rng = np.random.default_rng(2)
-    w = rng.integers(-1000, 1000, (4, 8, 3, 3))
-    layer = srv.prepare(ConvSpec(), w, None, (8, 16, 16))
-    xc, xs = ring.random((1, 8, 16, 16), L), ring.random((1, 8, 16, 16), L)
-    calls: list[tuple[int, tuple[int, ...]]] = []
-    real = server_mod.Sampler.uniform_signed_residues
-
-    def spy(self, bits, primes, shape):
-        calls.append((bits, shape))
-        return real(self, bits, primes, shape)
-
-    monkeypatch.setattr(server_mod.Sampler, "uniform_signed_residues", spy)
+    w = rng.integers(-1000, 1000, (8, 8, 3, 3))
+    layer = srv.prepare(ConvSpec(), w, None, (8, 32, 32))
+    xc, xs = ring.random((1, 8, 32, 32), L), ring.random((1, 8, 32, 32), L)
     down, _ = srv.apply(layer, client.encrypt(layer.spec, xc), xs)
-    assert {b for b, _ in calls} == {params.flood_bits}
-    assert sum(int(np.prod(s)) for _, s in calls) == layer.plan.n_returned
-    floods = real(srv._rand, params.flood_bits, (params.primes[0],), (4096,))[0]   # noqa: SLF001
-    assert len(np.unique(floods)) > 4000
+    noise = client.noise(layer.spec, down).astype(np.float64)
+    assert noise.size == layer.plan.n_returned == 8 * 32 * 32
+    var_trunc = 2.0 ** (2 * (params.down_bits - params.down_c0_bits)) / 12
+    flood = 2.0 ** (params.flood_bits + params.down_bits) / params.q
+    var_flood = flood**2 / 3
+    assert var_flood > 0.3 * var_trunc
+    measured = noise.var()
+    assert abs(measured / (var_trunc + var_flood) - 1) < 0.1
+    assert np.abs(noise).max() < 2 ** (params.down_bits - L) // 2
+
+
+def test_native_flood_is_one_uniform_integer(params: HEParams) -> None:
+    """The flood's residues are those of one integer in [-2^bits, 2^bits) (CRT-consistent), fresh per key."""
+    from bunet.he._native import ffi, lib
+
+    from bunet.he.rns import rns_for
+
+    rns = rns_for(params.primes, params.poly_degree)
+    for bits in (params.flood_bits, 60, 105):
+        n_limbs = (bits + 27) // 27
+        count = 2000
+        res = np.empty((rns.k, count))
+        limbs = np.empty((count, n_limbs), dtype=np.uint32)
+        key = bytes(range(32))
+        lib.bh_flood_sample(rns.ctx, key, 7, bits, count, ffi.cast("double *", ffi.from_buffer(res)),
+                            ffi.cast("uint32_t *", ffi.from_buffer(limbs)))
+        vals = [sum(int(limbs[j, i]) << (27 * i) for i in range(n_limbs)) - (1 << bits) for j in range(count)]
+        assert all(-(1 << bits) <= v < 1 << bits for v in vals)
+        assert min(vals) < -(1 << (bits - 2)) and max(vals) > 1 << (bits - 2)
+        assert len(set(vals)) == count
+        for i, p in enumerate(params.primes):
+            assert all((int(res[i, j]) - v) % p == 0 for j, v in enumerate(vals))
+            assert np.abs(res[i]).max() <= p // 2 + 1
 
 
 def test_message_validation(params: HEParams, client: ClientHE) -> None:
@@ -147,28 +172,3 @@ def test_decryption_product_is_exact(ring_bits: int) -> None:
         neg = full[:n].copy()
         neg[: n - 1] -= full[n:]
         assert np.array_equal(got[row], neg.view(np.uint64) & np.uint64((1 << m) - 1))
-
-
-@pytest.mark.parametrize("bits", [60, 79, 105])
-def test_flood_residues_are_one_integer(bits: int) -> None:
-    """The flood's residues are those of a single integer in [-2^bits, 2^bits) (CRT-consistent)."""
-    import itertools
-
-    from bunet.he.rand import Sampler
-
-    primes = (4169729, 4120577, 778241)
-    s = Sampler()
-    start = next(s._ctr)                                     # noqa: SLF001
-    s._ctr = itertools.count(start)                          # noqa: SLF001
-    out = s.uniform_signed_residues(bits, primes, (300,))
-    twin = Sampler()
-    twin._key, twin._ctr = s._key, itertools.count(start)    # noqa: SLF001
-    total = bits + 1
-    n_limbs = (total + 26) // 27
-    w = twin.words64((n_limbs, 300))
-    vals = [sum((int(w[i, j]) >> (64 - min(27, total - 27 * i))) << (27 * i) for i in range(n_limbs)) - (1 << bits)
-            for j in range(300)]
-    assert all(-(1 << bits) <= v < 1 << bits for v in vals)
-    assert min(vals) < 0 < max(vals)
-    for i, p in enumerate(primes):
-        assert all((int(out[i, j]) - v) % p == 0 for j, v in enumerate(vals))

@@ -208,6 +208,14 @@ class Plan:
         flat = ((o * self.ho + row) * self.wo + col)[valid]
         return ct.astype(np.int64), coef.astype(np.int64), flat.astype(np.int64)
 
+    @cached_property
+    def returned_ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per ciphertext og*tiles + tile: [lo, hi) into :attr:`returned`; and its coefficients as int32."""
+        ct, coef, _ = self.returned
+        ids = np.arange(self.n_og * self.tiles)
+        return (np.searchsorted(ct, ids, "left").astype(np.int64), np.searchsorted(ct, ids, "right").astype(np.int64),
+                coef.astype(np.int32))
+
     @property
     def n_returned(self) -> int:
         return int(self.returned[0].size)

@@ -31,6 +31,9 @@ PRIME_BITS = 22          # residues < 2^22: products < 2^44, exact in float64 wi
 NOISE_ETA = 21           # centred binomial, variance 10.5 (sigma 3.24 >= 3.2), |e| <= 21
 FLOOD_SD_BITS = 40       # statistical distance of flooding <= 2^-(FLOOD_SD_BITS + 1)
 MIN_RING_BITS, MAX_RING_BITS = 2, 40
+#: Version of the encodings behind the parameters (in the digest every message carries).
+#: 2: radix-2 NTT with bit-reversed evaluation order (native kernels); 1 was a four-step order.
+PARAMS_VERSION = 2
 
 
 def _is_prime(n: int) -> bool:
@@ -138,7 +141,7 @@ class HEParams:
     flood_bits: int
     down_bits: int          # c1 (and c0 before truncation) returned modulo 2^down_bits
     down_c0_bits: int       # top bits of c0 returned
-    version: int = 1
+    version: int = PARAMS_VERSION
     _seal_checked: bool = field(default=False, compare=False, repr=False)
 
     # ----- construction -------------------------------------------------------------
@@ -191,6 +194,8 @@ class HEParams:
     # ----- checks -----------------------------------------------------------------------
     def validate(self) -> None:
         """Re-derive every security and correctness condition (used on blobs from the peer)."""
+        if self.version != PARAMS_VERSION:
+            raise ValueError(f"unsupported HE parameter version {self.version} (this build: {PARAMS_VERSION})")
         ring.check_ring_bits(self.ring_bits)
         if not MIN_RING_BITS <= self.ring_bits <= MAX_RING_BITS:
             raise ValueError(f"ring bits must be in [{MIN_RING_BITS}, {MAX_RING_BITS}]")

@@ -1,28 +1,29 @@
-"""Exact RNS arithmetic on float64 arrays, and a negacyclic NTT built from BLAS matrix products.
+"""Exact RNS arithmetic on float64 arrays, and the negacyclic NTT (native, ``bunet.he._native``).
 
-Every residue is an integer below p < 2^22 stored in a float64.  A product of two residues is
-below 2^44 and a sum of up to 2^9 of them below 2^53, so float64 arithmetic (and BLAS, in any
-summation order) is exact.  The NTT is the four-step algorithm: N = n1 * n2, two dense
-DFT matrices applied with matmul (sums of n <= 128 products < 2^51) and a twiddle multiply.
-The evaluation order of the transform is a fixed permutation, which is all a pointwise
-product needs.
+Every residue is an integer below p < 2^22 stored in a float64.  A product of two centred
+residues is below 2^42 and sums of up to 2^10 of them stay below 2^53, so float64 arithmetic
+is exact; reductions are x - rint(x / p) * p.  The NTT is a radix-2 Cooley-Tukey transform
+(natural order in, bit-reversed evaluation order out; Gentleman-Sande back) in C with an
+AVX2+FMA path chosen at run time.  The evaluation order is a fixed permutation, which is all
+a pointwise product needs; both parties use this one transform.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
+from ._native import ffi, lib
+
 F64 = np.float64
+THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 def mod_inplace(x: np.ndarray, p: np.ndarray | float, pinv: np.ndarray | float) -> np.ndarray:
-    """Centred lazy reduction in place: exact float64 integers |x| < 2^53 -> |x| <= p/2 + 1.
-
-    Every intermediate stays centred, so a product is below 2^42 and sums of up to 2^10 of
-    them stay exact; only values leaving the module are made canonical (:func:`canon`).
-    """
+    """Centred lazy reduction in place: exact float64 integers |x| < 2^52 -> |x| <= p/2 + 1."""
     q = np.multiply(x, pinv)
     np.rint(q, out=q)
     q *= p
@@ -50,85 +51,55 @@ def _primitive_root_2n(p: int, n: int) -> int:
     raise ValueError("no primitive root")
 
 
-def _centred(a: np.ndarray, p: int) -> np.ndarray:
-    a = np.asarray(a, dtype=np.int64) % p
-    return np.where(a > p // 2, a - p, a).astype(F64)
+def _centred_int(v: int, p: int) -> int:
+    v %= p
+    return v - p if v > p // 2 else v
 
 
 def _powers(g: int, count: int, p: int) -> np.ndarray:
-    out = np.empty(count, dtype=np.int64)
-    v = 1
-    for i in range(count):
-        out[i] = v
-        v = v * g % p
+    """g^e mod p for e < count, by repeated doubling of a vector (int64, exact for p < 2^31)."""
+    out = np.ones(count, dtype=np.int64)
+    step, filled = g % p, 1
+    while filled < count:
+        take = min(filled, count - filled)
+        out[filled:filled + take] = out[:take] * step % p
+        filled += take
+        step = step * step % p
     return out
 
 
-class PrimeNTT:
-    """Negacyclic NTT of length N modulo one prime, vectorised over leading axes.
+def _bitrev(n: int) -> np.ndarray:
+    bits = n.bit_length() - 1
+    idx = np.arange(n)
+    rev = np.zeros(n, dtype=np.int64)
+    for b in range(bits):
+        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    return rev
 
-    Four-step: index i = i1 + n1*i2, output k = j2 + n2*j1 stored at [j2, j1].  The twist by
-    psi^i is folded into the first DFT matrix (psi^(n1*i2)) and the twiddles (psi^i1).
-    """
 
-    def __init__(self, p: int, n: int) -> None:
-        self.p, self.n = p, n
-        self.pf, self.pinv = float(p), 1.0 / p
-        n1 = 64
-        n2 = n // n1
-        self.n1, self.n2 = n1, n2
-        psi = _primitive_root_2n(p, n)
-        psi_inv = pow(psi, -1, p)
-        pw = _powers(psi, 2 * n, p)          # psi^e, e < 2N  (omega^e = psi^(2e))
-        pwi = _powers(psi_inv, 2 * n, p)
-        i2 = np.arange(n2)
-        j2 = np.arange(n2)
-        i1 = np.arange(n1)
-        j1 = np.arange(n1)
-        # forward
-        e = (2 * n1 * np.outer(j2, i2) + n1 * i2[None, :]) % (2 * n)
-        self.f2 = _centred(pw[e], p)                                        # [j2, i2]
-        e = (2 * np.outer(j2, i1) + i1[None, :]) % (2 * n)
-        self.tw = _centred(pw[e], p)                                        # [j2, i1]
-        e = (2 * n2 * np.outer(i1, j1)) % (2 * n)
-        self.f1 = _centred(pw[e], p)                                        # [i1, j1]
-        # inverse
-        self.f1i = _centred(pwi[(2 * n2 * np.outer(j1, i1)) % (2 * n)], p)   # [j1, i1]
-        e = (2 * np.outer(j2, i1) + i1[None, :]) % (2 * n)
-        self.twi = _centred(pwi[e], p)                                      # [j2, i1]
-        n_inv = pow(n, -1, p)
-        e = (2 * n1 * np.outer(i2, j2) + n1 * i2[:, None]) % (2 * n)
-        self.f2i = _centred(pwi[e] * n_inv % p, p)                          # [i2, j2]
+def f64_ptr(a: np.ndarray) -> Any:
+    """A ``double *`` into a C-contiguous float64 array (no copy)."""
+    if a.dtype != F64 or not a.flags.c_contiguous:
+        raise ValueError("expected a C-contiguous float64 array")
+    return ffi.cast("double *", ffi.from_buffer(a))
 
-    def _red(self, x: np.ndarray) -> np.ndarray:
-        return mod_inplace(x, self.pf, self.pinv)
 
-    def forward(self, a: np.ndarray) -> np.ndarray:
-        """(..., N) residues (|a| <= p) -> (..., N) centred evaluations at psi^(odd)."""
-        shp = a.shape
-        x = a.reshape(-1, self.n2, self.n1)                     # [i2, i1]
-        x = self._red(np.matmul(self.f2, x))                    # [j2, i1]
-        x *= self.tw
-        x = self._red(np.matmul(self._red(x), self.f1))         # [j2, j1]
-        return x.reshape(shp)
-
-    def inverse(self, a: np.ndarray) -> np.ndarray:
-        shp = a.shape
-        x = a.reshape(-1, self.n2, self.n1)
-        x = self._red(np.matmul(x, self.f1i))                   # [j2, i1]
-        x *= self.twi
-        x = self._red(np.matmul(self.f2i, self._red(x)))        # [i2, i1]
-        return x.reshape(shp)
+def ptr(ctype: str, a: np.ndarray | bytes | bytearray | memoryview) -> Any:
+    """A typed pointer into a contiguous buffer (no copy); the caller keeps ``a`` alive."""
+    if isinstance(a, np.ndarray) and not a.flags.c_contiguous:
+        raise ValueError("expected a C-contiguous array")
+    return ffi.cast(ctype, ffi.from_buffer(a))
 
 
 class RNS:
-    """The K-prime basis of q with an NTT per prime; arrays carry the prime as axis 0."""
+    """The K-prime basis of q with NTT tables; arrays carry the prime as axis 0 unless noted."""
 
     def __init__(self, primes: tuple[int, ...], n: int) -> None:
+        if n < 16 or n & (n - 1):
+            raise ValueError("N must be a power of two >= 16")
         self.primes = primes
         self.n = n
         self.k = len(primes)
-        self.ntts = [PrimeNTT(p, n) for p in primes]
         self.pf = np.array(primes, dtype=F64)
         self.pinv = 1.0 / self.pf
         q = 1
@@ -136,7 +107,25 @@ class RNS:
             q *= p
         self.q = q
         # CRT: c/q = sum_i [c_i * (q/p_i)^-1]_{p_i} / p_i  (mod 1)
-        self.crt_inv = np.array([pow(q // p % p, -1, p) for p in primes], dtype=F64)
+        self.crt_inv = np.array([_centred_int(pow(q // p % p, -1, p), p) for p in primes], dtype=F64)
+        rev = _bitrev(n)
+        tw = np.empty((self.k, n))
+        itw = np.empty((self.k, n))
+        ninv = np.empty(self.k)
+        for i, p in enumerate(primes):
+            psi = _primitive_root_2n(p, n)
+            pw = _powers(psi, n, p)
+            ipw = _powers(pow(psi, -1, p), n, p)
+            tw[i] = np.where(pw[rev] > p // 2, pw[rev] - p, pw[rev])
+            itw[i] = np.where(ipw[rev] > p // 2, ipw[rev] - p, ipw[rev])
+            ninv[i] = _centred_int(pow(n, -1, p), p)
+        self._tables = (tw, itw, ninv)       # kept alive: the C context points into them
+        ctx = ffi.new("bh_rns *")
+        ctx.k, ctx.n = self.k, n
+        ctx.p, ctx.pinv = f64_ptr(self.pf), f64_ptr(self.pinv)
+        ctx.tw, ctx.itw, ctx.ninv = f64_ptr(tw), f64_ptr(itw), f64_ptr(ninv)
+        ctx.crt = f64_ptr(self.crt_inv)
+        self.ctx = ctx
 
     def col(self, shape_tail: int) -> tuple[np.ndarray, np.ndarray]:
         """p and 1/p shaped (K, 1, ..., 1) for broadcasting against (K, ...) arrays."""
@@ -153,7 +142,7 @@ class RNS:
         return canon(x, self.col(x.ndim - 1)[0])
 
     def from_int(self, x: np.ndarray) -> np.ndarray:
-        """Signed or unsigned integer array -> (K, ...) residues (exact for |x| < 2^63)."""
+        """Signed or unsigned integer array -> (K, ...) residues in [0, p) (exact for |x| < 2^63)."""
         x = np.asarray(x)
         out = np.empty((self.k,) + x.shape, dtype=F64)
         xi = x.astype(np.int64, copy=False)
@@ -166,7 +155,7 @@ class RNS:
         return np.broadcast_to(np.asarray(x, dtype=F64), (self.k,) + np.shape(x))
 
     def from_uint(self, x: np.ndarray) -> np.ndarray:
-        """Integers in [0, 2^53) -> centred residues (K, ...) using float arithmetic only."""
+        """Integers in [0, 2^52) -> centred residues (K, ...) using float arithmetic only."""
         xf = np.asarray(x).astype(F64)
         out = np.empty((self.k,) + xf.shape)
         for i in range(self.k):
@@ -174,44 +163,52 @@ class RNS:
             mod_inplace(out[i], self.pf[i], self.pinv[i])
         return out
 
+    def delta_residues(self, delta: int) -> np.ndarray:
+        """Centred residues of an integer constant (e.g. Delta), shape (K,)."""
+        return np.array([_centred_int(delta, p) for p in self.primes], dtype=F64)
+
     def mul_const(self, x: np.ndarray, c: int) -> np.ndarray:
         """x * c mod q for centred residues x (K, ...) and an integer constant, in place."""
-        for i, p in enumerate(self.primes):
-            cc = c % p
-            cc = cc - p if cc > p // 2 else cc
-            x[i] *= float(cc)
+        for i, cc in enumerate(self.delta_residues(c)):
+            x[i] *= cc
             mod_inplace(x[i], self.pf[i], self.pinv[i])
         return x
 
+    def _transform(self, a: np.ndarray, inverse: bool) -> np.ndarray:
+        a = np.asarray(a, dtype=F64)
+        shp = a.shape
+        if shp[0] != self.k or shp[-1] != self.n:
+            raise ValueError("expected a (K, ..., N) residue array")
+        x = np.ascontiguousarray(np.moveaxis(a.reshape(self.k, -1, self.n), 0, 1))     # (count, K, N)
+        if np.may_share_memory(x, a):
+            x = x.copy()
+        if x.size and np.abs(x).max() > 2.0**22:
+            self.reduce(x.transpose(1, 0, 2))
+        fn = lib.bh_ntt_inv if inverse else lib.bh_ntt_fwd
+        fn(self.ctx, f64_ptr(x), x.shape[0], THREADS)
+        return np.ascontiguousarray(np.moveaxis(x, 1, 0)).reshape(shp)
+
     def forward(self, a: np.ndarray) -> np.ndarray:
-        """(K, ..., N) -> NTT form per prime."""
-        out = np.empty(a.shape)
-        for i, nt in enumerate(self.ntts):
-            out[i] = nt.forward(a[i])
-        return out
+        """(K, ..., N) -> NTT form per prime (new array, centred)."""
+        return self._transform(a, False)
 
     def inverse(self, a: np.ndarray) -> np.ndarray:
-        out = np.empty(a.shape)
-        for i, nt in enumerate(self.ntts):
-            out[i] = nt.inverse(a[i])
-        return out
+        return self._transform(a, True)
 
     def to_pow2(self, x: np.ndarray, bits: int) -> np.ndarray:
-        """round(2^bits * c / q) mod 2^bits for c given by (centred) residues (K, ...), as uint64.
+        """round(2^bits * c / q) mod 2^bits for c given by centred residues (K, ...), as uint64.
 
         Float rounding adds at most K * 2^(bits-52) < 1 to the exact rounding error (bits <= 50);
         the noise analysis budgets |error| <= 2 per coefficient.
         """
         if bits > 50:
             raise ValueError("download precision above 50 bits is not supported")
-        acc = None
-        scale = float(1 << bits)
-        for i in range(self.k):
-            y = mod_inplace(x[i] * self.crt_inv[i], self.pf[i], self.pinv[i])   # centred is fine
-            y *= scale / self.pf[i]
-            acc = y if acc is None else acc + y
-        v = np.rint(acc).astype(np.int64).view(np.uint64)
-        return v & np.uint64((1 << bits) - 1)
+        xs = np.ascontiguousarray(x, dtype=F64).reshape(self.k, -1)
+        if xs.size and np.abs(xs).max() > 2.0**22:
+            xs = self.reduce(xs.copy())
+        out = np.empty(xs.shape[1], dtype=np.uint64)
+        lib.bh_to_pow2(self.ctx, f64_ptr(xs), xs.shape[1], bits, ptr("uint64_t *", out))
+        return out.reshape(np.shape(x)[1:])
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,92 @@
+/* Native HomConv kernels (BFV over an RNS of primes p < 2^22, residues held in float64).
+ *
+ * Every residue is an integer stored in a double; products of two centred residues are below
+ * 2^42 and exact, and a product is reduced as x - rint(x / p) * p, also exact.  All kernels
+ * have an AVX2+FMA path chosen at run time and a portable path with bit-identical results.
+ * Functions taking ``threads`` split their work over that many POSIX threads (the caller
+ * counts as one); cffi releases the GIL around every call.
+ *
+ * Layouts: a polynomial "per ciphertext" array is (count, K, N) doubles.  The product kernels
+ * work on "slot blocks": the K*N NTT slots cut into groups of 4, block b = slots 4b..4b+3
+ * (all within prime 4b / N):  X[blk][c][row][4], F[blk][og][c][4] (float32), Y[blk][og][row][4].
+ */
+#ifndef BUNET_HE_H
+#define BUNET_HE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int k;                /* number of primes */
+    int n;                /* polynomial degree, a power of two >= 16 */
+    const double *p;      /* [k] primes */
+    const double *pinv;   /* [k] 1 / p */
+    const double *tw;     /* [k][n] psi^bitrev(i), centred (forward, Cooley-Tukey) */
+    const double *itw;    /* [k][n] psi^-bitrev(i), centred (inverse, Gentleman-Sande) */
+    const double *ninv;   /* [k] n^-1 mod p, centred */
+    const double *crt;    /* [k] (q / p_i)^-1 mod p_i, centred */
+} bh_rns;
+
+/* 1 when the AVX2+FMA path is in use; bh_force_portable(1) switches to the portable path. */
+int bh_simd(void);
+void bh_force_portable(int on);
+
+/* ChaCha20 (RFC 8439, 96-bit nonce, 32-bit block counter) keystream. */
+void bh_chacha20(const uint8_t *key, const uint8_t *nonce, uint32_t counter, uint8_t *out, size_t len);
+
+/* In-place negacyclic NTT of (count, K, N) residues; inputs |x| <= 2^22, outputs centred. */
+void bh_ntt_fwd(const bh_rns *r, double *a, int64_t count, int threads);
+void bh_ntt_inv(const bh_rns *r, double *a, int64_t count, int threads);
+
+/* Uniform polynomials a (NTT form) from 32-byte keys: (count, K, N) centred residues.
+ * Same words as keystream(key, 4*K*(N + 64 + N/64)) with rejection per prime row.
+ * Returns the number of keys whose keystream ran short (probability < 2^-100 each). */
+int64_t bh_expand_a(const bh_rns *r, const uint8_t *keys, int64_t count, double *out, int threads);
+
+/* Client: seeded symmetric encryption.  m: (count, N) plaintext coefficients (< 2^52);
+ * c0 = NTT(Delta*m + e) - a*s, written as signed 24-bit little-endian (count, K, N).
+ * delta: [k] centred Delta mod p; s_hat: (K, N); noise_key: 32 bytes (fresh per call). */
+int64_t bh_encrypt(const bh_rns *r, const uint64_t *m, int64_t count, const double *delta,
+                   const double *s_hat, const uint8_t *a_keys, const uint8_t *noise_key,
+                   uint8_t *out, int threads);
+
+/* Server: slot-block input X[blk][c][2*tc][4] of one tile chunk.  Item (c, tl) uses upload
+ * ciphertext ct_index[c*tc + tl] (24-bit residues in c0), x_s coefficients xs[(c*tc + tl)*N]
+ * and a-key a_keys[32*(c*tc + tl)].  Row 2*tl holds c0 + NTT(Delta*x_s), row 2*tl+1 holds a.
+ * Returns the number of ciphertexts with a residue out of range (then X is not usable). */
+int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *ct_index,
+                       const uint64_t *xs, const double *delta, const uint8_t *a_keys,
+                       int c_in, int tc, double *x, int threads);
+
+/* Y[blk][og0 + g][row] = sum_c F[blk][g][c] * X[blk][c][row] (g < og_cnt), reduced. */
+void bh_product_filters(const bh_rns *r, const float *f, int og_cnt, int c_in, int rows,
+                        const double *x, double *y, int og0, int n_og, int threads);
+
+/* Y[blk][og][row] = sum_o' T[o'][slots] * (sum_c W[og*opack + o'][c] * X[blk][c][row]), reduced.
+ * W: (c_out, c_in) integers with row L1 norm < 2^31; T: (opack, K*N) centred. */
+void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_out, int opack,
+                     int n_og, int c_in, int rows, const double *x, double *y, int threads);
+
+/* Server: finish output ciphertexts.  Job j is slot-block output og = jobs_og[j], tile row
+ * pair jobs_tl[j] of Y[blk][n_og][rows][4]; it is written as ciphertext ct_global[j].
+ * Steps: + u*pk (u ternary, fresh), inverse NTT, + e (c1 everywhere, c0 at returned
+ * coefficients), c0 also + Delta*m_s + a uniform flood in [-2^flood_bits, 2^flood_bits),
+ * then switched to 2^down_bits: c1 as (down_bits+7)/8-byte words at c1_out[ct_global*N],
+ * c0's top down_c0_bits at c0_out[ret_base + pos] for pos in [ret_lo[j], ret_hi[j]),
+ * coefficient ret_coef[pos].  Randomness: ChaCha20 under key with nonce (ct_global, label). */
+void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og,
+               const int64_t *jobs_tl, const int64_t *ct_global, int64_t njobs,
+               const int64_t *ret_lo, const int64_t *ret_hi, const int32_t *ret_coef, int64_t ret_base,
+               const uint64_t *m_s, const double *pk, const double *delta, int flood_bits,
+               int down_bits, int down_c0_bits, const uint8_t *key, uint8_t *c1_out, uint8_t *c0_out,
+               int threads);
+
+/* Test hook: the residues (K, count) of `count` flooding integers drawn as bh_finish does
+ * (nonce (ct, 2)), and the integers themselves as 32-bit limbs (count, (bits + 27) / 27). */
+void bh_flood_sample(const bh_rns *r, const uint8_t *key, int64_t ct, int bits, int64_t count,
+                     double *res, uint32_t *limbs);
+
+/* round(2^bits * c / q) mod 2^bits of residues (K, count) (|x| <= 2^22), bits <= 50. */
+void bh_to_pow2(const bh_rns *r, const double *x, int64_t count, int bits, uint64_t *out);
+
+#endif
