@@ -332,22 +332,29 @@ static inline void leaf_streams(const uint8_t *leaves, uint32_t k, uint32_t b, u
         leaf_streams_sse(leaves, k, b, ctr, nb, g);
 }
 
-/* u[q] = XOR_x G_x[q], v[j*8+q] = XOR_{x: x_j = 1} G_x[q]   (x, j public loop indices);
- * specialised per k so that the loops unroll and the accumulators stay in registers */
+/* u[q] = XOR_x G_x[q], v[j*8+q] = XOR_{x: x_j = 1} G_x[q]   (x, j public loop indices).
+ * Butterfly: at level j the array holds S_j[m] = XOR_{x >> j = m} G_x, so v_j = XOR of its odd
+ * entries and S_{j+1}[m] = S_j[2m] ^ S_j[2m+1]: 2N - 2 XORs instead of N (k/2 + 1).
+ * Specialised per k (always inlined with a constant k) so that the loops unroll in registers. */
 static inline __attribute__((always_inline)) void uv_acc_k(const block *g, const uint32_t k, int nb, block *u,
                                                            block *v) {
     const uint32_t N = 1u << k;
     for (int q = 0; q < nb; q++) {
-        block uu = _mm_setzero_si128(), vv[8];
-        for (uint32_t j = 0; j < k; j++) vv[j] = _mm_setzero_si128();
-        for (uint32_t x = 0; x < N; x++) {
-            const block gx = g[8 * x + q];
-            uu = _mm_xor_si128(uu, gx);
-            for (uint32_t j = 0; j < k; j++)
-                if ((x >> j) & 1) vv[j] = _mm_xor_si128(vv[j], gx);
+        block S[256];
+#pragma GCC unroll 256
+        for (uint32_t x = 0; x < N; x++) S[x] = g[8 * x + q];
+        uint32_t len = N;
+#pragma GCC unroll 8
+        for (uint32_t j = 0; j < k; j++) {
+            block vj = S[1];
+#pragma GCC unroll 128
+            for (uint32_t m = 1; m < len / 2; m++) vj = _mm_xor_si128(vj, S[2 * m + 1]);
+#pragma GCC unroll 128
+            for (uint32_t m = 0; m < len / 2; m++) S[m] = _mm_xor_si128(S[2 * m], S[2 * m + 1]);
+            v[j * 8 + q] = vj;
+            len /= 2;
         }
-        u[q] = uu;
-        for (uint32_t j = 0; j < k; j++) v[j * 8 + q] = vv[j];
+        u[q] = S[0];
     }
 }
 
