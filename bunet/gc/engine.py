@@ -38,6 +38,7 @@ import hashlib
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -424,6 +425,15 @@ class Garbler(_Party):
 
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
         """Garble one layer. Returns (response for the client, server's new shares or None)."""
+        return self.claim(op, req, ys)()
+
+    def claim(self, op: Op, req: bytes, ys: np.ndarray) -> Callable[[], tuple[bytes, np.ndarray | None]]:
+        """Check a request and claim its OT range and hash tweaks; returns the garbling job.
+
+        ``respond`` is ``claim(...)()``. Requests must be claimed in order (cheap); the jobs may then
+        run concurrently on several threads (the C call releases the GIL) and finish in any order.
+        The job keeps references to req and ys until it has run.
+        """
         op = _check_op(op)
         self._ready()
         ys = _check_shares(op, ys, "server")
@@ -441,19 +451,24 @@ class Garbler(_Party):
             if seq == 0:
                 self._finish_setup(body[:setup_len])
             _, blk, tw = self._alloc(op, n, m)
+            self.bytes_received += len(req)
         body = body[setup_len:]
-        self.bytes_received += len(req)
         c = op.circuit
-        out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
-        acc = np.empty(n, dtype=np.uint64)
-        rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL, self._rk,
-                           self._delta, tw, c.tweaks_per_inst, body_out, c.ct_bytes, body_out + nct, nar, _u64(acc),
-                           (1 << 64) - 1)
-        if rc != 0:
-            raise MemoryError(f"garbling failed (engine code {rc})")
-        self.bytes_sent += len(out)
-        if isinstance(op, Argmax):
-            return out, None
-        mask = np.uint64((1 << op.ring_bits) - 1)
-        return out, (np.uint64(0) - acc) & mask
+
+        def job() -> tuple[bytes, np.ndarray | None]:
+            out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
+            acc = np.empty(n, dtype=np.uint64)
+            rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
+                               op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL,
+                               self._rk, self._delta, tw, c.tweaks_per_inst, body_out, c.ct_bytes, body_out + nct,
+                               nar, _u64(acc), (1 << 64) - 1)
+            if rc != 0:
+                raise MemoryError(f"garbling failed (engine code {rc})")
+            with self._lock:
+                self.bytes_sent += len(out)
+            if isinstance(op, Argmax):
+                return out, None
+            mask = np.uint64((1 << op.ring_bits) - 1)
+            return out, (np.uint64(0) - acc) & mask
+
+        return job

@@ -1,18 +1,21 @@
 """Two-party harness over a socket (socketpair or loopback TCP), for tests and benchmarks.
 
-Frames are length-prefixed. The evaluator pipelines: a sender thread computes and sends
-requests up to ``depth`` chunks ahead while the main thread receives responses and evaluates,
-so garbling (server) and evaluation (client) overlap.
+Frames are length-prefixed. Both parties pipeline: the evaluator's sender thread computes and
+sends requests up to ``depth`` chunks ahead while its main thread receives responses for a small
+pool of evaluation threads; the garbler receives and claims requests in order, garbles on a pool
+of threads and sends from a third, so OT, garbling, transfer and evaluation overlap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import queue
 import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,24 +79,59 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + chunk)) for i in range(0, n, chunk)] or [(0, 0)]
 
 
-def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 14) -> np.ndarray | None:
-    """Server side of one session and one layer: returns the server's output shares (or None)."""
+def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 14,
+                workers: int = 2) -> np.ndarray | None:
+    """Server side of one session and one layer: returns the server's output shares (or None).
+
+    The main thread receives requests and claims them in order; ``workers`` threads garble (the C
+    calls release the GIL) and a sender thread sends the responses in order, so receiving,
+    garbling and sending overlap.
+    """
     g = Garbler()
     ch.send(g.hello(ch.recv()))
-    outs = []
     ys = ys.reshape(ys.shape[0], -1)
-    for lo, hi in _chunks(ys.shape[0], chunk):
-        resp, out_s = g.respond(op, ch.recv(reuse=True), ys[lo:hi])
-        ch.send(resp)
-        outs.append(out_s)
+    parts = _chunks(ys.shape[0], chunk)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    futs: queue.Queue = queue.Queue(maxsize=2 * max(1, workers))
+    outs: list = []
+    err: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            while (f := futs.get()) is not None:
+                resp, out_s = f.result()
+                ch.send(resp)
+                outs.append(out_s)
+        except BaseException as e:  # surfaced by the main thread
+            err.append(e)
+            with contextlib.suppress(OSError):
+                ch.sock.shutdown(socket.SHUT_RDWR)  # unblock the receiving main thread
+
+    th = threading.Thread(target=sender, daemon=True)
+    th.start()
+    try:
+        for lo, hi in parts:
+            if err:
+                break
+            futs.put(pool.submit(g.claim(op, ch.recv(), ys[lo:hi])))
+    finally:
+        futs.put(None)
+        th.join()
+        pool.shutdown()
+    if err:
+        raise err[0]
     if isinstance(op, Argmax):
         return None
     return np.concatenate(outs)
 
 
 def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 14,
-                  depth: int = 4, ot_k: int = 4) -> np.ndarray:
-    """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax)."""
+                  depth: int = 4, ot_k: int = 4, workers: int = 2) -> np.ndarray:
+    """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax).
+
+    A sender thread makes and sends requests up to ``depth`` chunks ahead; the main thread receives
+    responses and hands them to ``workers`` evaluation threads (``finish`` takes them in any order).
+    """
     ev = Evaluator(ot_k=ot_k)
     ch.send(ev.hello())
     ev.finish_hello(ch.recv())
@@ -106,16 +144,23 @@ def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int
         try:
             for lo, hi in parts:
                 slots.acquire()
+                if err:
+                    return
                 ch.send(ev.request(op, yc[lo:hi]))
         except BaseException as e:  # surfaced by the main thread
             err.append(e)
 
+    def finish(resp: bytearray) -> np.ndarray:
+        try:
+            return ev.finish(op, resp)
+        finally:
+            slots.release()
+
     th = threading.Thread(target=sender, daemon=True)
     th.start()
-    outs = []
-    for _ in parts:
-        outs.append(ev.finish(op, ch.recv(reuse=True)))
-        slots.release()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futs = [pool.submit(finish, ch.recv()) for _ in parts]
+        outs = [f.result() for f in futs]
     th.join()
     if err:
         raise err[0]
