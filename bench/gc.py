@@ -133,7 +133,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="write the JSON here too")
     ap.add_argument("--relus", type=int, default=1 << 20, help="ReLUs per end-to-end run (default 2^20)")
-    ap.add_argument("--chunk", type=int, default=1 << 14, help="instances per request/response")
+    ap.add_argument("--chunk", type=int, default=1 << 13, help="instances per request/response")
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     a = ap.parse_args()
     n = 1 << 14 if a.quick else a.relus

@@ -71,6 +71,23 @@ class Channel:
         self.received += _LEN.size + n
         return data
 
+    def recv_into(self, buf: bytearray) -> tuple[bytearray, int]:
+        """The next frame into buf (grown if too small): returns (buffer, frame length)."""
+        (n,) = _LEN.unpack(self._recv_exact(_LEN.size))
+        if n > MAX_FRAME:
+            raise ValueError("frame too large")
+        if len(buf) < n:
+            buf = bytearray(n)
+        mv = memoryview(buf)
+        got = 0
+        while got < n:
+            r = self.sock.recv_into(mv[got:n], n - got)
+            if r == 0:
+                raise ConnectionError("peer closed the connection")
+            got += r
+        self.received += _LEN.size + n
+        return buf, n
+
     def close(self) -> None:
         self.sock.close()
 
@@ -150,16 +167,26 @@ def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int
         except BaseException as e:  # surfaced by the main thread
             err.append(e)
 
-    def finish(resp: bytearray) -> np.ndarray:
+    free: list[bytearray] = []  # receive buffers, reused (fresh pages per frame are costly)
+    flock = threading.Lock()
+
+    def finish(buf: bytearray, n: int) -> np.ndarray:
         try:
-            return ev.finish(op, resp)
+            return ev.finish(op, memoryview(buf)[:n])
         finally:
+            with flock:
+                free.append(buf)
             slots.release()
+
+    def receive() -> tuple[bytearray, int]:
+        with flock:
+            buf = free.pop() if free else bytearray(0)
+        return ch.recv_into(buf)
 
     th = threading.Thread(target=sender, daemon=True)
     th.start()
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futs = [pool.submit(finish, ch.recv()) for _ in parts]
+        futs = [pool.submit(finish, *receive()) for _ in parts]
         outs = [f.result() for f in futs]
     th.join()
     if err:
