@@ -55,29 +55,34 @@ void bh_force_portable(int on) { g_force_portable = on != 0; }
 /* ------------------------------------------------------------------------------------------ */
 /* threads: a dynamic parallel-for (the machine is shared, so work is taken in small grains)   */
 
-typedef void (*task_fn)(void *ctx, int64_t lo, int64_t hi);
+typedef void (*task_fn)(void *ctx, int64_t lo, int64_t hi, void *scratch);
 
 typedef struct {
     task_fn fn;
     void *ctx;
     int64_t n, grain, next;
+    size_t scratch;
 } pool_t;
 
+/* Each worker allocates its scratch once per call (large blocks come from mmap and would
+ * otherwise be faulted in and zeroed by the kernel for every grain). */
 static void *pool_worker(void *arg) {
     pool_t *p = (pool_t *)arg;
+    void *scratch = p->scratch ? malloc(p->scratch) : NULL;
     for (;;) {
         int64_t lo = __atomic_fetch_add(&p->next, p->grain, __ATOMIC_RELAXED);
         if (lo >= p->n) break;
         int64_t hi = lo + p->grain < p->n ? lo + p->grain : p->n;
-        p->fn(p->ctx, lo, hi);
+        p->fn(p->ctx, lo, hi, scratch);
     }
+    free(scratch);
     return NULL;
 }
 
-static void par_for(int threads, int64_t n, int64_t grain, task_fn fn, void *ctx) {
+static void par_for(int threads, int64_t n, int64_t grain, task_fn fn, void *ctx, size_t scratch) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
-    pool_t p = {fn, ctx, n, grain, 0};
+    pool_t p = {fn, ctx, n, grain, 0, scratch};
     int64_t chunks = (n + grain - 1) / grain;
     int extra = threads - 1;
     if (extra > 63) extra = 63;
@@ -179,7 +184,53 @@ BH_INLINE void chacha8_body(const uint32_t st[16], uint8_t *out) {
         for (int i = 0; i < 16; i++) st32(out + 64 * l + 4 * i, x[i][l]);
 }
 
-BH_AVX2 static void chacha8_avx2(const uint32_t st[16], uint8_t *out) { chacha8_body(st, out); }
+#ifdef BH_X86
+#define CC_ROT(v, c) _mm256_or_si256(_mm256_slli_epi32((v), (c)), _mm256_srli_epi32((v), 32 - (c)))
+#define CC_QRV(a, b, c, d)                                                                          \
+    x[a] = _mm256_add_epi32(x[a], x[b]); x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), r16); \
+    x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]); x[b] = CC_ROT(x[b], 12); \
+    x[a] = _mm256_add_epi32(x[a], x[b]); x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), r8);  \
+    x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]); x[b] = CC_ROT(x[b], 7);
+
+/* 8x8 transpose of 32-bit words: v[i] lane l -> block l word i; stores 32 bytes per block. */
+BH_AVX2 BH_INLINE void cc_store8(const __m256i v[8], uint8_t *out) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
+        u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
+        u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
+        u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int l = 0; l < 4; l++) {
+        _mm256_storeu_si256((__m256i *)(out + 64 * l), _mm256_permute2x128_si256(u[l], u[l + 4], 0x20));
+        _mm256_storeu_si256((__m256i *)(out + 64 * (l + 4)), _mm256_permute2x128_si256(u[l], u[l + 4], 0x31));
+    }
+}
+
+BH_AVX2 static void chacha8_avx2(const uint32_t st[16], uint8_t *out) {
+    const __m256i r16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13,
+                                         2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+    const __m256i r8 = _mm256_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14,
+                                        3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);
+    __m256i s[16], x[16];
+    for (int i = 0; i < 16; i++) s[i] = _mm256_set1_epi32((int)st[i]);
+    s[12] = _mm256_add_epi32(s[12], _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int i = 0; i < 16; i++) x[i] = s[i];
+    for (int r = 0; r < 10; r++) {
+        CC_QRV(0, 4, 8, 12) CC_QRV(1, 5, 9, 13) CC_QRV(2, 6, 10, 14) CC_QRV(3, 7, 11, 15)
+        CC_QRV(0, 5, 10, 15) CC_QRV(1, 6, 11, 12) CC_QRV(2, 7, 8, 13) CC_QRV(3, 4, 9, 14)
+    }
+    for (int i = 0; i < 16; i++) x[i] = _mm256_add_epi32(x[i], s[i]);
+    cc_store8(x, out);
+    cc_store8(x + 8, out + 32);
+}
+#else
+static void chacha8_avx2(const uint32_t st[16], uint8_t *out) { chacha8_body(st, out); }
+#endif
 static void chacha8_gen(const uint32_t st[16], uint8_t *out) { chacha8_body(st, out); }
 
 typedef struct {
@@ -429,7 +480,8 @@ typedef struct {
     int inverse;
 } ntt_ctx;
 
-static void ntt_task(void *vctx, int64_t lo, int64_t hi) {
+static void ntt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
+    (void)scratch;
     ntt_ctx *c = (ntt_ctx *)vctx;
     const bh_rns *r = c->r;
     ntt_pair k = ntt_pick(r);
@@ -443,12 +495,12 @@ static void ntt_task(void *vctx, int64_t lo, int64_t hi) {
 
 void bh_ntt_fwd(const bh_rns *r, double *a, int64_t count, int threads) {
     ntt_ctx c = {r, a, 0};
-    par_for(threads, count * r->k, grain_for(count * r->k, threads, 64), ntt_task, &c);
+    par_for(threads, count * r->k, grain_for(count * r->k, threads, 64), ntt_task, &c, 0);
 }
 
 void bh_ntt_inv(const bh_rns *r, double *a, int64_t count, int threads) {
     ntt_ctx c = {r, a, 1};
-    par_for(threads, count * r->k, grain_for(count * r->k, threads, 64), ntt_task, &c);
+    par_for(threads, count * r->k, grain_for(count * r->k, threads, 64), ntt_task, &c, 0);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -500,7 +552,7 @@ static int expand_a(const bh_rns *r, const uint8_t *key, uint32_t *words, double
     return simd_on() ? expand_a_avx2(r, key, words, out) : expand_a_gen(r, key, words, out);
 }
 
-static uint32_t *alloc_words(const bh_rns *r) { return (uint32_t *)malloc(4 * a_words(r) + 512); }
+static size_t words_bytes(const bh_rns *r) { return (4 * a_words(r) + 512 + 63) / 64 * 64; }
 
 typedef struct {
     const bh_rns *r;
@@ -509,20 +561,19 @@ typedef struct {
     int64_t fails;
 } expand_ctx;
 
-static void expand_task(void *vctx, int64_t lo, int64_t hi) {
+static void expand_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     expand_ctx *c = (expand_ctx *)vctx;
     const bh_rns *r = c->r;
-    uint32_t *words = alloc_words(r);
+    uint32_t *words = (uint32_t *)scratch;
     int64_t f = 0;
     for (int64_t it = lo; it < hi; it++)
         f += expand_a(r, c->keys + 32 * it, words, c->out + (size_t)it * r->k * r->n);
-    free(words);
     if (f) __atomic_fetch_add(&c->fails, f, __ATOMIC_RELAXED);
 }
 
 int64_t bh_expand_a(const bh_rns *r, const uint8_t *keys, int64_t count, double *out, int threads) {
     expand_ctx c = {r, keys, out, 0};
-    par_for(threads, count, grain_for(count, threads, 16), expand_task, &c);
+    par_for(threads, count, grain_for(count, threads, 16), expand_task, &c, words_bytes(r));
     return c.fails;
 }
 
@@ -547,14 +598,26 @@ BH_INLINE void scaled_body(const bh_rns *r, const uint64_t *m, const double *del
     }
 }
 
-/* round(2^bits * c / q) mod 2^bits for one coefficient given its residues x[i * stride] */
-BH_INLINE uint64_t pow2_one(const bh_rns *r, const double *x, size_t stride, const double *scale, double two_b,
-                            double inv_two_b, uint64_t mask) {
-    double acc = 0.0;
-    for (int i = 0; i < r->k; i++) acc += red(x[i * stride] * r->crt[i], r->p[i], r->pinv[i]) * scale[i];
-    acc -= rnd(acc * inv_two_b) * two_b;          /* exact: now |acc| <= 2^(bits-1) */
-    return (uint64_t)d_to_i(acc) & mask;
+/* round(2^bits * c / q) mod 2^bits for count coefficients given their residues x[i * stride + j]
+ * (|x| < 2^30); acc is count doubles of scratch.  Primes outer, coefficients inner (vectorises).
+ * The float sum is within K * 2^(bits - 52) of the exact value; subtracting the nearest multiple
+ * of 2^bits is exact and leaves |acc| <= 2^(bits-1) for the integer conversion. */
+BH_INLINE void pow2_many(const bh_rns *r, const double *x, size_t stride, int64_t count, const double *scale,
+                         double two_b, double inv_two_b, uint64_t mask, double *acc, uint64_t *out) {
+    for (int64_t j = 0; j < count; j++) acc[j] = 0.0;
+    for (int i = 0; i < r->k; i++) {
+        double p = r->p[i], pinv = r->pinv[i], cr = r->crt[i], sc = scale[i];
+        const double *xi = x + (size_t)i * stride;
+        for (int64_t j = 0; j < count; j++) acc[j] += red(xi[j] * cr, p, pinv) * sc;
+    }
+    for (int64_t j = 0; j < count; j++) {
+        double a = acc[j];
+        a -= rnd(a * inv_two_b) * two_b;
+        out[j] = (uint64_t)d_to_i(a) & mask;
+    }
 }
+
+#define PREFETCH_AHEAD 16
 
 /* ------------------------------------------------------------------------------------------ */
 /* client encryption                                                                          */
@@ -612,28 +675,29 @@ static int encrypt_one_gen(enc_ctx *c, int64_t ct, double *v, double *a, uint32_
     return encrypt_one(c, ct, v, a, w, nb, e);
 }
 
-static void encrypt_task(void *vctx, int64_t lo, int64_t hi) {
+static size_t encrypt_scratch(const bh_rns *r) {
+    return sizeof(double) * (2 * (size_t)r->k * r->n + r->n) + 8 * (size_t)r->n + words_bytes(r);
+}
+
+static void encrypt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     enc_ctx *c = (enc_ctx *)vctx;
     const bh_rns *r = c->r;
     size_t kn = (size_t)r->k * r->n;
-    double *v = (double *)malloc(sizeof(double) * (2 * kn + r->n));
-    uint8_t *nb = (uint8_t *)malloc(8 * (size_t)r->n);
-    uint32_t *words = alloc_words(r);
+    double *v = (double *)scratch;
+    uint8_t *nb = (uint8_t *)(v + 2 * kn + r->n);
+    uint32_t *words = (uint32_t *)(nb + 8 * (size_t)r->n);
     int64_t f = 0;
     int simd = simd_on();
     for (int64_t ct = lo; ct < hi; ct++)
         f += simd ? encrypt_one_avx2(c, ct, v, v + kn, words, nb, v + 2 * kn)
                   : encrypt_one_gen(c, ct, v, v + kn, words, nb, v + 2 * kn);
-    free(v);
-    free(nb);
-    free(words);
     if (f) __atomic_fetch_add(&c->fails, f, __ATOMIC_RELAXED);
 }
 
 int64_t bh_encrypt(const bh_rns *r, const uint64_t *m, int64_t count, const double *delta, const double *s_hat,
                    const uint8_t *a_keys, const uint8_t *noise_key, uint8_t *out, int threads) {
     enc_ctx c = {r, m, delta, s_hat, a_keys, noise_key, out, 0};
-    par_for(threads, count, grain_for(count, threads, 8), encrypt_task, &c);
+    par_for(threads, count, grain_for(count, threads, 8), encrypt_task, &c, encrypt_scratch(r));
     return c.fails;
 }
 
@@ -654,8 +718,7 @@ typedef struct {
 
 BH_INLINE int prep_one(prep_ctx *c, int64_t item, double *v, double *a, uint32_t *words) {
     const bh_rns *r = c->r;
-    int k = r->k, n = r->n, rows = 2 * c->tc;
-    int ch = (int)(item / c->tc), tl = (int)(item % c->tc);
+    int k = r->k, n = r->n;
     ntt_pair kk = ntt_pick(r);
     scaled_body(r, c->xs + (size_t)item * n, c->delta, v);
     for (int i = 0; i < k; i++) fwd1(&kk, r, v + (size_t)i * n, i);
@@ -677,16 +740,27 @@ BH_INLINE int prep_one(prep_ctx *c, int64_t item, double *v, double *a, uint32_t
         }
     }
     if (expand_a(r, c->a_keys + 32 * item, words, a)) bad = 1;   /* cannot happen in practice */
-    /* scatter both rows of this item into the slot blocks: 8 consecutive doubles per block */
-    size_t nblk = total / 4;
+    return bad;
+}
+
+#define GROUP 4   /* consecutive tiles moved together: adjacent rows of a slot block */
+
+/* Scatter items first .. first+cnt-1 (same channel, consecutive tiles; item s at v[s*2kn],
+ * a at v[s*2kn + kn]) into the slot blocks: one contiguous run of 2*cnt*4 doubles per block. */
+static void prep_scatter(prep_ctx *c, int64_t first, int cnt, const double *v) {
+    const bh_rns *r = c->r;
+    size_t kn = (size_t)r->k * r->n, nblk = kn / 4, rows = 2 * (size_t)c->tc;
+    int ch = (int)(first / c->tc), tl = (int)(first % c->tc);
     double *dst = c->x + ((size_t)ch * rows + 2 * tl) * 4;
     size_t bstride = (size_t)c->c_in * rows * 4;
     for (size_t b = 0; b < nblk; b++) {
         double *d = dst + b * bstride;
-        memcpy(d, v + 4 * b, 4 * sizeof(double));
-        memcpy(d + 4, a + 4 * b, 4 * sizeof(double));
+        __builtin_prefetch(d + PREFETCH_AHEAD * bstride, 1);
+        for (int q = 0; q < cnt; q++) {
+            memcpy(d + 8 * q, v + 2 * kn * q + 4 * b, 4 * sizeof(double));
+            memcpy(d + 8 * q + 4, v + 2 * kn * q + kn + 4 * b, 4 * sizeof(double));
+        }
     }
-    return bad;
 }
 
 BH_AVX2 static int prep_one_avx2(prep_ctx *c, int64_t item, double *v, double *a, uint32_t *w) {
@@ -696,17 +770,24 @@ static int prep_one_gen(prep_ctx *c, int64_t item, double *v, double *a, uint32_
     return prep_one(c, item, v, a, w);
 }
 
-static void prep_task(void *vctx, int64_t lo, int64_t hi) {
+static void prep_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     prep_ctx *c = (prep_ctx *)vctx;
     size_t kn = (size_t)c->r->k * c->r->n;
-    double *v = (double *)malloc(sizeof(double) * 2 * kn);
-    uint32_t *words = alloc_words(c->r);
+    double *v = (double *)scratch;
+    uint32_t *words = (uint32_t *)(v + 2 * kn * GROUP);
     int64_t bad = 0;
     int simd = simd_on();
-    for (int64_t it = lo; it < hi; it++)
-        bad += simd ? prep_one_avx2(c, it, v, v + kn, words) : prep_one_gen(c, it, v, v + kn, words);
-    free(v);
-    free(words);
+    for (int64_t first = lo; first < hi;) {
+        int cnt = 0;
+        while (first + cnt < hi && cnt < GROUP && (first + cnt) / c->tc == first / c->tc) {
+            double *vs = v + 2 * kn * cnt;
+            bad += simd ? prep_one_avx2(c, first + cnt, vs, vs + kn, words)
+                        : prep_one_gen(c, first + cnt, vs, vs + kn, words);
+            cnt++;
+        }
+        prep_scatter(c, first, cnt, v);
+        first += cnt;
+    }
     if (bad) __atomic_fetch_add(&c->bad, bad, __ATOMIC_RELAXED);
 }
 
@@ -714,7 +795,7 @@ int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *ct_ind
                        const double *delta, const uint8_t *a_keys, int c_in, int tc, double *x, int threads) {
     prep_ctx c = {r, c0, ct_index, xs, delta, a_keys, c_in, tc, x, 0};
     int64_t items = (int64_t)c_in * tc;
-    par_for(threads, items, grain_for(items, threads, 4), prep_task, &c);
+    par_for(threads, items, grain_for(items, threads, GROUP), prep_task, &c, sizeof(double) * 2 * GROUP * (size_t)r->k * r->n + words_bytes(r));
     return c.bad;
 }
 
@@ -844,7 +925,8 @@ typedef struct {
     int og_cnt, c_in, rows, og0, n_og, c_out, opack;
 } prod_ctx;
 
-static void prod_filters_task(void *vctx, int64_t lo, int64_t hi) {
+static void prod_filters_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
+    (void)scratch;
     prod_ctx *c = (prod_ctx *)vctx;
     const bh_rns *r = c->r;
     int simd = simd_on();
@@ -868,16 +950,16 @@ void bh_product_filters(const bh_rns *r, const float *f, int og_cnt, int c_in, i
                         int og0, int n_og, int threads) {
     prod_ctx c = {r, f, NULL, NULL, x, y, og_cnt, c_in, rows, og0, n_og, 0, 0};
     int64_t nblk = (int64_t)r->k * r->n / 4;
-    par_for(threads, nblk, grain_for(nblk, threads, 32), prod_filters_task, &c);
+    par_for(threads, nblk, grain_for(nblk, threads, 32), prod_filters_task, &c, 0);
 }
 
-static void prod_taps_task(void *vctx, int64_t lo, int64_t hi) {
+static void prod_taps_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     prod_ctx *c = (prod_ctx *)vctx;
     const bh_rns *r = c->r;
     int simd = simd_on();
     int rows = c->rows;
-    double *z = (double *)malloc(sizeof(double) * 3 * rows * 4);
-    double *acc = (double *)malloc(sizeof(double) * rows * 4);
+    double *z = (double *)scratch;
+    double *acc = z + 3 * (size_t)rows * 4;
     for (int64_t b = lo; b < hi; b++) {
         int i = (int)(b * 4 / r->n);
         double p = r->p[i], pinv = r->pinv[i];
@@ -904,15 +986,13 @@ static void prod_taps_task(void *vctx, int64_t lo, int64_t hi) {
         }
     }
     (void)simd;
-    free(z);
-    free(acc);
 }
 
 void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_out, int opack, int n_og, int c_in,
                      int rows, const double *x, double *y, int threads) {
     prod_ctx c = {r, NULL, w, t, x, y, 0, c_in, rows, 0, n_og, c_out, opack};
     int64_t nblk = (int64_t)r->k * r->n / 4;
-    par_for(threads, nblk, grain_for(nblk, threads, 32), prod_taps_task, &c);
+    par_for(threads, nblk, grain_for(nblk, threads, 32), prod_taps_task, &c, sizeof(double) * 4 * (size_t)rows * 4);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -952,21 +1032,26 @@ static void flood_consts(const bh_rns *r, int bits, double c[][8], double *off, 
     }
 }
 
-/* Flood residues for cnt coefficients from 32-bit words (cnt, n_limbs): res[i * stride + j]. */
+/* Flood residues for cnt <= FIN_BATCH coefficients from 32-bit words (cnt, n_limbs):
+ * res[i * stride + j] = sum_l limb_l * 2^(27 l) - 2^bits mod p_i (terms < 2^49, sums < 2^52). */
 BH_INLINE void flood_body(const bh_rns *r, const uint8_t *words, int64_t cnt, int bits, int n_limbs,
                           double c[][8], const double *off, double *res, size_t stride) {
+    double limb[8][FIN_BATCH];
     int total = bits + 1;
-    for (int64_t j = 0; j < cnt; j++) {
-        double limb[8];
+    for (int l = 0; l < n_limbs; l++) {
+        int width = total - 27 * l < 27 ? total - 27 * l : 27;
+        for (int64_t j = 0; j < cnt; j++)
+            limb[l][j] = (double)(int32_t)(ld32(words + 4 * ((size_t)j * n_limbs + l)) >> (32 - width));
+    }
+    for (int i = 0; i < r->k; i++) {
+        double *ri = res + i * stride;
+        for (int64_t j = 0; j < cnt; j++) ri[j] = -off[i];
         for (int l = 0; l < n_limbs; l++) {
-            int width = total - 27 * l < 27 ? total - 27 * l : 27;
-            limb[l] = (double)(ld32(words + 4 * ((size_t)j * n_limbs + l)) >> (32 - width));
+            double cl = c[i][l];
+            for (int64_t j = 0; j < cnt; j++) ri[j] += limb[l][j] * cl;
         }
-        for (int i = 0; i < r->k; i++) {
-            double acc = -off[i];
-            for (int l = 0; l < n_limbs; l++) acc += limb[l] * c[i][l];    /* < 5 * 2^49 */
-            res[i * stride + j] = red(acc, r->p[i], r->pinv[i]);
-        }
+        double p = r->p[i], pinv = r->pinv[i];
+        for (int64_t j = 0; j < cnt; j++) ri[j] = red(ri[j], p, pinv);
     }
 }
 
@@ -976,15 +1061,9 @@ BH_INLINE void finish_one(fin_ctx *c, int64_t job, double *y0, double *y1, doubl
     int k = r->k, n = r->n, rows = c->rows;
     size_t kn = (size_t)k * n, nblk = kn / 4;
     ntt_pair kk = ntt_pick(r);
-    int64_t og = c->jobs_og[job], tl = c->jobs_tl[job], ct = c->ct_global[job];
-    /* gather the two rows of this ciphertext from the slot blocks */
-    const double *src = c->y + ((size_t)og * rows + 2 * tl) * 4;
-    size_t bstride = (size_t)c->n_og * rows * 4;
-    for (size_t b = 0; b < nblk; b++) {
-        const double *s = src + b * bstride;
-        memcpy(y0 + 4 * b, s, 4 * sizeof(double));
-        memcpy(y1 + 4 * b, s + 4, 4 * sizeof(double));
-    }
+    int64_t ct = c->ct_global[job];
+    (void)rows;
+    (void)nblk;
     /* u: uniform ternary (bytes < 255, value mod 3 - 1) */
     stream_t s;
     stream_ct(&s, c->key, ct, 0);
@@ -1021,7 +1100,7 @@ BH_INLINE void finish_one(fin_ctx *c, int64_t job, double *y0, double *y1, doubl
         double *yi = y1 + (size_t)i * n;
         for (int j = 0; j < n; j++) yi[j] += e[j];
     }
-    for (int j = 0; j < n; j++) w64[j] = pow2_one(r, y1 + j, (size_t)n, c->scale, two_b, inv_two_b, mask);
+    pow2_many(r, y1, (size_t)n, n, c->scale, two_b, inv_two_b, mask, uh, w64);      /* uh: free now */
     int b1 = (c->down_bits + 7) / 8;
     pack_words(c->c1_out + (size_t)ct * n * b1, w64, n, b1);
     /* c0 at the returned coefficients: + e0 + flood + Delta * m_s, top down_c0_bits */
@@ -1038,19 +1117,17 @@ BH_INLINE void finish_one(fin_ctx *c, int64_t job, double *y0, double *y1, doubl
         flood_body(r, rb, cnt, c->flood_bits, c->n_limbs, c->fl_c, c->fl_off, fres, FIN_BATCH);
         stream_read(&se, rb, 8 * (size_t)cnt);
         cbd_body(rb, cnt, e);
-        for (int j = 0; j < cnt; j++) {
-            int64_t pos = p0 + j;
-            int coef = c->ret_coef[pos];
-            double ms = u52_to_d(c->m_s[pos]);
-            double v[64];
-            for (int i = 0; i < k; i++) {
-                double p = r->p[i], pinv = r->pinv[i];
-                double sm = red(red(ms, p, pinv) * c->delta[i], p, pinv);
-                v[i] = y0[(size_t)i * n + coef] + e[j] + fres[(size_t)i * FIN_BATCH + j] + sm;   /* < 2^24 */
-            }
-            uint64_t hv = pow2_one(r, v, 1, c->scale, two_b, inv_two_b, mask);
-            w64[j] = ((hv + half) >> drop) & mask0;
+        double msd[FIN_BATCH];
+        for (int j = 0; j < cnt; j++) msd[j] = u52_to_d(c->m_s[p0 + j]);
+        for (int i = 0; i < k; i++) {
+            double p = r->p[i], pinv = r->pinv[i], d = c->delta[i];
+            const double *yi = y0 + (size_t)i * n;
+            double *fi = fres + (size_t)i * FIN_BATCH;
+            for (int j = 0; j < cnt; j++) fi[j] += e[j] + red(red(msd[j], p, pinv) * d, p, pinv);
+            for (int j = 0; j < cnt; j++) fi[j] += yi[c->ret_coef[p0 + j]];                  /* < 2^24 */
         }
+        pow2_many(r, fres, FIN_BATCH, cnt, c->scale, two_b, inv_two_b, mask, uh, w64);
+        for (int j = 0; j < cnt; j++) w64[j] = ((w64[j] + half) >> drop) & mask0;
         pack_words(c->c0_out + (size_t)(c->ret_base + p0) * b0, w64, cnt, b0);
     }
 }
@@ -1064,24 +1141,56 @@ static void finish_one_gen(fin_ctx *c, int64_t job, double *y0, double *y1, doub
     finish_one(c, job, y0, y1, uh, rb, e, w64, fres);
 }
 
-static void finish_task(void *vctx, int64_t lo, int64_t hi) {
+static size_t finish_rb_len(const bh_rns *r, int n_limbs) {
+    size_t rb_len = 8 * (size_t)r->n + 64;
+    if (rb_len < (size_t)FIN_BATCH * 4 * n_limbs) rb_len = (size_t)FIN_BATCH * 4 * n_limbs;
+    return (rb_len + 63) / 64 * 64;
+}
+
+static size_t finish_scratch(const bh_rns *r, int n_limbs) {
+    size_t kn = (size_t)r->k * r->n;
+    return sizeof(double) * ((2 * GROUP + 1) * kn + r->n + (size_t)FIN_BATCH * r->k) + finish_rb_len(r, n_limbs)
+           + sizeof(uint64_t) * (r->n > FIN_BATCH ? r->n : FIN_BATCH);
+}
+
+/* Gather jobs first .. first+cnt-1 (same og, consecutive tiles) from the slot blocks:
+ * job q's rows go to y[q*2kn] (c0) and y[q*2kn + kn] (c1). */
+static void finish_gather(fin_ctx *c, int64_t first, int cnt, double *y) {
+    const bh_rns *r = c->r;
+    size_t kn = (size_t)r->k * r->n, nblk = kn / 4, rows = (size_t)c->rows;
+    const double *src = c->y + ((size_t)c->jobs_og[first] * rows + 2 * (size_t)c->jobs_tl[first]) * 4;
+    size_t bstride = (size_t)c->n_og * rows * 4;
+    for (size_t b = 0; b < nblk; b++) {
+        const double *s = src + b * bstride;
+        __builtin_prefetch(s + PREFETCH_AHEAD * bstride);          /* page-crossing stride: no HW prefetch */
+        for (int q = 0; q < cnt; q++) {
+            memcpy(y + 2 * kn * q + 4 * b, s + 8 * q, 4 * sizeof(double));
+            memcpy(y + 2 * kn * q + kn + 4 * b, s + 8 * q + 4, 4 * sizeof(double));
+        }
+    }
+}
+
+static void finish_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     fin_ctx *c = (fin_ctx *)vctx;
     const bh_rns *r = c->r;
     size_t kn = (size_t)r->k * r->n;
-    size_t rb_len = 8 * (size_t)r->n + 64;
-    if (rb_len < (size_t)FIN_BATCH * 4 * c->n_limbs) rb_len = (size_t)FIN_BATCH * 4 * c->n_limbs;
-    double *buf = (double *)malloc(sizeof(double) * (3 * kn + r->n + (size_t)FIN_BATCH * r->k));
-    uint8_t *rb = (uint8_t *)malloc(rb_len);
-    uint64_t *w64 = (uint64_t *)malloc(sizeof(uint64_t) * (r->n > FIN_BATCH ? r->n : FIN_BATCH));
+    double *ys = (double *)scratch, *buf = ys + 2 * kn * GROUP;
+    uint8_t *rb = (uint8_t *)(buf + kn + r->n + (size_t)FIN_BATCH * r->k);
+    uint64_t *w64 = (uint64_t *)(rb + finish_rb_len(r, c->n_limbs));
     int simd = simd_on();
-    for (int64_t j = lo; j < hi; j++) {
-        double *y0 = buf, *y1 = buf + kn, *uh = buf + 2 * kn, *e = buf + 3 * kn, *fres = e + r->n;
-        if (simd) finish_one_avx2(c, j, y0, y1, uh, rb, e, w64, fres);
-        else finish_one_gen(c, j, y0, y1, uh, rb, e, w64, fres);
+    for (int64_t first = lo; first < hi;) {
+        int cnt = 1;
+        while (first + cnt < hi && cnt < GROUP && c->jobs_og[first + cnt] == c->jobs_og[first]
+               && c->jobs_tl[first + cnt] == c->jobs_tl[first] + cnt)
+            cnt++;
+        finish_gather(c, first, cnt, ys);
+        for (int q = 0; q < cnt; q++) {
+            double *y0 = ys + 2 * kn * q, *y1 = y0 + kn, *uh = buf, *e = buf + kn, *fres = e + r->n;
+            if (simd) finish_one_avx2(c, first + q, y0, y1, uh, rb, e, w64, fres);
+            else finish_one_gen(c, first + q, y0, y1, uh, rb, e, w64, fres);
+        }
+        first += cnt;
     }
-    free(buf);
-    free(rb);
-    free(w64);
 }
 
 void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og, const int64_t *jobs_tl,
@@ -1113,7 +1222,7 @@ void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64
     c->c0_out = c0_out;
     for (int i = 0; i < r->k; i++) c->scale[i] = ldexp(1.0, down_bits) / r->p[i];
     flood_consts(r, flood_bits, c->fl_c, c->fl_off, &c->n_limbs);
-    par_for(threads, njobs, grain_for(njobs, threads, 2), finish_task, c);
+    par_for(threads, njobs, grain_for(njobs, threads, GROUP), finish_task, c, finish_scratch(r, c->n_limbs));
     free(c);
 }
 
@@ -1127,7 +1236,13 @@ void bh_flood_sample(const bh_rns *r, const uint8_t *key, int64_t ct, int bits, 
     stream_ct(&s, key, ct, 2);
     uint8_t *rb = (uint8_t *)malloc(4 * (size_t)count * n_limbs + 1);
     stream_read(&s, rb, 4 * (size_t)count * n_limbs);
-    flood_body(r, rb, count, bits, n_limbs, c, off, res, (size_t)count);
+    double *tmp = (double *)malloc(sizeof(double) * (size_t)r->k * FIN_BATCH);
+    for (int64_t j0 = 0; j0 < count; j0 += FIN_BATCH) {
+        int64_t cnt = count - j0 < FIN_BATCH ? count - j0 : FIN_BATCH;
+        flood_body(r, rb + 4 * (size_t)j0 * n_limbs, cnt, bits, n_limbs, c, off, tmp, FIN_BATCH);
+        for (int i = 0; i < r->k; i++) memcpy(res + (size_t)i * count + j0, tmp + (size_t)i * FIN_BATCH, 8 * cnt);
+    }
+    free(tmp);
     int total = bits + 1;
     for (int64_t j = 0; j < count; j++)
         for (int l = 0; l < n_limbs; l++) {
@@ -1143,5 +1258,165 @@ void bh_to_pow2(const bh_rns *r, const double *x, int64_t count, int bits, uint6
     for (int i = 0; i < r->k; i++) scale[i] = ldexp(1.0, bits) / r->p[i];
     double two_b = ldexp(1.0, bits), inv_two_b = ldexp(1.0, -bits);
     uint64_t mask = (1ULL << bits) - 1;
-    for (int64_t j = 0; j < count; j++) out[j] = pow2_one(r, x + j, (size_t)count, scale, two_b, inv_two_b, mask);
+    double *acc = (double *)malloc(sizeof(double) * (count > 0 ? count : 1));
+    pow2_many(r, x, (size_t)count, count, scale, two_b, inv_two_b, mask, acc, out);
+    free(acc);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* uniform ring elements (the server's output masks)                                          */
+
+typedef struct {
+    const uint8_t *key;
+    int bits;
+    int64_t count;
+    uint64_t *out;
+} rand_ctx;
+
+#define RAND_BLOCK 8192
+
+static void rand_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
+    rand_ctx *c = (rand_ctx *)vctx;
+    uint64_t mask = c->bits >= 64 ? ~0ULL : (1ULL << c->bits) - 1;
+    uint8_t *buf = (uint8_t *)scratch;
+    for (int64_t blk = lo; blk < hi; blk++) {
+        int64_t j0 = blk * RAND_BLOCK, cnt = c->count - j0 < RAND_BLOCK ? c->count - j0 : RAND_BLOCK;
+        stream_t s;
+        stream_ct(&s, c->key, blk, 4);
+        stream_read(&s, buf, 8 * (size_t)cnt);
+        for (int64_t j = 0; j < cnt; j++) c->out[j0 + j] = ld64(buf + 8 * j) & mask;
+    }
+}
+
+void bh_random_bits(const uint8_t *key, int64_t count, int bits, uint64_t *out, int threads) {
+    rand_ctx c = {key, bits, count, out};
+    int64_t blocks = (count + RAND_BLOCK - 1) / RAND_BLOCK;
+    par_for(threads, blocks, grain_for(blocks, threads, 8), rand_task, &c, 8 * RAND_BLOCK);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* client: decryption phase c0 + c1 * s mod 2^m                                               */
+/*
+ * c1 * s is an integer polynomial product with |coefficients| <= N * 2^(m-1); it is computed
+ * modulo three primes of the basis (NTT, pointwise s_hat, inverse NTT) and recombined exactly
+ * with Garner's method, the last digit centred, in wrapping 64-bit arithmetic (the caller checks
+ * N * 2^m < p1 p2 p3 / 4, so the centred representative is the true value).
+ */
+
+typedef struct {
+    const bh_rns *r;
+    int pi[3];
+    const double *s_hat;
+    const uint8_t *c1, *c0;
+    int64_t per_ct, n_ret;
+    const int64_t *ret_lo, *ret_hi;
+    const int32_t *ret_coef;
+    int down_bits, down_c0_bits;
+    uint64_t *phase;
+    double inv12, inv3;        /* p1^-1 mod p2, (p1 p2)^-1 mod p3 */
+    uint64_t p1, p12;
+    int64_t bad;
+} dec_ctx;
+
+static int64_t inv_mod(int64_t a, int64_t m) {
+    int64_t t = 0, nt = 1, r = m, nr = ((a % m) + m) % m;
+    while (nr) {
+        int64_t q = r / nr, tmp;
+        tmp = t - q * nt; t = nt; nt = tmp;
+        tmp = r - q * nr; r = nr; nr = tmp;
+    }
+    return t < 0 ? t + m : t;
+}
+
+BH_INLINE int decrypt_one(dec_ctx *c, int64_t g, double *x, uint64_t *v) {
+    const bh_rns *r = c->r;
+    int n = r->n, nb1 = (c->down_bits + 7) / 8, nb0 = (c->down_c0_bits + 7) / 8;
+    ntt_pair kk = ntt_pick(r);
+    uint64_t m_mask = (1ULL << c->down_bits) - 1, half = 1ULL << (c->down_bits - 1);
+    const uint8_t *src = c->c1 + (size_t)g * n * nb1;
+    int bad = 0;
+    for (int j = 0; j < n; j++) {
+        uint64_t w = 0;
+        for (int b = 0; b < nb1; b++) w |= (uint64_t)src[(size_t)j * nb1 + b] << (8 * b);
+        bad |= w > m_mask;
+        double cd = (double)(int64_t)(w & m_mask) - (w & half ? (double)(m_mask + 1) : 0.0);   /* |c| <= 2^49 */
+        for (int t = 0; t < 3; t++) {
+            int i = c->pi[t];
+            x[(size_t)t * n + j] = red(cd, r->p[i], r->pinv[i]);
+        }
+    }
+    for (int t = 0; t < 3; t++) {
+        int i = c->pi[t];
+        double *xt = x + (size_t)t * n;
+        const double *sh = c->s_hat + (size_t)i * n;
+        fwd1(&kk, r, xt, i);
+        for (int j = 0; j < n; j++) xt[j] = red(xt[j] * sh[j], r->p[i], r->pinv[i]);
+        inv1(&kk, r, xt, i);
+    }
+    double p1 = r->p[c->pi[0]], p2 = r->p[c->pi[1]], p3 = r->p[c->pi[2]];
+    double p1i = r->pinv[c->pi[0]], p2i = r->pinv[c->pi[1]], p3i = r->pinv[c->pi[2]];
+    for (int j = 0; j < n; j++) {
+        double x1 = x[j], x2 = x[n + j], x3 = x[2 * (size_t)n + j];
+        double t2 = red((x2 - x1) * c->inv12, p2, p2i);           /* centred */
+        double u = x1 + p1 * t2;                                  /* |u| < 2^44, = v mod p1 p2 */
+        double t3 = red(red(x3 - red(u, p3, p3i), p3, p3i) * c->inv3, p3, p3i);
+        v[j] = (uint64_t)(int64_t)u + c->p12 * (uint64_t)(int64_t)t3;
+        (void)p1i;
+    }
+    int64_t b = g / c->per_ct, lc = g % c->per_ct;
+    int drop = c->down_bits - c->down_c0_bits;
+    for (int64_t pos = c->ret_lo[lc]; pos < c->ret_hi[lc]; pos++) {
+        const uint8_t *s0 = c->c0 + (size_t)(b * c->n_ret + pos) * nb0;
+        uint64_t w = 0;
+        for (int q = 0; q < nb0; q++) w |= (uint64_t)s0[q] << (8 * q);
+        bad |= w >> c->down_c0_bits != 0;
+        c->phase[b * c->n_ret + pos] = ((w << drop) + v[c->ret_coef[pos]]) & m_mask;
+    }
+    return bad;
+}
+
+BH_AVX2 static int decrypt_one_avx2(dec_ctx *c, int64_t g, double *x, uint64_t *v) { return decrypt_one(c, g, x, v); }
+static int decrypt_one_gen(dec_ctx *c, int64_t g, double *x, uint64_t *v) { return decrypt_one(c, g, x, v); }
+
+static void decrypt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
+    dec_ctx *c = (dec_ctx *)vctx;
+    int n = c->r->n;
+    double *x = (double *)scratch;
+    uint64_t *v = (uint64_t *)(x + 3 * (size_t)n);
+    int64_t bad = 0;
+    int simd = simd_on();
+    for (int64_t g = lo; g < hi; g++) bad += simd ? decrypt_one_avx2(c, g, x, v) : decrypt_one_gen(c, g, x, v);
+    if (bad) __atomic_fetch_add(&c->bad, bad, __ATOMIC_RELAXED);
+}
+
+int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
+                         const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
+                         const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,
+                         uint64_t *phase, int threads) {
+    if (down_bits > 50 || down_bits < 2 || down_c0_bits > down_bits || down_c0_bits < 1) return -1;
+    dec_ctx c;
+    memset(&c, 0, sizeof c);
+    c.r = r;
+    for (int t = 0; t < 3; t++) c.pi[t] = prime_idx[t];
+    c.s_hat = s_hat;
+    c.c1 = c1;
+    c.c0 = c0;
+    c.per_ct = per_ct;
+    c.n_ret = n_ret;
+    c.ret_lo = ret_lo;
+    c.ret_hi = ret_hi;
+    c.ret_coef = ret_coef;
+    c.down_bits = down_bits;
+    c.down_c0_bits = down_c0_bits;
+    c.phase = phase;
+    int64_t p1 = (int64_t)r->p[c.pi[0]], p2 = (int64_t)r->p[c.pi[1]], p3 = (int64_t)r->p[c.pi[2]];
+    int64_t i12 = inv_mod(p1, p2), i3 = inv_mod((p1 % p3) * (p2 % p3) % p3, p3);
+    c.inv12 = (double)(i12 > p2 / 2 ? i12 - p2 : i12);
+    c.inv3 = (double)(i3 > p3 / 2 ? i3 - p3 : i3);
+    c.p1 = (uint64_t)p1;
+    c.p12 = (uint64_t)p1 * (uint64_t)p2;
+    int64_t count = batch * per_ct;
+    par_for(threads, count, grain_for(count, threads, 4), decrypt_task, &c,
+            sizeof(double) * 3 * (size_t)r->n + sizeof(uint64_t) * (size_t)r->n);
+    return c.bad;
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from functools import lru_cache
 
 import numpy as np
@@ -49,3 +50,10 @@ def u64_ptr(a: np.ndarray) -> object:
     if a.dtype != np.uint64:
         raise ValueError("expected uint64")
     return ptr("uint64_t *", a)
+
+
+def random_ring(shape: tuple[int, ...], ring_bits: int, threads: int = THREADS) -> np.ndarray:
+    """Uniform elements of Z_{2^l} (uint64) from ChaCha20 under a fresh key from ``secrets``."""
+    out = np.empty(shape, dtype=np.uint64)
+    lib.bh_random_bits(secrets.token_bytes(32), out.size, ring_bits, ptr("uint64_t *", out), threads)
+    return out

@@ -10,7 +10,7 @@ import numpy as np
 from bunet import ring
 
 from . import wire
-from ._native import lib
+from ._native import ffi, lib
 from .bfv import a_keys, plan_for, u64_ptr
 from .layout import LayerSpec, Plan
 from .params import HEParams
@@ -32,6 +32,10 @@ class ClientHE:
         self._s = self._rand.ternary((n,))
         self._s_hat = self.rns.forward(np.array(self.rns.small(self._s)))     # (K, N) contiguous
         self._delta = self.rns.delta_residues(params.delta)
+        # c1 * s at decryption: exact modulo three primes whose product exceeds 4 N 2^m (else the FFT path)
+        top = sorted(range(self.rns.k), key=lambda i: -params.primes[i])[:3]
+        big = len(top) == 3 and np.prod([params.primes[i] for i in top], dtype=object) > 4 * n << params.down_bits
+        self._dec_primes = ffi.new("int[3]", top) if big else None
         # negacyclic convolution by a twisted length-N complex FFT: zeta^j, zeta = e^(i pi / N)
         self._twist = np.exp(1j * np.pi * np.arange(n) / n)
         self._s_fft = np.fft.fft(self._s * self._twist)
@@ -62,16 +66,15 @@ class ClientHE:
         seed = secrets.token_bytes(wire.SEED_BYTES)
         head = (wire.MAGIC_UP + prm.digest() + wire.spec_digest(spec.to_bytes())
                 + struct.pack("<II", batch, count) + seed)
-        buf = bytearray(len(head) + count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
-        buf[: len(head)] = head
-        body = np.frombuffer(buf, dtype=np.uint8)[len(head):]
+        buf = wire.message_buffer(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
+        body = buf[len(head):]
         # c0 = NTT(Delta * m + e) - a * s per ciphertext, as centred 24-bit residues (|c0| <= p/2 + 1)
         fails = lib.bh_encrypt(rns.ctx, u64_ptr(m), count, f64_ptr(self._delta), f64_ptr(self._s_hat),
                                a_keys(seed, np.arange(count)), secrets.token_bytes(32), ptr("uint8_t *", body),
                                THREADS)
         if fails:
             raise RuntimeError("keystream too short for rejection sampling (probability < 2^-100)")
-        return bytes(buf)
+        return buf.tobytes()
 
     # ----- download -----------------------------------------------------------------------------
     def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:
@@ -111,10 +114,22 @@ class ClientHE:
             raise ValueError("HE result has the wrong number of ciphertexts")
         b1 = (prm.down_bits + 7) // 8
         b0 = (prm.down_c0_bits + 7) // 8
-        c1 = wire.unpack_uint(rd.take(n_out * n * b1), n_out * n, b1).reshape(n_out, n)
-        c0 = wire.unpack_uint(rd.take(n_ret * b0), n_ret, b0)
+        c1 = rd.take(n_out * n * b1)
+        c0 = rd.take(n_ret * b0)
         rd.done()
         m_bits = prm.down_bits
+        if self._dec_primes is not None:
+            lo, hi, coef = plan.returned_ranges
+            phase = np.empty(n_ret, dtype=_U64)
+            bad = lib.bh_decrypt_phase(self.rns.ctx, self._dec_primes, f64_ptr(self._s_hat), ptr("uint8_t *", c1),
+                                       ptr("uint8_t *", c0), batch, plan.n_og * plan.tiles, plan.n_returned,
+                                       ptr("int64_t *", lo), ptr("int64_t *", hi), ptr("int32_t *", coef), m_bits,
+                                       prm.down_c0_bits, u64_ptr(phase), THREADS)
+            if bad:
+                raise ValueError("HE result coefficients out of range")
+            return plan, batch, phase
+        c1 = wire.unpack_uint(c1, n_out * n, b1).reshape(n_out, n)
+        c0 = wire.unpack_uint(c0, n_ret, b0)
         if np.any(c1 >> _U64(m_bits)) or np.any(c0 >> _U64(prm.down_c0_bits)):
             raise ValueError("HE result coefficients out of range")
         ct, coef, _ = plan.returned
@@ -125,7 +140,7 @@ class ClientHE:
         return plan, batch, x & _U64((1 << m_bits) - 1)
 
     def _mul_s(self, c1: np.ndarray, m_bits: int) -> np.ndarray:
-        """c1 * s mod (X^N + 1, 2^m) exactly, via a float FFT on two signed limbs.
+        """c1 * s mod (X^N + 1, 2^m) exactly, via a float FFT on two signed limbs (fallback path).
 
         Limbs have at most 25 bits, so every coefficient of limb * s is below 2^(25 + log N)
         <= 2^38 and the float64 FFT error stays far below 1/2.

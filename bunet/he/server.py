@@ -27,6 +27,9 @@ import copy
 import os
 import secrets
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +38,7 @@ from bunet import ring
 
 from . import wire
 from ._native import lib
-from .bfv import a_keys, plan_for, u64_ptr
+from .bfv import a_keys, plan_for, random_ring, u64_ptr
 from .layout import ConvSpec, LayerSpec, Plan
 from .params import HEParams
 from .rand import derive, uniform_mod
@@ -44,6 +47,38 @@ from .rns import f64_ptr, ptr, rns_for
 _U64 = np.uint64
 CHUNK_BYTES = 512 << 20  # working set (slot-block inputs and outputs) per chunk of tiles
 FILTER_GROUP_BYTES = 256 << 20  # float64 scratch when building kernels for a group of outputs
+
+
+class _ScratchPool:
+    """Reusable float64 work arrays for the per-chunk slot blocks.
+
+    A fresh large array is mapped anew and every page is faulted in and zeroed by the kernel on
+    first touch, which cost as much as the products themselves; concurrent calls (sessions)
+    each take their own buffer.  At most ``keep`` buffers are retained.
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    @contextmanager
+    def take(self, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+        size = int(np.prod(shape))
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.size >= size]
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].size)) if fits else None
+        if buf is None:
+            raw = np.empty(size + 8)
+            skip = (-raw.ctypes.data % 64) // 8          # 64-byte aligned: one slot block row = 1/2 line
+            buf = raw[skip: skip + size]
+        try:
+            yield buf[:size].reshape(shape)
+        finally:
+            with self._lock:
+                self._free.append(buf)
+                self._free.sort(key=lambda b: -b.size)
+                del self._free[self._keep:]
 
 
 @dataclass
@@ -73,6 +108,7 @@ class ServerHE:
         self.rns = rns_for(params.primes, params.poly_degree)
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._delta = self.rns.delta_residues(params.delta)
+        self._scratch = _ScratchPool()        # shared by the per-client views
         self._pk = self._load_public_key(public_key) if public_key is not None else None
 
     def with_public_key(self, public_key: bytes) -> ServerHE:
@@ -190,9 +226,8 @@ class ServerHE:
         b0 = (prm.down_c0_bits + 7) // 8
         head = (wire.MAGIC_DOWN + prm.digest() + wire.spec_digest(layer.spec.to_bytes())
                 + struct.pack("<III", batch, n_out, batch * n_ret))
-        buf = bytearray(len(head) + n_out * n * b1 + batch * n_ret * b0)
-        buf[: len(head)] = head
-        body = np.frombuffer(buf, dtype=np.uint8)[len(head):]
+        buf = wire.message_buffer(head, n_out * n * b1 + batch * n_ret * b0)
+        body = buf[len(head):]
         c1_out, c0_out = body[: n_out * n * b1], body[n_out * n * b1:]
         key = secrets.token_bytes(32)          # this call's randomness: u, e, floods (ChaCha20)
         c0_ptr = ptr("uint8_t *", c0)
@@ -200,7 +235,7 @@ class ServerHE:
             ms_b = np.ascontiguousarray(m_s[b])
             for tiles in self._tile_chunks(layer):
                 self._chunk(layer, b, tiles, c0_ptr, xs_poly[b], seed, ms_b, key, c1_out, c0_out)
-        return bytes(buf), y_s
+        return buf.tobytes(), y_s
 
     # ----- internals --------------------------------------------------------------------------------
     def _plain_part(self, layer: ServerLayer, x_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +247,7 @@ class ServerHE:
         lb = self.params.ring_bits
         batch = x_s.shape[0]
         shape = (batch,) + layer.spec.out_shape
-        r = ring.random(shape, lb)
+        r = random_ring(shape, lb, self.threads)
         bias = np.zeros(layer.spec.c_out, dtype=np.int64) if layer.bias is None else layer.bias
         b = np.broadcast_to(ring.from_signed(bias, lb)[None, :, None, None], shape)
         m = layer.plan.to_eff_output(ring.sub(b, r, lb)).reshape(batch, -1)
@@ -229,31 +264,35 @@ class ServerHE:
 
     def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0_ptr: object, xs_b: np.ndarray,
                seed: bytes, m_s: np.ndarray, key: bytes, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
-        plan, rns, prm = layer.plan, self.rns, self.params
+        plan, rns = layer.plan, self.rns
         n, k, tc, c_in, n_og = plan.n, rns.k, tiles.size, plan.c_in, plan.n_og
         nblk, rows = k * n // 4, 2 * tc
         # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form)
         ct_index = ((b * c_in + np.arange(c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
         xs = np.ascontiguousarray(xs_b[:, tiles]).reshape(c_in * tc, n)
-        x = np.empty((nblk, c_in, rows, 4))
-        bad = lib.bh_server_prep(rns.ctx, c0_ptr, ptr("int64_t *", ct_index), u64_ptr(xs), f64_ptr(self._delta),
-                                 a_keys(seed, ct_index), c_in, tc, f64_ptr(x), self.threads)
-        if bad:
-            raise ValueError("ciphertext residues out of range")
-        # products, summed over input channels: Y[blk, og, 2*tile + poly, 4]
-        y = np.empty((nblk, n_og, rows, 4))
-        if layer.strategy == "taps":
-            lib.bh_product_taps(rns.ctx, f64_ptr(layer.wmat), f64_ptr(layer.tapvec), plan.c_out, plan.opack, n_og,
-                                c_in, rows, f64_ptr(x), f64_ptr(y), self.threads)
-        elif layer.filters is not None:
-            lib.bh_product_filters(rns.ctx, ptr("float *", layer.filters), n_og, c_in, rows, f64_ptr(x), f64_ptr(y),
-                                   0, n_og, self.threads)
-        else:
-            for ogs in self._og_groups(plan):
-                f = self._block_filters(layer.taps, layer.wgroup, ogs, c_in)
-                lib.bh_product_filters(rns.ctx, ptr("float *", f), ogs.size, c_in, rows, f64_ptr(x), f64_ptr(y),
-                                       int(ogs[0]), n_og, self.threads)
-        del x
+        with self._scratch.take((nblk, c_in, rows, 4)) as x, self._scratch.take((nblk, n_og, rows, 4)) as y:
+            bad = lib.bh_server_prep(rns.ctx, c0_ptr, ptr("int64_t *", ct_index), u64_ptr(xs), f64_ptr(self._delta),
+                                     a_keys(seed, ct_index), c_in, tc, f64_ptr(x), self.threads)
+            if bad:
+                raise ValueError("ciphertext residues out of range")
+            # products, summed over input channels: Y[blk, og, 2*tile + poly, 4]
+            if layer.strategy == "taps":
+                lib.bh_product_taps(rns.ctx, f64_ptr(layer.wmat), f64_ptr(layer.tapvec), plan.c_out, plan.opack,
+                                    n_og, c_in, rows, f64_ptr(x), f64_ptr(y), self.threads)
+            elif layer.filters is not None:
+                lib.bh_product_filters(rns.ctx, ptr("float *", layer.filters), n_og, c_in, rows, f64_ptr(x),
+                                       f64_ptr(y), 0, n_og, self.threads)
+            else:
+                for ogs in self._og_groups(plan):
+                    f = self._block_filters(layer.taps, layer.wgroup, ogs, c_in)
+                    lib.bh_product_filters(rns.ctx, ptr("float *", f), ogs.size, c_in, rows, f64_ptr(x), f64_ptr(y),
+                                           int(ogs[0]), n_og, self.threads)
+            self._finish(layer, b, tiles, y, m_s, key, c1_out, c0_out)
+
+    def _finish(self, layer: ServerLayer, b: int, tiles: np.ndarray, y: np.ndarray, m_s: np.ndarray, key: bytes,
+                c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+        plan, rns, prm = layer.plan, self.rns, self.params
+        tc, n_og, rows = tiles.size, plan.n_og, 2 * tiles.size
         # finish every output ciphertext of the chunk
         og = np.repeat(np.arange(n_og, dtype=np.int64), tc)
         tl = np.tile(np.arange(tc, dtype=np.int64), n_og)

@@ -20,6 +20,17 @@ RESIDUE_BYTES = 3   # centred residues, |x| < 2^21: signed 24-bit
 SEED_BYTES = 32
 
 
+def message_buffer(head: bytes, body_bytes: int) -> np.ndarray:
+    """A uint8 array holding ``head`` followed by ``body_bytes`` to be filled in place.
+
+    A NumPy allocation of this size is backed by transparent huge pages, so the native writers
+    do not fault in 4 KB pages one by one; ``tobytes()`` then makes the one copy a message needs.
+    """
+    buf = np.empty(len(head) + body_bytes, dtype=np.uint8)
+    buf[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+    return buf
+
+
 def spec_digest(spec_bytes: bytes) -> bytes:
     return hashlib.sha256(spec_bytes).digest()[:16]
 
