@@ -512,14 +512,36 @@ static void pack_vals(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m)
     }
 }
 
-/* low `bits` bits of each value, LSB first, concatenated; the rest of out (out_bits/8 bytes) zeroed */
-void bn_unpack_bits(const uint64_t *vals, uint64_t cnt, uint32_t bits, uint8_t *out, uint64_t out_bits) {
-    const uint64_t used = (cnt * bits + 7) / 8;
-    for (uint64_t i0 = 0; i0 < cnt; i0 += 1024) { /* 1024 values: a whole number of bytes */
-        const uint32_t c = (uint32_t)(cnt - i0 < 1024 ? cnt - i0 : 1024);
-        pack_vals(out + i0 * bits / 8, vals + i0, c, bits);
+/* The client's choice bits in the engine's row order: instances in chunks of NB (the last one
+ * shorter), and within a chunk of cnt instances row w * cnt + i holds input wire w = j * bits + t
+ * (bit t of value j) of instance i, so a chunk's OT rows are directly its input-wire label slots.
+ * vals: n * k values; out: out_bits / 8 bytes (rows past n * k * bits zero). */
+void bn_pack_choice(const uint64_t *vals, uint64_t n, uint32_t k, uint32_t bits, uint8_t *out, uint64_t out_bits) {
+    const uint32_t nin = k * bits;
+    uint64_t acc = 0, pos = 0;
+    uint32_t nb = 0;
+    for (uint64_t i0 = 0; i0 < n; i0 += NB) {
+        const uint32_t cnt = (uint32_t)(n - i0 < NB ? n - i0 : NB);
+        for (uint32_t w = 0; w < nin; w++) {
+            const uint64_t *v = vals + i0 * k + w / bits;
+            const uint32_t t = w % bits;
+            for (uint32_t i = 0; i < cnt; i++) {
+                acc |= ((v[(size_t)i * k] >> t) & 1) << nb;
+                if (++nb == 64) {
+                    memcpy(out + pos, &acc, 8);
+                    pos += 8;
+                    acc = 0;
+                    nb = 0;
+                }
+            }
+        }
     }
-    memset(out + used, 0, out_bits / 8 - used);
+    while (nb > 0) {
+        out[pos++] = (uint8_t)acc;
+        acc >>= 8;
+        nb = nb > 8 ? nb - 8 : 0;
+    }
+    memset(out + pos, 0, out_bits / 8 - pos);
 }
 
 static void unpack_vals(const uint8_t *src, const uint8_t *end, uint64_t *v, uint32_t cnt, uint32_t m) {
@@ -659,22 +681,23 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
     for (uint64_t i0 = 0; i0 < n; i0 += NB) {
         const uint32_t cnt = (uint32_t)(n - i0 < NB ? n - i0 : NB);
         const uint64_t twc = tweak_base + i0 * tpi;
-        /* this chunk's input labels straight from OT extension: rows i0*nin .. (i0+cnt)*nin */
+        /* this chunk's input labels straight from OT extension: rows i0*nin .. (i0+cnt)*nin, wire-major
+         * (bn_pack_choice): a full chunk's rows are the input slots of W as they are */
         {
             const uint64_t r0 = i0 * nin, rows = ((uint64_t)cnt * nin + 127) / 128 * 128;
+            uint8_t *dst = cnt == NB ? (uint8_t *)W : L;
             if (in_labels)
-                memcpy(L, in_labels + r0 * 16, (size_t)cnt * nin * 16); /* labels made with the request */
+                memcpy(dst, in_labels + r0 * 16, (size_t)cnt * nin * 16); /* labels made with the request */
             else if (garbler)
-                sst_q_rows(ot_keys, ot_k, delta, u, m / 8, blk_off, r0, rows, L);
+                sst_q_rows(ot_keys, ot_k, delta, u, m / 8, blk_off, r0, rows, dst);
             else
-                sst_t_rows(ot_keys, ot_k, blk_off, r0, rows, L);
+                sst_t_rows(ot_keys, ot_k, blk_off, r0, rows, dst);
+            if (cnt != NB)
+                for (uint32_t w = 0; w < nin; w++)
+                    memcpy(W + (size_t)w * NB, L + (size_t)w * cnt * 16, (size_t)cnt * 16);
         }
-        for (uint32_t i = 0; i < cnt; i++) {
-            for (uint32_t w = 0; w < nin; w++)
-                W[(size_t)w * NB + i] = _mm_loadu_si128((const block *)(L + ((size_t)i * nin + w) * 16));
-            acc0[i] = 0;
-            acc1[i] = 0;
-        }
+        memset(acc0, 0, cnt * sizeof(uint64_t));
+        memset(acc1, 0, cnt * sizeof(uint64_t));
         for (uint32_t g = 0; g < ngates; g++) {
             const int32_t *G = gates + (size_t)g * GREC;
             const int op = G[0];

@@ -20,7 +20,7 @@ void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
                  const uint8_t *cm, uint8_t *q_rows);
 void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t ncols);
-void bn_unpack_bits(const uint64_t *vals, uint64_t cnt, uint32_t bits, uint8_t *out, uint64_t out_bits);
+void bn_pack_choice(const uint64_t *vals, uint64_t n, uint32_t k, uint32_t bits, uint8_t *out, uint64_t out_bits);
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
               uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
               uint64_t m, uint64_t blk_off, const uint8_t *in_labels, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,

@@ -347,9 +347,9 @@ def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray
     leaves_g = ggm_garbler(k, delta, [p[c] for p, c in zip(sums, ggm_choices(k, delta), strict=True)])
     sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
     m = (n * b + 127) // 128 * 128
-    choice = np.zeros(m, dtype=np.uint8)
-    choice[: n * b] = bits.reshape(-1)
-    choice = np.packbits(choice, bitorder="little")
+    vals = (bits.astype(np.uint64) << np.arange(b, dtype=np.uint64)).sum(axis=1).astype(np.uint64)
+    choice = np.empty(m // 8, dtype=np.uint8)
+    lib.bn_pack_choice(ffi.from_buffer("uint64_t[]", vals), n, 1, b, ffi.from_buffer("uint8_t[]", choice), m)
     cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
     labels = np.empty(16 * m, dtype=np.uint8)
     u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731

@@ -327,7 +327,7 @@ class Evaluator(_Party):
         m, _, _ = _sizes(op, n)
         seq, blk, tw = self._alloc(op, n, m)
         choice = np.empty(m // 8, dtype=np.uint8)
-        lib.bn_unpack_bits(_u64(yc), n * op.k, op.in_bits, _buf(choice), m)
+        lib.bn_pack_choice(_u64(yc), n, op.k, op.in_bits, _buf(choice), m)
         setup = self._setup if seq == 0 else b""
         out, body = _new_message(self._header(T_REQ, seq, op, n) + setup, _cot_len(self.ot_k, m))
         labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
