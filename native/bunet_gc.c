@@ -147,6 +147,21 @@ __attribute__((target("avx2,vaes"))) static void hash_batch_vaes(const aeskey *K
 
 static int have_vaes = -1;
 
+/* AVX2 usable (cpuid and OS-saved YMM state); VAES on top of it */
+static int detect_avx2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!(c & bit_OSXSAVE) || !(c & bit_AVX)) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if ((lo & 6) != 6) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & bit_AVX2) ? 1 : 0;
+}
+
+static int have_avx2 = -1;
+
 static int detect_vaes(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
@@ -222,30 +237,77 @@ int bn_prg_fill(uint8_t *out, size_t len) {
 
 /* ---------------------------------------------------------------- transpose */
 
+/* 16 rows x 8 bytes at inp (row stride nb bytes) -> v[j]: byte i = row i's byte j (unpack ladder) */
+static inline void bytes_16x8(const uint8_t *inp, uint64_t nb, block *v) {
+    block r[16], a[8], bq[8];
+    for (int i = 0; i < 16; i++) r[i] = _mm_loadl_epi64((const block *)(inp + i * nb));
+    for (int i = 0; i < 8; i++) a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]); /* rows 2i,2i+1; bytes j=0..7 */
+    for (int i = 0; i < 4; i++) {
+        bq[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);     /* rows 4i..4i+3, j = 0..3 */
+        bq[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]); /* rows 4i..4i+3, j = 4..7 */
+    }
+    for (int h = 0; h < 2; h++) {
+        const block lo01 = _mm_unpacklo_epi32(bq[h], bq[2 + h]);     /* rows 0..7,  j = 4h, 4h+1 */
+        const block hi01 = _mm_unpackhi_epi32(bq[h], bq[2 + h]);     /* rows 0..7,  j = 4h+2, 4h+3 */
+        const block lo23 = _mm_unpacklo_epi32(bq[4 + h], bq[6 + h]); /* rows 8..15 */
+        const block hi23 = _mm_unpackhi_epi32(bq[4 + h], bq[6 + h]);
+        v[4 * h + 0] = _mm_unpacklo_epi64(lo01, lo23);
+        v[4 * h + 1] = _mm_unpackhi_epi64(lo01, lo23);
+        v[4 * h + 2] = _mm_unpacklo_epi64(hi01, hi23);
+        v[4 * h + 3] = _mm_unpackhi_epi64(hi01, hi23);
+    }
+}
+
+/* AVX2: tiles of 32 rows x 64 columns, one 32-bit movemask per output column and tile */
+__attribute__((target("avx2"))) static void transpose_avx2(const uint8_t *inp, uint8_t *out, uint64_t nrows,
+                                                           uint64_t ncols) {
+    const uint64_t nb = ncols / 8, ob = nrows / 8;
+    for (uint64_t rr = 0; rr < nrows; rr += 32) {
+        uint64_t cb = 0;
+        for (; cb + 8 <= nb; cb += 8) {
+            block v0[8], v1[8];
+            bytes_16x8(inp + rr * nb + cb, nb, v0);
+            bytes_16x8(inp + (rr + 16) * nb + cb, nb, v1);
+            for (int j = 0; j < 8; j++) {
+                __m256i x = _mm256_set_m128i(v1[j], v0[j]);
+                const uint64_t c0 = (cb + j) * 8;
+                for (int k = 7; k >= 0; k--) {
+                    const uint32_t m32 = (uint32_t)_mm256_movemask_epi8(x);
+                    memcpy(out + (c0 + k) * ob + rr / 8, &m32, 4);
+                    x = _mm256_slli_epi64(x, 1);
+                }
+            }
+        }
+        for (; cb < nb; cb++) { /* tail: one byte column at a time */
+            union {
+                __m256i x;
+                uint8_t b[32];
+            } tmp;
+            for (int i = 0; i < 32; i++) tmp.b[i] = inp[(rr + i) * nb + cb];
+            for (int k = 7; k >= 0; k--) {
+                const uint32_t m32 = (uint32_t)_mm256_movemask_epi8(tmp.x);
+                memcpy(out + (cb * 8 + k) * ob + rr / 8, &m32, 4);
+                tmp.x = _mm256_slli_epi64(tmp.x, 1);
+            }
+        }
+    }
+}
+
 /* bit matrix nrows x ncols (row-major, LSB-first bits) -> ncols x nrows; nrows % 16 == 0, ncols % 8 == 0.
- * Tiles of 16 rows x 64 columns: 16 8-byte loads, a byte transpose by unpacks, then movemasks. */
+ * Tiles of 16 rows x 64 columns: 16 8-byte loads, a byte transpose by unpacks, then movemasks
+ * (32 rows per tile with AVX2 when nrows % 32 == 0). */
 void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t ncols) {
+    if (have_avx2 < 0) have_avx2 = detect_avx2() && !getenv("BUNET_NO_AVX2");
+    if (have_avx2 && nrows % 32 == 0) {
+        transpose_avx2(inp, out, nrows, ncols);
+        return;
+    }
     const uint64_t nb = ncols / 8, ob = nrows / 8;
     for (uint64_t rr = 0; rr < nrows; rr += 16) {
         uint64_t cb = 0;
         for (; cb + 8 <= nb; cb += 8) {
-            block r[16], a[8], bq[8], v[8];
-            for (int i = 0; i < 16; i++) r[i] = _mm_loadl_epi64((const block *)(inp + (rr + i) * nb + cb));
-            for (int i = 0; i < 8; i++) a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]); /* rows 2i,2i+1; bytes j=0..7 */
-            for (int i = 0; i < 4; i++) {
-                bq[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);     /* rows 4i..4i+3, j = 0..3 */
-                bq[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]); /* rows 4i..4i+3, j = 4..7 */
-            }
-            for (int h = 0; h < 2; h++) {
-                const block lo01 = _mm_unpacklo_epi32(bq[h], bq[2 + h]);  /* rows 0..7,  j = 4h, 4h+1 */
-                const block hi01 = _mm_unpackhi_epi32(bq[h], bq[2 + h]);  /* rows 0..7,  j = 4h+2, 4h+3 */
-                const block lo23 = _mm_unpacklo_epi32(bq[4 + h], bq[6 + h]); /* rows 8..15 */
-                const block hi23 = _mm_unpackhi_epi32(bq[4 + h], bq[6 + h]);
-                v[4 * h + 0] = _mm_unpacklo_epi64(lo01, lo23);
-                v[4 * h + 1] = _mm_unpackhi_epi64(lo01, lo23);
-                v[4 * h + 2] = _mm_unpacklo_epi64(hi01, hi23);
-                v[4 * h + 3] = _mm_unpackhi_epi64(hi01, hi23);
-            }
+            block v[8];
+            bytes_16x8(inp + rr * nb + cb, nb, v);
             for (int j = 0; j < 8; j++) {
                 block x = v[j];
                 const uint64_t c0 = (cb + j) * 8;
