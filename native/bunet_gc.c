@@ -701,8 +701,12 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
     kc.valid = 0;
     const block D = garbler ? _mm_loadu_si128((const block *)delta) : _mm_setzero_si128();
     const uint64_t dom = 0x4743000000000000ULL; /* "GC" gate-hash domain */
+    /* three halves: S1, S2 of (Delta, 0) and (0, Delta) (see th_rmul) */
+    const block lo = _mm_set_epi64x(0, -1), Dsw = _mm_shuffle_epi32(D, 0x4e);
+    const block s1DA = _mm_xor_si128(Dsw, _mm_and_si128(D, lo)), s2DA = D;
+    const block s1DB = D, s2DB = _mm_xor_si128(Dsw, _mm_andnot_si128(lo, D));
     block *W = aligned_alloc(64, (size_t)nwires * NB * sizeof(block));
-    block *hb = aligned_alloc(64, 6 * NB * sizeof(block));
+    block *hb = aligned_alloc(64, 8 * NB * sizeof(block));
     uint64_t *acc0 = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *acc1 = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *tv = aligned_alloc(64, NB * sizeof(uint64_t));
@@ -811,35 +815,53 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 block *h[6];
                 for (int q = 0; q < 6; q++) h[q] = hb + (size_t)q * NB;
                 if (garbler) {
+                    block *A0 = hb + 6 * NB, *B0 = hb + 7 * NB;
+                    uint64_t alw[2] = {0, 0}, bew[2] = {0, 0};
                     for (uint32_t i = 0; i < cnt; i++) { /* colour-0 labels A0, B0 */
-                        const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(lsb(X[i]))));
-                        const block b0 = _mm_xor_si128(Y[i], _mm_and_si128(D, bm(lsb(Y[i]))));
-                        h[0][i] = a0;
+                        const uint64_t al = lsb(X[i]), be = lsb(Y[i]);
+                        const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(al)));
+                        const block b0 = _mm_xor_si128(Y[i], _mm_and_si128(D, bm(be)));
+                        alw[i >> 6] |= al << (i & 63);
+                        bew[i >> 6] |= be << (i & 63);
+                        A0[i] = a0;
+                        B0[i] = b0;
                         h[1][i] = _mm_xor_si128(a0, D);
-                        h[2][i] = b0;
                         h[3][i] = _mm_xor_si128(b0, D);
                         h[4][i] = _mm_xor_si128(a0, b0);
                         h[5][i] = _mm_xor_si128(h[4][i], D);
                     }
-                    for (int q = 0; q < 6; q++)
-                        hash_batch(gate_key(&kc, twc + t + q / 2), h[q], h[q], cnt, twc + t + q / 2, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), A0, h[0], cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t), h[1], h[1], cnt, twc + t, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 1), B0, h[2], cnt, twc + t + 1, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 1), h[3], h[3], cnt, twc + t + 1, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 2), h[4], h[4], cnt, twc + t + 2, tpi, dom);
+                    hash_batch(gate_key(&kc, twc + t + 2), h[5], h[5], cnt, twc + t + 2, tpi, dom);
                     block rb[8]; /* r0 of instance i: bit i of rb[0]; r1: bit i of rb[1] */
                     prg_next8(&prg, rb);
                     uint64_t rw[4];
                     memcpy(rw, rb, sizeof rw);
-                    const block lo = _mm_set_epi64x(0, -1), hi = _mm_set_epi64x(-1, 0), ones = _mm_set1_epi8(-1);
+                    uint64_t ew[5][2] = {{0}}; /* control-bit masks e(.) of the five hash sums below */
                     for (uint32_t i = 0; i < cnt; i++) {
                         const uint64_t al = lsb(X[i]), be = lsb(Y[i]), sh = i & 63;
-                        const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(al)));
-                        const block b0 = _mm_xor_si128(Y[i], _mm_and_si128(D, bm(be)));
-                        const block a1 = _mm_xor_si128(a0, D), b1 = _mm_xor_si128(b0, D);
+                        const block a0 = A0[i], b0 = B0[i];
                         const uint64_t r0 = (rw[i >> 6] >> sh) & 1, r1 = (rw[2 + (i >> 6)] >> sh) & 1;
                         /* the AND is 1 at colours (a, b) = (1 ^ al, 1 ^ be); control bits per colour pair:
-                         * c(0,0) = (r0, r1), c(0,1) = (r0^a^b, r1^a), c(1,0) = (r0^b, r1^a^b) */
+                         * c(0,0) = (r0, r1), c(0,1) = (r0^a^b, r1^a), c(1,0) = (r0^b, r1^a^b).
+                         * R_ij (A_i, B_j) with S1, S2 linear: S(a0, b1) = S(a0, b0) ^ S(0, D) etc. */
                         const uint64_t a = 1 ^ al, bb = 1 ^ be, ab = a ^ bb;
-                        const block R00 = th_rmul(a0, b0, ones, bm(r0), bm(r1));
-                        const block R01 = th_rmul(a0, b1, lo, bm(r0 ^ ab), bm(r1 ^ a));
-                        const block R10 = th_rmul(a1, b0, hi, bm(r0 ^ bb), bm(r1 ^ ab));
+                        const block w = _mm_xor_si128(a0, _mm_shuffle_epi32(b0, 0x4e));
+                        const block s1 = _mm_xor_si128(_mm_shuffle_epi32(w, 0x4e), _mm_and_si128(a0, lo));
+                        const block s2 = _mm_xor_si128(w, _mm_andnot_si128(lo, b0));
+                        const block R00 = _mm_xor_si128(_mm_blend_epi16(b0, a0, 0xf0),
+                                                        _mm_xor_si128(_mm_and_si128(s1, bm(r0)), _mm_and_si128(s2, bm(r1))));
+                        const block R01 = _mm_xor_si128(
+                            _mm_and_si128(_mm_xor_si128(b0, D), lo),
+                            _mm_xor_si128(_mm_and_si128(_mm_xor_si128(s1, s1DB), bm(r0 ^ ab)),
+                                          _mm_and_si128(_mm_xor_si128(s2, s2DB), bm(r1 ^ a))));
+                        const block R10 = _mm_xor_si128(
+                            _mm_andnot_si128(lo, _mm_xor_si128(a0, D)),
+                            _mm_xor_si128(_mm_and_si128(_mm_xor_si128(s1, s1DA), bm(r0 ^ bb)),
+                                          _mm_and_si128(_mm_xor_si128(s2, s2DA), bm(r1 ^ ab))));
                         const block k00 = _mm_xor_si128(h[0][i], h[4][i]), m00 = _mm_xor_si128(h[2][i], h[4][i]);
                         const block k01 = _mm_xor_si128(h[0][i], h[5][i]), m01 = _mm_xor_si128(h[3][i], h[5][i]);
                         const block k10 = _mm_xor_si128(h[1][i], h[5][i]);
@@ -853,16 +875,22 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                         const block GG = _mm_xor_si128(_mm_blend_epi16(V10, V01, 0xf0), _mm_unpacklo_epi64(V01, V01));
                         _mm_storeu_si128((block *)(T + 24 * (size_t)i), GG);
                         _mm_storel_epi64((block *)(T + 24 * (size_t)i + 16), V01);
-                        const uint64_t z0 = r0 ^ th_e(k00), z1 = r1 ^ th_e(m00);
-                        const uint64_t z4 = r0 ^ ab ^ z0 ^ th_e(k01);
-                        const uint64_t z2 = r0 ^ bb ^ z0 ^ z4 ^ th_e(k10);
-                        const uint64_t z3 = r1 ^ a ^ z1 ^ z4 ^ th_e(m01);
-                        zw[0][i >> 6] |= z0 << sh;
-                        zw[1][i >> 6] |= z1 << sh;
-                        zw[2][i >> 6] |= z2 << sh;
-                        zw[3][i >> 6] |= z3 << sh;
-                        zw[4][i >> 6] |= z4 << sh;
+                        ew[0][i >> 6] |= th_e(k00) << sh;
+                        ew[1][i >> 6] |= th_e(m00) << sh;
+                        ew[2][i >> 6] |= th_e(k01) << sh;
+                        ew[3][i >> 6] |= th_e(k10) << sh;
+                        ew[4][i >> 6] |= th_e(m01) << sh;
                         O[i] = _mm_xor_si128(C, _mm_and_si128(B[i], cz));
+                    }
+                    for (uint32_t q = 0; q < 2; q++) { /* the five control bits, 64 instances at a time */
+                        const uint32_t left = cnt > 64 * q ? cnt - 64 * q : 0;
+                        const uint64_t keep = left >= 64 ? ~0ULL : (1ULL << left) - 1;
+                        const uint64_t r0 = rw[q], r1 = rw[2 + q], a = ~alw[q], bb = ~bew[q], ab = a ^ bb;
+                        zw[0][q] = (r0 ^ ew[0][q]) & keep;
+                        zw[1][q] = (r1 ^ ew[1][q]) & keep;
+                        zw[4][q] = (r0 ^ ab ^ zw[0][q] ^ ew[2][q]) & keep;
+                        zw[2][q] = (r0 ^ bb ^ zw[0][q] ^ zw[4][q] ^ ew[3][q]) & keep;
+                        zw[3][q] = (r1 ^ a ^ zw[1][q] ^ zw[4][q] ^ ew[4][q]) & keep;
                     }
                     for (int q = 0; q < 5; q++) memcpy(zp + q * plane, zw[q], zbytes);
                 } else {
