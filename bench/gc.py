@@ -3,10 +3,14 @@
     python bench/gc.py --out gc.json [--relus 1048576] [--quick]
 
 Keys: garble_and_per_s / eval_and_per_s (one core, in memory, three-halves ANDs in a large batch),
-bytes_per_and, ot_per_s (IKNP correlated OTs per second, in memory, sender and receiver each on
-one core: the slower side), and per quantization (default l=24, b=24, s=8 and l=32, s=12):
-relu_and_gates, relu_bytes (all bytes both ways per ReLU over the socket, OT and session setup
-included), relu_per_s (two processes over loopback TCP, end to end).
+bytes_per_and (24 bytes + 5 control bits), ot_per_s (SoftSpoken k=4 correlated OTs per second, in
+memory, sender and receiver each on one core: the slower side; ot_k1 = IKNP, ot_k2), and per
+quantization (default l=24, b=24, s=8 and l=32, s=12): relu_and_gates, relu_bytes (all bytes both
+ways per ReLU over the socket, OT and session setup included), relu_per_s (two processes over
+loopback TCP, end to end, both pipelined with two worker threads each, --chunk ReLUs per message),
+relu_client_cpu_us / relu_server_cpu_us (CPU time per ReLU of each process, all threads) and
+relu_per_s_cpu_bound (the rate with both cores ours: the machine is shared, so relu_per_s varies
+with the other load; loadavg_at_start/end are recorded).
 """
 
 from __future__ import annotations

@@ -404,3 +404,22 @@ def test_three_halves_and_gate(n):
         rf = (re ^ 1) & (ra ^ 1)
         want = ra | rc << np.uint64(1) | rd << np.uint64(2) | re << np.uint64(3) | rf << np.uint64(4)
         np.testing.assert_array_equal(got, want)
+
+
+def test_claim_in_order_garble_concurrently():
+    """claim() in request order, then the garbling jobs on a pool in any order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ev, g = _session()
+    op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True)
+    xs = [ring.random((300 + 7 * i, 1), 24) for i in range(5)]
+    shares = [ring.share(x, 24) for x in xs]
+    reqs = [ev.request(op, yc) for yc, _ in shares]
+    jobs = [g.claim(op, req, ys) for req, (_, ys) in zip(reqs, shares, strict=True)]
+    with pytest.raises(ValueError):  # a claimed request cannot be claimed again
+        g.claim(op, reqs[0], shares[0][1])
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda j: j(), jobs[::-1]))[::-1]
+    for x, (resp, out_s) in zip(xs, results, strict=True):
+        want = ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24)
+        np.testing.assert_array_equal(ring.add(ev.finish(op, resp), out_s, 24), want)
