@@ -64,18 +64,66 @@ typedef struct {
     size_t scratch;
 } pool_t;
 
-/* Each worker allocates its scratch once per call (large blocks come from mmap and would
- * otherwise be faulted in and zeroed by the kernel for every grain). */
+/* Worker scratch is reused across calls: large blocks come from mmap and would otherwise be
+ * faulted in and zeroed by the kernel on every call.  A few released blocks are kept. */
+#define SCRATCH_KEEP 8
+static pthread_mutex_t g_scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *g_scratch[SCRATCH_KEEP];
+static size_t g_scratch_size[SCRATCH_KEEP];
+
+static void *scratch_get(size_t size) {
+    void *best = NULL;
+    int bi = -1;
+    pthread_mutex_lock(&g_scratch_lock);
+    for (int i = 0; i < SCRATCH_KEEP; i++)
+        if (g_scratch[i] && g_scratch_size[i] >= size && (bi < 0 || g_scratch_size[i] < g_scratch_size[bi])) bi = i;
+    if (bi >= 0) {
+        best = g_scratch[bi];
+        g_scratch[bi] = NULL;
+    }
+    pthread_mutex_unlock(&g_scratch_lock);
+    if (!best) {
+        size = (size + 4095) / 4096 * 4096;
+        best = aligned_alloc(64, size);
+    }
+    return best;
+}
+
+static void scratch_put(void *ptr, size_t size) {
+    if (!ptr) return;
+    size = (size + 4095) / 4096 * 4096;
+    pthread_mutex_lock(&g_scratch_lock);
+    int slot = -1;
+    for (int i = 0; i < SCRATCH_KEEP && slot < 0; i++)
+        if (!g_scratch[i]) slot = i;
+    if (slot < 0) {                              /* full: replace the smallest if this one is larger */
+        int sm = 0;
+        for (int i = 1; i < SCRATCH_KEEP; i++)
+            if (g_scratch_size[i] < g_scratch_size[sm]) sm = i;
+        if (g_scratch_size[sm] < size) {
+            free(g_scratch[sm]);
+            slot = sm;
+        }
+    }
+    if (slot >= 0) {
+        g_scratch[slot] = ptr;
+        g_scratch_size[slot] = size;
+        ptr = NULL;
+    }
+    pthread_mutex_unlock(&g_scratch_lock);
+    free(ptr);
+}
+
 static void *pool_worker(void *arg) {
     pool_t *p = (pool_t *)arg;
-    void *scratch = p->scratch ? malloc(p->scratch) : NULL;
+    void *scratch = p->scratch ? scratch_get(p->scratch) : NULL;
     for (;;) {
         int64_t lo = __atomic_fetch_add(&p->next, p->grain, __ATOMIC_RELAXED);
         if (lo >= p->n) break;
         int64_t hi = lo + p->grain < p->n ? lo + p->grain : p->n;
         p->fn(p->ctx, lo, hi, scratch);
     }
-    free(scratch);
+    scratch_put(scratch, p->scratch);
     return NULL;
 }
 
@@ -520,23 +568,38 @@ BH_INLINE int expand_a_body(const bh_rns *r, const uint8_t *key, uint32_t *words
 #if !(defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
     for (size_t i = 0; i < nw; i++) words[i] = ld32((const uint8_t *)(words + i));
 #endif
-    int short_row = 0;
-    for (int i = 0; i < r->k; i++) {
+    int short_row = 0, k = r->k, n = r->n;     /* locals: stores below may alias *r */
+    for (int i = 0; i < k; i++) {
         uint32_t p = (uint32_t)r->p[i];
         uint32_t lim = (uint32_t)((((uint64_t)1 << 32) / p) * p);
         uint32_t *w = words + (size_t)i * row;     /* compacted in place: cnt <= j */
         size_t cnt = 0;
-        for (size_t j = 0; j < row && cnt < (size_t)r->n; j++) {
+        size_t j = 0;
+        /* rejections are rare (< 2^-10 per word): blocks of 8 without one are copied as a whole */
+        for (; j + 8 <= row && cnt + 8 <= (size_t)n; j += 8) {
+            int ok = 1;
+            for (int q = 0; q < 8; q++) ok &= w[j + q] < lim;
+            if (ok) {
+                for (int q = 0; q < 8; q++) w[cnt + q] = w[j + q];
+                cnt += 8;
+            } else {
+                for (int q = 0; q < 8; q++) {
+                    w[cnt] = w[j + q];
+                    cnt += w[j + q] < lim;
+                }
+            }
+        }
+        for (; j < row && cnt < (size_t)n; j++) {
             w[cnt] = w[j];
             cnt += w[j] < lim;
         }
-        if (cnt < (size_t)r->n) {
+        if (cnt < (size_t)n) {
             short_row = 1;
-            for (size_t j = cnt; j < (size_t)r->n; j++) w[j] = 0;
+            for (size_t j = cnt; j < (size_t)n; j++) w[j] = 0;
         }
         double pd = r->p[i], pinv = r->pinv[i];
-        double *o = out + (size_t)i * r->n;
-        for (int j = 0; j < r->n; j++) o[j] = red((double)w[j], pd, pinv);
+        double *o = out + (size_t)i * n;
+        for (int j = 0; j < n; j++) o[j] = red(u52_to_d(w[j]), pd, pinv);
     }
     return short_row;
 }
@@ -589,12 +652,31 @@ BH_INLINE void cbd_body(const uint8_t *bytes, int64_t count, double *e) {
     }
 }
 
+/* Coefficients of ciphertext g = (b*C + c)*tiles + tile: the zero-padded input tile, pixel
+ * (u, v) of the Ht x Wt tile at coefficient u*Wt + v, reduced mod 2^l (see layout.Plan). */
+BH_INLINE void encode_tile(const uint64_t *x, const bh_tiling *t, int64_t g, int n, uint64_t *m) {
+    int64_t tile = g % t->tiles, c = (g / t->tiles) % t->c, b = g / (t->tiles * t->c);
+    int64_t r0 = (tile / t->n_tj) * t->th - t->pad, c0 = (tile % t->n_tj) * t->tw - t->pad;
+    const uint64_t *plane = x + ((size_t)b * t->c + c) * t->h * t->w;
+    uint64_t mask = t->mask;
+    memset(m, 0, sizeof(uint64_t) * n);
+    for (int64_t u = 0; u < t->ht; u++) {
+        int64_t row = r0 + u;
+        if (row < 0 || row >= t->h) continue;
+        int64_t v0 = c0 < 0 ? -c0 : 0, v1 = t->w - c0 < t->wt ? t->w - c0 : t->wt;
+        const uint64_t *src = plane + (size_t)row * t->w;
+        uint64_t *dst = m + (size_t)u * t->wt;
+        for (int64_t v = v0; v < v1; v++) dst[v] = src[c0 + v] & mask;
+    }
+}
+
 /* out[i][j] = Delta_i * m[j] mod p_i (centred), m < 2^52 */
 BH_INLINE void scaled_body(const bh_rns *r, const uint64_t *m, const double *delta, double *out) {
-    for (int i = 0; i < r->k; i++) {
+    int k = r->k, n = r->n;
+    for (int i = 0; i < k; i++) {
         double p = r->p[i], pinv = r->pinv[i], d = delta[i];
-        double *o = out + (size_t)i * r->n;
-        for (int j = 0; j < r->n; j++) o[j] = red(red(u52_to_d(m[j]), p, pinv) * d, p, pinv);
+        double *o = out + (size_t)i * n;
+        for (int j = 0; j < n; j++) o[j] = red(red(u52_to_d(m[j]), p, pinv) * d, p, pinv);
     }
 }
 
@@ -619,12 +701,61 @@ BH_INLINE void pow2_many(const bh_rns *r, const double *x, size_t stride, int64_
 
 #define PREFETCH_AHEAD 16
 
+/* 24-bit little-endian two's complement <-> int32, total values; never touches bytes past 3*total.
+ * The SIMD parts return how many values they handled. */
+#ifdef BH_X86
+BH_AVX2 static size_t pack24_simd(const int32_t *iv, size_t total, uint8_t *o) {
+    const __m128i sh = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+    size_t j = 0;
+    for (; 3 * j + 16 <= 3 * total; j += 4)
+        _mm_storeu_si128((__m128i *)(o + 3 * j), _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(iv + j)), sh));
+    return j;
+}
+
+BH_AVX2 static size_t unpack24_simd(const uint8_t *src, size_t total, int32_t *xi) {
+    const __m128i sh = _mm_setr_epi8(-1, 0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11);
+    size_t j = 0;
+    for (; 3 * j + 16 <= 3 * total; j += 4) {
+        __m128i v = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(src + 3 * j)), sh);
+        _mm_storeu_si128((__m128i *)(xi + j), _mm_srai_epi32(v, 8));
+    }
+    return j;
+}
+#endif
+
+BH_INLINE void pack24(const int32_t *iv, size_t total, uint8_t *o, const int simd) {
+    size_t j = 0;
+#ifdef BH_X86
+    if (simd) j = pack24_simd(iv, total, o);
+#endif
+    (void)simd;
+    for (; j + 1 < total; j++) st32(o + 3 * j, (uint32_t)iv[j]);   /* the 4th byte is rewritten next */
+    for (; j < total; j++) {
+        uint32_t w = (uint32_t)iv[j];
+        o[3 * j] = (uint8_t)w;
+        o[3 * j + 1] = (uint8_t)(w >> 8);
+        o[3 * j + 2] = (uint8_t)(w >> 16);
+    }
+}
+
+BH_INLINE void unpack24(const uint8_t *src, size_t total, int32_t *xi, const int simd) {
+    size_t j = 0;
+#ifdef BH_X86
+    if (simd) j = unpack24_simd(src, total, xi);
+#endif
+    (void)simd;
+    for (; j + 1 < total; j++) xi[j] = (int32_t)(ld32(src + 3 * j) << 8) >> 8;
+    for (; j < total; j++)
+        xi[j] = (int32_t)(((uint32_t)src[3 * j] | (uint32_t)src[3 * j + 1] << 8 | (uint32_t)src[3 * j + 2] << 16) << 8) >> 8;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* client encryption                                                                          */
 
 typedef struct {
     const bh_rns *r;
-    const uint64_t *m;
+    const uint64_t *x;
+    const bh_tiling *t;
     const double *delta, *s_hat;
     const uint8_t *a_keys, *noise_key;
     uint8_t *out;
@@ -632,7 +763,7 @@ typedef struct {
 } enc_ctx;
 
 BH_INLINE int encrypt_one(enc_ctx *c, int64_t ct, double *v, double *a, uint32_t *words, uint8_t *nb,
-                          double *e) {
+                          double *e, const int simd) {
     const bh_rns *r = c->r;
     int k = r->k, n = r->n;
     ntt_pair kk = ntt_pick(r);
@@ -640,7 +771,8 @@ BH_INLINE int encrypt_one(enc_ctx *c, int64_t ct, double *v, double *a, uint32_t
     stream_ct(&s, c->noise_key, ct, 0);
     stream_read(&s, nb, 8 * (size_t)n);
     cbd_body(nb, n, e);
-    scaled_body(r, c->m + (size_t)ct * n, c->delta, v);
+    encode_tile(c->x, c->t, ct, n, (uint64_t *)a);           /* a is filled later */
+    scaled_body(r, (const uint64_t *)a, c->delta, v);
     for (int i = 0; i < k; i++) {
         double *vi = v + (size_t)i * n;
         for (int j = 0; j < n; j++) vi[j] += e[j];
@@ -655,24 +787,18 @@ BH_INLINE int encrypt_one(enc_ctx *c, int64_t ct, double *v, double *a, uint32_t
         double *vi = v + (size_t)i * n, *ai = a + (size_t)i * n;
         for (int j = 0; j < n; j++) vi[j] = red(vi[j] - ai[j] * sh[j], p, pinv);
     }
-    for (size_t j = 0; j < total; j++) {
-        uint32_t w = (uint32_t)(int32_t)v[j];
-        if (j + 1 < total) st32(o + 3 * j, w);       /* the 4th byte is overwritten next */
-        else {
-            o[3 * j] = (uint8_t)w;
-            o[3 * j + 1] = (uint8_t)(w >> 8);
-            o[3 * j + 2] = (uint8_t)(w >> 16);
-        }
-    }
+    int32_t *iv = (int32_t *)a;                  /* a is free now: 32-bit copies of the residues */
+    for (size_t j = 0; j < total; j++) iv[j] = (int32_t)v[j];
+    pack24(iv, total, o, simd);
     return fail;
 }
 
 BH_AVX2 static int encrypt_one_avx2(enc_ctx *c, int64_t ct, double *v, double *a, uint32_t *w, uint8_t *nb,
                                     double *e) {
-    return encrypt_one(c, ct, v, a, w, nb, e);
+    return encrypt_one(c, ct, v, a, w, nb, e, 1);
 }
 static int encrypt_one_gen(enc_ctx *c, int64_t ct, double *v, double *a, uint32_t *w, uint8_t *nb, double *e) {
-    return encrypt_one(c, ct, v, a, w, nb, e);
+    return encrypt_one(c, ct, v, a, w, nb, e, 0);
 }
 
 static size_t encrypt_scratch(const bh_rns *r) {
@@ -694,9 +820,10 @@ static void encrypt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     if (f) __atomic_fetch_add(&c->fails, f, __ATOMIC_RELAXED);
 }
 
-int64_t bh_encrypt(const bh_rns *r, const uint64_t *m, int64_t count, const double *delta, const double *s_hat,
+int64_t bh_encrypt(const bh_rns *r, const uint64_t *x, const bh_tiling *t, int64_t count, const double *delta,
+                   const double *s_hat,
                    const uint8_t *a_keys, const uint8_t *noise_key, uint8_t *out, int threads) {
-    enc_ctx c = {r, m, delta, s_hat, a_keys, noise_key, out, 0};
+    enc_ctx c = {r, x, t, delta, s_hat, a_keys, noise_key, out, 0};
     par_for(threads, count, grain_for(count, threads, 8), encrypt_task, &c, encrypt_scratch(r));
     return c.fails;
 }
@@ -709,6 +836,7 @@ typedef struct {
     const uint8_t *c0;
     const int64_t *ct_index;
     const uint64_t *xs;
+    const bh_tiling *t;
     const double *delta;
     const uint8_t *a_keys;
     int c_in, tc;
@@ -716,27 +844,26 @@ typedef struct {
     int64_t bad;
 } prep_ctx;
 
-BH_INLINE int prep_one(prep_ctx *c, int64_t item, double *v, double *a, uint32_t *words) {
+BH_INLINE int prep_one(prep_ctx *c, int64_t item, double *v, double *a, uint32_t *words, const int simd) {
     const bh_rns *r = c->r;
     int k = r->k, n = r->n;
     ntt_pair kk = ntt_pick(r);
-    scaled_body(r, c->xs + (size_t)item * n, c->delta, v);
+    encode_tile(c->xs, c->t, c->ct_index[item], n, (uint64_t *)a);     /* a is filled later */
+    scaled_body(r, (const uint64_t *)a, c->delta, v);
     for (int i = 0; i < k; i++) fwd1(&kk, r, v + (size_t)i * n, i);
     const uint8_t *src = c->c0 + (size_t)c->ct_index[item] * k * n * 3;
     size_t total = (size_t)k * n;
+    int32_t *xi = (int32_t *)a;                  /* a is filled last: unpack the 24-bit residues there */
+    unpack24(src, total, xi, simd);
     int bad = 0;
     for (int i = 0; i < k; i++) {
         double p = r->p[i], pinv = r->pinv[i];
         int32_t lim = (int32_t)(r->p[i] * 0.5) + 1;
         double *vi = v + (size_t)i * n;
-        const uint8_t *si = src + (size_t)i * n * 3;
+        const int32_t *x = xi + (size_t)i * n;
         for (int j = 0; j < n; j++) {
-            size_t g = (size_t)i * n + j;
-            uint32_t w = g + 1 < total ? ld32(si + 3 * j)
-                                       : (uint32_t)si[3 * j] | (uint32_t)si[3 * j + 1] << 8 | (uint32_t)si[3 * j + 2] << 16;
-            int32_t x = (int32_t)(w << 8) >> 8;
-            bad |= (x > lim) | (x < -lim);
-            vi[j] = red(vi[j] + (double)x, p, pinv);
+            bad |= (x[j] > lim) | (x[j] < -lim);
+            vi[j] = red(vi[j] + (double)x[j], p, pinv);
         }
     }
     if (expand_a(r, c->a_keys + 32 * item, words, a)) bad = 1;   /* cannot happen in practice */
@@ -764,10 +891,10 @@ static void prep_scatter(prep_ctx *c, int64_t first, int cnt, const double *v) {
 }
 
 BH_AVX2 static int prep_one_avx2(prep_ctx *c, int64_t item, double *v, double *a, uint32_t *w) {
-    return prep_one(c, item, v, a, w);
+    return prep_one(c, item, v, a, w, 1);
 }
 static int prep_one_gen(prep_ctx *c, int64_t item, double *v, double *a, uint32_t *w) {
-    return prep_one(c, item, v, a, w);
+    return prep_one(c, item, v, a, w, 0);
 }
 
 static void prep_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
@@ -792,8 +919,9 @@ static void prep_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
 }
 
 int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *ct_index, const uint64_t *xs,
+                       const bh_tiling *t,
                        const double *delta, const uint8_t *a_keys, int c_in, int tc, double *x, int threads) {
-    prep_ctx c = {r, c0, ct_index, xs, delta, a_keys, c_in, tc, x, 0};
+    prep_ctx c = {r, c0, ct_index, xs, t, delta, a_keys, c_in, tc, x, 0};
     int64_t items = (int64_t)c_in * tc;
     par_for(threads, items, grain_for(items, threads, GROUP), prep_task, &c, sizeof(double) * 2 * GROUP * (size_t)r->k * r->n + words_bytes(r));
     return c.bad;
@@ -1334,34 +1462,39 @@ BH_INLINE int decrypt_one(dec_ctx *c, int64_t g, double *x, uint64_t *v) {
     ntt_pair kk = ntt_pick(r);
     uint64_t m_mask = (1ULL << c->down_bits) - 1, half = 1ULL << (c->down_bits - 1);
     const uint8_t *src = c->c1 + (size_t)g * n * nb1;
+    double *cd = (double *)v;                    /* v is written last: centred c1 as doubles first */
     int bad = 0;
     for (int j = 0; j < n; j++) {
-        uint64_t w = 0;
-        for (int b = 0; b < nb1; b++) w |= (uint64_t)src[(size_t)j * nb1 + b] << (8 * b);
-        bad |= w > m_mask;
-        double cd = (double)(int64_t)(w & m_mask) - (w & half ? (double)(m_mask + 1) : 0.0);   /* |c| <= 2^49 */
-        for (int t = 0; t < 3; t++) {
-            int i = c->pi[t];
-            x[(size_t)t * n + j] = red(cd, r->p[i], r->pinv[i]);
+        int fast = (size_t)j * nb1 + 8 <= (size_t)n * nb1;      /* never read past this ciphertext */
+        uint64_t w = fast ? ld64(src + (size_t)j * nb1) : 0;
+        if (!fast) {
+            w = 0;
+            for (int b = 0; b < nb1; b++) w |= (uint64_t)src[(size_t)j * nb1 + b] << (8 * b);
         }
+        if (nb1 < 8) w &= (1ULL << (8 * nb1)) - 1;
+        bad |= w > m_mask;
+        cd[j] = (double)(int64_t)(w & m_mask) - (w & half ? (double)(m_mask + 1) : 0.0);   /* |c| <= 2^49 */
     }
     for (int t = 0; t < 3; t++) {
         int i = c->pi[t];
+        double p = r->p[i], pinv = r->pinv[i];
         double *xt = x + (size_t)t * n;
         const double *sh = c->s_hat + (size_t)i * n;
+        for (int j = 0; j < n; j++) xt[j] = red(cd[j], p, pinv);
         fwd1(&kk, r, xt, i);
-        for (int j = 0; j < n; j++) xt[j] = red(xt[j] * sh[j], r->p[i], r->pinv[i]);
+        for (int j = 0; j < n; j++) xt[j] = red(xt[j] * sh[j], p, pinv);
         inv1(&kk, r, xt, i);
     }
-    double p1 = r->p[c->pi[0]], p2 = r->p[c->pi[1]], p3 = r->p[c->pi[2]];
-    double p1i = r->pinv[c->pi[0]], p2i = r->pinv[c->pi[1]], p3i = r->pinv[c->pi[2]];
+    double p2 = r->p[c->pi[1]], p3 = r->p[c->pi[2]], p1 = r->p[c->pi[0]];
+    double p2i = r->pinv[c->pi[1]], p3i = r->pinv[c->pi[2]];
+    double inv12 = c->inv12, inv3 = c->inv3;
+    uint64_t p12 = c->p12;
+    const double *x1 = x, *x2 = x + n, *x3 = x + 2 * (size_t)n;
     for (int j = 0; j < n; j++) {
-        double x1 = x[j], x2 = x[n + j], x3 = x[2 * (size_t)n + j];
-        double t2 = red((x2 - x1) * c->inv12, p2, p2i);           /* centred */
-        double u = x1 + p1 * t2;                                  /* |u| < 2^44, = v mod p1 p2 */
-        double t3 = red(red(x3 - red(u, p3, p3i), p3, p3i) * c->inv3, p3, p3i);
-        v[j] = (uint64_t)(int64_t)u + c->p12 * (uint64_t)(int64_t)t3;
-        (void)p1i;
+        double t2 = red((x2[j] - x1[j]) * inv12, p2, p2i);           /* centred */
+        double u = x1[j] + p1 * t2;                                  /* |u| < 2^44, = v mod p1 p2 */
+        double t3 = red(red(x3[j] - red(u, p3, p3i), p3, p3i) * inv3, p3, p3i);
+        v[j] = (uint64_t)d_to_i(u) + p12 * (uint64_t)d_to_i(t3);    /* wraps mod 2^64: exact low bits */
     }
     int64_t b = g / c->per_ct, lc = g % c->per_ct;
     int drop = c->down_bits - c->down_c0_bits;

@@ -27,6 +27,14 @@ typedef struct {
     const double *crt;    /* [k] (q / p_i)^-1 mod p_i, centred */
 } bh_rns;
 
+/* Public tiling of a layer (bunet.he.layout.Plan): ciphertext g = (b*c + ch)*tiles + tile holds
+ * the zero-padded ht x wt input tile at (ti*th - pad, tj*tw - pad), tile = ti*n_tj + tj, of the
+ * (B, c, h, w) share, each value masked to the ring (mask = 2^l - 1). */
+typedef struct {
+    int64_t c, h, w, pad, th, tw, ht, wt, n_tj, tiles;
+    uint64_t mask;
+} bh_tiling;
+
 /* 1 when the AVX2+FMA path is in use; bh_force_portable(1) switches to the portable path. */
 int bh_simd(void);
 void bh_force_portable(int on);
@@ -43,19 +51,20 @@ void bh_ntt_inv(const bh_rns *r, double *a, int64_t count, int threads);
  * Returns the number of keys whose keystream ran short (probability < 2^-100 each). */
 int64_t bh_expand_a(const bh_rns *r, const uint8_t *keys, int64_t count, double *out, int threads);
 
-/* Client: seeded symmetric encryption.  m: (count, N) plaintext coefficients (< 2^52);
- * c0 = NTT(Delta*m + e) - a*s, written as signed 24-bit little-endian (count, K, N).
- * delta: [k] centred Delta mod p; s_hat: (K, N); noise_key: 32 bytes (fresh per call). */
-int64_t bh_encrypt(const bh_rns *r, const uint64_t *m, int64_t count, const double *delta,
+/* Client: seeded symmetric encryption of the share x (B, c, h, w), count = B*c*tiles
+ * ciphertexts: m = the tile's coefficients (< 2^52), c0 = NTT(Delta*m + e) - a*s, written as
+ * signed 24-bit little-endian (count, K, N).  delta: [k] centred Delta mod p; s_hat: (K, N);
+ * noise_key: 32 bytes (fresh per call). */
+int64_t bh_encrypt(const bh_rns *r, const uint64_t *x, const bh_tiling *t, int64_t count, const double *delta,
                    const double *s_hat, const uint8_t *a_keys, const uint8_t *noise_key,
                    uint8_t *out, int threads);
 
 /* Server: slot-block input X[blk][c][2*tc][4] of one tile chunk.  Item (c, tl) uses upload
- * ciphertext ct_index[c*tc + tl] (24-bit residues in c0), x_s coefficients xs[(c*tc + tl)*N]
- * and a-key a_keys[32*(c*tc + tl)].  Row 2*tl holds c0 + NTT(Delta*x_s), row 2*tl+1 holds a.
- * Returns the number of ciphertexts with a residue out of range (then X is not usable). */
+ * ciphertext g = ct_index[c*tc + tl] (24-bit residues in c0), the same tile of the server's
+ * share xs (B, c, h, w) and a-key a_keys[32*(c*tc + tl)].  Row 2*tl holds c0 + NTT(Delta*x_s),
+ * row 2*tl+1 holds a.  Returns the number of ciphertexts with a residue out of range. */
 int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *ct_index,
-                       const uint64_t *xs, const double *delta, const uint8_t *a_keys,
+                       const uint64_t *xs, const bh_tiling *t, const double *delta, const uint8_t *a_keys,
                        int c_in, int tc, double *x, int threads);
 
 /* Y[blk][og0 + g][row] = sum_c F[blk][g][c] * X[blk][c][row] (g < og_cnt), reduced. */

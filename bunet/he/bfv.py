@@ -7,7 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._native import lib
+from ._native import ffi, lib
 from .layout import LayerSpec, Plan
 from .params import HEParams
 from .rand import derive
@@ -17,6 +17,15 @@ from .rns import RNS, THREADS, f64_ptr, ptr
 @lru_cache(maxsize=256)
 def plan_for(spec: LayerSpec, n: int) -> Plan:
     return Plan.make(spec, n)
+
+
+def tiling(plan: Plan, ring_bits: int) -> object:
+    """The plan's tiling for the native encoders (``bh_tiling``; same order as Plan.encode_input)."""
+    t = ffi.new("bh_tiling *")
+    t.c, t.h, t.w, t.pad = plan.c_in, plan.spec.h, plan.spec.w, plan.pad
+    t.th, t.tw, t.ht, t.wt, t.n_tj, t.tiles = plan.th, plan.tw, plan.ht, plan.wt, plan.n_tj, plan.tiles
+    t.mask = (1 << ring_bits) - 1
+    return t
 
 
 def a_keys(seed: bytes, indices: np.ndarray) -> bytes:

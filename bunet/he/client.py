@@ -11,7 +11,7 @@ from bunet import ring
 
 from . import wire
 from ._native import ffi, lib
-from .bfv import a_keys, plan_for, u64_ptr
+from .bfv import a_keys, plan_for, tiling, u64_ptr
 from .layout import LayerSpec, Plan
 from .params import HEParams
 from .rand import Sampler, derive, uniform_mod
@@ -60,16 +60,20 @@ class ClientHE:
             raise ValueError("share must be a (B, C, H, W) uint64 array")
         prm, rns = self.params, self.rns
         plan = plan_for(spec, prm.poly_degree)
-        m = plan.encode_input(ring.reduce(x_c, prm.ring_bits)).reshape(-1, prm.poly_degree)
-        m = np.ascontiguousarray(m)
-        batch, count = x_c.shape[0], m.shape[0]
+        if x_c.shape[1:] != (plan.c_in, spec.h, spec.w):
+            raise ValueError("share shape does not match the layer")
+        x_c = np.ascontiguousarray(x_c)
+        batch = x_c.shape[0]
+        count = plan.n_in_cts(batch)
         seed = secrets.token_bytes(wire.SEED_BYTES)
         head = (wire.MAGIC_UP + prm.digest() + wire.spec_digest(spec.to_bytes())
                 + struct.pack("<II", batch, count) + seed)
         buf = wire.message_buffer(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
         body = buf[len(head):]
         # c0 = NTT(Delta * m + e) - a * s per ciphertext, as centred 24-bit residues (|c0| <= p/2 + 1)
-        fails = lib.bh_encrypt(rns.ctx, u64_ptr(m), count, f64_ptr(self._delta), f64_ptr(self._s_hat),
+        # per ciphertext (tiles encoded natively, Plan.encode_input order):
+        fails = lib.bh_encrypt(rns.ctx, u64_ptr(x_c), tiling(plan, prm.ring_bits), count, f64_ptr(self._delta),
+                               f64_ptr(self._s_hat),
                                a_keys(seed, np.arange(count)), secrets.token_bytes(32), ptr("uint8_t *", body),
                                THREADS)
         if fails:

@@ -38,7 +38,7 @@ from bunet import ring
 
 from . import wire
 from ._native import lib
-from .bfv import a_keys, plan_for, random_ring, u64_ptr
+from .bfv import a_keys, plan_for, random_ring, tiling, u64_ptr
 from .layout import ConvSpec, LayerSpec, Plan
 from .params import HEParams
 from .rand import derive, uniform_mod
@@ -219,7 +219,8 @@ class ServerHE:
             raise ValueError("server share shape does not match the upload")
 
         y_s, m_s = self._plain_part(layer, x_s)
-        xs_poly = plan.encode_input(ring.reduce(x_s, prm.ring_bits))          # (B, C, T, N)
+        x_s = np.ascontiguousarray(x_s)
+        tiles_of = tiling(plan, prm.ring_bits)                                 # x_s tiles encoded natively
         n_ret = plan.n_returned
         n_out = plan.n_out_cts(batch)
         b1 = (prm.down_bits + 7) // 8
@@ -234,7 +235,7 @@ class ServerHE:
         for b in range(batch):
             ms_b = np.ascontiguousarray(m_s[b])
             for tiles in self._tile_chunks(layer):
-                self._chunk(layer, b, tiles, c0_ptr, xs_poly[b], seed, ms_b, key, c1_out, c0_out)
+                self._chunk(layer, b, tiles, c0_ptr, x_s, tiles_of, seed, ms_b, key, c1_out, c0_out)
         return buf.tobytes(), y_s
 
     # ----- internals --------------------------------------------------------------------------------
@@ -262,17 +263,18 @@ class ServerHE:
         size = -(-plan.tiles // n_chunks)
         return [np.arange(s, min(s + size, plan.tiles)) for s in range(0, plan.tiles, size)]
 
-    def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0_ptr: object, xs_b: np.ndarray,
-               seed: bytes, m_s: np.ndarray, key: bytes, c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+    def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0_ptr: object, x_s: np.ndarray,
+               tiles_of: object, seed: bytes, m_s: np.ndarray, key: bytes, c1_out: np.ndarray,
+               c0_out: np.ndarray) -> None:
         plan, rns = layer.plan, self.rns
         n, k, tc, c_in, n_og = plan.n, rns.k, tiles.size, plan.c_in, plan.n_og
         nblk, rows = k * n // 4, 2 * tc
         # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form)
         ct_index = ((b * c_in + np.arange(c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
-        xs = np.ascontiguousarray(xs_b[:, tiles]).reshape(c_in * tc, n)
         with self._scratch.take((nblk, c_in, rows, 4)) as x, self._scratch.take((nblk, n_og, rows, 4)) as y:
-            bad = lib.bh_server_prep(rns.ctx, c0_ptr, ptr("int64_t *", ct_index), u64_ptr(xs), f64_ptr(self._delta),
-                                     a_keys(seed, ct_index), c_in, tc, f64_ptr(x), self.threads)
+            bad = lib.bh_server_prep(rns.ctx, c0_ptr, ptr("int64_t *", ct_index), u64_ptr(x_s), tiles_of,
+                                     f64_ptr(self._delta), a_keys(seed, ct_index), c_in, tc, f64_ptr(x),
+                                     self.threads)
             if bad:
                 raise ValueError("ciphertext residues out of range")
             # products, summed over input channels: Y[blk, og, 2*tile + poly, 4]
