@@ -840,57 +840,61 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     prg_next8(&prg, rb);
                     uint64_t rw[4];
                     memcpy(rw, rb, sizeof rw);
-                    uint64_t ew[5][2] = {{0}}; /* control-bit masks e(.) of the five hash sums below */
-                    for (uint32_t i = 0; i < cnt; i++) {
-                        const uint64_t al = lsb(X[i]), be = lsb(Y[i]), sh = i & 63;
-                        const block a0 = A0[i], b0 = B0[i];
-                        const uint64_t r0 = (rw[i >> 6] >> sh) & 1, r1 = (rw[2 + (i >> 6)] >> sh) & 1;
-                        /* the AND is 1 at colours (a, b) = (1 ^ al, 1 ^ be); control bits per colour pair:
-                         * c(0,0) = (r0, r1), c(0,1) = (r0^a^b, r1^a), c(1,0) = (r0^b, r1^a^b).
-                         * R_ij (A_i, B_j) with S1, S2 linear: S(a0, b1) = S(a0, b0) ^ S(0, D) etc. */
-                        const uint64_t a = 1 ^ al, bb = 1 ^ be, ab = a ^ bb;
-                        const block w = _mm_xor_si128(a0, _mm_shuffle_epi32(b0, 0x4e));
-                        const block s1 = _mm_xor_si128(_mm_shuffle_epi32(w, 0x4e), _mm_and_si128(a0, lo));
-                        const block s2 = _mm_xor_si128(w, _mm_andnot_si128(lo, b0));
-                        const block R00 = _mm_xor_si128(_mm_blend_epi16(b0, a0, 0xf0),
-                                                        _mm_xor_si128(_mm_and_si128(s1, bm(r0)), _mm_and_si128(s2, bm(r1))));
-                        const block R01 = _mm_xor_si128(
-                            _mm_and_si128(_mm_xor_si128(b0, D), lo),
-                            _mm_xor_si128(_mm_and_si128(_mm_xor_si128(s1, s1DB), bm(r0 ^ ab)),
-                                          _mm_and_si128(_mm_xor_si128(s2, s2DB), bm(r1 ^ a))));
-                        const block R10 = _mm_xor_si128(
-                            _mm_andnot_si128(lo, _mm_xor_si128(a0, D)),
-                            _mm_xor_si128(_mm_and_si128(_mm_xor_si128(s1, s1DA), bm(r0 ^ bb)),
-                                          _mm_and_si128(_mm_xor_si128(s2, s2DA), bm(r1 ^ ab))));
-                        const block k00 = _mm_xor_si128(h[0][i], h[4][i]), m00 = _mm_xor_si128(h[2][i], h[4][i]);
-                        const block k01 = _mm_xor_si128(h[0][i], h[5][i]), m01 = _mm_xor_si128(h[3][i], h[5][i]);
-                        const block k10 = _mm_xor_si128(h[1][i], h[5][i]);
-                        /* C = output label of colour pair (0,0) minus its Delta; V01 = (G2, G1 ^ G2); V10_L = G0 ^ G2 */
-                        const block C = _mm_xor_si128(_mm_xor_si128(_mm_unpacklo_epi64(k00, m00), R00),
-                                                      _mm_and_si128(D, bm(al & be)));
-                        const block V01 = _mm_xor_si128(_mm_xor_si128(_mm_unpacklo_epi64(k01, m01), R01),
-                                                        _mm_xor_si128(_mm_and_si128(D, bm(al & (1 ^ be))), C));
-                        const block V10 = _mm_xor_si128(_mm_xor_si128(k10, R10),
-                                                        _mm_xor_si128(_mm_and_si128(D, bm((1 ^ al) & be)), C));
-                        const block GG = _mm_xor_si128(_mm_blend_epi16(V10, V01, 0xf0), _mm_unpacklo_epi64(V01, V01));
-                        _mm_storeu_si128((block *)(T + 24 * (size_t)i), GG);
-                        _mm_storel_epi64((block *)(T + 24 * (size_t)i + 16), V01);
-                        ew[0][i >> 6] |= th_e(k00) << sh;
-                        ew[1][i >> 6] |= th_e(m00) << sh;
-                        ew[2][i >> 6] |= th_e(k01) << sh;
-                        ew[3][i >> 6] |= th_e(k10) << sh;
-                        ew[4][i >> 6] |= th_e(m01) << sh;
-                        O[i] = _mm_xor_si128(C, _mm_and_si128(B[i], cz));
-                    }
-                    for (uint32_t q = 0; q < 2; q++) { /* the five control bits, 64 instances at a time */
-                        const uint32_t left = cnt > 64 * q ? cnt - 64 * q : 0;
+                    for (uint32_t q = 0; q < 2 && 64 * q < cnt; q++) { /* 64 instances: one word per bit */
+                        const uint32_t end = cnt < 64 * q + 64 ? cnt : 64 * q + 64;
+                        const uint64_t rw0 = rw[q], rw1 = rw[2 + q];
+                        uint64_t e0 = 0, e1 = 0, e2 = 0, e3 = 0, e4 = 0; /* control-bit masks e(.) of the hash sums */
+                        for (uint32_t i = 64 * q; i < end; i++) {
+                            const uint64_t sh = i & 63;
+                            const block a0 = A0[i], b0 = B0[i];
+                            const block mal = bm(lsb(X[i])), mbe = bm(lsb(Y[i]));
+                            const block m0 = bm((rw0 >> sh) & 1), m1 = bm((rw1 >> sh) & 1);
+                            /* the AND is 1 at colours (a, b) = (1 ^ al, 1 ^ be); control bits per colour pair:
+                             * c(0,0) = (r0, r1), c(0,1) = (r0^a^b, r1^a), c(1,0) = (r0^b, r1^a^b), a^b = al^be.
+                             * R_ij (A_i, B_j) with S1, S2 linear: S(a0, b1) = S(a0, b0) ^ S(0, D) etc. */
+                            const block mab = _mm_xor_si128(mal, mbe);
+                            const block w = _mm_xor_si128(a0, _mm_shuffle_epi32(b0, 0x4e));
+                            const block s1 = _mm_xor_si128(_mm_shuffle_epi32(w, 0x4e), _mm_and_si128(a0, lo));
+                            const block s2 = _mm_xor_si128(w, _mm_andnot_si128(lo, b0));
+                            const block R00 = _mm_xor_si128(_mm_blend_epi16(b0, a0, 0xf0),
+                                                            _mm_xor_si128(_mm_and_si128(s1, m0), _mm_and_si128(s2, m1)));
+                            const block R01 = _mm_xor_si128(
+                                _mm_and_si128(_mm_xor_si128(b0, D), lo),
+                                _mm_xor_si128(_mm_and_si128(_mm_xor_si128(s1, s1DB), _mm_xor_si128(m0, mab)),
+                                              _mm_andnot_si128(_mm_xor_si128(m1, mal), _mm_xor_si128(s2, s2DB))));
+                            const block R10 = _mm_xor_si128(
+                                _mm_andnot_si128(lo, _mm_xor_si128(a0, D)),
+                                _mm_xor_si128(_mm_andnot_si128(_mm_xor_si128(m0, mbe), _mm_xor_si128(s1, s1DA)),
+                                              _mm_and_si128(_mm_xor_si128(s2, s2DA), _mm_xor_si128(m1, mab))));
+                            const block k00 = _mm_xor_si128(h[0][i], h[4][i]), m00 = _mm_xor_si128(h[2][i], h[4][i]);
+                            const block k01 = _mm_xor_si128(h[0][i], h[5][i]), m01 = _mm_xor_si128(h[3][i], h[5][i]);
+                            const block k10 = _mm_xor_si128(h[1][i], h[5][i]);
+                            /* C = output label at colours (0,0) minus its Delta; V01 = (G2, G1 ^ G2); V10_L = G0 ^ G2 */
+                            const block C = _mm_xor_si128(_mm_xor_si128(_mm_unpacklo_epi64(k00, m00), R00),
+                                                          _mm_and_si128(D, _mm_and_si128(mal, mbe)));
+                            const block V01 = _mm_xor_si128(_mm_xor_si128(_mm_unpacklo_epi64(k01, m01), R01),
+                                                            _mm_xor_si128(_mm_and_si128(D, _mm_andnot_si128(mbe, mal)), C));
+                            const block V10 = _mm_xor_si128(_mm_xor_si128(k10, R10),
+                                                            _mm_xor_si128(_mm_and_si128(D, _mm_andnot_si128(mal, mbe)), C));
+                            const block GG = _mm_xor_si128(_mm_blend_epi16(V10, V01, 0xf0), _mm_unpacklo_epi64(V01, V01));
+                            _mm_storeu_si128((block *)(T + 24 * (size_t)i), GG);
+                            _mm_storel_epi64((block *)(T + 24 * (size_t)i + 16), V01);
+                            e0 |= th_e(k00) << sh;
+                            e1 |= th_e(m00) << sh;
+                            e2 |= th_e(k01) << sh;
+                            e3 |= th_e(k10) << sh;
+                            e4 |= th_e(m01) << sh;
+                            O[i] = _mm_xor_si128(C, _mm_and_si128(B[i], cz));
+                        }
+                        /* the five control bits of these 64 instances */
+                        const uint32_t left = end - 64 * q;
                         const uint64_t keep = left >= 64 ? ~0ULL : (1ULL << left) - 1;
-                        const uint64_t r0 = rw[q], r1 = rw[2 + q], a = ~alw[q], bb = ~bew[q], ab = a ^ bb;
-                        zw[0][q] = (r0 ^ ew[0][q]) & keep;
-                        zw[1][q] = (r1 ^ ew[1][q]) & keep;
-                        zw[4][q] = (r0 ^ ab ^ zw[0][q] ^ ew[2][q]) & keep;
-                        zw[2][q] = (r0 ^ bb ^ zw[0][q] ^ zw[4][q] ^ ew[3][q]) & keep;
-                        zw[3][q] = (r1 ^ a ^ zw[1][q] ^ zw[4][q] ^ ew[4][q]) & keep;
+                        const uint64_t a = ~alw[q], bb = ~bew[q], ab = a ^ bb;
+                        zw[0][q] = (rw0 ^ e0) & keep;
+                        zw[1][q] = (rw1 ^ e1) & keep;
+                        zw[4][q] = (rw0 ^ ab ^ zw[0][q] ^ e2) & keep;
+                        zw[2][q] = (rw0 ^ bb ^ zw[0][q] ^ zw[4][q] ^ e3) & keep;
+                        zw[3][q] = (rw1 ^ a ^ zw[1][q] ^ zw[4][q] ^ e4) & keep;
                     }
                     for (int q = 0; q < 5; q++) memcpy(zp + q * plane, zw[q], zbytes);
                 } else {
