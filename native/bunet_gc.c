@@ -552,7 +552,7 @@ static inline uint64_t mmask(uint32_t m) { return m >= 64 ? ~0ULL : ((1ULL << m)
 
 /* Arithmetic ciphertexts: each gate has its own region holding n values of m bits, packed
  * back to back (LSB first); a chunk starts at instance i0 (a multiple of 8, so byte aligned). */
-static void pack_vals(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m) {
+static void pack_vals_serial(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m) {
     unsigned __int128 acc = 0;
     uint32_t nb = 0;
     const uint64_t mk = mmask(m);
@@ -572,6 +572,28 @@ static void pack_vals(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m)
         acc >>= 8;
         nb = nb > 8 ? nb - 8 : 0;
     }
+}
+
+/* groups of 8 values (m bytes each) built word by word without a loop-carried chain */
+static void pack_vals(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m) {
+    if (m > 56) {
+        pack_vals_serial(dst, v, cnt, m);
+        return;
+    }
+    const uint64_t mk = mmask(m);
+    uint32_t i = 0;
+    for (; i + 8 <= cnt; i += 8) {
+        uint64_t gw[8] = {0};
+        for (uint32_t j = 0; j < 8; j++) {
+            const uint64_t x = v[i + j] & mk;
+            const uint32_t off = j * m, s = off & 63;
+            gw[off >> 6] |= x << s;
+            gw[(off >> 6) + 1] |= (x >> 1) >> (63 - s); /* the bits past the word (none if s == 0) */
+        }
+        memcpy(dst, gw, m);
+        dst += m;
+    }
+    if (i < cnt) pack_vals_serial(dst, v + i, cnt - i, m);
 }
 
 /* The client's choice bits in the engine's row order: instances in chunks of NB (the last one
@@ -607,9 +629,23 @@ void bn_pack_choice(const uint64_t *vals, uint64_t n, uint32_t k, uint32_t bits,
 }
 
 static void unpack_vals(const uint8_t *src, const uint8_t *end, uint64_t *v, uint32_t cnt, uint32_t m) {
+    const uint64_t mk = mmask(m);
+    if (m <= 57) { /* every value within one 8-byte load at its first byte: no loop-carried chain */
+        for (uint32_t i = 0; i < cnt; i++) {
+            const uint64_t off = (uint64_t)i * m;
+            const uint8_t *p = src + (off >> 3);
+            uint64_t w = 0;
+            const size_t avail = (size_t)(end - p);
+            if (avail >= 8)
+                memcpy(&w, p, 8);
+            else
+                memcpy(&w, p, avail); /* the region's last bytes */
+            v[i] = (w >> (off & 7)) & mk;
+        }
+        return;
+    }
     unsigned __int128 acc = 0;
     uint32_t nb = 0;
-    const uint64_t mk = mmask(m);
     for (uint32_t i = 0; i < cnt; i++) {
         if (nb < m) {
             uint64_t w = 0;
