@@ -390,24 +390,58 @@ static void ntt_inv_gen(double *a, int n, const double *itw, double ninv, double
 #ifdef BH_X86
 #define VRED(x) _mm256_fnmadd_pd(_mm256_round_pd(_mm256_mul_pd((x), PI), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), P, (x))
 
+/* Two consecutive stages are fused where both have half-length >= 4 (radix-4 passes over the
+ * data); the last two (half-lengths 2 and 1, in-register shuffles) are fused as well.  The
+ * butterflies and reductions are exactly those of the radix-2 portable code, in the same order. */
 BH_AVX2 static void ntt_fwd_avx2(double *a, int n, const double *tw, double p, double pinv) {
     const __m256d P = _mm256_set1_pd(p), PI = _mm256_set1_pd(pinv);
-    int t = n, m;
-    for (m = 1; m < n / 4; m <<= 1) {        /* half-lengths t = n/2 .. 4 */
-        t >>= 1;
+    int m = 1, t = n / 2;                        /* next stage: m groups of half-length t */
+    for (; t >= 8; m <<= 2, t >>= 2) {           /* stages (m, t) and (2m, t/2) */
+        int h = t / 2;
         for (int i = 0; i < m; i++) {
-            __m256d w = _mm256_set1_pd(tw[m + i]);
-            double *x = a + 2 * (size_t)i * t, *y = x + t;
-            for (int j = 0; j < t; j += 4) {
-                __m256d u = _mm256_loadu_pd(x + j);
-                __m256d pr = _mm256_mul_pd(_mm256_loadu_pd(y + j), w);
-                __m256d v = VRED(pr);
-                _mm256_storeu_pd(x + j, _mm256_add_pd(u, v));
-                _mm256_storeu_pd(y + j, _mm256_sub_pd(u, v));
+            __m256d w1 = _mm256_set1_pd(tw[m + i]);
+            __m256d w2 = _mm256_set1_pd(tw[2 * m + 2 * i]), w3 = _mm256_set1_pd(tw[2 * m + 2 * i + 1]);
+            double *x = a + 2 * (size_t)i * t;
+            for (int j = 0; j < h; j += 4) {
+                __m256d a0 = _mm256_loadu_pd(x + j), a1 = _mm256_loadu_pd(x + j + h);
+                __m256d a2 = _mm256_loadu_pd(x + j + t), a3 = _mm256_loadu_pd(x + j + t + h);
+                __m256d v = _mm256_mul_pd(a2, w1);
+                v = VRED(v);
+                a2 = _mm256_sub_pd(a0, v);
+                a0 = _mm256_add_pd(a0, v);
+                v = _mm256_mul_pd(a3, w1);
+                v = VRED(v);
+                a3 = _mm256_sub_pd(a1, v);
+                a1 = _mm256_add_pd(a1, v);
+                v = _mm256_mul_pd(a1, w2);
+                v = VRED(v);
+                a1 = _mm256_sub_pd(a0, v);
+                a0 = _mm256_add_pd(a0, v);
+                v = _mm256_mul_pd(a3, w3);
+                v = VRED(v);
+                a3 = _mm256_sub_pd(a2, v);
+                a2 = _mm256_add_pd(a2, v);
+                _mm256_storeu_pd(x + j, a0);
+                _mm256_storeu_pd(x + j + h, a1);
+                _mm256_storeu_pd(x + j + t, a2);
+                _mm256_storeu_pd(x + j + t + h, a3);
             }
         }
     }
-    /* t = 2: blocks of 4 = (x0 x1 y0 y1), two blocks per step */
+    if (t == 4) {                                /* one single stage of half-length 4 left */
+        for (int i = 0; i < m; i++) {
+            __m256d w = _mm256_set1_pd(tw[m + i]);
+            double *x = a + 8 * (size_t)i;
+            __m256d u = _mm256_loadu_pd(x);
+            __m256d pr = _mm256_mul_pd(_mm256_loadu_pd(x + 4), w);
+            __m256d v = VRED(pr);
+            _mm256_storeu_pd(x, _mm256_add_pd(u, v));
+            _mm256_storeu_pd(x + 4, _mm256_sub_pd(u, v));
+        }
+        m <<= 1;
+    }
+    /* now m = n/4: half-length 2 on blocks (x0 x1 y0 y1), then half-length 1 on pairs (x, y), 8 values per step */
+    int m1 = 2 * m;
     for (int i = 0; i < m; i += 2) {
         double *b = a + 4 * (size_t)i;
         __m256d A = _mm256_loadu_pd(b), B = _mm256_loadu_pd(b + 4);
@@ -416,19 +450,16 @@ BH_AVX2 static void ntt_fwd_avx2(double *a, int n, const double *tw, double p, d
         __m256d pr = _mm256_mul_pd(V, w);
         V = VRED(pr);
         __m256d X = _mm256_add_pd(U, V), Y = _mm256_sub_pd(U, V);
-        _mm256_storeu_pd(b, _mm256_permute2f128_pd(X, Y, 0x20));
-        _mm256_storeu_pd(b + 4, _mm256_permute2f128_pd(X, Y, 0x31));
-    }
-    m <<= 1;
-    /* t = 1: pairs (x, y); four pairs per step; last stage, outputs reduced */
-    for (int i = 0; i < m; i += 4) {
-        double *b = a + 2 * (size_t)i;
-        __m256d A = _mm256_loadu_pd(b), B = _mm256_loadu_pd(b + 4);
-        __m256d U = _mm256_unpacklo_pd(A, B), V = _mm256_unpackhi_pd(A, B);
-        __m256d w = _mm256_permute4x64_pd(_mm256_loadu_pd(tw + m + i), 0xD8);
-        __m256d pr = _mm256_mul_pd(V, w);
+        A = _mm256_permute2f128_pd(X, Y, 0x20);
+        B = _mm256_permute2f128_pd(X, Y, 0x31);
+        /* half-length 1: pair groups 2i .. 2i+3 of stage m1 */
+        U = _mm256_unpacklo_pd(A, B);
+        V = _mm256_unpackhi_pd(A, B);
+        w = _mm256_permute4x64_pd(_mm256_loadu_pd(tw + m1 + 2 * i), 0xD8);
+        pr = _mm256_mul_pd(V, w);
         V = VRED(pr);
-        __m256d X = _mm256_add_pd(U, V), Y = _mm256_sub_pd(U, V);
+        X = _mm256_add_pd(U, V);
+        Y = _mm256_sub_pd(U, V);
         X = VRED(X);
         Y = VRED(Y);
         _mm256_storeu_pd(b, _mm256_unpacklo_pd(X, Y));
@@ -440,7 +471,7 @@ BH_AVX2 static void ntt_inv_avx2(double *a, int n, const double *itw, double nin
     const __m256d P = _mm256_set1_pd(p), PI = _mm256_set1_pd(pinv);
     double w1n = red(itw[1] * ninv, p, pinv);
     int h = n >> 1;
-    /* stage 0, t = 1 */
+    /* stages 0 (half-length 1, h = n/2 groups) and 1 (half-length 2, n/4 groups), 8 values per step */
     for (int i = 0; i < h; i += 4) {
         double *b = a + 2 * (size_t)i;
         __m256d A = _mm256_loadu_pd(b), B = _mm256_loadu_pd(b + 4);
@@ -448,24 +479,52 @@ BH_AVX2 static void ntt_inv_avx2(double *a, int n, const double *itw, double nin
         __m256d w = _mm256_permute4x64_pd(_mm256_loadu_pd(itw + h + i), 0xD8);
         __m256d X = _mm256_add_pd(U, V), D = _mm256_mul_pd(_mm256_sub_pd(U, V), w);
         __m256d Y = VRED(D);
-        _mm256_storeu_pd(b, _mm256_unpacklo_pd(X, Y));
-        _mm256_storeu_pd(b + 4, _mm256_unpackhi_pd(X, Y));
-    }
-    h >>= 1;
-    /* stage 1, t = 2 */
-    for (int i = 0; i < h; i += 2) {
-        double *b = a + 4 * (size_t)i;
-        __m256d A = _mm256_loadu_pd(b), B = _mm256_loadu_pd(b + 4);
-        __m256d U = _mm256_permute2f128_pd(A, B, 0x20), V = _mm256_permute2f128_pd(A, B, 0x31);
-        __m256d w = _mm256_set_pd(itw[h + i + 1], itw[h + i + 1], itw[h + i], itw[h + i]);
-        __m256d X = _mm256_add_pd(U, V), D = _mm256_mul_pd(_mm256_sub_pd(U, V), w);
-        __m256d Y = VRED(D);
+        A = _mm256_unpacklo_pd(X, Y);
+        B = _mm256_unpackhi_pd(X, Y);
+        int h2 = h >> 1, i2 = i >> 1;
+        U = _mm256_permute2f128_pd(A, B, 0x20);
+        V = _mm256_permute2f128_pd(A, B, 0x31);
+        w = _mm256_set_pd(itw[h2 + i2 + 1], itw[h2 + i2 + 1], itw[h2 + i2], itw[h2 + i2]);
+        X = _mm256_add_pd(U, V);
+        D = _mm256_mul_pd(_mm256_sub_pd(U, V), w);
+        Y = VRED(D);
         _mm256_storeu_pd(b, _mm256_permute2f128_pd(X, Y, 0x20));
         _mm256_storeu_pd(b + 4, _mm256_permute2f128_pd(X, Y, 0x31));
     }
-    h >>= 1;
+    h >>= 2;
     int t = 4, st = 2;
-    for (; h > 1; h >>= 1, t <<= 1, st++) {
+    /* pairs of stages (h groups, half-length t) and (h/2, 2t) while neither is the last (h/2 > 1) */
+    for (; h > 2; h >>= 2, t <<= 2, st += 2) {
+        int fold0 = (st & 7) == 7, fold1 = ((st + 1) & 7) == 7;
+        for (int i = 0; i < h / 2; i++) {
+            __m256d wa = _mm256_set1_pd(itw[h + 2 * i]), wb = _mm256_set1_pd(itw[h + 2 * i + 1]);
+            __m256d wc = _mm256_set1_pd(itw[h / 2 + i]);
+            double *x = a + 4 * (size_t)i * t;
+            for (int j = 0; j < t; j += 4) {
+                __m256d a0 = _mm256_loadu_pd(x + j), a1 = _mm256_loadu_pd(x + j + t);
+                __m256d a2 = _mm256_loadu_pd(x + j + 2 * t), a3 = _mm256_loadu_pd(x + j + 3 * t);
+                __m256d s0 = _mm256_add_pd(a0, a1), d0 = _mm256_mul_pd(_mm256_sub_pd(a0, a1), wa);
+                __m256d s1 = _mm256_add_pd(a2, a3), d1 = _mm256_mul_pd(_mm256_sub_pd(a2, a3), wb);
+                if (fold0) {
+                    s0 = VRED(s0);
+                    s1 = VRED(s1);
+                }
+                d0 = VRED(d0);
+                d1 = VRED(d1);
+                __m256d u0 = _mm256_add_pd(s0, s1), e0 = _mm256_mul_pd(_mm256_sub_pd(s0, s1), wc);
+                __m256d u1 = _mm256_add_pd(d0, d1), e1 = _mm256_mul_pd(_mm256_sub_pd(d0, d1), wc);
+                if (fold1) {
+                    u0 = VRED(u0);
+                    u1 = VRED(u1);
+                }
+                _mm256_storeu_pd(x + j, u0);
+                _mm256_storeu_pd(x + j + t, u1);
+                _mm256_storeu_pd(x + j + 2 * t, VRED(e0));
+                _mm256_storeu_pd(x + j + 3 * t, VRED(e1));
+            }
+        }
+    }
+    if (h == 2) {                                /* one single stage before the last */
         int fold = (st & 7) == 7;
         for (int i = 0; i < h; i++) {
             __m256d w = _mm256_set1_pd(itw[h + i]);
@@ -478,6 +537,8 @@ BH_AVX2 static void ntt_inv_avx2(double *a, int n, const double *itw, double nin
                 _mm256_storeu_pd(y + j, VRED(d));
             }
         }
+        h >>= 1;
+        t <<= 1;
     }
     /* last stage, h = 1, t = n/2: both outputs multiplied (n^-1 and w * n^-1) */
     {
@@ -1085,33 +1146,40 @@ static void prod_taps_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     prod_ctx *c = (prod_ctx *)vctx;
     const bh_rns *r = c->r;
     int simd = simd_on();
-    int rows = c->rows;
+    int rows = c->rows, n_og = c->n_og, c_in = c->c_in, c_out = c->c_out, opack = c->opack;
+    size_t kn = (size_t)r->k * r->n, per = (size_t)rows * 4;
     double *z = (double *)scratch;
-    double *acc = z + 3 * (size_t)rows * 4;
     for (int64_t b = lo; b < hi; b++) {
         int i = (int)(b * 4 / r->n);
         double p = r->p[i], pinv = r->pinv[i];
-        const double *x = c->x + (size_t)b * c->c_in * rows * 4;
-        for (int og = 0; og < c->n_og; og++) {
-            memset(acc, 0, sizeof(double) * rows * 4);
-            int o_lo = og * c->opack, o_hi = o_lo + c->opack < c->c_out ? o_lo + c->opack : c->c_out;
-            for (int o = o_lo; o < o_hi; o += 3) {
-                int cnt = o_hi - o < 3 ? o_hi - o : 3;
-                const double *w = c->w + (size_t)o * c->c_in;
+        const double *x = c->x + (size_t)b * c_in * per;
+        double *y = c->y + (size_t)b * n_og * per;
+        if (opack == 1) {            /* the only tap is X^0: NTT(1) = 1, Y[o] = sum_c W[o, c] X[c] */
 #ifdef BH_X86
-                if (simd) prod_w_blk_avx2(w, x, z, cnt, c->c_in, rows, p, pinv);
-                else
+            if (simd) prod_w_blk_avx2(c->w, x, y, c_out, c_in, rows, p, pinv);
+            else
 #endif
-                    prod_w_blk_gen(w, x, z, cnt, c->c_in, rows, p, pinv);
-                for (int g = 0; g < cnt; g++) {
-                    const double *tv = c->t + (size_t)(o + g - o_lo) * r->k * r->n + (size_t)b * 4;
-                    const double *zg = z + (size_t)g * rows * 4;
-                    for (int q = 0; q < rows * 4; q++) acc[q] += zg[q] * tv[q & 3];
-                }
-            }
-            double *y = c->y + ((size_t)b * c->n_og + og) * rows * 4;
-            for (int q = 0; q < rows * 4; q++) y[q] = red(acc[q], p, pinv);
+                prod_w_blk_gen(c->w, x, y, c_out, c_in, rows, p, pinv);
+            continue;
         }
+        memset(y, 0, sizeof(double) * n_og * per);
+        for (int o = 0; o < c_out; o += 3) {
+            int cnt = c_out - o < 3 ? c_out - o : 3;
+            const double *w = c->w + (size_t)o * c_in;
+#ifdef BH_X86
+            if (simd) prod_w_blk_avx2(w, x, z, cnt, c_in, rows, p, pinv);
+            else
+#endif
+                prod_w_blk_gen(w, x, z, cnt, c_in, rows, p, pinv);
+            for (int g = 0; g < cnt; g++) {   /* sums of opack <= 512 products < 2^42 */
+                const double *tv = c->t + (size_t)((o + g) % opack) * kn + (size_t)b * 4;
+                double *yv = y + (size_t)((o + g) / opack) * per;
+                const double *zg = z + (size_t)g * per;
+                for (int q = 0; q < rows; q++)
+                    for (int l = 0; l < 4; l++) yv[4 * q + l] += zg[4 * q + l] * tv[l];
+            }
+        }
+        for (size_t q = 0; q < (size_t)n_og * per; q++) y[q] = red(y[q], p, pinv);
     }
     (void)simd;
 }
@@ -1120,7 +1188,7 @@ void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_ou
                      int rows, const double *x, double *y, int threads) {
     prod_ctx c = {r, NULL, w, t, x, y, 0, c_in, rows, 0, n_og, c_out, opack};
     int64_t nblk = (int64_t)r->k * r->n / 4;
-    par_for(threads, nblk, grain_for(nblk, threads, 32), prod_taps_task, &c, sizeof(double) * 4 * (size_t)rows * 4);
+    par_for(threads, nblk, grain_for(nblk, threads, 32), prod_taps_task, &c, sizeof(double) * 3 * (size_t)rows * 4);
 }
 
 /* ------------------------------------------------------------------------------------------ */

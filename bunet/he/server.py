@@ -162,6 +162,8 @@ class ServerHE:
         wgroup = filters = tapvec = None
         if strategy == "taps":
             tapvec = np.ascontiguousarray(taps[:, :, 0, :].transpose(1, 0, 2).reshape(plan.opack, k * n))
+            if plan.opack == 1 and not np.all(tapvec == 1):      # the kernel relies on X^0 -> NTT(1) = 1
+                raise AssertionError("1x1 tap of a single-output polynomial must be the constant 1")
         else:
             wg = np.zeros((plan.n_og * plan.opack, c_in, kk))
             wg[: plan.c_out] = weff
