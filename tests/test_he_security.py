@@ -92,9 +92,7 @@ def test_flooding_is_applied(params: HEParams, client: ClientHE) -> None:
 
 def test_native_flood_is_one_uniform_integer(params: HEParams) -> None:
     """The flood's residues are those of one integer in [-2^bits, 2^bits) (CRT-consistent), fresh per key."""
-    from bunet.he._native import ffi, lib
-
-    from bunet.he.rns import rns_for
+    from bunet.he.rns import ffi, lib, rns_for
 
     rns = rns_for(params.primes, params.poly_degree)
     for bits in (params.flood_bits, 60, 105):
