@@ -96,7 +96,7 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + chunk)) for i in range(0, n, chunk)] or [(0, 0)]
 
 
-def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 14,
+def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 13,
                 workers: int = 2) -> np.ndarray | None:
     """Server side of one session and one layer: returns the server's output shares (or None).
 
@@ -142,7 +142,7 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
     return np.concatenate(outs)
 
 
-def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 14,
+def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 13,
                   depth: int = 4, ot_k: int = 4, workers: int = 2) -> np.ndarray:
     """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax).
 
@@ -227,7 +227,7 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
         conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
-def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 14,
+def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 13,
               tcp: bool = False, depth: int = 4, ot_k: int = 4) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 
