@@ -164,14 +164,9 @@ static int have_avx2 = -1;
 
 static int detect_vaes(void) {
     unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    if (!(c & bit_OSXSAVE) || !(c & bit_AVX)) return 0;
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    (void)hi;
-    if ((lo & 6) != 6) return 0; /* OS saves XMM and YMM state */
+    if (!detect_avx2()) return 0;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    return (b & bit_AVX2) && (c & (1u << 9)) ? 1 : 0; /* VAES: leaf 7 ECX bit 9 */
+    return (c & (1u << 9)) ? 1 : 0; /* VAES: leaf 7 ECX bit 9 */
 }
 
 static inline void hash_batch(const aeskey *K, const block *in, block *out, size_t cnt, uint64_t tw0,
