@@ -9,8 +9,10 @@ Start-up: both sides build ``HEParams.for_ring(l, weight_l1_bits)`` (or exchange
 every message carries ``digest()``); the client sends ``public_key()`` once.  The public key is
 an encryption of zero the server needs to re-randomise results: without it the returned c1 is a
 linear function of the weights with coefficients the client knows.  No Galois or relinearisation
-keys exist.  BFV itself runs in NumPy (RNS over 22-bit NTT primes, exact float64/BLAS arithmetic);
-SEAL validates the parameter set with its 128-bit check (see :mod:`bunet.he.params`).
+keys exist.  BFV itself runs in C (``bunet.he._native``, built by cffi at install: RNS over 22-bit
+NTT primes held as exact float64 integers, AVX2+FMA chosen at run time with a portable fallback,
+POSIX threads inside each call); SEAL validates the parameter set with its 128-bit check (see
+:mod:`bunet.he.params`).
 """
 
 from .client import ClientHE

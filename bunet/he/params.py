@@ -3,8 +3,9 @@
 Why these choices (see also the module docstring of :mod:`bunet.he`):
 
 * Coefficient modulus q is a product of K primes p_i < 2^22, each = 1 mod 2N (negacyclic NTT).
-  Residues below 2^22 make every product fit exactly in a float64 (2^44), so the server can
-  run its hot loops as BLAS matrix products on exact integers.
+  Residues below 2^22 make every product fit exactly in a float64 (2^44) and sums of up to
+  2^9 such products stay exact, so the native kernels accumulate over input channels with
+  FMA and reduce once per output slot.
 * The primes are chosen so that q = 1 mod t.  In BFV with t not dividing q the term
   (q mod t) * floor(W*m / t) lands in the noise; with q = 1 mod t it is at most ||W||_1.
 * The bound on the pre-flooding noise B_w is worst case (bounded noise sampler, ternary key),

@@ -1,13 +1,16 @@
 """Randomness: a seeded expander for the public polynomials a, and CSPRNG-based samplers.
 
 * ``keystream``: libsodium's ``randombytes_buf_deterministic`` (ChaCha20-IETF keyed by a
-  32-byte seed; pynacl is already a dependency), about 1.5 GB/s here.  Each ciphertext's
-  ``a`` comes from its own derived key, so the server can regenerate any subset of a
-  message's ciphertexts.
+  32-byte seed; pynacl is already a dependency).  Each ciphertext's ``a`` comes from its own
+  derived key (:func:`derive`), so the server can regenerate any subset of a message's
+  ciphertexts.  The native kernels (``bh_expand_a``) expand the very same keystream with their
+  own ChaCha20; :func:`uniform_mod` is the reference they are tested against and also expands
+  the public key's ``a``.
 * Uniform residues mod p use rejection sampling on 32-bit words (exactly uniform).
-* Secret-dependent randomness (noise, ternary secrets, flooding) is drawn from a fresh
-  256-bit key taken from ``secrets`` and expanded the same way: a CSPRNG, much faster than
-  reading the OS generator.
+* Secret-dependent randomness of the key generation (ternary secret, noise) is drawn from a
+  fresh 256-bit key taken from ``secrets`` and expanded the same way.  The per-ciphertext noise,
+  re-randomisation and flooding are drawn inside the native kernels from ChaCha20 under a fresh
+  ``secrets`` key per call.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import numpy as np
 from nacl.bindings import randombytes_buf_deterministic
 
 from .params import NOISE_ETA
-from .rns import mod_inplace
 
 
 def keystream(key: bytes, nbytes: int) -> bytes:
@@ -45,24 +47,6 @@ def uniform_mod(key: bytes, primes: tuple[int, ...], n: int) -> np.ndarray:
             sub = derive(key, i, b"more")
             return _uniform_slow(sub, primes, n, out, i)
         out[i] = (w[:n] % np.uint32(p)).astype(np.float64)
-    return out
-
-
-def uniform_mod_many(keys: list[bytes], primes: tuple[int, ...], n: int) -> np.ndarray:
-    """(K, len(keys), n): ``uniform_mod(key)`` for every key, rejection done in one vector pass."""
-    k, count = len(primes), len(keys)
-    extra = 64 + n // 64
-    words = np.frombuffer(b"".join(keystream(key, 4 * k * (n + extra)) for key in keys), dtype=np.uint32)
-    words = words.reshape(count, k, n + extra)
-    lim = np.array([(1 << 32) // p * p for p in primes], dtype=np.uint32)[None, :, None]
-    ok = words < lim
-    keep = ok & (np.cumsum(ok, axis=2) <= n)
-    if not np.all(keep.sum(axis=2) == n):      # probability < 2^-100: per-key slow path
-        return np.stack([uniform_mod(key, primes, n) for key in keys], axis=1)
-    vals = words[keep].reshape(count, k, n).transpose(1, 0, 2)
-    out = np.empty((k, count, n))
-    for i, p in enumerate(primes):
-        out[i] = vals[i] % np.uint32(p)
     return out
 
 
@@ -113,24 +97,3 @@ class Sampler:
             b = b[b < 255].astype(np.int64) % 3 - 1
             out = np.concatenate([out, b])
         return out[:n].reshape(shape)
-
-    def uniform_signed_residues(self, bits: int, primes: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-        """Centred residues mod each prime of a uniform integer in [-2^bits, 2^bits), shape (K, *shape).
-
-        The integer is sum_i limb_i * 2^(27 i) - 2^bits with 27-bit limbs (the top one shorter):
-        with every 2^(27 i) mod p below 2^22 each term is below 2^49, so one reduction per
-        prime suffices (bits <= 130).
-        """
-        if not 1 <= bits <= 130:
-            raise ValueError("flood width out of range")
-        total = bits + 1
-        n_limbs = (total + 26) // 27
-        w = self.words64((n_limbs,) + shape)
-        limbs = [(w[i] >> np.uint64(64 - min(27, total - 27 * i))).astype(np.float64) for i in range(n_limbs)]
-        out = np.empty((len(primes),) + shape, dtype=np.float64)
-        for j, p in enumerate(primes):
-            acc = limbs[0] - float((1 << bits) % p)
-            for i in range(1, n_limbs):
-                acc += limbs[i] * float((1 << (27 * i)) % p)
-            out[j] = mod_inplace(acc, float(p), 1.0 / p)
-        return out
