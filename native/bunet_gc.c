@@ -446,9 +446,14 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
     }
 }
 
-/* garbler's q rows [r0, r0 + rows); cm = client's B columns of mb bytes. With the dummy stream in
+/* The client's message, B = 128/k columns of m bits, is stored by 128-row blocks: row block rb of
+ * column b at byte 16 * (rb * B + b), so a run of rows of all columns is one contiguous stretch
+ * (one memory stream instead of B, which the prefetchers could not follow). */
+static inline size_t cm_off(uint32_t B, uint64_t rb, uint32_t b) { return 16 * ((size_t)rb * B + b); }
+
+/* garbler's q rows [r0, r0 + rows); cm = the client's message (see cm_off). With the dummy stream in
  * place of the missing leaf, XOR_x (x ^ d)_j G_x = v_j ^ d_j u (the dummy's coefficient is 0). */
-static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm, uint64_t mb,
+static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm,
                        uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
     static __thread uint8_t tmat[128 * ROWS / 8];
     static __thread block g[256 * 8];
@@ -462,7 +467,7 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
             leaf_streams(leaves, k, b, ctr, nb, g);
             uv_accumulate(g, k, nb, u, v);
             for (int q = 0; q < nb; q++)
-                u[q] = _mm_xor_si128(u[q], _mm_loadu_si128((const block *)(cm + b * mb + (r0 + s0) / 8 + 16 * q)));
+                u[q] = _mm_xor_si128(u[q], _mm_loadu_si128((const block *)(cm + cm_off(B, (r0 + s0) / 128 + q, b))));
             for (uint32_t j = 0; j < k; j++) {
                 const uint32_t c = b * k + j;
                 const block dj = _mm_set1_epi8((char)(-(int)((delta[c / 8] >> (c % 8)) & 1)));
@@ -475,11 +480,10 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
     }
 }
 
-/* client's message: c_b = u_b ^ r for m rows (m % 128 == 0); 128/k columns of m/8 bytes */
+/* client's message: c_b = u_b ^ r for m rows (m % 128 == 0); 128/k columns of m bits (layout: cm_off) */
 void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                 uint8_t *cm) {
     static __thread block g[256 * 8];
-    const uint64_t mb = m / 8;
     const uint32_t N = 1u << k, B = 128 / k;
     for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
         const uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
@@ -489,7 +493,7 @@ void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m,
             for (int q = 0; q < nb; q++) {
                 block u = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
                 for (uint32_t x = 0; x < N; x++) u = _mm_xor_si128(u, g[8 * x + q]);
-                _mm_storeu_si128((block *)(cm + b * mb + r0 / 8 + 16 * q), u);
+                _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), u);
             }
         }
     }
@@ -501,7 +505,6 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
     static __thread uint8_t tmat[128 * ROWS / 8];
     static __thread block g[256 * 8];
     block u[8], v[64];
-    const uint64_t mb = m / 8;
     const uint32_t B = 128 / k;
     for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
         const uint64_t sr = m - r0 < ROWS ? m - r0 : ROWS;
@@ -511,7 +514,7 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
             uv_accumulate(g, k, nb, u, v);
             for (int q = 0; q < nb; q++) {
                 const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
-                _mm_storeu_si128((block *)(cm + b * mb + r0 / 8 + 16 * q), _mm_xor_si128(u[q], c));
+                _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), _mm_xor_si128(u[q], c));
             }
             for (uint32_t j = 0; j < k; j++)
                 for (int q = 0; q < nb; q++)
@@ -530,7 +533,7 @@ void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m
 
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
                  const uint8_t *cm, uint8_t *q_rows) {
-    sst_q_rows(leaves, k, delta, cm, m / 8, blk_off, 0, m, q_rows);
+    sst_q_rows(leaves, k, delta, cm, blk_off, 0, m, q_rows);
 }
 
 /* ---------------------------------------------------------------- circuits */
@@ -786,7 +789,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
             if (in_labels)
                 memcpy(dst, in_labels + r0 * 16, (size_t)cnt * nin * 16); /* labels made with the request */
             else if (garbler)
-                sst_q_rows(ot_keys, ot_k, delta, u, m / 8, blk_off, r0, rows, dst);
+                sst_q_rows(ot_keys, ot_k, delta, u, blk_off, r0, rows, dst);
             else
                 sst_t_rows(ot_keys, ot_k, blk_off, r0, rows, dst);
             if (cnt != NB)
