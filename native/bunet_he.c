@@ -1507,8 +1507,10 @@ typedef struct {
     int64_t per_ct, n_ret;
     const int64_t *ret_lo, *ret_hi;
     const int32_t *ret_coef;
-    int down_bits, down_c0_bits;
-    uint64_t *phase;
+    int down_bits, down_c0_bits, ring_bits;
+    uint64_t *phase, *out;
+    const int64_t *ret_flat;
+    int64_t out_stride;
     double inv12, inv3;        /* p1^-1 mod p2, (p1 p2)^-1 mod p3 */
     uint64_t p1, p12;
     int64_t bad;
@@ -1571,7 +1573,14 @@ BH_INLINE int decrypt_one(dec_ctx *c, int64_t g, double *x, uint64_t *v) {
         uint64_t w = 0;
         for (int q = 0; q < nb0; q++) w |= (uint64_t)s0[q] << (8 * q);
         bad |= w >> c->down_c0_bits != 0;
-        c->phase[b * c->n_ret + pos] = ((w << drop) + v[c->ret_coef[pos]]) & m_mask;
+        uint64_t ph = ((w << drop) + v[c->ret_coef[pos]]) & m_mask;
+        if (c->out) {                            /* round to the top l bits: the new share */
+            int shift = c->down_bits - c->ring_bits;
+            uint64_t y = ((ph + (1ULL << (shift - 1))) >> shift) & ((1ULL << c->ring_bits) - 1);
+            c->out[b * c->out_stride + c->ret_flat[pos]] = y;
+        } else {
+            c->phase[b * c->n_ret + pos] = ph;
+        }
     }
     return bad;
 }
@@ -1593,8 +1602,10 @@ static void decrypt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
 int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
                          const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
                          const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,
-                         uint64_t *phase, int threads) {
+                         uint64_t *phase, const int64_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
+                         int threads) {
     if (down_bits > 50 || down_bits < 2 || down_c0_bits > down_bits || down_c0_bits < 1) return -1;
+    if (out && (ring_bits < 1 || ring_bits >= down_bits)) return -1;
     dec_ctx c;
     memset(&c, 0, sizeof c);
     c.r = r;
@@ -1610,6 +1621,10 @@ int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_
     c.down_bits = down_bits;
     c.down_c0_bits = down_c0_bits;
     c.phase = phase;
+    c.out = out;
+    c.ret_flat = ret_flat;
+    c.out_stride = out_stride;
+    c.ring_bits = ring_bits;
     int64_t p1 = (int64_t)r->p[c.pi[0]], p2 = (int64_t)r->p[c.pi[1]], p3 = (int64_t)r->p[c.pi[2]];
     int64_t i12 = inv_mod(p1, p2), i3 = inv_mod((p1 % p3) * (p2 % p3) % p3, p3);
     c.inv12 = (double)(i12 > p2 / 2 ? i12 - p2 : i12);

@@ -98,15 +98,18 @@ void bh_flood_sample(const bh_rns *r, const uint8_t *key, int64_t ct, int bits, 
 /* count uniform integers in [0, 2^bits) from ChaCha20 under key (a CSPRNG for masks). */
 void bh_random_bits(const uint8_t *key, int64_t count, int bits, uint64_t *out, int threads);
 
-/* Client: phase[b * n_ret + pos] = c0 * 2^(m - m0) + (c1 * s)[coef] mod 2^m for every returned
- * coefficient of a download (c1: batch*per_ct ciphertexts of (m+7)/8-byte words, c0: m0-bit
- * values of (m0+7)/8 bytes, ranges as in bh_finish).  c1 * s uses the primes prime_idx[0..2],
- * whose product must exceed 4 N 2^m.  Returns the number of ciphertexts with a word out of
- * range (then the output is not usable), or -1 for bad precisions. */
+/* Client: the phase c0 * 2^(m - m0) + (c1 * s)[coef] mod 2^m of every returned coefficient of a
+ * download (c1: batch*per_ct ciphertexts of (m+7)/8-byte words, c0: m0-bit values of (m0+7)/8
+ * bytes, ranges as in bh_finish).  With out == NULL it is stored at phase[b * n_ret + pos]; else
+ * it is rounded to its top ring_bits bits (the decrypted value) and stored at
+ * out[b * out_stride + ret_flat[pos]].  c1 * s uses the primes prime_idx[0..2], whose product
+ * must exceed 4 N 2^m.  Returns the number of ciphertexts with a word out of range (then the
+ * output is not usable), or -1 for bad precisions. */
 int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
                          const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
                          const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,
-                         uint64_t *phase, int threads);
+                         uint64_t *phase, const int64_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
+                         int threads);
 
 /* round(2^bits * c / q) mod 2^bits of residues (K, count) (|x| <= 2^22), bits <= 50. */
 void bh_to_pow2(const bh_rns *r, const double *x, int64_t count, int bits, uint64_t *out);

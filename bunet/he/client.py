@@ -84,6 +84,9 @@ class ClientHE:
     def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:
         """The client's new share y_c = W*x + b - r (B, C_out, H', W')."""
         prm = self.params
+        if self._dec_primes is not None:      # native: decrypted values written straight to their outputs
+            plan, batch, out = self._phase(spec, msg, rounded=True)
+            return plan.from_eff_output(out.reshape(batch, plan.c_out, plan.ho, plan.wo))
         plan, batch, x = self._phase(spec, msg)
         shift = prm.down_bits - prm.ring_bits
         y = ((x + _U64(1 << (shift - 1))) >> _U64(shift)) & ring.mask(prm.ring_bits)
@@ -104,8 +107,10 @@ class ClientHE:
         d = d.astype(np.int64)
         return np.where(d >= 1 << (prm.down_bits - 1), d - (1 << prm.down_bits), d)
 
-    def _phase(self, spec: LayerSpec, msg: bytes) -> tuple[Plan, int, np.ndarray]:
-        """Parse a result and return c0 + c1*s mod 2^m at every returned coefficient."""
+    def _phase(self, spec: LayerSpec, msg: bytes, rounded: bool = False) -> tuple[Plan, int, np.ndarray]:
+        """Parse a result and return c0 + c1*s mod 2^m at every returned coefficient (wire order),
+        or with ``rounded`` (native path only) the decrypted values in the effective output layout
+        (B, c_out_eff * ho * wo); every output is returned exactly once."""
         prm = self.params
         n = prm.poly_degree
         plan = plan_for(spec, n)
@@ -124,14 +129,19 @@ class ClientHE:
         m_bits = prm.down_bits
         if self._dec_primes is not None:
             lo, hi, coef = plan.returned_ranges
-            phase = np.empty(n_ret, dtype=_U64)
+            flat = plan.returned[2]
+            n_flat = plan.c_out * plan.ho * plan.wo
+            full = plan.n_returned == n_flat         # distinct in-range outputs: then each is written once
+            res = (np.empty if full or not rounded else np.zeros)(batch * n_flat if rounded else n_ret, dtype=_U64)
+            phase, out = (ffi.NULL, u64_ptr(res)) if rounded else (u64_ptr(res), ffi.NULL)
             bad = lib.bh_decrypt_phase(self.rns.ctx, self._dec_primes, f64_ptr(self._s_hat), ptr("uint8_t *", c1),
                                        ptr("uint8_t *", c0), batch, plan.n_og * plan.tiles, plan.n_returned,
                                        ptr("int64_t *", lo), ptr("int64_t *", hi), ptr("int32_t *", coef), m_bits,
-                                       prm.down_c0_bits, u64_ptr(phase), THREADS)
+                                       prm.down_c0_bits, phase, ptr("int64_t *", flat), prm.ring_bits, out, n_flat,
+                                       THREADS)
             if bad:
                 raise ValueError("HE result coefficients out of range")
-            return plan, batch, phase
+            return plan, batch, res
         c1 = wire.unpack_uint(c1, n_out * n, b1).reshape(n_out, n)
         c0 = wire.unpack_uint(c0, n_ret, b0)
         if np.any(c1 >> _U64(m_bits)) or np.any(c0 >> _U64(prm.down_c0_bits)):
