@@ -1202,7 +1202,10 @@ typedef struct {
     const int64_t *ret_lo, *ret_hi;
     const int32_t *ret_coef;
     int64_t ret_base;
-    const uint64_t *m_s;
+    const uint64_t *r_out, *bias;
+    const int64_t *ret_flat;
+    const int32_t *ret_ch;
+    uint64_t ring_mask;
     const double *pk, *delta;
     int flood_bits, down_bits, down_c0_bits;
     const uint8_t *key;
@@ -1314,7 +1317,10 @@ BH_INLINE void finish_one(fin_ctx *c, int64_t job, double *y0, double *y1, doubl
         stream_read(&se, rb, 8 * (size_t)cnt);
         cbd_body(rb, cnt, e);
         double msd[FIN_BATCH];
-        for (int j = 0; j < cnt; j++) msd[j] = u52_to_d(c->m_s[p0 + j]);
+        for (int j = 0; j < cnt; j++) {          /* m_s = b - r at this output, in Z_{2^l} */
+            int64_t pos = p0 + j;
+            msd[j] = u52_to_d((c->bias[c->ret_ch[pos]] - c->r_out[c->ret_flat[pos]]) & c->ring_mask);
+        }
         for (int i = 0; i < k; i++) {
             double p = r->p[i], pinv = r->pinv[i], d = c->delta[i];
             const double *yi = y0 + (size_t)i * n;
@@ -1391,10 +1397,13 @@ static void finish_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
 
 void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og, const int64_t *jobs_tl,
                const int64_t *ct_global, int64_t njobs, const int64_t *ret_lo, const int64_t *ret_hi,
-               const int32_t *ret_coef, int64_t ret_base, const uint64_t *m_s, const double *pk, const double *delta,
+               const int32_t *ret_coef, int64_t ret_base, const int64_t *ret_flat, const int32_t *ret_ch,
+               const uint64_t *r_out, const uint64_t *bias, int ring_bits, const double *pk, const double *delta,
                int flood_bits, int down_bits, int down_c0_bits, const uint8_t *key, uint8_t *c1_out, uint8_t *c0_out,
                int threads) {
-    if (r->k > 64 || flood_bits < 1 || flood_bits > 188 || down_bits > 50 || down_c0_bits > down_bits) return;
+    if (r->k > 64 || flood_bits < 1 || flood_bits > 188 || down_bits > 50 || down_c0_bits > down_bits || ring_bits < 1
+        || ring_bits > 50)
+        return;
     fin_ctx *c = (fin_ctx *)calloc(1, sizeof(fin_ctx));
     c->r = r;
     c->y = y;
@@ -1407,7 +1416,11 @@ void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64
     c->ret_hi = ret_hi;
     c->ret_coef = ret_coef;
     c->ret_base = ret_base;
-    c->m_s = m_s;
+    c->r_out = r_out;
+    c->bias = bias;
+    c->ret_flat = ret_flat;
+    c->ret_ch = ret_ch;
+    c->ring_mask = (1ULL << ring_bits) - 1;
     c->pk = pk;
     c->delta = delta;
     c->flood_bits = flood_bits;

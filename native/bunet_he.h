@@ -82,11 +82,14 @@ void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_ou
  * coefficients), c0 also + Delta*m_s + a uniform flood in [-2^flood_bits, 2^flood_bits),
  * then switched to 2^down_bits: c1 as (down_bits+7)/8-byte words at c1_out[ct_global*N],
  * c0's top down_c0_bits at c0_out[ret_base + pos] for pos in [ret_lo[j], ret_hi[j]),
- * coefficient ret_coef[pos].  Randomness: ChaCha20 under key with nonce (ct_global, label). */
+ * coefficient ret_coef[pos].  m_s = bias[ret_ch[pos]] - r_out[ret_flat[pos]] mod 2^ring_bits
+ * (the bias and the server's fresh mask at that output).  Randomness: ChaCha20 under key with
+ * nonce (ct_global, label). */
 void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og,
                const int64_t *jobs_tl, const int64_t *ct_global, int64_t njobs,
                const int64_t *ret_lo, const int64_t *ret_hi, const int32_t *ret_coef, int64_t ret_base,
-               const uint64_t *m_s, const double *pk, const double *delta, int flood_bits,
+               const int64_t *ret_flat, const int32_t *ret_ch, const uint64_t *r_out, const uint64_t *bias,
+               int ring_bits, const double *pk, const double *delta, int flood_bits,
                int down_bits, int down_c0_bits, const uint8_t *key, uint8_t *c1_out, uint8_t *c0_out,
                int threads);
 

@@ -216,6 +216,11 @@ class Plan:
         return (np.searchsorted(ct, ids, "left").astype(np.int64), np.searchsorted(ct, ids, "right").astype(np.int64),
                 coef.astype(np.int32))
 
+    @cached_property
+    def returned_channels(self) -> np.ndarray:
+        """Effective output channel of every returned coefficient (int32, wire order)."""
+        return (self.returned[2] // (self.ho * self.wo)).astype(np.int32)
+
     @property
     def n_returned(self) -> int:
         return int(self.returned[0].size)

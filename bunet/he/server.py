@@ -177,7 +177,7 @@ class ServerHE:
                 filters = np.empty((k * n // 4, plan.n_og, c_in, 4), dtype=np.float32)
                 for ogs in self._og_groups(plan):
                     filters[:, ogs[0]:ogs[-1] + 1] = self._block_filters(taps, wgroup, ogs, c_in)
-        _ = plan.returned_ranges   # index maps of the returned coefficients, computed once per shape
+        _ = plan.returned_ranges, plan.returned_channels   # index maps of the returned coefficients, once per shape
         return ServerLayer(spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps,
                            strategy, wgroup, filters, tapvec)
 
@@ -220,7 +220,7 @@ class ServerHE:
         if x_s.shape != (batch, layer.spec.c_in, layer.spec.h, layer.spec.w) or x_s.dtype != _U64:
             raise ValueError("server share shape does not match the upload")
 
-        y_s, m_s = self._plain_part(layer, x_s)
+        y_s, r_eff, bias_eff = self._plain_part(layer, batch)
         x_s = np.ascontiguousarray(x_s)
         tiles_of = tiling(plan, prm.ring_bits)                                 # x_s tiles encoded natively
         n_ret = plan.n_returned
@@ -235,26 +235,25 @@ class ServerHE:
         key = secrets.token_bytes(32)          # this call's randomness: u, e, floods (ChaCha20)
         c0_ptr = ptr("uint8_t *", c0)
         for b in range(batch):
-            ms_b = np.ascontiguousarray(m_s[b])
             for tiles in self._tile_chunks(layer):
-                self._chunk(layer, b, tiles, c0_ptr, x_s, tiles_of, seed, ms_b, key, c1_out, c0_out)
+                self._chunk(layer, b, tiles, c0_ptr, x_s, tiles_of, seed, (r_eff[b], bias_eff), key, c1_out,
+                            c0_out)
         return buf.tobytes(), y_s
 
     # ----- internals --------------------------------------------------------------------------------
-    def _plain_part(self, layer: ServerLayer, x_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """r (the server's new share) and b - r laid out in the wire order.
+    def _plain_part(self, layer: ServerLayer, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """r (the server's new share), r in the effective output layout, and the bias per effective channel.
 
-        The server's share x_s itself rides along inside the ciphertext (added to c0 before the
-        products), so W*x_s costs no separate plaintext convolution.
+        The finishing kernel adds Delta * (b - r) at every returned coefficient.  The server's
+        share x_s itself rides along inside the ciphertext (added to c0 before the products), so
+        W*x_s costs no separate plaintext convolution.
         """
-        lb = self.params.ring_bits
-        batch = x_s.shape[0]
-        shape = (batch,) + layer.spec.out_shape
-        r = random_ring(shape, lb, self.threads)
+        plan, lb = layer.plan, self.params.ring_bits
+        r_eff = random_ring((batch, plan.c_out * plan.ho * plan.wo), lb, self.threads)   # uniform in any layout
+        y_s = plan.from_eff_output(r_eff.reshape(batch, plan.c_out, plan.ho, plan.wo))
         bias = np.zeros(layer.spec.c_out, dtype=np.int64) if layer.bias is None else layer.bias
-        b = np.broadcast_to(ring.from_signed(bias, lb)[None, :, None, None], shape)
-        m = layer.plan.to_eff_output(ring.sub(b, r, lb)).reshape(batch, -1)
-        return r, m[:, layer.plan.returned[2]]
+        bias_eff = ring.from_signed(np.repeat(bias, plan.c_out // layer.spec.c_out), lb)   # convT: 4 per channel
+        return np.ascontiguousarray(y_s), r_eff, np.ascontiguousarray(bias_eff, dtype=_U64)
 
     def _tile_chunks(self, layer: ServerLayer) -> list[np.ndarray]:
         """Tiles per chunk: the slot-block inputs and outputs of a chunk fit CHUNK_BYTES."""
@@ -266,7 +265,7 @@ class ServerHE:
         return [np.arange(s, min(s + size, plan.tiles)) for s in range(0, plan.tiles, size)]
 
     def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0_ptr: object, x_s: np.ndarray,
-               tiles_of: object, seed: bytes, m_s: np.ndarray, key: bytes, c1_out: np.ndarray,
+               tiles_of: object, seed: bytes, r_bias: tuple[np.ndarray, np.ndarray], key: bytes, c1_out: np.ndarray,
                c0_out: np.ndarray) -> None:
         plan, rns = layer.plan, self.rns
         n, k, tc, c_in, n_og = plan.n, rns.k, tiles.size, plan.c_in, plan.n_og
@@ -291,9 +290,10 @@ class ServerHE:
                     f = self._block_filters(layer.taps, layer.wgroup, ogs, c_in)
                     lib.bh_product_filters(rns.ctx, ptr("float *", f), ogs.size, c_in, rows, f64_ptr(x), f64_ptr(y),
                                            int(ogs[0]), n_og, self.threads)
-            self._finish(layer, b, tiles, y, m_s, key, c1_out, c0_out)
+            self._finish(layer, b, tiles, y, r_bias, key, c1_out, c0_out)
 
-    def _finish(self, layer: ServerLayer, b: int, tiles: np.ndarray, y: np.ndarray, m_s: np.ndarray, key: bytes,
+    def _finish(self, layer: ServerLayer, b: int, tiles: np.ndarray, y: np.ndarray,
+                r_bias: tuple[np.ndarray, np.ndarray], key: bytes,
                 c1_out: np.ndarray, c0_out: np.ndarray) -> None:
         plan, rns, prm = layer.plan, self.rns, self.params
         tc, n_og, rows = tiles.size, plan.n_og, 2 * tiles.size
@@ -307,6 +307,8 @@ class ServerHE:
         hi = np.ascontiguousarray(hi_all[ct_local])
         lib.bh_finish(rns.ctx, f64_ptr(y), n_og, rows, ptr("int64_t *", og), ptr("int64_t *", tl),
                       ptr("int64_t *", ct_global), og.size, ptr("int64_t *", lo), ptr("int64_t *", hi),
-                      ptr("int32_t *", coef), b * plan.n_returned, u64_ptr(m_s), f64_ptr(self._pk),
+                      ptr("int32_t *", coef), b * plan.n_returned, ptr("int64_t *", plan.returned[2]),
+                      ptr("int32_t *", plan.returned_channels), u64_ptr(r_bias[0]), u64_ptr(r_bias[1]), prm.ring_bits,
+                      f64_ptr(self._pk),
                       f64_ptr(self._delta), prm.flood_bits, prm.down_bits, prm.down_c0_bits, key,
                       ptr("uint8_t *", c1_out), ptr("uint8_t *", c0_out), self.threads)
