@@ -423,3 +423,20 @@ def test_claim_in_order_garble_concurrently():
     for x, (resp, out_s) in zip(xs, results, strict=True):
         want = ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24)
         np.testing.assert_array_equal(ring.add(ev.finish(op, resp), out_s, 24), want)
+
+
+def test_two_processes_errors_surface():
+    """A bad chunk on either side ends the pipelined run with that error (no hang)."""
+    from bunet.gc.harness import two_party
+
+    op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True)
+    x = ring.random((3000, 1), 24)
+    yc, ys = ring.share(x, 24)
+    bad = yc.copy()
+    bad[2500] = np.uint64(1 << 30)  # a client share out of range, in the last chunk
+    with pytest.raises(ValueError, match="client shares"):
+        two_party(op, bad, ys, chunk=1000)
+    bad = ys.copy()
+    bad[1500] = np.uint64(1 << 30)
+    with pytest.raises(RuntimeError, match="server shares"):
+        two_party(op, yc, bad, chunk=1000)

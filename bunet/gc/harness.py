@@ -114,15 +114,17 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
     err: list[BaseException] = []
 
     def sender() -> None:
-        try:
-            while (f := futs.get()) is not None:
+        while (f := futs.get()) is not None:  # drains the queue to the end, even after an error
+            if err:
+                continue
+            try:
                 resp, out_s = f.result()
                 ch.send(resp)
                 outs.append(out_s)
-        except BaseException as e:  # surfaced by the main thread
-            err.append(e)
-            with contextlib.suppress(OSError):
-                ch.sock.shutdown(socket.SHUT_RDWR)  # unblock the receiving main thread
+            except BaseException as e:  # surfaced by the main thread
+                err.append(e)
+                with contextlib.suppress(OSError):
+                    ch.sock.shutdown(socket.SHUT_RDWR)  # unblock the receiving main thread
 
     th = threading.Thread(target=sender, daemon=True)
     th.start()
@@ -166,6 +168,8 @@ def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int
                 ch.send(ev.request(op, yc[lo:hi]))
         except BaseException as e:  # surfaced by the main thread
             err.append(e)
+            with contextlib.suppress(OSError):
+                ch.sock.shutdown(socket.SHUT_RDWR)  # unblock the receiving main thread
 
     free: list[bytearray] = []  # receive buffers, reused (fresh pages per frame are costly)
     flock = threading.Lock()
@@ -185,9 +189,14 @@ def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int
 
     th = threading.Thread(target=sender, daemon=True)
     th.start()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futs = [pool.submit(finish, *receive()) for _ in parts]
-        outs = [f.result() for f in futs]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futs = [pool.submit(finish, *receive()) for _ in parts]
+            outs = [f.result() for f in futs]
+    except BaseException:
+        if err:  # the sender's error is the cause
+            raise err[0] from None
+        raise
     th.join()
     if err:
         raise err[0]
@@ -253,7 +262,14 @@ def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: i
     ch = Channel(s)
     try:
         t0, cpu0 = time.perf_counter(), time.process_time()
-        out_c = run_evaluator(ch, op, yc, chunk, depth, ot_k)
+        try:
+            out_c = run_evaluator(ch, op, yc, chunk, depth, ot_k)
+        except (ConnectionError, OSError) as e:  # the garbler's own error says more
+            if parent.poll(10):
+                status, payload = parent.recv()
+                if status != "ok":
+                    raise RuntimeError(f"garbler failed: {payload}") from e
+            raise
         dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         status, payload = parent.recv()
     finally:
