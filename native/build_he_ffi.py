@@ -46,7 +46,15 @@ if __name__ == "__main__":
     sys.path.insert(0, ROOT)
     tmp = os.path.join(ROOT, "build", "cffi_he")
     make_builder(absolute=True).compile(tmpdir=tmp, verbose=False)
-    # compile() with a dotted module name writes bunet/he/_native*.so under tmpdir; move it in place
-    for so in glob.glob(os.path.join(tmp, "bunet", "he", "_native*.so")):
-        shutil.copy2(so, os.path.join(ROOT, "bunet", "he", os.path.basename(so)))
-        print("built", os.path.join("bunet", "he", os.path.basename(so)))
+    # compile() with a dotted module name writes bunet/he/_native*.so under tmpdir.  Install it under
+    # the name setuptools gives it (cffi builds against the limited API) and drop other variants, so
+    # a build by this script and one by `pip install -e .` can never shadow each other.
+    built = glob.glob(os.path.join(tmp, "bunet", "he", "_native*.so"))
+    if len(built) != 1:
+        sys.exit(f"expected one built module, found {built}")
+    dest = os.path.join(ROOT, "bunet", "he", "_native.abi3.so")
+    for old in glob.glob(os.path.join(ROOT, "bunet", "he", "_native*.so")):
+        if os.path.abspath(old) != dest:
+            os.remove(old)
+    shutil.copy2(built[0], dest)
+    print("built", os.path.relpath(dest, ROOT))
