@@ -27,7 +27,9 @@
 
 typedef __m128i block;
 
-#define NB 128 /* instances per internal chunk */
+#define NB 128 /* instances per internal chunk (a multiple of 64, at most 512) */
+#define NW (NB / 64) /* 64-bit words of one bit per instance */
+_Static_assert(NB % 64 == 0 && NB <= 512, "NB: a multiple of 64, at most 512 (control-bit words from 8 PRG blocks)");
 
 int bn_cpu_ok(void) {
     unsigned a, b, c, d;
@@ -845,12 +847,12 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 uint8_t *T = ct + (size_t)c * n + i0 * 24;
                 const uint64_t plane = (n + 7) / 8, zbytes = (cnt + 7) / 8;
                 uint8_t *zp = arith + roff[g] + i0 / 8;
-                uint64_t zw[5][2] = {{0}};
+                uint64_t zw[5][NW] = {{0}};
                 block *h[6];
                 for (int q = 0; q < 6; q++) h[q] = hb + (size_t)q * NB;
                 if (garbler) {
                     block *A0 = hb + 6 * NB, *B0 = hb + 7 * NB;
-                    uint64_t alw[2] = {0, 0}, bew[2] = {0, 0};
+                    uint64_t alw[NW] = {0}, bew[NW] = {0};
                     for (uint32_t i = 0; i < cnt; i++) { /* colour-0 labels A0, B0 */
                         const uint64_t al = lsb(X[i]), be = lsb(Y[i]);
                         const block a0 = _mm_xor_si128(X[i], _mm_and_si128(D, bm(al)));
@@ -870,13 +872,13 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                     hash_batch(gate_key(&kc, twc + t + 1), h[3], h[3], cnt, twc + t + 1, tpi, dom);
                     hash_batch(gate_key(&kc, twc + t + 2), h[4], h[4], cnt, twc + t + 2, tpi, dom);
                     hash_batch(gate_key(&kc, twc + t + 2), h[5], h[5], cnt, twc + t + 2, tpi, dom);
-                    block rb[8]; /* r0 of instance i: bit i of rb[0]; r1: bit i of rb[1] */
+                    block rb[8]; /* r0 of instance i: bit i of words 0..NW-1; r1: bit i of words NW..2NW-1 */
                     prg_next8(&prg, rb);
-                    uint64_t rw[4];
+                    uint64_t rw[2 * NW];
                     memcpy(rw, rb, sizeof rw);
-                    for (uint32_t q = 0; q < 2 && 64 * q < cnt; q++) { /* 64 instances: one word per bit */
+                    for (uint32_t q = 0; q < NW && 64 * q < cnt; q++) { /* 64 instances: one word per bit */
                         const uint32_t end = cnt < 64 * q + 64 ? cnt : 64 * q + 64;
-                        const uint64_t rw0 = rw[q], rw1 = rw[2 + q];
+                        const uint64_t rw0 = rw[q], rw1 = rw[NW + q];
                         uint64_t e0 = 0, e1 = 0, e2 = 0, e3 = 0, e4 = 0; /* control-bit masks e(.) of the hash sums */
                         for (uint32_t i = 64 * q; i < end; i++) {
                             const uint64_t sh = i & 63;
