@@ -1395,7 +1395,7 @@ static void finish_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     }
 }
 
-void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og, const int64_t *jobs_tl,
+int bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og, const int64_t *jobs_tl,
                const int64_t *ct_global, int64_t njobs, const int64_t *ret_lo, const int64_t *ret_hi,
                const int32_t *ret_coef, int64_t ret_base, const int64_t *ret_flat, const int32_t *ret_ch,
                const uint64_t *r_out, const uint64_t *bias, int ring_bits, const double *pk, const double *delta,
@@ -1403,8 +1403,9 @@ void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64
                int threads) {
     if (r->k > 64 || flood_bits < 1 || flood_bits > 188 || down_bits > 50 || down_c0_bits > down_bits || ring_bits < 1
         || ring_bits > 50)
-        return;
+        return -1;
     fin_ctx *c = (fin_ctx *)calloc(1, sizeof(fin_ctx));
+    if (!c) return -1;
     c->r = r;
     c->y = y;
     c->n_og = n_og;
@@ -1433,6 +1434,7 @@ void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64
     flood_consts(r, flood_bits, c->fl_c, c->fl_off, &c->n_limbs);
     par_for(threads, njobs, grain_for(njobs, threads, GROUP), finish_task, c, finish_scratch(r, c->n_limbs));
     free(c);
+    return 0;
 }
 
 void bh_flood_sample(const bh_rns *r, const uint8_t *key, int64_t ct, int bits, int64_t count, double *res,

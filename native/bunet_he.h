@@ -84,8 +84,8 @@ void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_ou
  * c0's top down_c0_bits at c0_out[ret_base + pos] for pos in [ret_lo[j], ret_hi[j]),
  * coefficient ret_coef[pos].  m_s = bias[ret_ch[pos]] - r_out[ret_flat[pos]] mod 2^ring_bits
  * (the bias and the server's fresh mask at that output).  Randomness: ChaCha20 under key with
- * nonce (ct_global, label). */
-void bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og,
+ * nonce (ct_global, label).  Returns 0, or -1 (nothing written) for unsupported precisions. */
+int bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og,
                const int64_t *jobs_tl, const int64_t *ct_global, int64_t njobs,
                const int64_t *ret_lo, const int64_t *ret_hi, const int32_t *ret_coef, int64_t ret_base,
                const int64_t *ret_flat, const int32_t *ret_ch, const uint64_t *r_out, const uint64_t *bias,

@@ -305,10 +305,12 @@ class ServerHE:
         lo_all, hi_all, coef = plan.returned_ranges
         lo = np.ascontiguousarray(lo_all[ct_local])
         hi = np.ascontiguousarray(hi_all[ct_local])
-        lib.bh_finish(rns.ctx, f64_ptr(y), n_og, rows, ptr("int64_t *", og), ptr("int64_t *", tl),
+        rc = lib.bh_finish(rns.ctx, f64_ptr(y), n_og, rows, ptr("int64_t *", og), ptr("int64_t *", tl),
                       ptr("int64_t *", ct_global), og.size, ptr("int64_t *", lo), ptr("int64_t *", hi),
                       ptr("int32_t *", coef), b * plan.n_returned, ptr("int64_t *", plan.returned[2]),
                       ptr("int32_t *", plan.returned_channels), u64_ptr(r_bias[0]), u64_ptr(r_bias[1]), prm.ring_bits,
                       f64_ptr(self._pk),
                       f64_ptr(self._delta), prm.flood_bits, prm.down_bits, prm.down_c0_bits, key,
                       ptr("uint8_t *", c1_out), ptr("uint8_t *", c0_out), self.threads)
+        if rc:
+            raise ValueError("unsupported HE precisions for the finishing kernel")
