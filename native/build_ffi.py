@@ -41,11 +41,24 @@ ffibuilder = make_builder()
 if __name__ == "__main__":
     os.chdir(ROOT)
     sys.path.insert(0, ROOT)
-    make_builder(absolute=True).compile(tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=False)
-    # compile() with a dotted module name writes bunet/gc/_native*.so under tmpdir; move it in place
     import glob
     import shutil
 
-    for so in glob.glob(os.path.join(ROOT, "build", "cffi", "bunet", "gc", "_native*.so")):
-        shutil.copy2(so, os.path.join(ROOT, "bunet", "gc", os.path.basename(so)))
-        print("built", os.path.join("bunet", "gc", os.path.basename(so)))
+    tmp = os.path.join(ROOT, "build", "cffi")
+    for stale in glob.glob(os.path.join(tmp, "bunet", "gc", "_native*.so")):
+        os.remove(stale)
+    make_builder(absolute=True).compile(tmpdir=tmp, verbose=False)
+    # compile() with a dotted module name writes bunet/gc/_native*.so under tmpdir. Install it under
+    # the name setuptools gives it (cffi builds against the limited API) and drop other variants, so a
+    # build by this script and one by `pip install -e .` never shadow each other. The new file is
+    # renamed into place: processes that have the old one loaded keep their (unlinked) copy.
+    built = glob.glob(os.path.join(tmp, "bunet", "gc", "_native*.so"))
+    if len(built) != 1:
+        sys.exit(f"expected one built module, found {built}")
+    dest = os.path.join(ROOT, "bunet", "gc", "_native.abi3.so")
+    shutil.copy2(built[0], dest + ".tmp")
+    os.replace(dest + ".tmp", dest)
+    for old in glob.glob(os.path.join(ROOT, "bunet", "gc", "_native*.so")):
+        if os.path.abspath(old) != dest:
+            os.remove(old)
+    print("built", os.path.relpath(dest, ROOT))
