@@ -118,7 +118,7 @@ def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
     c = op.circuit
     return {
         "relu_and_gates": c.and_gates + c.andg_gates,
-        "relu_halfgate_ands": c.and_gates,
+        "relu_three_halves_ands": c.and_gates,
         "relu_garbler_half_gates": c.andg_gates,
         "relu_bytes": st.total_bytes / n,
         "relu_bytes_client_to_server": st.client_sent / n,
