@@ -656,11 +656,11 @@ BH_INLINE int expand_a_body(const bh_rns *r, const uint8_t *key, uint32_t *words
         }
         if (cnt < (size_t)n) {
             short_row = 1;
-            for (size_t j = cnt; j < (size_t)n; j++) w[j] = 0;
+            for (size_t q = cnt; q < (size_t)n; q++) w[q] = 0;
         }
         double pd = r->p[i], pinv = r->pinv[i];
         double *o = out + (size_t)i * n;
-        for (int j = 0; j < n; j++) o[j] = red(u52_to_d(w[j]), pd, pinv);
+        for (int q = 0; q < n; q++) o[q] = red(u52_to_d(w[q]), pd, pinv);
     }
     return short_row;
 }
