@@ -6,8 +6,10 @@ Both halves walk the same plan (``bunet.model.plan``) in lock step over a :class
 * linear steps: HomConv (``bunet.he``): the client uploads its encrypted share, the server
   returns Enc(W*x_c) + W*x_s + b - r and keeps r;
 * non-linear steps: the garbled-circuit engine (``bunet.gc``): ReLU/truncation/max-pool re-share
-  their output; instances are sent in chunks with a window of chunks in flight so garbling,
-  transfer and evaluation overlap;
+  their output; instances go in chunks with ``GC_WINDOW`` requests in flight. The server claims
+  requests in order and garbles them on a thread pool; the client makes requests (OT extension)
+  on its protocol thread while a pool evaluates the responses, so OT, garbling, transfer and
+  evaluation overlap on both sides (the C calls release the GIL);
 * local steps (sum-pool, upsampling, concatenation, scaling) on each share alone;
 * argmax: revealed to the client only.
 
@@ -17,9 +19,12 @@ Nothing here knows about gRPC, and nothing here logs a share, a key or a weight.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +35,9 @@ from ..model.format import Model
 from ..model.plan import LOCAL_KINDS, Plan, Step, apply_local, compile_plan, nonlinear_windows
 from .channel import Channel, ProtocolError
 
-GC_CHUNK = 1 << 15  # instances per garbled-circuit message (bounds memory, enables overlap)
-GC_WINDOW = 2  # chunks in flight
+GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keeps the C working set in cache)
+GC_WINDOW = 4  # requests in flight; the server garbles up to this many chunks at once
+GC_THREADS = min(2, os.cpu_count() or 1)  # garbling / evaluation threads per party
 
 Progress = Callable[[int], None]  # called with the number of plan steps just finished
 
@@ -119,6 +125,7 @@ class ServerProtocol:
         self.he = he.ServerHE(self.he_params)  # public parameters only; per-job views add the client's key
         self._layers: dict[tuple[str, str, int, int], Any] = {}
         self._prepare_lock = threading.Lock()
+        self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="garble")  # shared by all jobs
 
     def describe(self) -> dict[str, Any]:
         """Public description: the model header (no weights) and the HE parameters."""
@@ -177,11 +184,7 @@ class ServerProtocol:
             elif step.kind in ("nonlinear", "argmax"):
                 op = _gc_op(step, plan.ring_bits, classes)
                 rows, shape = _flat(step, ins[0])
-                outs = []
-                for sl in _chunks(len(rows)):
-                    resp, out_s = garbler.respond(op, chan.recv(f"gc:{step.out}"), rows[sl])
-                    chan.send(f"gc:{step.out}", resp)
-                    outs.append(out_s)
+                outs = self._gc_chunks(chan, garbler, op, step.out, rows)
                 if step.kind == "nonlinear":
                     shares[step.out] = np.concatenate(outs).reshape(shape)
                 t.add("gc", t0)
@@ -192,6 +195,34 @@ class ServerProtocol:
                 raise ProtocolError(f"unknown step kind {step.kind}")
         chan.send("done", b"")
         return t
+
+    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray) -> list[Any]:
+        """Receive and claim requests in order, garble on the pool, answer in order.
+
+        At most GC_WINDOW chunks are in flight, which is all the client sends before it needs an
+        answer, so the loop never waits for a request that cannot come.
+        """
+        tag = f"gc:{name}"
+        inflight: deque[Future] = deque()
+        outs: list[Any] = []
+
+        def answer() -> None:
+            resp, out_s = inflight.popleft().result()
+            chan.send(tag, resp)
+            outs.append(out_s)
+
+        try:
+            for sl in _chunks(len(rows)):
+                job = garbler.claim(op, chan.recv(tag), rows[sl])
+                inflight.append(self._gc_pool.submit(job))
+                while inflight and (len(inflight) >= GC_WINDOW or inflight[0].done()):
+                    answer()
+            while inflight:
+                answer()
+        finally:
+            for f in inflight:  # a failed job: let the pool finish what it started, drop the rest
+                f.cancel()
+        return outs
 
 
 class ClientProtocol:
@@ -206,6 +237,7 @@ class ClientProtocol:
         self.he_params.validate()
         self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
         self.public_key = self.he.public_key()
+        self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
 
     def run_job(self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None) -> tuple[
             np.ndarray, Timings]:
@@ -253,15 +285,21 @@ class ClientProtocol:
         assert labels is not None
         return labels, t
 
-    @staticmethod
-    def _gc_chunks(chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray) -> list[np.ndarray]:
-        """Requests for up to GC_WINDOW chunks in flight; results in order."""
+    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray) -> list[np.ndarray]:
+        """Up to GC_WINDOW requests in flight; responses evaluated on the pool; results in order.
+
+        Requests are made here, in order (each fixes its OT range); a new one goes out only when
+        at most GC_WINDOW responses are still being evaluated, which bounds memory.
+        """
+        tag = f"gc:{name}"
         chunks = _chunks(len(rows))
-        outs: list[np.ndarray] = []
+        futs: list[Future] = []
         sent = 0
         for i in range(len(chunks)):
             while sent < len(chunks) and sent < i + GC_WINDOW:
-                chan.send(f"gc:{name}", ev.request(op, rows[chunks[sent]]))
+                if sent - GC_WINDOW >= 0:
+                    futs[sent - GC_WINDOW].result()  # evaluation keeps up before more is asked for
+                chan.send(tag, ev.request(op, rows[chunks[sent]]))
                 sent += 1
-            outs.append(ev.finish(op, chan.recv(f"gc:{name}")))
-        return outs
+            futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
+        return [f.result() for f in futs]
