@@ -61,6 +61,37 @@ def test_secure_equals_fixed_point_reference_in_memory(model):
     assert np.array_equal(labels, ref)
 
 
+
+@pytest.mark.parametrize("chunk,window", [(7, 1), (64, 3), (1000, 4)])
+def test_pipelined_gc_chunks_in_memory(model, monkeypatch, chunk, window):
+    """Many small GC chunks with several in flight (garbled and evaluated on thread pools, answered
+    in order): the labels still equal the reference, and the server ends the job cleanly."""
+    import threading
+
+    from bunet.protocol import session
+
+    monkeypatch.setattr(session, "GC_CHUNK", chunk)
+    monkeypatch.setattr(session, "GC_WINDOW", window)
+    srv = ServerProtocol(model)
+    cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
+    x = np.random.default_rng(chunk).random((2, 1, 16, 16)).astype(np.float32)
+    a, b = pipe()
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            srv.run_job(b)
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    th = threading.Thread(target=serve)
+    th.start()
+    labels, _ = cli.run_job(a, "main", x)
+    th.join(timeout=60)
+    assert not th.is_alive() and not errors
+    ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+    assert np.array_equal(labels, ref)
+
 def test_segment_over_grpc_matches_reference_per_plane(server, model, tmp_path):
     path = _scan(tmp_path)
     with Client(server.address) as c:
