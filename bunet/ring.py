@@ -121,6 +121,19 @@ def nonlinear(
     return from_signed(v >> shift, ring_bits)  # >> on int64 is floor division by 2^s
 
 
+def relu_pool(y: np.ndarray, *, in_bits: int, shift: int, ring_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ReLU feeding a max-pool and other consumers, over windows y (..., k) -> (elements, pooled).
+
+    ``elements`` (..., k): the ReLU of each value, ``nonlinear(k = 1, relu=True)``; ``pooled`` (...):
+    the max-pool of those ReLU outputs as the separate pooling step computes it, ``nonlinear`` over
+    the window reading their b - s bits (they fit: 0 <= relu(v) >> s < 2^(b-s-1)). It equals
+    ``nonlinear(y, relu=True)`` over the window, which is what the fused circuit computes.
+    """
+    elements = nonlinear(y[..., None], in_bits=in_bits, shift=shift, relu=True, ring_bits=ring_bits)
+    pooled = nonlinear(elements, in_bits=in_bits - shift, shift=0, relu=False, ring_bits=ring_bits)
+    return elements, pooled
+
+
 def argmax(y: np.ndarray, *, in_bits: int) -> np.ndarray:
     """Smallest index of the largest signed value over the last axis (ties -> lowest index)."""
     return np.argmax(to_signed(y, in_bits), axis=-1).astype(np.int64)
@@ -213,6 +226,12 @@ def pool_windows2x2(x: np.ndarray) -> np.ndarray:
     if H % 2 or W % 2:
         raise ValueError(f"2x2 pooling needs even height and width, got {H}x{W}")
     return x.reshape(B, C, H // 2, 2, W // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(B, C, H // 2, W // 2, 4)
+
+
+def pool_unwindows2x2(w: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pool_windows2x2`: (B, C, H/2, W/2, 4) -> (B, C, H, W)."""
+    B, C, H2, W2, _ = w.shape
+    return w.reshape(B, C, H2, W2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(B, C, 2 * H2, 2 * W2)
 
 
 def upsample2x(x: np.ndarray) -> np.ndarray:

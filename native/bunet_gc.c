@@ -542,7 +542,7 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
 
 enum { G_XOR = 0, G_NOT = 1, G_XORG = 2, G_AND = 3, G_ANDG = 4, G_B2A = 5, G_B2A2 = 6, G_NOUT = 7, G_REVEAL = 8,
        G_CARRY = 9, G_SUM = 10 };
-#define GREC 8 /* op, a, b, o, t, c, p1, p2 */
+#define GREC 9 /* op, a, b, o, t, c, p1, p2, output index (B2A, B2A2, NOUT; 0 for the rest) */
 
 static inline uint64_t lsb(block x) { return (uint64_t)_mm_cvtsi128_si64(x) & 1; }
 static inline block bm(uint64_t bit) { return _mm_set1_epi64x(-(long long)bit); }
@@ -726,12 +726,24 @@ static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
  *          and arith (per-gate regions of n packed values, arith_len bytes in all); out = acc0.
  * evaluator: active labels t (ot_keys = schedules of k0_i, u unused); reads ct/arith; out = acc0.
  * The caller turns acc0 into shares (garbler: -acc0 mod 2^l) or labels.
- */
+ * Several outputs (bn_gc_run_multi): every arithmetic output gate adds into the accumulator of its
+ * output index (gate field 8, < nout); out is n x nout, row-major (instance i, output j at i*nout + j).
+ * A B2A2 run and its NOUT use the one acc1 and must target the same output (checked). */
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
               uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
               uint64_t m, uint64_t blk_off, const uint8_t *in_labels, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
               uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask) {
+    return bn_gc_run_multi(garbler, gates, ngates, nwires, n, k, b, ys, ot_keys, ot_k, u, m, blk_off, in_labels, rk,
+                           delta, tweak_base, tpi, ct, ctpi, arith, arith_len, out, outmask, 1);
+}
+
+int bn_gc_run_multi(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
+                    uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
+                    uint64_t m, uint64_t blk_off, const uint8_t *in_labels, const uint8_t *rk, const uint8_t *delta,
+                    uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi, uint8_t *arith,
+                    uint64_t arith_len, uint64_t *out, uint64_t outmask, uint32_t nout) {
     (void)ctpi;
+    if (nout < 1 || nout > 64) return -3;
     keyctx kc;
     load_key(&kc.master, rk);
     kc.valid = 0;
@@ -743,7 +755,7 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
     const block s1DB = D, s2DB = _mm_xor_si128(Dsw, _mm_andnot_si128(lo, D));
     block *W = aligned_alloc(64, (size_t)nwires * NB * sizeof(block));
     block *hb = aligned_alloc(64, 8 * NB * sizeof(block));
-    uint64_t *acc0 = aligned_alloc(64, NB * sizeof(uint64_t));
+    uint64_t *accs = aligned_alloc(64, (size_t)nout * NB * sizeof(uint64_t)); /* one accumulator per output */
     uint64_t *acc1 = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *tv = aligned_alloc(64, NB * sizeof(uint64_t));
     uint64_t *tv2 = aligned_alloc(64, NB * sizeof(uint64_t));
@@ -757,15 +769,26 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
         rc = -4;
         goto done;
     }
-    if (!W || !hb || !acc0 || !acc1 || !tv || !tv2 || !roff || !L || !xb) {
+    if (!W || !hb || !accs || !acc1 || !tv || !tv2 || !roff || !L || !xb) {
         rc = -1;
         goto done;
     }
     {
         uint64_t off = 0;
+        int32_t run = -1; /* output index of an open B2A2 run (its NOUT must match) */
         for (uint32_t g = 0; g < ngates; g++) {
             const int32_t *G = gates + (size_t)g * GREC;
             roff[g] = off;
+            if (G[8] < 0 || (uint32_t)G[8] >= nout || (G[0] != G_B2A && G[0] != G_B2A2 && G[0] != G_NOUT && G[8])) {
+                rc = -3;
+                goto done;
+            }
+            if ((G[0] == G_B2A2 || G[0] == G_NOUT) && run >= 0 && run != G[8]) {
+                rc = -3;
+                goto done;
+            }
+            if (G[0] == G_B2A2) run = G[8];
+            if (G[0] == G_NOUT) run = -1;
             if (G[0] == G_B2A || G[0] == G_NOUT) off += (n * (uint64_t)G[6] + 7) / 8;
             if (G[0] == G_B2A2) off += 2 * ((n * (uint64_t)G[6] + 7) / 8);
             if (G[0] == G_REVEAL) off += (n + 7) / 8;
@@ -798,11 +821,12 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 for (uint32_t w = 0; w < nin; w++)
                     memcpy(W + (size_t)w * NB, L + (size_t)w * cnt * 16, (size_t)cnt * 16);
         }
-        memset(acc0, 0, cnt * sizeof(uint64_t));
+        memset(accs, 0, (size_t)nout * NB * sizeof(uint64_t));
         memset(acc1, 0, cnt * sizeof(uint64_t));
         for (uint32_t g = 0; g < ngates; g++) {
             const int32_t *G = gates + (size_t)g * GREC;
             const int op = G[0];
+            uint64_t *const acc0 = accs + (size_t)G[8] * NB; /* this gate's output accumulator (public index) */
             block *A = W + (size_t)G[1] * NB, *B = W + (size_t)G[2] * NB, *O = W + (size_t)G[3] * NB;
             const uint64_t t = (uint64_t)G[4];
             const uint32_t c = (uint32_t)G[5], p1 = (uint32_t)G[6], p2 = (uint32_t)G[7];
@@ -1095,10 +1119,11 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
                 goto done;
             }
         }
-        for (uint32_t i = 0; i < cnt; i++) out[i0 + i] = acc0[i] & outmask;
+        for (uint32_t j = 0; j < nout; j++)
+            for (uint32_t i = 0; i < cnt; i++) out[(i0 + i) * nout + j] = accs[(size_t)j * NB + i] & outmask;
     }
 done:
     if (garbler) memset(&prg, 0, sizeof prg);
-    free(W); free(hb); free(acc0); free(acc1); free(tv); free(tv2); free(roff); free(L); free(xb);
+    free(W); free(hb); free(accs); free(acc1); free(tv); free(tv2); free(roff); free(L); free(xb);
     return rc;
 }

@@ -25,4 +25,9 @@ int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwire
               uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
               uint64_t m, uint64_t blk_off, const uint8_t *in_labels, const uint8_t *rk, const uint8_t *delta, uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi,
               uint8_t *arith, uint64_t arith_len, uint64_t *out, uint64_t outmask);
+int bn_gc_run_multi(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,
+                    uint32_t b, const uint64_t *ys, const uint8_t *ot_keys, uint32_t ot_k, const uint8_t *u,
+                    uint64_t m, uint64_t blk_off, const uint8_t *in_labels, const uint8_t *rk, const uint8_t *delta,
+                    uint64_t tweak_base, uint32_t tpi, uint8_t *ct, uint32_t ctpi, uint8_t *arith,
+                    uint64_t arith_len, uint64_t *out, uint64_t outmask, uint32_t nout);
 #endif

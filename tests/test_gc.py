@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bunet import ring
-from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc
+from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc, ReluPool
 from bunet.gc.engine import aes_key_schedules, ffi, lib
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
@@ -98,6 +98,88 @@ def test_max_trunc_hypothesis(sess, data, l, relu, k, n):
     raw = data.draw(st.lists(st.integers(0, (1 << l) - 1), min_size=n * k, max_size=n * k))
     x = np.array(raw, dtype=np.uint64).reshape(n, k)
     _check_max_trunc(sess, MaxTrunc(ring_bits=l, in_bits=b, shift=s, relu=relu, k=k), x)
+
+
+def _check_relu_pool(sess, op: ReluPool, x: np.ndarray) -> None:
+    out_c, out_s = _run(sess, op, x)
+    l, n = op.ring_bits, x.shape[0]
+    assert out_c.dtype == np.uint64 and out_s.dtype == np.uint64
+    assert out_c.shape == out_s.shape == (n, 5)
+    assert not (out_s >> np.uint64(l)).any() if l < 64 else True
+    got = ring.add(out_c, out_s, l)
+    el, pooled = ring.relu_pool(x, in_bits=op.in_bits, shift=op.shift, ring_bits=l)
+    # what the unfused steps compute: ReLU per value, then the max-pool over the ReLU outputs
+    np.testing.assert_array_equal(got[:, :4], ring.nonlinear(x[..., None], in_bits=op.in_bits, shift=op.shift,
+                                                             relu=True, ring_bits=l))
+    np.testing.assert_array_equal(got[:, :4], el)
+    np.testing.assert_array_equal(got[:, 4], pooled)
+    np.testing.assert_array_equal(got[:, 4], ring.nonlinear(x, in_bits=op.in_bits, shift=op.shift, relu=True,
+                                                            ring_bits=l))
+
+
+@pytest.mark.parametrize("l,b,s", CONFIGS)
+def test_relu_pool_random_and_extremes(sess, l, b, s):
+    rng = np.random.default_rng(l * 1000 + b * 10 + s)
+    op = ReluPool(ring_bits=l, in_bits=b, shift=s)
+    _check_relu_pool(sess, op, ring.random((301, 4), l))
+    _check_relu_pool(sess, op, _extremes(l, 67, 4, rng))
+    _check_relu_pool(sess, op, np.zeros((5, 4), dtype=np.uint64))
+    neg = ring.from_signed(-rng.integers(1, 1 << min(b - 1, 62), size=(9, 4), endpoint=True), l) if b > 1 else \
+        np.full((9, 4), 1, dtype=np.uint64)
+    _check_relu_pool(sess, op, neg)
+    _check_relu_pool(sess, op, np.zeros((0, 4), dtype=np.uint64))
+    _check_relu_pool(sess, op, ring.random((1, 4), l))
+
+
+@HSET
+@given(data=st.data(), l=st.integers(1, 64), n=st.integers(0, 40))
+def test_relu_pool_hypothesis(sess, data, l, n):
+    b = data.draw(st.integers(1, l))
+    s = data.draw(st.integers(0, b - 1))
+    raw = data.draw(st.lists(st.integers(0, (1 << l) - 1), min_size=n * 4, max_size=n * 4))
+    _check_relu_pool(sess, ReluPool(ring_bits=l, in_bits=b, shift=s), np.array(raw, dtype=np.uint64).reshape(n, 4))
+
+
+def test_relu_pool_costs():
+    """The fused window reuses each adder: the gates of one max-pool with ReLU, no more, and fewer bytes
+    than the ReLUs followed by a pool over their outputs (client OT messages included)."""
+    from bunet.gc import circuits as gcc
+
+    fused = gcc.relu_pool_circuit(24, 24, 8)
+    assert (fused.and_gates, fused.andg_gates, fused.n_outputs) == (4 * 22 + 5 * 16 + 2, 4, 5)
+    relu = gcc.max_trunc_circuit(24, 24, 8, True, 1)
+    pool = gcc.max_trunc_circuit(24, 16, 0, False, 4)
+    ot = 4  # client OT bytes per input bit at ot_k = 4
+    before = 4 * (relu.bytes_per_inst + 24 * ot) + pool.bytes_per_inst + 4 * 16 * ot
+    after = fused.bytes_per_inst + 4 * 24 * ot
+    assert after == 5034.75 and before == 6689.0
+
+
+def test_multi_output_index_checked():
+    """An arithmetic gate whose output index is out of range, or a B2A2 run and its NOUT that target
+    different outputs, are refused by the engine (code -3) before anything is written."""
+    from bunet.gc import circuits as gcc
+
+    circ = gcc.relu_pool_circuit(8, 8, 0)
+    n = 3
+    bad_run = circ.gates.copy()
+    nout_rows = np.flatnonzero(bad_run[:, 0] == gcc.NOUT)
+    bad_run[nout_rows[0], 8] = 3  # the first run's B2A2s go to output 0
+    m = (n * 32 + 127) // 128 * 128
+    for gates, nout in ((circ.gates, 1), (circ.gates, 4), (bad_run, 5)):
+        ct = np.zeros(n * circ.ct_bytes, dtype=np.uint8)
+        ar = np.zeros(circ.arith_len(n), dtype=np.uint8)
+        out = np.zeros(n * nout, dtype=np.uint64)
+        ys = np.zeros(n * 4, dtype=np.uint64)
+        labels = np.zeros(16 * m, dtype=np.uint8)
+        rk = aes_key_schedules([bytes(16)])
+        rc = lib.bn_gc_run_multi(0, ffi.from_buffer("int32_t[]", gates), gates.shape[0], circ.nwires, n, 4, 8,
+                                 ffi.from_buffer("uint64_t[]", ys), ffi.NULL, 4, ffi.NULL, m, 0,
+                                 ffi.from_buffer("uint8_t[]", labels), rk, ffi.NULL, 0, circ.tweaks_per_inst,
+                                 ffi.from_buffer("uint8_t[]", ct), circ.ct_bytes, ffi.from_buffer("uint8_t[]", ar),
+                                 circ.arith_len(n), ffi.from_buffer("uint64_t[]", out), (1 << 64) - 1, nout)
+        assert rc == -3
+        assert not out.any()
 
 
 @pytest.mark.parametrize("l,b,k", [(24, 24, 2), (64, 64, 2), (32, 20, 3), (24, 24, 5), (8, 8, 1), (16, 16, 9)])
@@ -321,7 +403,7 @@ def test_message_sizes(ot_k):
     ev, g = Evaluator(ot_k=ot_k), Garbler()
     ev.finish_hello(g.hello(ev.hello()))
     for op in (MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
-               Argmax(ring_bits=24, k=3)):
+               ReluPool(ring_bits=24, shift=8), Argmax(ring_bits=24, k=3)):
         for n in (100, 257):
             x = ring.random((n, op.k), op.ring_bits)
             yc, ys = ring.share(x, op.ring_bits)

@@ -10,6 +10,6 @@ The server garbles, the client evaluates::
     out_c = ev.finish(op, resp)
 """
 
-from .engine import Argmax, Evaluator, Garbler, MaxTrunc
+from .engine import Argmax, Evaluator, Garbler, MaxTrunc, ReluPool
 
-__all__ = ["Argmax", "Evaluator", "Garbler", "MaxTrunc"]
+__all__ = ["Argmax", "Evaluator", "Garbler", "MaxTrunc", "ReluPool"]

@@ -31,8 +31,9 @@ Costs per instance (AND = three-halves garbling, Rosulek-Roy 2021: 24 bytes + 5 
 ANDG = garbler half gate, 16 bytes; see ``circuits``): MaxTrunc k=1 (ReLU or truncation): b-2 AND
 + 1 ANDG, plus (l-j)-bit arithmetic ciphertexts per output bit j (two per bit for the ReLU, fused
 with its multiplexer): 624.5 bytes for the default ReLU (l = b = 24, s = 8), plus 96 bytes of
-client OT messages at ot_k = 4; MaxTrunc k=4: 4(b-2) + 6(b-s) AND + 4 ANDG; Argmax over K:
-K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
+client OT messages at ot_k = 4; MaxTrunc k=4: 4(b-2) + 5(b-s) (+2 with ReLU) AND + 4 ANDG;
+ReluPool (a 2x2 window's 4 ReLUs and their max, 5 outputs): the same gates as MaxTrunc k=4 with
+ReLU, 4650.75 bytes for (24, 24, 8); Argmax over K: K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ if not lib.bn_cpu_ok():  # pragma: no cover - hardware dependent
 MAGIC = b"BNG1"
 T_HELLO1, T_HELLO2, T_REQ, T_RESP = 1, 2, 3, 4
 _HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
-OP_MAXTRUNC, OP_ARGMAX = 1, 2
+OP_MAXTRUNC, OP_ARGMAX, OP_RELUPOOL = 1, 2, 3
 
 
 def _check_int(name: str, v: object, lo: int, hi: int) -> int:
@@ -109,6 +110,52 @@ class MaxTrunc:
         c = self.circuit
         return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
+class ReluPool:
+    """ReLU with truncation over 2x2 windows plus their max-pool: (n, 4) shares -> (n, 5) shares.
+
+    Columns 0..3: ``ring.nonlinear`` with k = 1, relu=True of each of the 4 values (the ReLU
+    outputs, e.g. for a skip connection); column 4: the window maximum of those, i.e.
+    ``ring.relu_pool``. One circuit per window: each value's adder serves both (see
+    ``circuits.relu_pool_circuit``).
+    """
+
+    ring_bits: int
+    in_bits: int | None = None
+    shift: int = 0
+    k = 4
+    relu = True
+
+    def __post_init__(self) -> None:
+        l = _check_int("ring_bits", self.ring_bits, 1, 64)
+        b = l if self.in_bits is None else _check_int("in_bits", self.in_bits, 1, l)
+        object.__setattr__(self, "in_bits", b)
+        _check_int("shift", self.shift, 0, b - 1)
+
+    @property
+    def circuit(self) -> circuits.Compiled:
+        return circuits.relu_pool_circuit(self.ring_bits, self.in_bits, self.shift)
+
+    @property
+    def n_outputs(self) -> int:
+        return 5
+
+    def _params(self) -> tuple[int, int, int, int, int, int]:
+        return (OP_RELUPOOL, self.ring_bits, self.in_bits, self.shift, 1, 4)
+
+    def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
+        """(request bytes, response bytes) for n windows, to size chunks for a transport.
+
+        The first request of a session carries 4 KiB more (the OT-extension setup)."""
+        m = _pad128(n * 4 * self.in_bits)
+        c = self.circuit
+        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
+
 
 @dataclass(frozen=True)
 class Argmax:
@@ -139,13 +186,17 @@ class Argmax:
         c = self.circuit
         return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
+    @property
+    def n_outputs(self) -> int:
+        return 1
 
-Op = MaxTrunc | Argmax
+
+Op = MaxTrunc | ReluPool | Argmax
 
 
 def _check_op(op: object) -> Op:
-    if not isinstance(op, (MaxTrunc, Argmax)):
-        raise ValueError("op must be a MaxTrunc or Argmax")
+    if not isinstance(op, (MaxTrunc, ReluPool, Argmax)):
+        raise ValueError("op must be a MaxTrunc, ReluPool or Argmax")
     return op
 
 
@@ -342,7 +393,8 @@ class Evaluator(_Party):
         return out
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
-        """Consume the server's response: the client's new shares (MaxTrunc) or labels (Argmax)."""
+        """Consume the server's response: the client's new shares (MaxTrunc: (n,), ReluPool: (n, 5))
+        or labels (Argmax)."""
         op = _check_op(op)
         self._ready()
         seq, n, body = self._parse(resp, T_RESP, op)
@@ -358,19 +410,21 @@ class Evaluator(_Party):
         _, _, labels, tw = pend
         c = op.circuit
         m = _pad128(n * op.k * op.in_bits)
-        out = np.empty(n, dtype=np.uint64)
-        mask = (1 << op.ring_bits) - 1 if isinstance(op, MaxTrunc) else (1 << 64) - 1
+        nout = op.n_outputs
+        out = np.empty(n * nout, dtype=np.uint64)
+        mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
         ct = body[:nct]
         ar = body[nct:]
-        rc = lib.bn_gc_run(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                           op.in_bits, ffi.NULL, ffi.NULL, self.ot_k, ffi.NULL, m, 0, _buf(labels), self._rk,
-                           ffi.NULL, tw, c.tweaks_per_inst, _buf(ct), c.ct_bytes, _buf(ar), nar, _u64(out), mask)
+        rc = lib.bn_gc_run_multi(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
+                                 op.in_bits, ffi.NULL, ffi.NULL, self.ot_k, ffi.NULL, m, 0, _buf(labels), self._rk,
+                                 ffi.NULL, tw, c.tweaks_per_inst, _buf(ct), c.ct_bytes, _buf(ar), nar, _u64(out), mask,
+                                 nout)
         self._give_buffer(labels)
         if rc != 0:
             raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
         if isinstance(op, Argmax):
             return (out | np.uint64(c.const_out)).astype(np.int64)
-        return out
+        return out.reshape(n, nout) if nout > 1 else out
 
 
 class Garbler(_Party):
@@ -428,7 +482,9 @@ class Garbler(_Party):
         self._base_keys = []
 
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
-        """Garble one layer. Returns (response for the client, server's new shares or None)."""
+        """Garble one layer. Returns (response for the client, server's new shares or None).
+
+        Shares have shape (n,) (MaxTrunc) or (n, 5) (ReluPool); Argmax gives the server None."""
         return self.claim(op, req, ys)()
 
     def claim(self, op: Op, req: bytes, ys: np.ndarray) -> Callable[[], tuple[bytes, np.ndarray | None]]:
@@ -461,11 +517,12 @@ class Garbler(_Party):
 
         def job() -> tuple[bytes, np.ndarray | None]:
             out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
-            acc = np.empty(n, dtype=np.uint64)
-            rc = lib.bn_gc_run(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                               op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL,
-                               self._rk, self._delta, tw, c.tweaks_per_inst, body_out, c.ct_bytes, body_out + nct,
-                               nar, _u64(acc), (1 << 64) - 1)
+            nout = op.n_outputs
+            acc = np.empty(n * nout, dtype=np.uint64)
+            rc = lib.bn_gc_run_multi(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
+                                     op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL,
+                                     self._rk, self._delta, tw, c.tweaks_per_inst, body_out, c.ct_bytes,
+                                     body_out + nct, nar, _u64(acc), (1 << 64) - 1, nout)
             if rc != 0:
                 raise MemoryError(f"garbling failed (engine code {rc})")
             with self._lock:
@@ -473,6 +530,7 @@ class Garbler(_Party):
             if isinstance(op, Argmax):
                 return out, None
             mask = np.uint64((1 << op.ring_bits) - 1)
-            return out, (np.uint64(0) - acc) & mask
+            res = (np.uint64(0) - acc) & mask
+            return out, res.reshape(n, nout) if nout > 1 else res
 
         return job
