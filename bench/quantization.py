@@ -48,7 +48,7 @@ def overflow_fraction(
     and the headroom: min over those inputs of log2(range / max |value * 2^exp|), in bits
     (negative = overflow; what a narrower ``in_bits`` could save)."""
     plan = compile_plan(net, quant)
-    exp = {s.out: s.exp for s in plan.steps}
+    exp = {o: s.exp for s in plan.steps for o in s.outs}
     bad = total = 0
     headroom = np.inf
     for s in plan.steps:

@@ -84,12 +84,61 @@ def test_plan_fuses_relu_into_sole_maxpool_and_truncates_linear_chains():
     m = seed_unet_model(in_channels=1, base=4, depth=1, input_size=16)
     plan = compile_plan(m.networks["main"], m.quantization)
     kinds = {s.out: s for s in plan.steps}
-    # enc0b_relu feeds both the pool and the skip concat: not fused; the pool works on the ReLU's
-    # truncated output, which fits 24 - 8 = 16 signed bits, so it reads only those
-    assert kinds["pool0"].attrs == {"shift": 0, "relu": False, "window": 4, "in_bits": 16}
+    # enc0b_relu feeds both the pool and the skip concat: one fused step per 2x2 window defines both
+    # tensors (the pool as its out, the ReLU output as its elements), reading enc0b's 24 bits
+    assert kinds["pool0"].attrs == {"shift": 8, "relu": True, "window": 4, "in_bits": 24, "elements": "enc0b_relu"}
+    assert kinds["pool0"].inputs == ["enc0b"] and kinds["pool0"].outs == ["pool0", "enc0b_relu"]
+    assert "enc0b_relu" not in kinds  # no separate ReLU step
     assert kinds["enc0a_relu"].attrs["shift"] == m.quantization.weight_frac_bits
     exps = {s.exp for s in plan.steps if s.kind == "nonlinear"}
     assert exps == {m.quantization.frac_bits}
+    shapes = plan.shapes(16, 12)
+    assert shapes["enc0b_relu"] == (4, 16, 12) and shapes["pool0"] == (4, 8, 6)
+    assert plan.relu_count(16, 12) == sum(c * h * w for k, (c, h, w) in shapes.items()
+                                          if k.endswith("_relu") or k.startswith("pool"))
+    # a narrower in_bits configured for the pool: the pool must read fewer bits, so no fusion
+    q = Quantization(24, 8, 8, in_bits={"pool0": 12})
+    kinds = {s.out: s for s in compile_plan(m.networks["main"], q).steps}
+    assert kinds["pool0"].attrs == {"shift": 0, "relu": False, "window": 4, "in_bits": 12}
+    assert kinds["enc0b_relu"].attrs["window"] == 1
+
+
+def _unfused(plan):
+    """The same plan with every fused ReLU + max-pool split back into its two separate steps."""
+    import copy
+
+    plan = copy.deepcopy(plan)
+    steps = []
+    for s in plan.steps:
+        if "elements" in s.attrs:
+            a = s.attrs
+            steps.append(type(s)("nonlinear", a["elements"], list(s.inputs), s.exp,
+                                 {"shift": a["shift"], "relu": True, "window": 1, "in_bits": a["in_bits"]}))
+            steps.append(type(s)("nonlinear", s.out, [a["elements"]], s.exp,
+                                 {"shift": 0, "relu": False, "window": 4, "in_bits": a["in_bits"] - a["shift"]}))
+        else:
+            steps.append(s)
+    plan.steps = steps
+    return plan
+
+
+@pytest.mark.parametrize("ring_bits,size", [(24, (16, 16)), (32, (8, 20)), (20, (12, 4))])
+def test_fused_relu_pool_equals_separate_steps(ring_bits, size):
+    """Every tensor of the fused plan equals that of the ReLU-then-pool plan, bit for bit, on inputs
+    that drive activations to the limits (non-square slices check the window layout)."""
+    m = seed_unet_model(in_channels=2, base=4, depth=2, input_size=16, seed=5,
+                        quantization=Quantization(ring_bits, 8, 6))
+    plan = compile_plan(m.networks["main"], m.quantization)
+    assert sum("elements" in s.attrs for s in plan.steps) == 2
+    sep = _unfused(plan)
+    rng = np.random.default_rng(ring_bits)
+    for scale in (0.0, 1.0, 30.0, 1000.0):
+        x = (rng.standard_normal((2, 2, *size)) * scale).astype(np.float32)
+        a = reference.run_plan(plan, x, keep=True)
+        b = reference.run_plan(sep, x, keep=True)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.mark.parametrize("pool,up", [("maxpool", "conv_transpose"), ("avgpool", "upsample")])
@@ -99,7 +148,9 @@ def test_narrowed_in_bits_change_no_value(pool, up):
     import copy
 
     m = seed_unet_model(in_channels=2, base=4, depth=2, input_size=16, pool=pool, up=up)
-    plan = compile_plan(m.networks["main"], m.quantization)
+    # the separate ReLU and pool steps (the pool narrows to the ReLU's 16 bits; the fused step reads
+    # the conv's 24 and is checked against this split form in test_fused_relu_pool_equals_separate_steps)
+    plan = _unfused(compile_plan(m.networks["main"], m.quantization))
     wide = copy.deepcopy(plan)
     narrowed = 0
     for s in wide.steps:

@@ -90,3 +90,15 @@ def test_conv2d_exact_mod_ring(L, C, H, W, k):
     b = rng.integers(-(1 << 20), 1 << 20, 3)
     got = ring.conv2d(x, w, b, k // 2, L).astype(object)
     assert (got == _conv_int(x, w, b, k // 2, L)).all()
+
+
+def test_pool_windows_round_trip_and_relu_pool():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 1 << 20, size=(2, 3, 6, 8)).astype(np.uint64)
+    w = ring.pool_windows2x2(x)
+    assert w.shape == (2, 3, 3, 4, 4)
+    assert np.array_equal(w[1, 2, 1, 3], [x[1, 2, 2, 6], x[1, 2, 2, 7], x[1, 2, 3, 6], x[1, 2, 3, 7]])
+    assert np.array_equal(ring.pool_unwindows2x2(w), x)
+    el, pooled = ring.relu_pool(w, in_bits=20, shift=5, ring_bits=24)
+    assert np.array_equal(el, ring.nonlinear(w[..., None], in_bits=20, shift=5, relu=True, ring_bits=24))
+    assert np.array_equal(pooled, ring.nonlinear(w, in_bits=20, shift=5, relu=True, ring_bits=24))

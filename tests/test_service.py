@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bunet import volume
+from bunet import ring, volume
 from bunet.client import Client, ClientError
 from bunet.model import reference
 from bunet.model.format import Quantization
@@ -56,9 +56,49 @@ def test_secure_equals_fixed_point_reference_in_memory(model):
     th.start()
     labels, _ = cli.run_job(a, "main", x)
     th.join()
-    ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+    plan = compile_plan(model.networks["main"], model.quantization)
+    assert any("elements" in s.attrs for s in plan.steps)  # the fused ReLU + max-pool (encoder levels)
+    ref = reference.run_plan(plan, x)
     assert labels.shape == (3, 16, 16)
     assert np.array_equal(labels, ref)
+
+
+@pytest.mark.parametrize("size,quant", [((12, 20), Quantization(24, 8, 8)), ((8, 4), Quantization(32, 10, 9))])
+def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
+    """Fused ReLU + max-pool on non-square slices (the window layout both ways) and another ring;
+    inputs scaled to drive activations to the limits. Every non-linear tensor (both outputs of the
+    fused steps included) is reconstructed from the two parties' shares and compared bit for bit."""
+    import threading
+
+    from bunet.protocol import session
+
+    seen: dict[str, list[dict[str, np.ndarray]]] = {}
+    store = session._store
+
+    def spy(step, op, outs, shape, shares):
+        store(step, op, outs, shape, shares)
+        seen.setdefault(threading.current_thread().name, []).append({o: shares[o] for o in step.outs})
+
+    monkeypatch.setattr(session, "_store", spy)
+    m = seed_unet_model(in_channels=2, base=2, depth=2, input_size=16, seed=11, quantization=quant)
+    srv = ServerProtocol(m)
+    cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((2, 2, *size)) * np.array([1.0, 300.0])[:, None, None, None]).astype(np.float32)
+    a, b = pipe()
+    th = threading.Thread(target=srv.run_job, args=(b,), name="server")
+    th.start()
+    labels, _ = cli.run_job(a, "main", x)
+    th.join()
+    plan = compile_plan(m.networks["main"], m.quantization)
+    assert sum("elements" in s.attrs for s in plan.steps) == 2
+    ref = reference.run_plan(plan, x, keep=True)
+    assert np.array_equal(labels, ref[plan.output])
+    srv_sh, cli_sh = seen.pop("server"), seen.popitem()[1]
+    assert len(srv_sh) == len(cli_sh) == sum(s.kind == "nonlinear" for s in plan.steps)
+    for ss, cs in zip(srv_sh, cli_sh, strict=True):
+        for name in ss:
+            np.testing.assert_array_equal(ring.add(ss[name], cs[name], quant.ring_bits), ref[name], err_msg=name)
 
 
 

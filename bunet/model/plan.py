@@ -13,6 +13,12 @@ fraction bits). Rules, with activation fraction bits f and weight fraction bits 
 * relu: the garbled-circuit step ``nonlinear(shift = e - f, relu)`` back to e = f;
 * maxpool: ``nonlinear`` over the 2x2 window; fused with a preceding relu when that relu has no
   other consumer (max and ReLU and the floor shift commute, so the result is identical);
+* a relu whose consumers are a maxpool *and* others (a U-Net encoder level: pool and skip): one
+  step per 2x2 window, ``ring.relu_pool``, defining both tensors: ``out`` is the pool, and
+  ``attrs["elements"]`` names the ReLU output (garbled circuit ``ReluPool``: each value's adder
+  feeds both outputs, no second pass over the ReLU outputs). Its results are exactly those of the
+  two separate steps (the ReLU, then the pool reading the ReLU's b - s bits); it is used only when
+  the pool would read exactly those bits (no narrower ``in_bits`` configured for the pool);
 * concat: inputs at different exponents are brought to the smallest common one above f by
   exact local multiplication by a power of two when that stays <= f + 2, else truncated to f;
 * a linear op whose input has e > f + 2 gets a truncation (``nonlinear``, no relu) first;
@@ -50,6 +56,11 @@ class Step:
     weight: np.ndarray | None = None  # int64, server only
     bias: np.ndarray | None = None  # int64, server only
 
+    @property
+    def outs(self) -> list[str]:
+        """Every tensor this step defines: ``out``, and the ReLU output of a fused ReLU + max-pool."""
+        return [self.out, self.attrs["elements"]] if "elements" in self.attrs else [self.out]
+
     def public(self) -> dict[str, Any]:
         """What the client may know of this step: no weights."""
         return {"kind": self.kind, "out": self.out, "inputs": list(self.inputs), "exp": self.exp,
@@ -71,13 +82,15 @@ class Plan:
         return [s.public() for s in self.steps]
 
     def relu_count(self, height: int, width: int) -> int:
-        """Non-linear (garbled-circuit) instances per slice of the given size."""
+        """Values made by non-linear (garbled-circuit) steps per slice of the given size (a fused
+        ReLU + max-pool counts its ReLU outputs and its pooled outputs, as the separate steps would)."""
         shapes = self.shapes(height, width)
         n = 0
         for s in self.steps:
             if s.kind == "nonlinear":
-                c, h, w = shapes[s.out]
-                n += c * h * w
+                for o in s.outs:
+                    c, h, w = shapes[o]
+                    n += c * h * w
         return n
 
     def shapes(self, height: int, width: int) -> dict[str, tuple[int, int, int]]:
@@ -97,6 +110,8 @@ class Plan:
             elif s.kind == "nonlinear" and a["window"] == 4 or s.kind == "sumpool":
                 c, h, w = ins[0]
                 out[s.out] = (c, h // 2, w // 2)
+                if "elements" in a:  # fused ReLU + max-pool: the ReLU output keeps the input's shape
+                    out[a["elements"]] = ins[0]
             elif s.kind == "upsample":
                 c, h, w = ins[0]
                 out[s.out] = (c, 2 * h, 2 * w)
@@ -152,11 +167,16 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
         return out
 
     fused: set[str] = set()  # relu nodes folded into the following maxpool
+    pool_of: dict[str, str] = {}  # relu -> its maxpool, when the relu has other consumers too
     for node in g.nodes:
         if node.op == "relu":
             cons = g.consumers(node.name)
+            pools = [c for c in cons if c.op == "maxpool"]
             if len(cons) == 1 and cons[0].op == "maxpool":
                 fused.add(node.name)
+            elif len(pools) == 1 and len(cons) > 1:
+                pool_of[node.name] = pools[0].name
+    pooled: set[str] = set()  # maxpool nodes computed by a fused ReLU + max-pool step
 
     alias: dict[str, str] = {}  # graph name -> tensor name in the plan
 
@@ -189,8 +209,22 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
                 alias[node.name] = ins[0]  # the maxpool step applies it
                 continue
             x = ins[0]
-            nonlinear(node.name, x, max(exp[x] - f, 0), relu=True, window=1)
+            shift = max(exp[x] - f, 0)
+            b = in_bits(x, node.name)
+            pool = pool_of.get(node.name)
+            if pool is not None and min(int(quant.in_bits.get(pool, L)), b - shift) == b - shift:
+                # ReLU + max-pool in one step; the pool reads the ReLU's b - shift bits, as unfused
+                steps.append(Step("nonlinear", pool, [x], exp[x] - shift, {
+                    "shift": shift, "relu": True, "window": 4, "in_bits": b, "elements": node.name}))
+                for t in (node.name, pool):
+                    exp[t] = exp[x] - shift
+                    bits[t] = b - shift
+                pooled.add(pool)
+                continue
+            nonlinear(node.name, x, shift, relu=True, window=1)
         elif node.op == "maxpool":
+            if node.name in pooled:
+                continue
             x = ins[0]
             nonlinear(node.name, x, max(exp[x] - f, 0), relu=node.inputs[0] in fused, window=4)
         elif node.op == "avgpool":
@@ -250,3 +284,9 @@ def apply_local(step: Step, inputs: list[np.ndarray], ring_bits: int) -> np.ndar
 def nonlinear_windows(step: Step, x: np.ndarray) -> np.ndarray:
     """The (..., k) layout the non-linear rule takes: 2x2 windows for pooling, else k = 1."""
     return ring.pool_windows2x2(x) if step.attrs["window"] == 4 else x[..., None]
+
+
+def split_relu_pool(step: Step, out: np.ndarray) -> dict[str, np.ndarray]:
+    """A fused ReLU + max-pool's (B, C, H/2, W/2, 5) result (4 ReLU outputs in window order, then the
+    window max) -> its two tensors: the ReLU output (B, C, H, W) and the pool (B, C, H/2, W/2)."""
+    return {step.attrs["elements"]: ring.pool_unwindows2x2(out[..., :4]), step.out: np.ascontiguousarray(out[..., 4])}

@@ -72,6 +72,11 @@ def run_plan(plan: Plan, x: np.ndarray, *, keep: bool = False) -> np.ndarray | d
                 t[s.out] = ring.conv2d(a[0], s.weight, s.bias, s.attrs["pad"], L)
             else:
                 t[s.out] = ring.conv_transpose2x2(a[0], s.weight, s.bias, L)
+        elif s.kind == "nonlinear" and "elements" in s.attrs:  # fused ReLU + max-pool
+            el, pooled = ring.relu_pool(nonlinear_windows(s, a[0]), in_bits=s.attrs["in_bits"],
+                                        shift=s.attrs["shift"], ring_bits=L)
+            t[s.attrs["elements"]] = ring.pool_unwindows2x2(el)
+            t[s.out] = pooled
         elif s.kind == "nonlinear":
             t[s.out] = ring.nonlinear(nonlinear_windows(s, a[0]), in_bits=s.attrs["in_bits"],
                                       shift=s.attrs["shift"], relu=s.attrs["relu"], ring_bits=L)

@@ -6,7 +6,9 @@ Both halves walk the same plan (``bunet.model.plan``) in lock step over a :class
 * linear steps: HomConv (``bunet.he``): the client uploads its encrypted share, the server
   returns Enc(W*x_c) + W*x_s + b - r and keeps r;
 * non-linear steps: the garbled-circuit engine (``bunet.gc``): ReLU/truncation/max-pool re-share
-  their output; instances go in chunks with ``GC_WINDOW`` requests in flight. The server claims
+  their output; a ReLU feeding a max-pool and a skip connection is one circuit per 2x2 window
+  (``gc.ReluPool``) whose 5 outputs are laid back as the ReLU tensor and the pooled tensor;
+  instances go in chunks with ``GC_WINDOW`` requests in flight. The server claims
   requests in order and garbles them on a thread pool; the client makes requests (OT extension)
   on its protocol thread while a pool evaluates the responses, so OT, garbling, transfer and
   evaluation overlap on both sides (the C calls release the GIL);
@@ -32,7 +34,7 @@ import numpy as np
 
 from .. import gc, he, ring
 from ..model.format import Model
-from ..model.plan import LOCAL_KINDS, Plan, Step, apply_local, compile_plan, nonlinear_windows
+from ..model.plan import LOCAL_KINDS, Plan, Step, apply_local, compile_plan, nonlinear_windows, split_relu_pool
 from .channel import Channel, ProtocolError
 
 GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keeps the C working set in cache)
@@ -81,10 +83,12 @@ class Limits:
     max_pixels: int = 1024 * 1024
 
 
-def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
+def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.ReluPool | gc.Argmax:
     a = step.attrs
     if step.kind == "argmax":
         return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"], k=classes)
+    if "elements" in a:
+        return gc.ReluPool(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"])
     return gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"], relu=a["relu"], k=a["window"])
 
 
@@ -95,6 +99,15 @@ def _flat(step: Step, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
         return np.ascontiguousarray(rows.reshape(-1, rows.shape[-1])), rows.shape[:-1]
     w = nonlinear_windows(step, x)
     return np.ascontiguousarray(w.reshape(-1, w.shape[-1])), w.shape[:-1]
+
+
+def _store(step: Step, op: Any, outs: list[np.ndarray], shape: tuple[int, ...],
+           shares: dict[str, np.ndarray]) -> None:
+    """Lay a non-linear step's re-shared outputs back as tensors (one, or two for ReluPool)."""
+    if isinstance(op, gc.ReluPool):
+        shares.update(split_relu_pool(step, np.concatenate(outs).reshape(*shape, op.n_outputs)))
+    else:
+        shares[step.out] = np.concatenate(outs).reshape(shape)
 
 
 def _chunks(n: int) -> list[slice]:
@@ -186,7 +199,7 @@ class ServerProtocol:
                 rows, shape = _flat(step, ins[0])
                 outs = self._gc_chunks(chan, garbler, op, step.out, rows)
                 if step.kind == "nonlinear":
-                    shares[step.out] = np.concatenate(outs).reshape(shape)
+                    _store(step, op, outs, shape, shares)
                 t.add("gc", t0)
             elif step.kind in LOCAL_KINDS:
                 shares[step.out] = apply_local(step, ins, plan.ring_bits)
@@ -272,7 +285,7 @@ class ClientProtocol:
                 rows, shape = _flat(step, ins[0])
                 outs = self._gc_chunks(chan, ev, op, step.out, rows)
                 if step.kind == "nonlinear":
-                    shares[step.out] = np.concatenate(outs).reshape(shape)
+                    _store(step, op, outs, shape, shares)
                 else:
                     labels = np.concatenate(outs).reshape(shape)
                 t.add("gc", t0)
