@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..protocol.channel import Channel, ChannelClosed, ProtocolError
+from . import frames
 from .proto import bunet_pb2, bunet_pb2_grpc
 
 log = logging.getLogger("bunet.service")
@@ -32,7 +33,8 @@ _END = object()
 
 class StreamChannel(Channel):
     """A Channel over two frame queues: ``outq`` feeds the gRPC request/response iterator and
-    ``inq`` is filled from the peer's iterator by a reader thread."""
+    ``inq`` is filled from the peer's iterator by a reader thread. Frames travel as raw bytes in
+    the ``Frame`` encoding of protos/bunet.proto (:mod:`bunet.service.frames`)."""
 
     def __init__(self, timeout: float | None = None) -> None:
         super().__init__()
@@ -47,12 +49,12 @@ class StreamChannel(Channel):
         off = 0
         while True:  # at least one frame, also for an empty message
             end = min(off + FRAME_BYTES, n)
-            self.outq.put(bunet_pb2.Frame(tag=tag, data=bytes(view[off:end]), more=end < n))
+            self.outq.put(frames.encode(tag, view[off:end], end < n))
             off = end
             if off >= n:
                 return
 
-    def _next(self) -> bunet_pb2.Frame:
+    def _next(self) -> tuple[str, memoryview, bool]:
         try:
             item = self.inq.get(timeout=self.timeout)
         except queue.Empty:
@@ -62,25 +64,28 @@ class StreamChannel(Channel):
             if self.peer_error is not None:
                 raise ChannelClosed(_describe_rpc_error(self.peer_error))
             raise ChannelClosed("peer closed the stream")
-        return item
+        try:
+            return frames.decode(item)
+        except frames.FrameError as e:
+            raise ProtocolError(str(e)) from None
 
     def _recv(self) -> tuple[str, bytes]:
-        first = self._next()
-        if not first.more:
-            return first.tag, first.data
-        parts = [first.data]
+        tag, data, more = self._next()
+        if not more:
+            return tag, bytes(data)
+        parts = [data]
         while True:
-            fr = self._next()
-            if fr.tag != first.tag:
+            t, data, more = self._next()
+            if t != tag:
                 raise ProtocolError("interleaved frames from peer")
-            parts.append(fr.data)
-            if not fr.more:
-                return first.tag, b"".join(parts)
+            parts.append(data)
+            if not more:
+                return tag, b"".join(parts)  # the one copy of the payload on the receiving side
 
-    def feed(self, frames: Iterator[bunet_pb2.Frame]) -> None:
-        """Reader loop: move the peer's frames into ``inq`` (run in a thread)."""
+    def feed(self, incoming: Iterator[bytes]) -> None:
+        """Reader loop: move the peer's raw frames into ``inq`` (run in a thread)."""
         try:
-            for fr in frames:
+            for fr in incoming:
                 self.inq.put(fr)
         except grpc.RpcError as e:
             self.peer_error = e
@@ -89,7 +94,7 @@ class StreamChannel(Channel):
         finally:
             self.inq.put(_END)
 
-    def outgoing(self) -> Iterator[bunet_pb2.Frame]:
+    def outgoing(self) -> Iterator[bytes]:
         while True:
             item = self.outq.get()
             if item is _END:
@@ -179,15 +184,29 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
             context.abort(*failure[0])
 
 
+GRPC_TUNING: list[tuple[str, int]] = []
+
+
+def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes), *GRPC_TUNING]
+
+
 class GrpcServer:
     """A running gRPC endpoint for one job handler."""
 
     def __init__(self, listen: str, servicer: SegmentationServicer, *, tls_cert: str | None = None,
                  tls_key: str | None = None, client_ca: str | None = None, workers: int = 8) -> None:
-        opts = [("grpc.max_receive_message_length", servicer.limits.max_message_bytes),
-                ("grpc.max_send_message_length", servicer.limits.max_message_bytes)]
+        opts = _grpc_options(servicer.limits.max_message_bytes)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts)
-        bunet_pb2_grpc.add_SegmentationServicer_to_server(servicer, self.server)
+        # Describe through the generated (de)serialisers; Run's frames as raw bytes (see frames.py)
+        handlers = {
+            "Describe": grpc.unary_unary_rpc_method_handler(
+                servicer.Describe, request_deserializer=bunet_pb2.DescribeRequest.FromString,
+                response_serializer=bunet_pb2.DescribeReply.SerializeToString),
+            "Run": grpc.stream_stream_rpc_method_handler(servicer.Run),
+        }
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if tls_cert or tls_key:
@@ -237,8 +256,7 @@ class TransportError(RuntimeError):
 
 def open_channel(address: str, *, tls: bool = False, ca: str | None = None, cert: str | None = None,
                  key: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
-    opts = [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)]
+    opts = _grpc_options(max_message_bytes)
     if tls or ca or cert:
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(ca) if ca else None,
@@ -272,6 +290,7 @@ class StubClient:
         self.channel = channel
         self.address = address
         self.stub = bunet_pb2_grpc.SegmentationStub(channel)
+        self._run = channel.stream_stream(f"/{SERVICE_NAME}/Run")  # raw frames (see frames.py)
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
         self.connect_timeout = connect_timeout
 
@@ -285,7 +304,7 @@ class StubClient:
     def job(self) -> tuple[StreamChannel, Callable[[], None]]:
         """A new stream as a Channel, and a function that waits for the stream to end."""
         chan = StreamChannel()
-        call = self.stub.Run(chan.outgoing(), metadata=self.metadata)
+        call = self._run(chan.outgoing(), metadata=self.metadata)
         reader = threading.Thread(target=chan.feed, args=(call,), daemon=True)
         reader.start()
 
