@@ -10,7 +10,9 @@ ways per ReLU over the socket, OT and session setup included), relu_per_s (two p
 loopback TCP, end to end, both pipelined with two worker threads each, --chunk ReLUs per message),
 relu_client_cpu_us / relu_server_cpu_us (CPU time per ReLU of each process, all threads) and
 relu_per_s_cpu_bound (the rate with both cores ours: the machine is shared, so relu_per_s varies
-with the other load; loadavg_at_start/end are recorded).
+with the other load; loadavg_at_start/end are recorded). relu_pool: the fused ReLU + 2x2 max-pool
+(--relus / 4 windows): window_bytes (measured) and window_bytes_circuit(_unfused) (from the circuits,
+client OT messages included), windows_per_s, CPU time per window.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bunet import ring  # noqa: E402
-from bunet.gc import MaxTrunc  # noqa: E402
+from bunet.gc import MaxTrunc, ReluPool  # noqa: E402
 from bunet.gc import circuits as gcc  # noqa: E402
 from bunet.gc.engine import ffi, lib  # noqa: E402
 from bunet.gc.harness import two_party  # noqa: E402
@@ -137,6 +139,34 @@ def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
     }
 
 
+def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
+    """The fused ReLU + 2x2 max-pool (a U-Net encoder level): n windows, 5 outputs each; bytes per
+    window against the unfused steps (4 ReLUs, then a max-pool over their (l - s)-bit outputs)."""
+    op = ReluPool(ring_bits=l, in_bits=l, shift=s)
+    x = ring.random((n, 4), l)
+    yc, ys = ring.share(x, l)
+    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, tcp=True, ot_k=ot_k)
+    el, pooled = ring.relu_pool(x, in_bits=l, shift=s, ring_bits=l)
+    got = ring.add(out_c, out_s, l)
+    ok = bool(np.array_equal(got[:, :4], el) and np.array_equal(got[:, 4], pooled))
+    c = op.circuit
+    ot = 128 // ot_k // 8  # client OT bytes per input bit
+    relu = gcc.max_trunc_circuit(l, l, s, True, 1)
+    pool = gcc.max_trunc_circuit(l, l - s, 0, False, 4)
+    return {
+        "window_three_halves_ands": c.and_gates,
+        "window_garbler_half_gates": c.andg_gates,
+        "window_bytes_circuit": c.bytes_per_inst + 4 * l * ot,
+        "window_bytes_circuit_unfused": 4 * (relu.bytes_per_inst + l * ot) + pool.bytes_per_inst + 4 * (l - s) * ot,
+        "window_bytes": st.total_bytes / n,
+        "windows_per_s": n / st.seconds,
+        "window_client_cpu_us": st.extra["client_cpu_s"] / n * 1e6,
+        "window_server_cpu_us": st.extra["server_cpu_s"] / n * 1e6,
+        "window_n": n,
+        "window_exact": ok,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="write the JSON here too")
@@ -157,6 +187,7 @@ def main() -> None:
     res["l32"] = {"ring_bits": 32, "in_bits": 32, "shift": 12, **bench_relu(32, 12, n, a.chunk)}
     # the bandwidth/CPU knob: SoftSpoken k=2 sends twice the client OT bytes of k=4, for less CPU
     res["default_quantization_ot_k2"] = bench_relu(24, 8, n, a.chunk, ot_k=2)
+    res["relu_pool"] = {"ring_bits": 24, "in_bits": 24, "shift": 8, **bench_relu_pool(24, 8, n // 4, a.chunk // 4)}
     res["cpus"] = os.cpu_count()
     res["loadavg_at_start"] = load0
     res["loadavg_at_end"] = os.getloadavg()[0]
