@@ -80,6 +80,7 @@ def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
         seen.setdefault(threading.current_thread().name, []).append({o: shares[o] for o in step.outs})
 
     monkeypatch.setattr(session, "_store", spy)
+    monkeypatch.setattr(session, "GC_CHUNK", 64)  # many chunks per step (ReluPool: 16 windows each)
     m = seed_unet_model(in_channels=2, base=2, depth=2, input_size=16, seed=11, quantization=quant)
     srv = ServerProtocol(m)
     cli = ClientProtocol(json.loads(json.dumps(srv.describe())))

@@ -110,8 +110,11 @@ def _store(step: Step, op: Any, outs: list[np.ndarray], shape: tuple[int, ...],
         shares[step.out] = np.concatenate(outs).reshape(shape)
 
 
-def _chunks(n: int) -> list[slice]:
-    return [slice(i, min(i + GC_CHUNK, n)) for i in range(0, n, GC_CHUNK)] or [slice(0, 0)]
+def _chunks(n: int, op: Any = None) -> list[slice]:
+    """Instances per message: GC_CHUNK, or GC_CHUNK / 4 windows for ReluPool (its window makes the
+    outputs of 4 ReLUs and a pool: the same values per message as a ReLU step, as many chunks to overlap)."""
+    size = GC_CHUNK // 4 if isinstance(op, gc.ReluPool) else GC_CHUNK
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
 
 
 def conv_spec(step: Step) -> he.ConvSpec:
@@ -225,7 +228,7 @@ class ServerProtocol:
             outs.append(out_s)
 
         try:
-            for sl in _chunks(len(rows)):
+            for sl in _chunks(len(rows), op):
                 job = garbler.claim(op, chan.recv(tag), rows[sl])
                 inflight.append(self._gc_pool.submit(job))
                 while inflight and (len(inflight) >= GC_WINDOW or inflight[0].done()):
@@ -305,7 +308,7 @@ class ClientProtocol:
         at most GC_WINDOW responses are still being evaluated, which bounds memory.
         """
         tag = f"gc:{name}"
-        chunks = _chunks(len(rows))
+        chunks = _chunks(len(rows), op)
         futs: list[Future] = []
         sent = 0
         for i in range(len(chunks)):
