@@ -366,6 +366,28 @@ def test_input_validation(sess):
         Argmax(ring_bits=24, k=0)
     with pytest.raises(ValueError):
         ev.request("relu", np.zeros((1, 1), dtype=np.uint64))
+    for kw in (dict(ring_bits=0), dict(ring_bits=24, in_bits=25), dict(ring_bits=24, in_bits=8, shift=8)):
+        with pytest.raises(ValueError):
+            ReluPool(**kw)
+    rp = ReluPool(ring_bits=24, shift=8)
+    for bad in (np.zeros((3, 1), dtype=np.uint64), np.zeros(4, dtype=np.uint64), np.zeros((3, 5), dtype=np.uint64)):
+        with pytest.raises(ValueError):
+            ev.request(rp, bad)
+
+
+def test_relu_pool_messages_not_interchangeable():
+    """A ReluPool request or response is refused by the other window op (and vice versa)."""
+    ev, g = _session()
+    rp, mp = ReluPool(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, k=4)
+    x = ring.random((5, 4), 24)
+    yc, ys = ring.share(x, 24)
+    req = ev.request(rp, yc)
+    with pytest.raises(ValueError, match="different operation"):
+        g.respond(mp, req, ys)
+    resp, _ = g.respond(rp, req, ys)
+    with pytest.raises(ValueError, match="different operation"):
+        ev.finish(mp, resp)
+    assert ev.finish(rp, resp).shape == (5, 5)
 
 
 def test_two_processes():
