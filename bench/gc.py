@@ -88,14 +88,10 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
 def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
     """Correlated OT extension (SoftSpoken with k bits per block; k = 1 is IKNP), in memory."""
     from bunet.gc.engine import aes_key_schedules
-    from bunet.gc.ot import ggm_choices, ggm_client, ggm_garbler
+    from bunet.gc.ot import local_trees
 
     rng = np.random.default_rng(1)
-    delta = bytearray(rng.bytes(16))
-    delta[0] |= 1
-    delta = bytes(delta)
-    leaves_c, sums = ggm_client(k)
-    leaves_g = ggm_garbler(k, delta, [p[c] for p, c in zip(sums, ggm_choices(k, delta), strict=True)])
+    delta, leaves_c, leaves_g = local_trees(k, seed=1)
 
 
     sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))

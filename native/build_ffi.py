@@ -38,27 +38,34 @@ def make_builder(absolute: bool = False) -> FFI:
 
 ffibuilder = make_builder()
 
-if __name__ == "__main__":
-    os.chdir(ROOT)
-    sys.path.insert(0, ROOT)
+def install_in_place(builder: FFI, package: str, tmp: str) -> str:
+    """Compile ``builder`` and install its module into the source tree (``package`` = "gc" / "he").
+
+    compile() with a dotted module name writes bunet/<package>/_native*.so under tmp. The module is
+    installed under the name setuptools gives it (cffi builds against the limited API) and other
+    variants are dropped, so a build by a script and one by `pip install -e .` never shadow each
+    other. The new file is renamed into place: processes that have the old one loaded keep their
+    (unlinked) copy instead of crashing on a file rewritten under them.
+    """
     import glob
     import shutil
 
-    tmp = os.path.join(ROOT, "build", "cffi")
-    for stale in glob.glob(os.path.join(tmp, "bunet", "gc", "_native*.so")):
+    for stale in glob.glob(os.path.join(tmp, "bunet", package, "_native*.so")):
         os.remove(stale)
-    make_builder(absolute=True).compile(tmpdir=tmp, verbose=False)
-    # compile() with a dotted module name writes bunet/gc/_native*.so under tmpdir. Install it under
-    # the name setuptools gives it (cffi builds against the limited API) and drop other variants, so a
-    # build by this script and one by `pip install -e .` never shadow each other. The new file is
-    # renamed into place: processes that have the old one loaded keep their (unlinked) copy.
-    built = glob.glob(os.path.join(tmp, "bunet", "gc", "_native*.so"))
+    builder.compile(tmpdir=tmp, verbose=False)
+    built = glob.glob(os.path.join(tmp, "bunet", package, "_native*.so"))
     if len(built) != 1:
         sys.exit(f"expected one built module, found {built}")
-    dest = os.path.join(ROOT, "bunet", "gc", "_native.abi3.so")
+    dest = os.path.join(ROOT, "bunet", package, "_native.abi3.so")
     shutil.copy2(built[0], dest + ".tmp")
     os.replace(dest + ".tmp", dest)
-    for old in glob.glob(os.path.join(ROOT, "bunet", "gc", "_native*.so")):
+    for old in glob.glob(os.path.join(ROOT, "bunet", package, "_native*.so")):
         if os.path.abspath(old) != dest:
             os.remove(old)
-    print("built", os.path.relpath(dest, ROOT))
+    return os.path.relpath(dest, ROOT)
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.path.insert(0, ROOT)
+    print("built", install_in_place(make_builder(absolute=True), "gc", os.path.join(ROOT, "build", "cffi")))

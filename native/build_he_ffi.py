@@ -7,10 +7,8 @@ path at run time, so no machine-specific flags are passed here.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
 import sys
 
 from cffi import FFI
@@ -44,17 +42,6 @@ ffibuilder = make_builder()
 if __name__ == "__main__":
     os.chdir(ROOT)
     sys.path.insert(0, ROOT)
-    tmp = os.path.join(ROOT, "build", "cffi_he")
-    make_builder(absolute=True).compile(tmpdir=tmp, verbose=False)
-    # compile() with a dotted module name writes bunet/he/_native*.so under tmpdir.  Install it under
-    # the name setuptools gives it (cffi builds against the limited API) and drop other variants, so
-    # a build by this script and one by `pip install -e .` can never shadow each other.
-    built = glob.glob(os.path.join(tmp, "bunet", "he", "_native*.so"))
-    if len(built) != 1:
-        sys.exit(f"expected one built module, found {built}")
-    dest = os.path.join(ROOT, "bunet", "he", "_native.abi3.so")
-    for old in glob.glob(os.path.join(ROOT, "bunet", "he", "_native*.so")):
-        if os.path.abspath(old) != dest:
-            os.remove(old)
-    shutil.copy2(built[0], dest)
-    print("built", os.path.relpath(dest, ROOT))
+    from build_ffi import install_in_place  # the sibling script (its directory is sys.path[0] here)
+
+    print("built", install_in_place(make_builder(absolute=True), "he", os.path.join(ROOT, "build", "cffi_he")))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bunet import ring
 from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc, ReluPool
 from bunet.gc.engine import aes_key_schedules, ffi, lib
-from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
+from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler, local_trees
 
 HSET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -444,11 +444,7 @@ def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray
     rng = np.random.default_rng(seed)
     n, b = bits.shape
     k = 4
-    delta = bytearray(rng.bytes(16))
-    delta[0] |= 1
-    delta = bytes(delta)
-    leaves_c, sums = ggm_client(k)
-    leaves_g = ggm_garbler(k, delta, [p[c] for p, c in zip(sums, ggm_choices(k, delta), strict=True)])
+    delta, leaves_c, leaves_g = local_trees(k, seed)
     sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
     m = (n * b + 127) // 128 * 128
     vals = (bits.astype(np.uint64) << np.arange(b, dtype=np.uint64)).sum(axis=1).astype(np.uint64)

@@ -154,3 +154,16 @@ def ggm_garbler(k: int, delta: bytes, level_sums: list[bytes]) -> list[list[byte
             known = nxt
         leaves.append([known.get(x, bytes(SEED)) for x in range(1 << k)])
     return leaves
+
+
+def local_trees(k: int, seed: int = 0) -> tuple[bytes, list[list[bytes]], list[list[bytes]]]:
+    """Delta and both parties' GGM trees with the base OTs done in memory, for tests and benchmarks.
+
+    Returns (delta, client leaves, garbler leaves); delta is a deterministic function of ``seed``
+    with its colour bit set. Never for a session: there, the base OTs keep delta from the client.
+    """
+    delta = bytearray(hashlib.sha256(b"bunet local ot %d" % seed).digest()[:16])
+    delta[0] |= 1
+    leaves_c, sums = ggm_client(k)
+    chosen = [pair[c] for pair, c in zip(sums, ggm_choices(k, bytes(delta)), strict=True)]
+    return bytes(delta), leaves_c, ggm_garbler(k, bytes(delta), chosen)
