@@ -1,7 +1,12 @@
-"""cffi build script for the native garbled-circuit engine (API mode, module ``bunet.gc._native``).
+"""cffi build script (API mode) for the two native modules:
 
-Used by setup.py (``cffi_modules``); run as a script to build the extension in place:
-``python native/build_ffi.py`` from the repository root.
+* ``bunet.gc._native`` from bunet_gc.c: the garbled-circuit engine (AES-NI, SSE4.1; VAES/AVX2
+  paths are chosen at run time);
+* ``bunet.he._native`` from bunet_he.c: the HomConv kernels (portable C; the AVX2+FMA path is
+  chosen at run time, so no machine-specific flags are passed).
+
+Used by setup.py (``cffi_modules``: ``gc_builder`` and ``he_builder``); run as a script to build
+both in place: ``python native/build_ffi.py [gc|he ...]`` from the repository root.
 """
 
 from __future__ import annotations
@@ -16,43 +21,56 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _cdef() -> str:
-    with open(os.path.join(HERE, "bunet_gc.h")) as f:
+# module -> C source in native/ (with a header of the same stem), compile flags, link flags, libraries.
+# Plain data, no dataclass: setuptools runs this file through cffi's execfile, outside sys.modules.
+MODULES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
+    "gc": ("bunet_gc.c", ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra"], [], []),
+    "he": ("bunet_he.c", ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wall",
+                          "-Wextra"], ["-pthread"], ["m"]),
+}
+
+
+def _cdef(header: str) -> str:
+    """The header without preprocessor lines and comments (what cffi's parser takes)."""
+    with open(os.path.join(HERE, header)) as f:
         text = f.read()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     return "\n".join(line for line in text.splitlines() if not re.match(r"\s*#", line))
 
 
-CFLAGS = ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra"]
-
-
-def make_builder(absolute: bool = False) -> FFI:
+def make_builder(name: str, absolute: bool = False) -> FFI:
     """The FFI builder; setuptools wants source paths relative to the project root."""
-    src = os.path.join(HERE, "bunet_gc.c") if absolute else os.path.join("native", "bunet_gc.c")
-    inc = HERE if absolute else "native"
+    source, cflags, link, libraries = MODULES[name]
+    header = source[:-2] + ".h"
     b = FFI()
-    b.cdef(_cdef())
-    b.set_source("bunet.gc._native", '#include "bunet_gc.h"', sources=[src], include_dirs=[inc],
-                 extra_compile_args=CFLAGS)
+    b.cdef(_cdef(header))
+    where = HERE if absolute else "native"
+    b.set_source(f"bunet.{name}._native", f'#include "{header}"', sources=[os.path.join(where, source)],
+                 include_dirs=[where], extra_compile_args=cflags, extra_link_args=link, libraries=libraries)
     return b
 
 
-ffibuilder = make_builder()
+gc_builder = make_builder("gc")
+he_builder = make_builder("he")
 
-def install_in_place(builder: FFI, package: str, tmp: str) -> str:
-    """Compile ``builder`` and install its module into the source tree (``package`` = "gc" / "he").
 
-    compile() with a dotted module name writes bunet/<package>/_native*.so under tmp. The module is
-    installed under the name setuptools gives it (cffi builds against the limited API) and other
-    variants are dropped, so a build by a script and one by `pip install -e .` never shadow each
-    other. The new file is renamed into place: processes that have the old one loaded keep their
-    (unlinked) copy instead of crashing on a file rewritten under them.
+def install_in_place(name: str) -> str:
+    """Compile one module and install it into the source tree.
+
+    compile() with a dotted module name writes bunet/<package>/_native*.so under a build folder.
+    The module is installed under the name setuptools gives it (cffi builds against the limited
+    API) and other variants are dropped, so a build by this script and one by `pip install -e .`
+    never shadow each other. The new file is renamed into place: processes that have the old one
+    loaded keep their (unlinked) copy instead of crashing on a file rewritten under them.
     """
     import glob
     import shutil
 
+    package = name
+    tmp = os.path.join(ROOT, "build", f"cffi_{name}")
     for stale in glob.glob(os.path.join(tmp, "bunet", package, "_native*.so")):
         os.remove(stale)
-    builder.compile(tmpdir=tmp, verbose=False)
+    make_builder(name, absolute=True).compile(tmpdir=tmp, verbose=False)
     built = glob.glob(os.path.join(tmp, "bunet", package, "_native*.so"))
     if len(built) != 1:
         sys.exit(f"expected one built module, found {built}")
@@ -68,4 +86,7 @@ def install_in_place(builder: FFI, package: str, tmp: str) -> str:
 if __name__ == "__main__":
     os.chdir(ROOT)
     sys.path.insert(0, ROOT)
-    print("built", install_in_place(make_builder(absolute=True), "gc", os.path.join(ROOT, "build", "cffi")))
+    for name in sys.argv[1:] or list(MODULES):
+        if name not in MODULES:
+            sys.exit(f"unknown module {name!r}: choose from {', '.join(MODULES)}")
+        print("built", install_in_place(name))
