@@ -243,6 +243,36 @@ def test_server_limits_and_survival(model, tmp_path):
         assert np.array_equal(c.segment_slices(x), ref)
 
 
+
+def test_endless_message_is_refused_and_server_survives(server, model):
+    """A client that never ends a message gets an error once it passes the job's largest legitimate
+    message; the server does not buffer beyond that and serves the next job."""
+    import grpc
+
+    from bunet.protocol.session import JobSpec
+    from bunet.service import frames
+    from bunet.service.transport import StubClient, open_channel
+
+    chunk = bytes(1 << 20)
+
+    def hostile():
+        yield frames.encode("job", JobSpec("main", 1, 16, 16).to_bytes(), False)
+        for _ in range(64):  # 64 MiB of one never-ending "he_pk" message
+            yield frames.encode("he_pk", chunk, True)
+
+    stub = StubClient(open_channel(server.address), server.address)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub._run(hostile()))
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "larger than this job allows" in e.value.details()
+    finally:
+        stub.close()
+    x = np.random.default_rng(9).random((1, 1, 16, 16)).astype(np.float32)
+    with Client(server.address) as c:
+        ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+        assert np.array_equal(c.segment_slices(x), ref)
+
 def test_plane_not_served(tmp_path):
     m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8, planes=("xy",))
     with Server(m) as srv, Client(srv.address) as c, pytest.raises(ClientError, match="does not serve plane yz"):

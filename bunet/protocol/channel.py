@@ -48,6 +48,9 @@ class Channel:
     def __init__(self) -> None:
         self.traffic = Traffic()
         self.timeout: float | None = None
+        # largest message to accept (None: any). Transports that reassemble messages from frames
+        # refuse to buffer past it, so a peer cannot exhaust memory with an endless message.
+        self.max_message: int | None = None
 
     def send(self, tag: str, payload: bytes | bytearray | memoryview) -> None:
         self._send(tag, payload)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import gc, he, ring
+from ..he import wire as he_wire
 from ..model.format import Model
 from ..model.plan import LOCAL_KINDS, Plan, Step, apply_local, compile_plan, nonlinear_windows, split_relu_pool
 from .channel import Channel, ProtocolError
@@ -113,8 +114,12 @@ def _store(step: Step, op: Any, outs: list[np.ndarray], shape: tuple[int, ...],
 def _chunks(n: int, op: Any = None) -> list[slice]:
     """Instances per message: GC_CHUNK, or GC_CHUNK / 4 windows for ReluPool (its window makes the
     outputs of 4 ReLUs and a pool: the same values per message as a ReLU step, as many chunks to overlap)."""
-    size = GC_CHUNK // 4 if isinstance(op, gc.ReluPool) else GC_CHUNK
+    size = _chunk_size(op)
     return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+
+
+def _chunk_size(op: Any) -> int:
+    return GC_CHUNK // 4 if isinstance(op, gc.ReluPool) else GC_CHUNK
 
 
 def conv_spec(step: Step) -> he.ConvSpec:
@@ -175,6 +180,7 @@ class ServerProtocol:
             raise ProtocolError("slice size is over the server's limit")
         plan = self.plans[spec.network]
         shapes = plan.shapes(spec.height, spec.width)
+        chan.max_message = self._message_cap(spec, plan, shapes)
         t0 = time.perf_counter()
         hes = self.he.with_public_key(chan.recv("he_pk"))  # the client's key: re-randomises results
         t.add("he", t0)
@@ -211,6 +217,22 @@ class ServerProtocol:
                 raise ProtocolError(f"unknown step kind {step.kind}")
         chan.send("done", b"")
         return t
+
+    def _message_cap(self, spec: JobSpec, plan: Plan, shapes: dict[str, tuple[int, int, int]]) -> int:
+        """The largest message a well-behaved client sends in this job, plus 1 MiB: HE uploads of
+        the job's slices, GC requests of a full chunk with the costliest OT extension (IKNP)."""
+        prm = self.he_params
+        classes = shapes[plan.steps[-1].inputs[0]][0]
+        biggest = 1 << 20  # job spec, public key, GC hello: well below
+        for step in plan.steps:
+            if step.kind == "linear":
+                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
+                cts = layer.plan.n_in_cts(spec.slices)
+                biggest = max(biggest, cts * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES)
+            elif step.kind in ("nonlinear", "argmax"):
+                op = _gc_op(step, plan.ring_bits, classes)
+                biggest = max(biggest, op.message_sizes(_chunk_size(op), ot_k=1)[0])
+        return biggest + (1 << 20)
 
     def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray) -> list[Any]:
         """Receive and claim requests in order, garble on the pool, answer in order.

@@ -74,11 +74,15 @@ class StreamChannel(Channel):
         if not more:
             return tag, bytes(data)
         parts = [data]
+        size = len(data)
         while True:
             t, data, more = self._next()
             if t != tag:
                 raise ProtocolError("interleaved frames from peer")
             parts.append(data)
+            size += len(data)
+            if self.max_message is not None and size > self.max_message:
+                raise ProtocolError(f"message {tag!r} is larger than this job allows ({self.max_message} bytes)")
             if not more:
                 return tag, b"".join(parts)  # the one copy of the payload on the receiving side
 
