@@ -73,8 +73,32 @@ def _check_int(name: str, v: object, lo: int, hi: int) -> int:
     return int(v)
 
 
+class _Op:
+    """What every op shares: its message sizes, from its circuit and its k * in_bits input bits."""
+
+    k: int
+    in_bits: int | None
+
+    @property
+    def circuit(self) -> circuits.Compiled:  # pragma: no cover - each op defines it
+        raise NotImplementedError
+
+    @property
+    def n_outputs(self) -> int:
+        """Re-shared values per instance (MaxTrunc: 1; Argmax reveals labels instead)."""
+        return 1
+
+    def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
+        """(request bytes, response bytes) for n instances, to size chunks for a transport.
+
+        The first request of a session carries 4 KiB more (the OT-extension setup)."""
+        m = _pad128(n * self.k * int(self.in_bits or 0))
+        c = self.circuit
+        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
+
+
 @dataclass(frozen=True)
-class MaxTrunc:
+class MaxTrunc(_Op):
     """``ring.nonlinear`` over windows of k values, re-shared: (n, k) shares -> (n,) shares.
 
     k=1, relu=True: ReLU fused with truncation; k=1, relu=False: truncation; k=4: 2x2 max-pool.
@@ -102,21 +126,10 @@ class MaxTrunc:
     def _params(self) -> tuple[int, int, int, int, int, int]:
         return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)), self.k)
 
-    def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
-        """(request bytes, response bytes) for n instances, to size chunks for a transport.
-
-        The first request of a session carries 4 KiB more (the OT-extension setup)."""
-        m = _pad128(n * self.k * self.in_bits)
-        c = self.circuit
-        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
-
-    @property
-    def n_outputs(self) -> int:
-        return 1
 
 
 @dataclass(frozen=True)
-class ReluPool:
+class ReluPool(_Op):
     """ReLU with truncation over 2x2 windows plus their max-pool: (n, 4) shares -> (n, 5) shares.
 
     Columns 0..3: ``ring.nonlinear`` with k = 1, relu=True of each of the 4 values (the ReLU
@@ -148,17 +161,10 @@ class ReluPool:
     def _params(self) -> tuple[int, int, int, int, int, int]:
         return (OP_RELUPOOL, self.ring_bits, self.in_bits, self.shift, 1, 4)
 
-    def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
-        """(request bytes, response bytes) for n windows, to size chunks for a transport.
-
-        The first request of a session carries 4 KiB more (the OT-extension setup)."""
-        m = _pad128(n * 4 * self.in_bits)
-        c = self.circuit
-        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
 
 @dataclass(frozen=True)
-class Argmax:
+class Argmax(_Op):
     """Index of the largest of k signed in_bits-bit values (ties: lowest), for the client only."""
 
     ring_bits: int
@@ -178,17 +184,6 @@ class Argmax:
     def _params(self) -> tuple[int, int, int, int, int, int]:
         return (OP_ARGMAX, self.ring_bits, self.in_bits, 0, 0, self.k)
 
-    def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
-        """(request bytes, response bytes) for n instances, to size chunks for a transport.
-
-        The first request of a session carries 4 KiB more (the OT-extension setup)."""
-        m = _pad128(n * self.k * self.in_bits)
-        c = self.circuit
-        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
-
-    @property
-    def n_outputs(self) -> int:
-        return 1
 
 
 Op = MaxTrunc | ReluPool | Argmax
