@@ -255,6 +255,20 @@ static inline void bytes_16x8(const uint8_t *inp, uint64_t nb, block *v) {
     }
 }
 
+/* One byte column (8 bit columns) of 16 rows starting at row rr: the tail of both transposes. */
+static void transpose_tail16(const uint8_t *inp, uint8_t *out, uint64_t rr, uint64_t cb, uint64_t nb, uint64_t ob) {
+    union {
+        block x;
+        uint8_t b[16];
+    } tmp;
+    for (int i = 0; i < 16; i++) tmp.b[i] = inp[(rr + i) * nb + cb];
+    for (int k = 7; k >= 0; k--) {
+        const uint16_t m16 = (uint16_t)_mm_movemask_epi8(tmp.x);
+        memcpy(out + (cb * 8 + k) * ob + rr / 8, &m16, 2);
+        tmp.x = _mm_slli_epi64(tmp.x, 1);
+    }
+}
+
 /* AVX2: tiles of 32 rows x 64 columns, one 32-bit movemask per output column and tile */
 __attribute__((target("avx2"))) static void transpose_avx2(const uint8_t *inp, uint8_t *out, uint64_t nrows,
                                                            uint64_t ncols) {
@@ -275,17 +289,9 @@ __attribute__((target("avx2"))) static void transpose_avx2(const uint8_t *inp, u
                 }
             }
         }
-        for (; cb < nb; cb++) { /* tail: one byte column at a time */
-            union {
-                __m256i x;
-                uint8_t b[32];
-            } tmp;
-            for (int i = 0; i < 32; i++) tmp.b[i] = inp[(rr + i) * nb + cb];
-            for (int k = 7; k >= 0; k--) {
-                const uint32_t m32 = (uint32_t)_mm256_movemask_epi8(tmp.x);
-                memcpy(out + (cb * 8 + k) * ob + rr / 8, &m32, 4);
-                tmp.x = _mm256_slli_epi64(tmp.x, 1);
-            }
+        for (; cb < nb; cb++) { /* tail: one byte column at a time, as two 16-row halves */
+            transpose_tail16(inp, out, rr, cb, nb, ob);
+            transpose_tail16(inp, out, rr + 16, cb, nb, ob);
         }
     }
 }
@@ -315,18 +321,7 @@ void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t nco
                 }
             }
         }
-        for (; cb < nb; cb++) { /* tail: one byte column at a time */
-            union {
-                block x;
-                uint8_t b[16];
-            } tmp;
-            for (int i = 0; i < 16; i++) tmp.b[i] = inp[(rr + i) * nb + cb];
-            for (int k = 7; k >= 0; k--) {
-                const uint16_t m16 = (uint16_t)_mm_movemask_epi8(tmp.x);
-                memcpy(out + (cb * 8 + k) * ob + rr / 8, &m16, 2);
-                tmp.x = _mm_slli_epi64(tmp.x, 1);
-            }
-        }
+        for (; cb < nb; cb++) transpose_tail16(inp, out, rr, cb, nb, ob); /* tail: one byte column at a time */
     }
 }
 
