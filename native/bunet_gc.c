@@ -533,6 +533,113 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
     sst_q_rows(leaves, k, delta, cm, blk_off, 0, m, q_rows);
 }
 
+/* ---------------------------------------------------------------- carry look-up tables
+ * The carry out of the d low bits of a + x (a: the client's bits, x: the server's), d <= 8, as a
+ * 1-of-2^d OT of one bit built from d random OTs (Naor-Pinkas): the client (sender of the table, and
+ * sender of the reverse OT extension, rows q / q ^ delta) encrypts entry x with
+ *   pad_x = XOR_j bit x of R_j^{x_j},  R_j^b = H(q_j ^ b delta)  (256 bits: tweaks 2r and 2r + 1 of row r),
+ * so the server (receiver, rows t_j = q_j ^ x_j delta for its own bits x) can open entry x only. Every
+ * bit of R_j^b pads exactly one entry (x with x_j = b), so the entries it cannot open are independent
+ * and uniform. Entry x holds carry(a + x >= 2^d) ^ rho, rho the client's random mask bit.
+ * Tables are 2^d bits (at least one byte), entry x at bit x % 8 of byte x / 8. */
+static const uint64_t LUT_DOM = 0x4c55540000000000ULL; /* "LUT" hash domain */
+static const uint64_t lut_mask_lo[6] = {0xAAAAAAAAAAAAAAAAULL, 0xCCCCCCCCCCCCCCCCULL, 0xF0F0F0F0F0F0F0F0ULL,
+                                        0xFF00FF00FF00FF00ULL, 0xFFFF0000FFFF0000ULL, 0xFFFFFFFF00000000ULL};
+
+static inline uint64_t lut_mask(uint32_t j, uint32_t w) { /* word w of {x : bit j of x set} */
+    if (j < 6) return lut_mask_lo[j];
+    return ((w >> (j - 6)) & 1) ? ~0ULL : 0ULL;
+}
+
+static inline uint32_t lut_bytes(uint32_t d) { return d >= 3 ? (1u << d) / 8 : 1; }
+
+/* R_j^b for rows [0, rows): out[2 * r + h] = H(in_r, tweak 2 (row0 + r) + h), h = 0..nblk-1 */
+static void lut_hash(const aeskey *K, const block *in, block *out, uint64_t rows, uint64_t row0, uint32_t nblk,
+                     block *tmp) {
+    for (uint32_t h = 0; h < nblk; h++) {
+        hash_batch(K, in, tmp, rows, 2 * row0 + h, 2, LUT_DOM);
+        for (uint64_t r = 0; r < rows; r++) out[2 * r + h] = tmp[r];
+    }
+}
+
+#define LUT_CHUNK 1024 /* rows per hashing pass */
+
+int bn_lut_send(uint64_t n, uint32_t d, const uint8_t *q_rows, const uint8_t *delta, const uint8_t *rk, uint64_t row0,
+                const uint16_t *a, const uint8_t *rho, uint8_t *tables) {
+    if (d < 1 || d > 8) return -3;
+    aeskey K;
+    load_key(&K, rk);
+    const block D = _mm_loadu_si128((const block *)delta);
+    const uint32_t nblk = d == 8 ? 2 : 1, nw = d >= 6 ? (1u << d) / 64 : 1, tb = lut_bytes(d);
+    const uint64_t full = d >= 6 ? ~0ULL : ((1ULL << (1u << d)) - 1);
+    const uint64_t per = LUT_CHUNK / d; /* items per pass */
+    block *qd = aligned_alloc(64, (size_t)LUT_CHUNK * sizeof(block));
+    block *r0 = aligned_alloc(64, (size_t)2 * LUT_CHUNK * sizeof(block));
+    block *r1 = aligned_alloc(64, (size_t)2 * LUT_CHUNK * sizeof(block));
+    block *tmp = aligned_alloc(64, (size_t)LUT_CHUNK * sizeof(block));
+    if (!qd || !r0 || !r1 || !tmp) {
+        free(qd), free(r0), free(r1), free(tmp);
+        return -1;
+    }
+    for (uint64_t i0 = 0; i0 < n; i0 += per) {
+        const uint64_t cnt = n - i0 < per ? n - i0 : per, rows = cnt * d;
+        const block *q = (const block *)(q_rows + 16 * i0 * d);
+        for (uint64_t r = 0; r < rows; r++) qd[r] = _mm_xor_si128(_mm_loadu_si128(q + r), D);
+        lut_hash(&K, q, r0, rows, row0 + i0 * d, nblk, tmp);
+        lut_hash(&K, qd, r1, rows, row0 + i0 * d, nblk, tmp);
+        for (uint64_t i = 0; i < cnt; i++) {
+            uint64_t t[4] = {0, 0, 0, 0};
+            const uint64_t ai = a[i0 + i] & ((1u << d) - 1), lo = (1ULL << d) - ai; /* carry iff x >= lo */
+            for (uint32_t w = 0; w < nw; w++) {
+                const uint64_t base = 64ULL * w; /* entries base .. base + 63 */
+                uint64_t f;
+                if (ai == 0 || lo >= base + 64) f = 0;
+                else if (lo <= base) f = ~0ULL;
+                else f = ~0ULL << (lo - base);
+                t[w] = (f ^ (rho[i0 + i] & 1 ? ~0ULL : 0ULL)) & full;
+            }
+            for (uint32_t j = 0; j < d; j++) {
+                const uint64_t *x0 = (const uint64_t *)(r0 + 2 * (i * d + j));
+                const uint64_t *x1 = (const uint64_t *)(r1 + 2 * (i * d + j));
+                for (uint32_t w = 0; w < nw; w++) t[w] ^= (x0[w] ^ ((x0[w] ^ x1[w]) & lut_mask(j, w))) & full;
+            }
+            memcpy(tables + (i0 + i) * tb, t, tb);
+        }
+    }
+    free(qd), free(r0), free(r1), free(tmp);
+    return 0;
+}
+
+int bn_lut_recv(uint64_t n, uint32_t d, const uint8_t *t_rows, const uint8_t *rk, uint64_t row0, const uint16_t *x,
+                const uint8_t *tables, uint8_t *bits) {
+    if (d < 1 || d > 8) return -3;
+    aeskey K;
+    load_key(&K, rk);
+    const uint32_t nblk = d == 8 ? 2 : 1, tb = lut_bytes(d);
+    const uint64_t per = LUT_CHUNK / d;
+    block *r = aligned_alloc(64, (size_t)2 * LUT_CHUNK * sizeof(block));
+    block *tmp = aligned_alloc(64, (size_t)LUT_CHUNK * sizeof(block));
+    if (!r || !tmp) {
+        free(r), free(tmp);
+        return -1;
+    }
+    for (uint64_t i0 = 0; i0 < n; i0 += per) {
+        const uint64_t cnt = n - i0 < per ? n - i0 : per, rows = cnt * d;
+        lut_hash(&K, (const block *)(t_rows + 16 * i0 * d), r, rows, row0 + i0 * d, nblk, tmp);
+        for (uint64_t i = 0; i < cnt; i++) {
+            const uint32_t xi = x[i0 + i] & ((1u << d) - 1);
+            uint64_t p = (tables[(i0 + i) * tb + xi / 8] >> (xi % 8)) & 1;
+            for (uint32_t j = 0; j < d; j++) {
+                const uint64_t *h = (const uint64_t *)(r + 2 * (i * d + j));
+                p ^= (h[xi / 64] >> (xi % 64)) & 1;
+            }
+            bits[i0 + i] = (uint8_t)p;
+        }
+    }
+    free(r), free(tmp);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- circuits */
 
 enum { G_XOR = 0, G_NOT = 1, G_XORG = 2, G_AND = 3, G_ANDG = 4, G_B2A = 5, G_B2A2 = 6, G_NOUT = 7, G_REVEAL = 8,
@@ -589,6 +696,13 @@ static void pack_vals(uint8_t *dst, const uint64_t *v, uint32_t cnt, uint32_t m)
         dst += m;
     }
     if (i < cnt) pack_vals_serial(dst, v + i, cnt - i, m);
+}
+
+/* the low m bits of each of cnt values, back to back (value i at bits i*m ..), zero-padded to out_bits */
+void bn_pack_bits(const uint64_t *vals, uint64_t cnt, uint32_t m, uint8_t *out, uint64_t out_bits) {
+    const uint64_t used = (cnt * m + 7) / 8;
+    pack_vals(out, vals, (uint32_t)cnt, m);
+    memset(out + used, 0, out_bits / 8 - used);
 }
 
 /* The client's choice bits in the engine's row order: instances in chunks of NB (the last one

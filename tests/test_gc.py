@@ -17,10 +17,18 @@ from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, g
 HSET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def _session() -> tuple[Evaluator, Garbler]:
-    ev, g = Evaluator(), Garbler()
-    ev.finish_hello(g.hello(ev.hello()))
+def _handshake(ev: Evaluator, g: Garbler) -> tuple[Evaluator, Garbler]:
+    ev.finish_setup(g.finish_hello(ev.finish_hello(g.hello(ev.hello()))))
     return ev, g
+
+
+def _session() -> tuple[Evaluator, Garbler]:
+    return _handshake(Evaluator(), Garbler())
+
+
+def _req(ev: Evaluator, g: Garbler, op, yc: np.ndarray, ys: np.ndarray) -> bytes:
+    """The client's request, after the server's pre-message for ops with a carry look-up."""
+    return ev.request(op, yc, g.pre(op, ys) if op.lut_bits else None)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +39,7 @@ def sess() -> tuple[Evaluator, Garbler]:
 def _run(sess, op, x: np.ndarray):
     ev, g = sess
     yc, ys = ring.share(x, op.ring_bits)
-    resp, out_s = g.respond(op, ev.request(op, yc), ys)
+    resp, out_s = g.respond(op, _req(ev, g, op, yc, ys), ys)
     return ev.finish(op, resp), out_s
 
 
@@ -78,7 +86,7 @@ def test_extreme_shares(sess):
     yc = np.array([[a] for a, _ in pairs], dtype=np.uint64)
     ys = np.array([[b] for _, b in pairs], dtype=np.uint64)
     ev, g = sess
-    resp, out_s = g.respond(op, ev.request(op, yc), ys)
+    resp, out_s = g.respond(op, _req(ev, g, op, yc, ys), ys)
     out_c = ev.finish(op, resp)
     want = ring.nonlinear(ring.add(yc, ys, l), in_bits=l, shift=8, relu=True, ring_bits=l)
     np.testing.assert_array_equal(ring.add(out_c, out_s, l), want)
@@ -190,7 +198,7 @@ def test_argmax(sess, l, b, k):
     for x in (ring.random((257, k), l), _extremes(l, 99, k, rng), np.zeros((3, k), dtype=np.uint64),
               np.zeros((0, k), dtype=np.uint64)):
         yc, ys = ring.share(x, l)
-        resp, none = g.respond(op, ev.request(op, yc), ys)
+        resp, none = g.respond(op, _req(ev, g, op, yc, ys), ys)
         assert none is None
         got = ev.finish(op, resp)
         assert got.dtype == np.int64
@@ -268,8 +276,7 @@ def test_cot_correlation(k):
 
 @pytest.mark.parametrize("k", [1, 2, 8])
 def test_other_ot_k(k):
-    ev, g = Evaluator(ot_k=k), Garbler()
-    ev.finish_hello(g.hello(ev.hello()))
+    ev, g = _handshake(Evaluator(ot_k=k), Garbler())
     op = MaxTrunc(ring_bits=32, in_bits=32, shift=12, relu=True)
     for n in (300, 1):
         x = ring.random((n, 1), 32)
@@ -283,7 +290,7 @@ def test_pipelined_out_of_order_and_threads():
     op = MaxTrunc(ring_bits=32, in_bits=32, shift=12, relu=True)
     xs = [ring.random((500 + i, 1), 32) for i in range(4)]
     shares = [ring.share(x, 32) for x in xs]
-    reqs = [ev.request(op, yc) for yc, _ in shares]
+    reqs = [_req(ev, g, op, yc, ys) for yc, ys in shares]
     results: list = [None] * 4
 
     def work(i):
@@ -312,7 +319,7 @@ def test_bad_messages():
     op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True)
     x = ring.random((10, 1), 24)
     yc, ys = ring.share(x, 24)
-    req = ev.request(op, yc)
+    req = _req(ev, g, op, yc, ys)
     with pytest.raises(ValueError):
         g.respond(op, req[:-1], ys)  # truncated
     with pytest.raises(ValueError):
@@ -343,11 +350,24 @@ def test_bad_messages():
     with pytest.raises(ValueError):
         Evaluator().finish_hello(b"\0" * 10)
     with pytest.raises(ValueError):
-        Garbler().hello(b"BNG1\x01\x04" + b"\0" * 48)  # invalid group element
+        Garbler().hello(b"BNG2\x01\x04" + b"\0" * 48)  # invalid group element
     with pytest.raises(ValueError):
-        Garbler().hello(b"BNG1\x01\x03" + b"\0" * 48)  # unsupported OT parameter
+        Garbler().hello(b"BNG2\x01\x03" + b"\0" * 48)  # unsupported OT parameter
     with pytest.raises(ValueError):
         Evaluator().request(op, yc)  # no session
+    ev3, g3 = Evaluator(), Garbler()
+    m3 = ev3.finish_hello(g3.hello(ev3.hello()))
+    with pytest.raises(ValueError):
+        ev3.request(op, yc)  # setup not finished
+    with pytest.raises(ValueError):
+        g3.finish_hello(m3[:-1])  # truncated
+    with pytest.raises(ValueError):
+        g2.finish_hello(m3)  # another session's setup
+    ev3.finish_setup(g3.finish_hello(m3))
+    with pytest.raises(ValueError):
+        ev3.request(op, yc)  # no pre-message
+    with pytest.raises(ValueError):
+        g3.respond(op, ev3.request(op, yc, g.pre(op, ys)), ys)  # a pre-message of another session
 
 
 def test_input_validation(sess):
@@ -381,7 +401,7 @@ def test_relu_pool_messages_not_interchangeable():
     rp, mp = ReluPool(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, k=4)
     x = ring.random((5, 4), 24)
     yc, ys = ring.share(x, 24)
-    req = ev.request(rp, yc)
+    req = _req(ev, g, rp, yc, ys)
     with pytest.raises(ValueError, match="different operation"):
         g.respond(mp, req, ys)
     resp, _ = g.respond(rp, req, ys)
@@ -422,19 +442,19 @@ def test_transpose(nrows, ncols):
 
 @pytest.mark.parametrize("ot_k", [1, 2, 4])
 def test_message_sizes(ot_k):
-    ev, g = Evaluator(ot_k=ot_k), Garbler()
-    ev.finish_hello(g.hello(ev.hello()))
+    ev, g = _handshake(Evaluator(ot_k=ot_k), Garbler())
     for op in (MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
                ReluPool(ring_bits=24, shift=8), Argmax(ring_bits=24, k=3)):
         for n in (100, 257):
             x = ring.random((n, op.k), op.ring_bits)
             yc, ys = ring.share(x, op.ring_bits)
-            req = ev.request(op, yc)
+            pre = g.pre(op, ys) if op.lut_bits else None
+            req = ev.request(op, yc, pre)
             resp, _ = g.respond(op, req, ys)
             ev.finish(op, resp)
             want_req, want_resp = op.message_sizes(n, ot_k)
-            first = 4096 if ev._seq == 1 else 0  # the session's first request carries the OT setup
-            assert len(req) == want_req + first and len(resp) == want_resp
+            assert len(req) == want_req and len(resp) == want_resp
+            assert (len(pre) if pre else 0) == op.pre_size(n, ot_k)
 
 
 def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray:
@@ -514,7 +534,7 @@ def test_claim_in_order_garble_concurrently():
     op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True)
     xs = [ring.random((300 + 7 * i, 1), 24) for i in range(5)]
     shares = [ring.share(x, 24) for x in xs]
-    reqs = [ev.request(op, yc) for yc, _ in shares]
+    reqs = [_req(ev, g, op, yc, ys) for yc, ys in shares]
     jobs = [g.claim(op, req, ys) for req, (_, ys) in zip(reqs, shares, strict=True)]
     with pytest.raises(ValueError):  # a claimed request cannot be claimed again
         g.claim(op, reqs[0], shares[0][1])
@@ -540,3 +560,75 @@ def test_two_processes_errors_surface():
     bad[1500] = np.uint64(1 << 30)
     with pytest.raises(RuntimeError, match="server shares"):
         two_party(op, yc, bad, chunk=1000)
+
+
+@HSET
+@given(d=st.integers(1, 8), n=st.integers(1, 700), seed=st.integers(0, 2**32 - 1))
+def test_carry_tables(d, n, seed):
+    """bn_lut_send / bn_lut_recv: the receiver opens carry(a + x >= 2^d) ^ rho at its own x only."""
+    rng = np.random.default_rng(seed)
+    rk = aes_key_schedules([rng.bytes(16)])
+    q = rng.integers(0, 256, (n * d, 16), dtype=np.uint8)
+    delta = rng.integers(0, 256, 16, dtype=np.uint8)
+    a = rng.integers(0, 1 << d, n).astype(np.uint16)
+    x = rng.integers(0, 1 << d, n).astype(np.uint16)
+    a[:2], x[:2] = 0, (1 << d) - 1  # no carry at a = 0; the largest x
+    rho = rng.integers(0, 2, n).astype(np.uint8)
+    tb = max(1, (1 << d) // 8)
+    tab = np.zeros(n * tb, dtype=np.uint8)
+    u8, u16 = (lambda v: ffi.from_buffer("uint8_t[]", v)), (lambda v: ffi.from_buffer("uint16_t[]", v))
+    assert lib.bn_lut_send(n, d, u8(q), u8(delta), rk, 640, u16(a), u8(rho), u8(tab)) == 0
+    t = q.copy()
+    t[((x[:, None] >> np.arange(d)) & 1).reshape(-1).astype(bool)] ^= delta  # the receiver's rows
+    want = ((a.astype(np.int64) + x) >= (1 << d)).astype(np.uint8) ^ rho
+    got = np.empty(n, dtype=np.uint8)
+    assert lib.bn_lut_recv(n, d, u8(t), rk, 640, u16(x), u8(tab), u8(got)) == 0
+    np.testing.assert_array_equal(got, want)
+    if n >= 200:  # another entry (or the wrong rows) opens to noise, not to the carry
+        assert lib.bn_lut_recv(n, d, u8(t), rk, 641, u16(x), u8(tab), u8(got)) == 0
+        assert 0.3 < np.mean(got == want) < 0.7
+
+
+@pytest.mark.parametrize("op", [MaxTrunc(ring_bits=24, shift=8, lut=False), ReluPool(ring_bits=24, shift=8, lut=False),
+                                MaxTrunc(ring_bits=20, in_bits=18, shift=11, relu=False)])
+def test_lut_on_and_off(sess, op):
+    """With and without the carry look-up (and with d < shift), the same exact result; the look-up saves
+    the d low bits' carries (d - 1 ANDs + 1 garbler half gate per value)."""
+    x = np.concatenate([ring.random((300, op.k), op.ring_bits), _extremes(op.ring_bits, 50, op.k,
+                                                                          np.random.default_rng(3))])
+    out_c, out_s = _run(sess, op, x)
+    kw = dict(in_bits=op.in_bits, shift=op.shift, ring_bits=op.ring_bits)
+    if isinstance(op, ReluPool):
+        el, po = ring.relu_pool(x, **kw)
+        np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), np.concatenate([el, po[:, None]], 1))
+    else:
+        np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
+    on = MaxTrunc(ring_bits=24, shift=8)
+    off = MaxTrunc(ring_bits=24, shift=8, lut=False)
+    assert off.circuit.and_gates - on.circuit.and_gates == 7 and off.circuit.andg_gates - on.circuit.andg_gates == 1
+
+
+def test_pre_message_checks():
+    ev, g = _session()
+    op = MaxTrunc(ring_bits=24, shift=8)
+    x = ring.random((40, 1), 24)
+    yc, ys = ring.share(x, 24)
+    pre = g.pre(op, ys)
+    with pytest.raises(ValueError):
+        ev.request(MaxTrunc(ring_bits=24, shift=7), yc, pre)  # made for another op
+    with pytest.raises(ValueError):
+        ev.request(op, yc[:10], pre)  # another n
+    with pytest.raises(ValueError):
+        ev.request(Argmax(ring_bits=24, k=1), yc, pre)  # an op without a look-up
+    with pytest.raises(ValueError):
+        g.pre(Argmax(ring_bits=24, k=1), ys)
+    req = ev.request(op, yc, pre)
+    with pytest.raises(ValueError):
+        ev.request(op, yc, pre)  # replayed
+    other = ys.copy()
+    other[0] ^= np.uint64(1)
+    with pytest.raises(ValueError, match="different server shares"):
+        g.respond(op, req, other)
+    resp, out_s = g.respond(op, req, ys)
+    np.testing.assert_array_equal(ring.add(ev.finish(op, resp), out_s, 24),
+                                  ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24))

@@ -4,9 +4,10 @@ The server garbles, the client evaluates::
 
     from bunet.gc import Garbler, Evaluator, MaxTrunc, Argmax
     ev, g = Evaluator(), Garbler()
-    ev.finish_hello(g.hello(ev.hello()))
+    ev.finish_setup(g.finish_hello(ev.finish_hello(g.hello(ev.hello()))))
     op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True, k=1)
-    resp, out_s = g.respond(op, ev.request(op, yc), ys)
+    pre = g.pre(op, ys)                # ops with a carry look-up (op.lut_bits > 0) only
+    resp, out_s = g.respond(op, ev.request(op, yc, pre), ys)
     out_c = ev.finish(op, resp)
 """
 

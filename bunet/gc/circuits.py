@@ -138,16 +138,24 @@ class _Builder:
         return self.xor(y, self.and_(sel, self.xor(x, y)))
 
     # --- arithmetic
-    def share_sum(self, j: int, b: int, keep_from: int) -> list[int]:
+    def share_sum(self, j: int, b: int, keep_from: int, carry_in: bool = False) -> list[int]:
         """Bits keep_from..b-1 of (client share + server share) mod 2^b for input value j.
 
         The server's bits are garbler plaintext (free XOR); carries: ANDG for bit 0, then one
-        AND per bit: b - 2 ANDs + 1 garbler half gate.
+        AND per bit: b - 2 ANDs + 1 garbler half gate. With ``carry_in``, bit 0 is not a value bit
+        but the carry into bit 1, shared as (client bit) XOR (server bit) (see ``engine``'s carry
+        look-up): b - 2 ANDs, no garbler half gate.
         """
         s: list[int] = []
         c = C0
         for i in range(b):
             a = j * b + i
+            if carry_in and i == 0:
+                if keep_from == 0:
+                    raise ValueError("with carry_in, bit 0 is a carry, not an output bit")
+                c = self.xorg(a, j, 0)
+                s.append(C0)  # placeholder: never kept
+                continue
             s.append(self.xorg(a, j, i) if c == C0 else self._emit(SUM, a, c, j, i))
             if i < b - 1:
                 # carry c' = c ^ ((a ^ c) & (g ^ c)): one fused CARRY gate (a three-halves AND)
@@ -252,7 +260,8 @@ def _finish(bld: _Builder, const_out: int = 0, n_outputs: int = 1) -> Compiled:
 
 
 @functools.lru_cache(maxsize=64)
-def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: int) -> Compiled:
+def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: int,
+                      carry_in: bool = False) -> Compiled:
     """``ring.nonlinear`` over windows of k values, output re-shared in Z_{2^l}.
 
     Truncation commutes with max (floor is monotone), so the window maximum is taken over the
@@ -267,7 +276,7 @@ def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: i
     """
     b, s, l = in_bits, shift, ring_bits
     bld = _Builder(k * b)
-    vals = [bld.share_sum(j, b, s) for j in range(k)]
+    vals = [bld.share_sum(j, b, s, carry_in) for j in range(k)]
     _max_out(bld, vals, relu, l, 0)
     return _finish(bld)
 
@@ -313,7 +322,7 @@ def _max_out(bld: _Builder, vals: list[list[int]], relu: bool, l: int, oi: int) 
 
 
 @functools.lru_cache(maxsize=64)
-def relu_pool_circuit(ring_bits: int, in_bits: int, shift: int) -> Compiled:
+def relu_pool_circuit(ring_bits: int, in_bits: int, shift: int, carry_in: bool = False) -> Compiled:
     """ReLU with truncation on a 2x2 window, plus the window's max-pool: 4 values in, 5 outputs.
 
     Outputs 0..3: ``nonlinear(y_j, in_bits=b, shift=s, relu=True)`` (the ReLU itself, for the
@@ -328,7 +337,7 @@ def relu_pool_circuit(ring_bits: int, in_bits: int, shift: int) -> Compiled:
     """
     b, s, l = in_bits, shift, ring_bits
     bld = _Builder(4 * b)
-    vals = [bld.share_sum(j, b, s) for j in range(4)]
+    vals = [bld.share_sum(j, b, s, carry_in) for j in range(4)]
     mb = b - s
     for j, v in enumerate(vals):
         bld.times(bld.not_(v[-1]), v[:-1], [0] * (mb - 1), l, j)

@@ -1,39 +1,53 @@
 """Garbler (server) and evaluator (client) over NumPy share arrays; messages are bytes.
 
-Session setup (three messages, once)::
+Session setup (four messages, once)::
 
-    m1 = ev.hello(); m2 = g.hello(m1); ev.finish_hello(m2)
+    m1 = ev.hello(); m2 = g.hello(m1); m3 = ev.finish_hello(m2); m4 = g.finish_hello(m3)
+    ev.finish_setup(m4)
 
-128 base OTs (Chou-Orlandi; the evaluator is the base-OT sender), then every layer is one
-request/response::
+128 base OTs (Chou-Orlandi; the evaluator is the base-OT sender) set up the forward OT extension
+(server = sender, its correlation is the free-XOR offset Delta); 128 forward OTs, hashed, are the
+base OTs of a reverse extension (server = receiver, client's random correlation Delta'). Then
+every layer is one request/response per chunk, after a pre-message for ops with a carry look-up::
 
-    req = ev.request(op, yc)              # OT-extension message for the client's input bits
+    pre = g.pre(op, ys)                   # only if op.lut_bits: reverse OTs on the server's low bits
+    req = ev.request(op, yc, pre)         # OT-extension message for the client's input bits (+ tables)
     resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
     out_c = ev.finish(op, resp)
 
 OT extension is SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
-k = 1 is plain IKNP): the client sends 128/k bits per input bit (16 bytes for IKNP, 4 for the
-default k = 4; k = 2 costs 8 bytes and less CPU). Its correlation is the garbler's free-XOR
-offset Delta, so the correlated OTs are directly the client's input labels: the garbler sends
-nothing per client input bit, and the server's own share bits are XOR-ed in for free. The
-GGM-punctured trees behind SoftSpoken are set up once: the client's encrypted level sums ride
-on the first request (4 KiB, once).
+k = 1 is plain IKNP): the receiver sends 128/k bits per OT (16 bytes for IKNP, 4 for the
+default k = 4; k = 2 costs 8 bytes and less CPU). The forward correlated OTs are directly the
+client's input labels: the garbler sends nothing per client input bit, and the server's own
+share bits are XOR-ed in for free.
+
+Carry look-up (``lut_bits`` d = min(shift, 8) for truncating ops): the d low bits of a value are
+dropped by the truncation, only their carry matters. Instead of d - 1 ANDs and a garbler half
+gate in the circuit, the client sends a 2^d-bit table per value (entry x: the carry of its low
+bits + x, masked by a fresh random bit rho), encrypted under d reverse OTs so that the server
+opens exactly the entry of its own low bits (1-of-2^d OT from d random OTs, Naor-Pinkas; see
+``bn_lut_send`` in native/bunet_gc.c). The server learns carry ^ rho (uniform), the client
+nothing; in the circuit the value's bit 0 becomes rho (client input) XOR carry ^ rho (garbler
+plaintext), the carry into bit d. A ReLU at (24, 24, 8): 568.5 bytes instead of 720.5.
 
 Requests must reach ``respond`` in the order they were made (checked: the sequence number fixes
-the OT range and the hash tweaks, which are never reused); ``finish`` may take responses in any
-order and the C calls release the GIL, so chunks can be pipelined and run on two threads.
-``g.claim(op, req, ys)`` does the in-order part of ``respond`` and returns the garbling job, so
-a server can garble several chunks at once (``respond(...)`` is ``claim(...)()``). Chunks of
-about 8192 ReLUs keep each call's working set in cache (bunet.gc.harness shows the pattern:
-both parties pipelined, two worker threads each).
+the OT range and the hash tweaks, which are never reused); pre-messages pair with requests in
+order. ``finish`` may take responses in any order and the C calls release the GIL, so chunks can
+be pipelined and run on two threads. ``g.claim(op, req, ys)`` does the in-order part of
+``respond`` and returns the garbling job, so a server can garble several chunks at once
+(``respond(...)`` is ``claim(...)()``). Chunks of about 8192 ReLUs keep each call's working set
+in cache (bunet.gc.harness shows the pattern: both parties pipelined, two worker threads each).
 
 Costs per instance (AND = three-halves garbling, Rosulek-Roy 2021: 24 bytes + 5 control bits;
-ANDG = garbler half gate, 16 bytes; see ``circuits``): MaxTrunc k=1 (ReLU or truncation): b-2 AND
-+ 1 ANDG, plus (l-j)-bit arithmetic ciphertexts per output bit j (two per bit for the ReLU, fused
-with its multiplexer): 624.5 bytes for the default ReLU (l = b = 24, s = 8), plus 96 bytes of
-client OT messages at ot_k = 4; MaxTrunc k=4: 4(b-2) + 5(b-s) (+2 with ReLU) AND + 4 ANDG;
-ReluPool (a 2x2 window's 4 ReLUs and their max, 5 outputs): the same gates as MaxTrunc k=4 with
-ReLU, 4650.75 bytes for (24, 24, 8); Argmax over K: K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
+ANDG = garbler half gate, 16 bytes; see ``circuits``), with the carry look-up (d = min(s, 8)):
+MaxTrunc k=1 (ReLU or truncation): b - d - 1 AND, plus (l-j)-bit arithmetic ciphertexts per
+output bit j (two per bit for the ReLU, fused with its multiplexer): 436.1 bytes garbled for the
+default ReLU (l = b = 24, s = 8), plus 100 bytes up (17 OTs at ot_k = 4 and a 32-byte table) and
+32 bytes of reverse OTs down; without it (``lut=False``) b - 2 AND + 1 ANDG, 624.5 + 96 bytes.
+MaxTrunc k=4: 4(b - d - 1) + 5(b - s) (+2 with ReLU) AND; ReluPool (a 2x2 window's 4 ReLUs and
+their max, 5 outputs): the same gates as MaxTrunc k=4 with ReLU, 3,897.25 + 400 + 128 bytes for
+(24, 24, 8) (5,034.75 without the look-up); Argmax over K: K(b-2) + (K-1)b + (K-2)b + index muxes AND
++ K ANDG (no truncation, no look-up).
 """
 
 from __future__ import annotations
@@ -43,6 +57,7 @@ import hashlib
 import os
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,8 +76,10 @@ except ImportError as e:  # pragma: no cover - build problem
 if not lib.bn_cpu_ok():  # pragma: no cover - hardware dependent
     raise RuntimeError("bunet.gc needs a CPU with AES-NI, PCLMULQDQ, SSSE3 and SSE4.1 (not found by cpuid)")
 
-MAGIC = b"BNG1"
-T_HELLO1, T_HELLO2, T_REQ, T_RESP = 1, 2, 3, 4
+MAGIC = b"BNG2"
+T_HELLO1, T_HELLO2, T_REQ, T_RESP, T_HELLO3, T_HELLO4, T_PRE = 1, 2, 3, 4, 5, 6, 7
+LUT_MAX = 8  # carries out of at most this many low bits come from look-up tables (2^d-bit tables)
+_SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
 OP_MAXTRUNC, OP_ARGMAX, OP_RELUPOOL = 1, 2, 3
 
@@ -73,11 +90,30 @@ def _check_int(name: str, v: object, lo: int, hi: int) -> int:
     return int(v)
 
 
+def _lut_bytes(d: int) -> int:
+    return max(1, (1 << d) // 8)
+
+
+def _mask(bits: int) -> np.uint64:
+    return np.uint64((1 << bits) - 1)
+
+
 class _Op:
-    """What every op shares: its message sizes, from its circuit and its k * in_bits input bits."""
+    """What every op shares: its message sizes, from its circuit and its k * circ_bits input bits."""
 
     k: int
     in_bits: int | None
+
+    @property
+    def lut_bits(self) -> int:
+        """d: the carry out of each value's d low bits comes from a look-up table, not the circuit."""
+        return 0
+
+    @property
+    def circ_bits(self) -> int:
+        """Input bits per value in the circuit: in_bits, or with a look-up, bits d.. plus the carry."""
+        b = int(self.in_bits or 0)
+        return b - self.lut_bits + 1 if self.lut_bits else b
 
     @property
     def circuit(self) -> circuits.Compiled:  # pragma: no cover - each op defines it
@@ -91,10 +127,16 @@ class _Op:
     def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
         """(request bytes, response bytes) for n instances, to size chunks for a transport.
 
-        The first request of a session carries 4 KiB more (the OT-extension setup)."""
-        m = _pad128(n * self.k * int(self.in_bits or 0))
+        Ops with a carry look-up also have a pre-message (``pre_size``) before the request."""
+        m = _pad128(n * self.k * self.circ_bits)
         c = self.circuit
-        return _HDR.size + _cot_len(ot_k, m), _HDR.size + n * c.ct_bytes + c.arith_len(n)
+        tables = n * self.k * _lut_bytes(self.lut_bits) if self.lut_bits else 0
+        return _HDR.size + _cot_len(ot_k, m) + tables, _HDR.size + n * c.ct_bytes + c.arith_len(n)
+
+    def pre_size(self, n: int, ot_k: int = 4) -> int:
+        """Bytes of the server's pre-message for n instances (0 without a carry look-up)."""
+        d = self.lut_bits
+        return _HDR.size + _cot_len(ot_k, _pad128(n * self.k * d)) if d else 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +151,7 @@ class MaxTrunc(_Op):
     shift: int = 0
     relu: bool = True
     k: int = 1
+    lut: bool = True  # carries out of the low shift bits (up to LUT_MAX) by look-up tables
 
     def __post_init__(self) -> None:
         l = _check_int("ring_bits", self.ring_bits, 1, 64)
@@ -118,13 +161,22 @@ class MaxTrunc(_Op):
         _check_int("k", self.k, 1, 64)
         if not isinstance(self.relu, (bool, np.bool_)):
             raise ValueError("relu must be a bool")
+        if not isinstance(self.lut, (bool, np.bool_)):
+            raise ValueError("lut must be a bool")
+
+    @property
+    def lut_bits(self) -> int:
+        return min(self.shift, LUT_MAX) if self.lut else 0
 
     @property
     def circuit(self) -> circuits.Compiled:
-        return circuits.max_trunc_circuit(self.ring_bits, self.in_bits, self.shift, bool(self.relu), self.k)
+        d = self.lut_bits
+        return circuits.max_trunc_circuit(self.ring_bits, self.circ_bits, self.shift - d + 1 if d else self.shift,
+                                          bool(self.relu), self.k, carry_in=d > 0)
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
-        return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)), self.k)
+        return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)) | self.lut_bits << 1,
+                self.k)
 
 
 
@@ -141,6 +193,7 @@ class ReluPool(_Op):
     ring_bits: int
     in_bits: int | None = None
     shift: int = 0
+    lut: bool = True  # as MaxTrunc.lut
     k = 4
     relu = True
 
@@ -149,17 +202,25 @@ class ReluPool(_Op):
         b = l if self.in_bits is None else _check_int("in_bits", self.in_bits, 1, l)
         object.__setattr__(self, "in_bits", b)
         _check_int("shift", self.shift, 0, b - 1)
+        if not isinstance(self.lut, (bool, np.bool_)):
+            raise ValueError("lut must be a bool")
+
+    @property
+    def lut_bits(self) -> int:
+        return min(self.shift, LUT_MAX) if self.lut else 0
 
     @property
     def circuit(self) -> circuits.Compiled:
-        return circuits.relu_pool_circuit(self.ring_bits, self.in_bits, self.shift)
+        d = self.lut_bits
+        return circuits.relu_pool_circuit(self.ring_bits, self.circ_bits, self.shift - d + 1 if d else self.shift,
+                                          carry_in=d > 0)
 
     @property
     def n_outputs(self) -> int:
         return 5
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
-        return (OP_RELUPOOL, self.ring_bits, self.in_bits, self.shift, 1, 4)
+        return (OP_RELUPOOL, self.ring_bits, self.in_bits, self.shift, 1 | self.lut_bits << 1, 4)
 
 
 
@@ -234,12 +295,35 @@ class _Party:
         self._tweak = 0  # global gate-hash tweak counter
         self._tag: bytes | None = None
         self._rk: object = None
+        self._rleaves: object = None  # the reverse OT extension's trees (server: receiver, client: sender)
+        self._rblk = 0  # reverse OT offset, in 128-row blocks
+        self._pre_seq = 0
         self.bytes_sent = 0
         self.bytes_received = 0
 
     def _ready(self) -> None:
-        if self._tag is None:
+        if self._rleaves is None:
             raise ValueError("session not set up: run the hello exchange first")
+
+    def _alloc_rev(self, rows: int) -> tuple[int, int]:
+        """(pre-message sequence number, reverse OT block offset) for rows reverse OTs."""
+        with self._lock:
+            pseq, rblk = self._pre_seq, self._rblk
+            self._pre_seq += 1
+            self._rblk += rows // 128
+            if self._rblk >= 1 << 52:
+                raise ValueError("session exhausted: start a new session")
+        return pseq, rblk
+
+    def _hello_msg(self, msg: object, typ: int, size: int) -> memoryview:
+        if not isinstance(msg, (bytes, bytearray)) or len(msg) != 13 + size:
+            raise ValueError("malformed hello message")
+        if msg[:4] != MAGIC or msg[4] != typ:
+            raise ValueError("not a BUNET GC hello message of the expected type")
+        if bytes(msg[5:13]) != self._tag:
+            raise ValueError("hello message belongs to another session")
+        self.bytes_received += len(msg)
+        return memoryview(msg)[13:]
 
     def _alloc(self, op: Op, n: int, m: int) -> tuple[int, int, int]:
         with self._lock:
@@ -272,7 +356,7 @@ class _Party:
 
 def _sizes(op: Op, n: int) -> tuple[int, int, int]:
     c = op.circuit
-    m = _pad128(n * op.k * op.in_bits)
+    m = _pad128(n * op.k * op.circ_bits)
     return m, n * c.ct_bytes, c.arith_len(n)
 
 
@@ -324,7 +408,9 @@ class Evaluator(_Party):
         self._base = BaseOTSender()
         self._nonce = os.urandom(16)
         self._leaves: object = None
-        self._setup = b""  # GGM level sums under the base-OT keys, sent with the first request
+        self._rdelta = bytearray(16)  # the reverse extension's correlation (the client's secret)
+        self._rchoice: list[int] = []
+        self._rkeys: list[bytes] = []
         self._pending: dict[int, tuple[tuple[int, ...], int, np.ndarray, int]] = {}
         self._pool: list[np.ndarray] = []  # label buffers, reused (fresh pages are costly)
 
@@ -347,8 +433,14 @@ class Evaluator(_Party):
         self.bytes_sent += len(msg)
         return msg
 
-    def finish_hello(self, msg: bytes) -> None:
-        """Consume the server's base-OT reply; the session is ready afterwards."""
+    def finish_hello(self, msg: bytes) -> bytes:
+        """Consume the server's base-OT reply; returns the third hello message (client -> server).
+
+        It carries the forward extension's GGM level sums under the base-OT keys (4 KiB) and 128
+        forward OTs whose choice bits are the client's reverse-extension base-OT choices (from its
+        own random Delta'): the reverse extension (server = OT receiver) is bootstrapped from the
+        forward one, with no more public-key work.
+        """
         if not isinstance(msg, (bytes, bytearray)) or len(msg) != 5 + 16 + N_BASE * POINT:
             raise ValueError("malformed hello reply")
         if msg[:4] != MAGIC or msg[4] != T_HELLO2:
@@ -362,30 +454,95 @@ class Evaluator(_Party):
         k0, k1 = self._base.keys(sid, bs)
         leaves, sums = ggm_client(self.ot_k)
         self._leaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
-        self._setup = b"".join(_xor16(s0, a) + _xor16(s1, b) for (s0, s1), a, b in zip(sums, k0, k1, strict=True))
+        setup = b"".join(_xor16(s0, a) + _xor16(s1, b) for (s0, s1), a, b in zip(sums, k0, k1, strict=True))
         rk = ffi.new("uint8_t[]", 176)
         lib.bn_aes_keysched(aes_key, rk)
         self._rk = rk
         self._tag = tag
+        if lib.bn_prg_fill(_buf(self._rdelta), 16) != 0:
+            raise OSError("getrandom() failed")
+        self._rchoice = ggm_choices(self.ot_k, bytes(self._rdelta))
+        choice = np.packbits(np.array(self._rchoice, dtype=np.uint8), bitorder="little")
+        cm = bytearray(_cot_len(self.ot_k, N_BASE))
+        t = np.empty(16 * N_BASE, dtype=np.uint8)
+        lib.bn_cot_recv(self._leaves, self.ot_k, 0, N_BASE, _buf(choice), _buf(cm), _buf(t))
+        lib.bn_hash_batch(self._rk, _buf(t), _buf(t), N_BASE, 0, 1, _SETUP_DOM)
+        self._rkeys = [t[16 * i : 16 * (i + 1)].tobytes() for i in range(N_BASE)]
+        self._blk = 1  # forward OT block 0 served the reverse setup
+        out = MAGIC + bytes([T_HELLO3]) + tag + setup + bytes(cm)
+        self.bytes_sent += len(out)
+        return out
 
-    def request(self, op: Op, yc: np.ndarray) -> bytes:
-        """Client -> server: OT-extension message for the client's input bits of this layer."""
+    def finish_setup(self, msg: bytes) -> None:
+        """Consume the fourth hello message (the reverse extension's level sums); the session is ready."""
+        if self._rleaves is not None or not self._rkeys:
+            raise ValueError("setup message out of order")
+        body = self._hello_msg(msg, T_HELLO4, 32 * N_BASE)
+        chosen = [_xor16(bytes(body[32 * i + 16 * c : 32 * i + 16 * c + 16]), key)
+                  for i, (c, key) in enumerate(zip(self._rchoice, self._rkeys, strict=True))]
+        leaves = ggm_garbler(self.ot_k, bytes(self._rdelta), chosen)
+        self._rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
+        self._rkeys = []
+
+    def request(self, op: Op, yc: np.ndarray, pre: bytes | None = None) -> bytes:
+        """Client -> server: OT-extension message for the client's input bits of this layer.
+
+        Ops with ``lut_bits`` d > 0 need the server's pre-message for the same instances (``Garbler.pre``):
+        the request then also carries one 2^d-bit table per value, the carry out of its d low bits
+        masked with a fresh random bit rho, which replaces those bits as the value's circuit input.
+        """
         op = _check_op(op)
         self._ready()
         yc = _check_shares(op, yc, "client")
         n = yc.shape[0]
+        d = op.lut_bits
+        if d:
+            yc, tables = self._tables(op, yc, pre)
+        elif pre is not None:
+            raise ValueError("this operation has no pre-message")
         m, _, _ = _sizes(op, n)
         seq, blk, tw = self._alloc(op, n, m)
         choice = np.empty(m // 8, dtype=np.uint8)
-        lib.bn_pack_choice(_u64(yc), n, op.k, op.in_bits, _buf(choice), m)
-        setup = self._setup if seq == 0 else b""
-        out, body = _new_message(self._header(T_REQ, seq, op, n) + setup, _cot_len(self.ot_k, m))
+        lib.bn_pack_choice(_u64(yc), n, op.k, op.circ_bits, _buf(choice), m)
+        cot = _cot_len(self.ot_k, m)
+        out, body = _new_message(self._header(T_REQ, seq, op, n), cot + (len(tables) if d else 0))
+        if d:
+            ffi.memmove(body + cot, _buf(tables), len(tables))
         labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
         lib.bn_cot_recv_fused(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
         with self._lock:
             self._pending[seq] = (op._params(), n, labels, tw)
             self.bytes_sent += len(out)
         return out
+
+    def _tables(self, op: Op, yc: np.ndarray, pre: bytes | None) -> tuple[np.ndarray, np.ndarray]:
+        """The carry tables for the server's pre-message, and the circuit inputs (bits d.. and rho)."""
+        if pre is None:
+            raise ValueError("this operation needs the server's pre-message (Garbler.pre)")
+        d, n = op.lut_bits, yc.shape[0]
+        pseq, n_pre, body = self._parse(pre, T_PRE, op)
+        rows = _pad128(n * op.k * d)
+        if n_pre != n or len(body) != _cot_len(self.ot_k, rows):
+            raise ValueError("pre-message was made for a different number of instances")
+        with self._lock:
+            if pseq != self._pre_seq:
+                raise ValueError("pre-message out of order (or replayed)")
+            _, rblk = self._alloc_rev(rows)
+            self.bytes_received += len(pre)
+        q = np.empty(16 * rows, dtype=np.uint8)
+        lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
+        rho = np.empty(n * op.k, dtype=np.uint8)
+        if lib.bn_prg_fill(_buf(rho), rho.size) != 0:
+            raise OSError("getrandom() failed")
+        rho &= 1
+        low = (yc.reshape(-1) & _mask(d)).astype(np.uint16)
+        tables = np.empty(n * op.k * _lut_bytes(d), dtype=np.uint8)
+        rc = lib.bn_lut_send(n * op.k, d, _buf(q), _buf(self._rdelta), self._rk, 128 * rblk,
+                             ffi.from_buffer("uint16_t[]", low), _buf(rho), _buf(tables))
+        if rc != 0:
+            raise MemoryError(f"carry tables failed (engine code {rc})")
+        high = (yc >> np.uint64(d)) & _mask(op.in_bits - d)
+        return (high << np.uint64(1)) | rho.reshape(yc.shape).astype(np.uint64), tables
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc: (n,), ReluPool: (n, 5))
@@ -404,14 +561,14 @@ class Evaluator(_Party):
             self.bytes_received += len(resp)
         _, _, labels, tw = pend
         c = op.circuit
-        m = _pad128(n * op.k * op.in_bits)
+        m = _pad128(n * op.k * op.circ_bits)
         nout = op.n_outputs
         out = np.empty(n * nout, dtype=np.uint64)
         mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
         ct = body[:nct]
         ar = body[nct:]
         rc = lib.bn_gc_run_multi(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                                 op.in_bits, ffi.NULL, ffi.NULL, self.ot_k, ffi.NULL, m, 0, _buf(labels), self._rk,
+                                 op.circ_bits, ffi.NULL, ffi.NULL, self.ot_k, ffi.NULL, m, 0, _buf(labels), self._rk,
                                  ffi.NULL, tw, c.tweaks_per_inst, _buf(ct), c.ct_bytes, _buf(ar), nar, _u64(out), mask,
                                  nout)
         self._give_buffer(labels)
@@ -437,9 +594,10 @@ class Garbler(_Party):
         self._ot_k = 0
         self._base_keys: list[bytes] = []
         self._choices: list[int] = []
+        self._pres: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray, int]] = deque()
 
     def hello(self, msg: bytes) -> bytes:
-        """Base OT round 2 (server -> client); the session is ready afterwards."""
+        """Base OT round 2 (server -> client)."""
         if not isinstance(msg, (bytes, bytearray)) or len(msg) != 6 + 16 + POINT:
             raise ValueError("malformed hello")
         if msg[:4] != MAGIC or msg[4] != T_HELLO1:
@@ -465,8 +623,33 @@ class Garbler(_Party):
         self.bytes_sent += len(out)
         return out
 
+    def finish_hello(self, msg: bytes) -> bytes:
+        """Consume the third hello message; returns the fourth (server -> client).
+
+        Rebuilds the forward extension's punctured trees, opens the 128 setup OTs as base-OT key
+        pairs (H(q), H(q ^ Delta)) and sends the reverse extension's level sums under them; the
+        server's side of the session is ready afterwards.
+        """
+        if self._tag is None or self._leaves is not None:
+            raise ValueError("hello message out of order")
+        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + _cot_len(self._ot_k, N_BASE))
+        self._finish_setup(body[: 32 * N_BASE])
+        q = np.empty(16 * N_BASE, dtype=np.uint8)
+        lib.bn_cot_send(self._leaves, self._ot_k, self._delta, 0, N_BASE, _buf(body[32 * N_BASE :]), _buf(q))
+        q1 = q ^ np.tile(np.frombuffer(ffi.buffer(self._delta, 16), dtype=np.uint8), N_BASE)
+        for a in (q, q1):
+            lib.bn_hash_batch(self._rk, _buf(a), _buf(a), N_BASE, 0, 1, _SETUP_DOM)
+        leaves, sums = ggm_client(self._ot_k)
+        out = MAGIC + bytes([T_HELLO4]) + self._tag + b"".join(
+            _xor16(s0, q[16 * i : 16 * i + 16].tobytes()) + _xor16(s1, q1[16 * i : 16 * i + 16].tobytes())
+            for i, (s0, s1) in enumerate(sums))
+        self._blk = 1  # forward OT block 0 served the reverse setup
+        self._rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
+        self.bytes_sent += len(out)
+        return out
+
     def _finish_setup(self, blob: memoryview) -> None:
-        """Rebuild the punctured GGM trees from the client's encrypted level sums (first request)."""
+        """Rebuild the punctured GGM trees from the client's encrypted level sums (third hello)."""
         sums = []
         for i, (key, c) in enumerate(zip(self._base_keys, self._choices, strict=True)):
             off = 32 * i + 16 * c
@@ -475,6 +658,33 @@ class Garbler(_Party):
         leaves = ggm_garbler(self._ot_k, dbytes, sums)
         self._leaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         self._base_keys = []
+
+    def pre(self, op: Op, ys: np.ndarray) -> bytes:
+        """Server -> client, before the request of an op with ``lut_bits`` d > 0: the reverse OT
+        extension's message for the server's d low bits of each value (its table choices).
+
+        Pre-messages and requests pair up in order: the k-th request of such ops consumes the k-th
+        pre-message, for the same shares ys.
+        """
+        op = _check_op(op)
+        self._ready()
+        d = op.lut_bits
+        if not d:
+            raise ValueError("this operation has no pre-message")
+        ys = _check_shares(op, ys, "server")
+        n = ys.shape[0]
+        rows = _pad128(n * op.k * d)
+        pseq, rblk = self._alloc_rev(rows)
+        choice = np.empty(rows // 8, dtype=np.uint8)
+        lib.bn_pack_bits(_u64(ys), n * op.k, d, _buf(choice), rows)  # row i * d + j: bit j of value i
+        out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._ot_k, rows))
+        t = np.empty(16 * rows, dtype=np.uint8)
+        lib.bn_cot_recv_fused(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
+        low = (ys.reshape(-1) & _mask(d)).astype(np.uint16)
+        with self._lock:
+            self._pres.append((pseq, op._params(), n, t, low, rblk))
+            self.bytes_sent += len(out)
+        return out
 
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
         """Garble one layer. Returns (response for the client, server's new shares or None).
@@ -497,25 +707,25 @@ class Garbler(_Party):
         if n_req != n:
             raise ValueError("request was made for a different number of instances")
         m, nct, nar = _sizes(op, n)
-        setup_len = 32 * N_BASE if seq == 0 else 0
-        if len(body) != setup_len + _cot_len(self._ot_k, m):
+        d = op.lut_bits
+        cot = _cot_len(self._ot_k, m)
+        if len(body) != cot + (n * op.k * _lut_bytes(d) if d else 0):
             raise ValueError("request has the wrong length")
         with self._lock:
             if seq != self._seq:
                 raise ValueError("request out of order (or replayed)")
-            if seq == 0:
-                self._finish_setup(body[:setup_len])
+            pre = self._take_pre(op, n, ys) if d else None
             _, blk, tw = self._alloc(op, n, m)
             self.bytes_received += len(req)
-        body = body[setup_len:]
         c = op.circuit
 
         def job() -> tuple[bytes, np.ndarray | None]:
+            yg = ys if pre is None else self._open_tables(op, ys, pre, body[cot:])
             out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
             nout = op.n_outputs
             acc = np.empty(n * nout, dtype=np.uint64)
             rc = lib.bn_gc_run_multi(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                                     op.in_bits, _u64(ys), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL,
+                                     op.circ_bits, _u64(yg), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL,
                                      self._rk, self._delta, tw, c.tweaks_per_inst, body_out, c.ct_bytes,
                                      body_out + nct, nar, _u64(acc), (1 << 64) - 1, nout)
             if rc != 0:
@@ -529,3 +739,28 @@ class Garbler(_Party):
             return out, res.reshape(n, nout) if nout > 1 else res
 
         return job
+
+    def _take_pre(self, op: Op, n: int, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """The oldest pending pre-message's state; it must be for this op, n and these shares."""
+        if not self._pres:
+            raise ValueError("request needs a pre-message that was not sent")
+        pseq, params, n_pre, t, low, rblk = self._pres[0]
+        if params != op._params() or n_pre != n:
+            raise ValueError("request does not match the pending pre-message")
+        if not np.array_equal(low, (ys.reshape(-1) & _mask(op.lut_bits)).astype(np.uint16)):
+            raise ValueError("request and pre-message were made for different server shares")
+        self._pres.popleft()
+        return t, low, rblk
+
+    def _open_tables(self, op: Op, ys: np.ndarray, pre: tuple[np.ndarray, np.ndarray, int],
+                     tables: memoryview) -> np.ndarray:
+        """Open each value's entry of its carry table: u = carry ^ rho; the circuit input is (bits d.., u)."""
+        t, low, rblk = pre
+        d = op.lut_bits
+        u = np.empty(low.size, dtype=np.uint8)
+        rc = lib.bn_lut_recv(low.size, d, _buf(t), self._rk, 128 * rblk, ffi.from_buffer("uint16_t[]", low),
+                             _buf(tables), _buf(u))
+        if rc != 0:
+            raise MemoryError(f"carry tables failed (engine code {rc})")
+        high = (ys >> np.uint64(d)) & _mask(op.in_bits - d)
+        return np.ascontiguousarray((high << np.uint64(1)) | u.reshape(ys.shape).astype(np.uint64))

@@ -106,8 +106,12 @@ def run_garbler(ch: Channel, op: MaxTrunc | ReluPool | Argmax, ys: np.ndarray, c
     """
     g = Garbler()
     ch.send(g.hello(ch.recv()))
+    ch.send(g.finish_hello(ch.recv()))
     ys = ys.reshape(ys.shape[0], -1)
     parts = _chunks(ys.shape[0], chunk)
+    if op.lut_bits:  # every chunk's pre-message first (small: the session code interleaves them)
+        for lo, hi in parts:
+            ch.send(g.pre(op, ys[lo:hi]))
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     futs: queue.Queue = queue.Queue(maxsize=2 * max(1, workers))
     outs: list = []
@@ -153,19 +157,21 @@ def run_evaluator(ch: Channel, op: MaxTrunc | ReluPool | Argmax, yc: np.ndarray,
     """
     ev = Evaluator(ot_k=ot_k)
     ch.send(ev.hello())
-    ev.finish_hello(ch.recv())
+    ch.send(ev.finish_hello(ch.recv()))
+    ev.finish_setup(ch.recv())
     yc = yc.reshape(yc.shape[0], -1)
     parts = _chunks(yc.shape[0], chunk)
+    pres = [ch.recv() for _ in parts] if op.lut_bits else [None] * len(parts)
     slots = threading.Semaphore(depth)
     err: list[BaseException] = []
 
     def sender() -> None:
         try:
-            for lo, hi in parts:
+            for (lo, hi), pre in zip(parts, pres, strict=True):
                 slots.acquire()
                 if err:
                     return
-                ch.send(ev.request(op, yc[lo:hi]))
+                ch.send(ev.request(op, yc[lo:hi], pre))
         except BaseException as e:  # surfaced by the main thread
             err.append(e)
             with contextlib.suppress(OSError):

@@ -187,6 +187,7 @@ class ServerProtocol:
         t0 = time.perf_counter()
         garbler = gc.Garbler()
         chan.send("gc_hello", garbler.hello(chan.recv("gc_hello")))
+        chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello")))
         t.add("gc", t0)
         classes = shapes[plan.steps[-1].inputs[0]][0]
         B = spec.slices
@@ -238,19 +239,32 @@ class ServerProtocol:
         """Receive and claim requests in order, garble on the pool, answer in order.
 
         At most GC_WINDOW chunks are in flight, which is all the client sends before it needs an
-        answer, so the loop never waits for a request that cannot come.
+        answer, so the loop never waits for a request that cannot come. Ops with a carry look-up
+        need a pre-message per chunk before its request: the first GC_WINDOW go out at once, then
+        chunk j + GC_WINDOW's right after the answer to chunk j (the client waits for that answer
+        before it asks for more).
         """
         tag = f"gc:{name}"
         inflight: deque[Future] = deque()
         outs: list[Any] = []
+        chunks = _chunks(len(rows), op)
+        pres = iter(chunks if op.lut_bits else [])
+
+        def send_pre() -> None:
+            sl = next(pres, None)
+            if sl is not None:
+                chan.send(tag, garbler.pre(op, rows[sl]))
 
         def answer() -> None:
             resp, out_s = inflight.popleft().result()
             chan.send(tag, resp)
             outs.append(out_s)
+            send_pre()
 
         try:
-            for sl in _chunks(len(rows), op):
+            for _ in range(GC_WINDOW):
+                send_pre()
+            for sl in chunks:
                 job = garbler.claim(op, chan.recv(tag), rows[sl])
                 inflight.append(self._gc_pool.submit(job))
                 while inflight and (len(inflight) >= GC_WINDOW or inflight[0].done()):
@@ -291,7 +305,8 @@ class ClientProtocol:
         chan.send("he_pk", self.public_key)
         ev = gc.Evaluator()
         chan.send("gc_hello", ev.hello())
-        ev.finish_hello(chan.recv("gc_hello"))
+        chan.send("gc_hello", ev.finish_hello(chan.recv("gc_hello")))
+        ev.finish_setup(chan.recv("gc_hello"))
         t.add("gc", t0)
         shares: dict[str, np.ndarray] = {}
         labels = None
@@ -327,7 +342,8 @@ class ClientProtocol:
         """Up to GC_WINDOW requests in flight; responses evaluated on the pool; results in order.
 
         Requests are made here, in order (each fixes its OT range); a new one goes out only when
-        at most GC_WINDOW responses are still being evaluated, which bounds memory.
+        at most GC_WINDOW responses are still being evaluated, which bounds memory. With a carry
+        look-up, each request answers the server's pre-message for its chunk (see the server's side).
         """
         tag = f"gc:{name}"
         chunks = _chunks(len(rows), op)
@@ -337,7 +353,8 @@ class ClientProtocol:
             while sent < len(chunks) and sent < i + GC_WINDOW:
                 if sent - GC_WINDOW >= 0:
                     futs[sent - GC_WINDOW].result()  # evaluation keeps up before more is asked for
-                chan.send(tag, ev.request(op, rows[chunks[sent]]))
+                pre = chan.recv(tag) if op.lut_bits else None
+                chan.send(tag, ev.request(op, rows[chunks[sent]], pre))
                 sent += 1
             futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
         return [f.result() for f in futs]
