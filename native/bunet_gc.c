@@ -534,15 +534,19 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
 }
 
 /* ---------------------------------------------------------------- carry look-up tables
- * The carry out of the d low bits of a + x (a: the client's bits, x: the server's), d <= 8, as a
- * 1-of-2^d OT of one bit built from d random OTs (Naor-Pinkas): the client (sender of the table, and
- * sender of the reverse OT extension, rows q / q ^ delta) encrypts entry x with
+ * A function of the server's d bits x (d <= 8) and the client's d bits a, one bit per entry, as a
+ * 1-of-2^d OT built from d random OTs (Naor-Pinkas): the client (sender of the table, and sender of
+ * the reverse OT extension, rows q / q ^ delta) encrypts entry x with
  *   pad_x = XOR_j bit x of R_j^{x_j},  R_j^b = H(q_j ^ b delta)  (256 bits: tweaks 2r and 2r + 1 of row r),
  * so the server (receiver, rows t_j = q_j ^ x_j delta for its own bits x) can open entry x only. Every
  * bit of R_j^b pads exactly one entry (x with x_j = b), so the entries it cannot open are independent
- * and uniform. Entry x holds carry(a + x >= 2^d) ^ rho, rho the client's random mask bit.
- * Tables are 2^d bits (at least one byte), entry x at bit x % 8 of byte x / 8. */
-static const uint64_t LUT_DOM = 0x4c55540000000000ULL; /* "LUT" hash domain */
+ * and uniform. Entry x holds f(a, x) ^ rho, rho the client's random mask bit, with
+ *   kind 0 (generate, the carry out):   f = [a + x >= 2^d],
+ *   kind 1 (propagate):                 f = [a + x == 2^d - 1].
+ * The kind is also the hash domain, so the two tables of one chunk (same rows) have independent pads.
+ * Item i's d rows are rows i * stride + off .. + d - 1 of q / t (global row: row0 + that), its table
+ * 2^d bits (at least one byte) at tables + i * tstride + toff, entry x at bit x % 8 of byte x / 8. */
+static const uint64_t LUT_DOM = 0x4c55540000000000ULL; /* "LUT" hash domain (| kind) */
 static const uint64_t lut_mask_lo[6] = {0xAAAAAAAAAAAAAAAAULL, 0xCCCCCCCCCCCCCCCCULL, 0xF0F0F0F0F0F0F0F0ULL,
                                         0xFF00FF00FF00FF00ULL, 0xFFFF0000FFFF0000ULL, 0xFFFFFFFF00000000ULL};
 
@@ -553,82 +557,90 @@ static inline uint64_t lut_mask(uint32_t j, uint32_t w) { /* word w of {x : bit 
 
 static inline uint32_t lut_bytes(uint32_t d) { return d >= 3 ? (1u << d) / 8 : 1; }
 
-/* R_j^b for rows [0, rows): out[2 * r + h] = H(in_r, tweak 2 (row0 + r) + h), h = 0..nblk-1 */
-static void lut_hash(const aeskey *K, const block *in, block *out, uint64_t rows, uint64_t row0, uint32_t nblk,
-                     block *tmp) {
-    for (uint32_t h = 0; h < nblk; h++) {
-        hash_batch(K, in, tmp, rows, 2 * row0 + h, 2, LUT_DOM);
-        for (uint64_t r = 0; r < rows; r++) out[2 * r + h] = tmp[r];
+/* R_j^b for the items' rows: out[2 * (i * d + j) + h] = H(in row of (i, j), tweak 2 * global row + h) */
+static void lut_hash(const aeskey *K, const block *rows_in, uint64_t cnt, uint32_t d, uint64_t stride, uint64_t off,
+                     uint64_t grow0, uint32_t nblk, uint64_t dom, block *out, block *tmp) {
+    for (uint32_t j = 0; j < d; j++) {
+        for (uint64_t i = 0; i < cnt; i++) tmp[i] = _mm_loadu_si128(rows_in + i * stride + off + j);
+        for (uint32_t h = 0; h < nblk; h++) {
+            hash_batch(K, tmp, tmp + cnt, cnt, 2 * (grow0 + off + j) + h, 2 * stride, dom);
+            for (uint64_t i = 0; i < cnt; i++) out[2 * (i * d + j) + h] = tmp[cnt + i];
+        }
     }
 }
 
-#define LUT_CHUNK 1024 /* rows per hashing pass */
+#define LUT_ITEMS 256 /* items per hashing pass */
 
-int bn_lut_send(uint64_t n, uint32_t d, const uint8_t *q_rows, const uint8_t *delta, const uint8_t *rk, uint64_t row0,
-                const uint16_t *a, const uint8_t *rho, uint8_t *tables) {
-    if (d < 1 || d > 8) return -3;
+static int lut_check(uint32_t d, uint32_t kind, uint64_t stride, uint64_t off) {
+    return d >= 1 && d <= 8 && kind <= 1 && off + d <= stride;
+}
+
+int bn_lut_send(uint64_t n, uint32_t d, uint32_t kind, uint64_t stride, uint64_t off, const uint8_t *q_rows,
+                const uint8_t *delta, const uint8_t *rk, uint64_t row0, const uint16_t *a, const uint8_t *rho,
+                uint8_t *tables, uint64_t tstride, uint64_t toff) {
+    if (!lut_check(d, kind, stride, off)) return -3;
     aeskey K;
     load_key(&K, rk);
     const block D = _mm_loadu_si128((const block *)delta);
     const uint32_t nblk = d == 8 ? 2 : 1, nw = d >= 6 ? (1u << d) / 64 : 1, tb = lut_bytes(d);
-    const uint64_t full = d >= 6 ? ~0ULL : ((1ULL << (1u << d)) - 1);
-    const uint64_t per = LUT_CHUNK / d; /* items per pass */
-    block *qd = aligned_alloc(64, (size_t)LUT_CHUNK * sizeof(block));
-    block *r0 = aligned_alloc(64, (size_t)2 * LUT_CHUNK * sizeof(block));
-    block *r1 = aligned_alloc(64, (size_t)2 * LUT_CHUNK * sizeof(block));
-    block *tmp = aligned_alloc(64, (size_t)LUT_CHUNK * sizeof(block));
+    const uint64_t full = d >= 6 ? ~0ULL : ((1ULL << (1u << d)) - 1), top = (1ULL << d) - 1;
+    block *qd = aligned_alloc(64, (size_t)LUT_ITEMS * stride * sizeof(block));
+    block *r0 = aligned_alloc(64, (size_t)2 * LUT_ITEMS * d * sizeof(block));
+    block *r1 = aligned_alloc(64, (size_t)2 * LUT_ITEMS * d * sizeof(block));
+    block *tmp = aligned_alloc(64, (size_t)2 * LUT_ITEMS * sizeof(block));
     if (!qd || !r0 || !r1 || !tmp) {
         free(qd), free(r0), free(r1), free(tmp);
         return -1;
     }
-    for (uint64_t i0 = 0; i0 < n; i0 += per) {
-        const uint64_t cnt = n - i0 < per ? n - i0 : per, rows = cnt * d;
-        const block *q = (const block *)(q_rows + 16 * i0 * d);
-        for (uint64_t r = 0; r < rows; r++) qd[r] = _mm_xor_si128(_mm_loadu_si128(q + r), D);
-        lut_hash(&K, q, r0, rows, row0 + i0 * d, nblk, tmp);
-        lut_hash(&K, qd, r1, rows, row0 + i0 * d, nblk, tmp);
+    for (uint64_t i0 = 0; i0 < n; i0 += LUT_ITEMS) {
+        const uint64_t cnt = n - i0 < LUT_ITEMS ? n - i0 : LUT_ITEMS;
+        const block *q = (const block *)(q_rows + 16 * i0 * stride);
+        for (uint64_t r = 0; r < cnt * stride; r++) qd[r] = _mm_xor_si128(_mm_loadu_si128(q + r), D);
+        lut_hash(&K, q, cnt, d, stride, off, row0 + i0 * stride, nblk, LUT_DOM | kind, r0, tmp);
+        lut_hash(&K, qd, cnt, d, stride, off, row0 + i0 * stride, nblk, LUT_DOM | kind, r1, tmp);
         for (uint64_t i = 0; i < cnt; i++) {
             uint64_t t[4] = {0, 0, 0, 0};
-            const uint64_t ai = a[i0 + i] & ((1u << d) - 1), lo = (1ULL << d) - ai; /* carry iff x >= lo */
-            for (uint32_t w = 0; w < nw; w++) {
-                const uint64_t base = 64ULL * w; /* entries base .. base + 63 */
-                uint64_t f;
-                if (ai == 0 || lo >= base + 64) f = 0;
-                else if (lo <= base) f = ~0ULL;
-                else f = ~0ULL << (lo - base);
-                t[w] = (f ^ (rho[i0 + i] & 1 ? ~0ULL : 0ULL)) & full;
+            const uint64_t ai = a[i0 + i] & top;
+            const uint64_t lo = kind ? top - ai : (1ULL << d) - ai; /* P: x == lo only; G: x >= lo */
+            const uint64_t hi = kind ? lo + 1 : (1ULL << d);
+            for (uint32_t w = 0; w < nw; w++) { /* entries 64 w .. 64 w + 63: the bits of [lo, hi) */
+                const uint64_t base = 64ULL * w;
+                const uint64_t b0 = lo < base ? 0 : lo - base, b1 = hi < base ? 0 : hi - base;
+                const uint64_t m0 = b0 >= 64 ? 0 : ~0ULL << b0, m1 = b1 >= 64 ? 0 : ~0ULL << b1;
+                t[w] = ((m0 & ~m1) ^ (rho[i0 + i] & 1 ? ~0ULL : 0ULL)) & full;
             }
             for (uint32_t j = 0; j < d; j++) {
                 const uint64_t *x0 = (const uint64_t *)(r0 + 2 * (i * d + j));
                 const uint64_t *x1 = (const uint64_t *)(r1 + 2 * (i * d + j));
                 for (uint32_t w = 0; w < nw; w++) t[w] ^= (x0[w] ^ ((x0[w] ^ x1[w]) & lut_mask(j, w))) & full;
             }
-            memcpy(tables + (i0 + i) * tb, t, tb);
+            memcpy(tables + (i0 + i) * tstride + toff, t, tb);
         }
     }
     free(qd), free(r0), free(r1), free(tmp);
     return 0;
 }
 
-int bn_lut_recv(uint64_t n, uint32_t d, const uint8_t *t_rows, const uint8_t *rk, uint64_t row0, const uint16_t *x,
-                const uint8_t *tables, uint8_t *bits) {
-    if (d < 1 || d > 8) return -3;
+int bn_lut_recv(uint64_t n, uint32_t d, uint32_t kind, uint64_t stride, uint64_t off, const uint8_t *t_rows,
+                const uint8_t *rk, uint64_t row0, const uint16_t *x, const uint8_t *tables, uint64_t tstride,
+                uint64_t toff, uint8_t *bits) {
+    if (!lut_check(d, kind, stride, off)) return -3;
     aeskey K;
     load_key(&K, rk);
-    const uint32_t nblk = d == 8 ? 2 : 1, tb = lut_bytes(d);
-    const uint64_t per = LUT_CHUNK / d;
-    block *r = aligned_alloc(64, (size_t)2 * LUT_CHUNK * sizeof(block));
-    block *tmp = aligned_alloc(64, (size_t)LUT_CHUNK * sizeof(block));
+    const uint32_t nblk = d == 8 ? 2 : 1;
+    block *r = aligned_alloc(64, (size_t)2 * LUT_ITEMS * d * sizeof(block));
+    block *tmp = aligned_alloc(64, (size_t)2 * LUT_ITEMS * sizeof(block));
     if (!r || !tmp) {
         free(r), free(tmp);
         return -1;
     }
-    for (uint64_t i0 = 0; i0 < n; i0 += per) {
-        const uint64_t cnt = n - i0 < per ? n - i0 : per, rows = cnt * d;
-        lut_hash(&K, (const block *)(t_rows + 16 * i0 * d), r, rows, row0 + i0 * d, nblk, tmp);
+    for (uint64_t i0 = 0; i0 < n; i0 += LUT_ITEMS) {
+        const uint64_t cnt = n - i0 < LUT_ITEMS ? n - i0 : LUT_ITEMS;
+        lut_hash(&K, (const block *)(t_rows + 16 * i0 * stride), cnt, d, stride, off, row0 + i0 * stride, nblk,
+                 LUT_DOM | kind, r, tmp);
         for (uint64_t i = 0; i < cnt; i++) {
             const uint32_t xi = x[i0 + i] & ((1u << d) - 1);
-            uint64_t p = (tables[(i0 + i) * tb + xi / 8] >> (xi % 8)) & 1;
+            uint64_t p = (tables[(i0 + i) * tstride + toff + xi / 8] >> (xi % 8)) & 1;
             for (uint32_t j = 0; j < d; j++) {
                 const uint64_t *h = (const uint64_t *)(r + 2 * (i * d + j));
                 p ^= (h[xi / 64] >> (xi % 64)) & 1;
@@ -643,7 +655,7 @@ int bn_lut_recv(uint64_t n, uint32_t d, const uint8_t *t_rows, const uint8_t *rk
 /* ---------------------------------------------------------------- circuits */
 
 enum { G_XOR = 0, G_NOT = 1, G_XORG = 2, G_AND = 3, G_ANDG = 4, G_B2A = 5, G_B2A2 = 6, G_NOUT = 7, G_REVEAL = 8,
-       G_CARRY = 9, G_SUM = 10 };
+       G_CARRY = 9, G_SUM = 10, G_GVAL = 11 };
 #define GREC 9 /* op, a, b, o, t, c, p1, p2, output index (B2A, B2A2, NOUT; 0 for the rest) */
 
 static inline uint64_t lsb(block x) { return (uint64_t)_mm_cvtsi128_si64(x) & 1; }
@@ -888,15 +900,20 @@ int bn_gc_run_multi(int garbler, const int32_t *gates, uint32_t ngates, uint32_t
         for (uint32_t g = 0; g < ngates; g++) {
             const int32_t *G = gates + (size_t)g * GREC;
             roff[g] = off;
-            if (G[8] < 0 || (uint32_t)G[8] >= nout || (G[0] != G_B2A && G[0] != G_B2A2 && G[0] != G_NOUT && G[8])) {
+            if (G[8] < 0 || (uint32_t)G[8] >= nout ||
+                (G[0] != G_B2A && G[0] != G_B2A2 && G[0] != G_NOUT && G[0] != G_GVAL && G[8])) {
                 rc = -3;
                 goto done;
             }
-            if ((G[0] == G_B2A2 || G[0] == G_NOUT) && run >= 0 && run != G[8]) {
+            if ((G[0] == G_B2A2 || G[0] == G_NOUT || G[0] == G_GVAL) && run >= 0 && run != G[8]) {
                 rc = -3;
                 goto done;
             }
-            if (G[0] == G_B2A2) run = G[8];
+            if (G[0] == G_GVAL && ((uint32_t)G[2] >= k || G[6] < 0 || G[7] < 0 || G[6] + G[7] > 64)) {
+                rc = -3;
+                goto done;
+            }
+            if (G[0] == G_B2A2 || G[0] == G_GVAL) run = G[8];
             if (G[0] == G_NOUT) run = -1;
             if (G[0] == G_B2A || G[0] == G_NOUT) off += (n * (uint64_t)G[6] + 7) / 8;
             if (G[0] == G_B2A2) off += 2 * ((n * (uint64_t)G[6] + 7) / 8);
@@ -1177,6 +1194,21 @@ int bn_gc_run_multi(int garbler, const int32_t *gates, uint32_t ngates, uint32_t
                             const uint64_t col = -lsb(A[i]);
                             acc1[i] += ((hi64(h0[i]) + (tv2[i] & col)) & mk) << p2;
                         }
+                }
+                break;
+            }
+            case G_GVAL: {
+                /* ReLU output term n * M, M = bits [p1, p1 + p2) of the garbler's value G[2] (plaintext to
+                 * the garbler, no message): n M = r M + c (1 - 2r) M with r = n's permute bit, so the
+                 * garbler moves r M into its share and (1 - 2r) M into the Y the run's NOUT converts. */
+                if (garbler) {
+                    const uint64_t mk = mmask(p2);
+                    for (uint32_t i = 0; i < cnt; i++) {
+                        const uint64_t rp = lsb(A[i]);
+                        const uint64_t M = p2 ? (ys[(i0 + i) * k + (uint32_t)G[2]] >> p1) & mk : 0;
+                        acc0[i] -= rp * M;
+                        acc1[i] -= (1 - 2 * rp) * M;
+                    }
                 }
                 break;
             }

@@ -563,34 +563,50 @@ def test_two_processes_errors_surface():
 
 
 @HSET
-@given(d=st.integers(1, 8), n=st.integers(1, 700), seed=st.integers(0, 2**32 - 1))
-def test_carry_tables(d, n, seed):
-    """bn_lut_send / bn_lut_recv: the receiver opens carry(a + x >= 2^d) ^ rho at its own x only."""
+@given(d=st.integers(1, 8), kind=st.integers(0, 1), n=st.integers(1, 700), extra=st.integers(0, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_look_up_tables(d, kind, n, extra, seed):
+    """bn_lut_send / bn_lut_recv: the receiver opens f(a, x) ^ rho at its own x only (f: generate or
+    propagate), for d rows at an offset inside each item's rows."""
     rng = np.random.default_rng(seed)
     rk = aes_key_schedules([rng.bytes(16)])
-    q = rng.integers(0, 256, (n * d, 16), dtype=np.uint8)
+    stride, off = d + extra, extra // 2
+    q = rng.integers(0, 256, (n * stride, 16), dtype=np.uint8)
     delta = rng.integers(0, 256, 16, dtype=np.uint8)
     a = rng.integers(0, 1 << d, n).astype(np.uint16)
     x = rng.integers(0, 1 << d, n).astype(np.uint16)
-    a[:2], x[:2] = 0, (1 << d) - 1  # no carry at a = 0; the largest x
+    a[:2], x[:2] = 0, (1 << d) - 1  # no carry at a = 0; the largest x (propagates at a = 0)
     rho = rng.integers(0, 2, n).astype(np.uint8)
     tb = max(1, (1 << d) // 8)
-    tab = np.zeros(n * tb, dtype=np.uint8)
+    tstride = tb + 3
+    tab = np.zeros(n * tstride, dtype=np.uint8)
     u8, u16 = (lambda v: ffi.from_buffer("uint8_t[]", v)), (lambda v: ffi.from_buffer("uint16_t[]", v))
-    assert lib.bn_lut_send(n, d, u8(q), u8(delta), rk, 640, u16(a), u8(rho), u8(tab)) == 0
-    t = q.copy()
-    t[((x[:, None] >> np.arange(d)) & 1).reshape(-1).astype(bool)] ^= delta  # the receiver's rows
-    want = ((a.astype(np.int64) + x) >= (1 << d)).astype(np.uint8) ^ rho
+    assert lib.bn_lut_send(n, d, kind, stride, off, u8(q), u8(delta), rk, 640, u16(a), u8(rho), u8(tab),
+                           tstride, 1) == 0
+    t = q.copy().reshape(n, stride, 16)
+    xb = ((x[:, None] >> np.arange(d)) & 1).astype(bool)
+    t[:, off : off + d][xb] ^= delta  # the receiver's rows: q ^ x_j delta
+    s = a.astype(np.int64) + x
+    f = (s >= (1 << d)) if kind == 0 else (s == (1 << d) - 1)
+    want = f.astype(np.uint8) ^ rho
     got = np.empty(n, dtype=np.uint8)
-    assert lib.bn_lut_recv(n, d, u8(t), rk, 640, u16(x), u8(tab), u8(got)) == 0
+    assert lib.bn_lut_recv(n, d, kind, stride, off, u8(t), rk, 640, u16(x), u8(tab), tstride, 1, u8(got)) == 0
     np.testing.assert_array_equal(got, want)
-    if n >= 200:  # another entry (or the wrong rows) opens to noise, not to the carry
-        assert lib.bn_lut_recv(n, d, u8(t), rk, 641, u16(x), u8(tab), u8(got)) == 0
+    if n >= 200:  # the wrong rows (or the other kind's pads) open to noise, not to f
+        assert lib.bn_lut_recv(n, d, kind, stride, off, u8(t), rk, 641, u16(x), u8(tab), tstride, 1, u8(got)) == 0
         assert 0.3 < np.mean(got == want) < 0.7
+        assert lib.bn_lut_recv(n, d, 1 - kind, stride, off, u8(t), rk, 640, u16(x), u8(tab), tstride, 1,
+                               u8(got)) == 0
+        assert 0.3 < np.mean(got == want) < 0.7
+    assert lib.bn_lut_send(n, d, kind, stride, stride - d + 1, u8(q), u8(delta), rk, 0, u16(a), u8(rho), u8(tab),
+                           tstride, 1) == -3  # rows past the item's stride
 
 
-@pytest.mark.parametrize("op", [MaxTrunc(ring_bits=24, shift=8, lut=False), ReluPool(ring_bits=24, shift=8, lut=False),
-                                MaxTrunc(ring_bits=20, in_bits=18, shift=11, relu=False)])
+@pytest.mark.parametrize("op", [
+    MaxTrunc(ring_bits=24, shift=8, lut=False), ReluPool(ring_bits=24, shift=8, lut=False),
+    MaxTrunc(ring_bits=20, in_bits=18, shift=11, relu=False), MaxTrunc(ring_bits=24, in_bits=20, shift=2),
+    MaxTrunc(ring_bits=30, in_bits=30, shift=5), MaxTrunc(ring_bits=24, in_bits=3, shift=1),
+    MaxTrunc(ring_bits=12, in_bits=12, shift=8)])
 def test_lut_on_and_off(sess, op):
     """With and without the carry look-up (and with d < shift), the same exact result; the look-up saves
     the d low bits' carries (d - 1 ANDs + 1 garbler half gate per value)."""
@@ -603,9 +619,12 @@ def test_lut_on_and_off(sess, op):
         np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), np.concatenate([el, po[:, None]], 1))
     else:
         np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
-    on = MaxTrunc(ring_bits=24, shift=8)
-    off = MaxTrunc(ring_bits=24, shift=8, lut=False)
-    assert off.circuit.and_gates - on.circuit.and_gates == 7 and off.circuit.andg_gates - on.circuit.andg_gates == 1
+    on, off = MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, lut=False)
+    assert (on.circuit.and_gates, on.circuit.andg_gates) == (2, 0)  # sign mode: one AND per chunk (8 + 7 bits)
+    assert (off.circuit.and_gates, off.circuit.andg_gates) == (22, 1)
+    pool, pool_off = ReluPool(ring_bits=24, shift=8), ReluPool(ring_bits=24, shift=8, lut=False)
+    assert pool_off.circuit.and_gates - pool.circuit.and_gates == 4 * 7  # carry mode: 7 ANDs + 1 ANDG per value
+    assert pool_off.circuit.andg_gates - pool.circuit.andg_gates == 4
 
 
 def test_pre_message_checks():

@@ -22,6 +22,9 @@ Gates (and what they cost per instance):
   with which the evaluator turns ``Y = R_Y + (1-2r) V`` into a share of ``c (1-2r) V``.
   This fuses the ReLU multiplexer into the output conversion: no AND gate for it.
 * REVEAL: the permute bit of an output wire, for the evaluator only (argmax): 1 bit.
+* GVAL: adds ``n * M`` to a ReLU output, M = some bits of the garbler's own value (plaintext to it):
+  ``n M = r M + c (1 - 2r) M``, so the garbler moves ``r M`` into its share and ``(1 - 2r) M`` into
+  the Y of the output's NOUT. No message.
 
 Arithmetic gates (B2A, B2A2, NOUT) carry an output index (gate field 8): a circuit may produce
 several re-shared outputs per instance (``Compiled.n_outputs``; the fused ReLU + max-pool has 5).
@@ -35,9 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 # gate opcodes, must match native/bunet_gc.c
-XOR, NOT, XORG, AND, ANDG, B2A, B2A2, NOUT, REVEAL, CARRY, SUM = range(11)
+XOR, NOT, XORG, AND, ANDG, B2A, B2A2, NOUT, REVEAL, CARRY, SUM, GVAL = range(12)
 _TWO_IN = (XOR, AND, B2A2, CARRY, SUM)
-_SINKS = {B2A, B2A2, NOUT, REVEAL}
+_SINKS = {B2A, B2A2, NOUT, REVEAL, GVAL}
 
 C0, C1 = -1, -2  # constant wires (folded away, never reach the engine)
 
@@ -250,6 +253,8 @@ def _finish(bld: _Builder, const_out: int = 0, n_outputs: int = 1) -> Compiled:
             c = len(regions)
             regions.append(1)
             q1, q2 = 0, p2
+        elif op == GVAL:  # a = the n wire, b = the garbler's value index, bits [p1, p1 + width)
+            sb, q1, q2 = b, p1, width
         recs.append([op, sa, sb, so, t, c, q1, q2, oi])
         for w in {a} | ({b} if op in _TWO_IN else set()):
             if last_use.get(w) == gi:
@@ -371,3 +376,43 @@ def argmax_circuit(in_bits: int, k: int) -> Compiled:
         else:
             bld._emit(REVEAL, w, 0, 0, i, out=False)
     return _finish(bld, const_out)
+
+
+@functools.lru_cache(maxsize=64)
+def relu_sign_circuit(ring_bits: int, in_bits: int, shift: int, chunks: tuple[int, ...]) -> Compiled:
+    """ReLU with truncation, the sign from carry look-ups: inputs per value ``[k, g_1, p_1, ..., g_C, p_C,
+    c_s .. c_{b-1}]`` (one value, wires 0 .. 2C + m; m = b - s).
+
+    Wire 0 XOR the garbler's bit 0 is the carry k out of the s dropped low bits; wires 2i-1, 2i
+    XOR the garbler's bits are the generate / propagate bits of chunk i of the kept bits below the
+    top one (``chunks``, LSB first, summing to m - 1); the rest are the client's kept bits, the
+    garbler's in the same places of its value. With S', C' the garbler's / client's kept bits below
+    the top bits g, a, the carry k' into the top bit is one AND per chunk (``k = G_i ^ (P_i & k)``),
+    ``n = NOT(a ^ g ^ k')`` and the output is (see ``engine``'s docstring for the derivation)
+
+        n * (S' + C' + k - 2^(m-1) (a ^ g))   in Z_{2^l},
+
+    with B2A2 gates for C', k and a ^ g, a GVAL for S' and one NOUT: C AND gates in all.
+    """
+    l, b, s = ring_bits, in_bits, shift
+    m = b - s
+    nc = len(chunks)
+    if sum(chunks) != m - 1 or not chunks or min(chunks) < 1:
+        raise ValueError("chunks must split the m - 1 kept bits below the top one")
+    base = 1 + 2 * nc
+    bld = _Builder(base + m)
+    k0 = bld.xorg(0, 0, 0)
+    k = k0
+    for i in range(nc):
+        g = bld.xorg(1 + 2 * i, 0, 1 + 2 * i)
+        p = bld.xorg(2 + 2 * i, 0, 2 + 2 * i)
+        k = bld.xor(g, bld.and_(p, k))
+    top = base + m - 1
+    ag = bld.xorg(top, 0, top)  # a ^ g
+    n = bld.not_(bld.xor(ag, k))
+    terms = [(k0, 0, 0)] + [(base + j, j, 0) for j in range(m - 1)] + [(ag, m - 1, 1)]
+    for w, pos, neg in terms:
+        bld._emit(B2A2, w, n, neg, pos, width=l - pos, out=False)
+    bld._emit(GVAL, n, 0, base, 0, width=m - 1, out=False)
+    bld._emit(NOUT, n, 0, 0, 0, width=l, out=False)
+    return _finish(bld)

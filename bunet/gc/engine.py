@@ -94,6 +94,59 @@ def _lut_bytes(d: int) -> int:
     return max(1, (1 << d) // 8)
 
 
+@dataclass(frozen=True)
+class LutPlan:
+    """How an op uses carry look-ups (see the module docstring).
+
+    ``rows`` reverse OTs per value, on the server's bits 0 .. rows-1; one table per entry of
+    ``tables``: (bit offset, d, kind), kind 0 = generate (the carry out of bits off .. off+d-1 of
+    the two shares), 1 = propagate; the circuit input of a value is the masked table bits (one
+    wire each, in this order), then the value's bits from ``keep_from`` up.
+    """
+
+    rows: int
+    tables: tuple[tuple[int, int, int], ...]
+    keep_from: int
+    chunks: tuple[int, ...] = ()  # sign mode: the chunk sizes of the kept bits (generate/propagate pairs)
+
+    @property
+    def table_bytes(self) -> int:
+        return sum(_lut_bytes(d) for _, d, _ in self.tables)
+
+    def circuit_words(self, v: np.ndarray, masked: np.ndarray, in_bits: int) -> np.ndarray:
+        """The circuit's input words: masked table bits (columns of ``masked``), then bits keep_from.. of v."""
+        nt = len(self.tables)
+        high = (v >> np.uint64(self.keep_from)) & _mask(in_bits - self.keep_from)
+        w = high << np.uint64(nt)
+        for t in range(nt):
+            w |= masked[:, t].astype(np.uint64).reshape(v.shape) << np.uint64(t)
+        return np.ascontiguousarray(w)
+
+
+def _split(bits: int, most: int = LUT_MAX) -> tuple[int, ...]:
+    """bits into the fewest chunks of at most ``most``, as equal as possible, larger first."""
+    c = -(-bits // most)
+    return tuple(bits // c + (1 if i < bits % c else 0) for i in range(c))
+
+
+def _lut_plan(in_bits: int, shift: int, relu: bool, k: int) -> LutPlan | None:
+    """Sign mode for a plain ReLU with shift <= 8 (the whole comparison by look-ups: the circuit keeps one
+    AND per chunk); carry mode otherwise (the carry out of the min(shift, 8) low bits)."""
+    if shift == 0:
+        return None
+    m = in_bits - shift
+    if relu and k == 1 and shift <= LUT_MAX and m >= 2:
+        chunks = _split(m - 1)
+        tabs = [(0, shift, 0)]
+        off = shift
+        for d in chunks:
+            tabs += [(off, d, 0), (off, d, 1)]
+            off += d
+        return LutPlan(in_bits - 1, tuple(tabs), shift, chunks)
+    d = min(shift, LUT_MAX)
+    return LutPlan(d, ((0, d, 0),), d)
+
+
 def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1)
 
@@ -105,15 +158,21 @@ class _Op:
     in_bits: int | None
 
     @property
+    def lut_plan(self) -> LutPlan | None:
+        """How the op uses carry look-ups (None: not at all)."""
+        return None
+
+    @property
     def lut_bits(self) -> int:
-        """d: the carry out of each value's d low bits comes from a look-up table, not the circuit."""
-        return 0
+        """Reverse OTs per value for the look-ups (0: the op has no pre-message)."""
+        return self.lut_plan.rows if self.lut_plan else 0
 
     @property
     def circ_bits(self) -> int:
-        """Input bits per value in the circuit: in_bits, or with a look-up, bits d.. plus the carry."""
+        """Input bits per value in the circuit: in_bits, or the masked table bits and the kept bits."""
         b = int(self.in_bits or 0)
-        return b - self.lut_bits + 1 if self.lut_bits else b
+        lp = self.lut_plan
+        return len(lp.tables) + b - lp.keep_from if lp else b
 
     @property
     def circuit(self) -> circuits.Compiled:  # pragma: no cover - each op defines it
@@ -130,7 +189,7 @@ class _Op:
         Ops with a carry look-up also have a pre-message (``pre_size``) before the request."""
         m = _pad128(n * self.k * self.circ_bits)
         c = self.circuit
-        tables = n * self.k * _lut_bytes(self.lut_bits) if self.lut_bits else 0
+        tables = n * self.k * self.lut_plan.table_bytes if self.lut_plan else 0
         return _HDR.size + _cot_len(ot_k, m) + tables, _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
     def pre_size(self, n: int, ot_k: int = 4) -> int:
@@ -165,18 +224,23 @@ class MaxTrunc(_Op):
             raise ValueError("lut must be a bool")
 
     @property
-    def lut_bits(self) -> int:
-        return min(self.shift, LUT_MAX) if self.lut else 0
+    def lut_plan(self) -> LutPlan | None:
+        return _lut_plan(int(self.in_bits or 0), self.shift, bool(self.relu), self.k) if self.lut else None
 
     @property
     def circuit(self) -> circuits.Compiled:
-        d = self.lut_bits
-        return circuits.max_trunc_circuit(self.ring_bits, self.circ_bits, self.shift - d + 1 if d else self.shift,
-                                          bool(self.relu), self.k, carry_in=d > 0)
+        lp = self.lut_plan
+        if lp is None:
+            return circuits.max_trunc_circuit(self.ring_bits, self.in_bits, self.shift, bool(self.relu), self.k)
+        if lp.chunks:
+            return circuits.relu_sign_circuit(self.ring_bits, self.in_bits, self.shift, lp.chunks)
+        return circuits.max_trunc_circuit(self.ring_bits, self.circ_bits, self.shift - lp.keep_from + 1,
+                                          bool(self.relu), self.k, carry_in=True)
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
-        return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)) | self.lut_bits << 1,
-                self.k)
+        lp = self.lut_plan
+        mode = 0 if lp is None else 2 if lp.chunks else 1
+        return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)) | mode << 1, self.k)
 
 
 
@@ -206,21 +270,23 @@ class ReluPool(_Op):
             raise ValueError("lut must be a bool")
 
     @property
-    def lut_bits(self) -> int:
-        return min(self.shift, LUT_MAX) if self.lut else 0
+    def lut_plan(self) -> LutPlan | None:
+        return _lut_plan(int(self.in_bits or 0), self.shift, True, 4) if self.lut else None
 
     @property
     def circuit(self) -> circuits.Compiled:
-        d = self.lut_bits
-        return circuits.relu_pool_circuit(self.ring_bits, self.circ_bits, self.shift - d + 1 if d else self.shift,
-                                          carry_in=d > 0)
+        lp = self.lut_plan
+        if lp is None:
+            return circuits.relu_pool_circuit(self.ring_bits, self.in_bits, self.shift)
+        return circuits.relu_pool_circuit(self.ring_bits, self.circ_bits, self.shift - lp.keep_from + 1,
+                                          carry_in=True)
 
     @property
     def n_outputs(self) -> int:
         return 5
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
-        return (OP_RELUPOOL, self.ring_bits, self.in_bits, self.shift, 1 | self.lut_bits << 1, 4)
+        return (OP_RELUPOOL, self.ring_bits, self.in_bits, self.shift, 1 | (2 if self.lut_plan else 0), 4)
 
 
 
@@ -516,12 +582,14 @@ class Evaluator(_Party):
         return out
 
     def _tables(self, op: Op, yc: np.ndarray, pre: bytes | None) -> tuple[np.ndarray, np.ndarray]:
-        """The carry tables for the server's pre-message, and the circuit inputs (bits d.. and rho)."""
+        """The look-up tables for the server's pre-message, and the circuit inputs (masks, kept bits)."""
         if pre is None:
             raise ValueError("this operation needs the server's pre-message (Garbler.pre)")
-        d, n = op.lut_bits, yc.shape[0]
+        lp, n = op.lut_plan, yc.shape[0]
+        assert lp is not None
         pseq, n_pre, body = self._parse(pre, T_PRE, op)
-        rows = _pad128(n * op.k * d)
+        items = n * op.k
+        rows = _pad128(items * lp.rows)
         if n_pre != n or len(body) != _cot_len(self.ot_k, rows):
             raise ValueError("pre-message was made for a different number of instances")
         with self._lock:
@@ -531,18 +599,23 @@ class Evaluator(_Party):
             self.bytes_received += len(pre)
         q = np.empty(16 * rows, dtype=np.uint8)
         lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
-        rho = np.empty(n * op.k, dtype=np.uint8)
+        nt = len(lp.tables)
+        rho = np.empty((nt, items), dtype=np.uint8)  # a fresh CSPRNG mask bit per table
         if lib.bn_prg_fill(_buf(rho), rho.size) != 0:
             raise OSError("getrandom() failed")
         rho &= 1
-        low = (yc.reshape(-1) & _mask(d)).astype(np.uint16)
-        tables = np.empty(n * op.k * _lut_bytes(d), dtype=np.uint8)
-        rc = lib.bn_lut_send(n * op.k, d, _buf(q), _buf(self._rdelta), self._rk, 128 * rblk,
-                             ffi.from_buffer("uint16_t[]", low), _buf(rho), _buf(tables))
-        if rc != 0:
-            raise MemoryError(f"carry tables failed (engine code {rc})")
-        high = (yc >> np.uint64(d)) & _mask(op.in_bits - d)
-        return (high << np.uint64(1)) | rho.reshape(yc.shape).astype(np.uint64), tables
+        v = yc.reshape(-1)
+        tb = lp.table_bytes
+        tables = np.empty(items * tb, dtype=np.uint8)
+        toff = 0
+        for t, (off, d, kind) in enumerate(lp.tables):
+            a = ((v >> np.uint64(off)) & _mask(d)).astype(np.uint16)
+            rc = lib.bn_lut_send(items, d, kind, lp.rows, off, _buf(q), _buf(self._rdelta), self._rk, 128 * rblk,
+                                 ffi.from_buffer("uint16_t[]", a), _buf(rho[t]), _buf(tables), tb, toff)
+            if rc != 0:
+                raise MemoryError(f"look-up tables failed (engine code {rc})")
+            toff += _lut_bytes(d)
+        return lp.circuit_words(yc, rho.T, op.in_bits).reshape(yc.shape), tables
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc: (n,), ReluPool: (n, 5))
@@ -709,7 +782,7 @@ class Garbler(_Party):
         m, nct, nar = _sizes(op, n)
         d = op.lut_bits
         cot = _cot_len(self._ot_k, m)
-        if len(body) != cot + (n * op.k * _lut_bytes(d) if d else 0):
+        if len(body) != cot + (n * op.k * op.lut_plan.table_bytes if d else 0):
             raise ValueError("request has the wrong length")
         with self._lock:
             if seq != self._seq:
@@ -754,13 +827,18 @@ class Garbler(_Party):
 
     def _open_tables(self, op: Op, ys: np.ndarray, pre: tuple[np.ndarray, np.ndarray, int],
                      tables: memoryview) -> np.ndarray:
-        """Open each value's entry of its carry table: u = carry ^ rho; the circuit input is (bits d.., u)."""
-        t, low, rblk = pre
-        d = op.lut_bits
-        u = np.empty(low.size, dtype=np.uint8)
-        rc = lib.bn_lut_recv(low.size, d, _buf(t), self._rk, 128 * rblk, ffi.from_buffer("uint16_t[]", low),
-                             _buf(tables), _buf(u))
-        if rc != 0:
-            raise MemoryError(f"carry tables failed (engine code {rc})")
-        high = (ys >> np.uint64(d)) & _mask(op.in_bits - d)
-        return np.ascontiguousarray((high << np.uint64(1)) | u.reshape(ys.shape).astype(np.uint64))
+        """Open the server's entry of each table (f ^ rho); the circuit inputs are those bits, then the kept bits."""
+        t_rows, _, rblk = pre
+        lp = op.lut_plan
+        assert lp is not None
+        v = ys.reshape(-1)
+        u = np.empty((len(lp.tables), v.size), dtype=np.uint8)
+        toff = 0
+        for t, (off, d, kind) in enumerate(lp.tables):
+            x = ((v >> np.uint64(off)) & _mask(d)).astype(np.uint16)
+            rc = lib.bn_lut_recv(v.size, d, kind, lp.rows, off, _buf(t_rows), self._rk, 128 * rblk,
+                                 ffi.from_buffer("uint16_t[]", x), _buf(tables), lp.table_bytes, toff, _buf(u[t]))
+            if rc != 0:
+                raise MemoryError(f"look-up tables failed (engine code {rc})")
+            toff += _lut_bytes(d)
+        return lp.circuit_words(ys, u.T, op.in_bits).reshape(ys.shape)
