@@ -21,14 +21,25 @@ default k = 4; k = 2 costs 8 bytes and less CPU). The forward correlated OTs are
 client's input labels: the garbler sends nothing per client input bit, and the server's own
 share bits are XOR-ed in for free.
 
-Carry look-up (``lut_bits`` d = min(shift, 8) for truncating ops): the d low bits of a value are
-dropped by the truncation, only their carry matters. Instead of d - 1 ANDs and a garbler half
-gate in the circuit, the client sends a 2^d-bit table per value (entry x: the carry of its low
-bits + x, masked by a fresh random bit rho), encrypted under d reverse OTs so that the server
-opens exactly the entry of its own low bits (1-of-2^d OT from d random OTs, Naor-Pinkas; see
-``bn_lut_send`` in native/bunet_gc.c). The server learns carry ^ rho (uniform), the client
-nothing; in the circuit the value's bit 0 becomes rho (client input) XOR carry ^ rho (garbler
-plaintext), the carry into bit d. A ReLU at (24, 24, 8): 568.5 bytes instead of 720.5.
+Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
+client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
+exactly the entry of its own d bits x (1-of-2^d OT from d random OTs, Naor-Pinkas; see
+``bn_lut_send`` in native/bunet_gc.c). Entry x holds a bit of (client's bits a) + x - the carry
+out ("generate") or "propagate" - XOR a fresh random bit rho of the client. The server learns
+f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client input) XOR f ^ rho
+(garbler plaintext) = f.
+
+* Carry mode (truncations, pools, ReLUs with shift > 8): the d = min(shift, 8) low bits are
+  dropped by the truncation, only their carry matters: one table instead of d - 1 ANDs and a
+  garbler half gate.
+* Sign mode (plain ReLU, shift <= 8): the carry of the dropped bits and, per chunk of the kept
+  bits below the top one (8 + 7 at 24/24/8), its generate and propagate bits, on b - 1 reverse
+  OTs per value; the circuit chains the chunks with one AND each and outputs
+  ``n (S' + C' + k - 2^(m-1) (a ^ g))`` by arithmetic gates (``circuits.relu_sign_circuit``).
+
+Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 429.0
+in sign mode (124.25 garbled + 92.2 of reverse OTs down, 212.5 up: 21 OTs and 128 bytes of
+tables).
 
 Requests must reach ``respond`` in the order they were made (checked: the sequence number fixes
 the OT range and the hash tweaks, which are never reused); pre-messages pair with requests in
@@ -39,15 +50,14 @@ be pipelined and run on two threads. ``g.claim(op, req, ys)`` does the in-order 
 in cache (bunet.gc.harness shows the pattern: both parties pipelined, two worker threads each).
 
 Costs per instance (AND = three-halves garbling, Rosulek-Roy 2021: 24 bytes + 5 control bits;
-ANDG = garbler half gate, 16 bytes; see ``circuits``), with the carry look-up (d = min(s, 8)):
-MaxTrunc k=1 (ReLU or truncation): b - d - 1 AND, plus (l-j)-bit arithmetic ciphertexts per
-output bit j (two per bit for the ReLU, fused with its multiplexer): 436.1 bytes garbled for the
-default ReLU (l = b = 24, s = 8), plus 100 bytes up (17 OTs at ot_k = 4 and a 32-byte table) and
-32 bytes of reverse OTs down; without it (``lut=False``) b - 2 AND + 1 ANDG, 624.5 + 96 bytes.
-MaxTrunc k=4: 4(b - d - 1) + 5(b - s) (+2 with ReLU) AND; ReluPool (a 2x2 window's 4 ReLUs and
-their max, 5 outputs): the same gates as MaxTrunc k=4 with ReLU, 3,897.25 + 400 + 128 bytes for
-(24, 24, 8) (5,034.75 without the look-up); Argmax over K: K(b-2) + (K-1)b + (K-2)b + index muxes AND
-+ K ANDG (no truncation, no look-up).
+ANDG = garbler half gate, 16 bytes; see ``circuits``). Without look-ups (``lut=False``):
+MaxTrunc k=1 (ReLU or truncation): b-2 AND + 1 ANDG, plus (l-j)-bit arithmetic ciphertexts per
+output bit j (two per bit for the ReLU, fused with its multiplexer); MaxTrunc k=4: 4(b-2) + 5(b-s)
+(+2 with ReLU) AND + 4 ANDG; ReluPool (a 2x2 window's 4 ReLUs and their max, 5 outputs): the
+same gates as MaxTrunc k=4 with ReLU, 5,034.75 bytes for (24, 24, 8). With them (the default):
+ReLU in sign mode 2 AND (429 bytes in all), carry mode b - d - 1 AND per value and no ANDG
+(ReluPool (24, 24, 8): 4,425.7 bytes). Argmax over K (no truncation, no look-up):
+K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
 """
 
 from __future__ import annotations
