@@ -287,3 +287,51 @@ def test_server_he_without_client_key_refuses_to_answer(model):
     with pytest.raises(ValueError, match="public key"):
         srv.he.apply(layer, b"", np.zeros((1, 1, 16, 16), dtype=np.uint64))
     assert not any("secret" in k.lower() for k in vars(srv.he))
+
+
+def test_stream_channel_frame_boundaries_over_grpc(monkeypatch):
+    """Messages of every size around the frame size, both ways at once, arrive whole and in order;
+    a message past the receiver's cap ends the job with a clear error."""
+    import threading
+
+    from bunet.protocol.channel import ProtocolError
+    from bunet.service import transport
+
+    monkeypatch.setattr(transport, "FRAME_BYTES", 1000)  # many frames per message, quickly
+    sizes = [0, 1, 999, 1000, 1001, 2000, 2500, 70_001]
+    rng = np.random.default_rng(0)
+    msgs = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+    got_up: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def echo(chan):  # answers each message reversed while the client keeps sending
+        try:
+            for i in range(len(msgs)):
+                m = chan.recv(f"up{i}")
+                got_up.append(bytes(m))
+                chan.send(f"down{i}", bytes(m)[::-1])
+            chan.max_message = 5000
+            chan.recv("big")
+        except ProtocolError as e:
+            errors.append(e)
+            raise
+
+    servicer = transport.SegmentationServicer("{}", echo, transport.ServerLimits(), None, 1)
+    srv = transport.GrpcServer("127.0.0.1:0", servicer).start()
+    stub = transport.StubClient(transport.open_channel(f"127.0.0.1:{srv.port}"), "test")
+    try:
+        chan, finish = stub.job()
+        sender = threading.Thread(target=lambda: [chan.send(f"up{i}", m) for i, m in enumerate(msgs)])
+        sender.start()
+        for i, m in enumerate(msgs):
+            assert bytes(chan.recv(f"down{i}")) == m[::-1]
+        sender.join()
+        chan.send("big", bytes(6000))
+        with pytest.raises(ProtocolError, match="larger than this job allows"):
+            chan.recv("never")
+        finish()
+    finally:
+        stub.close()
+        srv.stop(0)
+    assert got_up == msgs
+    assert errors and "larger than this job allows" in str(errors[0])

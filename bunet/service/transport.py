@@ -25,8 +25,14 @@ from .proto import bunet_pb2, bunet_pb2_grpc
 
 log = logging.getLogger("bunet.service")
 
-FRAME_BYTES = 1 << 20  # 1 MiB per frame, well under gRPC's 4 MB message default
+# 2 MiB per frame: half of gRPC's 4 MiB message default, so a frame and its header always fit.
+# Most of the transport's CPU goes to copying every byte (ours: frame encoding, reassembly;
+# gRPC's Python layer: one copy sending, two receiving; the kernel's two), which frames cannot
+# change; the rest is largely per frame (thread hand-offs and Python in gRPC's layer and ours),
+# which larger frames cut. bench/transport.py measures both.
+FRAME_BYTES = 2 << 20
 MAX_MESSAGE_BYTES = 4 << 20
+OUTQ_BYTES = 64 << 20  # frames queued for sending per stream (back-pressure, bounded memory)
 SERVICE_NAME = "bunet.v1.Segmentation"
 _END = object()
 
@@ -38,7 +44,7 @@ class StreamChannel(Channel):
 
     def __init__(self, timeout: float | None = None) -> None:
         super().__init__()
-        self.outq: queue.Queue = queue.Queue(maxsize=64)  # bounded: back-pressure, bounded memory
+        self.outq: queue.Queue = queue.Queue(maxsize=max(2, OUTQ_BYTES // FRAME_BYTES))  # back-pressure
         self.inq: queue.Queue = queue.Queue()
         self.timeout = timeout
         self.peer_error: BaseException | None = None
@@ -188,6 +194,11 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
             context.abort(*failure[0])
 
 
+# Extra channel/server options. None measured better on loopback (bench/transport.py, 2 MiB
+# frames): grpc.http2.max_frame_size up to 16 MiB, grpc.http2.lookahead_bytes 8 MiB with
+# grpc.http2.bdp_probe 0, larger grpc.experimental.tcp_*read_chunk_size, and the core experiments
+# tcp_rcv_lowat / tcp_frame_size_tuning all stayed within run-to-run noise: gRPC reads sockets into
+# 64 KiB slices whatever the options, and the Python layer copies each slice, then joins them.
 GRPC_TUNING: list[tuple[str, int]] = []
 
 
