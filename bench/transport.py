@@ -1,7 +1,8 @@
 """Transport benchmark: bytes through the product's gRPC path (StreamChannel over a Run stream)
 between two processes on localhost, and the CPU both spend per GB.
 
-    python bench/transport.py [--gb 4] [--up-mb 2] [--down-mb 8] [--window 4] [--tls]
+    python bench/transport.py [--gb 4] [--up-mb 2] [--down-mb 8] [--window 4] [--tls | --unix]
+                              [--frame-bytes N] [--tuning '[["grpc.option", value], ...]']
 
 The server is a real GrpcServer (SegmentationServicer) in its own process whose job handler
 answers every ``up`` message with a bigger ``down`` message (like garbled-circuit requests and
@@ -20,6 +21,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,12 +101,16 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    _apply_overrides(args)
-    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        return _run(args, Path(tmp))
 
-    tmp = Path(tempfile.mkdtemp())
-    host = "localhost" if args.tls else "127.0.0.1"
-    address = f"{host}:{_free_port()}"
+
+def _run(args: argparse.Namespace, tmp: Path) -> dict:
+    _apply_overrides(args)
+    if args.unix:
+        address = f"unix:{tmp / 'bench.sock'}"
+    else:
+        address = f"{'localhost' if args.tls else '127.0.0.1'}:{_free_port()}"
     cmd = [sys.executable, __file__, "--serve", "--listen", address]
     if args.frame_bytes:
         cmd += ["--frame-bytes", str(args.frame_bytes)]
@@ -131,8 +137,8 @@ def run(args: argparse.Namespace) -> dict:
             Path(args.pid_file).write_text(f"{os.getpid()} {proc.pid}\n")
         cpu0, wall0 = _cpu(), time.perf_counter()
         sent = 0
-        for _ in range(n):
-            while sent < n and sent < _ + args.window:
+        for i in range(n):
+            while sent < n and sent < i + args.window:
                 chan.send("up", up)
                 sent += 1
             if len(chan.recv("down")) != down_b:
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> dict:
         "down_bytes": down_b,
         "window": args.window,
         "tls": args.tls,
+        "address": address.split(":")[0] if args.unix else "tcp loopback",
         "wall_s": round(wall, 3),
         "gb_per_s": round(gb / wall, 3),
         "cpu_s_client": round(cpu_client, 3),
@@ -175,6 +182,7 @@ def main() -> None:
     ap.add_argument("--down-mb", type=float, default=8.0, help="server -> client answer size (MiB)")
     ap.add_argument("--window", type=int, default=4, help="requests in flight")
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--unix", action="store_true", help="a Unix domain socket instead of TCP loopback")
     ap.add_argument("--frame-bytes", type=int, default=0, help="override transport.FRAME_BYTES")
     ap.add_argument("--tuning", help="override transport.GRPC_TUNING, JSON list of [name, value]")
     ap.add_argument("--pid-file", help="write 'client_pid server_pid' here once timing starts (profiling)")
