@@ -106,8 +106,14 @@ def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
             "ot_bytes_per_cot": 16 / k, "ot_softspoken_k": k}
 
 
-def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
-    op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1)
+def _message_bytes(op, n: int, ot_k: int) -> float:
+    """Bytes per instance from the op's message sizes: pre-message, request and response."""
+    req, resp = op.message_sizes(n, ot_k)
+    return (op.pre_size(n, ot_k) + req + resp + op.post_size(n)) / n
+
+
+def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = True) -> dict:
+    op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1, lut=lut)
     x = ring.random((n, 1), l)
     yc, ys = ring.share(x, l)
     out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, tcp=True, ot_k=ot_k)
@@ -132,6 +138,9 @@ def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
         "relu_seconds": st.seconds,
         "relu_exact": ok,
         "ot_softspoken_k": ot_k,
+        "look_ups": "none" if op.lut_plan is None else "sign" if op.lut_plan.chunks else "carry",
+        "relu_bytes_from_message_sizes": _message_bytes(op, n, ot_k),
+        "reverse_ots_per_relu": op.lut_bits,
     }
 
 
@@ -146,14 +155,16 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
     got = ring.add(out_c, out_s, l)
     ok = bool(np.array_equal(got[:, :4], el) and np.array_equal(got[:, 4], pooled))
     c = op.circuit
-    ot = 128 // ot_k // 8  # client OT bytes per input bit
-    relu = gcc.max_trunc_circuit(l, l, s, True, 1)
-    pool = gcc.max_trunc_circuit(l, l - s, 0, False, 4)
+    m = 1 << 16
+    unfused = 4 * _message_bytes(MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True), m, ot_k) + \
+        _message_bytes(MaxTrunc(ring_bits=l, in_bits=l - s, relu=False, k=4), m, ot_k)
     return {
         "window_three_halves_ands": c.and_gates,
         "window_garbler_half_gates": c.andg_gates,
-        "window_bytes_circuit": c.bytes_per_inst + 4 * l * ot,
-        "window_bytes_circuit_unfused": 4 * (relu.bytes_per_inst + l * ot) + pool.bytes_per_inst + 4 * (l - s) * ot,
+        "window_bytes_circuit": _message_bytes(op, m, ot_k),
+        "window_bytes_circuit_no_look_ups": _message_bytes(ReluPool(ring_bits=l, in_bits=l, shift=s, lut=False), m,
+                                                           ot_k),
+        "window_bytes_circuit_unfused": unfused,
         "window_bytes": st.total_bytes / n,
         "windows_per_s": n / st.seconds,
         "window_client_cpu_us": st.extra["client_cpu_s"] / n * 1e6,
@@ -183,6 +194,7 @@ def main() -> None:
     res["l32"] = {"ring_bits": 32, "in_bits": 32, "shift": 12, **bench_relu(32, 12, n, a.chunk)}
     # the bandwidth/CPU knob: SoftSpoken k=2 sends twice the client OT bytes of k=4, for less CPU
     res["default_quantization_ot_k2"] = bench_relu(24, 8, n, a.chunk, ot_k=2)
+    res["default_quantization_no_look_ups"] = bench_relu(24, 8, n, a.chunk, lut=False)  # the circuit alone
     res["relu_pool"] = {"ring_bits": 24, "in_bits": 24, "shift": 8, **bench_relu_pool(24, 8, n // 4, a.chunk // 4)}
     res["cpus"] = os.cpu_count()
     res["loadavg_at_start"] = load0

@@ -901,7 +901,7 @@ int bn_gc_run_multi(int garbler, const int32_t *gates, uint32_t ngates, uint32_t
             const int32_t *G = gates + (size_t)g * GREC;
             roff[g] = off;
             if (G[8] < 0 || (uint32_t)G[8] >= nout ||
-                (G[0] != G_B2A && G[0] != G_B2A2 && G[0] != G_NOUT && G[0] != G_GVAL && G[8])) {
+                (G[0] != G_B2A && G[0] != G_B2A2 && G[0] != G_NOUT && G[0] != G_GVAL && G[0] != G_REVEAL && G[8])) {
                 rc = -3;
                 goto done;
             }

@@ -31,6 +31,14 @@ def _req(ev: Evaluator, g: Garbler, op, yc: np.ndarray, ys: np.ndarray) -> bytes
     return ev.request(op, yc, g.pre(op, ys) if op.lut_bits else None)
 
 
+def _done(ev: Evaluator, g: Garbler, op, resp: bytes, out_s):
+    """Finish a response; in sign mode the client's post-message completes the server's shares."""
+    out_c = ev.finish(op, resp)
+    for post in ev.take_posts():
+        out_s = g.post(op, post, out_s)
+    return out_c, out_s
+
+
 @pytest.fixture(scope="module")
 def sess() -> tuple[Evaluator, Garbler]:
     return _session()
@@ -40,7 +48,7 @@ def _run(sess, op, x: np.ndarray):
     ev, g = sess
     yc, ys = ring.share(x, op.ring_bits)
     resp, out_s = g.respond(op, _req(ev, g, op, yc, ys), ys)
-    return ev.finish(op, resp), out_s
+    return _done(ev, g, op, resp, out_s)
 
 
 def _check_max_trunc(sess, op: MaxTrunc, x: np.ndarray) -> None:
@@ -87,7 +95,7 @@ def test_extreme_shares(sess):
     ys = np.array([[b] for _, b in pairs], dtype=np.uint64)
     ev, g = sess
     resp, out_s = g.respond(op, _req(ev, g, op, yc, ys), ys)
-    out_c = ev.finish(op, resp)
+    out_c, out_s = _done(ev, g, op, resp, out_s)
     want = ring.nonlinear(ring.add(yc, ys, l), in_bits=l, shift=8, relu=True, ring_bits=l)
     np.testing.assert_array_equal(ring.add(out_c, out_s, l), want)
 
@@ -343,6 +351,18 @@ def test_bad_messages():
     with pytest.raises(ValueError):
         ev.finish(op, b"x" * 100)
     out_c = ev.finish(op, resp)
+    (post,) = ev.take_posts()
+    with pytest.raises(ValueError):
+        g.post(op, post[:-1], out_s)  # truncated
+    with pytest.raises(ValueError):
+        g.post(MaxTrunc(ring_bits=24, in_bits=24, shift=7, relu=True), post, out_s)  # other op
+    with pytest.raises(ValueError):
+        g.post(op, post, out_s[:5])  # other shares
+    with pytest.raises(ValueError):
+        g2.post(op, post, out_s)  # other session
+    out_s = g.post(op, post, out_s)
+    with pytest.raises(ValueError):
+        g.post(op, post, out_s)  # replay
     np.testing.assert_array_equal(ring.add(out_c, out_s, 24),
                                   ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24))
     with pytest.raises(ValueError):
@@ -450,11 +470,15 @@ def test_message_sizes(ot_k):
             yc, ys = ring.share(x, op.ring_bits)
             pre = g.pre(op, ys) if op.lut_bits else None
             req = ev.request(op, yc, pre)
-            resp, _ = g.respond(op, req, ys)
+            resp, out_s = g.respond(op, req, ys)
             ev.finish(op, resp)
+            posts = ev.take_posts()
+            for post in posts:
+                g.post(op, post, out_s)
             want_req, want_resp = op.message_sizes(n, ot_k)
             assert len(req) == want_req and len(resp) == want_resp
             assert (len(pre) if pre else 0) == op.pre_size(n, ot_k)
+            assert sum(len(p) for p in posts) == op.post_size(n)
 
 
 def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray:
@@ -540,9 +564,11 @@ def test_claim_in_order_garble_concurrently():
         g.claim(op, reqs[0], shares[0][1])
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda j: j(), jobs[::-1]))[::-1]
-    for x, (resp, out_s) in zip(xs, results, strict=True):
+    outs_c = [ev.finish(op, resp) for resp, _ in results[::-1]][::-1]  # finish in any order
+    posts = ev.take_posts()  # in request order
+    for x, out_c, (_, out_s), post in zip(xs, outs_c, results, posts, strict=True):
         want = ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24)
-        np.testing.assert_array_equal(ring.add(ev.finish(op, resp), out_s, 24), want)
+        np.testing.assert_array_equal(ring.add(out_c, g.post(op, post, out_s), 24), want)
 
 
 def test_two_processes_errors_surface():
@@ -621,6 +647,7 @@ def test_lut_on_and_off(sess, op):
         np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
     on, off = MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, lut=False)
     assert (on.circuit.and_gates, on.circuit.andg_gates) == (2, 0)  # sign mode: one AND per chunk (8 + 7 bits)
+    assert on.circ_bits == 6 and on.lut_bits == 24  # 5 masks + the top bit in; 23 share bits + r0 looked up
     assert (off.circuit.and_gates, off.circuit.andg_gates) == (22, 1)
     pool, pool_off = ReluPool(ring_bits=24, shift=8), ReluPool(ring_bits=24, shift=8, lut=False)
     assert pool_off.circuit.and_gates - pool.circuit.and_gates == 4 * 7  # carry mode: 7 ANDs + 1 ANDG per value
@@ -649,5 +676,6 @@ def test_pre_message_checks():
     with pytest.raises(ValueError, match="different server shares"):
         g.respond(op, req, other)
     resp, out_s = g.respond(op, req, ys)
-    np.testing.assert_array_equal(ring.add(ev.finish(op, resp), out_s, 24),
+    out_c, out_s = _done(ev, g, op, resp, out_s)
+    np.testing.assert_array_equal(ring.add(out_c, out_s, 24),
                                   ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24))

@@ -87,9 +87,10 @@ if not lib.bn_cpu_ok():  # pragma: no cover - hardware dependent
     raise RuntimeError("bunet.gc needs a CPU with AES-NI, PCLMULQDQ, SSSE3 and SSE4.1 (not found by cpuid)")
 
 MAGIC = b"BNG2"
-T_HELLO1, T_HELLO2, T_REQ, T_RESP, T_HELLO3, T_HELLO4, T_PRE = 1, 2, 3, 4, 5, 6, 7
+T_HELLO1, T_HELLO2, T_REQ, T_RESP, T_HELLO3, T_HELLO4, T_PRE, T_POST = 1, 2, 3, 4, 5, 6, 7, 8
 LUT_MAX = 8  # carries out of at most this many low bits come from look-up tables (2^d-bit tables)
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
+_MUX_DOM = 0x4d55580000000000  # "MUX": hash domain of the post-message's correlated OTs
 _HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
 OP_MAXTRUNC, OP_ARGMAX, OP_RELUPOOL = 1, 2, 3
 
@@ -118,6 +119,11 @@ class LutPlan:
     tables: tuple[tuple[int, int, int], ...]
     keep_from: int
     chunks: tuple[int, ...] = ()  # sign mode: the chunk sizes of the kept bits (generate/propagate pairs)
+    # sign mode: the last row is the server's random bit r0 (the mask of the revealed n), not a share bit
+
+    @property
+    def mux(self) -> bool:
+        return bool(self.chunks)
 
     @property
     def table_bytes(self) -> int:
@@ -141,24 +147,40 @@ def _split(bits: int, most: int = LUT_MAX) -> tuple[int, ...]:
 
 def _lut_plan(in_bits: int, shift: int, relu: bool, k: int) -> LutPlan | None:
     """Sign mode for a plain ReLU with shift <= 8 (the whole comparison by look-ups: the circuit keeps one
-    AND per chunk); carry mode otherwise (the carry out of the min(shift, 8) low bits)."""
+    AND per chunk; the client's kept bits stay out of it); carry mode otherwise (the carry out of the
+    min(shift, 8) low bits)."""
     if shift == 0:
         return None
     m = in_bits - shift
-    if relu and k == 1 and shift <= LUT_MAX and m >= 2:
-        chunks = _split(m - 1)
+    chunks = _split(m - 1) if m >= 2 else ()
+    # the garbler's circuit word (masks, g, r0, S') must fit 64 bits
+    if relu and k == 1 and shift <= LUT_MAX and m >= 2 and 2 * len(chunks) + 2 + m <= 64:
         tabs = [(0, shift, 0)]
         off = shift
         for d in chunks:
             tabs += [(off, d, 0), (off, d, 1)]
             off += d
-        return LutPlan(in_bits - 1, tuple(tabs), shift, chunks)
+        return LutPlan(in_bits, tuple(tabs), in_bits - 1, chunks)
     d = min(shift, LUT_MAX)
     return LutPlan(d, ((0, d, 0),), d)
 
 
 def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1)
+
+
+def _post_bytes(op: _Op) -> int:
+    return (int(op.ring_bits) + 7) // 8  # type: ignore[attr-defined]
+
+
+def _pack_ring(v: np.ndarray, nb: int) -> bytes:
+    return np.ascontiguousarray(v.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :nb]).tobytes()
+
+
+def _unpack_ring(b: memoryview, count: int, nb: int) -> np.ndarray:
+    raw = np.zeros((count, 8), dtype=np.uint8)
+    raw[:, :nb] = np.frombuffer(b, dtype=np.uint8).reshape(count, nb)
+    return raw.view("<u8").reshape(-1).astype(np.uint64)
 
 
 class _Op:
@@ -206,6 +228,11 @@ class _Op:
         """Bytes of the server's pre-message for n instances (0 without a carry look-up)."""
         d = self.lut_bits
         return _HDR.size + _cot_len(ot_k, _pad128(n * self.k * d)) if d else 0
+
+    def post_size(self, n: int) -> int:
+        """Bytes of the client's post-message for n instances (0 unless in sign mode)."""
+        lp = self.lut_plan
+        return _HDR.size + n * self.k * _post_bytes(self) if lp and lp.mux else 0
 
 
 @dataclass(frozen=True)
@@ -487,7 +514,8 @@ class Evaluator(_Party):
         self._rdelta = bytearray(16)  # the reverse extension's correlation (the client's secret)
         self._rchoice: list[int] = []
         self._rkeys: list[bytes] = []
-        self._pending: dict[int, tuple[tuple[int, ...], int, np.ndarray, int]] = {}
+        self._pending: dict[int, tuple[tuple[int, ...], int, np.ndarray, int, tuple | None]] = {}
+        self._posts: dict[int, bytes] = {}
         self._pool: list[np.ndarray] = []  # label buffers, reused (fresh pages are costly)
 
     def _take_buffer(self, size: int) -> np.ndarray:
@@ -572,8 +600,9 @@ class Evaluator(_Party):
         yc = _check_shares(op, yc, "client")
         n = yc.shape[0]
         d = op.lut_bits
+        mux = None
         if d:
-            yc, tables = self._tables(op, yc, pre)
+            yc, tables, mux = self._tables(op, yc, pre)
         elif pre is not None:
             raise ValueError("this operation has no pre-message")
         m, _, _ = _sizes(op, n)
@@ -587,11 +616,11 @@ class Evaluator(_Party):
         labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
         lib.bn_cot_recv_fused(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
         with self._lock:
-            self._pending[seq] = (op._params(), n, labels, tw)
+            self._pending[seq] = (op._params(), n, labels, tw, mux)
             self.bytes_sent += len(out)
         return out
 
-    def _tables(self, op: Op, yc: np.ndarray, pre: bytes | None) -> tuple[np.ndarray, np.ndarray]:
+    def _tables(self, op: Op, yc: np.ndarray, pre: bytes | None) -> tuple[np.ndarray, np.ndarray, tuple | None]:
         """The look-up tables for the server's pre-message, and the circuit inputs (masks, kept bits)."""
         if pre is None:
             raise ValueError("this operation needs the server's pre-message (Garbler.pre)")
@@ -625,7 +654,17 @@ class Evaluator(_Party):
             if rc != 0:
                 raise MemoryError(f"look-up tables failed (engine code {rc})")
             toff += _lut_bytes(d)
-        return lp.circuit_words(yc, rho.T, op.in_bits).reshape(yc.shape), tables
+        mux = None
+        if lp.mux:  # the sender's keys of the r0 row: the post-message's correlated OT
+            rq = np.ascontiguousarray(q.reshape(-1, 16)[lp.rows - 1 : items * lp.rows : lp.rows])
+            keys = []
+            for blob in (rq, rq ^ np.frombuffer(bytes(self._rdelta), dtype=np.uint8)):
+                lib.bn_hash_batch(self._rk, _buf(blob), _buf(blob), items, 128 * rblk + lp.rows - 1, lp.rows,
+                                  _MUX_DOM)
+                keys.append(blob.view("<u8")[:, 0].astype(np.uint64) & _mask(op.ring_bits))
+            kept = (yc.reshape(-1) >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # C'
+            mux = (kept, keys[0], keys[1])
+        return lp.circuit_words(yc, rho.T, op.in_bits).reshape(yc.shape), tables, mux
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc: (n,), ReluPool: (n, 5))
@@ -642,10 +681,10 @@ class Evaluator(_Party):
                 raise ValueError("response has the wrong length")
             del self._pending[seq]
             self.bytes_received += len(resp)
-        _, _, labels, tw = pend
+        _, _, labels, tw, mux = pend
         c = op.circuit
         m = _pad128(n * op.k * op.circ_bits)
-        nout = op.n_outputs
+        nout = c.n_outputs
         out = np.empty(n * nout, dtype=np.uint64)
         mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
         ct = body[:nct]
@@ -659,7 +698,30 @@ class Evaluator(_Party):
             raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
         if isinstance(op, Argmax):
             return (out | np.uint64(c.const_out)).astype(np.int64)
+        if mux is not None:
+            return self._mux(op, seq, n, out.reshape(n, 2), mux)
         return out.reshape(n, nout) if nout > 1 else out
+
+    def _mux(self, op: Op, seq: int, n: int, out: np.ndarray, mux: tuple) -> np.ndarray:
+        """Sign mode: add n C' = n' C' + r0 (1 - 2n') C' (n' revealed); the second term by the
+        correlated OT on the server's r0: the client keeps -K0 and posts K1 - K0 - (1 - 2n') C'."""
+        kept, k0, k1 = mux
+        mk = _mask(op.ring_bits)
+        nb = out[:, 1] & np.uint64(1)
+        z = np.where(nb == 1, np.uint64(0) - kept, kept) & mk
+        share = (out[:, 0] + nb * kept - k0) & mk
+        post = self._header(T_POST, seq, op, n) + _pack_ring((k1 - k0 - z) & mk, _post_bytes(op))
+        with self._lock:
+            self._posts[seq] = post
+        return share
+
+    def take_posts(self) -> list[bytes]:
+        """The post-messages of the finished sign-mode responses, in request order (then forgotten)."""
+        with self._lock:
+            posts = [self._posts[k] for k in sorted(self._posts)]
+            self._posts.clear()
+            self.bytes_sent += sum(len(p) for p in posts)
+        return posts
 
 
 class Garbler(_Party):
@@ -677,7 +739,8 @@ class Garbler(_Party):
         self._ot_k = 0
         self._base_keys: list[bytes] = []
         self._choices: list[int] = []
-        self._pres: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray, int]] = deque()
+        self._pres: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray, int, np.ndarray | None]] = deque()
+        self._post_due: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]] = deque()
 
     def hello(self, msg: bytes) -> bytes:
         """Base OT round 2 (server -> client)."""
@@ -759,13 +822,22 @@ class Garbler(_Party):
         rows = _pad128(n * op.k * d)
         pseq, rblk = self._alloc_rev(rows)
         choice = np.empty(rows // 8, dtype=np.uint8)
-        lib.bn_pack_bits(_u64(ys), n * op.k, d, _buf(choice), rows)  # row i * d + j: bit j of value i
+        r0 = None
+        if op.lut_plan.mux:  # the last row is a fresh random bit r0, not a share bit
+            r0 = np.empty(n * op.k, dtype=np.uint8)
+            if lib.bn_prg_fill(_buf(r0), r0.size) != 0:
+                raise OSError("getrandom() failed")
+            r0 &= 1
+            vals = (ys.reshape(-1) & _mask(d - 1)) | (r0.astype(np.uint64) << np.uint64(d - 1))
+        else:
+            vals = ys.reshape(-1)
+        lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.k, d, _buf(choice), rows)  # row i*d+j: bit j
         out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._ot_k, rows))
         t = np.empty(16 * rows, dtype=np.uint8)
         lib.bn_cot_recv_fused(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
-        low = (ys.reshape(-1) & _mask(d)).astype(np.uint16)
+        low = ys.reshape(-1) & _mask(d - (r0 is not None))
         with self._lock:
-            self._pres.append((pseq, op._params(), n, t, low, rblk))
+            self._pres.append((pseq, op._params(), n, t, low, rblk, r0))
             self.bytes_sent += len(out)
         return out
 
@@ -800,12 +872,14 @@ class Garbler(_Party):
             pre = self._take_pre(op, n, ys) if d else None
             _, blk, tw = self._alloc(op, n, m)
             self.bytes_received += len(req)
+            if pre is not None and pre[2] is not None:
+                self._post_due.append((seq, op._params(), n, *self._mux_keys(op, pre)))
         c = op.circuit
 
         def job() -> tuple[bytes, np.ndarray | None]:
             yg = ys if pre is None else self._open_tables(op, ys, pre, body[cot:])
             out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
-            nout = op.n_outputs
+            nout = c.n_outputs
             acc = np.empty(n * nout, dtype=np.uint64)
             rc = lib.bn_gc_run_multi(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
                                      op.circ_bits, _u64(yg), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL,
@@ -819,26 +893,52 @@ class Garbler(_Party):
                 return out, None
             mask = np.uint64((1 << op.ring_bits) - 1)
             res = (np.uint64(0) - acc) & mask
+            if pre is not None and pre[2] is not None:  # sign mode: output 1 is the client's revealed bit
+                return out, np.ascontiguousarray(res.reshape(n, nout)[:, 0])
             return out, res.reshape(n, nout) if nout > 1 else res
 
         return job
 
-    def _take_pre(self, op: Op, n: int, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    def _mux_keys(self, op: Op, pre: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """The receiver's key of each value's r0 row (K_{r0}), and r0."""
+        t_rows, rblk, r0 = pre
+        rows = op.lut_bits
+        rt = np.ascontiguousarray(t_rows.reshape(-1, 16)[rows - 1 : r0.size * rows : rows])
+        lib.bn_hash_batch(self._rk, _buf(rt), _buf(rt), r0.size, 128 * rblk + rows - 1, rows, _MUX_DOM)
+        return rt.view("<u8")[:, 0].astype(np.uint64) & _mask(op.ring_bits), r0
+
+    def post(self, op: Op, msg: bytes, out_s: np.ndarray) -> np.ndarray:
+        """Sign mode: consume the client's post-message for the oldest finished request; returns that
+        request's server shares (from ``respond``) completed with K_{r0} - r0 e."""
+        op = _check_op(op)
+        self._ready()
+        seq, n, body = self._parse(msg, T_POST, op)
+        with self._lock:
+            if not self._post_due or self._post_due[0][0] != seq or self._post_due[0][1:3] != (op._params(), n):
+                raise ValueError("post-message out of order, replayed or for another request")
+            if len(body) != n * op.k * _post_bytes(op) or out_s.shape != (n,):
+                raise ValueError("post-message (or shares) of the wrong length")
+            _, _, _, key, r0 = self._post_due.popleft()
+            self.bytes_received += len(msg)
+        e = _unpack_ring(body, n * op.k, _post_bytes(op))
+        return (out_s + key - r0.astype(np.uint64) * e) & _mask(op.ring_bits)
+
+    def _take_pre(self, op: Op, n: int, ys: np.ndarray) -> tuple:
         """The oldest pending pre-message's state; it must be for this op, n and these shares."""
         if not self._pres:
             raise ValueError("request needs a pre-message that was not sent")
-        pseq, params, n_pre, t, low, rblk = self._pres[0]
+        pseq, params, n_pre, t, low, rblk, r0 = self._pres[0]
         if params != op._params() or n_pre != n:
             raise ValueError("request does not match the pending pre-message")
-        if not np.array_equal(low, (ys.reshape(-1) & _mask(op.lut_bits)).astype(np.uint16)):
+        if not np.array_equal(low, ys.reshape(-1) & _mask(op.lut_bits - (r0 is not None))):
             raise ValueError("request and pre-message were made for different server shares")
         self._pres.popleft()
-        return t, low, rblk
+        return t, rblk, r0
 
-    def _open_tables(self, op: Op, ys: np.ndarray, pre: tuple[np.ndarray, np.ndarray, int],
-                     tables: memoryview) -> np.ndarray:
-        """Open the server's entry of each table (f ^ rho); the circuit inputs are those bits, then the kept bits."""
-        t_rows, _, rblk = pre
+    def _open_tables(self, op: Op, ys: np.ndarray, pre: tuple, tables: memoryview) -> np.ndarray:
+        """Open the server's entry of each table (f ^ rho); the circuit's garbler bits are those, then
+        the kept bits (sign mode: the top bit g, r0, then S'; see ``circuits.relu_sign_circuit``)."""
+        t_rows, rblk, r0 = pre
         lp = op.lut_plan
         assert lp is not None
         v = ys.reshape(-1)
@@ -851,4 +951,9 @@ class Garbler(_Party):
             if rc != 0:
                 raise MemoryError(f"look-up tables failed (engine code {rc})")
             toff += _lut_bytes(d)
-        return lp.circuit_words(ys, u.T, op.in_bits).reshape(ys.shape)
+        w = lp.circuit_words(ys, u.T, op.in_bits).reshape(-1)
+        if r0 is not None:
+            nt = np.uint64(len(lp.tables))
+            kept = (v >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # S'
+            w |= (r0.astype(np.uint64) << (nt + np.uint64(1))) | (kept << (nt + np.uint64(2)))
+        return w.reshape(ys.shape)

@@ -274,6 +274,8 @@ class ServerProtocol:
         finally:
             for f in inflight:  # a failed job: let the pool finish what it started, drop the rest
                 f.cancel()
+        if op.post_size(1):  # sign mode: the client's post-messages complete the shares, in order
+            outs = [garbler.post(op, chan.recv(tag), o) for o in outs]
         return outs
 
 
@@ -357,4 +359,7 @@ class ClientProtocol:
                 chan.send(tag, ev.request(op, rows[chunks[sent]], pre))
                 sent += 1
             futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
-        return [f.result() for f in futs]
+        outs = [f.result() for f in futs]
+        for post in ev.take_posts():  # sign mode: completes the server's shares (in request order)
+            chan.send(tag, post)
+        return outs
