@@ -591,44 +591,53 @@ class Evaluator(_Party):
     def request(self, op: Op, yc: np.ndarray, pre: bytes | None = None) -> bytes:
         """Client -> server: OT-extension message for the client's input bits of this layer.
 
-        Ops with ``lut_bits`` d > 0 need the server's pre-message for the same instances (``Garbler.pre``):
-        the request then also carries one 2^d-bit table per value, the carry out of its d low bits
-        masked with a fresh random bit rho, which replaces those bits as the value's circuit input.
+        Ops with ``lut_bits`` > 0 need the server's pre-message for the same instances (``Garbler.pre``):
+        the request then also carries the look-up tables (see the module docstring).
+        ``request(...)`` is ``prepare(...)()``.
+        """
+        return self.prepare(op, yc, pre)()
+
+    def prepare(self, op: Op, yc: np.ndarray, pre: bytes | None = None) -> Callable[[], bytes]:
+        """Check the inputs and claim the request's OT ranges in order; returns the job that makes it.
+
+        Jobs may run on several threads (the C calls release the GIL); each request must reach the
+        server after the ones prepared before it.
         """
         op = _check_op(op)
         self._ready()
         yc = _check_shares(op, yc, "client")
         n = yc.shape[0]
-        d = op.lut_bits
-        mux = None
-        if d:
-            yc, tables, mux = self._tables(op, yc, pre)
-        elif pre is not None:
+        lut = self._claim_pre(op, n, pre) if op.lut_bits else None
+        if not op.lut_bits and pre is not None:
             raise ValueError("this operation has no pre-message")
         m, _, _ = _sizes(op, n)
         seq, blk, tw = self._alloc(op, n, m)
-        choice = np.empty(m // 8, dtype=np.uint8)
-        lib.bn_pack_choice(_u64(yc), n, op.k, op.circ_bits, _buf(choice), m)
-        cot = _cot_len(self.ot_k, m)
-        out, body = _new_message(self._header(T_REQ, seq, op, n), cot + (len(tables) if d else 0))
-        if d:
-            ffi.memmove(body + cot, _buf(tables), len(tables))
-        labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
-        lib.bn_cot_recv_fused(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
-        with self._lock:
-            self._pending[seq] = (op._params(), n, labels, tw, mux)
-            self.bytes_sent += len(out)
-        return out
 
-    def _tables(self, op: Op, yc: np.ndarray, pre: bytes | None) -> tuple[np.ndarray, np.ndarray, tuple | None]:
-        """The look-up tables for the server's pre-message, and the circuit inputs (masks, kept bits)."""
+        def job() -> bytes:
+            y, tables, mux = (yc, None, None) if lut is None else self._tables(op, yc, *lut)
+            choice = np.empty(m // 8, dtype=np.uint8)
+            lib.bn_pack_choice(_u64(y), n, op.k, op.circ_bits, _buf(choice), m)
+            cot = _cot_len(self.ot_k, m)
+            out, body = _new_message(self._header(T_REQ, seq, op, n), cot + (0 if tables is None else len(tables)))
+            if tables is not None:
+                ffi.memmove(body + cot, _buf(tables), len(tables))
+            labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
+            lib.bn_cot_recv_fused(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
+            with self._lock:
+                self._pending[seq] = (op._params(), n, labels, tw, mux)
+                self.bytes_sent += len(out)
+            return out
+
+        return job
+
+    def _claim_pre(self, op: Op, n: int, pre: bytes | None) -> tuple[memoryview, int]:
+        """Check the server's pre-message (in order) and claim its reverse OT rows."""
         if pre is None:
             raise ValueError("this operation needs the server's pre-message (Garbler.pre)")
-        lp, n = op.lut_plan, yc.shape[0]
+        lp = op.lut_plan
         assert lp is not None
         pseq, n_pre, body = self._parse(pre, T_PRE, op)
-        items = n * op.k
-        rows = _pad128(items * lp.rows)
+        rows = _pad128(n * op.k * lp.rows)
         if n_pre != n or len(body) != _cot_len(self.ot_k, rows):
             raise ValueError("pre-message was made for a different number of instances")
         with self._lock:
@@ -636,6 +645,15 @@ class Evaluator(_Party):
                 raise ValueError("pre-message out of order (or replayed)")
             _, rblk = self._alloc_rev(rows)
             self.bytes_received += len(pre)
+        return body, rblk
+
+    def _tables(self, op: Op, yc: np.ndarray, body: memoryview, rblk: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                    tuple | None]:
+        """The look-up tables for the server's pre-message, and the circuit inputs (masks, kept bits)."""
+        lp, n = op.lut_plan, yc.shape[0]
+        assert lp is not None
+        items = n * op.k
+        rows = _pad128(items * lp.rows)
         q = np.empty(16 * rows, dtype=np.uint8)
         lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
         nt = len(lp.tables)
@@ -739,7 +757,8 @@ class Garbler(_Party):
         self._ot_k = 0
         self._base_keys: list[bytes] = []
         self._choices: list[int] = []
-        self._pres: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray, int, np.ndarray | None]] = deque()
+        self._pres: dict[int, tuple | None] = {}  # pre-messages by sequence number (None: being made)
+        self._pre_next = 0  # the pre-message the next request consumes
         self._post_due: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]] = deque()
 
     def hello(self, msg: bytes) -> bytes:
@@ -806,12 +825,17 @@ class Garbler(_Party):
         self._base_keys = []
 
     def pre(self, op: Op, ys: np.ndarray) -> bytes:
-        """Server -> client, before the request of an op with ``lut_bits`` d > 0: the reverse OT
-        extension's message for the server's d low bits of each value (its table choices).
+        """Server -> client, before the request of an op with ``lut_bits`` > 0: the reverse OT
+        extension's message for the server's table choices (its low share bits; in sign mode also
+        a fresh random bit r0 per value).
 
         Pre-messages and requests pair up in order: the k-th request of such ops consumes the k-th
-        pre-message, for the same shares ys.
+        pre-message, for the same shares ys. ``pre(...)`` is ``prepare_pre(...)()``.
         """
+        return self.prepare_pre(op, ys)()
+
+    def prepare_pre(self, op: Op, ys: np.ndarray) -> Callable[[], bytes]:
+        """Claim a pre-message's reverse OT rows in order; returns the job that makes it (any thread)."""
         op = _check_op(op)
         self._ready()
         d = op.lut_bits
@@ -821,25 +845,32 @@ class Garbler(_Party):
         n = ys.shape[0]
         rows = _pad128(n * op.k * d)
         pseq, rblk = self._alloc_rev(rows)
-        choice = np.empty(rows // 8, dtype=np.uint8)
-        r0 = None
-        if op.lut_plan.mux:  # the last row is a fresh random bit r0, not a share bit
-            r0 = np.empty(n * op.k, dtype=np.uint8)
-            if lib.bn_prg_fill(_buf(r0), r0.size) != 0:
-                raise OSError("getrandom() failed")
-            r0 &= 1
-            vals = (ys.reshape(-1) & _mask(d - 1)) | (r0.astype(np.uint64) << np.uint64(d - 1))
-        else:
-            vals = ys.reshape(-1)
-        lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.k, d, _buf(choice), rows)  # row i*d+j: bit j
-        out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._ot_k, rows))
-        t = np.empty(16 * rows, dtype=np.uint8)
-        lib.bn_cot_recv_fused(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
-        low = ys.reshape(-1) & _mask(d - (r0 is not None))
+        params = op._params()
         with self._lock:
-            self._pres.append((pseq, op._params(), n, t, low, rblk, r0))
-            self.bytes_sent += len(out)
-        return out
+            self._pres[pseq] = None  # claimed; the job fills it in
+
+        def job() -> bytes:
+            choice = np.empty(rows // 8, dtype=np.uint8)
+            r0 = None
+            if op.lut_plan.mux:  # the last row is a fresh random bit r0, not a share bit
+                r0 = np.empty(n * op.k, dtype=np.uint8)
+                if lib.bn_prg_fill(_buf(r0), r0.size) != 0:
+                    raise OSError("getrandom() failed")
+                r0 &= 1
+                vals = (ys.reshape(-1) & _mask(d - 1)) | (r0.astype(np.uint64) << np.uint64(d - 1))
+            else:
+                vals = ys.reshape(-1)
+            lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.k, d, _buf(choice), rows)  # row i*d+j: bit j
+            out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._ot_k, rows))
+            t = np.empty(16 * rows, dtype=np.uint8)
+            lib.bn_cot_recv_fused(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
+            low = ys.reshape(-1) & _mask(d - (r0 is not None))
+            with self._lock:
+                self._pres[pseq] = (params, n, t, low, rblk, r0)
+                self.bytes_sent += len(out)
+            return out
+
+        return job
 
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
         """Garble one layer. Returns (response for the client, server's new shares or None).
@@ -925,14 +956,16 @@ class Garbler(_Party):
 
     def _take_pre(self, op: Op, n: int, ys: np.ndarray) -> tuple:
         """The oldest pending pre-message's state; it must be for this op, n and these shares."""
-        if not self._pres:
+        st = self._pres.get(self._pre_next)
+        if st is None:
             raise ValueError("request needs a pre-message that was not sent")
-        pseq, params, n_pre, t, low, rblk, r0 = self._pres[0]
+        params, n_pre, t, low, rblk, r0 = st
         if params != op._params() or n_pre != n:
             raise ValueError("request does not match the pending pre-message")
         if not np.array_equal(low, ys.reshape(-1) & _mask(op.lut_bits - (r0 is not None))):
             raise ValueError("request and pre-message were made for different server shares")
-        self._pres.popleft()
+        del self._pres[self._pre_next]
+        self._pre_next += 1
         return t, rblk, r0
 
     def _open_tables(self, op: Op, ys: np.ndarray, pre: tuple, tables: memoryview) -> np.ndarray:

@@ -246,22 +246,30 @@ class ServerProtocol:
         """
         tag = f"gc:{name}"
         inflight: deque[Future] = deque()
+        pres: deque[Future] = deque()  # pre-messages being made on the pool, in order
         outs: list[Any] = []
         chunks = _chunks(len(rows), op)
-        pres = iter(chunks if op.lut_bits else [])
+        pre_chunks = iter(chunks if op.lut_bits else [])
+
+        def make_pre() -> None:  # claims the next chunk's reverse OT rows in order; made on the pool
+            sl = next(pre_chunks, None)
+            if sl is not None:
+                pres.append(self._gc_pool.submit(garbler.prepare_pre(op, rows[sl])))
 
         def send_pre() -> None:
-            sl = next(pres, None)
-            if sl is not None:
-                chan.send(tag, garbler.pre(op, rows[sl]))
+            if pres:
+                chan.send(tag, pres.popleft().result())
 
         def answer() -> None:
             resp, out_s = inflight.popleft().result()
             chan.send(tag, resp)
             outs.append(out_s)
             send_pre()
+            make_pre()
 
         try:
+            for _ in range(2 * GC_WINDOW):  # the first window goes out now, the second after answers
+                make_pre()
             for _ in range(GC_WINDOW):
                 send_pre()
             for sl in chunks:
@@ -272,7 +280,7 @@ class ServerProtocol:
             while inflight:
                 answer()
         finally:
-            for f in inflight:  # a failed job: let the pool finish what it started, drop the rest
+            for f in (*inflight, *pres):  # a failed job: let the pool finish what it started, drop the rest
                 f.cancel()
         if op.post_size(1):  # sign mode: the client's post-messages complete the shares, in order
             outs = [garbler.post(op, chan.recv(tag), o) for o in outs]
@@ -350,14 +358,24 @@ class ClientProtocol:
         tag = f"gc:{name}"
         chunks = _chunks(len(rows), op)
         futs: list[Future] = []
-        sent = 0
-        for i in range(len(chunks)):
-            while sent < len(chunks) and sent < i + GC_WINDOW:
-                if sent - GC_WINDOW >= 0:
-                    futs[sent - GC_WINDOW].result()  # evaluation keeps up before more is asked for
-                pre = chan.recv(tag) if op.lut_bits else None
-                chan.send(tag, ev.request(op, rows[chunks[sent]], pre))
+        reqs: deque[Future] = deque()  # requests being made on the pool, sent in order
+        sent = made = 0
+
+        def send_ready(upto: int) -> None:  # the finished requests in order, and all through chunk upto
+            nonlocal sent
+            while reqs and (sent <= upto or reqs[0].done()):
+                chan.send(tag, reqs.popleft().result())
                 sent += 1
+
+        for i in range(len(chunks)):
+            while made < len(chunks) and made < i + GC_WINDOW:
+                if made - GC_WINDOW >= 0:
+                    futs[made - GC_WINDOW].result()  # evaluation keeps up before more is asked for
+                pre = chan.recv(tag) if op.lut_bits else None
+                reqs.append(self._gc_pool.submit(ev.prepare(op, rows[chunks[made]], pre)))  # OT ranges in order
+                made += 1
+                send_ready(-1)
+            send_ready(made - 1)  # all made: the server answers once GC_WINDOW requests are in (or at the end)
             futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
         outs = [f.result() for f in futs]
         for post in ev.take_posts():  # sign mode: completes the server's shares (in request order)
