@@ -533,122 +533,166 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
     sst_q_rows(leaves, k, delta, cm, blk_off, 0, m, q_rows);
 }
 
-/* ---------------------------------------------------------------- carry look-up tables
- * A function of the server's d bits x (d <= 8) and the client's d bits a, one bit per entry, as a
- * 1-of-2^d OT built from d random OTs (Naor-Pinkas): the client (sender of the table, and sender of
- * the reverse OT extension, rows q / q ^ delta) encrypts entry x with
- *   pad_x = XOR_j bit x of R_j^{x_j},  R_j^b = H(q_j ^ b delta)  (256 bits: tweaks 2r and 2r + 1 of row r),
- * so the server (receiver, rows t_j = q_j ^ x_j delta for its own bits x) can open entry x only. Every
- * bit of R_j^b pads exactly one entry (x with x_j = b), so the entries it cannot open are independent
- * and uniform. Entry x holds f(a, x) ^ rho, rho the client's random mask bit, with
- *   kind 0 (generate, the carry out):   f = [a + x >= 2^d],
- *   kind 1 (propagate):                 f = [a + x == 2^d - 1].
- * The kind is also the hash domain, so the two tables of one chunk (same rows) have independent pads.
+/* ---------------------------------------------------------------- look-up tables
+ * A function of the server's d bits x (d <= 8) and the client's d bits a, w bits per entry (w = 1:
+ * the carry out, "generate"; w = 2: generate and "propagate"), as a 1-of-2^d OT built from d random
+ * OTs (Naor-Pinkas). The table is 2^d * w bits, entry x's bit p at position x * w + p, each XOR-ed
+ * with a fresh random bit of the client (rho_p) and with a pad:
+ *   pad(x, p) = XOR_j  R_j^{x_j} [ position x * w + p with index bit J = j + w - 1 removed ],
+ *   R_j^b = H(q_j ^ b delta), 2^(d-1) * w bits (blocks: tweaks 2r, 2r + 1 of global row r).
+ * The client (sender of the table and of the reverse OT extension, rows q / q ^ delta) knows every
+ * R; the server (receiver, rows t_j = q_j ^ x_j delta for its own bits x) knows R_j^{x_j} only, so
+ * it opens entry x and nothing else: every bit of R_j^b pads exactly one table bit (those of the
+ * entries with x_j = b), so the bits it cannot open are independent and uniform.
+ *   generate  = [a + x >= 2^d],   propagate = [a + x == 2^d - 1].
  * Item i's d rows are rows i * stride + off .. + d - 1 of q / t (global row: row0 + that), its table
- * 2^d bits (at least one byte) at tables + i * tstride + toff, entry x at bit x % 8 of byte x / 8. */
-static const uint64_t LUT_DOM = 0x4c55540000000000ULL; /* "LUT" hash domain (| kind) */
-static const uint64_t lut_mask_lo[6] = {0xAAAAAAAAAAAAAAAAULL, 0xCCCCCCCCCCCCCCCCULL, 0xF0F0F0F0F0F0F0F0ULL,
-                                        0xFF00FF00FF00FF00ULL, 0xFFFF0000FFFF0000ULL, 0xFFFFFFFF00000000ULL};
+ * at tables + i * tstride + toff (at least one byte), rho at rho[p * n + i]. */
+static const uint64_t LUT_DOM = 0x4c55540000000000ULL; /* "LUT" hash domain */
 
-static inline uint64_t lut_mask(uint32_t j, uint32_t w) { /* word w of {x : bit j of x set} */
-    if (j < 6) return lut_mask_lo[j];
-    return ((w >> (j - 6)) & 1) ? ~0ULL : 0ULL;
+/* the low 32 bits of x spread, in order, over the positions of a word whose index bit J (< 6) is 0
+ * (blocks of 2^J bits, every other block): the inverse of removing index bit J; shifts and masks */
+static inline uint64_t spread32(uint64_t x, uint32_t J) {
+    x &= 0xffffffffULL;
+    if (J <= 4) x = (x | x << 16) & 0x0000FFFF0000FFFFULL;
+    if (J <= 3) x = (x | x << 8) & 0x00FF00FF00FF00FFULL;
+    if (J <= 2) x = (x | x << 4) & 0x0F0F0F0F0F0F0F0FULL;
+    if (J <= 1) x = (x | x << 2) & 0x3333333333333333ULL;
+    if (J == 0) x = (x | x << 1) & 0x5555555555555555ULL;
+    return x;
 }
 
-static inline uint32_t lut_bytes(uint32_t d) { return d >= 3 ? (1u << d) / 8 : 1; }
+static inline uint32_t lut_bytes(uint32_t d, uint32_t w) {
+    const uint32_t bits = (1u << d) * w;
+    return bits >= 8 ? bits / 8 : 1;
+}
 
-/* R_j^b for the items' rows: out[2 * (i * d + j) + h] = H(in row of (i, j), tweak 2 * global row + h) */
-static void lut_hash(const aeskey *K, const block *rows_in, uint64_t cnt, uint32_t d, uint64_t stride, uint64_t off,
-                     uint64_t grow0, uint32_t nblk, uint64_t dom, block *out, block *tmp) {
-    for (uint32_t j = 0; j < d; j++) {
-        for (uint64_t i = 0; i < cnt; i++) tmp[i] = _mm_loadu_si128(rows_in + i * stride + off + j);
-        for (uint32_t h = 0; h < nblk; h++) {
-            hash_batch(K, tmp, tmp + cnt, cnt, 2 * (grow0 + off + j) + h, 2 * stride, dom);
-            for (uint64_t i = 0; i < cnt; i++) out[2 * (i * d + j) + h] = tmp[cnt + i];
-        }
+/* T ^= the table bits of R (key j, side b): positions whose index bit J = j + w - 1 equals b */
+static inline void lut_scatter(uint64_t *T, uint32_t tb, const uint64_t *R, uint32_t J, uint32_t b) {
+    const uint32_t nw = tb > 64 ? tb / 64 : 1;
+    const uint64_t full = tb >= 64 ? ~0ULL : ((1ULL << tb) - 1);
+    if (J < 6) {
+        const uint32_t sh = b ? 1u << J : 0;
+        for (uint32_t i = 0; i < nw; i++) T[i] ^= (spread32(R[i / 2] >> (32 * (i & 1)), J) << sh) & full;
+    } else {
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < nw; i++)
+            if (((i >> (J - 6)) & 1) == b) T[i] ^= R[k++];
+    }
+}
+
+/* the plain table: f per entry, then rho per plane */
+static inline void lut_plain(uint64_t *T, uint32_t d, uint32_t w, uint64_t a, const uint8_t *rho, uint64_t n,
+                             uint64_t item) {
+    const uint32_t tb = (1u << d) * w, nw = tb > 64 ? tb / 64 : 1, per = (tb >= 64 ? 64 : tb) / w;
+    const uint64_t top = (1ULL << d) - 1, lo = (1ULL << d) - a, e = top - a; /* G: x >= lo (a > 0); P: x == e */
+    const uint64_t pm = w == 2 ? 0x5555555555555555ULL : ~0ULL;
+    const uint64_t r0 = rho[item] & 1, r1 = w == 2 ? rho[n + item] & 1 : 0;
+    for (uint32_t i = 0; i < nw; i++) {
+        const uint64_t base = (uint64_t)i * per; /* entries base .. base + per - 1 */
+        uint64_t g;
+        if (a == 0 || lo >= base + per) g = 0;
+        else if (lo <= base) g = ~0ULL;
+        else g = ~0ULL << (lo - base);
+        if (per < 64) g &= (1ULL << per) - 1;
+        uint64_t word = w == 2 ? spread32(g, 0) : g;
+        if (w == 2 && e >= base && e < base + per) word |= 2ULL << (2 * (e - base));
+        word ^= (r0 ? pm : 0) | (r1 ? (pm << 1) : 0);
+        T[i] = tb >= 64 ? word : word & ((1ULL << tb) - 1);
     }
 }
 
 #define LUT_ITEMS 256 /* items per hashing pass */
 
-static int lut_check(uint32_t d, uint32_t kind, uint64_t stride, uint64_t off) {
-    return d >= 1 && d <= 8 && kind <= 1 && off + d <= stride;
+static int lut_check(uint32_t d, uint32_t w, uint64_t stride, uint64_t off) {
+    return d >= 1 && d <= 8 && (w == 1 || w == 2) && off + d <= stride;
 }
 
-int bn_lut_send(uint64_t n, uint32_t d, uint32_t kind, uint64_t stride, uint64_t off, const uint8_t *q_rows,
+/* R blocks of the items' rows: out[(i * d + j) * nblk + h] = H(row (i, j) ^ x, tweak 2 * global row + h) */
+static void lut_hash(const aeskey *K, const block *rows_in, const block *x, uint64_t cnt, uint32_t d,
+                     uint64_t stride, uint64_t off, uint64_t grow0, uint32_t nblk, block *out, block *tmp) {
+    for (uint32_t j = 0; j < d; j++) {
+        for (uint64_t i = 0; i < cnt; i++) {
+            const block v = _mm_loadu_si128(rows_in + i * stride + off + j);
+            tmp[i] = x ? _mm_xor_si128(v, *x) : v;
+        }
+        for (uint32_t h = 0; h < nblk; h++) {
+            hash_batch(K, tmp, tmp + cnt, cnt, 2 * (grow0 + off + j) + h, 2 * stride, LUT_DOM);
+            for (uint64_t i = 0; i < cnt; i++) out[((size_t)i * d + j) * nblk + h] = tmp[cnt + i];
+        }
+    }
+}
+
+int bn_lut_send(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t off, const uint8_t *q_rows,
                 const uint8_t *delta, const uint8_t *rk, uint64_t row0, const uint16_t *a, const uint8_t *rho,
                 uint8_t *tables, uint64_t tstride, uint64_t toff) {
-    if (!lut_check(d, kind, stride, off)) return -3;
+    if (!lut_check(d, w, stride, off)) return -3;
     aeskey K;
     load_key(&K, rk);
     const block D = _mm_loadu_si128((const block *)delta);
-    const uint32_t nblk = d == 8 ? 2 : 1, nw = d >= 6 ? (1u << d) / 64 : 1, tb = lut_bytes(d);
-    const uint64_t full = d >= 6 ? ~0ULL : ((1ULL << (1u << d)) - 1), top = (1ULL << d) - 1;
-    block *qd = aligned_alloc(64, (size_t)LUT_ITEMS * stride * sizeof(block));
-    block *r0 = aligned_alloc(64, (size_t)2 * LUT_ITEMS * d * sizeof(block));
-    block *r1 = aligned_alloc(64, (size_t)2 * LUT_ITEMS * d * sizeof(block));
+    const uint32_t tb = (1u << d) * w, kbits = tb / 2, nblk = kbits > 128 ? kbits / 128 : 1, tby = lut_bytes(d, w);
+    block *r0 = aligned_alloc(64, (size_t)LUT_ITEMS * d * nblk * sizeof(block));
+    block *r1 = aligned_alloc(64, (size_t)LUT_ITEMS * d * nblk * sizeof(block));
     block *tmp = aligned_alloc(64, (size_t)2 * LUT_ITEMS * sizeof(block));
-    if (!qd || !r0 || !r1 || !tmp) {
-        free(qd), free(r0), free(r1), free(tmp);
+    if (!r0 || !r1 || !tmp) {
+        free(r0), free(r1), free(tmp);
         return -1;
     }
     for (uint64_t i0 = 0; i0 < n; i0 += LUT_ITEMS) {
         const uint64_t cnt = n - i0 < LUT_ITEMS ? n - i0 : LUT_ITEMS;
         const block *q = (const block *)(q_rows + 16 * i0 * stride);
-        for (uint64_t r = 0; r < cnt * stride; r++) qd[r] = _mm_xor_si128(_mm_loadu_si128(q + r), D);
-        lut_hash(&K, q, cnt, d, stride, off, row0 + i0 * stride, nblk, LUT_DOM | kind, r0, tmp);
-        lut_hash(&K, qd, cnt, d, stride, off, row0 + i0 * stride, nblk, LUT_DOM | kind, r1, tmp);
+        lut_hash(&K, q, NULL, cnt, d, stride, off, row0 + i0 * stride, nblk, r0, tmp);
+        lut_hash(&K, q, &D, cnt, d, stride, off, row0 + i0 * stride, nblk, r1, tmp);
         for (uint64_t i = 0; i < cnt; i++) {
-            uint64_t t[4] = {0, 0, 0, 0};
-            const uint64_t ai = a[i0 + i] & top;
-            const uint64_t lo = kind ? top - ai : (1ULL << d) - ai; /* P: x == lo only; G: x >= lo */
-            const uint64_t hi = kind ? lo + 1 : (1ULL << d);
-            for (uint32_t w = 0; w < nw; w++) { /* entries 64 w .. 64 w + 63: the bits of [lo, hi) */
-                const uint64_t base = 64ULL * w;
-                const uint64_t b0 = lo < base ? 0 : lo - base, b1 = hi < base ? 0 : hi - base;
-                const uint64_t m0 = b0 >= 64 ? 0 : ~0ULL << b0, m1 = b1 >= 64 ? 0 : ~0ULL << b1;
-                t[w] = ((m0 & ~m1) ^ (rho[i0 + i] & 1 ? ~0ULL : 0ULL)) & full;
-            }
+            uint64_t T[8];
+            lut_plain(T, d, w, a[i0 + i] & ((1u << d) - 1), rho, n, i0 + i);
             for (uint32_t j = 0; j < d; j++) {
-                const uint64_t *x0 = (const uint64_t *)(r0 + 2 * (i * d + j));
-                const uint64_t *x1 = (const uint64_t *)(r1 + 2 * (i * d + j));
-                for (uint32_t w = 0; w < nw; w++) t[w] ^= (x0[w] ^ ((x0[w] ^ x1[w]) & lut_mask(j, w))) & full;
+                lut_scatter(T, tb, (const uint64_t *)(r0 + ((size_t)i * d + j) * nblk), j + w - 1, 0);
+                lut_scatter(T, tb, (const uint64_t *)(r1 + ((size_t)i * d + j) * nblk), j + w - 1, 1);
             }
-            memcpy(tables + (i0 + i) * tstride + toff, t, tb);
+            memcpy(tables + (i0 + i) * tstride + toff, T, tby);
         }
     }
-    free(qd), free(r0), free(r1), free(tmp);
+    free(r0), free(r1), free(tmp);
     return 0;
 }
 
-int bn_lut_recv(uint64_t n, uint32_t d, uint32_t kind, uint64_t stride, uint64_t off, const uint8_t *t_rows,
+/* bits[p * n + i] = entry x_i's bit p, opened */
+int bn_lut_recv(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t off, const uint8_t *t_rows,
                 const uint8_t *rk, uint64_t row0, const uint16_t *x, const uint8_t *tables, uint64_t tstride,
                 uint64_t toff, uint8_t *bits) {
-    if (!lut_check(d, kind, stride, off)) return -3;
+    if (!lut_check(d, w, stride, off)) return -3;
     aeskey K;
     load_key(&K, rk);
-    const uint32_t nblk = d == 8 ? 2 : 1;
-    block *r = aligned_alloc(64, (size_t)2 * LUT_ITEMS * d * sizeof(block));
+    const uint32_t tb = (1u << d) * w, kbits = tb / 2, nblk = kbits > 128 ? kbits / 128 : 1;
+    for (uint64_t i = 0; i < n; i++)
+        for (uint32_t p = 0; p < w; p++) {
+            const uint32_t P = (x[i] & ((1u << d) - 1)) * w + p;
+            bits[p * n + i] = (tables[i * tstride + toff + P / 8] >> (P % 8)) & 1;
+        }
+    /* per row, the block holding this entry's bits (both planes are adjacent in it) */
     block *tmp = aligned_alloc(64, (size_t)2 * LUT_ITEMS * sizeof(block));
-    if (!r || !tmp) {
-        free(r), free(tmp);
-        return -1;
-    }
+    if (!tmp) return -1;
     for (uint64_t i0 = 0; i0 < n; i0 += LUT_ITEMS) {
         const uint64_t cnt = n - i0 < LUT_ITEMS ? n - i0 : LUT_ITEMS;
-        lut_hash(&K, (const block *)(t_rows + 16 * i0 * stride), cnt, d, stride, off, row0 + i0 * stride, nblk,
-                 LUT_DOM | kind, r, tmp);
-        for (uint64_t i = 0; i < cnt; i++) {
-            const uint32_t xi = x[i0 + i] & ((1u << d) - 1);
-            uint64_t p = (tables[(i0 + i) * tstride + toff + xi / 8] >> (xi % 8)) & 1;
-            for (uint32_t j = 0; j < d; j++) {
-                const uint64_t *h = (const uint64_t *)(r + 2 * (i * d + j));
-                p ^= (h[xi / 64] >> (xi % 64)) & 1;
+        for (uint32_t j = 0; j < d; j++) {
+            const uint32_t J = j + w - 1;
+            for (uint64_t i = 0; i < cnt; i++)
+                tmp[i] = _mm_loadu_si128((const block *)(t_rows + 16 * ((i0 + i) * stride + off + j)));
+            for (uint32_t h = 0; h < nblk; h++) {
+                hash_batch(&K, tmp, tmp + LUT_ITEMS, cnt, 2 * (row0 + i0 * stride + off + j) + h, 2 * stride,
+                           LUT_DOM);
+                for (uint64_t i = 0; i < cnt; i++) {
+                    const uint32_t P = (x[i0 + i] & ((1u << d) - 1)) * w;
+                    const uint32_t Q = (P & ((1u << J) - 1)) | ((P >> (J + 1)) << J); /* index bit J removed */
+                    if (Q / 128 != h) continue;
+                    const uint64_t *R = (const uint64_t *)(tmp + LUT_ITEMS + i);
+                    for (uint32_t p = 0; p < w; p++)
+                        bits[p * n + i0 + i] ^= (R[((Q + p) % 128) / 64] >> ((Q + p) % 64)) & 1;
+                }
             }
-            bits[i0 + i] = (uint8_t)p;
         }
     }
-    free(r), free(tmp);
+    free(tmp);
     return 0;
 }
 

@@ -19,10 +19,10 @@ void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m
                  uint8_t *cm, uint8_t *t_rows);
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
                  const uint8_t *cm, uint8_t *q_rows);
-int bn_lut_send(uint64_t n, uint32_t d, uint32_t kind, uint64_t stride, uint64_t off, const uint8_t *q_rows,
+int bn_lut_send(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t off, const uint8_t *q_rows,
                 const uint8_t *delta, const uint8_t *rk, uint64_t row0, const uint16_t *a, const uint8_t *rho,
                 uint8_t *tables, uint64_t tstride, uint64_t toff);
-int bn_lut_recv(uint64_t n, uint32_t d, uint32_t kind, uint64_t stride, uint64_t off, const uint8_t *t_rows,
+int bn_lut_recv(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t off, const uint8_t *t_rows,
                 const uint8_t *rk, uint64_t row0, const uint16_t *x, const uint8_t *tables, uint64_t tstride,
                 uint64_t toff, uint8_t *bits);
 void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t ncols);

@@ -589,11 +589,11 @@ def test_two_processes_errors_surface():
 
 
 @HSET
-@given(d=st.integers(1, 8), kind=st.integers(0, 1), n=st.integers(1, 700), extra=st.integers(0, 5),
+@given(d=st.integers(1, 8), w=st.integers(1, 2), n=st.integers(1, 700), extra=st.integers(0, 5),
        seed=st.integers(0, 2**32 - 1))
-def test_look_up_tables(d, kind, n, extra, seed):
-    """bn_lut_send / bn_lut_recv: the receiver opens f(a, x) ^ rho at its own x only (f: generate or
-    propagate), for d rows at an offset inside each item's rows."""
+def test_look_up_tables(d, w, n, extra, seed):
+    """bn_lut_send / bn_lut_recv: the receiver opens (generate, propagate)(a + x) ^ rho at its own x only,
+    for d rows at an offset inside each item's rows."""
     rng = np.random.default_rng(seed)
     rk = aes_key_schedules([rng.bytes(16)])
     stride, off = d + extra, extra // 2
@@ -602,30 +602,40 @@ def test_look_up_tables(d, kind, n, extra, seed):
     a = rng.integers(0, 1 << d, n).astype(np.uint16)
     x = rng.integers(0, 1 << d, n).astype(np.uint16)
     a[:2], x[:2] = 0, (1 << d) - 1  # no carry at a = 0; the largest x (propagates at a = 0)
-    rho = rng.integers(0, 2, n).astype(np.uint8)
-    tb = max(1, (1 << d) // 8)
+    rho = rng.integers(0, 2, (w, n)).astype(np.uint8)
+    tb = max(1, (1 << d) * w // 8)
     tstride = tb + 3
     tab = np.zeros(n * tstride, dtype=np.uint8)
     u8, u16 = (lambda v: ffi.from_buffer("uint8_t[]", v)), (lambda v: ffi.from_buffer("uint16_t[]", v))
-    assert lib.bn_lut_send(n, d, kind, stride, off, u8(q), u8(delta), rk, 640, u16(a), u8(rho), u8(tab),
+    assert lib.bn_lut_send(n, d, w, stride, off, u8(q), u8(delta), rk, 640, u16(a), u8(rho), u8(tab),
                            tstride, 1) == 0
-    t = q.copy().reshape(n, stride, 16)
-    xb = ((x[:, None] >> np.arange(d)) & 1).astype(bool)
-    t[:, off : off + d][xb] ^= delta  # the receiver's rows: q ^ x_j delta
-    s = a.astype(np.int64) + x
-    f = (s >= (1 << d)) if kind == 0 else (s == (1 << d) - 1)
-    want = f.astype(np.uint8) ^ rho
-    got = np.empty(n, dtype=np.uint8)
-    assert lib.bn_lut_recv(n, d, kind, stride, off, u8(t), rk, 640, u16(x), u8(tab), tstride, 1, u8(got)) == 0
-    np.testing.assert_array_equal(got, want)
-    if n >= 200:  # the wrong rows (or the other kind's pads) open to noise, not to f
-        assert lib.bn_lut_recv(n, d, kind, stride, off, u8(t), rk, 641, u16(x), u8(tab), tstride, 1, u8(got)) == 0
-        assert 0.3 < np.mean(got == want) < 0.7
-        assert lib.bn_lut_recv(n, d, 1 - kind, stride, off, u8(t), rk, 640, u16(x), u8(tab), tstride, 1,
+
+    def rows_for(xs: np.ndarray) -> np.ndarray:  # the receiver's rows for its bits xs: q ^ x_j delta
+        t = q.copy().reshape(n, stride, 16)
+        t[:, off : off + d][((xs[:, None] >> np.arange(d)) & 1).astype(bool)] ^= delta
+        return t
+
+    def want_for(xs: np.ndarray) -> np.ndarray:
+        s = a.astype(np.int64) + xs
+        f = [(s >= (1 << d)), (s == (1 << d) - 1)][:w]
+        return np.stack(f).astype(np.uint8) ^ rho
+
+    got = np.empty((w, n), dtype=np.uint8)
+    assert lib.bn_lut_recv(n, d, w, stride, off, u8(rows_for(x)), rk, 640, u16(x), u8(tab), tstride, 1,
+                           u8(got)) == 0
+    np.testing.assert_array_equal(got, want_for(x))
+    if n >= 200:  # the wrong rows (another x's, or other tweaks) open to noise, not to f
+        assert lib.bn_lut_recv(n, d, w, stride, off, u8(rows_for(x)), rk, 641, u16(x), u8(tab), tstride, 1,
                                u8(got)) == 0
-        assert 0.3 < np.mean(got == want) < 0.7
-    assert lib.bn_lut_send(n, d, kind, stride, stride - d + 1, u8(q), u8(delta), rk, 0, u16(a), u8(rho), u8(tab),
+        assert 0.3 < np.mean(got == want_for(x)) < 0.7
+        x2 = x ^ np.uint16(1)
+        assert lib.bn_lut_recv(n, d, w, stride, off, u8(rows_for(x)), rk, 640, u16(x2), u8(tab), tstride, 1,
+                               u8(got)) == 0
+        assert 0.3 < np.mean(got == want_for(x2)) < 0.7
+    assert lib.bn_lut_send(n, d, w, stride, stride - d + 1, u8(q), u8(delta), rk, 0, u16(a), u8(rho), u8(tab),
                            tstride, 1) == -3  # rows past the item's stride
+    assert lib.bn_lut_send(n, d, 3, stride, off, u8(q), u8(delta), rk, 0, u16(a), u8(rho), u8(tab),
+                           tstride, 1) == -3  # entries of 1 or 2 bits only
 
 
 @pytest.mark.parametrize("op", [

@@ -101,8 +101,8 @@ def _check_int(name: str, v: object, lo: int, hi: int) -> int:
     return int(v)
 
 
-def _lut_bytes(d: int) -> int:
-    return max(1, (1 << d) // 8)
+def _lut_bytes(d: int, w: int = 1) -> int:
+    return max(1, (1 << d) * w // 8)
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,9 @@ class LutPlan:
     """How an op uses carry look-ups (see the module docstring).
 
     ``rows`` reverse OTs per value, on the server's bits 0 .. rows-1; one table per entry of
-    ``tables``: (bit offset, d, kind), kind 0 = generate (the carry out of bits off .. off+d-1 of
-    the two shares), 1 = propagate; the circuit input of a value is the masked table bits (one
-    wire each, in this order), then the value's bits from ``keep_from`` up.
+    ``tables``: (bit offset, d, w) with w bits per entry: the generate bit (the carry out of bits
+    off .. off+d-1 of the two shares) and, for w = 2, the propagate bit; the circuit input of a
+    value is the masked table bits (one wire each, in this order), then its bits from ``keep_from``.
     """
 
     rows: int
@@ -127,11 +127,16 @@ class LutPlan:
 
     @property
     def table_bytes(self) -> int:
-        return sum(_lut_bytes(d) for _, d, _ in self.tables)
+        return sum(_lut_bytes(d, w) for _, d, w in self.tables)
+
+    @property
+    def n_masked(self) -> int:
+        """Masked table bits (circuit wires) per value."""
+        return sum(w for _, _, w in self.tables)
 
     def circuit_words(self, v: np.ndarray, masked: np.ndarray, in_bits: int) -> np.ndarray:
         """The circuit's input words: masked table bits (columns of ``masked``), then bits keep_from.. of v."""
-        nt = len(self.tables)
+        nt = self.n_masked
         high = (v >> np.uint64(self.keep_from)) & _mask(in_bits - self.keep_from)
         w = high << np.uint64(nt)
         for t in range(nt):
@@ -155,14 +160,14 @@ def _lut_plan(in_bits: int, shift: int, relu: bool, k: int) -> LutPlan | None:
     chunks = _split(m - 1) if m >= 2 else ()
     # the garbler's circuit word (masks, g, r0, S') must fit 64 bits
     if relu and k == 1 and shift <= LUT_MAX and m >= 2 and 2 * len(chunks) + 2 + m <= 64:
-        tabs = [(0, shift, 0)]
+        tabs = [(0, shift, 1)]
         off = shift
         for d in chunks:
-            tabs += [(off, d, 0), (off, d, 1)]
+            tabs.append((off, d, 2))
             off += d
         return LutPlan(in_bits, tuple(tabs), in_bits - 1, chunks)
     d = min(shift, LUT_MAX)
-    return LutPlan(d, ((0, d, 0),), d)
+    return LutPlan(d, ((0, d, 1),), d)
 
 
 def _mask(bits: int) -> np.uint64:
@@ -204,7 +209,7 @@ class _Op:
         """Input bits per value in the circuit: in_bits, or the masked table bits and the kept bits."""
         b = int(self.in_bits or 0)
         lp = self.lut_plan
-        return len(lp.tables) + b - lp.keep_from if lp else b
+        return lp.n_masked + b - lp.keep_from if lp else b
 
     @property
     def circuit(self) -> circuits.Compiled:  # pragma: no cover - each op defines it
@@ -656,22 +661,22 @@ class Evaluator(_Party):
         rows = _pad128(items * lp.rows)
         q = np.empty(16 * rows, dtype=np.uint8)
         lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
-        nt = len(lp.tables)
-        rho = np.empty((nt, items), dtype=np.uint8)  # a fresh CSPRNG mask bit per table
+        rho = np.empty((lp.n_masked, items), dtype=np.uint8)  # a fresh CSPRNG mask bit per table bit
         if lib.bn_prg_fill(_buf(rho), rho.size) != 0:
             raise OSError("getrandom() failed")
         rho &= 1
         v = yc.reshape(-1)
         tb = lp.table_bytes
         tables = np.empty(items * tb, dtype=np.uint8)
-        toff = 0
-        for t, (off, d, kind) in enumerate(lp.tables):
+        toff = col = 0
+        for off, d, w in lp.tables:
             a = ((v >> np.uint64(off)) & _mask(d)).astype(np.uint16)
-            rc = lib.bn_lut_send(items, d, kind, lp.rows, off, _buf(q), _buf(self._rdelta), self._rk, 128 * rblk,
-                                 ffi.from_buffer("uint16_t[]", a), _buf(rho[t]), _buf(tables), tb, toff)
+            rc = lib.bn_lut_send(items, d, w, lp.rows, off, _buf(q), _buf(self._rdelta), self._rk, 128 * rblk,
+                                 ffi.from_buffer("uint16_t[]", a), _buf(rho[col : col + w]), _buf(tables), tb, toff)
             if rc != 0:
                 raise MemoryError(f"look-up tables failed (engine code {rc})")
-            toff += _lut_bytes(d)
+            toff += _lut_bytes(d, w)
+            col += w
         mux = None
         if lp.mux:  # the sender's keys of the r0 row: the post-message's correlated OT
             rq = np.ascontiguousarray(q.reshape(-1, 16)[lp.rows - 1 : items * lp.rows : lp.rows])
@@ -975,18 +980,20 @@ class Garbler(_Party):
         lp = op.lut_plan
         assert lp is not None
         v = ys.reshape(-1)
-        u = np.empty((len(lp.tables), v.size), dtype=np.uint8)
-        toff = 0
-        for t, (off, d, kind) in enumerate(lp.tables):
+        u = np.empty((lp.n_masked, v.size), dtype=np.uint8)
+        toff = col = 0
+        for off, d, wd in lp.tables:
             x = ((v >> np.uint64(off)) & _mask(d)).astype(np.uint16)
-            rc = lib.bn_lut_recv(v.size, d, kind, lp.rows, off, _buf(t_rows), self._rk, 128 * rblk,
-                                 ffi.from_buffer("uint16_t[]", x), _buf(tables), lp.table_bytes, toff, _buf(u[t]))
+            rc = lib.bn_lut_recv(v.size, d, wd, lp.rows, off, _buf(t_rows), self._rk, 128 * rblk,
+                                 ffi.from_buffer("uint16_t[]", x), _buf(tables), lp.table_bytes, toff,
+                                 _buf(u[col : col + wd]))
             if rc != 0:
                 raise MemoryError(f"look-up tables failed (engine code {rc})")
-            toff += _lut_bytes(d)
+            toff += _lut_bytes(d, wd)
+            col += wd
         w = lp.circuit_words(ys, u.T, op.in_bits).reshape(-1)
         if r0 is not None:
-            nt = np.uint64(len(lp.tables))
+            nt = np.uint64(lp.n_masked)
             kept = (v >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # S'
             w |= (r0.astype(np.uint64) << (nt + np.uint64(1))) | (kept << (nt + np.uint64(2)))
         return w.reshape(ys.shape)
