@@ -154,8 +154,9 @@ def run_evaluator(ch: Channel, op: MaxTrunc | ReluPool | Argmax, yc: np.ndarray,
                   depth: int = 4, ot_k: int = 4, workers: int = 2) -> np.ndarray:
     """Client side: returns the client's output shares (MaxTrunc; ReluPool: (n, 5)) or labels (Argmax).
 
-    A sender thread makes and sends requests up to ``depth`` chunks ahead; the main thread receives
-    responses and hands them to ``workers`` evaluation threads (``finish`` takes them in any order).
+    A sender thread claims requests in order up to ``depth`` chunks ahead, has them made on the
+    ``workers`` threads and sends them in order; the main thread receives responses and hands them
+    to the same threads (``finish`` takes them in any order).
     """
     ev = Evaluator(ot_k=ot_k)
     ch.send(ev.hello())
@@ -166,14 +167,23 @@ def run_evaluator(ch: Channel, op: MaxTrunc | ReluPool | Argmax, yc: np.ndarray,
     pres = [ch.recv() for _ in parts] if op.lut_bits else [None] * len(parts)
     slots = threading.Semaphore(depth)
     err: list[BaseException] = []
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
 
     def sender() -> None:
         try:
+            made: list = []
             for (lo, hi), pre in zip(parts, pres, strict=True):
-                slots.acquire()
+                if not slots.acquire(blocking=False):  # everything made goes out before waiting
+                    while made:
+                        ch.send(made.pop(0).result())
+                    slots.acquire()
                 if err:
                     return
-                ch.send(ev.request(op, yc[lo:hi], pre))
+                made.append(pool.submit(ev.prepare(op, yc[lo:hi], pre)))  # OT ranges claimed in order
+                while made and made[0].done():
+                    ch.send(made.pop(0).result())
+            while made:
+                ch.send(made.pop(0).result())
         except BaseException as e:  # surfaced by the main thread
             err.append(e)
             with contextlib.suppress(OSError):
@@ -198,7 +208,7 @@ def run_evaluator(ch: Channel, op: MaxTrunc | ReluPool | Argmax, yc: np.ndarray,
     th = threading.Thread(target=sender, daemon=True)
     th.start()
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        with pool:
             futs = [pool.submit(finish, *receive()) for _ in parts]
             outs = [f.result() for f in futs]
     except BaseException:
