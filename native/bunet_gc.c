@@ -549,9 +549,10 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
  * at tables + i * tstride + toff (at least one byte), rho at rho[p * n + i]. */
 static const uint64_t LUT_DOM = 0x4c55540000000000ULL; /* "LUT" hash domain */
 
-/* the low 32 bits of x spread, in order, over the positions of a word whose index bit J (< 6) is 0
- * (blocks of 2^J bits, every other block): the inverse of removing index bit J; shifts and masks */
-static inline uint64_t spread32(uint64_t x, uint32_t J) {
+/* The low 32 bits of x spread, in order, over the positions of a word whose index bit J (< 6) is 0
+ * (blocks of 2^J bits, every other block): the inverse of removing index bit J. Portable: shifts and
+ * masks; with BMI2 one pdep (chosen at run time, like AVX2 and VAES). */
+static inline uint64_t spread32_soft(uint64_t x, uint32_t J) {
     x &= 0xffffffffULL;
     if (J <= 4) x = (x | x << 16) & 0x0000FFFF0000FFFFULL;
     if (J <= 3) x = (x | x << 8) & 0x00FF00FF00FF00FFULL;
@@ -561,45 +562,67 @@ static inline uint64_t spread32(uint64_t x, uint32_t J) {
     return x;
 }
 
+static const uint64_t spread_mask[6] = {0x5555555555555555ULL, 0x3333333333333333ULL, 0x0F0F0F0F0F0F0F0FULL,
+                                        0x00FF00FF00FF00FFULL, 0x0000FFFF0000FFFFULL, 0x00000000FFFFFFFFULL};
+
+__attribute__((target("bmi2"))) static inline uint64_t spread32_bmi2(uint64_t x, uint32_t J) {
+    return _pdep_u64(x, spread_mask[J]);
+}
+
+static int have_bmi2 = -1;
+
+static int detect_bmi2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & (1u << 8)) ? 1 : 0;
+}
+
 static inline uint32_t lut_bytes(uint32_t d, uint32_t w) {
     const uint32_t bits = (1u << d) * w;
     return bits >= 8 ? bits / 8 : 1;
 }
 
-/* T ^= the table bits of R (key j, side b): positions whose index bit J = j + w - 1 equals b */
-static inline void lut_scatter(uint64_t *T, uint32_t tb, const uint64_t *R, uint32_t J, uint32_t b) {
-    const uint32_t nw = tb > 64 ? tb / 64 : 1;
-    const uint64_t full = tb >= 64 ? ~0ULL : ((1ULL << tb) - 1);
-    if (J < 6) {
-        const uint32_t sh = b ? 1u << J : 0;
-        for (uint32_t i = 0; i < nw; i++) T[i] ^= (spread32(R[i / 2] >> (32 * (i & 1)), J) << sh) & full;
-    } else {
-        uint32_t k = 0;
-        for (uint32_t i = 0; i < nw; i++)
-            if (((i >> (J - 6)) & 1) == b) T[i] ^= R[k++];
+/* Per item: the plain table (f per entry, then rho per plane), XOR-ed with every key's pad bits
+ * (key (j, b) covers the positions whose index bit J = j + w - 1 equals b). */
+#define LUT_KERNEL(S, ATTR, SPREAD)                                                                              \
+    ATTR static void lut_items_##S(uint64_t cnt, uint32_t d, uint32_t w, const block *r0, const block *r1,       \
+                                   uint32_t nblk, const uint16_t *a, const uint8_t *rho, uint64_t n, uint64_t i0, \
+                                   uint8_t *tables, uint64_t tstride, uint64_t toff) {                           \
+        const uint32_t tb = (1u << d) * w, nw = tb > 64 ? tb / 64 : 1, per = (tb >= 64 ? 64 : tb) / w;           \
+        const uint64_t full = tb >= 64 ? ~0ULL : ((1ULL << tb) - 1), pm = w == 2 ? 0x5555555555555555ULL : ~0ULL; \
+        const uint32_t tby = lut_bytes(d, w);                                                                    \
+        for (uint64_t i = 0; i < cnt; i++) {                                                                     \
+            uint64_t T[8];                                                                                       \
+            const uint64_t ai = a[i0 + i] & ((1u << d) - 1), lo = (1ULL << d) - ai, e = (1ULL << d) - 1 - ai;    \
+            const uint64_t rr = (rho[i0 + i] & 1 ? pm : 0) | (w == 2 && (rho[n + i0 + i] & 1) ? pm << 1 : 0);    \
+            for (uint32_t k = 0; k < nw; k++) { /* generate: x >= lo (a > 0); propagate: x == e */              \
+                const uint64_t base = (uint64_t)k * per;                                                         \
+                uint64_t g = (ai == 0 || lo >= base + per) ? 0 : lo <= base ? ~0ULL : ~0ULL << (lo - base);      \
+                if (per < 64) g &= (1ULL << per) - 1;                                                            \
+                uint64_t word = w == 2 ? SPREAD(g, 0) : g;                                                       \
+                if (w == 2 && e >= base && e < base + per) word |= 2ULL << (2 * (e - base));                     \
+                T[k] = (word ^ rr) & full;                                                                       \
+            }                                                                                                    \
+            for (uint32_t j = 0; j < d; j++) {                                                                   \
+                const uint64_t *R0 = (const uint64_t *)(r0 + ((size_t)i * d + j) * nblk);                        \
+                const uint64_t *R1 = (const uint64_t *)(r1 + ((size_t)i * d + j) * nblk);                        \
+                const uint32_t J = j + w - 1;                                                                    \
+                if (J < 6) {                                                                                     \
+                    for (uint32_t k = 0; k < nw; k++) {                                                          \
+                        const uint32_t sh = 32 * (k & 1);                                                        \
+                        T[k] ^= (SPREAD(R0[k / 2] >> sh, J) | SPREAD(R1[k / 2] >> sh, J) << (1u << J)) & full;   \
+                    }                                                                                            \
+                } else {                                                                                         \
+                    uint32_t k0 = 0, k1 = 0;                                                                     \
+                    for (uint32_t k = 0; k < nw; k++) T[k] ^= ((k >> (J - 6)) & 1) ? R1[k1++] : R0[k0++];        \
+                }                                                                                                \
+            }                                                                                                    \
+            memcpy(tables + (i0 + i) * tstride + toff, T, tby);                                                  \
+        }                                                                                                        \
     }
-}
 
-/* the plain table: f per entry, then rho per plane */
-static inline void lut_plain(uint64_t *T, uint32_t d, uint32_t w, uint64_t a, const uint8_t *rho, uint64_t n,
-                             uint64_t item) {
-    const uint32_t tb = (1u << d) * w, nw = tb > 64 ? tb / 64 : 1, per = (tb >= 64 ? 64 : tb) / w;
-    const uint64_t top = (1ULL << d) - 1, lo = (1ULL << d) - a, e = top - a; /* G: x >= lo (a > 0); P: x == e */
-    const uint64_t pm = w == 2 ? 0x5555555555555555ULL : ~0ULL;
-    const uint64_t r0 = rho[item] & 1, r1 = w == 2 ? rho[n + item] & 1 : 0;
-    for (uint32_t i = 0; i < nw; i++) {
-        const uint64_t base = (uint64_t)i * per; /* entries base .. base + per - 1 */
-        uint64_t g;
-        if (a == 0 || lo >= base + per) g = 0;
-        else if (lo <= base) g = ~0ULL;
-        else g = ~0ULL << (lo - base);
-        if (per < 64) g &= (1ULL << per) - 1;
-        uint64_t word = w == 2 ? spread32(g, 0) : g;
-        if (w == 2 && e >= base && e < base + per) word |= 2ULL << (2 * (e - base));
-        word ^= (r0 ? pm : 0) | (r1 ? (pm << 1) : 0);
-        T[i] = tb >= 64 ? word : word & ((1ULL << tb) - 1);
-    }
-}
+LUT_KERNEL(soft, , spread32_soft)
+LUT_KERNEL(bmi2, __attribute__((target("bmi2"))), spread32_bmi2)
 
 #define LUT_ITEMS 256 /* items per hashing pass */
 
@@ -626,10 +649,11 @@ int bn_lut_send(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t of
                 const uint8_t *delta, const uint8_t *rk, uint64_t row0, const uint16_t *a, const uint8_t *rho,
                 uint8_t *tables, uint64_t tstride, uint64_t toff) {
     if (!lut_check(d, w, stride, off)) return -3;
+    if (have_bmi2 < 0) have_bmi2 = detect_bmi2() && !getenv("BUNET_NO_BMI2");
     aeskey K;
     load_key(&K, rk);
     const block D = _mm_loadu_si128((const block *)delta);
-    const uint32_t tb = (1u << d) * w, kbits = tb / 2, nblk = kbits > 128 ? kbits / 128 : 1, tby = lut_bytes(d, w);
+    const uint32_t tb = (1u << d) * w, kbits = tb / 2, nblk = kbits > 128 ? kbits / 128 : 1;
     block *r0 = aligned_alloc(64, (size_t)LUT_ITEMS * d * nblk * sizeof(block));
     block *r1 = aligned_alloc(64, (size_t)LUT_ITEMS * d * nblk * sizeof(block));
     block *tmp = aligned_alloc(64, (size_t)2 * LUT_ITEMS * sizeof(block));
@@ -642,15 +666,8 @@ int bn_lut_send(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t of
         const block *q = (const block *)(q_rows + 16 * i0 * stride);
         lut_hash(&K, q, NULL, cnt, d, stride, off, row0 + i0 * stride, nblk, r0, tmp);
         lut_hash(&K, q, &D, cnt, d, stride, off, row0 + i0 * stride, nblk, r1, tmp);
-        for (uint64_t i = 0; i < cnt; i++) {
-            uint64_t T[8];
-            lut_plain(T, d, w, a[i0 + i] & ((1u << d) - 1), rho, n, i0 + i);
-            for (uint32_t j = 0; j < d; j++) {
-                lut_scatter(T, tb, (const uint64_t *)(r0 + ((size_t)i * d + j) * nblk), j + w - 1, 0);
-                lut_scatter(T, tb, (const uint64_t *)(r1 + ((size_t)i * d + j) * nblk), j + w - 1, 1);
-            }
-            memcpy(tables + (i0 + i) * tstride + toff, T, tby);
-        }
+        if (have_bmi2) lut_items_bmi2(cnt, d, w, r0, r1, nblk, a, rho, n, i0, tables, tstride, toff);
+        else lut_items_soft(cnt, d, w, r0, r1, nblk, a, rho, n, i0, tables, tstride, toff);
     }
     free(r0), free(r1), free(tmp);
     return 0;
