@@ -594,13 +594,20 @@ static inline uint32_t lut_bytes(uint32_t d, uint32_t w) {
         for (uint64_t i = 0; i < cnt; i++) {                                                                     \
             uint64_t T[8];                                                                                       \
             const uint64_t ai = a[i0 + i] & ((1u << d) - 1), lo = (1ULL << d) - ai, e = (1ULL << d) - 1 - ai;    \
-            const uint64_t rr = (rho[i0 + i] & 1 ? pm : 0) | (w == 2 && (rho[n + i0 + i] & 1) ? pm << 1 : 0);    \
-            for (uint32_t k = 0; k < nw; k++) { /* generate: x >= lo (a > 0); propagate: x == e */              \
+            /* no branch or index on the client's bits (ai, lo, e) nor on rho */                                 \
+            const uint64_t rr = (-(uint64_t)(rho[i0 + i] & 1) & pm) |                                            \
+                                (w == 2 ? -(uint64_t)(rho[n + i0 + i] & 1) & (pm << 1) : 0);                     \
+            for (uint32_t k = 0; k < nw; k++) { /* generate: x >= lo (none if a = 0); propagate: x == e */      \
                 const uint64_t base = (uint64_t)k * per;                                                         \
-                uint64_t g = (ai == 0 || lo >= base + per) ? 0 : lo <= base ? ~0ULL : ~0ULL << (lo - base);      \
+                const int64_t t = (int64_t)lo - (int64_t)base;                                                   \
+                const uint64_t c = (uint64_t)(t & ~(t >> 63)); /* max(t, 0) */                                   \
+                uint64_t g = (~0ULL << (c & 63)) & ~(-(uint64_t)(c >= 64));                                      \
                 if (per < 64) g &= (1ULL << per) - 1;                                                            \
                 uint64_t word = w == 2 ? SPREAD(g, 0) : g;                                                       \
-                if (w == 2 && e >= base && e < base + per) word |= 2ULL << (2 * (e - base));                     \
+                if (w == 2) { /* per is a power of two */                                                        \
+                    const uint64_t de = e - base, in = -(uint64_t)(de < per);                                    \
+                    word |= (2ULL << (2 * (de & (per - 1)))) & in;                                               \
+                }                                                                                                \
                 T[k] = (word ^ rr) & full;                                                                       \
             }                                                                                                    \
             for (uint32_t j = 0; j < d; j++) {                                                                   \
@@ -680,12 +687,17 @@ int bn_lut_recv(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t of
     if (!lut_check(d, w, stride, off)) return -3;
     aeskey K;
     load_key(&K, rk);
-    const uint32_t tb = (1u << d) * w, kbits = tb / 2, nblk = kbits > 128 ? kbits / 128 : 1;
-    for (uint64_t i = 0; i < n; i++)
+    const uint32_t tb = (1u << d) * w, kbits = tb / 2, nblk = kbits > 128 ? kbits / 128 : 1, tby = lut_bytes(d, w);
+    /* no branch or memory index on the server's bits x: every table byte and hash word is read, the
+     * wanted ones kept by masks */
+    for (uint64_t i = 0; i < n; i++) {
+        const uint32_t P = (x[i] & ((1u << d) - 1)) * w;
         for (uint32_t p = 0; p < w; p++) {
-            const uint32_t P = (x[i] & ((1u << d) - 1)) * w + p;
-            bits[p * n + i] = (tables[i * tstride + toff + P / 8] >> (P % 8)) & 1;
+            uint32_t v = 0;
+            for (uint32_t y = 0; y < tby; y++) v |= tables[i * tstride + toff + y] & -(uint32_t)(y == (P + p) / 8);
+            bits[p * n + i] = (v >> ((P + p) % 8)) & 1;
         }
+    }
     /* per row, the block holding this entry's bits (both planes are adjacent in it) */
     block *tmp = aligned_alloc(64, (size_t)2 * LUT_ITEMS * sizeof(block));
     if (!tmp) return -1;
@@ -701,10 +713,11 @@ int bn_lut_recv(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t of
                 for (uint64_t i = 0; i < cnt; i++) {
                     const uint32_t P = (x[i0 + i] & ((1u << d) - 1)) * w;
                     const uint32_t Q = (P & ((1u << J) - 1)) | ((P >> (J + 1)) << J); /* index bit J removed */
-                    if (Q / 128 != h) continue;
                     const uint64_t *R = (const uint64_t *)(tmp + LUT_ITEMS + i);
+                    const uint64_t here = -(uint64_t)(Q / 128 == h), hi = -(uint64_t)((Q % 128) >= 64);
+                    const uint64_t word = (R[1] & hi) | (R[0] & ~hi);
                     for (uint32_t p = 0; p < w; p++)
-                        bits[p * n + i0 + i] ^= (R[((Q + p) % 128) / 64] >> ((Q + p) % 64)) & 1;
+                        bits[p * n + i0 + i] ^= (uint8_t)((word >> ((Q + p) % 64)) & 1 & here);
                 }
             }
         }
