@@ -94,6 +94,9 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
 
 
 def main() -> None:
+    from bunet.cli import tune_malloc
+
+    tune_malloc()  # as the command lines do (the server process runs bunet.cli.server_main)
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
     ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512])
