@@ -35,11 +35,19 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
 * Sign mode (plain ReLU, shift <= 8): the carry of the dropped bits and, per chunk of the kept
   bits below the top one (8 + 7 at 24/24/8), its generate and propagate bits, on b - 1 reverse
   OTs per value; the circuit chains the chunks with one AND each and outputs
-  ``n (S' + C' + k - 2^(m-1) (a ^ g))`` by arithmetic gates (``circuits.relu_sign_circuit``).
+  ``n (S' + C' + k - 2^(m-1) (a ^ g))`` by arithmetic gates (``circuits.relu_sign_circuit``),
+  except ``n C'``: the circuit reveals ``n' = n ^ r0`` (r0: the server's random bit, on one more
+  reverse OT), the client adds ``n' C'`` and the rest, ``r0 (1 - 2n') C'``, is a correlated OT on
+  r0's row, closed by the client's post-message (``Evaluator.take_posts`` / ``Garbler.post``)
+  once the step's responses are evaluated.
 
-Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 429.0
-in sign mode (124.25 garbled + 92.2 of reverse OTs down, 212.5 up: 21 OTs and 128 bytes of
-tables).
+Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 311.6
+in sign mode (60.6 garbled + 96 of reverse OTs down; 152 up: 6 OTs, 128 bytes of tables, and
+3 bytes of post-message).
+
+Both parties make their messages on worker threads: ``prepare`` (client requests) and
+``prepare_pre`` (server pre-messages) claim the OT ranges in order and return the job, like
+``claim`` for the garbling.
 
 Requests must reach ``respond`` in the order they were made (checked: the sequence number fixes
 the OT range and the hash tweaks, which are never reused); pre-messages pair with requests in
@@ -55,7 +63,7 @@ MaxTrunc k=1 (ReLU or truncation): b-2 AND + 1 ANDG, plus (l-j)-bit arithmetic c
 output bit j (two per bit for the ReLU, fused with its multiplexer); MaxTrunc k=4: 4(b-2) + 5(b-s)
 (+2 with ReLU) AND + 4 ANDG; ReluPool (a 2x2 window's 4 ReLUs and their max, 5 outputs): the
 same gates as MaxTrunc k=4 with ReLU, 5,034.75 bytes for (24, 24, 8). With them (the default):
-ReLU in sign mode 2 AND (429 bytes in all), carry mode b - d - 1 AND per value and no ANDG
+ReLU in sign mode 2 AND (311.6 bytes in all), carry mode b - d - 1 AND per value and no ANDG
 (ReluPool (24, 24, 8): 4,425.7 bytes). Argmax over K (no truncation, no look-up):
 K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
 """
