@@ -42,7 +42,7 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
   once the step's responses are evaluated.
 
 Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 311.6
-in sign mode (60.6 garbled + 96 of reverse OTs down; 152 up: 6 OTs, 128 bytes of tables, and
+in sign mode (60.6 garbled + 96 of reverse OTs down; 155 up: 6 OTs, 128 bytes of tables, and
 3 bytes of post-message).
 
 Both parties make their messages on worker threads: ``prepare`` (client requests) and
