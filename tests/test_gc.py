@@ -689,3 +689,35 @@ def test_pre_message_checks():
     out_c, out_s = _done(ev, g, op, resp, out_s)
     np.testing.assert_array_equal(ring.add(out_c, out_s, 24),
                                   ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24))
+
+
+def test_sign_mode_leaks_nothing_visible(monkeypatch):
+    """What each party sees of a sign-mode ReLU is masked: on inputs whose comparisons are all the
+    same (x = 0: every carry, generate, propagate and the sign fixed), the server's opened table
+    bits and the client's revealed bit are still uniform."""
+    from bunet.gc import engine
+
+    seen: dict[str, np.ndarray] = {}
+    open_tables, mux = engine.Garbler._open_tables, engine.Evaluator._mux
+
+    def spy_open(self, op, ys, pre, tables):
+        w = open_tables(self, op, ys, pre, tables)
+        seen["server"] = (w.reshape(-1)[:, None] >> np.arange(op.lut_plan.n_masked, dtype=np.uint64)) & np.uint64(1)
+        return w
+
+    def spy_mux(self, op, seq, n, out, m):
+        seen["client"] = out[:, 1].copy()
+        return mux(self, op, seq, n, out, m)
+
+    monkeypatch.setattr(engine.Garbler, "_open_tables", spy_open)
+    monkeypatch.setattr(engine.Evaluator, "_mux", spy_mux)
+    ev, g = _session()
+    op = MaxTrunc(ring_bits=24, shift=8)
+    x = np.zeros((4000, 1), dtype=np.uint64)
+    ys = np.zeros_like(x)  # the server's share 0: the client's is 0 too, nothing random but the masks
+    resp, out_s = g.respond(op, _req(ev, g, op, x, ys), ys)
+    out_c, out_s = _done(ev, g, op, resp, out_s)
+    assert not ring.add(out_c, out_s, 24).any()  # relu(0) = 0
+    means = seen["server"].mean(axis=0)
+    assert seen["server"].shape[1] == 5 and np.all((means > 0.45) & (means < 0.55)), means
+    assert 0.45 < seen["client"].mean() < 0.55
