@@ -183,7 +183,7 @@ def _mask(bits: int) -> np.uint64:
 
 
 def _post_bytes(op: _Op) -> int:
-    return (int(op.ring_bits) + 7) // 8  # type: ignore[attr-defined]
+    return (int(op.ring_bits) + 7) // 8
 
 
 def _pack_ring(v: np.ndarray, nb: int) -> bytes:
@@ -201,6 +201,7 @@ class _Op:
 
     k: int
     in_bits: int | None
+    ring_bits: int
 
     @property
     def lut_plan(self) -> LutPlan | None:
