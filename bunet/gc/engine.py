@@ -109,7 +109,7 @@ def _check_int(name: str, v: object, lo: int, hi: int) -> int:
     return int(v)
 
 
-def _lut_bytes(d: int, w: int = 1) -> int:
+def _lut_bytes(d: int, w: int) -> int:
     return max(1, (1 << d) * w // 8)
 
 
@@ -243,10 +243,14 @@ class _Op:
         d = self.lut_bits
         return _HDR.size + _cot_len(ot_k, _pad128(n * self.k * d)) if d else 0
 
+    @property
+    def has_post(self) -> bool:
+        """Sign mode: the client's post-message completes the server's shares after the step."""
+        return self.lut_plan is not None and self.lut_plan.mux
+
     def post_size(self, n: int) -> int:
         """Bytes of the client's post-message for n instances (0 unless in sign mode)."""
-        lp = self.lut_plan
-        return _HDR.size + n * self.k * _post_bytes(self) if lp and lp.mux else 0
+        return _HDR.size + n * self.k * _post_bytes(self) if self.has_post else 0
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def run_garbler(ch: Channel, op: MaxTrunc | ReluPool | Argmax, ys: np.ndarray, c
         raise err[0]
     if isinstance(op, Argmax):
         return None
-    if op.post_size(1):  # sign mode: the client's post-messages complete the shares, in order
+    if op.has_post:  # sign mode: the client's post-messages complete the shares, in order
         outs = [g.post(op, ch.recv(), o) for o in outs]
     return np.concatenate(outs)
 

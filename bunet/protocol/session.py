@@ -282,7 +282,7 @@ class ServerProtocol:
         finally:
             for f in (*inflight, *pres):  # a failed job: let the pool finish what it started, drop the rest
                 f.cancel()
-        if op.post_size(1):  # sign mode: the client's post-messages complete the shares, in order
+        if op.has_post:  # sign mode: the client's post-messages complete the shares, in order
             outs = [garbler.post(op, chan.recv(tag), o) for o in outs]
         return outs
 
