@@ -5,7 +5,7 @@
 For the seed U-Net (16 base features, 4 poolings, 2 classes, random weights) at each size, and
 the bundled model on the bundled sample scan: secure seconds per slice, the plaintext fixed-point
 and float seconds per slice in the same run, bytes each way, and whether the secure mask equals
-the fixed-point reference exactly. Prints JSON.
+the fixed-point reference exactly, and the CPU seconds each party spent. Prints JSON.
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ class ServerProcess:
         self.proc.wait(timeout=60)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -> dict:
     net = model.network(plane)
     plan = compile_plan(net, model.quantization)
@@ -73,9 +79,11 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
             from bunet.client import Summary
 
             summary = Summary()
+            cpu0 = (_cpu_s(os.getpid()), _cpu_s(srv.proc.pid))
             t0 = time.perf_counter()
             labels = c.segment_slices(x, plane, summary=summary)
             secure = time.perf_counter() - t0
+            cpu = (_cpu_s(os.getpid()) - cpu0[0], _cpu_s(srv.proc.pid) - cpu0[1])
     finally:
         srv.stop()
     n = len(x)
@@ -85,6 +93,10 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
         "plain_s": plain_fixed / n,
         "plain_float_s": plain_float / n,
         "secure_over_plain": secure / plain_fixed,
+        # CPU seconds of each party over the secure run (all threads): steadier than secure_s on
+        # a shared machine, and secure_s >= their sum / cores
+        "client_cpu_s": cpu[0] / n,
+        "server_cpu_s": cpu[1] / n,
         "bytes_up": summary.bytes_up / n,
         "bytes_down": summary.bytes_down / n,
         "client_phase_s": {k: v / n for k, v in summary.seconds.items()},
