@@ -53,7 +53,7 @@ class ClientHE:
                 + wire.pack_int(self._pk0, wire.RESIDUE_BYTES))
 
     # ----- upload -------------------------------------------------------------------------------
-    def encrypt(self, spec: LayerSpec, x_c: np.ndarray) -> bytes:
+    def encrypt(self, spec: LayerSpec, x_c: np.ndarray) -> bytearray:
         """Seeded symmetric BFV encryption of the client's share (B, C, H, W) in Z_{2^l}."""
         x_c = np.asarray(x_c)
         if x_c.ndim != 4 or x_c.dtype != np.uint64:
@@ -68,7 +68,7 @@ class ClientHE:
         seed = secrets.token_bytes(wire.SEED_BYTES)
         head = (wire.MAGIC_UP + prm.digest() + wire.spec_digest(spec.to_bytes())
                 + struct.pack("<II", batch, count) + seed)
-        buf = wire.message_buffer(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
+        msg, buf = wire.message_buffer(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
         body = buf[len(head):]
         # c0 = NTT(Delta * m + e) - a * s per ciphertext, as centred 24-bit residues (|c0| <= p/2 + 1)
         # per ciphertext (tiles encoded natively, Plan.encode_input order):
@@ -78,7 +78,7 @@ class ClientHE:
                                THREADS)
         if fails:
             raise RuntimeError("keystream too short for rejection sampling (probability < 2^-100)")
-        return buf.tobytes()
+        return msg
 
     # ----- download -----------------------------------------------------------------------------
     def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:

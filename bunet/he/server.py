@@ -200,7 +200,8 @@ class ServerHE:
         return layer.spec
 
     # ----- per call ---------------------------------------------------------------------------------
-    def apply(self, layer: ServerLayer, up: bytes, x_s: np.ndarray) -> tuple[bytes, np.ndarray]:
+    def apply(self, layer: ServerLayer, up: bytes | bytearray | memoryview,
+              x_s: np.ndarray) -> tuple[bytearray, np.ndarray]:
         """Returns (download message, server's new share y_s = r)."""
         if self._pk is None:
             raise ValueError("no client public key: use with_public_key() for a session")
@@ -229,7 +230,7 @@ class ServerHE:
         b0 = (prm.down_c0_bits + 7) // 8
         head = (wire.MAGIC_DOWN + prm.digest() + wire.spec_digest(layer.spec.to_bytes())
                 + struct.pack("<III", batch, n_out, batch * n_ret))
-        buf = wire.message_buffer(head, n_out * n * b1 + batch * n_ret * b0)
+        msg, buf = wire.message_buffer(head, n_out * n * b1 + batch * n_ret * b0)
         body = buf[len(head):]
         c1_out, c0_out = body[: n_out * n * b1], body[n_out * n * b1:]
         key = secrets.token_bytes(32)          # this call's randomness: u, e, floods (ChaCha20)
@@ -238,7 +239,7 @@ class ServerHE:
             for tiles in self._tile_chunks(layer):
                 self._chunk(layer, b, tiles, c0_ptr, x_s, tiles_of, seed, (r_eff[b], bias_eff), key, c1_out,
                             c0_out)
-        return buf.tobytes(), y_s
+        return msg, y_s
 
     # ----- internals --------------------------------------------------------------------------------
     def _plain_part(self, layer: ServerLayer, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

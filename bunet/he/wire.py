@@ -20,15 +20,16 @@ RESIDUE_BYTES = 3   # centred residues, |x| < 2^21: signed 24-bit
 SEED_BYTES = 32
 
 
-def message_buffer(head: bytes, body_bytes: int) -> np.ndarray:
-    """A uint8 array holding ``head`` followed by ``body_bytes`` to be filled in place.
+def message_buffer(head: bytes, body_bytes: int) -> tuple[bytearray, np.ndarray]:
+    """The message (``head`` followed by ``body_bytes`` to be filled in place) and a uint8 view of it.
 
-    A NumPy allocation of this size is backed by transparent huge pages, so the native writers
-    do not fault in 4 KB pages one by one; ``tobytes()`` then makes the one copy a message needs.
+    The message is returned as it was filled, with no copy into ``bytes``: messages reach hundreds
+    of MB, and the transport copies them once more anyway.
     """
-    buf = np.empty(len(head) + body_bytes, dtype=np.uint8)
+    msg = bytearray(len(head) + body_bytes)
+    buf = np.frombuffer(msg, dtype=np.uint8)
     buf[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-    return buf
+    return msg, buf
 
 
 def spec_digest(spec_bytes: bytes) -> bytes:
