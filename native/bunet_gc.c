@@ -325,6 +325,102 @@ void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t nco
     }
 }
 
+/* The OT kernels' transpose: 128 x 128 bit tiles, Y[r] bit c = X[c] bit r (X: one 128-row block of
+ * 128 columns, Y: its 128 rows of 16 bytes). Two tiles (row blocks 2p, 2p + 1) are interleaved
+ * block by block, tile[(p * 128 + c) * 2 + (q & 1)], so that one 32-byte load gives the same column
+ * of both and every step below stays inside a 128-bit lane: two tiles per AVX2 instruction.
+ * With r = 8R + rho and c = 8C + gamma: an 8 x 8 bit transpose inside every byte of the 8 columns
+ * 8C .. 8C + 7 (three delta swaps), then for each rho a 16 x 16 byte transpose (four unpack stages)
+ * of byte R of those results over C. No movemasks, and each output row is one 16-byte store. */
+static inline block *tile_at(block *tile, uint32_t c, int q) {
+    return tile + ((size_t)(q >> 1) * 128 + c) * 2 + (q & 1);
+}
+
+/* delta swap: a's bits at positions with bit s set <-> b's bits s lower (m: positions with bit s clear) */
+#define BN_DSWAP(V, XOR, AND, SRL, SLL, a, b, s, m)    \
+    do {                                             \
+        const V _t = AND(XOR(SRL(a, s), b), m);      \
+        b = XOR(b, _t);                              \
+        a = XOR(a, SLL(_t, s));                      \
+    } while (0)
+
+/* x[i] bit p <-> x[p] bit i in every byte (8 x 8 bit transposes) */
+#define BN_BITS8X8(V, XOR, AND, SRL, SLL, SET1, x)                                                                  \
+    do {                                                                                                            \
+        const V _m4 = SET1(0x0f), _m2 = SET1(0x33), _m1 = SET1(0x55);                                              \
+        for (int _i = 0; _i < 4; _i++) BN_DSWAP(V, XOR, AND, SRL, SLL, x[_i], x[_i + 4], 4, _m4);                  \
+        for (int _i = 0; _i < 8; _i += (_i & 1) ? 3 : 1) BN_DSWAP(V, XOR, AND, SRL, SLL, x[_i], x[_i + 2], 2, _m2); \
+        for (int _i = 0; _i < 8; _i += 2) BN_DSWAP(V, XOR, AND, SRL, SLL, x[_i], x[_i + 1], 1, _m1);               \
+    } while (0)
+
+/* 16 x 16 byte transpose: each stage rotates the (register, byte) address left by one bit, four make it
+ * (byte, register) */
+#define BN_BYTES16X16(V, LO, HI, a)                                    \
+    do {                                                               \
+        V _b[16];                                                      \
+        for (int _s = 0; _s < 4; _s++) {                               \
+            for (int _i = 0; _i < 8; _i++) {                           \
+                _b[2 * _i] = LO(a[_i], a[_i + 8]);                     \
+                _b[2 * _i + 1] = HI(a[_i], a[_i + 8]);                 \
+            }                                                          \
+            for (int _i = 0; _i < 16; _i++) a[_i] = _b[_i];            \
+        }                                                              \
+    } while (0)
+
+#define SET1_128(c) _mm_set1_epi8((char)(c))
+#define SET1_256(c) _mm256_set1_epi8((char)(c))
+
+/* row blocks 0 .. nb-1 of the tiles -> nb * 128 rows of 16 bytes at out (SSE2: one tile at a time) */
+static void tiles_to_rows_sse(const block *tile, int nb, uint8_t *out) {
+    block s[128];
+    for (int q = 0; q < nb; q++) {
+        for (int g = 0; g < 8; g++) {
+            block a[16];
+            for (int C = 0; C < 16; C++) a[C] = _mm_load_si128(tile_at((block *)tile, 8 * C + g, q));
+            BN_BYTES16X16(block, _mm_unpacklo_epi8, _mm_unpackhi_epi8, a);
+            for (int R = 0; R < 16; R++) s[8 * R + g] = a[R];
+        }
+        for (int R = 0; R < 16; R++) {
+            block *x = s + 8 * R;
+            BN_BITS8X8(block, _mm_xor_si128, _mm_and_si128, _mm_srli_epi64, _mm_slli_epi64, SET1_128, x);
+            for (int r = 0; r < 8; r++) _mm_storeu_si128((block *)(out + ((size_t)q * 128 + 8 * R + r) * 16), x[r]);
+        }
+    }
+}
+
+__attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile, int nb, uint8_t *out) {
+    __m256i s[128];
+    for (int q = 0; q < nb; q += 2) {
+        const __m256i *t2 = (const __m256i *)tile_at((block *)tile, 0, q);
+        for (int g = 0; g < 8; g++) {
+            __m256i a[16];
+            for (int C = 0; C < 16; C++) a[C] = _mm256_load_si256(t2 + 8 * C + g);
+            BN_BYTES16X16(__m256i, _mm256_unpacklo_epi8, _mm256_unpackhi_epi8, a);
+            for (int R = 0; R < 16; R++) s[8 * R + g] = a[R];
+        }
+        uint8_t *o = out + (size_t)q * 128 * 16;
+        for (int R = 0; R < 16; R++) {
+            __m256i *x = s + 8 * R;
+            BN_BITS8X8(__m256i, _mm256_xor_si256, _mm256_and_si256, _mm256_srli_epi64, _mm256_slli_epi64, SET1_256,
+                       x);
+            for (int r = 0; r < 8; r += 2) {
+                _mm256_storeu_si256((__m256i *)(o + (8 * R + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x20));
+                if (q + 1 < nb) /* public: the last row block of an odd count has no partner */
+                    _mm256_storeu_si256((__m256i *)(o + (128 + 8 * R + r) * 16),
+                                        _mm256_permute2x128_si256(x[r], x[r + 1], 0x31));
+            }
+        }
+    }
+}
+
+static void tiles_to_rows(const block *tile, int nb, uint8_t *out) {
+    if (have_avx2 < 0) have_avx2 = detect_avx2() && !getenv("BUNET_NO_AVX2");
+    if (have_avx2)
+        tiles_to_rows_avx2(tile, nb, out);
+    else
+        tiles_to_rows_sse(tile, nb, out);
+}
+
 /* ---------------------------------------------------------------- IKNP */
 
 #define ROWS 1024 /* rows per internal chunk (8 AES blocks per column) */
@@ -424,7 +520,7 @@ static void uv_accumulate(const block *g, uint32_t k, int nb, block *u, block *v
 /* client's t rows [r0, r0 + rows) (multiples of 128) */
 static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
                        uint8_t *out) {
-    static __thread uint8_t tmat[128 * ROWS / 8];
+    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
     const uint32_t B = 128 / k;
@@ -436,10 +532,9 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
             leaf_streams(leaves, k, b, ctr, nb, g);
             uv_accumulate(g, k, nb, u, v);
             for (uint32_t j = 0; j < k; j++)
-                for (int q = 0; q < nb; q++)
-                    _mm_storeu_si128((block *)(tmat + (b * k + j) * (sr / 8) + 16 * q), v[j * 8 + q]);
+                for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
         }
-        bn_transpose(tmat, out + s0 * 16, 128, sr);
+        tiles_to_rows(tile, nb, out + s0 * 16);
     }
 }
 
@@ -452,7 +547,7 @@ static inline size_t cm_off(uint32_t B, uint64_t rb, uint32_t b) { return 16 * (
  * place of the missing leaf, XOR_x (x ^ d)_j G_x = v_j ^ d_j u (the dummy's coefficient is 0). */
 static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm,
                        uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
-    static __thread uint8_t tmat[128 * ROWS / 8];
+    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
     const uint32_t B = 128 / k;
@@ -469,11 +564,10 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
                 const uint32_t c = b * k + j;
                 const block dj = _mm_set1_epi8((char)(-(int)((delta[c / 8] >> (c % 8)) & 1)));
                 for (int q = 0; q < nb; q++)
-                    _mm_storeu_si128((block *)(tmat + c * (sr / 8) + 16 * q),
-                                     _mm_xor_si128(v[j * 8 + q], _mm_and_si128(u[q], dj)));
+                    _mm_store_si128(tile_at(tile, c, q), _mm_xor_si128(v[j * 8 + q], _mm_and_si128(u[q], dj)));
             }
         }
-        bn_transpose(tmat, out + s0 * 16, 128, sr);
+        tiles_to_rows(tile, nb, out + s0 * 16);
     }
 }
 
@@ -499,7 +593,7 @@ void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m,
 /* client, one pass: message c_b = u_b ^ r AND its t rows (m x 16 bytes), m % 128 == 0 */
 void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                        uint8_t *cm, uint8_t *t_rows) {
-    static __thread uint8_t tmat[128 * ROWS / 8];
+    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
     const uint32_t B = 128 / k;
@@ -514,10 +608,9 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
                 _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), _mm_xor_si128(u[q], c));
             }
             for (uint32_t j = 0; j < k; j++)
-                for (int q = 0; q < nb; q++)
-                    _mm_storeu_si128((block *)(tmat + (b * k + j) * (sr / 8) + 16 * q), v[j * 8 + q]);
+                for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
         }
-        bn_transpose(tmat, t_rows + r0 * 16, 128, sr);
+        tiles_to_rows(tile, nb, t_rows + r0 * 16);
     }
 }
 
