@@ -517,6 +517,52 @@ static void uv_accumulate(const block *g, uint32_t k, int nb, block *u, block *v
     }
 }
 
+/* k = 4 with VAES, streams and butterfly fused: for each 128-row block q, the 8 leaf pairs' AES blocks
+ * are in flight together (a different key in each, from an interleaved copy of the 8 schedules) and
+ * are reduced in registers as they come out, so the 16 streams are never stored. With Y_m = (G_2m, G_2m+1)
+ * in the two lanes: u = both lanes of XOR_m Y_m, v_0 = its high lane, v_j = both lanes of
+ * XOR_{m: m_(j-1) = 1} Y_m (j = 1..3): the same XORs as uv_acc_k, regrouped. */
+__attribute__((target("avx2,vaes"))) static void leaf_uv4_vaes(const uint8_t *leaves, uint32_t b, uint64_t ctr, int nb,
+                                                               block *u, block *v) {
+    __m256i rk[8][11];
+    for (int x = 0; x < 8; x++) {
+        const uint8_t *ka = leaves + ((size_t)b * 16 + 2 * x) * 176, *kb = ka + 176;
+        for (int r = 0; r < 11; r++)
+            rk[x][r] = _mm256_set_m128i(_mm_loadu_si128((const block *)(kb + 16 * r)),
+                                        _mm_loadu_si128((const block *)(ka + 16 * r)));
+    }
+    for (int q = 0; q < nb; q++) {
+        const __m256i cq = _mm256_set_epi64x(0, (long long)(ctr + q), 0, (long long)(ctr + q));
+        __m256i y[8];
+        for (int x = 0; x < 8; x++) y[x] = _mm256_xor_si256(cq, rk[x][0]);
+        for (int r = 1; r < 10; r++)
+            for (int x = 0; x < 8; x++) y[x] = _mm256_aesenc_epi128(y[x], rk[x][r]);
+        for (int x = 0; x < 8; x++) y[x] = _mm256_aesenclast_epi128(y[x], rk[x][10]);
+        const __m256i w1 = _mm256_xor_si256(_mm256_xor_si256(y[1], y[3]), _mm256_xor_si256(y[5], y[7]));
+        const __m256i s0 = _mm256_xor_si256(y[0], y[1]), s1 = _mm256_xor_si256(y[2], y[3]);
+        const __m256i s2 = _mm256_xor_si256(y[4], y[5]), s3 = _mm256_xor_si256(y[6], y[7]);
+        const __m256i w2 = _mm256_xor_si256(s1, s3), w3 = _mm256_xor_si256(s2, s3);
+        const __m256i tot = _mm256_xor_si256(_mm256_xor_si256(s0, s1), w3);
+        const block th = _mm256_extracti128_si256(tot, 1);
+        u[q] = _mm_xor_si128(_mm256_castsi256_si128(tot), th);
+        v[q] = th;
+        v[8 + q] = _mm_xor_si128(_mm256_castsi256_si128(w1), _mm256_extracti128_si256(w1, 1));
+        v[16 + q] = _mm_xor_si128(_mm256_castsi256_si128(w2), _mm256_extracti128_si256(w2, 1));
+        v[24 + q] = _mm_xor_si128(_mm256_castsi256_si128(w3), _mm256_extracti128_si256(w3, 1));
+    }
+}
+
+/* u and v of block b (as uv_accumulate) for nb 128-row blocks from ctr; g: scratch for the unfused path */
+static inline void leaf_uv(const uint8_t *leaves, uint32_t k, uint32_t b, uint64_t ctr, int nb, block *g, block *u,
+                           block *v) {
+    if (k == 4 && bn_have_vaes()) {
+        leaf_uv4_vaes(leaves, b, ctr, nb, u, v);
+        return;
+    }
+    leaf_streams(leaves, k, b, ctr, nb, g);
+    uv_accumulate(g, k, nb, u, v);
+}
+
 /* client's t rows [r0, r0 + rows) (multiples of 128) */
 static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
                        uint8_t *out) {
@@ -529,8 +575,7 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
         const int nb = (int)(sr / 128);
         const uint64_t ctr = blk_off + (r0 + s0) / 128;
         for (uint32_t b = 0; b < B; b++) {
-            leaf_streams(leaves, k, b, ctr, nb, g);
-            uv_accumulate(g, k, nb, u, v);
+            leaf_uv(leaves, k, b, ctr, nb, g, u, v);
             for (uint32_t j = 0; j < k; j++)
                 for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
         }
@@ -556,8 +601,7 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
         const int nb = (int)(sr / 128);
         const uint64_t ctr = blk_off + (r0 + s0) / 128;
         for (uint32_t b = 0; b < B; b++) {
-            leaf_streams(leaves, k, b, ctr, nb, g);
-            uv_accumulate(g, k, nb, u, v);
+            leaf_uv(leaves, k, b, ctr, nb, g, u, v);
             for (int q = 0; q < nb; q++)
                 u[q] = _mm_xor_si128(u[q], _mm_loadu_si128((const block *)(cm + cm_off(B, (r0 + s0) / 128 + q, b))));
             for (uint32_t j = 0; j < k; j++) {
@@ -601,8 +645,7 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
         const uint64_t sr = m - r0 < ROWS ? m - r0 : ROWS;
         const int nb = (int)(sr / 128);
         for (uint32_t b = 0; b < B; b++) {
-            leaf_streams(leaves, k, b, blk_off + r0 / 128, nb, g);
-            uv_accumulate(g, k, nb, u, v);
+            leaf_uv(leaves, k, b, blk_off + r0 / 128, nb, g, u, v);
             for (int q = 0; q < nb; q++) {
                 const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
                 _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), _mm_xor_si128(u[q], c));
