@@ -371,7 +371,7 @@ static inline block *tile_at(block *tile, uint32_t c, int q) {
 #define SET1_256(c) _mm256_set1_epi8((char)(c))
 
 /* row blocks 0 .. nb-1 of the tiles -> nb * 128 rows of 16 bytes at out (SSE2: one tile at a time) */
-static void tiles_to_rows_sse(const block *tile, int nb, uint8_t *out) {
+static void tiles_to_rows_sse(const block *tile, int nb, uint8_t *out, int nt) {
     block s[128];
     for (int q = 0; q < nb; q++) {
         for (int g = 0; g < 8; g++) {
@@ -383,12 +383,18 @@ static void tiles_to_rows_sse(const block *tile, int nb, uint8_t *out) {
         for (int R = 0; R < 16; R++) {
             block *x = s + 8 * R;
             BN_BITS8X8(block, _mm_xor_si128, _mm_and_si128, _mm_srli_epi64, _mm_slli_epi64, SET1_128, x);
-            for (int r = 0; r < 8; r++) _mm_storeu_si128((block *)(out + ((size_t)q * 128 + 8 * R + r) * 16), x[r]);
+            for (int r = 0; r < 8; r++) {
+                block *o = (block *)(out + ((size_t)q * 128 + 8 * R + r) * 16);
+                if (nt)
+                    _mm_stream_si128(o, x[r]);
+                else
+                    _mm_storeu_si128(o, x[r]);
+            }
         }
     }
 }
 
-__attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile, int nb, uint8_t *out) {
+__attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile, int nb, uint8_t *out, int nt) {
     __m256i s[128];
     for (int q = 0; q < nb; q += 2) {
         const __m256i *t2 = (const __m256i *)tile_at((block *)tile, 0, q);
@@ -403,6 +409,13 @@ __attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile
             __m256i *x = s + 8 * R;
             BN_BITS8X8(__m256i, _mm256_xor_si256, _mm256_and_si256, _mm256_srli_epi64, _mm256_slli_epi64, SET1_256,
                        x);
+            if (nt) {
+                for (int r = 0; r < 8; r++) _mm_stream_si128((block *)(o + (8 * R + r) * 16), _mm256_castsi256_si128(x[r]));
+                if (q + 1 < nb)
+                    for (int r = 0; r < 8; r++)
+                        _mm_stream_si128((block *)(o + (128 + 8 * R + r) * 16), _mm256_extracti128_si256(x[r], 1));
+                continue;
+            }
             for (int r = 0; r < 8; r += 2) {
                 _mm256_storeu_si256((__m256i *)(o + (8 * R + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x20));
                 if (q + 1 < nb) /* public: the last row block of an odd count has no partner */
@@ -413,12 +426,20 @@ __attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile
     }
 }
 
-static void tiles_to_rows(const block *tile, int nb, uint8_t *out) {
+static void tiles_to_rows(const block *tile, int nb, uint8_t *out, int nt) {
     if (have_avx2 < 0) have_avx2 = detect_avx2() && !getenv("BUNET_NO_AVX2");
     if (have_avx2)
-        tiles_to_rows_avx2(tile, nb, out);
+        tiles_to_rows_avx2(tile, nb, out, nt);
     else
-        tiles_to_rows_sse(tile, nb, out);
+        tiles_to_rows_sse(tile, nb, out, nt);
+}
+
+/* Rows of a large output are written with non-temporal stores: they would leave the cache before they
+ * are read anyway, and streaming them saves reading every line in before it is overwritten (half the
+ * memory traffic). Small outputs (the circuit's chunks) stay in the cache for their consumer. */
+#define NT_MIN_BYTES ((uint64_t)8 << 20)
+static int stream_rows(const uint8_t *out, uint64_t rows) {
+    return ((uintptr_t)out & 15) == 0 && rows * 16 >= NT_MIN_BYTES;
 }
 
 /* ---------------------------------------------------------------- IKNP */
@@ -570,6 +591,7 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
     static __thread block g[256 * 8];
     block u[8], v[64];
     const uint32_t B = 128 / k;
+    const int nt = stream_rows(out, rows);
     for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
         const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
         const int nb = (int)(sr / 128);
@@ -579,8 +601,9 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
             for (uint32_t j = 0; j < k; j++)
                 for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
         }
-        tiles_to_rows(tile, nb, out + s0 * 16);
+        tiles_to_rows(tile, nb, out + s0 * 16, nt);
     }
+    if (nt) _mm_sfence();
 }
 
 /* The client's message, B = 128/k columns of m bits, is stored by 128-row blocks: row block rb of
@@ -596,6 +619,7 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
     static __thread block g[256 * 8];
     block u[8], v[64];
     const uint32_t B = 128 / k;
+    const int nt = stream_rows(out, rows);
     for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
         const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
         const int nb = (int)(sr / 128);
@@ -611,8 +635,9 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
                     _mm_store_si128(tile_at(tile, c, q), _mm_xor_si128(v[j * 8 + q], _mm_and_si128(u[q], dj)));
             }
         }
-        tiles_to_rows(tile, nb, out + s0 * 16);
+        tiles_to_rows(tile, nb, out + s0 * 16, nt);
     }
+    if (nt) _mm_sfence();
 }
 
 /* client's message: c_b = u_b ^ r for m rows (m % 128 == 0); 128/k columns of m bits (layout: cm_off) */
@@ -641,6 +666,7 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
     static __thread block g[256 * 8];
     block u[8], v[64];
     const uint32_t B = 128 / k;
+    const int nt = stream_rows(t_rows, m);
     for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
         const uint64_t sr = m - r0 < ROWS ? m - r0 : ROWS;
         const int nb = (int)(sr / 128);
@@ -653,8 +679,9 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
             for (uint32_t j = 0; j < k; j++)
                 for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
         }
-        tiles_to_rows(tile, nb, t_rows + r0 * 16);
+        tiles_to_rows(tile, nb, t_rows + r0 * 16, nt);
     }
+    if (nt) _mm_sfence();
 }
 
 /* whole-matrix versions (tests, benchmarks) */
