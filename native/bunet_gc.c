@@ -538,35 +538,103 @@ static void uv_accumulate(const block *g, uint32_t k, int nb, block *u, block *v
     }
 }
 
-/* k = 4 with VAES, streams and butterfly fused: for each 128-row block q, the 8 leaf pairs' AES blocks
- * are in flight together (a different key in each, from an interleaved copy of the 8 schedules) and
- * are reduced in registers as they come out, so the 16 streams are never stored. With Y_m = (G_2m, G_2m+1)
- * in the two lanes: u = both lanes of XOR_m Y_m, v_0 = its high lane, v_j = both lanes of
- * XOR_{m: m_(j-1) = 1} Y_m (j = 1..3): the same XORs as uv_acc_k, regrouped. */
+/* k = 4 with VAES, streams and butterfly fused: the AES blocks of all 16 leaves are reduced in registers
+ * as they come out of the rounds, so the streams are never stored. Two 128-row blocks q, q + 1 at a time,
+ * one per lane: every round key is then the same in both lanes, a broadcast load (no interleaving of the
+ * leaves' schedules); 8 leaves in flight, x = 8h + i, per half h:
+ *   T = XOR_i Y_i,  A_j = XOR_{i: i_j = 1} Y_i (j < 3);  u = T_0 ^ T_1, v_j = A_j,0 ^ A_j,1, v_3 = T_1:
+ * the same XORs as uv_acc_k, regrouped. The lanes are q and q + 1, so u[q], u[q + 1] (and each v) are
+ * one 32-byte store. */
 __attribute__((target("avx2,vaes"))) static void leaf_uv4_vaes(const uint8_t *leaves, uint32_t b, uint64_t ctr, int nb,
                                                                block *u, block *v) {
-    __m256i rk[8][11];
-    for (int x = 0; x < 8; x++) {
-        const uint8_t *ka = leaves + ((size_t)b * 16 + 2 * x) * 176, *kb = ka + 176;
-        for (int r = 0; r < 11; r++)
-            rk[x][r] = _mm256_set_m128i(_mm_loadu_si128((const block *)(kb + 16 * r)),
-                                        _mm_loadu_si128((const block *)(ka + 16 * r)));
+    const uint8_t *kb = leaves + (size_t)b * 16 * 176;
+#define RK(x, r) _mm256_broadcastsi128_si256(_mm_loadu_si128((const block *)(kb + (x) * 176 + 16 * (r))))
+    int q = 0;
+    /* four blocks at a time: two lane pairs, so that each broadcast round key serves two AES blocks;
+     * leaves a quarter at a time, x = 4h + i: per quarter Q_h = XOR_i Y_i, and
+     * u = XOR_h Q_h, v_0 = XOR_h (Y_1 ^ Y_3), v_1 = XOR_h (Y_2 ^ Y_3), v_2 = Q_1 ^ Q_3, v_3 = Q_2 ^ Q_3 */
+    for (; q + 4 <= nb; q += 4) {
+        const __m256i c0 = _mm256_set_epi64x(0, (long long)(ctr + q + 1), 0, (long long)(ctr + q));
+        const __m256i c1 = _mm256_set_epi64x(0, (long long)(ctr + q + 3), 0, (long long)(ctr + q + 2));
+        __m256i Q[4][2], V0[2], V1[2];
+        for (int h = 0; h < 4; h++) {
+            __m256i y[4][2];
+            for (int i = 0; i < 4; i++) {
+                const __m256i k0 = RK(4 * h + i, 0);
+                y[i][0] = _mm256_xor_si256(c0, k0);
+                y[i][1] = _mm256_xor_si256(c1, k0);
+            }
+#pragma GCC unroll 9
+            for (int r = 1; r < 10; r++)
+                for (int i = 0; i < 4; i++) {
+                    const __m256i kr = RK(4 * h + i, r);
+                    y[i][0] = _mm256_aesenc_epi128(y[i][0], kr);
+                    y[i][1] = _mm256_aesenc_epi128(y[i][1], kr);
+                }
+            for (int i = 0; i < 4; i++) {
+                const __m256i kr = RK(4 * h + i, 10);
+                y[i][0] = _mm256_aesenclast_epi128(y[i][0], kr);
+                y[i][1] = _mm256_aesenclast_epi128(y[i][1], kr);
+            }
+            for (int p = 0; p < 2; p++) {
+                const __m256i s1 = _mm256_xor_si256(y[2][p], y[3][p]), a0 = _mm256_xor_si256(y[1][p], y[3][p]);
+                Q[h][p] = _mm256_xor_si256(_mm256_xor_si256(y[0][p], y[1][p]), s1);
+                V0[p] = h ? _mm256_xor_si256(V0[p], a0) : a0;
+                V1[p] = h ? _mm256_xor_si256(V1[p], s1) : s1;
+            }
+        }
+        for (int p = 0; p < 2; p++) {
+            const __m256i v2 = _mm256_xor_si256(Q[1][p], Q[3][p]), v3 = _mm256_xor_si256(Q[2][p], Q[3][p]);
+            _mm256_storeu_si256((__m256i *)(u + q + 2 * p), _mm256_xor_si256(_mm256_xor_si256(Q[0][p], Q[1][p]), v3));
+            _mm256_storeu_si256((__m256i *)(v + q + 2 * p), V0[p]);
+            _mm256_storeu_si256((__m256i *)(v + 8 + q + 2 * p), V1[p]);
+            _mm256_storeu_si256((__m256i *)(v + 16 + q + 2 * p), v2);
+            _mm256_storeu_si256((__m256i *)(v + 24 + q + 2 * p), v3);
+        }
     }
-    for (int q = 0; q < nb; q++) {
+    for (; q + 2 <= nb; q += 2) {
+        const __m256i cq = _mm256_set_epi64x(0, (long long)(ctr + q + 1), 0, (long long)(ctr + q));
+        __m256i T[2], A0[2], A1[2], A2[2];
+        for (int h = 0; h < 2; h++) {
+            __m256i y[8];
+            for (int i = 0; i < 8; i++) y[i] = _mm256_xor_si256(cq, RK(8 * h + i, 0));
+#pragma GCC unroll 9
+            for (int r = 1; r < 10; r++)
+                for (int i = 0; i < 8; i++) y[i] = _mm256_aesenc_epi128(y[i], RK(8 * h + i, r));
+            for (int i = 0; i < 8; i++) y[i] = _mm256_aesenclast_epi128(y[i], RK(8 * h + i, 10));
+            A0[h] = _mm256_xor_si256(_mm256_xor_si256(y[1], y[3]), _mm256_xor_si256(y[5], y[7]));
+            const __m256i s0 = _mm256_xor_si256(y[0], y[1]), s1 = _mm256_xor_si256(y[2], y[3]);
+            const __m256i s2 = _mm256_xor_si256(y[4], y[5]), s3 = _mm256_xor_si256(y[6], y[7]);
+            A1[h] = _mm256_xor_si256(s1, s3);
+            A2[h] = _mm256_xor_si256(s2, s3);
+            T[h] = _mm256_xor_si256(_mm256_xor_si256(s0, s1), A2[h]);
+        }
+        _mm256_storeu_si256((__m256i *)(u + q), _mm256_xor_si256(T[0], T[1]));
+        _mm256_storeu_si256((__m256i *)(v + q), _mm256_xor_si256(A0[0], A0[1]));
+        _mm256_storeu_si256((__m256i *)(v + 8 + q), _mm256_xor_si256(A1[0], A1[1]));
+        _mm256_storeu_si256((__m256i *)(v + 16 + q), _mm256_xor_si256(A2[0], A2[1]));
+        _mm256_storeu_si256((__m256i *)(v + 24 + q), T[1]);
+    }
+#undef RK
+    if (q < nb) { /* an odd last block: leaf pairs in the lanes instead (Y_m = (G_2m, G_2m+1)) */
         const __m256i cq = _mm256_set_epi64x(0, (long long)(ctr + q), 0, (long long)(ctr + q));
         __m256i y[8];
-        for (int x = 0; x < 8; x++) y[x] = _mm256_xor_si256(cq, rk[x][0]);
+#define RK2(m, r) _mm256_loadu2_m128i((const block *)(kb + (2 * (m) + 1) * 176 + 16 * (r)), \
+                                      (const block *)(kb + 2 * (m) * 176 + 16 * (r)))
+        for (int m = 0; m < 8; m++) y[m] = _mm256_xor_si256(cq, RK2(m, 0));
+#pragma GCC unroll 9
         for (int r = 1; r < 10; r++)
-            for (int x = 0; x < 8; x++) y[x] = _mm256_aesenc_epi128(y[x], rk[x][r]);
-        for (int x = 0; x < 8; x++) y[x] = _mm256_aesenclast_epi128(y[x], rk[x][10]);
+            for (int m = 0; m < 8; m++) y[m] = _mm256_aesenc_epi128(y[m], RK2(m, r));
+        for (int m = 0; m < 8; m++) y[m] = _mm256_aesenclast_epi128(y[m], RK2(m, 10));
+#undef RK2
         const __m256i w1 = _mm256_xor_si256(_mm256_xor_si256(y[1], y[3]), _mm256_xor_si256(y[5], y[7]));
         const __m256i s0 = _mm256_xor_si256(y[0], y[1]), s1 = _mm256_xor_si256(y[2], y[3]);
         const __m256i s2 = _mm256_xor_si256(y[4], y[5]), s3 = _mm256_xor_si256(y[6], y[7]);
         const __m256i w2 = _mm256_xor_si256(s1, s3), w3 = _mm256_xor_si256(s2, s3);
         const __m256i tot = _mm256_xor_si256(_mm256_xor_si256(s0, s1), w3);
         const block th = _mm256_extracti128_si256(tot, 1);
-        u[q] = _mm_xor_si128(_mm256_castsi256_si128(tot), th);
-        v[q] = th;
+        u[q] = _mm_xor_si128(_mm256_castsi256_si128(tot), th); /* x = 2m + lane: v_0 = the odd lane, */
+        v[q] = th;                                            /* v_j = both lanes of m_(j-1) = 1 */
         v[8 + q] = _mm_xor_si128(_mm256_castsi256_si128(w1), _mm256_extracti128_si256(w1, 1));
         v[16 + q] = _mm_xor_si128(_mm256_castsi256_si128(w2), _mm256_extracti128_si256(w2, 1));
         v[24 + q] = _mm_xor_si128(_mm256_castsi256_si128(w3), _mm256_extracti128_si256(w3, 1));
