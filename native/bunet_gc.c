@@ -410,7 +410,8 @@ __attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile
             BN_BITS8X8(__m256i, _mm256_xor_si256, _mm256_and_si256, _mm256_srli_epi64, _mm256_slli_epi64, SET1_256,
                        x);
             if (nt) {
-                for (int r = 0; r < 8; r++) _mm_stream_si128((block *)(o + (8 * R + r) * 16), _mm256_castsi256_si128(x[r]));
+                for (int r = 0; r < 8; r++)
+                    _mm_stream_si128((block *)(o + (8 * R + r) * 16), _mm256_castsi256_si128(x[r]));
                 if (q + 1 < nb)
                     for (int r = 0; r < 8; r++)
                         _mm_stream_si128((block *)(o + (128 + 8 * R + r) * 16), _mm256_extracti128_si256(x[r], 1));
@@ -426,9 +427,13 @@ __attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile
     }
 }
 
-static void tiles_to_rows(const block *tile, int nb, uint8_t *out, int nt) {
+static inline int use_avx2(void) {
     if (have_avx2 < 0) have_avx2 = detect_avx2() && !getenv("BUNET_NO_AVX2");
-    if (have_avx2)
+    return have_avx2;
+}
+
+static void tiles_to_rows(const block *tile, int nb, uint8_t *out, int nt) {
+    if (use_avx2())
         tiles_to_rows_avx2(tile, nb, out, nt);
     else
         tiles_to_rows_sse(tile, nb, out, nt);
@@ -652,12 +657,59 @@ static inline void leaf_uv(const uint8_t *leaves, uint32_t k, uint32_t b, uint64
     uv_accumulate(g, k, nb, u, v);
 }
 
+/* The client's message, B = 128/k columns of m bits, is stored by 128-row blocks: row block rb of
+ * column b at byte 16 * (rb * B + b), so a run of rows of all columns is one contiguous stretch
+ * (one memory stream instead of B, which the prefetchers could not follow). */
+static inline size_t cm_off(uint32_t B, uint64_t rb, uint32_t b) { return 16 * ((size_t)rb * B + b); }
+
+/* Columns b*k .. b*k + k - 1 of row blocks 0 .. nb-1 into the tiles with AVX2, two row blocks per
+ * instruction: tile_at(c, q), tile_at(c, q + 1) are adjacent for even q, as are u[q], u[q + 1] and
+ * v[j * 8 + q], v[j * 8 + q + 1]; an odd last block alone. cm: NULL, or the client's message to read
+ * (garbler: c_b, delta != NULL) or write (client: c_b = u ^ r, r from choice). */
+__attribute__((target("avx2"))) static void cols_to_tiles_avx2(block *tile, uint32_t k, uint32_t b, int nb,
+                                                                const block *u, const block *v, const uint8_t *delta,
+                                                                const uint8_t *choice, uint8_t *cm, uint32_t B,
+                                                                uint64_t rb0) {
+    __m256i d[8];
+    for (uint32_t j = 0; j < k; j++) {
+        const uint32_t c = b * k + j;
+        d[j] = _mm256_set1_epi8((char)(delta ? -(int)((delta[c / 8] >> (c % 8)) & 1) : 0));
+    }
+    int q = 0;
+    for (; q + 2 <= nb; q += 2) {
+        __m256i uq = _mm256_loadu_si256((const __m256i *)(u + q));
+        block *c0 = cm ? (block *)(cm + cm_off(B, rb0 + q, b)) : NULL, *c1 = cm ? c0 + B : NULL; /* q + 1 */
+        if (delta) {
+            uq = _mm256_xor_si256(uq, _mm256_loadu2_m128i(c1, c0));
+            for (uint32_t j = 0; j < k; j++)
+                _mm256_store_si256((__m256i *)tile_at(tile, b * k + j, q),
+                                   _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(v + j * 8 + q)),
+                                                    _mm256_and_si256(uq, d[j])));
+            continue;
+        }
+        if (cm)
+            _mm256_storeu2_m128i(c1, c0, _mm256_xor_si256(uq, _mm256_loadu_si256((const __m256i *)(choice + 16 * q))));
+        for (uint32_t j = 0; j < k; j++)
+            _mm256_store_si256((__m256i *)tile_at(tile, b * k + j, q),
+                               _mm256_loadu_si256((const __m256i *)(v + j * 8 + q)));
+    }
+    if (q < nb) {
+        block uq = u[q], *c0 = cm ? (block *)(cm + cm_off(B, rb0 + q, b)) : NULL;
+        if (delta) uq = _mm_xor_si128(uq, _mm_loadu_si128(c0));
+        if (cm && !delta) _mm_storeu_si128(c0, _mm_xor_si128(uq, _mm_loadu_si128((const block *)(choice + 16 * q))));
+        for (uint32_t j = 0; j < k; j++)
+            _mm_store_si128(tile_at(tile, b * k + j, q),
+                            _mm_xor_si128(v[j * 8 + q], _mm_and_si128(uq, _mm256_castsi256_si128(d[j]))));
+    }
+}
+
 /* client's t rows [r0, r0 + rows) (multiples of 128) */
 static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
                        uint8_t *out) {
     static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
+    const int avx2 = use_avx2();
     const uint32_t B = 128 / k;
     const int nt = stream_rows(out, rows);
     for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
@@ -666,6 +718,10 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
         const uint64_t ctr = blk_off + (r0 + s0) / 128;
         for (uint32_t b = 0; b < B; b++) {
             leaf_uv(leaves, k, b, ctr, nb, g, u, v);
+            if (avx2) {
+                cols_to_tiles_avx2(tile, k, b, nb, u, v, NULL, NULL, NULL, B, 0);
+                continue;
+            }
             for (uint32_t j = 0; j < k; j++)
                 for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
         }
@@ -674,11 +730,6 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
     if (nt) _mm_sfence();
 }
 
-/* The client's message, B = 128/k columns of m bits, is stored by 128-row blocks: row block rb of
- * column b at byte 16 * (rb * B + b), so a run of rows of all columns is one contiguous stretch
- * (one memory stream instead of B, which the prefetchers could not follow). */
-static inline size_t cm_off(uint32_t B, uint64_t rb, uint32_t b) { return 16 * ((size_t)rb * B + b); }
-
 /* garbler's q rows [r0, r0 + rows); cm = the client's message (see cm_off). With the dummy stream in
  * place of the missing leaf, XOR_x (x ^ d)_j G_x = v_j ^ d_j u (the dummy's coefficient is 0). */
 static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm,
@@ -686,6 +737,7 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
     static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
+    const int avx2 = use_avx2();
     const uint32_t B = 128 / k;
     const int nt = stream_rows(out, rows);
     for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
@@ -694,6 +746,10 @@ static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, 
         const uint64_t ctr = blk_off + (r0 + s0) / 128;
         for (uint32_t b = 0; b < B; b++) {
             leaf_uv(leaves, k, b, ctr, nb, g, u, v);
+            if (avx2) {
+                cols_to_tiles_avx2(tile, k, b, nb, u, v, delta, NULL, (uint8_t *)cm, B, (r0 + s0) / 128);
+                continue;
+            }
             for (int q = 0; q < nb; q++)
                 u[q] = _mm_xor_si128(u[q], _mm_loadu_si128((const block *)(cm + cm_off(B, (r0 + s0) / 128 + q, b))));
             for (uint32_t j = 0; j < k; j++) {
@@ -733,6 +789,7 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
     static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
+    const int avx2 = use_avx2();
     const uint32_t B = 128 / k;
     const int nt = stream_rows(t_rows, m);
     for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
@@ -740,6 +797,10 @@ void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
         const int nb = (int)(sr / 128);
         for (uint32_t b = 0; b < B; b++) {
             leaf_uv(leaves, k, b, blk_off + r0 / 128, nb, g, u, v);
+            if (avx2) {
+                cols_to_tiles_avx2(tile, k, b, nb, u, v, NULL, choice + r0 / 8, cm, B, r0 / 128);
+                continue;
+            }
             for (int q = 0; q < nb; q++) {
                 const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
                 _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), _mm_xor_si128(u[q], c));
