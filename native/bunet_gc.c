@@ -325,6 +325,128 @@ void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t nco
     }
 }
 
+/* The OT kernels' transpose: 128 x 128 bit tiles, Y[r] bit c = X[c] bit r (X: one 128-row block of
+ * 128 columns, Y: its 128 rows of 16 bytes). Two tiles (row blocks 2p, 2p + 1) are interleaved
+ * block by block, tile[(p * 128 + c) * 2 + (q & 1)], so that one 32-byte load gives the same column
+ * of both and every step below stays inside a 128-bit lane: two tiles per AVX2 instruction.
+ * With r = 8R + rho and c = 8C + gamma: an 8 x 8 bit transpose inside every byte of the 8 columns
+ * 8C .. 8C + 7 (three delta swaps), then for each rho a 16 x 16 byte transpose (four unpack stages)
+ * of byte R of those results over C. No movemasks, and each output row is one 16-byte store. */
+static inline block *tile_at(block *tile, uint32_t c, int q) {
+    return tile + ((size_t)(q >> 1) * 128 + c) * 2 + (q & 1);
+}
+
+/* delta swap: a's bits at positions with bit s set <-> b's bits s lower (m: positions with bit s clear) */
+#define BN_DSWAP(V, XOR, AND, SRL, SLL, a, b, s, m)    \
+    do {                                             \
+        const V _t = AND(XOR(SRL(a, s), b), m);      \
+        b = XOR(b, _t);                              \
+        a = XOR(a, SLL(_t, s));                      \
+    } while (0)
+
+/* x[i] bit p <-> x[p] bit i in every byte (8 x 8 bit transposes) */
+#define BN_BITS8X8(V, XOR, AND, SRL, SLL, SET1, x)                                                                  \
+    do {                                                                                                            \
+        const V _m4 = SET1(0x0f), _m2 = SET1(0x33), _m1 = SET1(0x55);                                              \
+        for (int _i = 0; _i < 4; _i++) BN_DSWAP(V, XOR, AND, SRL, SLL, x[_i], x[_i + 4], 4, _m4);                  \
+        for (int _i = 0; _i < 8; _i += (_i & 1) ? 3 : 1) BN_DSWAP(V, XOR, AND, SRL, SLL, x[_i], x[_i + 2], 2, _m2); \
+        for (int _i = 0; _i < 8; _i += 2) BN_DSWAP(V, XOR, AND, SRL, SLL, x[_i], x[_i + 1], 1, _m1);               \
+    } while (0)
+
+/* 16 x 16 byte transpose: each stage rotates the (register, byte) address left by one bit, four make it
+ * (byte, register) */
+#define BN_BYTES16X16(V, LO, HI, a)                                    \
+    do {                                                               \
+        V _b[16];                                                      \
+        for (int _s = 0; _s < 4; _s++) {                               \
+            for (int _i = 0; _i < 8; _i++) {                           \
+                _b[2 * _i] = LO(a[_i], a[_i + 8]);                     \
+                _b[2 * _i + 1] = HI(a[_i], a[_i + 8]);                 \
+            }                                                          \
+            for (int _i = 0; _i < 16; _i++) a[_i] = _b[_i];            \
+        }                                                              \
+    } while (0)
+
+#define SET1_128(c) _mm_set1_epi8((char)(c))
+#define SET1_256(c) _mm256_set1_epi8((char)(c))
+
+/* row blocks 0 .. nb-1 of the tiles -> nb * 128 rows of 16 bytes at out (SSE2: one tile at a time) */
+static void tiles_to_rows_sse(const block *tile, int nb, uint8_t *out, int nt) {
+    block s[128];
+    for (int q = 0; q < nb; q++) {
+        for (int g = 0; g < 8; g++) {
+            block a[16];
+            for (int C = 0; C < 16; C++) a[C] = _mm_load_si128(tile_at((block *)tile, 8 * C + g, q));
+            BN_BYTES16X16(block, _mm_unpacklo_epi8, _mm_unpackhi_epi8, a);
+            for (int R = 0; R < 16; R++) s[8 * R + g] = a[R];
+        }
+        for (int R = 0; R < 16; R++) {
+            block *x = s + 8 * R;
+            BN_BITS8X8(block, _mm_xor_si128, _mm_and_si128, _mm_srli_epi64, _mm_slli_epi64, SET1_128, x);
+            for (int r = 0; r < 8; r++) {
+                block *o = (block *)(out + ((size_t)q * 128 + 8 * R + r) * 16);
+                if (nt)
+                    _mm_stream_si128(o, x[r]);
+                else
+                    _mm_storeu_si128(o, x[r]);
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile, int nb, uint8_t *out, int nt) {
+    __m256i s[128];
+    for (int q = 0; q < nb; q += 2) {
+        const __m256i *t2 = (const __m256i *)tile_at((block *)tile, 0, q);
+        for (int g = 0; g < 8; g++) {
+            __m256i a[16];
+            for (int C = 0; C < 16; C++) a[C] = _mm256_load_si256(t2 + 8 * C + g);
+            BN_BYTES16X16(__m256i, _mm256_unpacklo_epi8, _mm256_unpackhi_epi8, a);
+            for (int R = 0; R < 16; R++) s[8 * R + g] = a[R];
+        }
+        uint8_t *o = out + (size_t)q * 128 * 16;
+        for (int R = 0; R < 16; R++) {
+            __m256i *x = s + 8 * R;
+            BN_BITS8X8(__m256i, _mm256_xor_si256, _mm256_and_si256, _mm256_srli_epi64, _mm256_slli_epi64, SET1_256,
+                       x);
+            if (nt) {
+                for (int r = 0; r < 8; r++)
+                    _mm_stream_si128((block *)(o + (8 * R + r) * 16), _mm256_castsi256_si128(x[r]));
+                if (q + 1 < nb)
+                    for (int r = 0; r < 8; r++)
+                        _mm_stream_si128((block *)(o + (128 + 8 * R + r) * 16), _mm256_extracti128_si256(x[r], 1));
+                continue;
+            }
+            for (int r = 0; r < 8; r += 2) {
+                _mm256_storeu_si256((__m256i *)(o + (8 * R + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x20));
+                if (q + 1 < nb) /* public: the last row block of an odd count has no partner */
+                    _mm256_storeu_si256((__m256i *)(o + (128 + 8 * R + r) * 16),
+                                        _mm256_permute2x128_si256(x[r], x[r + 1], 0x31));
+            }
+        }
+    }
+}
+
+static inline int use_avx2(void) {
+    if (have_avx2 < 0) have_avx2 = detect_avx2() && !getenv("BUNET_NO_AVX2");
+    return have_avx2;
+}
+
+static void tiles_to_rows(const block *tile, int nb, uint8_t *out, int nt) {
+    if (use_avx2())
+        tiles_to_rows_avx2(tile, nb, out, nt);
+    else
+        tiles_to_rows_sse(tile, nb, out, nt);
+}
+
+/* Rows of a large output are written with non-temporal stores: they would leave the cache before they
+ * are read anyway, and streaming them saves reading every line in before it is overwritten (half the
+ * memory traffic). Small outputs (the circuit's chunks) stay in the cache for their consumer. */
+#define NT_MIN_BYTES ((uint64_t)8 << 20)
+static int stream_rows(const uint8_t *out, uint64_t rows) {
+    return ((uintptr_t)out & 15) == 0 && rows * 16 >= NT_MIN_BYTES;
+}
+
 /* ---------------------------------------------------------------- IKNP */
 
 #define ROWS 1024 /* rows per internal chunk (8 AES blocks per column) */
@@ -421,26 +543,118 @@ static void uv_accumulate(const block *g, uint32_t k, int nb, block *u, block *v
     }
 }
 
-/* client's t rows [r0, r0 + rows) (multiples of 128) */
-static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
-                       uint8_t *out) {
-    static __thread uint8_t tmat[128 * ROWS / 8];
-    static __thread block g[256 * 8];
-    block u[8], v[64];
-    const uint32_t B = 128 / k;
-    for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
-        const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
-        const int nb = (int)(sr / 128);
-        const uint64_t ctr = blk_off + (r0 + s0) / 128;
-        for (uint32_t b = 0; b < B; b++) {
-            leaf_streams(leaves, k, b, ctr, nb, g);
-            uv_accumulate(g, k, nb, u, v);
-            for (uint32_t j = 0; j < k; j++)
-                for (int q = 0; q < nb; q++)
-                    _mm_storeu_si128((block *)(tmat + (b * k + j) * (sr / 8) + 16 * q), v[j * 8 + q]);
+/* k = 4 with VAES, streams and butterfly fused: the AES blocks of all 16 leaves are reduced in registers
+ * as they come out of the rounds, so the streams are never stored. Two 128-row blocks q, q + 1 at a time,
+ * one per lane: every round key is then the same in both lanes, a broadcast load (no interleaving of the
+ * leaves' schedules); 8 leaves in flight, x = 8h + i, per half h:
+ *   T = XOR_i Y_i,  A_j = XOR_{i: i_j = 1} Y_i (j < 3);  u = T_0 ^ T_1, v_j = A_j,0 ^ A_j,1, v_3 = T_1:
+ * the same XORs as uv_acc_k, regrouped. The lanes are q and q + 1, so u[q], u[q + 1] (and each v) are
+ * one 32-byte store. */
+__attribute__((target("avx2,vaes"))) static void leaf_uv4_vaes(const uint8_t *leaves, uint32_t b, uint64_t ctr, int nb,
+                                                               block *u, block *v) {
+    const uint8_t *kb = leaves + (size_t)b * 16 * 176;
+#define RK(x, r) _mm256_broadcastsi128_si256(_mm_loadu_si128((const block *)(kb + (x) * 176 + 16 * (r))))
+    int q = 0;
+    /* four blocks at a time: two lane pairs, so that each broadcast round key serves two AES blocks;
+     * leaves a quarter at a time, x = 4h + i: per quarter Q_h = XOR_i Y_i, and
+     * u = XOR_h Q_h, v_0 = XOR_h (Y_1 ^ Y_3), v_1 = XOR_h (Y_2 ^ Y_3), v_2 = Q_1 ^ Q_3, v_3 = Q_2 ^ Q_3 */
+    for (; q + 4 <= nb; q += 4) {
+        const __m256i c0 = _mm256_set_epi64x(0, (long long)(ctr + q + 1), 0, (long long)(ctr + q));
+        const __m256i c1 = _mm256_set_epi64x(0, (long long)(ctr + q + 3), 0, (long long)(ctr + q + 2));
+        __m256i Q[4][2], V0[2], V1[2];
+        for (int h = 0; h < 4; h++) {
+            __m256i y[4][2];
+            for (int i = 0; i < 4; i++) {
+                const __m256i k0 = RK(4 * h + i, 0);
+                y[i][0] = _mm256_xor_si256(c0, k0);
+                y[i][1] = _mm256_xor_si256(c1, k0);
+            }
+#pragma GCC unroll 9
+            for (int r = 1; r < 10; r++)
+                for (int i = 0; i < 4; i++) {
+                    const __m256i kr = RK(4 * h + i, r);
+                    y[i][0] = _mm256_aesenc_epi128(y[i][0], kr);
+                    y[i][1] = _mm256_aesenc_epi128(y[i][1], kr);
+                }
+            for (int i = 0; i < 4; i++) {
+                const __m256i kr = RK(4 * h + i, 10);
+                y[i][0] = _mm256_aesenclast_epi128(y[i][0], kr);
+                y[i][1] = _mm256_aesenclast_epi128(y[i][1], kr);
+            }
+            for (int p = 0; p < 2; p++) {
+                const __m256i s1 = _mm256_xor_si256(y[2][p], y[3][p]), a0 = _mm256_xor_si256(y[1][p], y[3][p]);
+                Q[h][p] = _mm256_xor_si256(_mm256_xor_si256(y[0][p], y[1][p]), s1);
+                V0[p] = h ? _mm256_xor_si256(V0[p], a0) : a0;
+                V1[p] = h ? _mm256_xor_si256(V1[p], s1) : s1;
+            }
         }
-        bn_transpose(tmat, out + s0 * 16, 128, sr);
+        for (int p = 0; p < 2; p++) {
+            const __m256i v2 = _mm256_xor_si256(Q[1][p], Q[3][p]), v3 = _mm256_xor_si256(Q[2][p], Q[3][p]);
+            _mm256_storeu_si256((__m256i *)(u + q + 2 * p), _mm256_xor_si256(_mm256_xor_si256(Q[0][p], Q[1][p]), v3));
+            _mm256_storeu_si256((__m256i *)(v + q + 2 * p), V0[p]);
+            _mm256_storeu_si256((__m256i *)(v + 8 + q + 2 * p), V1[p]);
+            _mm256_storeu_si256((__m256i *)(v + 16 + q + 2 * p), v2);
+            _mm256_storeu_si256((__m256i *)(v + 24 + q + 2 * p), v3);
+        }
     }
+    for (; q + 2 <= nb; q += 2) {
+        const __m256i cq = _mm256_set_epi64x(0, (long long)(ctr + q + 1), 0, (long long)(ctr + q));
+        __m256i T[2], A0[2], A1[2], A2[2];
+        for (int h = 0; h < 2; h++) {
+            __m256i y[8];
+            for (int i = 0; i < 8; i++) y[i] = _mm256_xor_si256(cq, RK(8 * h + i, 0));
+#pragma GCC unroll 9
+            for (int r = 1; r < 10; r++)
+                for (int i = 0; i < 8; i++) y[i] = _mm256_aesenc_epi128(y[i], RK(8 * h + i, r));
+            for (int i = 0; i < 8; i++) y[i] = _mm256_aesenclast_epi128(y[i], RK(8 * h + i, 10));
+            A0[h] = _mm256_xor_si256(_mm256_xor_si256(y[1], y[3]), _mm256_xor_si256(y[5], y[7]));
+            const __m256i s0 = _mm256_xor_si256(y[0], y[1]), s1 = _mm256_xor_si256(y[2], y[3]);
+            const __m256i s2 = _mm256_xor_si256(y[4], y[5]), s3 = _mm256_xor_si256(y[6], y[7]);
+            A1[h] = _mm256_xor_si256(s1, s3);
+            A2[h] = _mm256_xor_si256(s2, s3);
+            T[h] = _mm256_xor_si256(_mm256_xor_si256(s0, s1), A2[h]);
+        }
+        _mm256_storeu_si256((__m256i *)(u + q), _mm256_xor_si256(T[0], T[1]));
+        _mm256_storeu_si256((__m256i *)(v + q), _mm256_xor_si256(A0[0], A0[1]));
+        _mm256_storeu_si256((__m256i *)(v + 8 + q), _mm256_xor_si256(A1[0], A1[1]));
+        _mm256_storeu_si256((__m256i *)(v + 16 + q), _mm256_xor_si256(A2[0], A2[1]));
+        _mm256_storeu_si256((__m256i *)(v + 24 + q), T[1]);
+    }
+#undef RK
+    if (q < nb) { /* an odd last block: leaf pairs in the lanes instead (Y_m = (G_2m, G_2m+1)) */
+        const __m256i cq = _mm256_set_epi64x(0, (long long)(ctr + q), 0, (long long)(ctr + q));
+        __m256i y[8];
+#define RK2(m, r) _mm256_loadu2_m128i((const block *)(kb + (2 * (m) + 1) * 176 + 16 * (r)), \
+                                      (const block *)(kb + 2 * (m) * 176 + 16 * (r)))
+        for (int m = 0; m < 8; m++) y[m] = _mm256_xor_si256(cq, RK2(m, 0));
+#pragma GCC unroll 9
+        for (int r = 1; r < 10; r++)
+            for (int m = 0; m < 8; m++) y[m] = _mm256_aesenc_epi128(y[m], RK2(m, r));
+        for (int m = 0; m < 8; m++) y[m] = _mm256_aesenclast_epi128(y[m], RK2(m, 10));
+#undef RK2
+        const __m256i w1 = _mm256_xor_si256(_mm256_xor_si256(y[1], y[3]), _mm256_xor_si256(y[5], y[7]));
+        const __m256i s0 = _mm256_xor_si256(y[0], y[1]), s1 = _mm256_xor_si256(y[2], y[3]);
+        const __m256i s2 = _mm256_xor_si256(y[4], y[5]), s3 = _mm256_xor_si256(y[6], y[7]);
+        const __m256i w2 = _mm256_xor_si256(s1, s3), w3 = _mm256_xor_si256(s2, s3);
+        const __m256i tot = _mm256_xor_si256(_mm256_xor_si256(s0, s1), w3);
+        const block th = _mm256_extracti128_si256(tot, 1);
+        u[q] = _mm_xor_si128(_mm256_castsi256_si128(tot), th); /* x = 2m + lane: v_0 = the odd lane, */
+        v[q] = th;                                            /* v_j = both lanes of m_(j-1) = 1 */
+        v[8 + q] = _mm_xor_si128(_mm256_castsi256_si128(w1), _mm256_extracti128_si256(w1, 1));
+        v[16 + q] = _mm_xor_si128(_mm256_castsi256_si128(w2), _mm256_extracti128_si256(w2, 1));
+        v[24 + q] = _mm_xor_si128(_mm256_castsi256_si128(w3), _mm256_extracti128_si256(w3, 1));
+    }
+}
+
+/* u and v of block b (as uv_accumulate) for nb 128-row blocks from ctr; g: scratch for the unfused path */
+static inline void leaf_uv(const uint8_t *leaves, uint32_t k, uint32_t b, uint64_t ctr, int nb, block *g, block *u,
+                           block *v) {
+    if (k == 4 && bn_have_vaes()) {
+        leaf_uv4_vaes(leaves, b, ctr, nb, u, v);
+        return;
+    }
+    leaf_streams(leaves, k, b, ctr, nb, g);
+    uv_accumulate(g, k, nb, u, v);
 }
 
 /* The client's message, B = 128/k columns of m bits, is stored by 128-row blocks: row block rb of
@@ -448,33 +662,106 @@ static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint
  * (one memory stream instead of B, which the prefetchers could not follow). */
 static inline size_t cm_off(uint32_t B, uint64_t rb, uint32_t b) { return 16 * ((size_t)rb * B + b); }
 
-/* garbler's q rows [r0, r0 + rows); cm = the client's message (see cm_off). With the dummy stream in
- * place of the missing leaf, XOR_x (x ^ d)_j G_x = v_j ^ d_j u (the dummy's coefficient is 0). */
-static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm,
-                       uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
-    static __thread uint8_t tmat[128 * ROWS / 8];
+/* Columns b*k .. b*k + k - 1 of row blocks 0 .. nb-1 into the tiles with AVX2, two row blocks per
+ * instruction: tile_at(c, q), tile_at(c, q + 1) are adjacent for even q, as are u[q], u[q + 1] and
+ * v[j * 8 + q], v[j * 8 + q + 1]; an odd last block alone. cm: NULL, or the client's message to read
+ * (garbler: c_b, delta != NULL) or write (client: c_b = u ^ r, r from choice). */
+__attribute__((target("avx2"))) static void cols_to_tiles_avx2(block *tile, uint32_t k, uint32_t b, int nb,
+                                                                const block *u, const block *v, const uint8_t *delta,
+                                                                const uint8_t *choice, uint8_t *cm, uint32_t B,
+                                                                uint64_t rb0) {
+    __m256i d[8];
+    for (uint32_t j = 0; j < k; j++) {
+        const uint32_t c = b * k + j;
+        d[j] = _mm256_set1_epi8((char)(delta ? -(int)((delta[c / 8] >> (c % 8)) & 1) : 0));
+    }
+    int q = 0;
+    for (; q + 2 <= nb; q += 2) {
+        __m256i uq = _mm256_loadu_si256((const __m256i *)(u + q));
+        block *c0 = cm ? (block *)(cm + cm_off(B, rb0 + q, b)) : NULL, *c1 = cm ? c0 + B : NULL; /* q + 1 */
+        if (delta) {
+            uq = _mm256_xor_si256(uq, _mm256_loadu2_m128i(c1, c0));
+            for (uint32_t j = 0; j < k; j++)
+                _mm256_store_si256((__m256i *)tile_at(tile, b * k + j, q),
+                                   _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(v + j * 8 + q)),
+                                                    _mm256_and_si256(uq, d[j])));
+            continue;
+        }
+        if (cm)
+            _mm256_storeu2_m128i(c1, c0, _mm256_xor_si256(uq, _mm256_loadu_si256((const __m256i *)(choice + 16 * q))));
+        for (uint32_t j = 0; j < k; j++)
+            _mm256_store_si256((__m256i *)tile_at(tile, b * k + j, q),
+                               _mm256_loadu_si256((const __m256i *)(v + j * 8 + q)));
+    }
+    if (q < nb) {
+        block uq = u[q], *c0 = cm ? (block *)(cm + cm_off(B, rb0 + q, b)) : NULL;
+        if (delta) uq = _mm_xor_si128(uq, _mm_loadu_si128(c0));
+        if (cm && !delta) _mm_storeu_si128(c0, _mm_xor_si128(uq, _mm_loadu_si128((const block *)(choice + 16 * q))));
+        for (uint32_t j = 0; j < k; j++)
+            _mm_store_si128(tile_at(tile, b * k + j, q),
+                            _mm_xor_si128(v[j * 8 + q], _mm_and_si128(uq, _mm256_castsi256_si128(d[j]))));
+    }
+}
+
+/* client's t rows [r0, r0 + rows) (multiples of 128) */
+static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
+                       uint8_t *out) {
+    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
+    const int avx2 = use_avx2();
     const uint32_t B = 128 / k;
+    const int nt = stream_rows(out, rows);
     for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
         const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
         const int nb = (int)(sr / 128);
         const uint64_t ctr = blk_off + (r0 + s0) / 128;
         for (uint32_t b = 0; b < B; b++) {
-            leaf_streams(leaves, k, b, ctr, nb, g);
-            uv_accumulate(g, k, nb, u, v);
+            leaf_uv(leaves, k, b, ctr, nb, g, u, v);
+            if (avx2) {
+                cols_to_tiles_avx2(tile, k, b, nb, u, v, NULL, NULL, NULL, B, 0);
+                continue;
+            }
+            for (uint32_t j = 0; j < k; j++)
+                for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
+        }
+        tiles_to_rows(tile, nb, out + s0 * 16, nt);
+    }
+    if (nt) _mm_sfence();
+}
+
+/* garbler's q rows [r0, r0 + rows); cm = the client's message (see cm_off). With the dummy stream in
+ * place of the missing leaf, XOR_x (x ^ d)_j G_x = v_j ^ d_j u (the dummy's coefficient is 0). */
+static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm,
+                       uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
+    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
+    static __thread block g[256 * 8];
+    block u[8], v[64];
+    const int avx2 = use_avx2();
+    const uint32_t B = 128 / k;
+    const int nt = stream_rows(out, rows);
+    for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
+        const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
+        const int nb = (int)(sr / 128);
+        const uint64_t ctr = blk_off + (r0 + s0) / 128;
+        for (uint32_t b = 0; b < B; b++) {
+            leaf_uv(leaves, k, b, ctr, nb, g, u, v);
+            if (avx2) {
+                cols_to_tiles_avx2(tile, k, b, nb, u, v, delta, NULL, (uint8_t *)cm, B, (r0 + s0) / 128);
+                continue;
+            }
             for (int q = 0; q < nb; q++)
                 u[q] = _mm_xor_si128(u[q], _mm_loadu_si128((const block *)(cm + cm_off(B, (r0 + s0) / 128 + q, b))));
             for (uint32_t j = 0; j < k; j++) {
                 const uint32_t c = b * k + j;
                 const block dj = _mm_set1_epi8((char)(-(int)((delta[c / 8] >> (c % 8)) & 1)));
                 for (int q = 0; q < nb; q++)
-                    _mm_storeu_si128((block *)(tmat + c * (sr / 8) + 16 * q),
-                                     _mm_xor_si128(v[j * 8 + q], _mm_and_si128(u[q], dj)));
+                    _mm_store_si128(tile_at(tile, c, q), _mm_xor_si128(v[j * 8 + q], _mm_and_si128(u[q], dj)));
             }
         }
-        bn_transpose(tmat, out + s0 * 16, 128, sr);
+        tiles_to_rows(tile, nb, out + s0 * 16, nt);
     }
+    if (nt) _mm_sfence();
 }
 
 /* client's message: c_b = u_b ^ r for m rows (m % 128 == 0); 128/k columns of m bits (layout: cm_off) */
@@ -499,26 +786,31 @@ void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m,
 /* client, one pass: message c_b = u_b ^ r AND its t rows (m x 16 bytes), m % 128 == 0 */
 void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                        uint8_t *cm, uint8_t *t_rows) {
-    static __thread uint8_t tmat[128 * ROWS / 8];
+    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
     static __thread block g[256 * 8];
     block u[8], v[64];
+    const int avx2 = use_avx2();
     const uint32_t B = 128 / k;
+    const int nt = stream_rows(t_rows, m);
     for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
         const uint64_t sr = m - r0 < ROWS ? m - r0 : ROWS;
         const int nb = (int)(sr / 128);
         for (uint32_t b = 0; b < B; b++) {
-            leaf_streams(leaves, k, b, blk_off + r0 / 128, nb, g);
-            uv_accumulate(g, k, nb, u, v);
+            leaf_uv(leaves, k, b, blk_off + r0 / 128, nb, g, u, v);
+            if (avx2) {
+                cols_to_tiles_avx2(tile, k, b, nb, u, v, NULL, choice + r0 / 8, cm, B, r0 / 128);
+                continue;
+            }
             for (int q = 0; q < nb; q++) {
                 const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
                 _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), _mm_xor_si128(u[q], c));
             }
             for (uint32_t j = 0; j < k; j++)
-                for (int q = 0; q < nb; q++)
-                    _mm_storeu_si128((block *)(tmat + (b * k + j) * (sr / 8) + 16 * q), v[j * 8 + q]);
+                for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
         }
-        bn_transpose(tmat, t_rows + r0 * 16, 128, sr);
+        tiles_to_rows(tile, nb, t_rows + r0 * 16, nt);
     }
+    if (nt) _mm_sfence();
 }
 
 /* whole-matrix versions (tests, benchmarks) */
