@@ -56,8 +56,9 @@ class Channel:
         self._send(tag, payload)
         self.traffic.count(tag, len(payload), True)
 
-    def recv(self, tag: str) -> bytes:
-        """The next message, which must carry ``tag`` (protocol steps run in lock step)."""
+    def recv(self, tag: str) -> bytes | memoryview:
+        """The next message, which must carry ``tag`` (protocol steps run in lock step); large
+        messages may come as a read-only view of the received data."""
         got, payload = self._recv()
         if got != tag:
             raise ProtocolError(f"expected message {tag!r}, peer sent {got!r}")
@@ -70,7 +71,7 @@ class Channel:
     def _send(self, tag: str, payload: bytes | bytearray | memoryview) -> None:
         raise NotImplementedError
 
-    def _recv(self) -> tuple[str, bytes]:
+    def _recv(self) -> tuple[str, bytes | memoryview]:
         raise NotImplementedError
 
 

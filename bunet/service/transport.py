@@ -32,6 +32,7 @@ log = logging.getLogger("bunet.service")
 # which larger frames cut. bench/transport.py measures both.
 FRAME_BYTES = 2 << 20
 MAX_MESSAGE_BYTES = 4 << 20
+ZERO_COPY_BYTES = 64 << 10  # single-frame messages from this size are handed on as views of the frame
 OUTQ_BYTES = 64 << 20  # frames queued for sending per stream (back-pressure, bounded memory)
 SERVICE_NAME = "bunet.v1.Segmentation"
 _END = object()
@@ -75,10 +76,10 @@ class StreamChannel(Channel):
         except frames.FrameError as e:
             raise ProtocolError(str(e)) from None
 
-    def _recv(self) -> tuple[str, bytes]:
+    def _recv(self) -> tuple[str, bytes | memoryview]:
         tag, data, more = self._next()
-        if not more:
-            return tag, bytes(data)
+        if not more:  # one frame: large payloads as a view into it (no copy), small ones as bytes
+            return tag, data if len(data) >= ZERO_COPY_BYTES else bytes(data)
         parts = [data]
         size = len(data)
         while True:
