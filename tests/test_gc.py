@@ -656,8 +656,9 @@ def test_lut_on_and_off(sess, op):
     else:
         np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
     on, off = MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, lut=False)
-    assert (on.circuit.and_gates, on.circuit.andg_gates) == (2, 0)  # sign mode: one AND per chunk (8 + 7 bits)
-    assert on.circ_bits == 6 and on.lut_bits == 24  # 5 masks + the top bit in; 23 share bits + r0 looked up
+    assert on.lut_plan.chunks == (5, 5, 5)
+    assert (on.circuit.and_gates, on.circuit.andg_gates) == (3, 0)  # sign mode: one AND per chunk
+    assert on.circ_bits == 8 and on.lut_bits == 24  # 7 masks + the top bit in; 23 share bits + r0 looked up
     assert (off.circuit.and_gates, off.circuit.andg_gates) == (22, 1)
     pool, pool_off = ReluPool(ring_bits=24, shift=8), ReluPool(ring_bits=24, shift=8, lut=False)
     assert pool_off.circuit.and_gates - pool.circuit.and_gates == 4 * 7  # carry mode: 7 ANDs + 1 ANDG per value
@@ -719,5 +720,5 @@ def test_sign_mode_leaks_nothing_visible(monkeypatch):
     out_c, out_s = _done(ev, g, op, resp, out_s)
     assert not ring.add(out_c, out_s, 24).any()  # relu(0) = 0
     means = seen["server"].mean(axis=0)
-    assert seen["server"].shape[1] == 5 and np.all((means > 0.45) & (means < 0.55)), means
+    assert seen["server"].shape[1] == op.lut_plan.n_masked == 7 and np.all((means > 0.45) & (means < 0.55)), means
     assert 0.45 < seen["client"].mean() < 0.55

@@ -33,7 +33,8 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
   dropped by the truncation, only their carry matters: one table instead of d - 1 ANDs and a
   garbler half gate.
 * Sign mode (plain ReLU, shift <= 8): the carry of the dropped bits and, per chunk of the kept
-  bits below the top one (8 + 7 at 24/24/8), its generate and propagate bits, on b - 1 reverse
+  bits below the top one (chunks of at most SIGN_CHUNK bits: 5 + 5 + 5 at 24/24/8), its generate
+  and propagate bits, on b - 1 reverse
   OTs per value; the circuit chains the chunks with one AND each and outputs
   ``n (S' + C' + k - 2^(m-1) (a ^ g))`` by arithmetic gates (``circuits.relu_sign_circuit``),
   except ``n C'``: the circuit reveals ``n' = n ^ r0`` (r0: the server's random bit, on one more
@@ -41,9 +42,9 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
   r0's row, closed by the client's post-message (``Evaluator.take_posts`` / ``Garbler.post``)
   once the step's responses are evaluated.
 
-Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 311.6
-in sign mode (60.6 garbled + 96 of reverse OTs down; 155 up: 6 OTs, 128 bytes of tables, and
-3 bytes of post-message).
+Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 272.3
+in sign mode (85.2 garbled + 96 of reverse OTs down; 91 up: 8 OTs, 56 bytes of tables, and
+3 bytes of post-message). Chunks of 8 + 7 bits took 311.6 (128 bytes of tables, one AND less).
 
 Both parties make their messages on worker threads: ``prepare`` (client requests) and
 ``prepare_pre`` (server pre-messages) claim the OT ranges in order and return the job, like
@@ -63,7 +64,7 @@ MaxTrunc k=1 (ReLU or truncation): b-2 AND + 1 ANDG, plus (l-j)-bit arithmetic c
 output bit j (two per bit for the ReLU, fused with its multiplexer); MaxTrunc k=4: 4(b-2) + 5(b-s)
 (+2 with ReLU) AND + 4 ANDG; ReluPool (a 2x2 window's 4 ReLUs and their max, 5 outputs): the
 same gates as MaxTrunc k=4 with ReLU, 5,034.75 bytes for (24, 24, 8). With them (the default):
-ReLU in sign mode 2 AND (311.6 bytes in all), carry mode b - d - 1 AND per value and no ANDG
+ReLU in sign mode 3 AND (272.3 bytes in all), carry mode b - d - 1 AND per value and no ANDG
 (ReluPool (24, 24, 8): 4,425.7 bytes). Argmax over K (no truncation, no look-up):
 K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
 """
@@ -97,6 +98,11 @@ if not lib.bn_cpu_ok():  # pragma: no cover - hardware dependent
 MAGIC = b"BNG2"
 T_HELLO1, T_HELLO2, T_REQ, T_RESP, T_HELLO3, T_HELLO4, T_PRE, T_POST = 1, 2, 3, 4, 5, 6, 7, 8
 LUT_MAX = 8  # carries out of at most this many low bits come from look-up tables (2^d-bit tables)
+# Sign mode's chunks of kept bits: at most 5 bits, a 64-bit generate/propagate table, one hash block
+# per key. Against 8-bit chunks (512-bit tables, two blocks per key) a 24/24/8 ReLU has 3 chunks
+# instead of 2: one more AND and two more mask bits in, 72 fewer table bytes, 8 fewer hash blocks
+# per party; 272.3 bytes instead of 311.6 (bench/gc.py), the same CPU time within the noise.
+SIGN_CHUNK = 5
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _MUX_DOM = 0x4d55580000000000  # "MUX": hash domain of the post-message's correlated OTs
 _HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
@@ -165,7 +171,7 @@ def _lut_plan(in_bits: int, shift: int, relu: bool, k: int) -> LutPlan | None:
     if shift == 0:
         return None
     m = in_bits - shift
-    chunks = _split(m - 1) if m >= 2 else ()
+    chunks = _split(m - 1, SIGN_CHUNK) if m >= 2 else ()
     # the garbler's circuit word (masks, g, r0, S') must fit 64 bits
     if relu and k == 1 and shift <= LUT_MAX and m >= 2 and 2 * len(chunks) + 2 + m <= 64:
         tabs = [(0, shift, 1)]
