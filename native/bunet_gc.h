@@ -25,7 +25,6 @@ int bn_lut_send(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t of
 int bn_lut_recv(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t off, const uint8_t *t_rows,
                 const uint8_t *rk, uint64_t row0, const uint16_t *x, const uint8_t *tables, uint64_t tstride,
                 uint64_t toff, uint8_t *bits);
-void bn_transpose(const uint8_t *inp, uint8_t *out, uint64_t nrows, uint64_t ncols);
 void bn_pack_bits(const uint64_t *vals, uint64_t cnt, uint32_t m, uint8_t *out, uint64_t out_bits);
 void bn_pack_choice(const uint64_t *vals, uint64_t n, uint32_t k, uint32_t bits, uint8_t *out, uint64_t out_bits);
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,

@@ -449,17 +449,6 @@ def test_two_processes():
     np.testing.assert_array_equal(lab, ring.argmax(x2, in_bits=l))
 
 
-@pytest.mark.parametrize("nrows,ncols", [(16, 8), (128, 128), (128, 1024), (32, 200), (128, 72)])
-def test_transpose(nrows, ncols):
-    rng = np.random.default_rng(nrows + ncols)
-    bits = rng.integers(0, 2, size=(nrows, ncols), dtype=np.uint8)
-    inp = np.packbits(bits, axis=1, bitorder="little")
-    out = np.empty(ncols * nrows // 8, dtype=np.uint8)
-    lib.bn_transpose(ffi.from_buffer("uint8_t[]", inp), ffi.from_buffer("uint8_t[]", out), nrows, ncols)
-    got = np.unpackbits(out.reshape(ncols, nrows // 8), axis=1, bitorder="little")
-    np.testing.assert_array_equal(got, bits.T)
-
-
 @pytest.mark.parametrize("ot_k", [1, 2, 4])
 def test_message_sizes(ot_k):
     ev, g = _handshake(Evaluator(ot_k=ot_k), Garbler())
