@@ -33,9 +33,9 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
   dropped by the truncation, only their carry matters: one table instead of d - 1 ANDs and a
   garbler half gate.
 * Sign mode (plain ReLU, shift <= 8): the carry of the dropped bits and, per chunk of the kept
-  bits below the top one (chunks of at most SIGN_CHUNK bits: 5 + 5 + 5 at 24/24/8), its generate
-  and propagate bits, on b - 1 reverse
-  OTs per value; the circuit chains the chunks with one AND each and outputs
+  bits below the top one (at most SIGN_CHUNK bits: 5 + 5 + 5 at 24/24/8), its generate and
+  propagate bits, on b - 1 reverse OTs per value; the circuit chains the chunks with one AND each
+  and outputs
   ``n (S' + C' + k - 2^(m-1) (a ^ g))`` by arithmetic gates (``circuits.relu_sign_circuit``),
   except ``n C'``: the circuit reveals ``n' = n ^ r0`` (r0: the server's random bit, on one more
   reverse OT), the client adds ``n' C'`` and the rest, ``r0 (1 - 2n') C'``, is a correlated OT on
@@ -101,7 +101,8 @@ LUT_MAX = 8  # carries out of at most this many low bits come from look-up table
 # Sign mode's chunks of kept bits: at most 5 bits, a 64-bit generate/propagate table, one hash block
 # per key. Against 8-bit chunks (512-bit tables, two blocks per key) a 24/24/8 ReLU has 3 chunks
 # instead of 2: one more AND and two more mask bits in, 72 fewer table bytes, 8 fewer hash blocks
-# per party; 272.3 bytes instead of 311.6 (bench/gc.py), the same CPU time within the noise.
+# for the server and 16 for the client; 272.3 bytes instead of 311.6 (bench/gc.py), the same CPU
+# time within the noise.
 SIGN_CHUNK = 5
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _MUX_DOM = 0x4d55580000000000  # "MUX": hash domain of the post-message's correlated OTs
