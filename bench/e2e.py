@@ -106,7 +106,7 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
 
 
 def main() -> None:
-    from bunet.cli import tune_malloc
+    from bunet.heap import tune_malloc
 
     tune_malloc()  # as the command lines do (the server process runs bunet.cli.server_main)
     ap = argparse.ArgumentParser()

@@ -175,6 +175,9 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
 
 
 def main() -> None:
+    from bunet.heap import tune_malloc
+
+    tune_malloc()  # the evaluator's process, as bunet-client's (the harness's garbler process does the same)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="write the JSON here too")
     ap.add_argument("--relus", type=int, default=1 << 20, help="ReLUs per end-to-end run (default 2^20)")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..heap import tune_malloc
 from .engine import Argmax, Evaluator, Garbler, MaxTrunc, ReluPool
 
 _LEN = struct.Struct("<Q")
@@ -237,6 +238,7 @@ class RunStats:
 
 def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socket | None,
                   op: MaxTrunc | ReluPool | Argmax, ys: np.ndarray, chunk: int) -> None:
+    tune_malloc()  # a party's process, as bunet-server's
     try:
         if sock is None:
             srv = socket.create_server(addr or ("127.0.0.1", 0))
