@@ -571,6 +571,22 @@ static inline void leaf_uv(const uint8_t *leaves, uint32_t k, uint32_t b, uint64
  * (one memory stream instead of B, which the prefetchers could not follow). */
 static inline size_t cm_off(uint32_t B, uint64_t rb, uint32_t b) { return 16 * ((size_t)rb * B + b); }
 
+/* Columns b*k .. b*k + k - 1 of row blocks q0 .. nb-1 into the tiles, one block at a time (the
+ * portable path, and the odd last block of the AVX2 one). Arguments as cols_to_tiles_avx2. */
+static void cols_to_tiles_sse(block *tile, uint32_t k, uint32_t b, int q0, int nb, const block *u, const block *v,
+                              const uint8_t *delta, const uint8_t *choice, uint8_t *cm, uint32_t B, uint64_t rb0) {
+    for (int q = q0; q < nb; q++) {
+        block uq = u[q], *c0 = cm ? (block *)(cm + cm_off(B, rb0 + q, b)) : NULL;
+        if (delta) uq = _mm_xor_si128(uq, _mm_loadu_si128(c0));
+        if (cm && !delta) _mm_storeu_si128(c0, _mm_xor_si128(uq, _mm_loadu_si128((const block *)(choice + 16 * q))));
+        for (uint32_t j = 0; j < k; j++) {
+            const uint32_t c = b * k + j;
+            const block dj = _mm_set1_epi8((char)(delta ? -(int)((delta[c / 8] >> (c % 8)) & 1) : 0));
+            _mm_store_si128(tile_at(tile, c, q), _mm_xor_si128(v[j * 8 + q], _mm_and_si128(uq, dj)));
+        }
+    }
+}
+
 /* Columns b*k .. b*k + k - 1 of row blocks 0 .. nb-1 into the tiles with AVX2, two row blocks per
  * instruction: tile_at(c, q), tile_at(c, q + 1) are adjacent for even q, as are u[q], u[q + 1] and
  * v[j * 8 + q], v[j * 8 + q + 1]; an odd last block alone. cm: NULL, or the client's message to read
@@ -602,131 +618,53 @@ __attribute__((target("avx2"))) static void cols_to_tiles_avx2(block *tile, uint
             _mm256_store_si256((__m256i *)tile_at(tile, b * k + j, q),
                                _mm256_loadu_si256((const __m256i *)(v + j * 8 + q)));
     }
-    if (q < nb) {
-        block uq = u[q], *c0 = cm ? (block *)(cm + cm_off(B, rb0 + q, b)) : NULL;
-        if (delta) uq = _mm_xor_si128(uq, _mm_loadu_si128(c0));
-        if (cm && !delta) _mm_storeu_si128(c0, _mm_xor_si128(uq, _mm_loadu_si128((const block *)(choice + 16 * q))));
-        for (uint32_t j = 0; j < k; j++)
-            _mm_store_si128(tile_at(tile, b * k + j, q),
-                            _mm_xor_si128(v[j * 8 + q], _mm_and_si128(uq, _mm256_castsi256_si128(d[j]))));
+    if (q < nb) cols_to_tiles_sse(tile, k, b, q, nb, u, v, delta, choice, cm, B, rb0); /* an odd last block */
+}
+
+/* The OT rows [r0, r0 + rows) of one party, 128-row blocks (ctr = blk_off + block): with delta the
+ * garbler's q rows from the client's message cm; without, the client's t rows, and with choice also its
+ * message cm (c_b = u_b ^ r). */
+static void ot_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
+                    const uint8_t *delta, const uint8_t *choice, uint8_t *cm, uint8_t *out) {
+    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
+    static __thread block g[256 * 8];
+    block u[8], v[64];
+    const int avx2 = use_avx2(), nt = stream_rows(out, rows);
+    const uint32_t B = 128 / k;
+    for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
+        const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS, rb0 = (r0 + s0) / 128;
+        const int nb = (int)(sr / 128);
+        const uint8_t *ch = choice ? choice + (r0 + s0) / 8 : NULL;
+        for (uint32_t b = 0; b < B; b++) {
+            leaf_uv(leaves, k, b, blk_off + rb0, nb, g, u, v);
+            if (avx2)
+                cols_to_tiles_avx2(tile, k, b, nb, u, v, delta, ch, cm, B, rb0);
+            else
+                cols_to_tiles_sse(tile, k, b, 0, nb, u, v, delta, ch, cm, B, rb0);
+        }
+        tiles_to_rows(tile, nb, out + s0 * 16, nt);
     }
+    if (nt) _mm_sfence();
 }
 
 /* client's t rows [r0, r0 + rows) (multiples of 128) */
 static void sst_t_rows(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t r0, uint64_t rows,
                        uint8_t *out) {
-    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
-    static __thread block g[256 * 8];
-    block u[8], v[64];
-    const int avx2 = use_avx2();
-    const uint32_t B = 128 / k;
-    const int nt = stream_rows(out, rows);
-    for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
-        const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
-        const int nb = (int)(sr / 128);
-        const uint64_t ctr = blk_off + (r0 + s0) / 128;
-        for (uint32_t b = 0; b < B; b++) {
-            leaf_uv(leaves, k, b, ctr, nb, g, u, v);
-            if (avx2) {
-                cols_to_tiles_avx2(tile, k, b, nb, u, v, NULL, NULL, NULL, B, 0);
-                continue;
-            }
-            for (uint32_t j = 0; j < k; j++)
-                for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
-        }
-        tiles_to_rows(tile, nb, out + s0 * 16, nt);
-    }
-    if (nt) _mm_sfence();
+    ot_rows(leaves, k, blk_off, r0, rows, NULL, NULL, NULL, out);
 }
 
 /* garbler's q rows [r0, r0 + rows); cm = the client's message (see cm_off). With the dummy stream in
  * place of the missing leaf, XOR_x (x ^ d)_j G_x = v_j ^ d_j u (the dummy's coefficient is 0). */
 static void sst_q_rows(const uint8_t *leaves, uint32_t k, const uint8_t *delta, const uint8_t *cm,
                        uint64_t blk_off, uint64_t r0, uint64_t rows, uint8_t *out) {
-    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
-    static __thread block g[256 * 8];
-    block u[8], v[64];
-    const int avx2 = use_avx2();
-    const uint32_t B = 128 / k;
-    const int nt = stream_rows(out, rows);
-    for (uint64_t s0 = 0; s0 < rows; s0 += ROWS) {
-        const uint64_t sr = rows - s0 < ROWS ? rows - s0 : ROWS;
-        const int nb = (int)(sr / 128);
-        const uint64_t ctr = blk_off + (r0 + s0) / 128;
-        for (uint32_t b = 0; b < B; b++) {
-            leaf_uv(leaves, k, b, ctr, nb, g, u, v);
-            if (avx2) {
-                cols_to_tiles_avx2(tile, k, b, nb, u, v, delta, NULL, (uint8_t *)cm, B, (r0 + s0) / 128);
-                continue;
-            }
-            for (int q = 0; q < nb; q++)
-                u[q] = _mm_xor_si128(u[q], _mm_loadu_si128((const block *)(cm + cm_off(B, (r0 + s0) / 128 + q, b))));
-            for (uint32_t j = 0; j < k; j++) {
-                const uint32_t c = b * k + j;
-                const block dj = _mm_set1_epi8((char)(-(int)((delta[c / 8] >> (c % 8)) & 1)));
-                for (int q = 0; q < nb; q++)
-                    _mm_store_si128(tile_at(tile, c, q), _mm_xor_si128(v[j * 8 + q], _mm_and_si128(u[q], dj)));
-            }
-        }
-        tiles_to_rows(tile, nb, out + s0 * 16, nt);
-    }
-    if (nt) _mm_sfence();
+    ot_rows(leaves, k, blk_off, r0, rows, delta, NULL, (uint8_t *)cm, out);
 }
 
-/* client's message: c_b = u_b ^ r for m rows (m % 128 == 0); 128/k columns of m bits (layout: cm_off) */
-void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
-                uint8_t *cm) {
-    static __thread block g[256 * 8];
-    const uint32_t N = 1u << k, B = 128 / k;
-    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
-        const uint64_t rows = m - r0 < ROWS ? m - r0 : ROWS;
-        const int nb = (int)(rows / 128);
-        for (uint32_t b = 0; b < B; b++) {
-            leaf_streams(leaves, k, b, blk_off + r0 / 128, nb, g);
-            for (int q = 0; q < nb; q++) {
-                block u = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
-                for (uint32_t x = 0; x < N; x++) u = _mm_xor_si128(u, g[8 * x + q]);
-                _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), u);
-            }
-        }
-    }
-}
-
-/* client, one pass: message c_b = u_b ^ r AND its t rows (m x 16 bytes), m % 128 == 0 */
-void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
-                       uint8_t *cm, uint8_t *t_rows) {
-    static __thread block tile[128 * ROWS / 128] __attribute__((aligned(32)));
-    static __thread block g[256 * 8];
-    block u[8], v[64];
-    const int avx2 = use_avx2();
-    const uint32_t B = 128 / k;
-    const int nt = stream_rows(t_rows, m);
-    for (uint64_t r0 = 0; r0 < m; r0 += ROWS) {
-        const uint64_t sr = m - r0 < ROWS ? m - r0 : ROWS;
-        const int nb = (int)(sr / 128);
-        for (uint32_t b = 0; b < B; b++) {
-            leaf_uv(leaves, k, b, blk_off + r0 / 128, nb, g, u, v);
-            if (avx2) {
-                cols_to_tiles_avx2(tile, k, b, nb, u, v, NULL, choice + r0 / 8, cm, B, r0 / 128);
-                continue;
-            }
-            for (int q = 0; q < nb; q++) {
-                const block c = _mm_loadu_si128((const block *)(choice + r0 / 8 + 16 * q));
-                _mm_storeu_si128((block *)(cm + cm_off(B, r0 / 128 + q, b)), _mm_xor_si128(u[q], c));
-            }
-            for (uint32_t j = 0; j < k; j++)
-                for (int q = 0; q < nb; q++) _mm_store_si128(tile_at(tile, b * k + j, q), v[j * 8 + q]);
-        }
-        tiles_to_rows(tile, nb, t_rows + r0 * 16, nt);
-    }
-    if (nt) _mm_sfence();
-}
-
-/* whole-matrix versions (tests, benchmarks) */
+/* client, one pass: its message c_b = u_b ^ r (128/k columns of m bits, layout: cm_off) AND its t rows
+ * (m x 16 bytes), m % 128 == 0 */
 void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                  uint8_t *cm, uint8_t *t_rows) {
-    bn_cot_msg(leaves, k, blk_off, m, choice, cm);
-    sst_t_rows(leaves, k, blk_off, 0, m, t_rows);
+    ot_rows(leaves, k, blk_off, 0, m, NULL, choice, cm, t_rows);
 }
 
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,

@@ -11,10 +11,6 @@ void bn_aes_keysched(const uint8_t *key, uint8_t *out176);
 int bn_prg_fill(uint8_t *out, size_t len);
 void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cnt,
                    uint64_t tw0, uint64_t twstep, uint64_t dom);
-void bn_cot_msg(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
-                uint8_t *cm);
-void bn_cot_recv_fused(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
-                       uint8_t *cm, uint8_t *t_rows);
 void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m, const uint8_t *choice,
                  uint8_t *cm, uint8_t *t_rows);
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,

@@ -647,7 +647,7 @@ class Evaluator(_Party):
             if tables is not None:
                 ffi.memmove(body + cot, _buf(tables), len(tables))
             labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
-            lib.bn_cot_recv_fused(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
+            lib.bn_cot_recv(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
             with self._lock:
                 self._pending[seq] = (op._params(), n, labels, tw, mux)
                 self.bytes_sent += len(out)
@@ -888,7 +888,7 @@ class Garbler(_Party):
             lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.k, d, _buf(choice), rows)  # row i*d+j: bit j
             out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._ot_k, rows))
             t = np.empty(16 * rows, dtype=np.uint8)
-            lib.bn_cot_recv_fused(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
+            lib.bn_cot_recv(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
             low = ys.reshape(-1) & _mask(d - (r0 is not None))
             with self._lock:
                 self._pres[pseq] = (params, n, t, low, rblk, r0)
