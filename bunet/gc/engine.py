@@ -639,13 +639,13 @@ class Evaluator(_Party):
         seq, blk, tw = self._alloc(op, n, m)
 
         def job() -> bytes:
-            y, tables, mux = (yc, None, None) if lut is None else self._tables(op, yc, *lut)
+            cot = _cot_len(self.ot_k, m)
+            tables_len = 0 if lut is None else n * op.k * op.lut_plan.table_bytes
+            out, body = _new_message(self._header(T_REQ, seq, op, n), cot + tables_len)
+            # the tables go straight into the request, after the OT message
+            y, mux = (yc, None) if lut is None else self._tables(op, yc, *lut, body + cot)
             choice = np.empty(m // 8, dtype=np.uint8)
             lib.bn_pack_choice(_u64(y), n, op.k, op.circ_bits, _buf(choice), m)
-            cot = _cot_len(self.ot_k, m)
-            out, body = _new_message(self._header(T_REQ, seq, op, n), cot + (0 if tables is None else len(tables)))
-            if tables is not None:
-                ffi.memmove(body + cot, _buf(tables), len(tables))
             labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
             lib.bn_cot_recv(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
             with self._lock:
@@ -672,9 +672,10 @@ class Evaluator(_Party):
             self.bytes_received += len(pre)
         return body, rblk
 
-    def _tables(self, op: Op, yc: np.ndarray, body: memoryview, rblk: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                    tuple | None]:
-        """The look-up tables for the server's pre-message, and the circuit inputs (masks, kept bits)."""
+    def _tables(self, op: Op, yc: np.ndarray, body: memoryview, rblk: int, dest: object) -> tuple[np.ndarray,
+                                                                                                  tuple | None]:
+        """The look-up tables for the server's pre-message, written at ``dest`` (a pointer to n * k *
+        table_bytes bytes), and the circuit inputs (masks, kept bits)."""
         lp, n = op.lut_plan, yc.shape[0]
         assert lp is not None
         items = n * op.k
@@ -687,12 +688,11 @@ class Evaluator(_Party):
         rho &= 1
         v = yc.reshape(-1)
         tb = lp.table_bytes
-        tables = np.empty(items * tb, dtype=np.uint8)
         toff = col = 0
         for off, d, w in lp.tables:
             a = ((v >> np.uint64(off)) & _mask(d)).astype(np.uint16)
             rc = lib.bn_lut_send(items, d, w, lp.rows, off, _buf(q), _buf(self._rdelta), self._rk, 128 * rblk,
-                                 ffi.from_buffer("uint16_t[]", a), _buf(rho[col : col + w]), _buf(tables), tb, toff)
+                                 ffi.from_buffer("uint16_t[]", a), _buf(rho[col : col + w]), dest, tb, toff)
             if rc != 0:
                 raise MemoryError(f"look-up tables failed (engine code {rc})")
             toff += _lut_bytes(d, w)
@@ -707,7 +707,7 @@ class Evaluator(_Party):
                 keys.append(blob.view("<u8")[:, 0].astype(np.uint64) & _mask(op.ring_bits))
             kept = (yc.reshape(-1) >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # C'
             mux = (kept, keys[0], keys[1])
-        return lp.circuit_words(yc, rho.T, op.in_bits).reshape(yc.shape), tables, mux
+        return lp.circuit_words(yc, rho.T, op.in_bits).reshape(yc.shape), mux
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc: (n,), ReluPool: (n, 5))
