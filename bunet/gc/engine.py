@@ -71,7 +71,6 @@ K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import struct
@@ -82,6 +81,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..message import new_message
 from . import circuits
 from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
@@ -488,22 +488,10 @@ def _sizes(op: Op, n: int) -> tuple[int, int, int]:
     return m, n * c.ct_bytes, c.arith_len(n)
 
 
-_PyBytes_FromStringAndSize = ctypes.pythonapi.PyBytes_FromStringAndSize
-_PyBytes_FromStringAndSize.restype = ctypes.py_object
-_PyBytes_FromStringAndSize.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t]
-
-
 def _new_message(header: bytes, body_len: int) -> tuple[bytes, object]:
-    """A fresh, unshared bytes object (header + body_len bytes) and a writable pointer to its body.
-
-    The engine writes the body in place: this saves a copy and a second set of page faults per
-    message (large messages dominate the cost of a layer otherwise). The object is not visible to
-    anyone else until it is returned, so filling it is safe.
-    """
-    msg = _PyBytes_FromStringAndSize(None, len(header) + body_len)
-    ptr = ffi.cast("uint8_t *", ffi.from_buffer(msg))
-    ffi.memmove(ptr, header, len(header))
-    return msg, ptr + len(header)
+    """A fresh message (``bunet.message``) and a writable pointer to its body."""
+    msg, body = new_message(header, body_len)
+    return msg, ffi.cast("uint8_t *", ffi.from_buffer(body))
 
 
 OT_KS = (1, 2, 4, 8)  # SoftSpoken bits per block: the client sends 128/k bits per OT (k = 1: IKNP)

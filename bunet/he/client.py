@@ -9,6 +9,7 @@ import numpy as np
 
 from bunet import ring
 
+from ..message import new_message
 from . import wire
 from ._native import ffi, lib
 from .bfv import a_keys, plan_for, tiling, u64_ptr
@@ -53,7 +54,7 @@ class ClientHE:
                 + wire.pack_int(self._pk0, wire.RESIDUE_BYTES))
 
     # ----- upload -------------------------------------------------------------------------------
-    def encrypt(self, spec: LayerSpec, x_c: np.ndarray) -> bytearray:
+    def encrypt(self, spec: LayerSpec, x_c: np.ndarray) -> bytes:
         """Seeded symmetric BFV encryption of the client's share (B, C, H, W) in Z_{2^l}."""
         x_c = np.asarray(x_c)
         if x_c.ndim != 4 or x_c.dtype != np.uint64:
@@ -68,8 +69,7 @@ class ClientHE:
         seed = secrets.token_bytes(wire.SEED_BYTES)
         head = (wire.MAGIC_UP + prm.digest() + wire.spec_digest(spec.to_bytes())
                 + struct.pack("<II", batch, count) + seed)
-        msg, buf = wire.message_buffer(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
-        body = buf[len(head):]
+        msg, body = new_message(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
         # c0 = NTT(Delta * m + e) - a * s per ciphertext, as centred 24-bit residues (|c0| <= p/2 + 1)
         # per ciphertext (tiles encoded natively, Plan.encode_input order):
         fails = lib.bh_encrypt(rns.ctx, u64_ptr(x_c), tiling(plan, prm.ring_bits), count, f64_ptr(self._delta),

@@ -36,6 +36,7 @@ import numpy as np
 
 from bunet import ring
 
+from ..message import new_message
 from . import wire
 from ._native import lib
 from .bfv import a_keys, plan_for, random_ring, tiling, u64_ptr
@@ -201,7 +202,7 @@ class ServerHE:
 
     # ----- per call ---------------------------------------------------------------------------------
     def apply(self, layer: ServerLayer, up: bytes | bytearray | memoryview,
-              x_s: np.ndarray) -> tuple[bytearray, np.ndarray]:
+              x_s: np.ndarray) -> tuple[bytes, np.ndarray]:
         """Returns (download message, server's new share y_s = r)."""
         if self._pk is None:
             raise ValueError("no client public key: use with_public_key() for a session")
@@ -230,8 +231,7 @@ class ServerHE:
         b0 = (prm.down_c0_bits + 7) // 8
         head = (wire.MAGIC_DOWN + prm.digest() + wire.spec_digest(layer.spec.to_bytes())
                 + struct.pack("<III", batch, n_out, batch * n_ret))
-        msg, buf = wire.message_buffer(head, n_out * n * b1 + batch * n_ret * b0)
-        body = buf[len(head):]
+        msg, body = new_message(head, n_out * n * b1 + batch * n_ret * b0)
         c1_out, c0_out = body[: n_out * n * b1], body[n_out * n * b1:]
         key = secrets.token_bytes(32)          # this call's randomness: u, e, floods (ChaCha20)
         c0_ptr = ptr("uint8_t *", c0)

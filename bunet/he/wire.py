@@ -20,18 +20,6 @@ RESIDUE_BYTES = 3   # centred residues, |x| < 2^21: signed 24-bit
 SEED_BYTES = 32
 
 
-def message_buffer(head: bytes, body_bytes: int) -> tuple[bytearray, np.ndarray]:
-    """The message (``head`` followed by ``body_bytes`` to be filled in place) and a uint8 view of it.
-
-    The message is returned as it was filled, with no copy into ``bytes``: messages reach hundreds
-    of MB, and the transport copies them once more anyway.
-    """
-    msg = bytearray(len(head) + body_bytes)
-    buf = np.frombuffer(msg, dtype=np.uint8)
-    buf[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-    return msg, buf
-
-
 def spec_digest(spec_bytes: bytes) -> bytes:
     return hashlib.sha256(spec_bytes).digest()[:16]
 
