@@ -72,14 +72,16 @@ def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
     from bunet.protocol import session
 
     seen: dict[str, list[dict[str, np.ndarray]]] = {}
-    store = session._store
+    nonlinear = session._nonlinear
 
-    def spy(step, op, outs, shape, shares):
-        store(step, op, outs, shape, shares)
-        seen.setdefault(threading.current_thread().name, []).append({o: shares[o] for o in step.outs})
+    def spy(run, step, x, ring_bits, classes, shares):
+        out = nonlinear(run, step, x, ring_bits, classes, shares)
+        if step.kind == "nonlinear":
+            seen.setdefault(threading.current_thread().name, []).append({o: shares[o] for o in step.outs})
+        return out
 
-    monkeypatch.setattr(session, "_store", spy)
-    monkeypatch.setattr(session, "GC_CHUNK", 64)  # many chunks per step (ReluPool: 16 windows each)
+    monkeypatch.setattr(session, "_nonlinear", spy)
+    monkeypatch.setattr(session, "GC_CHUNK", 64)  # many chunks per step and round
     m = seed_unet_model(in_channels=2, base=2, depth=2, input_size=16, seed=11, quantization=quant)
     srv = ServerProtocol(m)
     cli = ClientProtocol(json.loads(json.dumps(srv.describe())))

@@ -383,14 +383,16 @@ def relu_sign_circuit(ring_bits: int, in_bits: int, shift: int, chunks: tuple[in
     """ReLU with truncation, the sign from look-ups, the client's kept bits out of the circuit.
 
     Client wires per value: ``[k, g_1, p_1, ..., g_C, p_C, a]`` (2C + 2 wires): the masks of the
-    look-up bits, then the client's top kept bit a. Garbler value bits: the opened look-up bits
-    (same places), its top kept bit g at 2C + 1, a random bit r0 at 2C + 2, and its kept bits below
-    the top one, S', from 2C + 3 (m - 1 bits; m = b - s).
+    look-up bits, then the client's top kept bit a; with shift 0 there is no dropped carry k and
+    chunk 1 has no carry in, so no propagate bit: ``[g_1, g_2, p_2, ..., g_C, p_C, a]`` (2C wires).
+    Garbler value bits: the opened look-up bits (same places, t of them), its top kept bit g at t,
+    a random bit r0 at t + 1, and its kept bits below the top one, S', from t + 2 (m - 1 bits;
+    m = b - s).
 
-    Wire 0 XOR the garbler's bit 0 is the carry k out of the s dropped low bits; wires 2i-1, 2i
-    XOR the garbler's bits are the generate / propagate bits of chunk i of the kept bits below the
-    top one (``chunks``, LSB first, summing to m - 1). The carry k' into the top bit is one AND per
-    chunk (``k = G_i ^ (P_i & k)``), and ``n = NOT(a ^ g ^ k')``. No sum bit is needed: the kept part
+    The look-up wires XOR the garbler's bits are the carry k out of the s dropped low bits and the
+    generate / propagate bits of chunk i of the kept bits below the top one (``chunks``, LSB first,
+    summing to m - 1). The carry k' into the top bit is one AND per chunk with a carry in
+    (``k = G_i ^ (P_i & k)``), and ``n = NOT(a ^ g ^ k')``. No sum bit is needed: the kept part
     is ``X_h = S_h + C_h + k - 2^m w`` (w: the carry out of the top), the output ``n X_h``; with
     ``S_h = S' + 2^(m-1) g``, ``C_h = C' + 2^(m-1) a`` and ``n w = n (a OR g)`` (if a = g = 0 there is no
     carry out; if a = g = 1 there is; if a != g, n = 1 means k' = 1 and so w = 1),
@@ -400,24 +402,33 @@ def relu_sign_circuit(ring_bits: int, in_bits: int, shift: int, chunks: tuple[in
     Output 0 is ``n (S' + k - 2^(m-1) (a ^ g))``: B2A2 gates for k and a ^ g, a GVAL for S' (the
     garbler's own bits, no message) and one NOUT. Output 1 reveals ``n' = n ^ r0`` (uniform) to the
     client, who adds ``n' C'`` itself; the rest, ``r0 (1 - 2n') C'``, is one correlated OT after the
-    circuit (``engine``: the post-message). C AND gates in all; at (24, 24, 8), chunks (8, 7): 2 ANDs.
+    circuit (``engine``: the post-message). C AND gates in all (C - 1 with shift 0); at (24, 24, 8),
+    chunks (5, 5, 5): 3 ANDs.
     """
     l, b, s = ring_bits, in_bits, shift
     m = b - s
     nc = len(chunks)
     if sum(chunks) != m - 1 or not chunks or min(chunks) < 1:
         raise ValueError("chunks must split the m - 1 kept bits below the top one")
-    top = 1 + 2 * nc
+    top = 2 * nc + (1 if s else -1)  # look-up wires before the top bit
     bld = _Builder(top + 1)
-    k0 = bld.xorg(0, 0, 0)
-    k = k0
-    for i in range(nc):
-        g = bld.xorg(1 + 2 * i, 0, 1 + 2 * i)
-        p = bld.xorg(2 + 2 * i, 0, 2 + 2 * i)
+    w = 0
+    k0 = k = None
+    if s:
+        k0 = k = bld.xorg(0, 0, 0)
+        w = 1
+    for _ in range(nc):
+        g = bld.xorg(w, 0, w)
+        if k is None:  # shift 0: chunk 1's carry out is its generate bit
+            k, w = g, w + 1
+            continue
+        p = bld.xorg(w + 1, 0, w + 1)
         k = bld.xor(g, bld.and_(p, k))
+        w += 2
     ag = bld.xorg(top, 0, top)  # a ^ g
     n = bld.not_(bld.xor(ag, k))
-    bld._emit(B2A2, k0, n, 0, 0, width=l, out=False)
+    if k0 is not None:
+        bld._emit(B2A2, k0, n, 0, 0, width=l, out=False)
     bld._emit(B2A2, ag, n, 1, m - 1, width=l - (m - 1), out=False)
     bld._emit(GVAL, n, 0, top + 2, 0, width=m - 1, out=False)
     bld._emit(NOUT, n, 0, 0, 0, width=l, out=False)

@@ -168,19 +168,22 @@ def _split(bits: int, most: int = LUT_MAX) -> tuple[int, ...]:
 def _lut_plan(in_bits: int, shift: int, relu: bool, k: int) -> LutPlan | None:
     """Sign mode for a plain ReLU with shift <= 8 (the whole comparison by look-ups: the circuit keeps one
     AND per chunk; the client's kept bits stay out of it); carry mode otherwise (the carry out of the
-    min(shift, 8) low bits)."""
-    if shift == 0:
-        return None
+    min(shift, 8) low bits); None for what is left with shift 0 (nothing is dropped)."""
     m = in_bits - shift
     chunks = _split(m - 1, SIGN_CHUNK) if m >= 2 else ()
+    # sign mode's tables: the dropped bits' carry (if any), then per chunk its generate and propagate
+    # bits; with shift 0 the first chunk has no carry in and so needs no propagate bit
+    tabs = [(0, shift, 1)] if shift else []
+    off = shift
+    for d in chunks:
+        tabs.append((off, d, 2 if tabs else 1))
+        off += d
+    sign = LutPlan(in_bits, tuple(tabs), in_bits - 1, chunks)
     # the garbler's circuit word (masks, g, r0, S') must fit 64 bits
-    if relu and k == 1 and shift <= LUT_MAX and m >= 2 and 2 * len(chunks) + 2 + m <= 64:
-        tabs = [(0, shift, 1)]
-        off = shift
-        for d in chunks:
-            tabs.append((off, d, 2))
-            off += d
-        return LutPlan(in_bits, tuple(tabs), in_bits - 1, chunks)
+    if relu and k == 1 and shift <= LUT_MAX and chunks and sign.n_masked + 1 + m <= 64:
+        return sign
+    if shift == 0:
+        return None
     d = min(shift, LUT_MAX)
     return LutPlan(d, ((0, d, 1),), d)
 

@@ -6,12 +6,13 @@ Both halves walk the same plan (``bunet.model.plan``) in lock step over a :class
 * linear steps: HomConv (``bunet.he``): the client uploads its encrypted share, the server
   returns Enc(W*x_c) + W*x_s + b - r and keeps r;
 * non-linear steps: the garbled-circuit engine (``bunet.gc``): ReLU/truncation/max-pool re-share
-  their output; a ReLU feeding a max-pool and a skip connection is one circuit per 2x2 window
-  (``gc.ReluPool``) whose 5 outputs are laid back as the ReLU tensor and the pooled tensor;
-  instances go in chunks with ``GC_WINDOW`` requests in flight. The server claims
-  requests in order and garbles them on a thread pool; the client makes requests (OT extension)
-  on its protocol thread while a pool evaluates the responses, so OT, garbling, transfer and
-  evaluation overlap on both sides (the C calls release the GIL);
+  their output; a ReLU feeding a max-pool and a skip connection is the ReLU of every value, then
+  the 2x2 window max as ``y + ReLU(x - y)`` over pairs (two more rounds of sign-mode ReLUs, on
+  differences of the ReLU outputs: ``_relu_pool``); instances go in chunks with ``GC_WINDOW``
+  requests in flight. The server claims requests in order and garbles them on a thread pool; the
+  client makes requests (OT extension) on its protocol thread while a pool evaluates the
+  responses, so OT, garbling, transfer and evaluation overlap on both sides (the C calls release
+  the GIL);
 * local steps (sum-pool, upsampling, concatenation, scaling) on each share alone;
 * argmax: revealed to the client only.
 
@@ -89,13 +90,45 @@ class Limits:
     max_pixels: int = 1024 * 1024
 
 
-def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.ReluPool | gc.Argmax:
+def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
+    """The garbled-circuit op of a non-linear step (a fused ReLU + max-pool: its ReLU, see ``_pool_ops``)."""
     a = step.attrs
     if step.kind == "argmax":
         return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"], k=classes)
     if "elements" in a:
-        return gc.ReluPool(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"])
+        return _pool_ops(step, ring_bits)[0]
     return gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"], relu=a["relu"], k=a["window"])
+
+
+def _pool_ops(step: Step, ring_bits: int) -> tuple[gc.MaxTrunc, gc.MaxTrunc]:
+    """A fused ReLU + max-pool as sign-mode ReLUs: every value's ReLU with truncation, then the
+    window max by pairs, ``max(x, y) = y + ReLU(x - y)``. The ReLU outputs lie in [0, 2^(m-1))
+    (m = b - s), so a difference fits m signed bits and its ReLU needs no truncation."""
+    a = step.attrs
+    m = a["in_bits"] - a["shift"]
+    return (gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"]),
+            gc.MaxTrunc(ring_bits=ring_bits, in_bits=m, shift=0))
+
+
+GcRun = Callable[[gc.MaxTrunc | gc.Argmax, str, np.ndarray], np.ndarray | None]  # (op, tag suffix, rows) -> outputs
+
+
+def _relu_pool(run: GcRun, step: Step, x: np.ndarray, ring_bits: int) -> dict[str, np.ndarray]:
+    """Both parties' half of a fused ReLU + max-pool (``ring.relu_pool``) on their shares x: the ReLU
+    tensor and the pool (``step.attrs["elements"]``, ``step.out``). Three garbled-circuit rounds: the
+    ReLUs, then a max of two pairs per 2x2 window, then the max of those; the sums are local."""
+    relu, cmp = _pool_ops(step, ring_bits)
+    win = nonlinear_windows(step, x)
+    shape = win.shape
+    el = _must(run(relu, "relu", np.ascontiguousarray(win.reshape(-1, 1)))).reshape(-1, shape[-1])
+    cur, level = el, 0
+    while cur.shape[1] > 1:
+        h = cur.shape[1] // 2
+        x_, y_ = cur[:, :h], cur[:, h : 2 * h]
+        r = _must(run(cmp, f"max{level}", np.ascontiguousarray(ring.sub(x_, y_, ring_bits).reshape(-1, 1))))
+        cur = np.concatenate([ring.add(y_, r.reshape(-1, h), ring_bits), cur[:, 2 * h :]], axis=1)
+        level += 1
+    return split_relu_pool(step, np.concatenate([el, cur], axis=1).reshape(*shape[:-1], shape[-1] + 1))
 
 
 def _flat(step: Step, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -107,24 +140,30 @@ def _flat(step: Step, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     return np.ascontiguousarray(w.reshape(-1, w.shape[-1])), w.shape[:-1]
 
 
-def _store(step: Step, op: Any, outs: list[np.ndarray], shape: tuple[int, ...],
-           shares: dict[str, np.ndarray]) -> None:
-    """Lay a non-linear step's re-shared outputs back as tensors (one, or two for ReluPool)."""
-    if isinstance(op, gc.ReluPool):
-        shares.update(split_relu_pool(step, np.concatenate(outs).reshape(*shape, op.n_outputs)))
-    else:
-        shares[step.out] = np.concatenate(outs).reshape(shape)
+def _chunks(n: int) -> list[slice]:
+    """Instances per message: GC_CHUNK."""
+    return [slice(i, min(i + GC_CHUNK, n)) for i in range(0, n, GC_CHUNK)] or [slice(0, 0)]
 
 
-def _chunks(n: int, op: Any = None) -> list[slice]:
-    """Instances per message: GC_CHUNK, or GC_CHUNK / 4 windows for ReluPool (its window makes the
-    outputs of 4 ReLUs and a pool: the same values per message as a ReLU step, as many chunks to overlap)."""
-    size = _chunk_size(op)
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+def _nonlinear(run: GcRun, step: Step, x: np.ndarray, ring_bits: int, classes: int,
+               shares: dict[str, np.ndarray]) -> np.ndarray | None:
+    """A non-linear or argmax step on one party's shares x, by ``run`` (that party's garbled-circuit
+    loop): its output shares go into ``shares``; argmax returns what ``run`` gives (client: labels)."""
+    if "elements" in step.attrs:
+        shares.update(_relu_pool(run, step, x, ring_bits))
+        return None
+    op = _gc_op(step, ring_bits, classes)
+    rows, shape = _flat(step, x)
+    out = run(op, "", rows)
+    if step.kind == "argmax":
+        return None if out is None else out.reshape(shape)
+    shares[step.out] = _must(out).reshape(shape)
+    return None
 
 
-def _chunk_size(op: Any) -> int:
-    return GC_CHUNK // 4 if isinstance(op, gc.ReluPool) else GC_CHUNK
+def _must(out: np.ndarray | None) -> np.ndarray:
+    assert out is not None  # re-shared outputs: both parties get theirs
+    return out
 
 
 def conv_spec(step: Step) -> he.ConvSpec:
@@ -210,11 +249,11 @@ class ServerProtocol:
                 shares[step.out] = y_s
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
-                op = _gc_op(step, plan.ring_bits, classes)
-                rows, shape = _flat(step, ins[0])
-                outs = self._gc_chunks(chan, garbler, op, step.out, rows)
-                if step.kind == "nonlinear":
-                    _store(step, op, outs, shape, shares)
+                def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray | None:
+                    outs = self._gc_chunks(chan, garbler, op, f"{name}:{sub}", rows)
+                    return None if isinstance(op, gc.Argmax) else np.concatenate(outs)  # labels: client only
+
+                _nonlinear(run, step, ins[0], plan.ring_bits, classes, shares)
                 t.add("gc", t0)
             elif step.kind in LOCAL_KINDS:
                 shares[step.out] = apply_local(step, ins, plan.ring_bits)
@@ -235,9 +274,12 @@ class ServerProtocol:
                 layer = self._layer(spec.network, step, shapes[step.inputs[0]])
                 cts = layer.plan.n_in_cts(spec.slices)
                 biggest = max(biggest, cts * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES)
+            elif "elements" in step.attrs:
+                biggest = max(biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0]
+                                         for op in _pool_ops(step, plan.ring_bits)))
             elif step.kind in ("nonlinear", "argmax"):
                 op = _gc_op(step, plan.ring_bits, classes)
-                biggest = max(biggest, op.message_sizes(_chunk_size(op), ot_k=1)[0])
+                biggest = max(biggest, op.message_sizes(GC_CHUNK, ot_k=1)[0])
         return biggest + (1 << 20)
 
     def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray) -> list[Any]:
@@ -253,7 +295,7 @@ class ServerProtocol:
         inflight: deque[Future] = deque()
         pres: deque[Future] = deque()  # pre-messages being made on the pool, in order
         outs: list[Any] = []
-        chunks = _chunks(len(rows), op)
+        chunks = _chunks(len(rows))
         pre_chunks = iter(chunks if op.lut_bits else [])
 
         def make_pre() -> None:  # claims the next chunk's reverse OT rows in order; made on the pool
@@ -336,13 +378,11 @@ class ClientProtocol:
                 shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"))
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
-                op = _gc_op(step, L, classes)
-                rows, shape = _flat(step, ins[0])
-                outs = self._gc_chunks(chan, ev, op, step.out, rows)
-                if step.kind == "nonlinear":
-                    _store(step, op, outs, shape, shares)
-                else:
-                    labels = np.concatenate(outs).reshape(shape)
+                def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray:
+                    return np.concatenate(self._gc_chunks(chan, ev, op, f"{name}:{sub}", rows))
+
+                out = _nonlinear(run, step, ins[0], L, classes, shares)
+                labels = labels if out is None else out
                 t.add("gc", t0)
             elif step.kind in LOCAL_KINDS:
                 shares[step.out] = apply_local(step, ins, L)
@@ -361,7 +401,7 @@ class ClientProtocol:
         look-up, each request answers the server's pre-message for its chunk (see the server's side).
         """
         tag = f"gc:{name}"
-        chunks = _chunks(len(rows), op)
+        chunks = _chunks(len(rows))
         futs: list[Future] = []
         reqs: deque[Future] = deque()  # requests being made on the pool, sent in order
         sent = made = 0
