@@ -829,12 +829,16 @@ int bn_lut_recv(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t of
     const uint32_t tb = (1u << d) * w, kbits = tb / 2, nblk = kbits > 128 ? kbits / 128 : 1, tby = lut_bytes(d, w);
     /* no branch or memory index on the server's bits x: every table byte and hash word is read, the
      * wanted ones kept by masks */
+    const uint32_t nw = (tby + 7) / 8; /* 64-bit words per table (tables of 8 bytes or more are whole words) */
     for (uint64_t i = 0; i < n; i++) {
         const uint32_t P = (x[i] & ((1u << d) - 1)) * w;
+        uint64_t tw[8] = {0};
+        memcpy(tw, tables + i * tstride + toff, tby);
         for (uint32_t p = 0; p < w; p++) {
-            uint32_t v = 0;
-            for (uint32_t y = 0; y < tby; y++) v |= tables[i * tstride + toff + y] & -(uint32_t)(y == (P + p) / 8);
-            bits[p * n + i] = (v >> ((P + p) % 8)) & 1;
+            const uint32_t b = P + p;
+            uint64_t v = 0;
+            for (uint32_t k = 0; k < nw; k++) v |= tw[k] & -(uint64_t)(k == b / 64);
+            bits[p * n + i] = (uint8_t)((v >> (b % 64)) & 1); /* a register shift: no secret memory index */
         }
     }
     /* per row, the block holding this entry's bits (both planes are adjacent in it) */
