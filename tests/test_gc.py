@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bunet import ring
-from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc, ReluPool
+from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc, relu_pool, relu_pool_ops
 from bunet.gc.engine import aes_key_schedules, ffi, lib
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler, local_trees
 
@@ -116,35 +116,56 @@ def test_max_trunc_hypothesis(sess, data, l, relu, k, n):
     _check_max_trunc(sess, MaxTrunc(ring_bits=l, in_bits=b, shift=s, relu=relu, k=k), x)
 
 
-def _check_relu_pool(sess, op: ReluPool, x: np.ndarray) -> None:
-    out_c, out_s = _run(sess, op, x)
-    l, n = op.ring_bits, x.shape[0]
-    assert out_c.dtype == np.uint64 and out_s.dtype == np.uint64
-    assert out_c.shape == out_s.shape == (n, 5)
-    assert not (out_s >> np.uint64(l)).any() if l < 64 else True
-    got = ring.add(out_c, out_s, l)
-    el, pooled = ring.relu_pool(x, in_bits=op.in_bits, shift=op.shift, ring_bits=l)
+def _relu_pool_both(sess, x: np.ndarray, l: int, b: int, s: int) -> np.ndarray:
+    """``gc.relu_pool`` with both parties in this process: their shares stacked along the first axis
+    (the pool's local arithmetic is per row), each round run on both halves; returns the reconstructed
+    (n, 5) result."""
+    ev, g = sess
+    yc, ys = ring.share(x, l)
+    n = x.shape[0]
+    rounds = []
+
+    def run(op, rnd, rows):
+        rounds.append((rnd, op.in_bits, op.shift))
+        m = rows.shape[0] // 2
+        resp, out_s = g.respond(op, _req(ev, g, op, rows[:m], rows[m:]), rows[m:])
+        out_c, out_s = _done(ev, g, op, resp, out_s)
+        return np.concatenate([out_c, out_s])
+
+    out = relu_pool(run, np.concatenate([yc, ys]), ring_bits=l, in_bits=b, shift=s)
+    assert [r[0] for r in rounds] == ["relu", "max0", "max1"]
+    assert rounds[1][1:] == rounds[2][1:] == (b - s, 0)  # differences of the ReLU outputs: m bits, no shift
+    assert out.shape == (2 * n, 5) and out.dtype == np.uint64
+    return ring.add(out[:n], out[n:], l)
+
+
+def _check_relu_pool(sess, x: np.ndarray, l: int, b: int, s: int) -> None:
+    got = _relu_pool_both(sess, x, l, b, s)
+    el, pooled = ring.relu_pool(x, in_bits=b, shift=s, ring_bits=l)
     # what the unfused steps compute: ReLU per value, then the max-pool over the ReLU outputs
-    np.testing.assert_array_equal(got[:, :4], ring.nonlinear(x[..., None], in_bits=op.in_bits, shift=op.shift,
-                                                             relu=True, ring_bits=l))
+    np.testing.assert_array_equal(got[:, :4], ring.nonlinear(x[..., None], in_bits=b, shift=s, relu=True,
+                                                             ring_bits=l))
     np.testing.assert_array_equal(got[:, :4], el)
     np.testing.assert_array_equal(got[:, 4], pooled)
-    np.testing.assert_array_equal(got[:, 4], ring.nonlinear(x, in_bits=op.in_bits, shift=op.shift, relu=True,
-                                                            ring_bits=l))
+    np.testing.assert_array_equal(got[:, 4], ring.nonlinear(x, in_bits=b, shift=s, relu=True, ring_bits=l))
 
 
 @pytest.mark.parametrize("l,b,s", CONFIGS)
 def test_relu_pool_random_and_extremes(sess, l, b, s):
     rng = np.random.default_rng(l * 1000 + b * 10 + s)
-    op = ReluPool(ring_bits=l, in_bits=b, shift=s)
-    _check_relu_pool(sess, op, ring.random((301, 4), l))
-    _check_relu_pool(sess, op, _extremes(l, 67, 4, rng))
-    _check_relu_pool(sess, op, np.zeros((5, 4), dtype=np.uint64))
+    _check_relu_pool(sess, ring.random((301, 4), l), l, b, s)
+    _check_relu_pool(sess, _extremes(l, 67, 4, rng), l, b, s)
+    _check_relu_pool(sess, np.zeros((5, 4), dtype=np.uint64), l, b, s)
     neg = ring.from_signed(-rng.integers(1, 1 << min(b - 1, 62), size=(9, 4), endpoint=True), l) if b > 1 else \
         np.full((9, 4), 1, dtype=np.uint64)
-    _check_relu_pool(sess, op, neg)
-    _check_relu_pool(sess, op, np.zeros((0, 4), dtype=np.uint64))
-    _check_relu_pool(sess, op, ring.random((1, 4), l))
+    _check_relu_pool(sess, neg, l, b, s)
+    _check_relu_pool(sess, np.zeros((0, 4), dtype=np.uint64), l, b, s)
+    _check_relu_pool(sess, ring.random((1, 4), l), l, b, s)
+    # the largest ReLU outputs, 2^(m-1) - 1, against 0 and each other: the extreme differences
+    m = b - s
+    top = ring.from_signed(np.array([[(1 << (b - 1)) - 1, 0, (1 << (b - 1)) - 1, -(1 << (b - 1))]]), l)
+    if m >= 2:
+        _check_relu_pool(sess, np.concatenate([top, top[:, ::-1]]), l, b, s)
 
 
 @HSET
@@ -153,22 +174,23 @@ def test_relu_pool_hypothesis(sess, data, l, n):
     b = data.draw(st.integers(1, l))
     s = data.draw(st.integers(0, b - 1))
     raw = data.draw(st.lists(st.integers(0, (1 << l) - 1), min_size=n * 4, max_size=n * 4))
-    _check_relu_pool(sess, ReluPool(ring_bits=l, in_bits=b, shift=s), np.array(raw, dtype=np.uint64).reshape(n, 4))
+    _check_relu_pool(sess, np.array(raw, dtype=np.uint64).reshape(n, 4), l, b, s)
 
 
 def test_relu_pool_costs():
-    """The fused window reuses each adder: the gates of one max-pool with ReLU, no more, and fewer bytes
-    than the ReLUs followed by a pool over their outputs (client OT messages included)."""
-    from bunet.gc import circuits as gcc
+    """Four sign-mode ReLUs and three sign-mode comparisons of their 16-bit outputs: 1,586 bytes per
+    2x2 window at (24, 24, 8), where the fused carry-mode circuit (one per window) took 4,425.7."""
+    relu, cmp = relu_pool_ops(24, 24, 8)
+    assert (cmp.in_bits, cmp.shift, cmp.lut_plan.chunks) == (16, 0, (5, 5, 5))
+    assert cmp.lut_plan.tables == ((0, 5, 1), (5, 5, 2), (10, 5, 2))  # chunk 1 has no carry in: no propagate
+    assert (cmp.circuit.and_gates, cmp.circuit.andg_gates, cmp.lut_bits) == (2, 0, 16)
 
-    fused = gcc.relu_pool_circuit(24, 24, 8)
-    assert (fused.and_gates, fused.andg_gates, fused.n_outputs) == (4 * 22 + 5 * 16 + 2, 4, 5)
-    relu = gcc.max_trunc_circuit(24, 24, 8, True, 1)
-    pool = gcc.max_trunc_circuit(24, 16, 0, False, 4)
-    ot = 4  # client OT bytes per input bit at ot_k = 4
-    before = 4 * (relu.bytes_per_inst + 24 * ot) + pool.bytes_per_inst + 4 * 16 * ot
-    after = fused.bytes_per_inst + 4 * 24 * ot
-    assert after == 5034.75 and before == 6689.0
+    def per_inst(op, n=1 << 14):
+        req, resp = op.message_sizes(n)
+        return (req + resp + op.pre_size(n) + op.post_size(n)) / n
+
+    window = 4 * per_inst(relu) + 3 * per_inst(cmp)
+    assert 1585 < window < 1587, window
 
 
 def test_multi_output_index_checked():
@@ -176,21 +198,23 @@ def test_multi_output_index_checked():
     different outputs, are refused by the engine (code -3) before anything is written."""
     from bunet.gc import circuits as gcc
 
-    circ = gcc.relu_pool_circuit(8, 8, 0)
+    op = MaxTrunc(ring_bits=8, in_bits=8, shift=2)  # sign mode: 2 outputs (the share, the revealed bit)
+    circ = op.circuit
+    assert circ.n_outputs == 2
     n = 3
     bad_run = circ.gates.copy()
     nout_rows = np.flatnonzero(bad_run[:, 0] == gcc.NOUT)
-    bad_run[nout_rows[0], 8] = 3  # the first run's B2A2s go to output 0
-    m = (n * 32 + 127) // 128 * 128
-    for gates, nout in ((circ.gates, 1), (circ.gates, 4), (bad_run, 5)):
+    bad_run[nout_rows[0], 8] = 1  # the run's B2A2s go to output 0
+    m = (n * op.circ_bits + 127) // 128 * 128
+    for gates, nout in ((circ.gates, 1), (bad_run, 2)):
         ct = np.zeros(n * circ.ct_bytes, dtype=np.uint8)
         ar = np.zeros(circ.arith_len(n), dtype=np.uint8)
         out = np.zeros(n * nout, dtype=np.uint64)
-        ys = np.zeros(n * 4, dtype=np.uint64)
+        ys = np.zeros(n, dtype=np.uint64)
         labels = np.zeros(16 * m, dtype=np.uint8)
         rk = aes_key_schedules([bytes(16)])
-        rc = lib.bn_gc_run_multi(0, ffi.from_buffer("int32_t[]", gates), gates.shape[0], circ.nwires, n, 4, 8,
-                                 ffi.from_buffer("uint64_t[]", ys), ffi.NULL, 4, ffi.NULL, m, 0,
+        rc = lib.bn_gc_run_multi(0, ffi.from_buffer("int32_t[]", gates), gates.shape[0], circ.nwires, n, 1,
+                                 op.circ_bits, ffi.from_buffer("uint64_t[]", ys), ffi.NULL, 4, ffi.NULL, m, 0,
                                  ffi.from_buffer("uint8_t[]", labels), rk, ffi.NULL, 0, circ.tweaks_per_inst,
                                  ffi.from_buffer("uint8_t[]", ct), circ.ct_bytes, ffi.from_buffer("uint8_t[]", ar),
                                  circ.arith_len(n), ffi.from_buffer("uint64_t[]", out), (1 << 64) - 1, nout)
@@ -406,28 +430,27 @@ def test_input_validation(sess):
         Argmax(ring_bits=24, k=0)
     with pytest.raises(ValueError):
         ev.request("relu", np.zeros((1, 1), dtype=np.uint64))
-    for kw in (dict(ring_bits=0), dict(ring_bits=24, in_bits=25), dict(ring_bits=24, in_bits=8, shift=8)):
-        with pytest.raises(ValueError):
-            ReluPool(**kw)
-    rp = ReluPool(ring_bits=24, shift=8)
+    mp = MaxTrunc(ring_bits=24, shift=8, k=4)
     for bad in (np.zeros((3, 1), dtype=np.uint64), np.zeros(4, dtype=np.uint64), np.zeros((3, 5), dtype=np.uint64)):
         with pytest.raises(ValueError):
-            ev.request(rp, bad)
+            ev.request(mp, bad)
 
 
-def test_relu_pool_messages_not_interchangeable():
-    """A ReluPool request or response is refused by the other window op (and vice versa)."""
+def test_pool_rounds_messages_not_interchangeable():
+    """A request or response of the pool's comparison round is refused by the ReLU round's op (same
+    ring, both in sign mode), and vice versa."""
     ev, g = _session()
-    rp, mp = ReluPool(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, k=4)
-    x = ring.random((5, 4), 24)
+    relu, cmp = relu_pool_ops(24, 24, 8)
+    x = ring.random((5, 1), 24) & np.uint64(0x7FFF)
     yc, ys = ring.share(x, 24)
-    req = _req(ev, g, rp, yc, ys)
+    req = _req(ev, g, cmp, yc, ys)
     with pytest.raises(ValueError, match="different operation"):
-        g.respond(mp, req, ys)
-    resp, _ = g.respond(rp, req, ys)
+        g.respond(relu, req, ys)
+    resp, out_s = g.respond(cmp, req, ys)
     with pytest.raises(ValueError, match="different operation"):
-        ev.finish(mp, resp)
-    assert ev.finish(rp, resp).shape == (5, 5)
+        ev.finish(relu, resp)
+    out_c, out_s = _done(ev, g, cmp, resp, out_s)
+    np.testing.assert_array_equal(ring.add(out_c, out_s, 24), x.reshape(-1))  # relu(x) = x for x >= 0
 
 
 def test_two_processes():
@@ -453,7 +476,7 @@ def test_two_processes():
 def test_message_sizes(ot_k):
     ev, g = _handshake(Evaluator(ot_k=ot_k), Garbler())
     for op in (MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
-               ReluPool(ring_bits=24, shift=8), Argmax(ring_bits=24, k=3)):
+               MaxTrunc(ring_bits=24, in_bits=16, shift=0), Argmax(ring_bits=24, k=3)):
         for n in (100, 257):
             x = ring.random((n, op.k), op.ring_bits)
             yc, ys = ring.share(x, op.ring_bits)
@@ -628,7 +651,7 @@ def test_look_up_tables(d, w, n, extra, seed):
 
 
 @pytest.mark.parametrize("op", [
-    MaxTrunc(ring_bits=24, shift=8, lut=False), ReluPool(ring_bits=24, shift=8, lut=False),
+    MaxTrunc(ring_bits=24, shift=8, lut=False), MaxTrunc(ring_bits=24, in_bits=16, shift=0),
     MaxTrunc(ring_bits=20, in_bits=18, shift=11, relu=False), MaxTrunc(ring_bits=24, in_bits=20, shift=2),
     MaxTrunc(ring_bits=30, in_bits=30, shift=5), MaxTrunc(ring_bits=24, in_bits=3, shift=1),
     MaxTrunc(ring_bits=12, in_bits=12, shift=8)])
@@ -639,17 +662,13 @@ def test_lut_on_and_off(sess, op):
                                                                           np.random.default_rng(3))])
     out_c, out_s = _run(sess, op, x)
     kw = dict(in_bits=op.in_bits, shift=op.shift, ring_bits=op.ring_bits)
-    if isinstance(op, ReluPool):
-        el, po = ring.relu_pool(x, **kw)
-        np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), np.concatenate([el, po[:, None]], 1))
-    else:
-        np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
+    np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
     on, off = MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, lut=False)
     assert on.lut_plan.chunks == (5, 5, 5)
     assert (on.circuit.and_gates, on.circuit.andg_gates) == (3, 0)  # sign mode: one AND per chunk
     assert on.circ_bits == 8 and on.lut_bits == 24  # 7 masks + the top bit in; 23 share bits + r0 looked up
     assert (off.circuit.and_gates, off.circuit.andg_gates) == (22, 1)
-    pool, pool_off = ReluPool(ring_bits=24, shift=8), ReluPool(ring_bits=24, shift=8, lut=False)
+    pool, pool_off = MaxTrunc(ring_bits=24, shift=8, k=4), MaxTrunc(ring_bits=24, shift=8, k=4, lut=False)
     assert pool_off.circuit.and_gates - pool.circuit.and_gates == 4 * 7  # carry mode: 7 ANDs + 1 ANDG per value
     assert pool_off.circuit.andg_gates - pool.circuit.andg_gates == 4
 

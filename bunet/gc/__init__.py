@@ -9,8 +9,13 @@ The server garbles, the client evaluates::
     pre = g.pre(op, ys)                # ops with a carry look-up (op.lut_bits > 0) only
     resp, out_s = g.respond(op, ev.request(op, yc, pre), ys)
     out_c = ev.finish(op, resp)
+    for post in ev.take_posts():       # sign-mode ReLUs: the client's post-messages complete out_s
+        out_s = g.post(op, post, out_s)
+
+A ReLU feeding a 2x2 max-pool is ``relu_pool`` over these ops (three rounds).
 """
 
-from .engine import Argmax, Evaluator, Garbler, MaxTrunc, ReluPool
+from .engine import Argmax, Evaluator, Garbler, MaxTrunc
+from .pool import relu_pool, relu_pool_ops
 
-__all__ = ["Argmax", "Evaluator", "Garbler", "MaxTrunc", "ReluPool"]
+__all__ = ["Argmax", "Evaluator", "Garbler", "MaxTrunc", "relu_pool", "relu_pool_ops"]

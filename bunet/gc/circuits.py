@@ -27,7 +27,7 @@ Gates (and what they cost per instance):
   the Y of the output's NOUT. No message.
 
 Arithmetic gates (B2A, B2A2, NOUT) carry an output index (gate field 8): a circuit may produce
-several re-shared outputs per instance (``Compiled.n_outputs``; the fused ReLU + max-pool has 5).
+several re-shared outputs per instance (``Compiled.n_outputs``; the sign-mode ReLU has 2).
 """
 
 from __future__ import annotations
@@ -324,30 +324,6 @@ def _max_out(bld: _Builder, vals: list[list[int]], relu: bool, l: int, oi: int) 
         signs = [0] * (mb - 1) + [1]  # two's complement: the top bit weighs -2^(mb-1)
         bld.times(gt, x, signs, l, oi)
         bld.times(bld.not_(gt), y, signs, l, oi)
-
-
-@functools.lru_cache(maxsize=64)
-def relu_pool_circuit(ring_bits: int, in_bits: int, shift: int, carry_in: bool = False) -> Compiled:
-    """ReLU with truncation on a 2x2 window, plus the window's max-pool: 4 values in, 5 outputs.
-
-    Outputs 0..3: ``nonlinear(y_j, in_bits=b, shift=s, relu=True)`` (the ReLU itself, for the
-    other consumers of the ReLU, e.g. a skip connection); output 4: their maximum, which equals
-    ``nonlinear(window, in_bits=b, shift=s, relu=True)`` (max, ReLU and the floor shift commute).
-    Each value's adder (``share_sum``) is built once and feeds both: the ReLU outputs cost no AND
-    (fused into B2A2/NOUT), the max is taken over the m = b - s truncated bits.
-    AND gates per window: 4(b - 2) + 5m + 2, plus 4 garbler half gates. (l, b, s) = (24, 24, 8):
-    170 AND + 4 ANDG, 4,650.75 garbled bytes + 384 bytes of client OT messages (ot_k = 4), 5,034.75
-    in all; unfused, 4 ReLUs (2,498 + 384 bytes) and then a 2x2 max-pool re-entering their 16-bit
-    outputs (136 AND + 4 ANDG, 3,551 + 256 bytes): 6,689 bytes. (32, 32, 12): 222 AND + 4 ANDG, 6,210.25.
-    """
-    b, s, l = in_bits, shift, ring_bits
-    bld = _Builder(4 * b)
-    vals = [bld.share_sum(j, b, s, carry_in) for j in range(4)]
-    mb = b - s
-    for j, v in enumerate(vals):
-        bld.times(bld.not_(v[-1]), v[:-1], [0] * (mb - 1), l, j)
-    _max_out(bld, vals, True, l, 4)
-    return _finish(bld, n_outputs=5)
 
 
 @functools.lru_cache(maxsize=64)

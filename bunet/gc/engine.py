@@ -62,10 +62,9 @@ Costs per instance (AND = three-halves garbling, Rosulek-Roy 2021: 24 bytes + 5 
 ANDG = garbler half gate, 16 bytes; see ``circuits``). Without look-ups (``lut=False``):
 MaxTrunc k=1 (ReLU or truncation): b-2 AND + 1 ANDG, plus (l-j)-bit arithmetic ciphertexts per
 output bit j (two per bit for the ReLU, fused with its multiplexer); MaxTrunc k=4: 4(b-2) + 5(b-s)
-(+2 with ReLU) AND + 4 ANDG; ReluPool (a 2x2 window's 4 ReLUs and their max, 5 outputs): the
-same gates as MaxTrunc k=4 with ReLU, 5,034.75 bytes for (24, 24, 8). With them (the default):
-ReLU in sign mode 3 AND (272.3 bytes in all), carry mode b - d - 1 AND per value and no ANDG
-(ReluPool (24, 24, 8): 4,425.7 bytes). Argmax over K (no truncation, no look-up):
+(+2 with ReLU) AND + 4 ANDG. With them (the default): ReLU in sign mode 3 AND (272.3 bytes in
+all; at shift 0 and 16 bits, the max-pool's comparisons in ``bunet.gc.pool``: 2 AND, 165.6
+bytes), carry mode b - d - 1 AND per value and no ANDG. Argmax over K (no truncation, no look-up):
 K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
 """
 
@@ -107,7 +106,7 @@ SIGN_CHUNK = 5
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _MUX_DOM = 0x4d55580000000000  # "MUX": hash domain of the post-message's correlated OTs
 _HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
-OP_MAXTRUNC, OP_ARGMAX, OP_RELUPOOL = 1, 2, 3
+OP_MAXTRUNC, OP_ARGMAX = 1, 2  # (3 was the fused ReLU + max-pool circuit; see bunet.gc.pool)
 
 
 def _check_int(name: str, v: object, lo: int, hi: int) -> int:
@@ -234,11 +233,6 @@ class _Op:
     def circuit(self) -> circuits.Compiled:  # pragma: no cover - each op defines it
         raise NotImplementedError
 
-    @property
-    def n_outputs(self) -> int:
-        """Re-shared values per instance (MaxTrunc: 1; Argmax reveals labels instead)."""
-        return 1
-
     def message_sizes(self, n: int, ot_k: int = 4) -> tuple[int, int]:
         """(request bytes, response bytes) for n instances, to size chunks for a transport.
 
@@ -310,52 +304,6 @@ class MaxTrunc(_Op):
 
 
 @dataclass(frozen=True)
-class ReluPool(_Op):
-    """ReLU with truncation over 2x2 windows plus their max-pool: (n, 4) shares -> (n, 5) shares.
-
-    Columns 0..3: ``ring.nonlinear`` with k = 1, relu=True of each of the 4 values (the ReLU
-    outputs, e.g. for a skip connection); column 4: the window maximum of those, i.e.
-    ``ring.relu_pool``. One circuit per window: each value's adder serves both (see
-    ``circuits.relu_pool_circuit``).
-    """
-
-    ring_bits: int
-    in_bits: int | None = None
-    shift: int = 0
-    lut: bool = True  # as MaxTrunc.lut
-    k = 4
-    relu = True
-
-    def __post_init__(self) -> None:
-        l = _check_int("ring_bits", self.ring_bits, 1, 64)
-        b = l if self.in_bits is None else _check_int("in_bits", self.in_bits, 1, l)
-        object.__setattr__(self, "in_bits", b)
-        _check_int("shift", self.shift, 0, b - 1)
-        if not isinstance(self.lut, (bool, np.bool_)):
-            raise ValueError("lut must be a bool")
-
-    @property
-    def lut_plan(self) -> LutPlan | None:
-        return _lut_plan(int(self.in_bits or 0), self.shift, True, 4) if self.lut else None
-
-    @property
-    def circuit(self) -> circuits.Compiled:
-        lp = self.lut_plan
-        if lp is None:
-            return circuits.relu_pool_circuit(self.ring_bits, self.in_bits, self.shift)
-        return circuits.relu_pool_circuit(self.ring_bits, self.circ_bits, self.shift - lp.keep_from + 1,
-                                          carry_in=True)
-
-    @property
-    def n_outputs(self) -> int:
-        return 5
-
-    def _params(self) -> tuple[int, int, int, int, int, int]:
-        return (OP_RELUPOOL, self.ring_bits, self.in_bits, self.shift, 1 | (2 if self.lut_plan else 0), 4)
-
-
-
-@dataclass(frozen=True)
 class Argmax(_Op):
     """Index of the largest of k signed in_bits-bit values (ties: lowest), for the client only."""
 
@@ -378,12 +326,12 @@ class Argmax(_Op):
 
 
 
-Op = MaxTrunc | ReluPool | Argmax
+Op = MaxTrunc | Argmax
 
 
 def _check_op(op: object) -> Op:
-    if not isinstance(op, (MaxTrunc, ReluPool, Argmax)):
-        raise ValueError("op must be a MaxTrunc, ReluPool or Argmax")
+    if not isinstance(op, (MaxTrunc, Argmax)):
+        raise ValueError("op must be a MaxTrunc or an Argmax")
     return op
 
 
@@ -701,8 +649,7 @@ class Evaluator(_Party):
         return lp.circuit_words(yc, rho.T, op.in_bits).reshape(yc.shape), mux
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
-        """Consume the server's response: the client's new shares (MaxTrunc: (n,), ReluPool: (n, 5))
-        or labels (Argmax)."""
+        """Consume the server's response: the client's new shares (MaxTrunc: (n,)) or labels (Argmax)."""
         op = _check_op(op)
         self._ready()
         seq, n, body = self._parse(resp, T_RESP, op)
@@ -891,7 +838,7 @@ class Garbler(_Party):
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
         """Garble one layer. Returns (response for the client, server's new shares or None).
 
-        Shares have shape (n,) (MaxTrunc) or (n, 5) (ReluPool); Argmax gives the server None."""
+        Shares have shape (n,) (MaxTrunc); Argmax gives the server None."""
         return self.claim(op, req, ys)()
 
     def claim(self, op: Op, req: bytes, ys: np.ndarray) -> Callable[[], tuple[bytes, np.ndarray | None]]:

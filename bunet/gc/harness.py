@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..heap import tune_malloc
-from .engine import Argmax, Evaluator, Garbler, MaxTrunc, ReluPool
+from .engine import Argmax, Evaluator, Garbler, MaxTrunc
 
 _LEN = struct.Struct("<Q")
 MAX_FRAME = 1 << 31
@@ -97,7 +97,7 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + chunk)) for i in range(0, n, chunk)] or [(0, 0)]
 
 
-def run_garbler(ch: Channel, op: MaxTrunc | ReluPool | Argmax, ys: np.ndarray, chunk: int = 1 << 13,
+def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 13,
                 workers: int = 2) -> np.ndarray | None:
     """Server side of one session and one layer: returns the server's output shares (or None).
 
@@ -151,9 +151,9 @@ def run_garbler(ch: Channel, op: MaxTrunc | ReluPool | Argmax, ys: np.ndarray, c
     return np.concatenate(outs)
 
 
-def run_evaluator(ch: Channel, op: MaxTrunc | ReluPool | Argmax, yc: np.ndarray, chunk: int = 1 << 13,
+def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 13,
                   depth: int = 4, ot_k: int = 4, workers: int = 2) -> np.ndarray:
-    """Client side: returns the client's output shares (MaxTrunc; ReluPool: (n, 5)) or labels (Argmax).
+    """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax).
 
     A sender thread claims requests in order up to ``depth`` chunks ahead, has them made on the
     ``workers`` threads and sends them in order; the main thread receives responses and hands them
@@ -237,7 +237,7 @@ class RunStats:
 
 
 def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socket | None,
-                  op: MaxTrunc | ReluPool | Argmax, ys: np.ndarray, chunk: int) -> None:
+                  op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int) -> None:
     tune_malloc()  # a party's process, as bunet-server's
     try:
         if sock is None:
@@ -258,7 +258,7 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
         conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
-def two_party(op: MaxTrunc | ReluPool | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 13,
+def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 13,
               tcp: bool = False, depth: int = 4, ot_k: int = 4) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 

@@ -15,8 +15,8 @@ fraction bits). Rules, with activation fraction bits f and weight fraction bits 
   other consumer (max and ReLU and the floor shift commute, so the result is identical);
 * a relu whose consumers are a maxpool *and* others (a U-Net encoder level: pool and skip): one
   step per 2x2 window, ``ring.relu_pool``, defining both tensors: ``out`` is the pool, and
-  ``attrs["elements"]`` names the ReLU output (garbled circuit ``ReluPool``: each value's adder
-  feeds both outputs, no second pass over the ReLU outputs). Its results are exactly those of the
+  ``attrs["elements"]`` names the ReLU output (secure: ``bunet.gc.relu_pool``, the ReLUs and then
+  the window max over their outputs by sign-mode comparisons). Its results are exactly those of the
   two separate steps (the ReLU, then the pool reading the ReLU's b - s bits); it is used only when
   the pool would read exactly those bits (no narrower ``in_bits`` configured for the pool);
 * concat: inputs at different exponents are brought to the smallest common one above f by

@@ -91,7 +91,7 @@ class Limits:
 
 
 def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
-    """The garbled-circuit op of a non-linear step (a fused ReLU + max-pool: its ReLU, see ``_pool_ops``)."""
+    """The garbled-circuit op of a non-linear step (a fused ReLU + max-pool: its first round's)."""
     a = step.attrs
     if step.kind == "argmax":
         return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"], k=classes)
@@ -100,35 +100,21 @@ def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
     return gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"], relu=a["relu"], k=a["window"])
 
 
+GcRun = Callable[[gc.MaxTrunc | gc.Argmax, str, np.ndarray], np.ndarray | None]  # (op, round, rows) -> outputs
+
+
 def _pool_ops(step: Step, ring_bits: int) -> tuple[gc.MaxTrunc, gc.MaxTrunc]:
-    """A fused ReLU + max-pool as sign-mode ReLUs: every value's ReLU with truncation, then the
-    window max by pairs, ``max(x, y) = y + ReLU(x - y)``. The ReLU outputs lie in [0, 2^(m-1))
-    (m = b - s), so a difference fits m signed bits and its ReLU needs no truncation."""
     a = step.attrs
-    m = a["in_bits"] - a["shift"]
-    return (gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"]),
-            gc.MaxTrunc(ring_bits=ring_bits, in_bits=m, shift=0))
-
-
-GcRun = Callable[[gc.MaxTrunc | gc.Argmax, str, np.ndarray], np.ndarray | None]  # (op, tag suffix, rows) -> outputs
+    return gc.relu_pool_ops(ring_bits, a["in_bits"], a["shift"])
 
 
 def _relu_pool(run: GcRun, step: Step, x: np.ndarray, ring_bits: int) -> dict[str, np.ndarray]:
-    """Both parties' half of a fused ReLU + max-pool (``ring.relu_pool``) on their shares x: the ReLU
-    tensor and the pool (``step.attrs["elements"]``, ``step.out``). Three garbled-circuit rounds: the
-    ReLUs, then a max of two pairs per 2x2 window, then the max of those; the sums are local."""
-    relu, cmp = _pool_ops(step, ring_bits)
+    """One party's half of a fused ReLU + max-pool on its shares x (``gc.relu_pool``): the ReLU
+    tensor and the pool (``step.attrs["elements"]``, ``step.out``)."""
     win = nonlinear_windows(step, x)
-    shape = win.shape
-    el = _must(run(relu, "relu", np.ascontiguousarray(win.reshape(-1, 1)))).reshape(-1, shape[-1])
-    cur, level = el, 0
-    while cur.shape[1] > 1:
-        h = cur.shape[1] // 2
-        x_, y_ = cur[:, :h], cur[:, h : 2 * h]
-        r = _must(run(cmp, f"max{level}", np.ascontiguousarray(ring.sub(x_, y_, ring_bits).reshape(-1, 1))))
-        cur = np.concatenate([ring.add(y_, r.reshape(-1, h), ring_bits), cur[:, 2 * h :]], axis=1)
-        level += 1
-    return split_relu_pool(step, np.concatenate([el, cur], axis=1).reshape(*shape[:-1], shape[-1] + 1))
+    out = gc.relu_pool(lambda op, rnd, rows: _must(run(op, rnd, rows)), win.reshape(-1, win.shape[-1]),
+                       ring_bits=ring_bits, in_bits=step.attrs["in_bits"], shift=step.attrs["shift"])
+    return split_relu_pool(step, out.reshape(*win.shape[:-1], win.shape[-1] + 1))
 
 
 def _flat(step: Step, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
