@@ -107,15 +107,17 @@ def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
 @pytest.mark.parametrize("chunk,window", [(7, 1), (64, 3), (1000, 4)])
 def test_pipelined_gc_chunks_in_memory(model, monkeypatch, chunk, window):
     """Many small GC chunks with several in flight (garbled and evaluated on thread pools, answered
-    in order): the labels still equal the reference, and the server ends the job cleanly."""
+    in order): the labels still equal the reference, and the server ends the job cleanly. The window
+    is the client's (announced in the job spec); the server's own default differs and is not used."""
     import threading
 
     from bunet.protocol import session
 
     monkeypatch.setattr(session, "GC_CHUNK", chunk)
-    monkeypatch.setattr(session, "GC_WINDOW", window)
     srv = ServerProtocol(model)
     cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
+    assert window != session.GC_WINDOW
+    cli.gc_window = window
     x = np.random.default_rng(chunk).random((2, 1, 16, 16)).astype(np.float32)
     a, b = pipe()
     errors: list[BaseException] = []
@@ -133,6 +135,23 @@ def test_pipelined_gc_chunks_in_memory(model, monkeypatch, chunk, window):
     assert not th.is_alive() and not errors
     ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
     assert np.array_equal(labels, ref)
+
+def test_job_spec_window_checked(model):
+    """The server refuses a job whose garbled-circuit window is out of range or missing (before any
+    cryptographic work), with a clear error."""
+    from bunet.protocol.channel import ProtocolError
+    from bunet.protocol.session import MAX_GC_WINDOW, JobSpec
+
+    srv = ServerProtocol(model)
+    for raw, match in ((JobSpec("main", 1, 16, 16, 0).to_bytes(), "window 0 is outside"),
+                       (JobSpec("main", 1, 16, 16, MAX_GC_WINDOW + 1).to_bytes(), "outside"),
+                       (json.dumps({"network": "main", "slices": 1, "height": 16, "width": 16}).encode(),
+                        "malformed job request")):
+        a, b = pipe()
+        a.send("job", raw)
+        with pytest.raises(ProtocolError, match=match):
+            srv.run_job(b)
+
 
 def test_segment_over_grpc_matches_reference_per_plane(server, model, tmp_path):
     path = _scan(tmp_path)

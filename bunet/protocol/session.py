@@ -46,6 +46,7 @@ GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keep
 # 16 (/proc CPU time per step over wall time); 8 holds half the memory of 16 (the server makes
 # pre-messages 2 windows ahead: 6.3 MB of OT rows per 16,384-ReLU chunk).
 GC_WINDOW = 8
+MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: 2 windows of pre-messages per job)
 GC_THREADS = min(2, os.cpu_count() or 1)  # garbling / evaluation threads per party
 
 Progress = Callable[[int], None]  # called with the number of plan steps just finished
@@ -53,12 +54,15 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 
 @dataclass
 class JobSpec:
-    """What the client announces at the start of a job (all public)."""
+    """What the client announces at the start of a job (all public). ``gc_window``: the
+    garbled-circuit requests it keeps in flight; the server adopts it, because pre-messages and
+    responses interleave on the stream in an order both ends derive from it."""
 
     network: str
     slices: int
     height: int
     width: int
+    gc_window: int = GC_WINDOW
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.__dict__).encode()
@@ -67,7 +71,8 @@ class JobSpec:
     def from_bytes(b: bytes) -> JobSpec:
         try:
             d = json.loads(b)
-            return JobSpec(str(d["network"]), int(d["slices"]), int(d["height"]), int(d["width"]))
+            return JobSpec(str(d["network"]), int(d["slices"]), int(d["height"]), int(d["width"]),
+                           int(d["gc_window"]))
         except (ValueError, KeyError, TypeError):
             raise ProtocolError("malformed job request") from None
 
@@ -208,6 +213,8 @@ class ServerProtocol:
             raise ProtocolError(f"job of {spec.slices} slices is over the server's limit of {limits.max_slices}")
         if spec.height * spec.width > limits.max_pixels or min(spec.height, spec.width) < 1:
             raise ProtocolError("slice size is over the server's limit")
+        if not 1 <= spec.gc_window <= MAX_GC_WINDOW:
+            raise ProtocolError(f"garbled-circuit window {spec.gc_window} is outside 1..{MAX_GC_WINDOW}")
         plan = self.plans[spec.network]
         shapes = plan.shapes(spec.height, spec.width)
         chan.max_message = self._message_cap(spec, plan, shapes)
@@ -236,7 +243,7 @@ class ServerProtocol:
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
                 def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray | None:
-                    outs = self._gc_chunks(chan, garbler, op, f"{name}:{sub}", rows)
+                    outs = self._gc_chunks(chan, garbler, op, f"{name}:{sub}", rows, spec.gc_window)
                     return None if isinstance(op, gc.Argmax) else np.concatenate(outs)  # labels: client only
 
                 _nonlinear(run, step, ins[0], plan.ring_bits, classes, shares)
@@ -268,13 +275,14 @@ class ServerProtocol:
                 biggest = max(biggest, op.message_sizes(GC_CHUNK, ot_k=1)[0])
         return biggest + (1 << 20)
 
-    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray) -> list[Any]:
+    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray,
+                   window: int) -> list[Any]:
         """Receive and claim requests in order, garble on the pool, answer in order.
 
-        At most GC_WINDOW chunks are in flight, which is all the client sends before it needs an
-        answer, so the loop never waits for a request that cannot come. Ops with a carry look-up
-        need a pre-message per chunk before its request: the first GC_WINDOW go out at once, then
-        chunk j + GC_WINDOW's right after the answer to chunk j (the client waits for that answer
+        At most ``window`` (the client's) chunks are in flight, which is all the client sends before
+        it needs an answer, so the loop never waits for a request that cannot come. Ops with a carry
+        look-up need a pre-message per chunk before its request: the first window's go out at once,
+        then chunk j + window's right after the answer to chunk j (the client waits for that answer
         before it asks for more).
         """
         tag = f"gc:{name}"
@@ -301,14 +309,14 @@ class ServerProtocol:
             make_pre()
 
         try:
-            for _ in range(2 * GC_WINDOW):  # the first window goes out now, the second after answers
+            for _ in range(2 * window):  # the first window goes out now, the second after answers
                 make_pre()
-            for _ in range(GC_WINDOW):
+            for _ in range(window):
                 send_pre()
             for sl in chunks:
                 job = garbler.claim(op, chan.recv(tag), rows[sl])
                 inflight.append(self._gc_pool.submit(job))
-                while inflight and (len(inflight) >= GC_WINDOW or inflight[0].done()):
+                while inflight and (len(inflight) >= window or inflight[0].done()):
                     answer()
             while inflight:
                 answer()
@@ -333,6 +341,7 @@ class ClientProtocol:
         self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
         self.public_key = self.he.public_key()
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
+        self.gc_window = GC_WINDOW  # announced in each job's spec; the server follows it
 
     def run_job(self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None) -> tuple[
             np.ndarray, Timings]:
@@ -343,7 +352,8 @@ class ClientProtocol:
         t = Timings()
         shapes = plan.shapes(H, W)
         classes = shapes[plan.steps[-1].inputs[0]][0]
-        chan.send("job", JobSpec(network, B, H, W).to_bytes())
+        window = self.gc_window
+        chan.send("job", JobSpec(network, B, H, W, window).to_bytes())
         t0 = time.perf_counter()
         chan.send("he_pk", self.public_key)
         ev = gc.Evaluator()
@@ -365,7 +375,7 @@ class ClientProtocol:
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
                 def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray:
-                    return np.concatenate(self._gc_chunks(chan, ev, op, f"{name}:{sub}", rows))
+                    return np.concatenate(self._gc_chunks(chan, ev, op, f"{name}:{sub}", rows, window))
 
                 out = _nonlinear(run, step, ins[0], L, classes, shares)
                 labels = labels if out is None else out
@@ -379,11 +389,12 @@ class ClientProtocol:
         assert labels is not None
         return labels, t
 
-    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray) -> list[np.ndarray]:
-        """Up to GC_WINDOW requests in flight; responses evaluated on the pool; results in order.
+    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray,
+                   window: int) -> list[np.ndarray]:
+        """Up to ``window`` requests in flight; responses evaluated on the pool; results in order.
 
         Requests are made here, in order (each fixes its OT range); a new one goes out only when
-        at most GC_WINDOW responses are still being evaluated, which bounds memory. With a carry
+        at most ``window`` responses are still being evaluated, which bounds memory. With a carry
         look-up, each request answers the server's pre-message for its chunk (see the server's side).
         """
         tag = f"gc:{name}"
@@ -399,14 +410,14 @@ class ClientProtocol:
                 sent += 1
 
         for i in range(len(chunks)):
-            while made < len(chunks) and made < i + GC_WINDOW:
-                if made - GC_WINDOW >= 0:
-                    futs[made - GC_WINDOW].result()  # evaluation keeps up before more is asked for
+            while made < len(chunks) and made < i + window:
+                if made - window >= 0:
+                    futs[made - window].result()  # evaluation keeps up before more is asked for
                 pre = chan.recv(tag) if op.lut_bits else None
                 reqs.append(self._gc_pool.submit(ev.prepare(op, rows[chunks[made]], pre)))  # OT ranges in order
                 made += 1
                 send_ready(-1)
-            send_ready(made - 1)  # all made: the server answers once GC_WINDOW requests are in (or at the end)
+            send_ready(made - 1)  # all made: the server answers once `window` requests are in (or at the end)
             futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
         outs = [f.result() for f in futs]
         for post in ev.take_posts():  # sign mode: completes the server's shares (in request order)
