@@ -96,21 +96,22 @@ class Limits:
 
 
 def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
-    """The garbled-circuit op of a non-linear step (a fused ReLU + max-pool: its first round's)."""
+    """The garbled-circuit op of a non-linear step other than a fused ReLU + max-pool."""
     a = step.attrs
     if step.kind == "argmax":
         return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"], k=classes)
-    if "elements" in a:
-        return _pool_ops(step, ring_bits)[0]
     return gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"], relu=a["relu"], k=a["window"])
 
 
-GcRun = Callable[[gc.MaxTrunc | gc.Argmax, str, np.ndarray], np.ndarray | None]  # (op, round, rows) -> outputs
-
-
-def _pool_ops(step: Step, ring_bits: int) -> tuple[gc.MaxTrunc, gc.MaxTrunc]:
+def _gc_ops(step: Step, ring_bits: int, classes: int) -> tuple[gc.MaxTrunc | gc.Argmax, ...]:
+    """Every op a non-linear step runs (a fused ReLU + max-pool: its rounds', ``gc.relu_pool``)."""
     a = step.attrs
-    return gc.relu_pool_ops(ring_bits, a["in_bits"], a["shift"])
+    if "elements" in a:
+        return gc.relu_pool_ops(ring_bits, a["in_bits"], a["shift"])
+    return (_gc_op(step, ring_bits, classes),)
+
+
+GcRun = Callable[[gc.MaxTrunc | gc.Argmax, str, np.ndarray], np.ndarray | None]  # (op, round, rows) -> outputs
 
 
 def _relu_pool(run: GcRun, step: Step, x: np.ndarray, ring_bits: int) -> dict[str, np.ndarray]:
@@ -267,12 +268,9 @@ class ServerProtocol:
                 layer = self._layer(spec.network, step, shapes[step.inputs[0]])
                 cts = layer.plan.n_in_cts(spec.slices)
                 biggest = max(biggest, cts * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES)
-            elif "elements" in step.attrs:
-                biggest = max(biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0]
-                                         for op in _pool_ops(step, plan.ring_bits)))
             elif step.kind in ("nonlinear", "argmax"):
-                op = _gc_op(step, plan.ring_bits, classes)
-                biggest = max(biggest, op.message_sizes(GC_CHUNK, ot_k=1)[0])
+                biggest = max(biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0]
+                                         for op in _gc_ops(step, plan.ring_bits, classes)))
         return biggest + (1 << 20)
 
     def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray,
