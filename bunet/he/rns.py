@@ -22,12 +22,35 @@ F64 = np.float64
 THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
+_MOD_BLOCK = 1 << 15  # elements per pass of mod_inplace: its temporary stays in cache
+
+
 def mod_inplace(x: np.ndarray, p: np.ndarray | float, pinv: np.ndarray | float) -> np.ndarray:
-    """Centred lazy reduction in place: exact float64 integers |x| < 2^52 -> |x| <= p/2 + 1."""
-    q = np.multiply(x, pinv)
-    np.rint(q, out=q)
-    q *= p
-    x -= q
+    """Centred lazy reduction in place: exact float64 integers |x| < 2^52 -> |x| <= p/2 + 1.
+
+    p, pinv: scalars, or one per row of x shaped (K, 1, ..., 1). Large arrays go in blocks of
+    _MOD_BLOCK elements: four whole-array passes through a full-size temporary took 1.5 s for a
+    (5, 4096, 2048) array, the blocks 0.07 s (the server's kernel preparation is mostly this)."""
+    pa, pia = np.asarray(p, dtype=F64), np.asarray(pinv, dtype=F64)
+    rows = x.shape[0] if x.ndim and pa.size > 1 else 1
+    if (x.size <= _MOD_BLOCK or not x.flags.c_contiguous
+            or pa.size != rows or pia.size != rows or (rows > 1 and pa.shape != (rows,) + (1,) * (x.ndim - 1))):
+        q = np.multiply(x, pinv)
+        np.rint(q, out=q)
+        q *= p
+        x -= q
+        return x
+    xf = x.reshape(rows, -1)
+    pc, pic = pa.reshape(-1, 1), pia.reshape(-1, 1)
+    blk = max(1024, _MOD_BLOCK // rows)
+    q = np.empty((rows, min(blk, xf.shape[1])), dtype=F64)
+    for s in range(0, xf.shape[1], blk):
+        xb = xf[:, s:s + blk]
+        qb = q[:, :xb.shape[1]]
+        np.multiply(xb, pic, out=qb)
+        np.rint(qb, out=qb)
+        qb *= pc
+        xb -= qb
     return x
 
 

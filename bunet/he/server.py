@@ -43,7 +43,7 @@ from .bfv import a_keys, plan_for, random_ring, tiling, u64_ptr
 from .layout import ConvSpec, LayerSpec, Plan
 from .params import HEParams
 from .rand import derive, uniform_mod
-from .rns import f64_ptr, ptr, rns_for
+from .rns import f64_ptr, mod_inplace, ptr, rns_for
 
 _U64 = np.uint64
 CHUNK_BYTES = 512 << 20  # working set (slot-block inputs and outputs) per chunk of tiles
@@ -177,7 +177,7 @@ class ServerHE:
                 self.cache_left -= size
                 filters = np.empty((k * n // 4, plan.n_og, c_in, 4), dtype=np.float32)
                 for ogs in self._og_groups(plan):
-                    filters[:, ogs[0]:ogs[-1] + 1] = self._block_filters(taps, wgroup, ogs, c_in)
+                    self._block_filters(taps, wgroup, ogs, c_in, out=filters[:, ogs[0]:ogs[-1] + 1])
         _ = plan.returned_ranges, plan.returned_channels   # index maps of the returned coefficients, once per shape
         return ServerLayer(spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps,
                            strategy, wgroup, filters, tapvec)
@@ -186,15 +186,25 @@ class ServerHE:
         step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.c_in))
         return [np.arange(s0, min(s0 + step, plan.n_og)) for s0 in range(0, plan.n_og, step)]
 
-    def _block_filters(self, taps: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int) -> np.ndarray:
+    def _block_filters(self, taps: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int,
+                       out: np.ndarray | None = None) -> np.ndarray:
         """NTT-form kernels F[og, c] = sum_{o', tap} w * V[o', tap] of the output groups ``ogs``,
-        in slot blocks: (K*N/4, len(ogs), c_in, 4) float32."""
+        in slot blocks: (K*N/4, len(ogs), c_in, 4) float32, written into ``out`` if given."""
         k, n = self.rns.k, self.params.poly_degree
         cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
-        v = taps.reshape(k, -1, n).transpose(0, 2, 1)                       # (K, N, O'*kk)
-        f = self.rns.reduce(np.matmul(v, wgroup[:, cols]))                  # (K, N, len*c_in), exact
-        f = f.reshape(k * n // 4, 4, ogs.size, c_in).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(f, dtype=np.float32)
+        v = np.ascontiguousarray(taps.reshape(k, -1, n).transpose(0, 2, 1))  # (K, N, O'*kk): BLAS needs it dense
+        w = np.ascontiguousarray(wgroup[:, cols])
+        if out is None:
+            out = np.empty((k * n // 4, ogs.size, c_in, 4), dtype=np.float32)
+        # a few hundred kB at a time: the products (exact), their reduction, the slot-block layout and
+        # the cast; whole-array passes ran out of cache and took most of the start-up
+        rows = max(4, (1 << 15) // cols.size // 4 * 4)                      # slots per pass, a multiple of 4
+        for i in range(k):
+            for s0 in range(0, n, rows):
+                blk = mod_inplace(v[i, s0:s0 + rows] @ w, self.rns.pf[i], self.rns.pinv[i])
+                out[(i * n + s0) // 4:(i * n + s0 + blk.shape[0]) // 4] = \
+                    blk.reshape(-1, 4, ogs.size, c_in).transpose(0, 2, 3, 1)
+        return out
 
     def layer_spec(self, layer: ServerLayer) -> LayerSpec:
         """What to send the client about this layer (public)."""
