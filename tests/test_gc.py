@@ -339,11 +339,13 @@ def test_pipelined_out_of_order_and_threads():
             pass
     for th in ths:
         th.join()
-    for i in (3, 1, 2, 0):  # finish in any order
-        resp, out_s = results[i]
-        out_c = ev.finish(op, resp)
+    outs_c = {i: ev.finish(op, results[i][0]) for i in (3, 1, 2, 0)}  # finish in any order
+    posts = ev.take_posts()  # sign mode: the post-messages complete the server's shares, in request order
+    assert len(posts) == 4
+    for i in range(4):
+        out_s = g.post(op, posts[i], results[i][1])
         want = ring.nonlinear(xs[i], in_bits=32, shift=12, relu=True, ring_bits=32)
-        np.testing.assert_array_equal(ring.add(out_c, out_s, 32), want)
+        np.testing.assert_array_equal(ring.add(outs_c[i], out_s, 32), want)
 
 
 def test_bad_messages():
@@ -654,7 +656,8 @@ def test_look_up_tables(d, w, n, extra, seed):
     MaxTrunc(ring_bits=24, shift=8, lut=False), MaxTrunc(ring_bits=24, in_bits=16, shift=0),
     MaxTrunc(ring_bits=20, in_bits=18, shift=11, relu=False), MaxTrunc(ring_bits=24, in_bits=20, shift=2),
     MaxTrunc(ring_bits=30, in_bits=30, shift=5), MaxTrunc(ring_bits=24, in_bits=3, shift=1),
-    MaxTrunc(ring_bits=12, in_bits=12, shift=8)])
+    MaxTrunc(ring_bits=12, in_bits=12, shift=8), MaxTrunc(ring_bits=24, shift=10),
+    MaxTrunc(ring_bits=32, in_bits=30, shift=17), MaxTrunc(ring_bits=24, shift=10, lut=False)])
 def test_lut_on_and_off(sess, op):
     """With and without the carry look-up (and with d < shift), the same exact result; the look-up saves
     the d low bits' carries (d - 1 ANDs + 1 garbler half gate per value)."""
@@ -668,6 +671,10 @@ def test_lut_on_and_off(sess, op):
     assert (on.circuit.and_gates, on.circuit.andg_gates) == (3, 0)  # sign mode: one AND per chunk
     assert on.circ_bits == 8 and on.lut_bits == 24  # 7 masks + the top bit in; 23 share bits + r0 looked up
     assert (off.circuit.and_gates, off.circuit.andg_gates) == (22, 1)
+    # more than 8 dropped bits (a ReLU after a sum-pool): their carry is a chain of chunks too
+    on10 = MaxTrunc(ring_bits=24, shift=10)
+    assert (on10.lut_plan.drop, on10.lut_plan.chunks, on10.lut_bits) == ((5, 5), (5, 4, 4), 24)
+    assert (on10.circuit.and_gates, on10.circuit.andg_gates) == (4, 0)
     pool, pool_off = MaxTrunc(ring_bits=24, shift=8, k=4), MaxTrunc(ring_bits=24, shift=8, k=4, lut=False)
     assert pool_off.circuit.and_gates - pool.circuit.and_gates == 4 * 7  # carry mode: 7 ANDs + 1 ANDG per value
     assert pool_off.circuit.andg_gates - pool.circuit.andg_gates == 4

@@ -355,20 +355,22 @@ def argmax_circuit(in_bits: int, k: int) -> Compiled:
 
 
 @functools.lru_cache(maxsize=64)
-def relu_sign_circuit(ring_bits: int, in_bits: int, shift: int, chunks: tuple[int, ...]) -> Compiled:
+def relu_sign_circuit(ring_bits: int, in_bits: int, shift: int, chunks: tuple[int, ...],
+                      drop: tuple[int, ...] | None = None) -> Compiled:
     """ReLU with truncation, the sign from look-ups, the client's kept bits out of the circuit.
 
-    Client wires per value: ``[k, g_1, p_1, ..., g_C, p_C, a]`` (2C + 2 wires): the masks of the
-    look-up bits, then the client's top kept bit a; with shift 0 there is no dropped carry k and
-    chunk 1 has no carry in, so no propagate bit: ``[g_1, g_2, p_2, ..., g_C, p_C, a]`` (2C wires).
-    Garbler value bits: the opened look-up bits (same places, t of them), its top kept bit g at t,
-    a random bit r0 at t + 1, and its kept bits below the top one, S', from t + 2 (m - 1 bits;
-    m = b - s).
+    One carry chain over chunks, LSB first: the s dropped bits in chunks ``drop`` (default: one
+    chunk of s, none for s = 0), then the kept bits below the top one in chunks ``chunks`` (summing
+    to m - 1; m = b - s). Client wires per value: the masks of the look-up bits, ``[g_1, g_2, p_2,
+    ..., g_L, p_L]`` (the first chunk has no carry in, so no propagate bit; 2L - 1 wires), then the
+    client's top kept bit a. Garbler value bits: the opened look-up bits (same places, t of them),
+    its top kept bit g at t, a random bit r0 at t + 1, and its kept bits below the top one, S',
+    from t + 2 (m - 1 bits).
 
-    The look-up wires XOR the garbler's bits are the carry k out of the s dropped low bits and the
-    generate / propagate bits of chunk i of the kept bits below the top one (``chunks``, LSB first,
-    summing to m - 1). The carry k' into the top bit is one AND per chunk with a carry in
-    (``k = G_i ^ (P_i & k)``), and ``n = NOT(a ^ g ^ k')``. No sum bit is needed: the kept part
+    The look-up wires XOR the garbler's bits are the generate / propagate bits of each chunk of
+    the two shares. The carry is one AND per chunk after the first (``k = G_i ^ (P_i & k)``): after
+    the dropped chunks it is the truncation's carry k, after all of them the carry k' into the top
+    bit, and ``n = NOT(a ^ g ^ k')``. No sum bit is needed: the kept part
     is ``X_h = S_h + C_h + k - 2^m w`` (w: the carry out of the top), the output ``n X_h``; with
     ``S_h = S' + 2^(m-1) g``, ``C_h = C' + 2^(m-1) a`` and ``n w = n (a OR g)`` (if a = g = 0 there is no
     carry out; if a = g = 1 there is; if a != g, n = 1 means k' = 1 and so w = 1),
@@ -378,29 +380,31 @@ def relu_sign_circuit(ring_bits: int, in_bits: int, shift: int, chunks: tuple[in
     Output 0 is ``n (S' + k - 2^(m-1) (a ^ g))``: B2A2 gates for k and a ^ g, a GVAL for S' (the
     garbler's own bits, no message) and one NOUT. Output 1 reveals ``n' = n ^ r0`` (uniform) to the
     client, who adds ``n' C'`` itself; the rest, ``r0 (1 - 2n') C'``, is one correlated OT after the
-    circuit (``engine``: the post-message). C AND gates in all (C - 1 with shift 0); at (24, 24, 8),
-    chunks (5, 5, 5): 3 ANDs.
+    circuit (``engine``: the post-message). L - 1 AND gates in all; at (24, 24, 8), dropped (8,),
+    kept (5, 5, 5): 3 ANDs.
     """
     l, b, s = ring_bits, in_bits, shift
     m = b - s
-    nc = len(chunks)
+    drop = ((s,) if s else ()) if drop is None else tuple(drop)
     if sum(chunks) != m - 1 or not chunks or min(chunks) < 1:
         raise ValueError("chunks must split the m - 1 kept bits below the top one")
-    top = 2 * nc + (1 if s else -1)  # look-up wires before the top bit
+    if sum(drop) != s or (drop and min(drop) < 1):
+        raise ValueError("drop must split the s dropped bits")
+    seq = drop + tuple(chunks)
+    top = 2 * len(seq) - 1  # look-up wires before the top bit
     bld = _Builder(top + 1)
     w = 0
-    k0 = k = None
-    if s:
-        k0 = k = bld.xorg(0, 0, 0)
-        w = 1
-    for _ in range(nc):
+    k = k0 = None
+    for i in range(len(seq)):
         g = bld.xorg(w, 0, w)
-        if k is None:  # shift 0: chunk 1's carry out is its generate bit
+        if k is None:  # the first chunk: its carry out is its generate bit
             k, w = g, w + 1
-            continue
-        p = bld.xorg(w + 1, 0, w + 1)
-        k = bld.xor(g, bld.and_(p, k))
-        w += 2
+        else:
+            p = bld.xorg(w + 1, 0, w + 1)
+            k = bld.xor(g, bld.and_(p, k))
+            w += 2
+        if i == len(drop) - 1:
+            k0 = k  # the carry out of the dropped bits
     ag = bld.xorg(top, 0, top)  # a ^ g
     n = bld.not_(bld.xor(ag, k))
     if k0 is not None:

@@ -29,13 +29,13 @@ out ("generate") or "propagate" - XOR a fresh random bit rho of the client. The 
 f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client input) XOR f ^ rho
 (garbler plaintext) = f.
 
-* Carry mode (truncations, pools, ReLUs with shift > 8): the d = min(shift, 8) low bits are
-  dropped by the truncation, only their carry matters: one table instead of d - 1 ANDs and a
-  garbler half gate.
-* Sign mode (plain ReLU, shift <= 8): the carry of the dropped bits and, per chunk of the kept
-  bits below the top one (at most SIGN_CHUNK bits: 5 + 5 + 5 at 24/24/8), its generate and
-  propagate bits, on b - 1 reverse OTs per value; the circuit chains the chunks with one AND each
-  and outputs
+* Carry mode (truncations and pools): the d = min(shift, 8) low bits are dropped by the
+  truncation, only their carry matters: one table instead of d - 1 ANDs and a garbler half gate.
+* Sign mode (plain ReLU): one carry chain over chunks, LSB first: the dropped bits (one chunk up
+  to 8 bits, else chunks of at most 8: 5 + 5 for a shift of 10), then the kept bits below the top
+  one (at most SIGN_CHUNK bits: 5 + 5 + 5 at 24/24/8); per chunk its generate and propagate bits
+  (the first only its generate bit), on b - 1 reverse OTs per value; the circuit chains the
+  chunks with one AND each and outputs
   ``n (S' + C' + k - 2^(m-1) (a ^ g))`` by arithmetic gates (``circuits.relu_sign_circuit``),
   except ``n C'``: the circuit reveals ``n' = n ^ r0`` (r0: the server's random bit, on one more
   reverse OT), the client adds ``n' C'`` and the rest, ``r0 (1 - 2n') C'``, is a correlated OT on
@@ -133,6 +133,7 @@ class LutPlan:
     tables: tuple[tuple[int, int, int], ...]
     keep_from: int
     chunks: tuple[int, ...] = ()  # sign mode: the chunk sizes of the kept bits (generate/propagate pairs)
+    drop: tuple[int, ...] = ()  # sign mode: the chunk sizes of the dropped bits (their carry chain)
     # sign mode: the last row is the server's random bit r0 (the mask of the revealed n), not a share bit
 
     @property
@@ -165,21 +166,23 @@ def _split(bits: int, most: int = LUT_MAX) -> tuple[int, ...]:
 
 
 def _lut_plan(in_bits: int, shift: int, relu: bool, k: int) -> LutPlan | None:
-    """Sign mode for a plain ReLU with shift <= 8 (the whole comparison by look-ups: the circuit keeps one
-    AND per chunk; the client's kept bits stay out of it); carry mode otherwise (the carry out of the
-    min(shift, 8) low bits); None for what is left with shift 0 (nothing is dropped)."""
+    """Sign mode for a plain ReLU (the whole comparison by look-ups: the circuit keeps one AND per
+    chunk after the first; the client's kept bits stay out of it); carry mode otherwise (the carry
+    out of the min(shift, 8) low bits); None for what is left with shift 0 (nothing is dropped)."""
     m = in_bits - shift
     chunks = _split(m - 1, SIGN_CHUNK) if m >= 2 else ()
-    # sign mode's tables: the dropped bits' carry (if any), then per chunk its generate and propagate
-    # bits; with shift 0 the first chunk has no carry in and so needs no propagate bit
-    tabs = [(0, shift, 1)] if shift else []
-    off = shift
-    for d in chunks:
+    drop = _split(shift) if shift else ()
+    # sign mode's tables, one carry chain LSB first: the dropped bits' chunks (their carry out is the
+    # truncation's carry), then the kept bits' below the top one; each a generate and a propagate
+    # bit, but the first, which has no carry in: only its generate bit
+    tabs = []
+    off = 0
+    for d in drop + chunks:
         tabs.append((off, d, 2 if tabs else 1))
         off += d
-    sign = LutPlan(in_bits, tuple(tabs), in_bits - 1, chunks)
+    sign = LutPlan(in_bits, tuple(tabs), in_bits - 1, chunks, drop)
     # the garbler's circuit word (masks, g, r0, S') must fit 64 bits
-    if relu and k == 1 and shift <= LUT_MAX and chunks and sign.n_masked + 1 + m <= 64:
+    if relu and k == 1 and chunks and sign.n_masked + 1 + m <= 64:
         return sign
     if shift == 0:
         return None
@@ -292,7 +295,7 @@ class MaxTrunc(_Op):
         if lp is None:
             return circuits.max_trunc_circuit(self.ring_bits, self.in_bits, self.shift, bool(self.relu), self.k)
         if lp.chunks:
-            return circuits.relu_sign_circuit(self.ring_bits, self.in_bits, self.shift, lp.chunks)
+            return circuits.relu_sign_circuit(self.ring_bits, self.in_bits, self.shift, lp.chunks, lp.drop)
         return circuits.max_trunc_circuit(self.ring_bits, self.circ_bits, self.shift - lp.keep_from + 1,
                                           bool(self.relu), self.k, carry_in=True)
 
