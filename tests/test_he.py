@@ -157,3 +157,44 @@ def test_tiny_plane_many_outputs(parties) -> None:
     xc = ring.random((1, 3, 1, 1), L)
     got, ref = run_layer(parties, ConvSpec("conv", 1, 0), w, None, xc, ring.random((1, 3, 1, 1), L))
     assert np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("shape,per_row", [((5, 4096, 40), True), ((5, 7, 9), True), ((5, 70001), True),
+                                           ((3, 2, 20000), True), ((70001,), False), ((1, 40000), False),
+                                           ((5, 300, 400), "strided")])
+def test_mod_inplace_blocks_equal_one_pass(shape, per_row) -> None:
+    """The blocked reduction (large arrays) equals the one-pass formula exactly, for per-row primes,
+    one prime, and strided views (which take the one-pass path)."""
+    from bunet.he.rns import mod_inplace
+
+    rng = np.random.default_rng(sum(shape))
+    primes = np.array([4194353.0, 4194389.0, 4194541.0, 4194581.0, 4194629.0])
+    x = rng.integers(-(2**51), 2**51, size=shape).astype(np.float64)
+    if per_row == "strided":
+        x = x[:, :, ::2]
+    p = primes[: x.shape[0]].reshape((x.shape[0],) + (1,) * (x.ndim - 1)) if per_row else primes[1]
+    want = x - np.rint(x * (1.0 / p)) * p
+    got = mod_inplace(x, p, 1.0 / p)
+    assert got is x
+    np.testing.assert_array_equal(got, want)
+    assert np.all(np.abs(got) <= np.max(p) / 2 + 1)
+
+
+def test_block_filters_equal_one_pass(parties) -> None:
+    """The server's NTT-form kernels, made a block at a time into the layer's array, equal the
+    one-pass computation (products, reduction, slot-block layout, float32)."""
+    _, _, server = parties
+    rng = np.random.default_rng(5)
+    spec = LayerSpec(ConvSpec("conv", 3, 1), 6, 9, 20, 24)
+    w = rng.integers(-40, 40, size=(9, 6, 3, 3))
+    layer = server.prepare(spec.conv, w, None, in_shape=(6, 20, 24))
+    assert layer.filters is not None
+    k, n = server.rns.k, server.params.poly_degree
+    c_in = layer.plan.c_in
+    parts = []
+    for ogs in server._og_groups(layer.plan):
+        cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
+        f = server.rns.reduce(np.matmul(layer.taps.reshape(k, -1, n).transpose(0, 2, 1), layer.wgroup[:, cols]))
+        parts.append(np.ascontiguousarray(f.reshape(k * n // 4, 4, ogs.size, c_in).transpose(0, 2, 3, 1),
+                                          dtype=np.float32))
+    np.testing.assert_array_equal(layer.filters, np.concatenate(parts, axis=1))
