@@ -194,7 +194,7 @@ def test_block_filters_equal_one_pass(parties) -> None:
     parts = []
     for ogs in server._og_groups(layer.plan):
         cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
-        f = server.rns.reduce(np.matmul(layer.taps.reshape(k, -1, n).transpose(0, 2, 1), layer.wgroup[:, cols]))
+        f = server.rns.reduce(np.matmul(layer.taps, layer.wgroup[:, cols]))  # taps: (K, N, O'*kk)
         parts.append(np.ascontiguousarray(f.reshape(k * n // 4, 4, ogs.size, c_in).transpose(0, 2, 3, 1),
                                           dtype=np.float32))
     np.testing.assert_array_equal(layer.filters, np.concatenate(parts, axis=1))

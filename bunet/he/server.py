@@ -47,7 +47,7 @@ from .rns import f64_ptr, mod_inplace, ptr, rns_for
 
 _U64 = np.uint64
 CHUNK_BYTES = 512 << 20  # working set (slot-block inputs and outputs) per chunk of tiles
-FILTER_GROUP_BYTES = 256 << 20  # float64 scratch when building kernels for a group of outputs
+FILTER_GROUP_BYTES = 256 << 20  # kernels built together per group of outputs (sized as float64, as once built)
 
 
 class _ScratchPool:
@@ -91,7 +91,7 @@ class ServerLayer:
     weight: np.ndarray          # original integer weights
     bias: np.ndarray | None
     wmat: np.ndarray            # (c_out_eff * k*k, c_in) float64
-    taps: np.ndarray            # (K, O', k*k, N) NTT-form monomials
+    taps: np.ndarray            # (K, N, O'*k*k) NTT-form monomials, dense per slot (the kernels' left operand)
     strategy: str               # "taps" (1x1: integer weights, then monomials) or "filters" (NTT-form kernels)
     wgroup: np.ndarray | None   # (O'*k*k, n_og * c_in) weights grouped per product polynomial
     filters: np.ndarray | None  # (K*N/4, n_og, c_in, 4) float32 cached NTT-form kernels, if they fit
@@ -158,6 +158,7 @@ class ServerHE:
         mono = np.zeros((plan.opack * kk, n), dtype=np.int64)
         mono[np.arange(plan.opack * kk), plan.tap_exponents().reshape(-1)] = 1
         taps = self.rns.forward(self.rns.from_int(mono)).reshape(k, plan.opack, kk, n)
+        taps_t = np.ascontiguousarray(taps.reshape(k, -1, n).transpose(0, 2, 1))  # once: BLAS wants it dense
         n_filters = plan.n_og * c_in
         strategy = "taps" if kk == 1 and (plan.opack == 1 or n_filters > 8192) else "filters"
         wgroup = filters = tapvec = None
@@ -177,22 +178,22 @@ class ServerHE:
                 self.cache_left -= size
                 filters = np.empty((k * n // 4, plan.n_og, c_in, 4), dtype=np.float32)
                 for ogs in self._og_groups(plan):
-                    self._block_filters(taps, wgroup, ogs, c_in, out=filters[:, ogs[0]:ogs[-1] + 1])
+                    self._block_filters(taps_t, wgroup, ogs, c_in, out=filters[:, ogs[0]:ogs[-1] + 1])
         _ = plan.returned_ranges, plan.returned_channels   # index maps of the returned coefficients, once per shape
-        return ServerLayer(spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps,
+        return ServerLayer(spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps_t,
                            strategy, wgroup, filters, tapvec)
 
     def _og_groups(self, plan: Plan) -> list[np.ndarray]:
         step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.c_in))
         return [np.arange(s0, min(s0 + step, plan.n_og)) for s0 in range(0, plan.n_og, step)]
 
-    def _block_filters(self, taps: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int,
+    def _block_filters(self, taps_t: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int,
                        out: np.ndarray | None = None) -> np.ndarray:
         """NTT-form kernels F[og, c] = sum_{o', tap} w * V[o', tap] of the output groups ``ogs``,
-        in slot blocks: (K*N/4, len(ogs), c_in, 4) float32, written into ``out`` if given."""
+        in slot blocks: (K*N/4, len(ogs), c_in, 4) float32, written into ``out`` if given.
+        ``taps_t``: the layer's monomials V, (K, N, O'*k*k) (``ServerLayer.taps``)."""
         k, n = self.rns.k, self.params.poly_degree
         cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
-        v = np.ascontiguousarray(taps.reshape(k, -1, n).transpose(0, 2, 1))  # (K, N, O'*kk): BLAS needs it dense
         w = np.ascontiguousarray(wgroup[:, cols])
         if out is None:
             out = np.empty((k * n // 4, ogs.size, c_in, 4), dtype=np.float32)
@@ -201,7 +202,7 @@ class ServerHE:
         rows = max(4, (1 << 15) // cols.size // 4 * 4)                      # slots per pass, a multiple of 4
         for i in range(k):
             for s0 in range(0, n, rows):
-                blk = mod_inplace(v[i, s0:s0 + rows] @ w, self.rns.pf[i], self.rns.pinv[i])
+                blk = mod_inplace(taps_t[i, s0:s0 + rows] @ w, self.rns.pf[i], self.rns.pinv[i])
                 out[(i * n + s0) // 4:(i * n + s0 + blk.shape[0]) // 4] = \
                     blk.reshape(-1, 4, ogs.size, c_in).transpose(0, 2, 3, 1)
         return out
