@@ -47,7 +47,7 @@ from .rns import f64_ptr, mod_inplace, ptr, rns_for
 
 _U64 = np.uint64
 CHUNK_BYTES = 512 << 20  # working set (slot-block inputs and outputs) per chunk of tiles
-FILTER_GROUP_BYTES = 256 << 20  # kernels built together per group of outputs (sized as float64, as once built)
+FILTER_GROUP_BYTES = 256 << 20  # outputs whose kernels one call builds: about this many bytes of float64 kernels
 
 
 class _ScratchPool:
