@@ -15,12 +15,11 @@ void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m
                  uint8_t *cm, uint8_t *t_rows);
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
                  const uint8_t *cm, uint8_t *q_rows);
-int bn_lut_send(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t off, const uint8_t *q_rows,
-                const uint8_t *delta, const uint8_t *rk, uint64_t row0, const uint16_t *a, const uint8_t *rho,
-                uint8_t *tables, uint64_t tstride, uint64_t toff);
-int bn_lut_recv(uint64_t n, uint32_t d, uint32_t w, uint64_t stride, uint64_t off, const uint8_t *t_rows,
-                const uint8_t *rk, uint64_t row0, const uint16_t *x, const uint8_t *tables, uint64_t tstride,
-                uint64_t toff, uint8_t *bits);
+int bn_luts_send(uint64_t n, uint32_t ntab, const uint32_t *tabs, uint64_t stride, const uint8_t *q_rows,
+                 const uint8_t *delta, const uint8_t *rk, uint64_t row0, const uint64_t *a, const uint64_t *rho,
+                 uint8_t *tables);
+int bn_luts_recv(uint64_t n, uint32_t ntab, const uint32_t *tabs, uint64_t stride, const uint8_t *t_rows,
+                 const uint8_t *rk, uint64_t row0, const uint64_t *x, const uint8_t *tables, uint64_t *out);
 void bn_pack_bits(const uint64_t *vals, uint64_t cnt, uint32_t m, uint8_t *out, uint64_t out_bits);
 void bn_pack_choice(const uint64_t *vals, uint64_t n, uint32_t k, uint32_t bits, uint8_t *out, uint64_t out_bits);
 int bn_gc_run(int garbler, const int32_t *gates, uint32_t ngates, uint32_t nwires, uint64_t n, uint32_t k,

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bunet import ring
@@ -603,53 +603,69 @@ def test_two_processes_errors_surface():
 
 
 @HSET
-@given(d=st.integers(1, 8), w=st.integers(1, 2), n=st.integers(1, 700), extra=st.integers(0, 5),
-       seed=st.integers(0, 2**32 - 1))
-def test_look_up_tables(d, w, n, extra, seed):
-    """bn_lut_send / bn_lut_recv: the receiver opens (generate, propagate)(a + x) ^ rho at its own x only,
-    for d rows at an offset inside each item's rows."""
+@given(dw=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 2), st.integers(0, 2)), min_size=1, max_size=5),
+       n=st.integers(1, 700), extra=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+@example(dw=[(8, 1, 0), (5, 2, 0), (8, 2, 1), (7, 2, 0)], n=700, extra=1, seed=7)  # sign mode's shape; 2-block pads
+def test_look_up_tables(dw, n, extra, seed):
+    """bn_luts_send / bn_luts_recv: for each of an item's tables (d rows at an offset, w bits per entry),
+    the receiver opens (generate, propagate)(a + x) ^ rho at its own x only."""
     rng = np.random.default_rng(seed)
     rk = aes_key_schedules([rng.bytes(16)])
-    stride, off = d + extra, extra // 2
+    tabs, off = [], 0
+    for d, w, gap in dw:  # tables at increasing offsets, with unused rows between them
+        off += gap
+        tabs.append((off, d, w))
+        off += d
+    stride = off + extra
+    flat = np.array(tabs, dtype=np.uint32).reshape(-1)
     q = rng.integers(0, 256, (n * stride, 16), dtype=np.uint8)
     delta = rng.integers(0, 256, 16, dtype=np.uint8)
-    a = rng.integers(0, 1 << d, n).astype(np.uint16)
-    x = rng.integers(0, 1 << d, n).astype(np.uint16)
-    a[:2], x[:2] = 0, (1 << d) - 1  # no carry at a = 0; the largest x (propagates at a = 0)
-    rho = rng.integers(0, 2, (w, n)).astype(np.uint8)
-    tb = max(1, (1 << d) * w // 8)
-    tstride = tb + 3
+    a = rng.integers(0, 1 << 63, n, dtype=np.uint64) & np.uint64((1 << stride) - 1)
+    x = rng.integers(0, 1 << 63, n, dtype=np.uint64) & np.uint64((1 << stride) - 1)
+    a[0], x[0] = 0, (1 << stride) - 1  # no carry at a = 0; the largest x (propagates at a = 0)
+    nbits = sum(w for _, _, w in tabs)
+    rho = rng.integers(0, 1 << nbits, n, dtype=np.uint64)
+    tstride = sum(max(1, (1 << d) * w // 8) for _, d, w in tabs)
     tab = np.zeros(n * tstride, dtype=np.uint8)
-    u8, u16 = (lambda v: ffi.from_buffer("uint8_t[]", v)), (lambda v: ffi.from_buffer("uint16_t[]", v))
-    assert lib.bn_lut_send(n, d, w, stride, off, u8(q), u8(delta), rk, 640, u16(a), u8(rho), u8(tab),
-                           tstride, 1) == 0
+    u8, u32, u64 = (lambda v: ffi.from_buffer("uint8_t[]", v)), (lambda v: ffi.from_buffer("uint32_t[]", v)), \
+        (lambda v: ffi.from_buffer("uint64_t[]", v))
+    assert lib.bn_luts_send(n, len(tabs), u32(flat), stride, u8(q), u8(delta), rk, 640, u64(a), u64(rho),
+                            u8(tab)) == 0
 
     def rows_for(xs: np.ndarray) -> np.ndarray:  # the receiver's rows for its bits xs: q ^ x_j delta
         t = q.copy().reshape(n, stride, 16)
-        t[:, off : off + d][((xs[:, None] >> np.arange(d)) & 1).astype(bool)] ^= delta
+        t[((xs[:, None] >> np.arange(stride, dtype=np.uint64)) & np.uint64(1)).astype(bool)] ^= delta
         return t
 
     def want_for(xs: np.ndarray) -> np.ndarray:
-        s = a.astype(np.int64) + xs
-        f = [(s >= (1 << d)), (s == (1 << d) - 1)][:w]
-        return np.stack(f).astype(np.uint8) ^ rho
+        out, col = np.zeros(n, dtype=np.uint64), 0
+        for o, d, w in tabs:
+            m = np.uint64((1 << d) - 1)
+            s = ((a >> np.uint64(o)) & m).astype(np.int64) + ((xs >> np.uint64(o)) & m).astype(np.int64)
+            for p, f in enumerate([s >= (1 << d), s == (1 << d) - 1][:w]):
+                out |= f.astype(np.uint64) << np.uint64(col + p)
+            col += w
+        return out ^ rho
 
-    got = np.empty((w, n), dtype=np.uint8)
-    assert lib.bn_lut_recv(n, d, w, stride, off, u8(rows_for(x)), rk, 640, u16(x), u8(tab), tstride, 1,
-                           u8(got)) == 0
+    got = np.empty(n, dtype=np.uint64)
+    assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 640, u64(x), u8(tab),
+                            u64(got)) == 0
     np.testing.assert_array_equal(got, want_for(x))
-    if n >= 200:  # the wrong rows (another x's, or other tweaks) open to noise, not to f
-        assert lib.bn_lut_recv(n, d, w, stride, off, u8(rows_for(x)), rk, 641, u16(x), u8(tab), tstride, 1,
-                               u8(got)) == 0
-        assert 0.3 < np.mean(got == want_for(x)) < 0.7
-        x2 = x ^ np.uint16(1)
-        assert lib.bn_lut_recv(n, d, w, stride, off, u8(rows_for(x)), rk, 640, u16(x2), u8(tab), tstride, 1,
-                               u8(got)) == 0
-        assert 0.3 < np.mean(got == want_for(x2)) < 0.7
-    assert lib.bn_lut_send(n, d, w, stride, stride - d + 1, u8(q), u8(delta), rk, 0, u16(a), u8(rho), u8(tab),
-                           tstride, 1) == -3  # rows past the item's stride
-    assert lib.bn_lut_send(n, d, 3, stride, off, u8(q), u8(delta), rk, 0, u16(a), u8(rho), u8(tab),
-                           tstride, 1) == -3  # entries of 1 or 2 bits only
+    bits = lambda v: (v[:, None] >> np.arange(nbits, dtype=np.uint64)) & np.uint64(1)  # noqa: E731
+    if n * nbits >= 400:  # the wrong rows (another x's, or other tweaks) open to noise, not to f
+        assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 641, u64(x), u8(tab),
+                                u64(got)) == 0
+        assert 0.3 < np.mean(bits(got) == bits(want_for(x))) < 0.7
+        x2 = x ^ np.uint64(sum(1 << o for o, _, _ in tabs))  # every table's lowest bit flipped
+        assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 640, u64(x2), u8(tab),
+                                u64(got)) == 0
+        assert 0.3 < np.mean(bits(got) == bits(want_for(x2))) < 0.7
+    for bad in ([stride - tabs[-1][1] + 1 + extra, tabs[-1][1], 1],  # rows past the item's stride
+                [0, 9, 1], [0, 0, 1], [0, 2, 3]):  # d in 1..8, entries of 1 or 2 bits only
+        assert lib.bn_luts_send(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), u8(delta), rk, 0, u64(a),
+                                u64(rho), u8(tab)) == -3
+        assert lib.bn_luts_recv(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), rk, 0, u64(a), u8(tab),
+                                u64(got)) == -3
 
 
 @pytest.mark.parametrize("op", [

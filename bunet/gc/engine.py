@@ -24,7 +24,7 @@ share bits are XOR-ed in for free.
 Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
 client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
 exactly the entry of its own d bits x (1-of-2^d OT from d random OTs, Naor-Pinkas; see
-``bn_lut_send`` in native/bunet_gc.c). Entry x holds a bit of (client's bits a) + x - the carry
+``bn_luts_send`` in native/bunet_gc.c). Entry x holds a bit of (client's bits a) + x - the carry
 out ("generate") or "propagate" - XOR a fresh random bit rho of the client. The server learns
 f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client input) XOR f ^ rho
 (garbler plaintext) = f.
@@ -149,14 +149,15 @@ class LutPlan:
         """Masked table bits (circuit wires) per value."""
         return sum(w for _, _, w in self.tables)
 
+    def tabs(self) -> np.ndarray:
+        """The tables as the native calls read them: (off, d, w) per table, flattened."""
+        return np.array(self.tables, dtype=np.uint32).reshape(-1)
+
     def circuit_words(self, v: np.ndarray, masked: np.ndarray, in_bits: int) -> np.ndarray:
-        """The circuit's input words: masked table bits (columns of ``masked``), then bits keep_from.. of v."""
-        nt = self.n_masked
-        high = (v >> np.uint64(self.keep_from)) & _mask(in_bits - self.keep_from)
-        w = high << np.uint64(nt)
-        for t in range(nt):
-            w |= masked[:, t].astype(np.uint64).reshape(v.shape) << np.uint64(t)
-        return np.ascontiguousarray(w)
+        """The circuit's input words: the masked table bits (bits 0 .. n_masked - 1 of ``masked``, one
+        word per value), then bits keep_from.. of v."""
+        high = (v.reshape(-1) >> np.uint64(self.keep_from)) & _mask(in_bits - self.keep_from)
+        return (high << np.uint64(self.n_masked)) | masked
 
 
 def _split(bits: int, most: int = LUT_MAX) -> tuple[int, ...]:
@@ -624,21 +625,14 @@ class Evaluator(_Party):
         rows = _pad128(items * lp.rows)
         q = np.empty(16 * rows, dtype=np.uint8)
         lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
-        rho = np.empty((lp.n_masked, items), dtype=np.uint8)  # a fresh CSPRNG mask bit per table bit
-        if lib.bn_prg_fill(_buf(rho), rho.size) != 0:
+        rho = np.empty(items, dtype=np.uint64)  # fresh CSPRNG mask bits, one per table bit (bit col + p)
+        if lib.bn_prg_fill(_buf(rho), 8 * items) != 0:
             raise OSError("getrandom() failed")
-        rho &= 1
-        v = yc.reshape(-1)
-        tb = lp.table_bytes
-        toff = col = 0
-        for off, d, w in lp.tables:
-            a = ((v >> np.uint64(off)) & _mask(d)).astype(np.uint16)
-            rc = lib.bn_lut_send(items, d, w, lp.rows, off, _buf(q), _buf(self._rdelta), self._rk, 128 * rblk,
-                                 ffi.from_buffer("uint16_t[]", a), _buf(rho[col : col + w]), dest, tb, toff)
-            if rc != 0:
-                raise MemoryError(f"look-up tables failed (engine code {rc})")
-            toff += _lut_bytes(d, w)
-            col += w
+        rho &= _mask(lp.n_masked)
+        rc = lib.bn_luts_send(items, len(lp.tables), ffi.from_buffer("uint32_t[]", lp.tabs()), lp.rows, _buf(q),
+                              _buf(self._rdelta), self._rk, 128 * rblk, _u64(yc.reshape(-1)), _u64(rho), dest)
+        if rc != 0:
+            raise MemoryError(f"look-up tables failed (engine code {rc})")
         mux = None
         if lp.mux:  # the sender's keys of the r0 row: the post-message's correlated OT
             rq = np.ascontiguousarray(q.reshape(-1, 16)[lp.rows - 1 : items * lp.rows : lp.rows])
@@ -649,7 +643,7 @@ class Evaluator(_Party):
                 keys.append(blob.view("<u8")[:, 0].astype(np.uint64) & _mask(op.ring_bits))
             kept = (yc.reshape(-1) >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # C'
             mux = (kept, keys[0], keys[1])
-        return lp.circuit_words(yc, rho.T, op.in_bits).reshape(yc.shape), mux
+        return lp.circuit_words(yc, rho, op.in_bits).reshape(yc.shape), mux
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc: (n,)) or labels (Argmax)."""
@@ -941,18 +935,12 @@ class Garbler(_Party):
         lp = op.lut_plan
         assert lp is not None
         v = ys.reshape(-1)
-        u = np.empty((lp.n_masked, v.size), dtype=np.uint8)
-        toff = col = 0
-        for off, d, wd in lp.tables:
-            x = ((v >> np.uint64(off)) & _mask(d)).astype(np.uint16)
-            rc = lib.bn_lut_recv(v.size, d, wd, lp.rows, off, _buf(t_rows), self._rk, 128 * rblk,
-                                 ffi.from_buffer("uint16_t[]", x), _buf(tables), lp.table_bytes, toff,
-                                 _buf(u[col : col + wd]))
-            if rc != 0:
-                raise MemoryError(f"look-up tables failed (engine code {rc})")
-            toff += _lut_bytes(d, wd)
-            col += wd
-        w = lp.circuit_words(ys, u.T, op.in_bits).reshape(-1)
+        u = np.empty(v.size, dtype=np.uint64)
+        rc = lib.bn_luts_recv(v.size, len(lp.tables), ffi.from_buffer("uint32_t[]", lp.tabs()), lp.rows,
+                              _buf(t_rows), self._rk, 128 * rblk, _u64(v), _buf(tables), _u64(u))
+        if rc != 0:
+            raise MemoryError(f"look-up tables failed (engine code {rc})")
+        w = lp.circuit_words(ys, u, op.in_bits)
         if r0 is not None:
             nt = np.uint64(lp.n_masked)
             kept = (v >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # S'
