@@ -1203,7 +1203,7 @@ typedef struct {
     const int32_t *ret_coef;
     int64_t ret_base;
     const uint64_t *r_out, *bias;
-    const int64_t *ret_flat;
+    const int32_t *ret_flat;
     const int32_t *ret_ch;
     uint64_t ring_mask;
     const double *pk, *delta;
@@ -1397,7 +1397,7 @@ static void finish_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
 
 int bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og, const int64_t *jobs_tl,
                const int64_t *ct_global, int64_t njobs, const int64_t *ret_lo, const int64_t *ret_hi,
-               const int32_t *ret_coef, int64_t ret_base, const int64_t *ret_flat, const int32_t *ret_ch,
+               const int32_t *ret_coef, int64_t ret_base, const int32_t *ret_flat, const int32_t *ret_ch,
                const uint64_t *r_out, const uint64_t *bias, int ring_bits, const double *pk, const double *delta,
                int flood_bits, int down_bits, int down_c0_bits, const uint8_t *key, uint8_t *c1_out, uint8_t *c0_out,
                int threads) {
@@ -1524,7 +1524,7 @@ typedef struct {
     const int32_t *ret_coef;
     int down_bits, down_c0_bits, ring_bits;
     uint64_t *phase, *out;
-    const int64_t *ret_flat;
+    const int32_t *ret_flat;
     int64_t out_stride;
     double inv12, inv3;        /* p1^-1 mod p2, (p1 p2)^-1 mod p3 */
     uint64_t p1, p12;
@@ -1617,7 +1617,7 @@ static void decrypt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
 int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
                          const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
                          const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,
-                         uint64_t *phase, const int64_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
+                         uint64_t *phase, const int32_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
                          int threads) {
     if (down_bits > 50 || down_bits < 2 || down_c0_bits > down_bits || down_c0_bits < 1) return -1;
     if (out && (ring_bits < 1 || ring_bits >= down_bits)) return -1;

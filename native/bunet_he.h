@@ -88,7 +88,7 @@ void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_ou
 int bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og,
                const int64_t *jobs_tl, const int64_t *ct_global, int64_t njobs,
                const int64_t *ret_lo, const int64_t *ret_hi, const int32_t *ret_coef, int64_t ret_base,
-               const int64_t *ret_flat, const int32_t *ret_ch, const uint64_t *r_out, const uint64_t *bias,
+               const int32_t *ret_flat, const int32_t *ret_ch, const uint64_t *r_out, const uint64_t *bias,
                int ring_bits, const double *pk, const double *delta, int flood_bits,
                int down_bits, int down_c0_bits, const uint8_t *key, uint8_t *c1_out, uint8_t *c0_out,
                int threads);
@@ -111,7 +111,7 @@ void bh_random_bits(const uint8_t *key, int64_t count, int bits, uint64_t *out, 
 int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
                          const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
                          const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,
-                         uint64_t *phase, const int64_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
+                         uint64_t *phase, const int32_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
                          int threads);
 
 /* round(2^bits * c / q) mod 2^bits of residues (K, count) (|x| <= 2^22), bits <= 50. */

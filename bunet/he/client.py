@@ -91,7 +91,7 @@ class ClientHE:
         shift = prm.down_bits - prm.ring_bits
         y = ((x + _U64(1 << (shift - 1))) >> _U64(shift)) & ring.mask(prm.ring_bits)
         out = np.zeros((batch, plan.c_out * plan.ho * plan.wo), dtype=_U64)
-        out[:, plan.returned[2]] = y.reshape(batch, -1)
+        out[:, plan.returned_flat] = y.reshape(batch, -1)
         return plan.from_eff_output(out.reshape(batch, plan.c_out, plan.ho, plan.wo))
 
     def noise(self, spec: LayerSpec, msg: bytes) -> np.ndarray:
@@ -129,7 +129,7 @@ class ClientHE:
         m_bits = prm.down_bits
         if self._dec_primes is not None:
             lo, hi, coef = plan.returned_ranges
-            flat = plan.returned[2]
+            flat = plan.returned_flat
             n_flat = plan.c_out * plan.ho * plan.wo
             full = plan.n_returned == n_flat         # distinct in-range outputs: then each is written once
             res = (np.empty if full or not rounded else np.zeros)(batch * n_flat if rounded else n_ret, dtype=_U64)
@@ -137,7 +137,7 @@ class ClientHE:
             bad = lib.bh_decrypt_phase(self.rns.ctx, self._dec_primes, f64_ptr(self._s_hat), ptr("uint8_t *", c1),
                                        ptr("uint8_t *", c0), batch, plan.n_og * plan.tiles, plan.n_returned,
                                        ptr("int64_t *", lo), ptr("int64_t *", hi), ptr("int32_t *", coef), m_bits,
-                                       prm.down_c0_bits, phase, ptr("int64_t *", flat), prm.ring_bits, out, n_flat,
+                                       prm.down_c0_bits, phase, ptr("int32_t *", flat), prm.ring_bits, out, n_flat,
                                        THREADS)
             if bad:
                 raise ValueError("HE result coefficients out of range")

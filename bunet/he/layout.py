@@ -192,14 +192,32 @@ class Plan:
                 out[:, :, ti, tj, : self.p] = blk.reshape(b, c, self.p)
         return out.reshape(b, c, self.tiles, self.n)
 
+    def _returned_counts(self) -> np.ndarray:
+        """Returned c0 coefficients per ciphertext og*tiles + tile: its valid output slots x rows x columns."""
+        n_o = np.clip(self.c_out - np.arange(self.n_og, dtype=np.int64) * self.opack, 0, self.opack)
+        n_r = np.clip(self.ho - np.arange(self.n_ti, dtype=np.int64) * self.th, 0, self.th)
+        n_c = np.clip(self.wo - np.arange(self.n_tj, dtype=np.int64) * self.tw, 0, self.tw)
+        return (n_o[:, None, None] * n_r[None, :, None] * n_c[None, None, :]).reshape(-1)
+
     @cached_property
-    def returned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For one batch element: (ct index og*tiles+tile, coefficient, flat output index) of
-        every returned c0 coefficient, ordered by ciphertext (the wire order)."""
-        # axes (og, ti, tj, op, i, j), each index broadcast along its own axis only: the full-size
-        # work is the validity mask and the three gathers (a meshgrid of six full-size index arrays
-        # cost 1.7 s per job at 256x256 on the client, which meets every layer's plan once)
-        og, ti, tj, op, i, j = (np.arange(n, dtype=np.int64).reshape([-1 if a == k else 1 for a in range(6)])
+    def n_returned(self) -> int:
+        """Returned c0 coefficients per batch element (every output exactly once)."""
+        return int(self._returned_counts().sum())
+
+    @cached_property
+    def _returned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Index maps of the returned c0 coefficients of one batch element, in the wire order (by
+        ciphertext og*tiles + tile, then output slot, row, column of its tile): per ciphertext
+        [lo, hi) into that order (int64), and per coefficient its index in the ciphertext and its
+        flat output index (both int32).
+
+        Kept for the plan's lifetime (every layer's plan, on both sides), so they are compact: 8
+        bytes per output. Each index is broadcast along its own axis only: the full-size work is the
+        validity mask and two gathers (a meshgrid of six full-size index arrays cost 1.7 s per job at
+        256x256 on the client, which meets every layer's plan once)."""
+        if self.c_out * self.ho * self.wo >= 1 << 31:
+            raise ValueError("layer output too large for 32-bit output indices")
+        og, ti, tj, op, i, j = (np.arange(n, dtype=np.int32).reshape([-1 if a == k else 1 for a in range(6)])
                                 for k, n in enumerate((self.n_og, self.n_ti, self.n_tj, self.opack, self.th,
                                                        self.tw)))
         o = og * self.opack + op
@@ -207,27 +225,34 @@ class Plan:
         col = tj * self.tw + j
         valid = (o < self.c_out) & (row < self.ho) & (col < self.wo)
         shape = valid.shape
-        ct = np.broadcast_to(og * self.tiles + ti * self.n_tj + tj, shape)[valid]
         coef = np.broadcast_to(op * self.p + self.d + i * self.wt + j, shape)[valid]
         flat = np.broadcast_to((o * self.ho + row) * self.wo + col, shape)[valid]
-        return ct, coef, flat
+        hi = np.cumsum(self._returned_counts())
+        return hi - self._returned_counts(), hi, coef.astype(np.int32, copy=False), flat.astype(np.int32, copy=False)
 
-    @cached_property
+    @property
     def returned_ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per ciphertext og*tiles + tile: [lo, hi) into :attr:`returned`; and its coefficients as int32."""
-        ct, coef, _ = self.returned
-        ids = np.arange(self.n_og * self.tiles)
-        return (np.searchsorted(ct, ids, "left").astype(np.int64), np.searchsorted(ct, ids, "right").astype(np.int64),
-                coef.astype(np.int32))
+        """Per ciphertext og*tiles + tile: [lo, hi) into the wire order (int64); the coefficients (int32)."""
+        lo, hi, coef, _ = self._returned
+        return lo, hi, coef
+
+    @property
+    def returned_flat(self) -> np.ndarray:
+        """Flat output index (o * ho + row) * wo + col of every returned coefficient (int32, wire order)."""
+        return self._returned[3]
+
+    @property
+    def returned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ciphertext, coefficient, flat output index) of every returned coefficient as int64 arrays,
+        in the wire order (made on demand: the native paths read the compact maps)."""
+        lo, hi, coef, flat = self._returned
+        ct = np.repeat(np.arange(lo.size, dtype=np.int64), hi - lo)
+        return ct, coef.astype(np.int64), flat.astype(np.int64)
 
     @cached_property
     def returned_channels(self) -> np.ndarray:
         """Effective output channel of every returned coefficient (int32, wire order)."""
-        return (self.returned[2] // (self.ho * self.wo)).astype(np.int32)
-
-    @property
-    def n_returned(self) -> int:
-        return int(self.returned[0].size)
+        return (self.returned_flat // np.int32(self.ho * self.wo)).astype(np.int32)
 
     def to_eff_output(self, y: np.ndarray) -> np.ndarray:
         """Layer output (B, C_out, Ho', Wo') -> effective (B, c_out_eff, ho, wo) layout."""

@@ -319,7 +319,7 @@ class ServerHE:
         hi = np.ascontiguousarray(hi_all[ct_local])
         rc = lib.bh_finish(rns.ctx, f64_ptr(y), n_og, rows, ptr("int64_t *", og), ptr("int64_t *", tl),
                       ptr("int64_t *", ct_global), og.size, ptr("int64_t *", lo), ptr("int64_t *", hi),
-                      ptr("int32_t *", coef), b * plan.n_returned, ptr("int64_t *", plan.returned[2]),
+                      ptr("int32_t *", coef), b * plan.n_returned, ptr("int32_t *", plan.returned_flat),
                       ptr("int32_t *", plan.returned_channels), u64_ptr(r_bias[0]), u64_ptr(r_bias[1]), prm.ring_bits,
                       f64_ptr(self._pk),
                       f64_ptr(self._delta), prm.flood_bits, prm.down_bits, prm.down_c0_bits, key,
