@@ -198,3 +198,30 @@ def test_block_filters_equal_one_pass(parties) -> None:
         parts.append(np.ascontiguousarray(f.reshape(k * n // 4, 4, ogs.size, c_in).transpose(0, 2, 3, 1),
                                           dtype=np.float32))
     np.testing.assert_array_equal(layer.filters, np.concatenate(parts, axis=1))
+
+
+@pytest.mark.parametrize("conv, shape, n", [
+    (ConvSpec("conv", 3, 1), (3, 5, 13, 9), 1024), (ConvSpec("conv", 3, 0), (2, 7, 9, 13), 1024),
+    (ConvSpec("conv", 1, 0), (5, 3, 7, 11), 4096), (ConvSpec("convT"), (4, 6, 13, 9), 1024),
+    (ConvSpec("conv", 3, 1), (16, 16, 37, 50), 8192)])
+def test_returned_maps_equal_direct_enumeration(conv: ConvSpec, shape, n: int) -> None:
+    """The compact index maps of the returned coefficients equal an element-by-element enumeration
+    (ciphertext og*tiles + tile, then output slot, row, column), and the ranges and counts agree."""
+    from bunet.he.layout import Plan
+
+    c_in, c_out, h, w = shape
+    p = Plan.make(LayerSpec(conv, c_in, c_out, h, w), n)
+    want = [(og * p.tiles + ti * p.n_tj + tj, op * p.p + p.d + i * p.wt + j,
+             ((og * p.opack + op) * p.ho + ti * p.th + i) * p.wo + tj * p.tw + j)
+            for og in range(p.n_og) for ti in range(p.n_ti) for tj in range(p.n_tj)
+            for op in range(p.opack) for i in range(p.th) for j in range(p.tw)
+            if og * p.opack + op < p.c_out and ti * p.th + i < p.ho and tj * p.tw + j < p.wo]
+    ct, coef, flat = (np.array(c, dtype=np.int64) for c in zip(*want))
+    got = p.returned
+    for a, b in zip(got, (ct, coef, flat)):
+        np.testing.assert_array_equal(a, b)
+    lo, hi, coef32 = p.returned_ranges
+    assert coef32.dtype == np.int32 and p.returned_flat.dtype == np.int32 and p.n_returned == len(want)
+    np.testing.assert_array_equal(np.repeat(np.arange(lo.size), hi - lo), ct)
+    np.testing.assert_array_equal(p.returned_flat, flat)
+    np.testing.assert_array_equal(p.returned_channels, flat // (p.ho * p.wo))
