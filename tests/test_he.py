@@ -225,3 +225,23 @@ def test_returned_maps_equal_direct_enumeration(conv: ConvSpec, shape, n: int) -
     np.testing.assert_array_equal(np.repeat(np.arange(lo.size), hi - lo), ct)
     np.testing.assert_array_equal(p.returned_flat, flat)
     np.testing.assert_array_equal(p.returned_channels, flat // (p.ho * p.wo))
+
+
+def test_reserved_scratch_serves_apply(parties) -> None:
+    """reserve_scratch faults in two work arrays large enough for every chunk of the given layers;
+    apply then takes them (no new buffer) and the result is still exact."""
+    params, cli, _ = parties
+    srv = ServerHE(params, cli.public_key())
+    rng = np.random.default_rng(5)
+    w = rng.integers(-3, 4, (8, 4, 3, 3))
+    layer = srv.prepare(ConvSpec("conv", 3, 1), w, None, (4, 21, 19))
+    srv.reserve_scratch([layer])
+    held = [b.ctypes.data for b in srv._scratch._free]
+    assert len(held) == 2 and all(np.all(b == 0) for b in srv._scratch._free)
+    xc, xs = ring.random((1, 4, 21, 19), L), ring.random((1, 4, 21, 19), L)
+    down, ys = srv.apply(layer, cli.encrypt(layer.spec, xc), xs)
+    assert sorted(b.ctypes.data for b in srv._scratch._free) == sorted(held)  # the same two buffers
+    np.testing.assert_array_equal(ring.add(cli.decrypt(layer.spec, down), ys, L),
+                                  ring.conv2d(ring.add(xc, xs, L), w, None, 1, L))
+    srv.reserve_scratch([layer])  # already held: nothing new
+    assert sorted(b.ctypes.data for b in srv._scratch._free) == sorted(held)

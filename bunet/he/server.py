@@ -63,6 +63,18 @@ class _ScratchPool:
         self._lock = threading.Lock()
         self._keep = keep
 
+    @staticmethod
+    def _new(size: int) -> np.ndarray:
+        raw = np.empty(size + 8)
+        skip = (-raw.ctypes.data % 64) // 8          # 64-byte aligned: one slot block row = 1/2 line
+        return raw[skip: skip + size]
+
+    def _give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            self._free.append(buf)
+            self._free.sort(key=lambda b: -b.size)
+            del self._free[self._keep:]
+
     @contextmanager
     def take(self, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
         size = int(np.prod(shape))
@@ -70,16 +82,21 @@ class _ScratchPool:
             fits = [i for i, b in enumerate(self._free) if b.size >= size]
             buf = self._free.pop(min(fits, key=lambda i: self._free[i].size)) if fits else None
         if buf is None:
-            raw = np.empty(size + 8)
-            skip = (-raw.ctypes.data % 64) // 8          # 64-byte aligned: one slot block row = 1/2 line
-            buf = raw[skip: skip + size]
+            buf = self._new(size)
         try:
             yield buf[:size].reshape(shape)
         finally:
-            with self._lock:
-                self._free.append(buf)
-                self._free.sort(key=lambda b: -b.size)
-                del self._free[self._keep:]
+            self._give(buf)
+
+    def reserve(self, size: int, count: int) -> None:
+        """Hold ``count`` buffers of at least ``size`` float64s, faulted in now: at start-up rather
+        than in the first job (at 512x512 the work arrays of a call reach hundreds of MB)."""
+        with self._lock:
+            missing = count - sum(b.size >= size for b in self._free)
+        for _ in range(max(0, min(missing, self._keep))):
+            buf = self._new(size)
+            buf.fill(0.0)
+            self._give(buf)
 
 
 @dataclass
@@ -206,6 +223,14 @@ class ServerHE:
                 out[(i * n + s0) // 4:(i * n + s0 + blk.shape[0]) // 4] = \
                     blk.reshape(-1, 4, ogs.size, c_in).transpose(0, 2, 3, 1)
         return out
+
+    def reserve_scratch(self, layers: list[ServerLayer]) -> None:
+        """Fault in the work arrays one ``apply`` of the largest of these layers takes (its slot-block
+        inputs and outputs), so the first job does not pay for fresh pages."""
+        sizes = [self.rns.k * layer.plan.n * max(layer.plan.c_in, layer.plan.n_og) * 2 * max(t.size for t in
+                 self._tile_chunks(layer)) for layer in layers]
+        if sizes:
+            self._scratch.reserve(max(sizes), 2)
 
     def layer_spec(self, layer: ServerLayer) -> LayerSpec:
         """What to send the client about this layer (public)."""

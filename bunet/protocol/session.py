@@ -203,6 +203,7 @@ class ServerProtocol:
             for step in plan.steps:
                 if step.kind == "linear":
                     self._layer(net, step, shapes[step.inputs[0]])
+        self.he.reserve_scratch(list(self._layers.values()))
 
     def run_job(self, chan: Channel, limits: Limits | None = None) -> Timings:
         limits = limits or Limits()
