@@ -216,9 +216,9 @@ def test_returned_maps_equal_direct_enumeration(conv: ConvSpec, shape, n: int) -
             for og in range(p.n_og) for ti in range(p.n_ti) for tj in range(p.n_tj)
             for op in range(p.opack) for i in range(p.th) for j in range(p.tw)
             if og * p.opack + op < p.c_out and ti * p.th + i < p.ho and tj * p.tw + j < p.wo]
-    ct, coef, flat = (np.array(c, dtype=np.int64) for c in zip(*want))
+    ct, coef, flat = (np.array(c, dtype=np.int64) for c in zip(*want, strict=True))
     got = p.returned
-    for a, b in zip(got, (ct, coef, flat)):
+    for a, b in zip(got, (ct, coef, flat), strict=True):
         np.testing.assert_array_equal(a, b)
     lo, hi, coef32 = p.returned_ranges
     assert coef32.dtype == np.int32 and p.returned_flat.dtype == np.int32 and p.n_returned == len(want)
