@@ -339,3 +339,20 @@ def test_stream_channel_frame_boundaries_over_grpc(monkeypatch):
         srv.stop(0)
     assert got_up == msgs
     assert errors and "larger than this job allows" in str(errors[0])
+
+
+def test_shares_dropped_after_their_last_read() -> None:
+    """last_reads: each share is dropped right after the last step that reads it, never before."""
+    from bunet.protocol.session import last_reads
+
+    m = seed_unet_model(in_channels=1, base=4, depth=3, classes=2, input_size=32, seed=0)
+    plan = compile_plan(m.network("xy"), m.quantization)
+    drops = last_reads(plan)
+    live: set[str] = set()
+    for i, step in enumerate(plan.steps):
+        assert set(step.inputs) <= live, (i, step.inputs)
+        live |= {step.out} | ({step.attrs["elements"]} if "elements" in step.attrs else set())
+        live -= set(drops.get(i, ()))
+    read = {n for s in plan.steps for n in s.inputs}
+    assert sorted(n for ns in drops.values() for n in ns) == sorted(read)  # each read share dropped once
+    assert max(len(ns) for ns in drops.values()) >= 1 and len(live) <= 2  # left at the end: the last outputs

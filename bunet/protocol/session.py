@@ -153,6 +153,20 @@ def _nonlinear(run: GcRun, step: Step, x: np.ndarray, ring_bits: int, classes: i
     return None
 
 
+def last_reads(plan: Plan) -> dict[int, list[str]]:
+    """For each step index, the shares it is the last step to read: both parties drop them after it.
+    (Keeping every intermediate share to the end of a job held about 0.5 GB per party at 512x512,
+    all of it fresh pages faulted in during the job.)"""
+    last: dict[str, int] = {}
+    for i, step in enumerate(plan.steps):
+        for name in step.inputs:
+            last[name] = i
+    drops: dict[int, list[str]] = {}
+    for name, i in last.items():
+        drops.setdefault(i, []).append(name)
+    return drops
+
+
 def _must(out: np.ndarray | None) -> np.ndarray:
     assert out is not None  # re-shared outputs: both parties get theirs
     return out
@@ -231,7 +245,8 @@ class ServerProtocol:
         classes = shapes[plan.steps[-1].inputs[0]][0]
         B = spec.slices
         shares: dict[str, np.ndarray] = {}
-        for step in plan.steps:
+        drops = last_reads(plan)
+        for idx, step in enumerate(plan.steps):
             ins = [shares[i] for i in step.inputs]
             t0 = time.perf_counter()
             if step.kind == "input":
@@ -255,6 +270,9 @@ class ServerProtocol:
                 t.add("local", t0)
             else:  # pragma: no cover
                 raise ProtocolError(f"unknown step kind {step.kind}")
+            ins = []
+            for name in drops.get(idx, ()):
+                del shares[name]
         chan.send("done", b"")
         return t
 
@@ -361,8 +379,9 @@ class ClientProtocol:
         ev.finish_setup(chan.recv("gc_hello"))
         t.add("gc", t0)
         shares: dict[str, np.ndarray] = {}
+        drops = last_reads(plan)
         labels = None
-        for step in plan.steps:
+        for idx, step in enumerate(plan.steps):
             ins = [shares[i] for i in step.inputs]
             t0 = time.perf_counter()
             if step.kind == "input":
@@ -382,6 +401,9 @@ class ClientProtocol:
             elif step.kind in LOCAL_KINDS:
                 shares[step.out] = apply_local(step, ins, L)
                 t.add("local", t0)
+            ins = []
+            for name in drops.get(idx, ()):
+                del shares[name]
             if progress:
                 progress(1)
         chan.recv("done")
