@@ -48,6 +48,11 @@ GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keep
 GC_WINDOW = 8
 MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: 2 windows of pre-messages per job)
 GC_THREADS = min(2, os.cpu_count() or 1)  # garbling / evaluation threads per party
+# Windows of pre-messages the server keeps on the wire ahead of its answers: with two, the client
+# holds the next request's pre-message while it waits for an answer and makes that request on its
+# pool meanwhile (with one, its requests were made one at a time, each after the answer that carried
+# its pre-message). Part of the message order, like the window.
+PRE_AHEAD = 2
 
 Progress = Callable[[int], None]  # called with the number of plan steps just finished
 
@@ -298,9 +303,10 @@ class ServerProtocol:
 
         At most ``window`` (the client's) chunks are in flight, which is all the client sends before
         it needs an answer, so the loop never waits for a request that cannot come. Ops with a carry
-        look-up need a pre-message per chunk before its request: the first window's go out at once,
-        then chunk j + window's right after the answer to chunk j (the client waits for that answer
-        before it asks for more).
+        look-up need a pre-message per chunk before its request: the first two windows' go out at
+        once, then chunk j + 2 window's right after the answer to chunk j, so the client always holds
+        the pre-message of the chunk after its window and makes that request while it waits
+        (``PRE_AHEAD``); they are made on the pool one window further ahead.
         """
         tag = f"gc:{name}"
         inflight: deque[Future] = deque()
@@ -326,9 +332,9 @@ class ServerProtocol:
             make_pre()
 
         try:
-            for _ in range(2 * window):  # the first window goes out now, the second after answers
+            for _ in range((PRE_AHEAD + 1) * window):  # sent: PRE_AHEAD windows now, the rest after answers
                 make_pre()
-            for _ in range(window):
+            for _ in range(PRE_AHEAD * window):
                 send_pre()
             for sl in chunks:
                 job = garbler.claim(op, chan.recv(tag), rows[sl])
@@ -420,8 +426,10 @@ class ClientProtocol:
         """
         tag = f"gc:{name}"
         chunks = _chunks(len(rows))
+        n = len(chunks)
         futs: list[Future] = []
         reqs: deque[Future] = deque()  # requests being made on the pool, sent in order
+        pres: deque[bytes] = deque()  # the server's pre-messages (look-up ops), PRE_AHEAD windows ahead
         sent = made = 0
 
         def send_ready(upto: int) -> None:  # the finished requests in order, and all through chunk upto
@@ -430,16 +438,23 @@ class ClientProtocol:
                 chan.send(tag, reqs.popleft().result())
                 sent += 1
 
-        for i in range(len(chunks)):
-            while made < len(chunks) and made < i + window:
-                if made - window >= 0:
-                    futs[made - window].result()  # evaluation keeps up before more is asked for
-                pre = chan.recv(tag) if op.lut_bits else None
+        if op.lut_bits:
+            pres.extend(chan.recv(tag) for _ in range(min(n, PRE_AHEAD * window)))
+        for i in range(n):
+            # requests through chunk i + window - 1 must be out before the answer to chunk i can come;
+            # the one after them is made meanwhile (its pre-message is here), so two overlap on the pool
+            while made < n and made <= i + window:
+                if made - window - 1 >= 0:
+                    futs[made - window - 1].result()  # evaluation keeps up before more is asked for
+                pre = pres.popleft() if op.lut_bits else None
                 reqs.append(self._gc_pool.submit(ev.prepare(op, rows[chunks[made]], pre)))  # OT ranges in order
                 made += 1
                 send_ready(-1)
-            send_ready(made - 1)  # all made: the server answers once `window` requests are in (or at the end)
+            send_ready(i + window - 1)
             futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
+            if op.lut_bits and i + PRE_AHEAD * window < n:
+                pres.append(chan.recv(tag))  # the server sends chunk i + PRE_AHEAD * window's after answer i
+        send_ready(n)
         outs = [f.result() for f in futs]
         for post in ev.take_posts():  # sign mode: completes the server's shares (in request order)
             chan.send(tag, post)
