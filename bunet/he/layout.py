@@ -227,8 +227,9 @@ class Plan:
         shape = valid.shape
         coef = np.broadcast_to(op * self.p + self.d + i * self.wt + j, shape)[valid]
         flat = np.broadcast_to((o * self.ho + row) * self.wo + col, shape)[valid]
-        hi = np.cumsum(self._returned_counts())
-        return hi - self._returned_counts(), hi, coef.astype(np.int32, copy=False), flat.astype(np.int32, copy=False)
+        counts = self._returned_counts()
+        hi = np.cumsum(counts)
+        return hi - counts, hi, coef.astype(np.int32, copy=False), flat.astype(np.int32, copy=False)
 
     @property
     def returned_ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

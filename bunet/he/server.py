@@ -227,10 +227,15 @@ class ServerHE:
     def reserve_scratch(self, layers: list[ServerLayer]) -> None:
         """Fault in the work arrays one ``apply`` of the largest of these layers takes (its slot-block
         inputs and outputs), so the first job does not pay for fresh pages."""
-        sizes = [self.rns.k * layer.plan.n * max(layer.plan.c_in, layer.plan.n_og) * 2 * max(t.size for t in
-                 self._tile_chunks(layer)) for layer in layers]
+        sizes = [int(np.prod(shape)) for layer in layers
+                 for shape in self._work_shapes(layer.plan, max(t.size for t in self._tile_chunks(layer)))]
         if sizes:
             self._scratch.reserve(max(sizes), 2)
+
+    def _work_shapes(self, plan: Plan, tc: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The slot blocks of a chunk of tc tiles: inputs X[blk, c, 2*tile + poly, 4], outputs Y[blk, og, ...]."""
+        nblk = self.rns.k * plan.n // 4
+        return (nblk, plan.c_in, 2 * tc, 4), (nblk, plan.n_og, 2 * tc, 4)
 
     def layer_spec(self, layer: ServerLayer) -> LayerSpec:
         """What to send the client about this layer (public)."""
@@ -305,11 +310,12 @@ class ServerHE:
                tiles_of: object, seed: bytes, r_bias: tuple[np.ndarray, np.ndarray], key: bytes, c1_out: np.ndarray,
                c0_out: np.ndarray) -> None:
         plan, rns = layer.plan, self.rns
-        n, k, tc, c_in, n_og = plan.n, rns.k, tiles.size, plan.c_in, plan.n_og
-        nblk, rows = k * n // 4, 2 * tc
+        tc, c_in, n_og = tiles.size, plan.c_in, plan.n_og
+        rows = 2 * tc
         # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form)
         ct_index = ((b * c_in + np.arange(c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
-        with self._scratch.take((nblk, c_in, rows, 4)) as x, self._scratch.take((nblk, n_og, rows, 4)) as y:
+        x_shape, y_shape = self._work_shapes(plan, tc)
+        with self._scratch.take(x_shape) as x, self._scratch.take(y_shape) as y:
             bad = lib.bh_server_prep(rns.ctx, c0_ptr, ptr("int64_t *", ct_index), u64_ptr(x_s), tiles_of,
                                      f64_ptr(self._delta), a_keys(seed, ct_index), c_in, tc, f64_ptr(x),
                                      self.threads)

@@ -44,9 +44,9 @@ GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keep
 # transport threads and the network, so a deeper window hides that latency: at 256x256 the two
 # parties kept 85-86% of the two cores busy in the ReLU steps with 4, 88-90% with 8, 90-92% with
 # 16 (/proc CPU time per step over wall time); 8 holds half the memory of 16 (the server makes
-# pre-messages 2 windows ahead: 6.3 MB of OT rows per 16,384-ReLU chunk).
+# pre-messages PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per 16,384-ReLU chunk).
 GC_WINDOW = 8
-MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: 2 windows of pre-messages per job)
+MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: PRE_AHEAD + 1 windows of pre-messages per job)
 GC_THREADS = min(2, os.cpu_count() or 1)  # garbling / evaluation threads per party
 # Windows of pre-messages the server keeps on the wire ahead of its answers: with two, the client
 # holds the next request's pre-message while it waits for an answer and makes that request on its
