@@ -420,9 +420,11 @@ class ClientProtocol:
                    window: int) -> list[np.ndarray]:
         """Up to ``window`` requests in flight; responses evaluated on the pool; results in order.
 
-        Requests are made here, in order (each fixes its OT range); a new one goes out only when
-        at most ``window`` responses are still being evaluated, which bounds memory. With a carry
-        look-up, each request answers the server's pre-message for its chunk (see the server's side).
+        Requests are claimed here, in order (each fixes its OT range), and made on the pool: the
+        ``window`` before an awaited answer are sent, the next one is being made; a new one starts
+        only when at most ``window`` responses are still being evaluated, which bounds memory. With a
+        carry look-up, each request answers the server's pre-message for its chunk (see the server's
+        side; they arrive ``PRE_AHEAD`` windows ahead).
         """
         tag = f"gc:{name}"
         chunks = _chunks(len(rows))
@@ -454,7 +456,6 @@ class ClientProtocol:
             futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
             if op.lut_bits and i + PRE_AHEAD * window < n:
                 pres.append(chan.recv(tag))  # the server sends chunk i + PRE_AHEAD * window's after answer i
-        send_ready(n)
         outs = [f.result() for f in futs]
         for post in ev.take_posts():  # sign mode: completes the server's shares (in request order)
             chan.send(tag, post)
