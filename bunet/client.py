@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import volume
 from .protocol.channel import ProtocolError
 from .protocol.session import ClientProtocol
-from .service.transport import StubClient, TransportError, open_channel
+from .service.transport import StubClient, TransportError, job_failure, open_channel, rpc_error_message
+
+RETRY_FOR_S = 600.0  # how long a job refused for a busy server is retried (with backoff) before giving up
 
 
 class ClientError(RuntimeError):
@@ -62,8 +67,11 @@ class Client:
 
     def __init__(self, address: str | None = None, *, token: str | None = None, tls: bool = False,
                  ca: str | None = None, cert: str | None = None, key: str | None = None,
-                 model: str | Path | None = None, lanes: int = 2, max_batch: int = 16) -> None:
+                 model: str | Path | None = None, lanes: int = 2, max_batch: int = 16,
+                 status: Callable[[str], None] | None = None) -> None:
         self._embedded = None
+        self.status = status  # told about waits: the server's queue, retries
+        self.client_id = secrets.token_hex(8)  # groups this client's parallel streams at the server
         if address is None:
             from .server import Server
 
@@ -77,7 +85,9 @@ class Client:
             self.close()
             raise ClientError(str(e)) from None
         self.max_slices = int(reply.max_slices_per_job) or max_batch
-        self.protocol = ClientProtocol(json.loads(reply.description_json))
+        description = json.loads(reply.description_json)
+        self.server_limits = description.get("limits", {})
+        self.protocol = ClientProtocol(description)
         self.model = self.protocol.model
         self.lanes = max(1, lanes)
         self.max_batch = max(1, min(max_batch, self.max_slices))
@@ -94,13 +104,7 @@ class Client:
         lock = threading.Lock()
 
         def one(sl: slice) -> np.ndarray:
-            chan, finish = self.stub.job()
-            try:
-                labels, t = self.protocol.run_job(chan, network, x[sl], progress)
-            except ProtocolError as e:
-                raise ClientError(f"secure session failed: {e}") from None
-            finally:
-                finish()
+            chan, labels, t = self._job(network, x[sl], progress)
             with lock:
                 summary.bytes_up += chan.traffic.sent
                 summary.bytes_down += chan.traffic.received
@@ -112,6 +116,47 @@ class Client:
         with ThreadPoolExecutor(self.lanes) as pool:
             outs = list(pool.map(one, batches))
         return np.concatenate(outs)
+
+    def _job(self, network: str, x: np.ndarray, progress: Callable[[int], None] | None) -> tuple[Any, np.ndarray, Any]:
+        """One secure job; a busy server's refusal (it says when to retry) is retried with backoff."""
+        give_up = time.monotonic() + RETRY_FOR_S
+        backoff = 1.0
+        while True:
+            chan, finish = self.stub.job(self.client_id, self._deadline_s(x), self._notice)
+            try:
+                labels, t = self.protocol.run_job(chan, network, x, progress)
+                return chan, labels, t
+            except ProtocolError as e:
+                finish()
+                code, retry_after = job_failure(chan)
+                wait = None if retry_after is None else max(retry_after, backoff) * random.uniform(1.0, 1.5)
+                if wait is None or time.monotonic() + wait > give_up:
+                    raise ClientError(self._failure(e, chan)) from None
+                if self.status:
+                    self.status(f"server busy, retrying in {wait:.0f} s")
+                time.sleep(wait)
+                backoff = min(60.0, backoff * 2)
+            finally:
+                finish()
+
+    def _deadline_s(self, x: np.ndarray) -> float | None:
+        """The whole call's deadline: the server's own for the job, plus its longest queue wait."""
+        lim = self.server_limits
+        if "deadline_s_per_mpixel" not in lim:
+            return None
+        n, _, h, w = x.shape
+        return float(lim["deadline_base_s"]) + float(lim["deadline_s_per_mpixel"]) * n * h * w / 1e6 + 1800.0 + 60.0
+
+    def _notice(self, kind: str, text: str) -> None:
+        if kind == "queue" and self.status:
+            self.status(f"waiting for the server: place {text} in its queue")
+
+    def _failure(self, e: ProtocolError, chan: Any) -> str:
+        import grpc
+
+        if isinstance(chan.peer_error, grpc.RpcError):
+            return f"secure session failed: {rpc_error_message(chan.peer_error, self.address)}"
+        return f"secure session failed: {e}"
 
     def steps_per_job(self, plane: str) -> int:
         return len(self.protocol.plans[self.model.plane_networks[plane]].steps)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from .model.format import Model
-from .protocol.channel import Channel
 from .protocol.session import Limits, ServerProtocol
-from .service.transport import GrpcServer, SegmentationServicer, ServerLimits
+from .service.admission import Admission, default_budget
+from .service.transport import GrpcServer, SegmentationServicer, ServerLimits, Session, StreamChannel
 
 log = logging.getLogger("bunet.server")
+
+# Beyond what start-up measures: freed memory glibc may keep (bunet.heap.tune_malloc's trim
+# threshold), and the buffers of streams that are open but not (yet) admitted.
+HEAP_SLACK_BYTES = 512 << 20
+STREAM_BYTES = 20 << 20  # a stream before admission: its inbound frames (INQ_FRAMES) and a few notices
 
 
 def bundled_model_path() -> Path:
@@ -27,36 +35,72 @@ def bundled_model_path() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "covid_unet.bunet"
 
 
+def _rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc; elsewhere its peak so far)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 class Server:
     """Serve one model. ``Server(model).start()`` listens; ``stop()`` shuts down gracefully.
 
-    The model's HomConv filters are prepared once and shared by all sessions; each session gets
-    its own garbled-circuit keys and runs in its own thread, and a failing session only ends
-    itself.
+    The model's HomConv filters are prepared once, at start-up, for every slice size the server
+    serves (``slice_sizes``, default the model's input size), and shared by all sessions; each
+    session gets its own garbled-circuit keys and runs in its own thread, and a failing session
+    only ends itself. Every job is admitted against ``memory_budget`` (bytes; default three
+    quarters of the host's memory) with its planned memory; ``max_sessions`` clients run at once
+    (a client's parallel streams count as one), up to ``max_queue`` more wait their turn.
     """
 
     def __init__(self, model: Model | str | Path | None = None, listen: str = "127.0.0.1:0", *,
                  tls_cert: str | None = None, tls_key: str | None = None, client_ca: str | None = None,
-                 token: str | None = None, max_sessions: int = 2, max_slices: int = 256,
-                 idle_timeout_s: float = 300.0) -> None:
+                 token: str | None = None, max_sessions: int = 2, max_queue: int = 16, max_slices: int = 256,
+                 idle_timeout_s: float = 120.0, memory_budget: int | None = None,
+                 slice_sizes: list[tuple[int, int]] | None = None, deadline_s_per_mpixel: float = 7200.0,
+                 max_streams_per_client: int = 4) -> None:
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.protocol = ServerProtocol(self.model)
-        self.protocol.prepare(*self.model.preprocessing.input_size)  # filters once, before any job
-        self.job_limits = Limits(max_slices=max_slices)
-        servicer = SegmentationServicer(
-            json.dumps(self.protocol.describe()), self._run_job,
-            ServerLimits(max_sessions=max_sessions, idle_timeout_s=idle_timeout_s), token, max_slices)
-        self.grpc = GrpcServer(listen, servicer, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
-                               workers=max_sessions + 4)
+        sizes = tuple(dict.fromkeys([tuple(self.model.preprocessing.input_size), *(slice_sizes or [])]))
+        for h, w in sizes:  # filters for every served size, before any job: the state is bounded by the list
+            self.protocol.prepare(h, w)
+        self.job_limits = Limits(max_slices=max_slices, slice_sizes=sizes,  # type: ignore[arg-type]
+                                 deadline_s_per_mpixel=deadline_s_per_mpixel)
+        streams = max_sessions * max_streams_per_client + max_queue + 4
+        self.admission = Admission(memory_budget or default_budget(),
+                                   _rss_bytes() + HEAP_SLACK_BYTES + streams * STREAM_BYTES,
+                                   max_running=max_sessions, max_queue=max_queue,
+                                   max_streams_per_client=max_streams_per_client)
+        self.transport_limits = ServerLimits(idle_timeout_s=idle_timeout_s, max_streams=streams)
+        describe = {**self.protocol.describe(), "limits": {
+            "slice_sizes": [list(s) for s in sizes], "max_slices": max_slices,
+            "job_memory_bytes": self.admission.job_budget, "idle_timeout_s": idle_timeout_s,
+            "deadline_base_s": self.job_limits.deadline_base_s, "deadline_s_per_mpixel": deadline_s_per_mpixel}}
+        servicer = SegmentationServicer(json.dumps(describe), self._run_job, self.transport_limits, token, max_slices)
+        self.grpc = GrpcServer(listen, servicer, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca)
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.grpc.port}"
 
-    def _run_job(self, chan: Channel) -> None:
-        t = self.protocol.run_job(chan, self.job_limits)
-        log.info("job done: %d bytes in, %d bytes out, %s", chan.traffic.received, chan.traffic.sent,
-                 ", ".join(f"{k} {v:.2f}s" for k, v in t.seconds.items()))
+    def _run_job(self, chan: StreamChannel, session: Session) -> None:
+        def admit(cost: int) -> AbstractContextManager[object]:
+            return self._admitted(chan, session, cost)
+
+        t = self.protocol.run_job(chan, self.job_limits, admit)
+        log.info("session %s done: %d bytes in, %d bytes out, %s", session.sid, chan.traffic.received,
+                 chan.traffic.sent, ", ".join(f"{k} {v:.2f}s" for k, v in t.seconds.items()))
+
+    @contextmanager
+    def _admitted(self, chan: StreamChannel, session: Session, cost: int) -> Iterator[None]:
+        """The job waits for its memory and turn; then messages may take the idle timeout each."""
+        with self.admission.admit(session.client, cost, notify=lambda place: chan.notify("queue", str(place)),
+                                  alive=lambda: not chan.aborted):
+            log.info("session %s admitted: %.1f MB planned", session.sid, cost / 1e6)
+            chan.timeout = self.transport_limits.idle_timeout_s
+            yield
 
     def start(self) -> Server:
         self.grpc.start()

@@ -140,13 +140,14 @@ def test_job_spec_window_checked(model):
     """The server refuses a job whose garbled-circuit window is out of range or missing (before any
     cryptographic work), with a clear error."""
     from bunet.protocol.channel import ProtocolError
-    from bunet.protocol.session import MAX_GC_WINDOW, JobSpec
+    from bunet.protocol.session import MAX_GC_WINDOW, PROTOCOL_VERSION, JobSpec
 
     srv = ServerProtocol(model)
     for raw, match in ((JobSpec("main", 1, 16, 16, 0).to_bytes(), "window 0 is outside"),
                        (JobSpec("main", 1, 16, 16, MAX_GC_WINDOW + 1).to_bytes(), "outside"),
-                       (json.dumps({"network": "main", "slices": 1, "height": 16, "width": 16}).encode(),
-                        "malformed job request")):
+                       (json.dumps({"network": "main", "slices": 1, "height": 16, "width": 16,
+                                    "protocol": PROTOCOL_VERSION}).encode(), "malformed job request"),
+                       (JobSpec("main", 1, 16, 16, protocol=PROTOCOL_VERSION - 1).to_bytes(), "protocol version")):
         a, b = pipe()
         a.send("job", raw)
         with pytest.raises(ProtocolError, match=match):
@@ -180,8 +181,8 @@ def test_client_never_receives_weight_material(server, model):
     received: list[bytes] = []
     orig = chmod.Channel.recv
 
-    def spy(self, tag):
-        data = orig(self, tag)
+    def spy(self, tag, limit=None):
+        data = orig(self, tag, limit)
         received.append(data)
         return data
 
@@ -268,7 +269,7 @@ def test_endless_message_is_refused_and_server_survives(server, model):
     try:
         with pytest.raises(grpc.RpcError) as e:
             list(stub._run(hostile()))
-        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "larger than this job allows" in e.value.details()
     finally:
         stub.close()
@@ -308,7 +309,8 @@ def test_stream_channel_frame_boundaries_over_grpc(monkeypatch):
     got_up: list[bytes] = []
     errors: list[BaseException] = []
 
-    def echo(chan):  # answers each message reversed while the client keeps sending
+    def echo(chan, session):  # answers each message reversed while the client keeps sending
+        chan.max_message = None  # past the transport's first-message cap
         try:
             for i in range(len(msgs)):
                 m = chan.recv(f"up{i}")

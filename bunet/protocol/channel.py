@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -17,6 +19,22 @@ class ProtocolError(RuntimeError):
 
 class ChannelClosed(ProtocolError):
     pass
+
+
+class MalformedMessage(ProtocolError):
+    """A message that does not parse, or does not fit the job (wrong size, values out of range)."""
+
+
+class DeadlineExceeded(ProtocolError):
+    """The job ran past its deadline, or a message took longer than the idle timeout to arrive."""
+
+
+class Refused(ProtocolError):
+    """The job cannot run now or at all (server limits); ``retry_after_s`` is set when waiting helps."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -47,23 +65,53 @@ class Channel:
 
     def __init__(self) -> None:
         self.traffic = Traffic()
+        # seconds a whole message may take to arrive (None: no limit): a trickle of bytes does not
+        # extend it, only complete messages count as progress
         self.timeout: float | None = None
         # largest message to accept (None: any). Transports that reassemble messages from frames
         # refuse to buffer past it, so a peer cannot exhaust memory with an endless message.
         self.max_message: int | None = None
+        self.deadline: float | None = None  # time.monotonic() after which the job is over
+        self.on_notice: Callable[[str, str], None] | None = None  # transport notices (queue place)
 
     def send(self, tag: str, payload: bytes | bytearray | memoryview) -> None:
+        self._check_deadline()
         self._send(tag, payload)
         self.traffic.count(tag, len(payload), True)
 
-    def recv(self, tag: str) -> bytes | memoryview:
-        """The next message, which must carry ``tag`` (protocol steps run in lock step); large
-        messages may come as a read-only view of the received data."""
-        got, payload = self._recv()
+    def recv(self, tag: str, limit: int | None = None) -> bytes | memoryview:
+        """The next message, which must carry ``tag`` (protocol steps run in lock step) and be at
+        most ``limit`` bytes (and at most ``max_message``); large messages may come as a read-only
+        view of the received data."""
+        self._check_deadline()
+        cap = self.max_message if limit is None else limit if self.max_message is None else min(limit,
+                                                                                                  self.max_message)
+        got, payload = self._recv(cap)
         if got != tag:
             raise ProtocolError(f"expected message {tag!r}, peer sent {got!r}")
+        if cap is not None and len(payload) > cap:
+            raise MalformedMessage(f"message {tag!r} is larger than this job allows ({cap} bytes)")
         self.traffic.count(tag, len(payload), False)
         return payload
+
+    def set_deadline(self, seconds: float) -> None:
+        """End the job with :class:`DeadlineExceeded` once ``seconds`` from now have passed."""
+        self.deadline = time.monotonic() + seconds
+
+    def notify(self, kind: str, text: str) -> None:
+        """Tell the peer's transport something outside the protocol (e.g. its place in a queue);
+        transports without such a side channel ignore it."""
+
+    def _wait_s(self) -> float | None:
+        """How long the next receive may wait: the idle timeout, cut at the deadline."""
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        if self.timeout is None:
+            return left
+        return self.timeout if left is None else min(self.timeout, left)
+
+    def _check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded("the job ran past its deadline")
 
     def close(self) -> None:  # pragma: no cover - trivial default
         pass
@@ -71,7 +119,8 @@ class Channel:
     def _send(self, tag: str, payload: bytes | bytearray | memoryview) -> None:
         raise NotImplementedError
 
-    def _recv(self) -> tuple[str, bytes | memoryview]:
+    def _recv(self, cap: int | None) -> tuple[str, bytes | memoryview]:
+        """The next (tag, payload); transports that assemble messages stop past ``cap`` bytes."""
         raise NotImplementedError
 
 
@@ -91,11 +140,12 @@ class QueueChannel(Channel):
             raise ChannelClosed("channel closed")
         self._out.put((tag, bytes(payload)))
 
-    def _recv(self) -> tuple[str, bytes]:
+    def _recv(self, cap: int | None) -> tuple[str, bytes]:
         try:
-            item = self._in.get(timeout=self.timeout)
+            item = self._in.get(timeout=self._wait_s())
         except queue.Empty:
-            raise ProtocolError("peer idle for too long") from None
+            self._check_deadline()
+            raise DeadlineExceeded("peer idle for too long") from None
         if item == _CLOSE:
             raise ChannelClosed("peer closed the channel")
         return item

@@ -26,8 +26,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from .. import gc, he, ring
 from ..he import wire as he_wire
 from ..model.format import Model
 from ..model.plan import LOCAL_KINDS, Plan, Step, apply_local, compile_plan, nonlinear_windows, split_relu_pool
-from .channel import Channel, ProtocolError
+from .channel import Channel, MalformedMessage, ProtocolError
 
 GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keeps the C working set in cache)
 # Requests in flight; the server garbles up to this many chunks at once. Each message crosses two
@@ -57,6 +58,16 @@ PRE_AHEAD = 2
 Progress = Callable[[int], None]  # called with the number of plan steps just finished
 
 
+# The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
+# Raise it with every change to what goes on the wire, so a mismatch is a clear error, not a stall.
+PROTOCOL_VERSION = 3
+JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
+SETUP_BYTES = 1 << 20  # public key, GC hello: well below
+# What a job's stream may buffer in the transport (frames queued each way, one message being
+# assembled): counted in every job's planned memory. The transport's own bounds must stay below it.
+TRANSPORT_BYTES = 160 << 20
+
+
 @dataclass
 class JobSpec:
     """What the client announces at the start of a job (all public). ``gc_window``: the
@@ -68,6 +79,7 @@ class JobSpec:
     height: int
     width: int
     gc_window: int = GC_WINDOW
+    protocol: int = PROTOCOL_VERSION
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.__dict__).encode()
@@ -76,10 +88,14 @@ class JobSpec:
     def from_bytes(b: bytes) -> JobSpec:
         try:
             d = json.loads(b)
+            version = d.get("protocol")
+            if version != PROTOCOL_VERSION:
+                raise ProtocolError(f"the client speaks protocol version {version}, this server {PROTOCOL_VERSION}:"
+                                    " install the same BUNET release on both sides")
             return JobSpec(str(d["network"]), int(d["slices"]), int(d["height"]), int(d["width"]),
-                           int(d["gc_window"]))
-        except (ValueError, KeyError, TypeError):
-            raise ProtocolError("malformed job request") from None
+                           int(d["gc_window"]), int(version))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise MalformedMessage("malformed job request") from None
 
 
 @dataclass
@@ -94,10 +110,33 @@ class Timings:
 
 @dataclass
 class Limits:
-    """Server-side limits for one job."""
+    """Server-side limits for one job.
+
+    ``slice_sizes``: the (height, width) the server serves (None: any up to ``max_pixels``); the
+    deadline of a job is ``deadline_base_s`` plus ``deadline_s_per_mpixel`` per megapixel of its
+    slices, counted from its admission (a slice of the seed U-Net at 512x512 takes about a
+    minute on two cores and loopback; the default leaves room for slow links)."""
 
     max_slices: int = 4096
     max_pixels: int = 1024 * 1024
+    slice_sizes: tuple[tuple[int, int], ...] | None = None
+    deadline_base_s: float = 120.0
+    deadline_s_per_mpixel: float = 7200.0
+
+    def deadline_s(self, spec: JobSpec) -> float:
+        return self.deadline_base_s + self.deadline_s_per_mpixel * spec.slices * spec.height * spec.width / 1e6
+
+
+Admit = Callable[[int], AbstractContextManager[object]]  # planned bytes -> held while the job runs
+
+
+@contextmanager
+def _from_client(what: str) -> Iterator[None]:
+    """Parsing the client's bytes: a ValueError there is a malformed message, not a server bug."""
+    try:
+        yield
+    except ValueError as e:
+        raise MalformedMessage(f"malformed {what}: {e}") from None
 
 
 def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
@@ -224,28 +263,44 @@ class ServerProtocol:
                     self._layer(net, step, shapes[step.inputs[0]])
         self.he.reserve_scratch(list(self._layers.values()))
 
-    def run_job(self, chan: Channel, limits: Limits | None = None) -> Timings:
-        limits = limits or Limits()
-        t = Timings()
-        spec = JobSpec.from_bytes(chan.recv("job"))
+    def check_spec(self, spec: JobSpec, limits: Limits) -> None:
+        """Refuse a job the server does not serve, before any work or memory is spent on it."""
         if spec.network not in self.plans:
-            raise ProtocolError(f"unknown network {spec.network!r}")
+            raise MalformedMessage(f"unknown network {spec.network!r}")
         if not 1 <= spec.slices <= limits.max_slices:
             raise ProtocolError(f"job of {spec.slices} slices is over the server's limit of {limits.max_slices}")
-        if spec.height * spec.width > limits.max_pixels or min(spec.height, spec.width) < 1:
-            raise ProtocolError("slice size is over the server's limit")
+        if min(spec.height, spec.width) < 1 or spec.height * spec.width > limits.max_pixels:
+            raise MalformedMessage(f"slice size {spec.height}x{spec.width} is outside the server's limit")
+        if limits.slice_sizes is not None and (spec.height, spec.width) not in limits.slice_sizes:
+            served = ", ".join(f"{h}x{w}" for h, w in limits.slice_sizes)
+            raise MalformedMessage(f"slice size {spec.height}x{spec.width} is not served (served: {served})")
         if not 1 <= spec.gc_window <= MAX_GC_WINDOW:
-            raise ProtocolError(f"garbled-circuit window {spec.gc_window} is outside 1..{MAX_GC_WINDOW}")
+            raise MalformedMessage(f"garbled-circuit window {spec.gc_window} is outside 1..{MAX_GC_WINDOW}")
+
+    def run_job(self, chan: Channel, limits: Limits | None = None, admit: Admit | None = None) -> Timings:
+        """One job: the client's spec, checked; then, once ``admit`` grants the job's planned memory
+        (see :meth:`job_memory`), the session under the job's deadline."""
+        limits = limits or Limits()
+        spec = JobSpec.from_bytes(chan.recv("job", limit=JOB_SPEC_BYTES))
+        self.check_spec(spec, limits)
+        with admit(self.job_memory(spec)) if admit is not None else nullcontext():
+            chan.set_deadline(limits.deadline_s(spec))
+            return self._run_job(chan, spec)
+
+    def _run_job(self, chan: Channel, spec: JobSpec) -> Timings:
+        t = Timings()
         plan = self.plans[spec.network]
         shapes = plan.shapes(spec.height, spec.width)
         chan.max_message = self._message_cap(spec, plan, shapes)
         t0 = time.perf_counter()
-        hes = self.he.with_public_key(chan.recv("he_pk"))  # the client's key: re-randomises results
+        with _from_client("public key"):
+            hes = self.he.with_public_key(chan.recv("he_pk", limit=SETUP_BYTES))  # re-randomises results
         t.add("he", t0)
         t0 = time.perf_counter()
         garbler = gc.Garbler()
-        chan.send("gc_hello", garbler.hello(chan.recv("gc_hello")))
-        chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello")))
+        with _from_client("GC hello"):
+            chan.send("gc_hello", garbler.hello(chan.recv("gc_hello", limit=SETUP_BYTES)))
+            chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello", limit=SETUP_BYTES)))
         t.add("gc", t0)
         classes = shapes[plan.steps[-1].inputs[0]][0]
         B = spec.slices
@@ -259,7 +314,9 @@ class ServerProtocol:
                 shares[step.out] = np.zeros((B, c, h, w), dtype=np.uint64)  # the server's share is 0
             elif step.kind == "linear":
                 layer = self._layer(spec.network, step, shapes[step.inputs[0]])
-                down, y_s = hes.apply(layer, chan.recv(f"he:{step.out}"), ins[0])
+                up = chan.recv(f"he:{step.out}", limit=self._upload_bytes(layer, B))
+                with _from_client(f"HE upload of {step.out}"):
+                    down, y_s = hes.apply(layer, up, ins[0])
                 chan.send(f"he:{step.out}", down)
                 shares[step.out] = y_s
                 t.add("he", t0)
@@ -280,6 +337,51 @@ class ServerProtocol:
                 del shares[name]
         chan.send("done", b"")
         return t
+
+    def _upload_bytes(self, layer: Any, batch: int) -> int:
+        """The size of a well-formed HE upload of this layer (header, seed, then c0 of every ciphertext)."""
+        prm = self.he_params
+        return 256 + layer.plan.n_in_cts(batch) * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES
+
+    def _download_bytes(self, layer: Any, batch: int) -> int:
+        prm, lp = self.he_params, layer.plan
+        return 256 + lp.n_out_cts(batch) * prm.poly_degree * ((prm.down_bits + 7) // 8) \
+            + batch * lp.n_returned * ((prm.down_c0_bits + 7) // 8)
+
+    def job_memory(self, spec: JobSpec) -> int:
+        """An upper bound on the memory one job holds on the server beyond the shared model state.
+
+        The peak of: the live shares (each tensor from the step that makes it to its last reader,
+        ``last_reads``) twice over, for the copies a step makes (window rows, outputs), plus the
+        largest step's own buffers: an HE step's upload, download, fresh mask and work arrays; a
+        garbled-circuit step's messages in flight (PRE_AHEAD + 1 windows of pre-messages, a window of
+        requests and of responses). Plus the transport's bounded queues. tests/test_abuse.py checks
+        the bound against the server's measured peak."""
+        plan = self.plans[spec.network]
+        shapes = plan.shapes(spec.height, spec.width)
+        classes = shapes[plan.steps[-1].inputs[0]][0]
+        B = spec.slices
+        size = {name: 8 * B * int(np.prod(shp)) for name, shp in shapes.items()}
+        drops = last_reads(plan)
+        live, peak_shares, peak_step = 0, 0, 0
+        for idx, step in enumerate(plan.steps):
+            out = sum(size.get(name, 0) for name in step.outs)
+            live += out
+            peak_shares = max(peak_shares, live)
+            if step.kind == "linear":
+                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
+                work = sum(8 * int(np.prod(s)) for s in self.he._work_shapes(
+                    layer.plan, max(t.size for t in self.he._tile_chunks(layer))))
+                peak_step = max(peak_step, self._upload_bytes(layer, B) + self._download_bytes(layer, B)
+                                + 2 * out + work)
+            elif step.kind in ("nonlinear", "argmax"):
+                for op in _gc_ops(step, plan.ring_bits, classes):
+                    req, resp = op.message_sizes(GC_CHUNK, ot_k=1)
+                    win = spec.gc_window
+                    peak_step = max(peak_step, (PRE_AHEAD + 1) * win * op.pre_size(GC_CHUNK, ot_k=1)
+                                    + win * (req + resp) + op.post_size(GC_CHUNK))
+            live -= sum(size.get(name, 0) for name in drops.get(idx, ()))
+        return 2 * peak_shares + peak_step + TRANSPORT_BYTES
 
     def _message_cap(self, spec: JobSpec, plan: Plan, shapes: dict[str, tuple[int, int, int]]) -> int:
         """The largest message a well-behaved client sends in this job, plus 1 MiB: HE uploads of
@@ -337,7 +439,10 @@ class ServerProtocol:
             for _ in range(PRE_AHEAD * window):
                 send_pre()
             for sl in chunks:
-                job = garbler.claim(op, chan.recv(tag), rows[sl])
+                n = sl.stop - sl.start
+                req = chan.recv(tag, limit=op.message_sizes(n, ot_k=1)[0])
+                with _from_client("GC request"):
+                    job = garbler.claim(op, req, rows[sl])
                 inflight.append(self._gc_pool.submit(job))
                 while inflight and (len(inflight) >= window or inflight[0].done()):
                     answer()
@@ -347,7 +452,8 @@ class ServerProtocol:
             for f in (*inflight, *pres):  # a failed job: let the pool finish what it started, drop the rest
                 f.cancel()
         if op.has_post:  # sign mode: the client's post-messages complete the shares, in order
-            outs = [garbler.post(op, chan.recv(tag), o) for o in outs]
+            with _from_client("GC post-message"):
+                outs = [garbler.post(op, chan.recv(tag, limit=op.post_size(len(o))), o) for o in outs]
         return outs
 
 

@@ -7,10 +7,13 @@ server side runs a *job handler* (any callable taking a Channel) once per stream
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import queue
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..protocol.channel import Channel, ChannelClosed, ProtocolError
+from ..protocol.channel import Channel, ChannelClosed, DeadlineExceeded, MalformedMessage, ProtocolError, Refused
 from . import frames
 from .proto import bunet_pb2, bunet_pb2_grpc
 
@@ -32,78 +35,154 @@ log = logging.getLogger("bunet.service")
 # which larger frames cut. bench/transport.py measures both.
 FRAME_BYTES = 2 << 20
 MAX_MESSAGE_BYTES = 4 << 20
+# What the server accepts in one gRPC message: a frame and its header. Our frames are at most
+# FRAME_BYTES; a peer's larger gRPC messages are refused by gRPC before they are buffered whole.
+MAX_FRAME_MESSAGE_BYTES = FRAME_BYTES + (4 << 10)
 ZERO_COPY_BYTES = 64 << 10  # single-frame messages from this size are handed on as views of the frame
 OUTQ_BYTES = 64 << 20  # frames queued for sending per stream (back-pressure, bounded memory)
+INQ_FRAMES = 8  # frames received ahead of the protocol per stream: then gRPC's flow control holds the peer
+NOTICE_PREFIX = "~"  # frames whose tag starts with it are transport notices (queue place), not protocol messages
 SERVICE_NAME = "bunet.v1.Segmentation"
+CLIENT_ID_KEY = "bunet-client-id"  # groups one client's parallel streams into one job (not an identity)
+RETRY_AFTER_KEY = "bunet-retry-after-ms"
 _END = object()
+_POLL_S = 0.5  # how often a blocked queue operation looks whether the stream was aborted
 
 
 class StreamChannel(Channel):
-    """A Channel over two frame queues: ``outq`` feeds the gRPC request/response iterator and
-    ``inq`` is filled from the peer's iterator by a reader thread. Frames travel as raw bytes in
-    the ``Frame`` encoding of protos/bunet.proto (:mod:`bunet.service.frames`)."""
+    """A Channel over two bounded frame queues: ``outq`` feeds the gRPC request/response iterator
+    and ``inq`` is filled from the peer's iterator by a reader thread. Frames travel as raw bytes in
+    the ``Frame`` encoding of protos/bunet.proto (:mod:`bunet.service.frames`).
 
-    def __init__(self, timeout: float | None = None) -> None:
+    Bounded both ways: a peer that stops reading makes ``send`` fail after ``send_timeout``, and a
+    peer that sends faster than the protocol reads is held back by gRPC's flow control once
+    ``INQ_FRAMES`` frames wait. ``abort`` (the call was cancelled, the peer vanished) makes every
+    blocked or later send and receive fail at once."""
+
+    def __init__(self, timeout: float | None = None, *, send_timeout: float | None = None,
+                 max_message: int | None = None) -> None:
         super().__init__()
-        self.outq: queue.Queue = queue.Queue(maxsize=max(2, OUTQ_BYTES // FRAME_BYTES))  # back-pressure
-        self.inq: queue.Queue = queue.Queue()
+        self.outq: queue.Queue = queue.Queue(maxsize=max(2, OUTQ_BYTES // FRAME_BYTES))
+        self.inq: queue.Queue = queue.Queue(maxsize=INQ_FRAMES)
         self.timeout = timeout
+        self.send_timeout = send_timeout
+        self.max_message = max_message
         self.peer_error: BaseException | None = None
+        self._aborted = threading.Event()
+        self._abort_reason = ""
 
+    # ---- sending ---------------------------------------------------------------------------------
     def _send(self, tag: str, payload: bytes | bytearray | memoryview) -> None:
         view = memoryview(payload)
         n = len(view)
         off = 0
         while True:  # at least one frame, also for an empty message
             end = min(off + FRAME_BYTES, n)
-            self.outq.put(frames.encode(tag, view[off:end], end < n))
+            self._put_out(frames.encode(tag, view[off:end], end < n))
             off = end
             if off >= n:
                 return
 
-    def _next(self) -> tuple[str, memoryview, bool]:
-        try:
-            item = self.inq.get(timeout=self.timeout)
-        except queue.Empty:
-            raise ProtocolError(f"peer idle for more than {self.timeout:g} s") from None
-        if item is _END:
-            self.inq.put(_END)  # stay closed for later calls
-            if self.peer_error is not None:
-                raise ChannelClosed(_describe_rpc_error(self.peer_error))
-            raise ChannelClosed("peer closed the stream")
-        try:
-            return frames.decode(item)
-        except frames.FrameError as e:
-            raise ProtocolError(str(e)) from None
+    def _put_out(self, frame: bytes) -> None:
+        end = None if self.send_timeout is None else time.monotonic() + self.send_timeout
+        while True:
+            if self._aborted.is_set():
+                raise ChannelClosed(self._abort_reason)
+            wait = _POLL_S if end is None else min(_POLL_S, end - time.monotonic())
+            if wait <= 0:
+                raise DeadlineExceeded(f"the peer read nothing for {self.send_timeout:g} s")
+            try:
+                self.outq.put(frame, timeout=wait)
+                return
+            except queue.Full:
+                continue
 
-    def _recv(self) -> tuple[str, bytes | memoryview]:
-        tag, data, more = self._next()
+    def notify(self, kind: str, text: str) -> None:
+        """A transport notice for the peer (dropped if the send queue is full: notices are advisory)."""
+        with contextlib.suppress(queue.Full):
+            self.outq.put_nowait(frames.encode(NOTICE_PREFIX + kind, text.encode(), False))
+
+    # ---- receiving -------------------------------------------------------------------------------
+    def _next(self, end: float | None) -> tuple[str, memoryview, bool]:
+        """The next protocol frame before ``end`` (monotonic; None: no limit); notices go to ``on_notice``."""
+        while True:
+            wait = None if end is None else end - time.monotonic()
+            if wait is not None and wait <= 0:
+                self._check_deadline()
+                raise DeadlineExceeded(f"no complete message from the peer within {self.timeout:g} s")
+            try:
+                item = self.inq.get(timeout=_POLL_S if wait is None else min(_POLL_S, wait))
+            except queue.Empty:
+                if self._aborted.is_set():
+                    raise ChannelClosed(self._abort_reason) from None
+                continue
+            if item is _END:
+                _force_put(self.inq, _END)  # stay closed for later calls
+                if self._aborted.is_set():
+                    raise ChannelClosed(self._abort_reason)
+                if self.peer_error is not None:
+                    raise ChannelClosed(_describe_rpc_error(self.peer_error))
+                raise ChannelClosed("peer closed the stream")
+            try:
+                tag, data, more = frames.decode(item)
+            except frames.FrameError as e:
+                raise MalformedMessage(str(e)) from None
+            if tag.startswith(NOTICE_PREFIX):
+                if self.on_notice is not None:  # the client: a notice shows the server alive (queued)
+                    self.on_notice(tag[len(NOTICE_PREFIX):], bytes(data[:256]).decode("utf-8", "replace"))
+                    if end is not None and self.timeout is not None:
+                        end = time.monotonic() + self.timeout
+                continue  # the server ignores notices: a client's cannot stretch a timeout
+            return tag, data, more
+
+    def _recv(self, cap: int | None) -> tuple[str, bytes | memoryview]:
+        # the whole message must arrive within the timeout: a trickle of frames does not extend it
+        wait = self._wait_s()
+        end = None if wait is None else time.monotonic() + wait
+        tag, data, more = self._next(end)
+        size = len(data)
+        if cap is not None and size > cap:
+            raise MalformedMessage(f"message {tag!r} is larger than this job allows ({cap} bytes)")
         if not more:  # one frame: large payloads as a view into it (no copy), small ones as bytes
             return tag, data if len(data) >= ZERO_COPY_BYTES else bytes(data)
         parts = [data]
-        size = len(data)
         while True:
-            t, data, more = self._next()
+            t, data, more = self._next(end)
             if t != tag:
-                raise ProtocolError("interleaved frames from peer")
+                raise MalformedMessage("interleaved frames from peer")
             parts.append(data)
             size += len(data)
-            if self.max_message is not None and size > self.max_message:
-                raise ProtocolError(f"message {tag!r} is larger than this job allows ({self.max_message} bytes)")
+            if cap is not None and size > cap:
+                raise MalformedMessage(f"message {tag!r} is larger than this job allows ({cap} bytes)")
             if not more:
                 return tag, b"".join(parts)  # the one copy of the payload on the receiving side
 
     def feed(self, incoming: Iterator[bytes]) -> None:
-        """Reader loop: move the peer's raw frames into ``inq`` (run in a thread)."""
+        """Reader loop: move the peer's raw frames into ``inq`` (run in a thread). Blocks while
+        ``inq`` is full, which stops reading the stream: gRPC's flow control then holds the peer."""
         try:
             for fr in incoming:
-                self.inq.put(fr)
+                while True:
+                    if self._aborted.is_set():
+                        return
+                    try:
+                        self.inq.put(fr, timeout=_POLL_S)
+                        break
+                    except queue.Full:
+                        continue
         except grpc.RpcError as e:
             self.peer_error = e
         except Exception as e:  # stream torn down
             self.peer_error = e
         finally:
-            self.inq.put(_END)
+            while not self._aborted.is_set():  # after the frames already queued, which the protocol may still read
+                try:
+                    self.inq.put(_END, timeout=_POLL_S)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                _force_put(self.inq, _END)
 
     def outgoing(self) -> Iterator[bytes]:
         while True:
@@ -113,7 +192,30 @@ class StreamChannel(Channel):
             yield item
 
     def close(self) -> None:
-        self.outq.put(_END)
+        _force_put(self.outq, _END)
+
+    def abort(self, reason: str) -> None:
+        """The stream is gone: every blocked or later send and receive raises ChannelClosed(reason)."""
+        if not self._aborted.is_set():
+            self._abort_reason = reason
+            self._aborted.set()
+            _force_put(self.inq, _END)
+            _force_put(self.outq, _END)
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+
+def _force_put(q: queue.Queue, item: object) -> None:
+    """Put without blocking, dropping queued items if the queue is full (used for end markers)."""
+    while True:
+        try:
+            q.put_nowait(item)
+            return
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
 
 
 def _describe_rpc_error(e: BaseException) -> str:
@@ -128,12 +230,35 @@ def _describe_rpc_error(e: BaseException) -> str:
 
 @dataclass
 class ServerLimits:
-    max_sessions: int = 2
-    idle_timeout_s: float = 300.0
-    max_message_bytes: int = MAX_MESSAGE_BYTES
+    """Transport limits. ``idle_timeout_s``: the longest a whole message may take to arrive, and a
+    send may wait for the peer to read; ``spec_timeout_s``: for the job request, the first message;
+    ``max_streams``: streams open at once (running, queued, or starting), beyond which gRPC
+    refuses new ones at once."""
+
+    idle_timeout_s: float = 120.0
+    spec_timeout_s: float = 30.0
+    first_message_bytes: int = 64 << 10
+    max_streams: int = 32
 
 
-JobHandler = Callable[[Channel], None]
+@dataclass(frozen=True)
+class Session:
+    """Who a job handler is serving: a random id for the log, the client's grouping id, the peer."""
+
+    sid: str
+    client: str
+    peer: str
+
+
+JobHandler = Callable[[StreamChannel, Session], None]
+
+# How a job's failure reaches the client: the status code, and whether the server log says more.
+_FAILURES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (Refused, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (MalformedMessage, grpc.StatusCode.INVALID_ARGUMENT),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (ProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
+)
 
 
 class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
@@ -144,7 +269,6 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
         self.limits = limits
         self.token = token
         self.max_slices = max_slices
-        self.sessions = threading.BoundedSemaphore(limits.max_sessions)
 
     def _auth(self, context: grpc.ServicerContext) -> None:
         if self.token is None:
@@ -162,37 +286,44 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
                                        max_slices_per_job=self.max_slices, max_frame_bytes=FRAME_BYTES)
 
     def Run(self, request_iterator, context):  # noqa: N802
+        """One job on its own stream. The handler runs in a worker thread; this generator feeds its
+        frames to gRPC. A cancelled or vanished client aborts the channel at once (the handler's
+        next send or receive fails and its memory goes with it)."""
         self._auth(context)
-        if not self.sessions.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server busy: {self.limits.max_sessions} sessions already running")
-        chan = StreamChannel(timeout=self.limits.idle_timeout_s)
-        failure: list[tuple[grpc.StatusCode, str]] = []
+        md = dict(context.invocation_metadata())
+        sid = secrets.token_hex(4)
+        session = Session(sid, str(md.get(CLIENT_ID_KEY, ""))[:64] or sid, context.peer())
+        chan = StreamChannel(timeout=self.limits.spec_timeout_s, send_timeout=self.limits.idle_timeout_s,
+                             max_message=self.limits.first_message_bytes)
+        failure: list[tuple[grpc.StatusCode, str, float | None]] = []
+        context.add_callback(lambda: chan.abort("the client cancelled the job or went away"))
 
         def work() -> None:
             try:
-                self.run_job(chan)
-            except ChannelClosed:
-                log.info("session ended by the client")
+                self.run_job(chan, session)
+            except ChannelClosed as e:
+                log.info("session %s ended early: %s", sid, e)
             except ProtocolError as e:
-                failure.append((grpc.StatusCode.FAILED_PRECONDITION, str(e)))
-            except Exception:  # a failed session never takes the server down
-                log.exception("session failed")  # exception text only; never payloads
-                failure.append((grpc.StatusCode.INTERNAL, "internal error in the secure session"))
+                code = next(c for t, c in _FAILURES if isinstance(e, t))
+                log.info("session %s refused or failed: %s (%s)", sid, e, code.name)
+                failure.append((code, str(e), getattr(e, "retry_after_s", None)))
+            except Exception:  # a failed session never takes the server down; a bug: its traceback
+                log.exception("session %s failed", sid)  # exception text only; never payloads
+                failure.append((grpc.StatusCode.INTERNAL, f"internal error in the secure session {sid}", None))
             finally:
                 chan.close()
 
-        reader = threading.Thread(target=chan.feed, args=(request_iterator,), daemon=True)
-        worker = threading.Thread(target=work, daemon=True)
-        try:
-            reader.start()
-            worker.start()
-            yield from chan.outgoing()
-            worker.join()
-        finally:
-            self.sessions.release()
+        reader = threading.Thread(target=chan.feed, args=(request_iterator,), daemon=True, name=f"feed-{sid}")
+        worker = threading.Thread(target=work, daemon=True, name=f"job-{sid}")
+        reader.start()
+        worker.start()
+        yield from chan.outgoing()
+        worker.join()
         if failure:
-            context.abort(*failure[0])
+            code, text, retry = failure[0]
+            if retry is not None:
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(retry * 1000))),))
+            context.abort(code, text)
 
 
 # Extra channel/server options. None measured better on loopback (bench/transport.py, 2 MiB
@@ -203,9 +334,21 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
 GRPC_TUNING: list[tuple[str, int]] = []
 
 
-def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes), *GRPC_TUNING]
+# Keepalive: the client pings every 10 s and gives up 10 s after an unanswered ping, so a stalled or
+# vanished server is reported within about 20 s even in the middle of a long job; the server lets
+# it (pings every 5 s at most, no strikes) and pings idle clients itself to find vanished ones.
+CLIENT_KEEPALIVE: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+SERVER_KEEPALIVE: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0)]
+
+
+def _grpc_options(max_receive_bytes: int, max_send_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_receive_bytes),
+            ("grpc.max_send_message_length", max_send_bytes), *GRPC_TUNING]
 
 
 class GrpcServer:
@@ -213,8 +356,12 @@ class GrpcServer:
 
     def __init__(self, listen: str, servicer: SegmentationServicer, *, tls_cert: str | None = None,
                  tls_key: str | None = None, client_ca: str | None = None, workers: int = 8) -> None:
-        opts = _grpc_options(servicer.limits.max_message_bytes)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts)
+        opts = _grpc_options(MAX_FRAME_MESSAGE_BYTES) + SERVER_KEEPALIVE
+        # every open stream holds a worker thread; beyond max_streams gRPC refuses new calls at once
+        # (RESOURCE_EXHAUSTED) instead of queueing them unseen. Describe and health need a few more.
+        streams = servicer.limits.max_streams
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(workers, streams + 4)), options=opts,
+                                  maximum_concurrent_rpcs=streams + 4)
         # Describe through the generated (de)serialisers; Run's frames as raw bytes (see frames.py)
         handlers = {
             "Describe": grpc.unary_unary_rpc_method_handler(
@@ -272,7 +419,9 @@ class TransportError(RuntimeError):
 
 def open_channel(address: str, *, tls: bool = False, ca: str | None = None, cert: str | None = None,
                  key: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
-    opts = _grpc_options(max_message_bytes)
+    opts = _grpc_options(max_message_bytes) + CLIENT_KEEPALIVE
+    if (cert or key) and not (cert and key):
+        raise ValueError("mutual TLS needs both a client certificate (--cert) and its key (--key)")
     if tls or ca or cert:
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(ca) if ca else None,
@@ -317,18 +466,42 @@ class StubClient:
         except grpc.RpcError as e:
             raise TransportError(rpc_error_message(e, self.address)) from None
 
-    def job(self) -> tuple[StreamChannel, Callable[[], None]]:
-        """A new stream as a Channel, and a function that waits for the stream to end."""
+    def job(self, client_id: str = "", deadline_s: float | None = None,
+            on_notice: Callable[[str, str], None] | None = None) -> tuple[StreamChannel, Callable[[], None]]:
+        """A new stream as a Channel, and a function that ends it. ``client_id`` groups this
+        client's parallel streams into one job at the server; ``deadline_s`` bounds the whole call;
+        ``on_notice(kind, text)`` gets the server's transport notices (its place in the queue)."""
         chan = StreamChannel()
-        call = self._run(chan.outgoing(), metadata=self.metadata)
+        chan.on_notice = on_notice
+        md = [*self.metadata, (CLIENT_ID_KEY, client_id)] if client_id else self.metadata
+        call = self._run(chan.outgoing(), metadata=md, timeout=deadline_s)
         reader = threading.Thread(target=chan.feed, args=(call,), daemon=True)
         reader.start()
 
         def finish() -> None:
             chan.close()
+            if reader.is_alive() and chan.peer_error is None:
+                call.cancel()  # a job that failed on this side: end the stream rather than wait on it
             reader.join(timeout=30)
 
         return chan, finish
 
     def close(self) -> None:
         self.channel.close()
+
+
+def job_failure(chan: StreamChannel) -> tuple[grpc.StatusCode | None, float | None]:
+    """How the server ended a failed job's stream: its status code, and its retry hint in seconds
+    (None: do not retry)."""
+    e = chan.peer_error
+    if not isinstance(e, grpc.RpcError) or not hasattr(e, "code"):
+        return None, None
+    retry = None
+    for key, value in (e.trailing_metadata() or ()):
+        if key == RETRY_AFTER_KEY:
+            with contextlib.suppress(ValueError):
+                retry = int(value) / 1000
+    code = e.code()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "concurrent rpc limit" in (e.details() or "").lower():
+        retry = retry or 5.0  # gRPC's own refusal when every stream slot is taken: busy, not too big
+    return code, retry
