@@ -90,22 +90,35 @@ def _segment(args: argparse.Namespace) -> int:
             return _fail(f"--planes takes xy, yz and/or xz, got {args.planes!r}", EXIT_USAGE)
     if args.model and args.server:
         return _fail("--model is for the embedded server; a remote server has its own model", EXIT_USAGE)
+    if bool(args.cert) != bool(args.key):
+        return _fail("mutual TLS needs both --cert and --key", EXIT_USAGE)
     out = Path(args.output) if args.output else _default_output(args.scan)
-    if not out.parent.is_dir():
-        return _fail(f"output folder {out.parent} does not exist")
     try:
+        # everything that can be checked before the job is: a failed run writes nothing
+        volume.check_output_path(out, volume.MASK_SUFFIXES, "mask file")
+        if args.preview:
+            volume.check_output_path(args.preview, (".png",), "preview")
         scan = volume.load_scan(args.scan)  # fail fast, before any server is started
-        with Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                    model=args.model) as client:
-            bar = None
-            if not args.quiet:
-                from tqdm import tqdm
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
 
-                bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False,
-                           disable=None)  # None: no bar when stderr is not a terminal
+            bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False,
+                       disable=None)  # None: no bar when stderr is not a terminal
+
+        def status(text: str) -> None:
+            if bar is not None:
+                bar.set_description_str(text)
+            else:
+                print(f"bunet-client: {text}", file=sys.stderr)
+
+        with Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
+                    model=args.model, status=status) as client:
 
             def progress(done: int, total: int) -> None:
                 if bar is not None:
+                    if done and bar.desc != "secure inference":
+                        bar.set_description_str("secure inference")
                     bar.total = total
                     bar.n = done
                     bar.refresh()
@@ -113,9 +126,7 @@ def _segment(args: argparse.Namespace) -> int:
             result = client.segment(scan, planes, args.fusion, progress)
             if bar is not None:
                 bar.close()
-        volume.write_mask(result.labels, result.scan, out)
-        if args.preview:
-            volume.preview(result.scan, result.labels, args.preview)
+        _write_outputs(result, out, args.preview)
     except (ClientError, volume.ScanError, ModelError, ValueError, OSError) as e:
         return _fail(str(e))
     lesion = int((result.labels > 0).sum())
@@ -123,6 +134,20 @@ def _segment(args: argparse.Namespace) -> int:
     for line in result.summary.lines():
         print(line, file=sys.stderr)
     return 0
+
+
+def _write_outputs(result: object, out: Path, preview: str | None) -> None:
+    """The mask, then the preview; if the preview fails, the mask goes too (all or nothing)."""
+    from . import volume
+
+    volume.write_mask(result.labels, result.scan, out)  # type: ignore[attr-defined]
+    if preview:
+        try:
+            volume.preview(result.scan, result.labels, preview)  # type: ignore[attr-defined]
+        except BaseException:
+            out.unlink(missing_ok=True)
+            Path(preview).unlink(missing_ok=True)
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,23 +163,38 @@ def server_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", help="server private key (PEM)")
     ap.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
     ap.add_argument("--token-file", help="file with the bearer token clients must present (or BUNET_TOKEN)")
-    ap.add_argument("--max-sessions", type=int, default=2, help="concurrent secure sessions (default 2)")
+    ap.add_argument("--max-sessions", type=int, default=2,
+                    help="clients served at once; a client's parallel streams count as one (default 2)")
+    ap.add_argument("--max-queue", type=int, default=16,
+                    help="jobs that may wait for their turn; beyond it clients are told to retry (default 16)")
     ap.add_argument("--max-slices", type=int, default=256, help="slices per job (default 256)")
-    ap.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a silent session is kept")
+    ap.add_argument("--memory-budget", metavar="SIZE", default=None,
+                    help="memory the server may plan for, e.g. 16G (default: three quarters of the host's)")
+    ap.add_argument("--slice-sizes", metavar="HxW,...", default=None,
+                    help="slice sizes served besides the model's input size, e.g. 256x256,512x512")
+    ap.add_argument("--idle-timeout", type=float, default=120.0,
+                    help="seconds one protocol message may take to arrive (default 120)")
+    ap.add_argument("--deadline-per-mpixel", type=float, default=7200.0,
+                    help="a job's deadline: 120 s plus this many seconds per megapixel of its slices (default 7200)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.max_sessions < 1 or args.max_slices < 1 or args.idle_timeout <= 0:
+    if min(args.max_sessions, args.max_slices) < 1 or args.max_queue < 0 or min(args.idle_timeout,
+                                                                                 args.deadline_per_mpixel) <= 0:
         return _fail("limits must be positive", EXIT_USAGE)
     from .model.graph import ModelError
     from .server import Server
+    from .service.admission import parse_bytes
 
     try:
+        budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+        sizes = _slice_sizes(args.slice_sizes) if args.slice_sizes else None
         token = _token(args)
         srv = Server(args.model, args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
                      client_ca=args.client_ca, token=token, max_sessions=args.max_sessions,
-                     max_slices=args.max_slices, idle_timeout_s=args.idle_timeout).start()
+                     max_queue=args.max_queue, max_slices=args.max_slices, idle_timeout_s=args.idle_timeout,
+                     memory_budget=budget, slice_sizes=sizes, deadline_s_per_mpixel=args.deadline_per_mpixel).start()
     except (ModelError, ValueError, OSError, RuntimeError) as e:
         return _fail(str(e))
     stop = threading.Event()
@@ -166,6 +206,17 @@ def server_main(argv: list[str] | None = None) -> int:
     print("bunet-server: shutting down (finishing running sessions)", file=sys.stderr)
     srv.stop(grace=30.0)
     return 0
+
+
+def _slice_sizes(text: str) -> list[tuple[int, int]]:
+    """'256x256,512x384' -> [(256, 256), (512, 384)]."""
+    out = []
+    for part in text.split(","):
+        h, sep, w = part.strip().lower().partition("x")
+        if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+            raise ValueError(f"--slice-sizes takes HxW pairs such as 256x256, got {part.strip()!r}")
+        out.append((int(h), int(w)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

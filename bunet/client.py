@@ -103,8 +103,23 @@ class Client:
         summary = summary or Summary()
         lock = threading.Lock()
 
+        failed = threading.Event()
+        active: set[Any] = set()
+        first_error: list[BaseException] = []
+
         def one(sl: slice) -> np.ndarray:
-            chan, labels, t = self._job(network, x[sl], progress)
+            if failed.is_set():
+                raise ClientError("another job of this scan failed")
+            try:
+                chan, labels, t = self._job(network, x[sl], progress, active, lock)
+            except BaseException as e:
+                failed.set()
+                with lock:
+                    if not first_error:
+                        first_error.append(e)
+                    for other in active:  # a failed job ends the scan: the others stop now, not at their end
+                        other.abort("another job of this scan failed")
+                raise
             with lock:
                 summary.bytes_up += chan.traffic.sent
                 summary.bytes_down += chan.traffic.received
@@ -113,16 +128,24 @@ class Client:
                     summary.add_phase(k, v)
             return labels
 
-        with ThreadPoolExecutor(self.lanes) as pool:
+        pool = ThreadPoolExecutor(self.lanes)
+        try:
             outs = list(pool.map(one, batches))
+        except BaseException as e:
+            pool.shutdown(wait=True, cancel_futures=True)  # the jobs not yet started are dropped
+            raise (first_error[0] if first_error else e) from None
+        pool.shutdown()
         return np.concatenate(outs)
 
-    def _job(self, network: str, x: np.ndarray, progress: Callable[[int], None] | None) -> tuple[Any, np.ndarray, Any]:
+    def _job(self, network: str, x: np.ndarray, progress: Callable[[int], None] | None, active: set[Any],
+             lock: threading.Lock) -> tuple[Any, np.ndarray, Any]:
         """One secure job; a busy server's refusal (it says when to retry) is retried with backoff."""
         give_up = time.monotonic() + RETRY_FOR_S
         backoff = 1.0
         while True:
             chan, finish = self.stub.job(self.client_id, self._deadline_s(x), self._notice)
+            with lock:
+                active.add(chan)
             try:
                 labels, t = self.protocol.run_job(chan, network, x, progress)
                 return chan, labels, t
@@ -137,6 +160,8 @@ class Client:
                 time.sleep(wait)
                 backoff = min(60.0, backoff * 2)
             finally:
+                with lock:
+                    active.discard(chan)
                 finish()
 
     def _deadline_s(self, x: np.ndarray) -> float | None:
@@ -154,6 +179,10 @@ class Client:
     def _failure(self, e: ProtocolError, chan: Any) -> str:
         import grpc
 
+        from .protocol.channel import DeadlineExceeded
+
+        if isinstance(e, DeadlineExceeded):
+            return f"the server at {self.address} stopped answering: {e}"
         if isinstance(chan.peer_error, grpc.RpcError):
             return f"secure session failed: {rpc_error_message(chan.peer_error, self.address)}"
         return f"secure session failed: {e}"

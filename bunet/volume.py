@@ -9,6 +9,7 @@ slice, rows run anterior -> posterior and columns patient-right -> patient-left.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,13 @@ def load_scan(path: str | Path) -> Scan:
         data = data[..., 0]
     if data.ndim != 3:
         raise ScanError(f"{path.name} has {data.ndim} dimensions {data.shape}; a 3D CT volume is needed")
-    if min(data.shape) < 1 or not np.isfinite(data).all():
-        raise ScanError(f"{path.name} holds empty or non-finite voxel values")
+    if min(data.shape) < 1:
+        raise ScanError(f"{path.name} has an empty dimension {data.shape}: no voxels to segment")
+    if not np.isfinite(data).all():
+        raise ScanError(f"{path.name} holds non-finite voxel values")
+    aff = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(aff).all() or np.linalg.matrix_rank(aff[:3, :3]) < 3:
+        raise ScanError(f"{path.name} has a singular or non-finite affine: its voxel geometry is unknown")
     ornt = nib.orientations.io_orientation(img.affine)
     canon = nib.orientations.apply_orientation(data, ornt)
     return Scan(np.ascontiguousarray(canon, dtype=np.float32), img, ornt)
@@ -144,8 +150,30 @@ def write_mask(labels: np.ndarray, scan: Scan, path: str | Path) -> None:
     out.set_sform(scan.image.affine, code=int(scan.image.header["sform_code"]) or 1)
     path = Path(path)
     tmp = path.with_name(".part-" + path.name)
-    nib.save(out, str(tmp))
-    tmp.replace(path)
+    try:
+        nib.save(out, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+MASK_SUFFIXES = (".nii", ".nii.gz")
+
+
+def check_output_path(path: str | Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """Refuse an output path that cannot be written, before any work: a folder, a wrong
+    extension, a missing or read-only folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise ScanError(f"{what} {p} is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if not p.name.lower().endswith(suffixes) or p.name.lower() in suffixes:
+        raise ScanError(f"{what} {p.name} must end in {' or '.join(suffixes)}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ScanError(f"folder {parent} of the {what} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ScanError(f"folder {parent} of the {what} is not writable")
+    return p
 
 
 def _inverse(ornt: np.ndarray) -> np.ndarray:

@@ -50,3 +50,83 @@ def test_bundled_model_info():
     r = _run("model_main", "info")
     assert r.returncode == 0, r.stderr
     assert "xy -> main" in r.stdout and "lesion" in r.stdout
+
+
+def _nifti(path, data, singular=False):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, np.eye(4))
+    if singular:  # nibabel refuses such an affine, so the header says it directly (as a broken file would)
+        img.header["qform_code"], img.header["sform_code"], img.header["srow_z"] = 0, 1, [0, 0, 0, 0]
+        img = nib.Nifti1Image(data, None, img.header)
+    nib.save(img, str(path))
+    return path
+
+
+def _bad_cases(tmp_path):
+    """(name, argv) of every bad input a user can give before a job starts."""
+    good = _nifti(tmp_path / "good.nii.gz", np.zeros((8, 8, 4), dtype=np.int16))
+    (tmp_path / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    (tmp_path / "text.nii").write_text("hello")
+    (tmp_path / "outdir").mkdir()
+    return [
+        ("missing scan", [str(tmp_path / "nope.nii.gz")]),
+        ("corrupt gzip", [str(tmp_path / "corrupt.nii.gz")]),
+        ("not NIfTI", [str(tmp_path / "text.nii")]),
+        ("2D", [str(_nifti(tmp_path / "flat2d.nii.gz", np.zeros((8, 8), dtype=np.int16)))]),
+        ("4D", [str(_nifti(tmp_path / "four.nii.gz", np.zeros((4, 4, 4, 3), dtype=np.int16)))]),
+        ("empty dimension", [str(_nifti(tmp_path / "empty.nii.gz", np.zeros((8, 0, 4), dtype=np.int16)))]),
+        ("NaN voxels", [str(_nifti(tmp_path / "nan.nii.gz", np.full((4, 4, 4), np.nan, dtype=np.float32)))]),
+        ("singular affine", [str(_nifti(tmp_path / "sing.nii.gz", np.zeros((4, 4, 4), dtype=np.int16), True))]),
+        ("png output", [str(good), "-o", str(tmp_path / "mask.png")]),
+        ("folder output", [str(good), "-o", str(tmp_path / "outdir")]),
+        ("missing folder", [str(good), "-o", str(tmp_path / "no" / "mask.nii.gz")]),
+        ("bare extension", [str(good), "-o", str(tmp_path / ".nii.gz")]),
+        ("bad preview", [str(good), "--preview", str(tmp_path / "p.txt")]),
+        ("preview folder missing", [str(good), "--preview", str(tmp_path / "no" / "p.png")]),
+        ("cert without key", [str(good), "--server", "127.0.0.1:1", "--cert", str(good)]),
+        ("key without cert", [str(good), "--server", "127.0.0.1:1", "--key", str(good)]),
+        ("unreadable CA", [str(good), "--server", "127.0.0.1:1", "--ca", str(tmp_path / "none.pem")]),
+        ("unreachable server", [str(good), "--server", "127.0.0.1:1"]),
+    ]
+
+
+def test_bad_inputs_are_one_line_errors_and_leave_no_file(tmp_path):
+    cases = _bad_cases(tmp_path)
+    before = set(tmp_path.rglob("*"))
+    for name, argv in cases:
+        r = _run("client_main", "segment", *argv, "--quiet")
+        assert r.returncode in (1, 2), (name, r.returncode, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr, (name, r.stderr)
+    assert set(tmp_path.rglob("*")) == before  # nothing written, partial or complete
+
+
+def test_failed_preview_leaves_no_mask(tmp_path, monkeypatch):
+    """A preview that fails after the job takes the mask with it: a failed run leaves no file."""
+    from bunet import cli, volume
+
+    m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8)
+    m.save(tmp_path / "m.bunet")
+    scan = _nifti(tmp_path / "s.nii.gz", np.random.default_rng(0).normal(-600, 300, (8, 8, 3)).astype(np.int16))
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(volume, "preview", broken)
+    code = cli.client_main(["segment", str(scan), "--model", str(tmp_path / "m.bunet"), "-o",
+                            str(tmp_path / "mask.nii.gz"), "--preview", str(tmp_path / "p.png"), "--quiet"])
+    assert code == 1
+    assert not (tmp_path / "mask.nii.gz").exists() and not (tmp_path / "p.png").exists()
+    assert not list(tmp_path.glob(".part-*"))
+
+
+def test_server_flags_checked(tmp_path):
+    r = _run("server_main", "--memory-budget", "lots")
+    assert r.returncode == 1 and "not a size" in r.stderr and "Traceback" not in r.stderr
+    r = _run("server_main", "--slice-sizes", "12y3")
+    assert r.returncode == 1 and "HxW" in r.stderr
+    r = _run("server_main", "--memory-budget", "1M")
+    assert r.returncode == 1 and "raise --memory-budget" in r.stderr
+    r = _run("server_main", "--max-sessions", "0")
+    assert r.returncode == 2

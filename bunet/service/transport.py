@@ -45,6 +45,8 @@ NOTICE_PREFIX = "~"  # frames whose tag starts with it are transport notices (qu
 SERVICE_NAME = "bunet.v1.Segmentation"
 CLIENT_ID_KEY = "bunet-client-id"  # groups one client's parallel streams into one job (not an identity)
 RETRY_AFTER_KEY = "bunet-retry-after-ms"
+HEARTBEAT_S = 5.0  # the server's notice to a client while a job runs
+STALL_S = 25.0  # a client that hears nothing at all (no frame, no heartbeat) for this long gives up
 _END = object()
 _POLL_S = 0.5  # how often a blocked queue operation looks whether the stream was aborted
 
@@ -60,8 +62,12 @@ class StreamChannel(Channel):
     blocked or later send and receive fail at once."""
 
     def __init__(self, timeout: float | None = None, *, send_timeout: float | None = None,
-                 max_message: int | None = None) -> None:
+                 max_message: int | None = None, per_frame: bool = False) -> None:
         super().__init__()
+        # per_frame (the client): ``timeout`` bounds the silence between frames, notices included,
+        # so a stalled peer is found while a long message may take its time. Otherwise (the server)
+        # it bounds a whole message, so a trickle of frames cannot hold a session.
+        self.per_frame = per_frame
         self.outq: queue.Queue = queue.Queue(maxsize=max(2, OUTQ_BYTES // FRAME_BYTES))
         self.inq: queue.Queue = queue.Queue(maxsize=INQ_FRAMES)
         self.timeout = timeout
@@ -109,6 +115,8 @@ class StreamChannel(Channel):
             wait = None if end is None else end - time.monotonic()
             if wait is not None and wait <= 0:
                 self._check_deadline()
+                if self.per_frame:
+                    raise DeadlineExceeded(f"nothing heard from the peer for {self.timeout:g} s")
                 raise DeadlineExceeded(f"no complete message from the peer within {self.timeout:g} s")
             try:
                 item = self.inq.get(timeout=_POLL_S if wait is None else min(_POLL_S, wait))
@@ -128,9 +136,10 @@ class StreamChannel(Channel):
             except frames.FrameError as e:
                 raise MalformedMessage(str(e)) from None
             if tag.startswith(NOTICE_PREFIX):
-                if self.on_notice is not None:  # the client: a notice shows the server alive (queued)
-                    self.on_notice(tag[len(NOTICE_PREFIX):], bytes(data[:256]).decode("utf-8", "replace"))
-                    if end is not None and self.timeout is not None:
+                if self.per_frame:  # the client: a notice (queue place, heartbeat) shows the server alive
+                    if self.on_notice is not None:
+                        self.on_notice(tag[len(NOTICE_PREFIX):], bytes(data[:256]).decode("utf-8", "replace"))
+                    if self.timeout is not None:
                         end = time.monotonic() + self.timeout
                 continue  # the server ignores notices: a client's cannot stretch a timeout
             return tag, data, more
@@ -140,6 +149,8 @@ class StreamChannel(Channel):
         wait = self._wait_s()
         end = None if wait is None else time.monotonic() + wait
         tag, data, more = self._next(end)
+        if self.per_frame:
+            end = None
         size = len(data)
         if cap is not None and size > cap:
             raise MalformedMessage(f"message {tag!r} is larger than this job allows ({cap} bytes)")
@@ -147,6 +158,8 @@ class StreamChannel(Channel):
             return tag, data if len(data) >= ZERO_COPY_BYTES else bytes(data)
         parts = [data]
         while True:
+            if self.per_frame and wait is not None:
+                end = time.monotonic() + wait
             t, data, more = self._next(end)
             if t != tag:
                 raise MalformedMessage("interleaved frames from peer")
@@ -301,8 +314,9 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
         def work() -> None:
             try:
                 self.run_job(chan, session)
-            except ChannelClosed as e:
+            except ChannelClosed as e:  # the client closed or cancelled: nobody may be listening any more
                 log.info("session %s ended early: %s", sid, e)
+                failure.append((grpc.StatusCode.CANCELLED, f"the job ended early: {e}", None))
             except ProtocolError as e:
                 code = next(c for t, c in _FAILURES if isinstance(e, t))
                 log.info("session %s refused or failed: %s (%s)", sid, e, code.name)
@@ -315,10 +329,20 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
 
         reader = threading.Thread(target=chan.feed, args=(request_iterator,), daemon=True, name=f"feed-{sid}")
         worker = threading.Thread(target=work, daemon=True, name=f"job-{sid}")
+        done = threading.Event()
+
+        def heartbeat() -> None:  # lets the client tell a busy server from a stalled one
+            while not done.wait(HEARTBEAT_S):
+                chan.notify("alive", "")
+
+        threading.Thread(target=heartbeat, daemon=True, name=f"alive-{sid}").start()
         reader.start()
         worker.start()
-        yield from chan.outgoing()
-        worker.join()
+        try:
+            yield from chan.outgoing()
+            worker.join()
+        finally:
+            done.set()
         if failure:
             code, text, retry = failure[0]
             if retry is not None:
@@ -471,7 +495,7 @@ class StubClient:
         """A new stream as a Channel, and a function that ends it. ``client_id`` groups this
         client's parallel streams into one job at the server; ``deadline_s`` bounds the whole call;
         ``on_notice(kind, text)`` gets the server's transport notices (its place in the queue)."""
-        chan = StreamChannel()
+        chan = StreamChannel(STALL_S, per_frame=True)
         chan.on_notice = on_notice
         md = [*self.metadata, (CLIENT_ID_KEY, client_id)] if client_id else self.metadata
         call = self._run(chan.outgoing(), metadata=md, timeout=deadline_s)
