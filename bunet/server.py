@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from .model.format import Model
+from .plain_eval import PlainEvaluator
 from .protocol.channel import Channel
 from .protocol.session import Limits, ServerProtocol
 from .service.transport import GrpcServer, SegmentationServicer, ServerLimits
@@ -38,16 +39,18 @@ class Server:
     def __init__(self, model: Model | str | Path | None = None, listen: str = "127.0.0.1:0", *,
                  tls_cert: str | None = None, tls_key: str | None = None, client_ca: str | None = None,
                  token: str | None = None, max_sessions: int = 2, max_slices: int = 256,
-                 idle_timeout_s: float = 300.0) -> None:
+                 idle_timeout_s: float = 300.0, allow_plain_eval: bool = False) -> None:
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.protocol = ServerProtocol(self.model)
         self.protocol.prepare(*self.model.preprocessing.input_size)  # filters once, before any job
         self.job_limits = Limits(max_slices=max_slices)
+        # plaintext masks of slices sent in the clear: for public validation sets only, off by default
+        plain = PlainEvaluator(self.model, self.protocol.plans, self.job_limits) if allow_plain_eval else None
         servicer = SegmentationServicer(
             json.dumps(self.protocol.describe()), self._run_job,
-            ServerLimits(max_sessions=max_sessions, idle_timeout_s=idle_timeout_s), token, max_slices)
+            ServerLimits(max_sessions=max_sessions, idle_timeout_s=idle_timeout_s), token, max_slices, plain)
         self.grpc = GrpcServer(listen, servicer, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
                                workers=max_sessions + 4)
         host = listen.rsplit(":", 1)[0]
