@@ -60,7 +60,7 @@ def find_cases(cases: str | Path, truth: str | Path | None) -> list[Case]:
         if kind is None:
             raise CaseError(f"{cases.name} is neither NIfTI nor a PNG/JPEG image")
         label = truth_p if truth_p.is_file() else _truth_for(_stem(cases), kind, truth_p)
-        return [Case(_stem(cases), kind, cases, label)]
+        return _checked([Case(_stem(cases), kind, cases, label)])
     folder = cases / "images" if (cases / "images").is_dir() else cases
     files = [p for p in folder.iterdir() if p.is_file() and _ext(p)]
     vols = [p for p in files if _ext(p) in NIFTI_EXTS]
@@ -76,7 +76,34 @@ def find_cases(cases: str | Path, truth: str | Path | None) -> list[Case]:
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise CaseError(f"{folder} holds two images with the same name stem")
-    return sorted(out, key=lambda c: _order(c.name))
+    return _checked(sorted(out, key=lambda c: _order(c.name)))
+
+
+def _checked(cases: list[Case]) -> list[Case]:
+    """Fail fast, before any server is contacted: every image and its label have the same size
+    (read from the file headers, no pixel data decoded)."""
+    for c in cases:
+        a, b = _size(c.image, c), _size(c.truth, c)
+        if a != b:
+            what = "image and label" if c.kind == "slice" else "scan and label volume"
+            raise CaseError(f"case {c.name!r}: {what} differ in {'size' if c.kind == 'slice' else 'shape'} "
+                            f"({'x'.join(map(str, a))} vs {'x'.join(map(str, b))})")
+    return cases
+
+
+def _size(path: Path, case: Case) -> tuple[int, ...]:
+    try:
+        if case.kind == "slice":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return im.size
+        import nibabel as nib
+
+        return tuple(int(v) for v in nib.load(str(path)).shape[:3])
+    except Exception as e:  # PIL and nibabel raise many types for unreadable files
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CaseError(f"cannot read {path.name} (case {case.name!r}): {why}") from None
 
 
 def _truth_for(stem: str, kind: str, folder: Path) -> Path:
