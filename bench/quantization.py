@@ -13,7 +13,8 @@ values entering a garbled circuit (ReLU / truncation / argmax inputs) whose floa
 not fit the signed ``in_bits`` window at that tensor's scale (a wrap-around in the ring).
 With ``--secure``, every row also runs the secure protocol over gRPC (server in its own process,
 as bench/e2e.py does) on the first ``--secure-slices`` test slices: seconds and bytes each way per
-slice, and whether the secure labels equal the fixed-point reference. Prints the JSON, then the
+slice against the NumPy float model on the same slices, and whether the secure labels equal the
+fixed-point reference. Prints the JSON, then the
 table (bits, Dice vs float, Dice vs truth, time, bytes) on stderr, and writes the JSON to ``--out``.
 """
 
@@ -78,11 +79,20 @@ def _dice_pooled(a: np.ndarray, b: np.ndarray) -> float:
 
 def secure_row(model: Model, q: Quantization, x: np.ndarray, fixed: np.ndarray) -> dict:
     """The secure protocol on slices x with the model re-quantized to q: per-slice seconds and
-    bytes, and equality with the fixed-point labels ``fixed`` of the same slices."""
+    bytes, and equality with the fixed-point labels ``fixed`` of the same slices; the plaintext
+    float and fixed-point engines (NumPy, bunet.model.reference) on the same slices just before,
+    as the same-run baselines of the time."""
     from e2e import ServerProcess  # bench/e2e.py: a server in its own process
 
     from bunet.client import Client, Summary
 
+    plan = compile_plan(model.network("xy"), q)
+    t0 = time.perf_counter()
+    run_plan(plan, x)
+    plain_fixed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    float_forward(model.network("xy"), x)
+    plain_float = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.bunet"
         dataclasses.replace(model, quantization=q).save(path)
@@ -97,6 +107,8 @@ def secure_row(model: Model, q: Quantization, x: np.ndarray, fixed: np.ndarray) 
             srv.stop()
     n = len(x)
     return {"secure_slices": n, "secure_s_per_slice": round(secs / n, 3),
+            "plain_fixed_s_per_slice": round(plain_fixed / n, 3), "plain_float_s_per_slice": round(plain_float / n, 3),
+            "secure_over_plain_float": round(secs / plain_float, 2),
             "bytes_up_per_slice": summary.bytes_up // n, "bytes_down_per_slice": summary.bytes_down // n,
             "secure_equals_fixed_point": bool(np.array_equal(lab, fixed))}
 
@@ -185,21 +197,22 @@ def table(result: dict) -> list[str]:
     """Rows as in the BUNET paper's Table 1: bits, Dice against float and truth, time, bytes."""
     f = result["float"]
     lines = [f"{'ring/frac/wfrac':<16} {'Dice vs float':>13} {'Dice vs truth':>13} {'s / slice':>10} "
-             f"{'MB up / slice':>13} {'MB down / slice':>15}",
-             f"{'float':<16} {1.0:>13.4f} {f['dice_vs_truth']:>13.4f} {'-':>10} {'-':>13} {'-':>15}"]
+             f"{'x float':>8} {'MB up / slice':>13} {'MB down / slice':>15}",
+             f"{'float':<16} {1.0:>13.4f} {f['dice_vs_truth']:>13.4f} {'-':>10} {'-':>8} {'-':>13} {'-':>15}"]
     for r in result["rows"]:
         bits = f"{r['ring_bits']}/{r['frac_bits']}/{r['weight_frac_bits']}"
         if "error" in r:
             lines.append(f"{bits:<16} plan refused: {r['error']}")
             continue
-        sec = up = down = "-"
+        sec = ratio = up = down = "-"
         if "secure_s_per_slice" in r:
             sec = f"{r['secure_s_per_slice']:.2f}" + ("" if r["secure_equals_fixed_point"] else " (!= fixed)")
+            ratio = f"{r['secure_over_plain_float']:.1f}x"
             up, down = f"{r['bytes_up_per_slice'] / 1e6:.1f}", f"{r['bytes_down_per_slice'] / 1e6:.1f}"
         elif "secure_error" in r:
             sec = "failed"
-        lines.append(f"{bits:<16} {r['dice_vs_float']:>13.4f} {r['dice_vs_truth']:>13.4f} {sec:>10} {up:>13} "
-                     f"{down:>15}")
+        lines.append(f"{bits:<16} {r['dice_vs_float']:>13.4f} {r['dice_vs_truth']:>13.4f} {sec:>10} {ratio:>8} "
+                     f"{up:>13} {down:>15}")
     return lines
 
 

@@ -224,3 +224,12 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, str(tmp_path / "v"), "--truth", str(tmp_path / "vl"), "--model",
                           str(tmp_path / "m.bunet"), "--out", str(tmp_path / "r"))
     assert "differ in shape" in err
+
+
+def test_secure_only_flag(plain_server, tmp_path):
+    cases, masks = _slices(tmp_path, n=2)
+    out = tmp_path / "r"
+    assert _evaluate(str(cases), "--truth", str(masks), "--server", plain_server.address, "--out", str(out),
+                     "--secure-only") == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert not rep["plain_eval"]["available"] and "--secure-only" in rep["plain_eval"]["note"]
