@@ -14,8 +14,8 @@ not fit the signed ``in_bits`` window at that tensor's scale (a wrap-around in t
 With ``--secure``, every row also runs the secure protocol over gRPC (server in its own process,
 as bench/e2e.py does) on the first ``--secure-slices`` test slices: seconds and bytes each way per
 slice against the NumPy float model on the same slices, and whether the secure labels equal the
-fixed-point reference. Prints the JSON, then the
-table (bits, Dice vs float, Dice vs truth, time, bytes) on stderr, and writes the JSON to ``--out``.
+fixed-point reference. Prints the JSON, then the table (bits, Dice vs float, Dice vs truth, time,
+bytes) on stderr, and writes the JSON to ``--out``.
 """
 
 from __future__ import annotations
