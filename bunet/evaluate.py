@@ -207,7 +207,7 @@ def build_report(study: Study, cases_path: str, truth_path: str, server: str | N
                   "secure_vs_fixed_and_float": "labels at model resolution (what the engines compute)"},
         "plain_eval": {"available": plain,
                        "note": "float and fixed-point masks from the server's plaintext evaluation"
-                       if plain else f"secure against the labels only: {study.plain_note}"},
+                       if plain else f"secure against the labels only; {study.plain_note}"},
         "statistics": {"bootstrap_resamples": evalstats.RESAMPLES, "bootstrap_seed": evalstats.SEED,
                        "confidence": evalstats.CONFIDENCE},
         "summary": summarise(study.scored, plain),

@@ -47,6 +47,7 @@ def dice_plot(cases: list[dict], plain: bool) -> str:
         fl = np.array([cases[i]["float"]["dice"] for i in order])
         ax.plot(pos, fl, "x", color=COLORS["float"], ms=6, label="float (plaintext)")
     ax.set_xlabel("case (sorted by secure Dice)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("Dice against the labels")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(loc="lower right")
@@ -104,7 +105,8 @@ def overlay_plot(name: str, view: dict[str, np.ndarray], dice: float) -> str:
     if "float" in view and view["float"].any():
         ax.contour(view["float"].astype(float), levels=[0.5], colors=[COLORS["float"]], linewidths=1.0,
                    linestyles="dashed")
-    ax.set_title(f"secure (red fill), labels (green), float (blue dashed); Dice {dice:.3f}", fontsize=8)
+    legend = "secure (red fill), labels (green)" + (", float (blue dashed)" if "float" in view else "")
+    ax.set_title(f"{legend}; Dice {dice:.3f}", fontsize=8)
     return _png(fig)
 
 
@@ -148,8 +150,8 @@ def render(report: dict, scored: list[Any]) -> str:
              f"{m['input_size'][0]}x{m['input_size'][1]}; {report['created_utc']}, "
              f"bunet {report['bunet_version']}.</p>"]
     if not plain:
-        parts.append(f'<p class="note">No plaintext comparison: {html.escape(report["plain_eval"]["note"])}. '
-                     "This report compares the secure masks with the labels only.</p>")
+        parts.append(f'<p class="note">No plaintext comparison ({html.escape(report["plain_eval"]["note"])}): '
+                     "this report compares the secure masks with the labels only.</p>")
     rows = []
     for e in ("secure", "float", "fixed"):
         if e in s:
