@@ -1,7 +1,7 @@
-"""Quantization benchmark: the plaintext half of the Blind U-Net paper's Table 1.
+"""Quantization benchmark: the Blind U-Net paper's Table 1 for the bundled model.
 
     python bench/quantization.py --out quant.json [--data ../shared/data/medseg_covid19_2d_infnet]
-                                 [--model data/covid_unet.bunet]
+                                 [--model data/covid_unet.bunet] [--secure [--secure-slices 4]]
 
 For each ring / fraction configuration, runs the fixed-point reference
 (:func:`bunet.model.reference.fixed_forward`, the integers the secure protocol computes) on the
@@ -11,14 +11,20 @@ the radiologist's mask (labels nearest-resized to each slice's original size, po
 training), the pixel agreement with the float labels, and the overflow fraction: the share of
 values entering a garbled circuit (ReLU / truncation / argmax inputs) whose float magnitude does
 not fit the signed ``in_bits`` window at that tensor's scale (a wrap-around in the ring).
-Prints the JSON and writes it to ``--out``.
+With ``--secure``, every row also runs the secure protocol over gRPC (server in its own process,
+as bench/e2e.py does) on the first ``--secure-slices`` test slices: seconds and bytes each way per
+slice against the NumPy float model on the same slices, and whether the secure labels equal the
+fixed-point reference. Prints the JSON, then the table (bits, Dice vs float, Dice vs truth, time,
+bytes) on stderr, and writes the JSON to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,7 +77,44 @@ def _dice_pooled(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
-def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit: int = 0) -> dict:
+def secure_row(model: Model, q: Quantization, x: np.ndarray, fixed: np.ndarray) -> dict:
+    """The secure protocol on slices x with the model re-quantized to q: per-slice seconds and
+    bytes, and equality with the fixed-point labels ``fixed`` of the same slices; the plaintext
+    float and fixed-point engines (NumPy, bunet.model.reference) on the same slices just before,
+    as the same-run baselines of the time."""
+    from e2e import ServerProcess  # bench/e2e.py: a server in its own process
+
+    from bunet.client import Client, Summary
+
+    plan = compile_plan(model.network("xy"), q)
+    t0 = time.perf_counter()
+    run_plan(plan, x)
+    plain_fixed = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    float_forward(model.network("xy"), x)
+    plain_float = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.bunet"
+        dataclasses.replace(model, quantization=q).save(path)
+        srv = ServerProcess(path)
+        try:
+            with Client(srv.address) as c:
+                summary = Summary()
+                t0 = time.perf_counter()
+                lab = c.segment_slices(x, "xy", summary=summary)
+                secs = time.perf_counter() - t0
+        finally:
+            srv.stop()
+    n = len(x)
+    return {"secure_slices": n, "secure_s_per_slice": round(secs / n, 3),
+            "plain_fixed_s_per_slice": round(plain_fixed / n, 3), "plain_float_s_per_slice": round(plain_float / n, 3),
+            "secure_over_plain_float": round(secs / plain_float, 2),
+            "bytes_up_per_slice": summary.bytes_up // n, "bytes_down_per_slice": summary.bytes_down // n,
+            "secure_equals_fixed_point": bool(np.array_equal(lab, fixed))}
+
+
+def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit: int = 0,
+        secure_slices: int = 0) -> dict:
     model = Model.load(model_path)
     net = model.network("xy")
     h, w = model.preprocessing.input_size
@@ -106,6 +149,11 @@ def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit
             "headroom_bits": round(headroom, 2),
             "seconds": round(time.time() - t0, 2),
         }
+        if secure_slices:
+            try:
+                row.update(secure_row(model, q, x[:secure_slices], lab[:secure_slices]))
+            except Exception as e:  # a ring the HE parameters or the server refuse: say so in the row
+                row["secure_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     return {
@@ -129,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=str(ROOT / "data" / "covid_unet.bunet"))
     p.add_argument("--limit", type=int, default=0, help="first N test slices only (smoke runs)")
     p.add_argument("--configs", default="", help="override, e.g. '24:8:8,20:6:6'")
+    p.add_argument("--secure", action="store_true", help="also run the secure protocol per row (time, bytes)")
+    p.add_argument("--secure-slices", type=int, default=4, help="test slices per secure run (default 4)")
     a = p.parse_args(argv)
     data = Path(a.data)
     if not (data / "test" / "images").is_dir():
@@ -136,10 +186,34 @@ def main(argv: list[str] | None = None) -> None:
     configs = CONFIGS
     if a.configs:
         configs = [tuple(int(v) for v in c.split(":")) for c in a.configs.split(",")]  # type: ignore[misc]
-    result = run(Path(a.model), data, configs, a.limit)
+    result = run(Path(a.model), data, configs, a.limit, a.secure_slices if a.secure else 0)
     text = json.dumps(result, indent=1)
     Path(a.out).write_text(text + "\n")
     print(text)
+    print("\n".join(table(result)), file=sys.stderr)
+
+
+def table(result: dict) -> list[str]:
+    """Rows as in the BUNET paper's Table 1: bits, Dice against float and truth, time, bytes."""
+    f = result["float"]
+    lines = [f"{'ring/frac/wfrac':<16} {'Dice vs float':>13} {'Dice vs truth':>13} {'s / slice':>10} "
+             f"{'x float':>8} {'MB up / slice':>13} {'MB down / slice':>15}",
+             f"{'float':<16} {1.0:>13.4f} {f['dice_vs_truth']:>13.4f} {'-':>10} {'-':>8} {'-':>13} {'-':>15}"]
+    for r in result["rows"]:
+        bits = f"{r['ring_bits']}/{r['frac_bits']}/{r['weight_frac_bits']}"
+        if "error" in r:
+            lines.append(f"{bits:<16} plan refused: {r['error']}")
+            continue
+        sec = ratio = up = down = "-"
+        if "secure_s_per_slice" in r:
+            sec = f"{r['secure_s_per_slice']:.2f}" + ("" if r["secure_equals_fixed_point"] else " (!= fixed)")
+            ratio = f"{r['secure_over_plain_float']:.1f}x"
+            up, down = f"{r['bytes_up_per_slice'] / 1e6:.1f}", f"{r['bytes_down_per_slice'] / 1e6:.1f}"
+        elif "secure_error" in r:
+            sec = "failed"
+        lines.append(f"{bits:<16} {r['dice_vs_float']:>13.4f} {r['dice_vs_truth']:>13.4f} {sec:>10} {ratio:>8} "
+                     f"{up:>13} {down:>15}")
+    return lines
 
 
 if __name__ == "__main__":

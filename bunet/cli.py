@@ -63,19 +63,46 @@ def client_main(argv: list[str] | None = None) -> int:
     seg.add_argument("--fusion", choices=["majority", "union", "single"], default="majority",
                      help="how per-plane masks are combined (default: majority vote)")
     seg.add_argument("--preview", metavar="PNG", help="also write a PNG: middle slice of each plane with the mask")
-    seg.add_argument("--model", help="model file for the embedded server (default: the bundled model)")
-    seg.add_argument("--tls", action="store_true", help="use TLS with the system's trusted CAs")
-    seg.add_argument("--ca", help="CA certificate (PEM) that signed the server's certificate (implies --tls)")
-    seg.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
-    seg.add_argument("--key", help="client private key (PEM) for mutual TLS")
-    seg.add_argument("--token", help="access token (prefer --token-file or BUNET_TOKEN)")
-    seg.add_argument("--token-file", help="file holding the access token")
-    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    _connection_args(seg)
+    ev = sub.add_parser("evaluate", help="validation study on labelled cases: secure masks against the labels "
+                        "and, where the server allows it, against its plaintext float and fixed-point masks")
+    ev.add_argument("cases", help="a folder of 2D slices (PNG/JPEG, or an images/ sub-folder) or of NIfTI volumes, "
+                    "or one NIfTI volume")
+    ev.add_argument("--truth", metavar="LABELS",
+                    help="folder of label files with the cases' names (or one label volume)")
+    ev.add_argument("--out", default="report", help="report folder (default: report/)")
+    ev.add_argument("--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server with "
+                    "the bundled model, which also gives the plaintext masks)")
+    ev.add_argument("--secure-only", action="store_true", help="do not ask for plaintext masks")
+    ev.add_argument("--limit", type=int, default=0, help="the first N cases only")
+    _connection_args(ev)
     args = ap.parse_args(argv)
     try:
-        return _segment(args)
+        return _segment(args) if args.cmd == "segment" else _evaluate(args)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model file for the embedded server (default: the bundled model)")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's trusted CAs")
+    p.add_argument("--ca", help="CA certificate (PEM) that signed the server's certificate (implies --tls)")
+    p.add_argument("--cert", help="client certificate (PEM) for mutual TLS")
+    p.add_argument("--key", help="client private key (PEM) for mutual TLS")
+    p.add_argument("--token", help="access token (prefer --token-file or BUNET_TOKEN)")
+    p.add_argument("--token-file", help="file holding the access token")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import EvaluationError, run
+
+    if args.limit < 0:
+        return _fail("--limit must be positive", EXIT_USAGE)
+    try:
+        return run(args, _token(args))
+    except (EvaluationError, ValueError) as e:
+        return _fail(str(e))
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -176,6 +203,8 @@ def server_main(argv: list[str] | None = None) -> int:
                     help="seconds one protocol message may take to arrive (default 120)")
     ap.add_argument("--deadline-per-mpixel", type=float, default=7200.0,
                     help="a job's deadline: 120 s plus this many seconds per megapixel of its slices (default 7200)")
+    ap.add_argument("--allow-plain-eval", action="store_true", help="answer plaintext evaluation requests "
+                    "(images sent in the clear, masks returned): for validation on public labelled sets only")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -194,14 +223,16 @@ def server_main(argv: list[str] | None = None) -> int:
         srv = Server(args.model, args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
                      client_ca=args.client_ca, token=token, max_sessions=args.max_sessions,
                      max_queue=args.max_queue, max_slices=args.max_slices, idle_timeout_s=args.idle_timeout,
-                     memory_budget=budget, slice_sizes=sizes, deadline_s_per_mpixel=args.deadline_per_mpixel).start()
+                     memory_budget=budget, slice_sizes=sizes, deadline_s_per_mpixel=args.deadline_per_mpixel,
+                     allow_plain_eval=args.allow_plain_eval).start()
     except (ModelError, ValueError, OSError, RuntimeError) as e:
         return _fail(str(e))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"bunet-server: serving {srv.model.name!r} on {srv.address}"
-          f"{' with TLS' if args.tls_cert else ''}{' (token required)' if token else ''}", file=sys.stderr)
+          f"{' with TLS' if args.tls_cert else ''}{' (token required)' if token else ''}"
+          f"{'; plaintext evaluation ON' if args.allow_plain_eval else ''}", file=sys.stderr)
     stop.wait()
     print("bunet-server: shutting down (finishing running sessions)", file=sys.stderr)
     srv.stop(grace=30.0)

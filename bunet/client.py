@@ -21,9 +21,10 @@ import numpy as np
 from . import volume
 from .protocol.channel import ProtocolError
 from .protocol.session import ClientProtocol
-from .service.transport import StubClient, TransportError, job_failure, open_channel, rpc_error_message
+from .service.transport import NotAllowed, StubClient, TransportError, job_failure, open_channel, rpc_error_message
 
 RETRY_FOR_S = 600.0  # how long a job refused for a busy server is retried (with backoff) before giving up
+PLAIN_EVAL_BYTES = 2 << 20  # pixels per plaintext-evaluation request: within the server's 2 MiB message cap
 
 
 class ClientError(RuntimeError):
@@ -68,14 +69,15 @@ class Client:
     def __init__(self, address: str | None = None, *, token: str | None = None, tls: bool = False,
                  ca: str | None = None, cert: str | None = None, key: str | None = None,
                  model: str | Path | None = None, lanes: int = 2, max_batch: int = 16,
-                 status: Callable[[str], None] | None = None) -> None:
+                 status: Callable[[str], None] | None = None, allow_plain_eval: bool = False) -> None:
         self._embedded = None
         self.status = status  # told about waits: the server's queue, retries
         self.client_id = secrets.token_hex(8)  # groups this client's parallel streams at the server
         if address is None:
             from .server import Server
 
-            self._embedded = Server(model, "127.0.0.1:0", max_sessions=lanes).start()
+            self._embedded = Server(model, "127.0.0.1:0", max_sessions=lanes,
+                                    allow_plain_eval=allow_plain_eval).start()
             address, token, tls = self._embedded.address, None, False
         self.address = address
         try:
@@ -187,6 +189,40 @@ class Client:
             return f"secure session failed: {rpc_error_message(chan.peer_error, self.address)}"
         return f"secure session failed: {e}"
 
+    def plain_labels(self, x: np.ndarray, plane: str = "xy") -> tuple[np.ndarray, np.ndarray]:
+        """The server's plaintext float and fixed-point labels of slices x (n, C, H, W), sent in the
+        clear; only for public validation data. Raises NotAllowed when the server does not offer it."""
+        from . import plain_eval
+
+        network = self.model.plane_networks[plane]
+        per = max(1, min(self.max_slices, PLAIN_EVAL_BYTES // max(1, x[0].size * plain_eval.PIXEL_DTYPE.itemsize)))
+        fl, fx = [], []
+        for i in range(0, len(x), per):
+            part = x[i:i + per]
+            try:
+                reply = self.stub.plain_eval(plain_eval.request(network, part))
+                a, b = plain_eval.labels(reply, (len(part), *part.shape[2:]))
+            except NotAllowed:
+                raise
+            except (TransportError, ValueError) as e:
+                raise ClientError(str(e)) from None
+            fl.append(a)
+            fx.append(b)
+        return np.concatenate(fl), np.concatenate(fx)
+
+    def plane_inputs(self, s: volume.Scan, plane: str) -> tuple[np.ndarray, tuple[int, int]]:
+        """The network input (n, 1, H, W) of the scan's slices along ``plane``, and their own size."""
+        pp = self.model.preprocessing
+        st = volume.to_slices(s.hu, plane)
+        if self.model.network(plane).graph.input.attrs.get("channels", 1) != 1:
+            raise ClientError("the model expects multi-channel slices; BUNET scans give one channel")
+        return volume.resize_stack(pp.apply(st), tuple(pp.input_size))[:, None].astype(np.float32), st.shape[1:]
+
+    @staticmethod
+    def plane_volume(labels: np.ndarray, size: tuple[int, int], plane: str) -> np.ndarray:
+        """Labels (n, H, W) at model resolution -> a canonical label volume (inverse of plane_inputs)."""
+        return volume.from_slices(volume.resize_stack(labels.astype(np.uint8), size, labels=True), plane)
+
     def steps_per_job(self, plane: str) -> int:
         return len(self.protocol.plans[self.model.plane_networks[plane]].steps)
 
@@ -205,25 +241,21 @@ class Client:
             if p not in self.model.plane_networks:
                 raise ClientError(f"the model does not serve plane {p} (it serves {', '.join(self.model.planes)})")
         pp = self.model.preprocessing
-        size = tuple(pp.input_size)
         summary = Summary()
-        stacks = {p: volume.to_slices(s.hu, p) for p in planes}
+        inputs = {p: self.plane_inputs(s, p) for p in planes}
         per_plane: dict[str, np.ndarray] = {}
         done = [0]
-        total_steps = sum(len(self._batches(len(st))) * self.steps_per_job(p) for p, st in stacks.items())
+        total_steps = sum(len(self._batches(len(x))) * self.steps_per_job(p) for p, (x, _) in inputs.items())
 
         def tick(k: int) -> None:
             done[0] += k
             if progress:
                 progress(done[0], total_steps)
 
-        for p, st in stacks.items():
-            x = volume.resize_stack(pp.apply(st), size)[:, None].astype(np.float32)
-            if self.model.network(p).graph.input.attrs.get("channels", 1) != 1:
-                raise ClientError("the model expects multi-channel slices; BUNET scans give one channel")
+        for p, (x, size) in inputs.items():
             lab = self.segment_slices(x, p, tick, summary)
-            per_plane[p] = volume.from_slices(volume.resize_stack(lab.astype(np.uint8), st.shape[1:], labels=True), p)
-            summary.slices[p] = len(st)
+            per_plane[p] = self.plane_volume(lab, size, p)
+            summary.slices[p] = len(x)
         try:
             fused = volume.fuse(per_plane, fusion, classes=len(pp.classes))
         except ValueError as e:

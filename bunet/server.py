@@ -8,9 +8,11 @@ import resource
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from .model.format import Model
-from .protocol.session import Limits, ServerProtocol
+from .plain_eval import PlainEvaluator
+from .protocol.session import JobSpec, Limits, ServerProtocol
 from .service.admission import Admission, default_budget
 from .service.transport import GrpcServer, SegmentationServicer, ServerLimits, Session, StreamChannel
 
@@ -60,7 +62,7 @@ class Server:
                  token: str | None = None, max_sessions: int = 2, max_queue: int = 16, max_slices: int = 256,
                  idle_timeout_s: float = 120.0, memory_budget: int | None = None,
                  slice_sizes: list[tuple[int, int]] | None = None, deadline_s_per_mpixel: float = 7200.0,
-                 max_streams_per_client: int = 4) -> None:
+                 max_streams_per_client: int = 4, allow_plain_eval: bool = False) -> None:
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
@@ -80,7 +82,10 @@ class Server:
             "slice_sizes": [list(s) for s in sizes], "max_slices": max_slices,
             "job_memory_bytes": self.admission.job_budget, "idle_timeout_s": idle_timeout_s,
             "deadline_base_s": self.job_limits.deadline_base_s, "deadline_s_per_mpixel": deadline_s_per_mpixel}}
-        servicer = SegmentationServicer(json.dumps(describe), self._run_job, self.transport_limits, token, max_slices)
+        # plaintext masks of slices sent in the clear: for public validation sets only, off by default
+        self._plain = PlainEvaluator(self.model, self.protocol.plans, self.job_limits) if allow_plain_eval else None
+        servicer = SegmentationServicer(json.dumps(describe), self._run_job, self.transport_limits, token, max_slices,
+                                        self._plain_eval if allow_plain_eval else None)
         self.grpc = GrpcServer(listen, servicer, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca)
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.grpc.port}"
@@ -101,6 +106,19 @@ class Server:
             log.info("session %s admitted: %.1f MB planned", session.sid, cost / 1e6)
             chan.timeout = self.transport_limits.idle_timeout_s
             yield
+
+    def _plain_eval(self, request: Any, session: Session) -> Any:
+        """A plaintext evaluation request, admitted like a job of its size (served sizes only)."""
+        assert self._plain is not None
+        size = (request.height, request.width)
+        if request.network not in self.protocol.plans or size not in (self.job_limits.slice_sizes or ()):
+            raise ValueError(f"slice size {size[0]}x{size[1]} is not served or the network is unknown")
+        if not 1 <= request.slices <= self.job_limits.max_slices:
+            raise ValueError(f"request of {request.slices} slices is outside the server's limit of "
+                             f"1..{self.job_limits.max_slices}")
+        cost = self.protocol.job_memory(JobSpec(request.network, request.slices, *size))
+        with self.admission.admit(session.client, cost):
+            return self._plain(request)
 
     def start(self) -> Server:
         self.grpc.start()

@@ -272,13 +272,17 @@ _FAILURES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (ProtocolError, grpc.StatusCode.FAILED_PRECONDITION),
 )
+# PlainEval: a request message in, a reply message out; raises ValueError for a request the
+# server refuses (size, shape, limits), Refused when it has no room now. None: the RPC is off.
+PlainEvalHandler = Callable[[bunet_pb2.PlainEvalRequest, Session], bunet_pb2.PlainEvalReply]
 
 
 class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
     def __init__(self, describe_json: str, run_job: JobHandler, limits: ServerLimits, token: str | None,
-                 max_slices: int) -> None:
+                 max_slices: int, plain_eval: PlainEvalHandler | None = None) -> None:
         self.describe_json = describe_json
         self.run_job = run_job
+        self.plain_eval = plain_eval
         self.limits = limits
         self.token = token
         self.max_slices = max_slices
@@ -349,6 +353,23 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
                 context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(retry * 1000))),))
             context.abort(code, text)
 
+    def PlainEval(self, request, context):  # noqa: N802
+        self._auth(context)
+        if self.plain_eval is None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "plaintext evaluation is off on this server "
+                          "(it is turned on with bunet-server --allow-plain-eval)")
+        md = dict(context.invocation_metadata())
+        sid = secrets.token_hex(4)
+        session = Session(sid, str(md.get(CLIENT_ID_KEY, ""))[:64] or sid, context.peer())
+        try:
+            return self.plain_eval(request, session)
+        except Refused as e:
+            if e.retry_after_s is not None:
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, str(int(e.retry_after_s * 1000))),))
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except ValueError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+
 
 # Extra channel/server options. None measured better on loopback (bench/transport.py, 2 MiB
 # frames): grpc.http2.max_frame_size up to 16 MiB, grpc.http2.lookahead_bytes 8 MiB with
@@ -392,6 +413,9 @@ class GrpcServer:
                 servicer.Describe, request_deserializer=bunet_pb2.DescribeRequest.FromString,
                 response_serializer=bunet_pb2.DescribeReply.SerializeToString),
             "Run": grpc.stream_stream_rpc_method_handler(servicer.Run),
+            "PlainEval": grpc.unary_unary_rpc_method_handler(
+                servicer.PlainEval, request_deserializer=bunet_pb2.PlainEvalRequest.FromString,
+                response_serializer=bunet_pb2.PlainEvalReply.SerializeToString),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         self.health = health.HealthServicer()
@@ -439,6 +463,10 @@ def _read(path: str | None) -> bytes:
 
 class TransportError(RuntimeError):
     """Cannot reach, authenticate to or talk to the server (one-line message)."""
+
+
+class NotAllowed(TransportError):
+    """The server refuses this call by its configuration (PERMISSION_DENIED)."""
 
 
 def open_channel(address: str, *, tls: bool = False, ca: str | None = None, cert: str | None = None,
@@ -489,6 +517,13 @@ class StubClient:
                                       timeout=self.connect_timeout, wait_for_ready=False)
         except grpc.RpcError as e:
             raise TransportError(rpc_error_message(e, self.address)) from None
+
+    def plain_eval(self, request: bunet_pb2.PlainEvalRequest, timeout: float = 600.0) -> bunet_pb2.PlainEvalReply:
+        try:
+            return self.stub.PlainEval(request, metadata=self.metadata, timeout=timeout)
+        except grpc.RpcError as e:
+            err = NotAllowed if e.code() == grpc.StatusCode.PERMISSION_DENIED else TransportError
+            raise err(rpc_error_message(e, self.address)) from None
 
     def job(self, client_id: str = "", deadline_s: float | None = None,
             on_notice: Callable[[str, str], None] | None = None) -> tuple[StreamChannel, Callable[[], None]]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x62unet.proto\x12\x08\x62unet.v1\"\x11\n\x0f\x44\x65scribeRequest\"v\n\rDescribeReply\x12\x18\n\x10\x64\x65scription_json\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x1a\n\x12max_slices_per_job\x18\x03 \x01(\r\x12\x17\n\x0fmax_frame_bytes\x18\x04 \x01(\r\"0\n\x05\x46rame\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04more\x18\x03 \x01(\x08\x32{\n\x0cSegmentation\x12>\n\x08\x44\x65scribe\x12\x19.bunet.v1.DescribeRequest\x1a\x17.bunet.v1.DescribeReply\x12+\n\x03Run\x12\x0f.bunet.v1.Frame\x1a\x0f.bunet.v1.Frame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x62unet.proto\x12\x08\x62unet.v1\"\x11\n\x0f\x44\x65scribeRequest\"v\n\rDescribeReply\x12\x18\n\x10\x64\x65scription_json\x18\x01 \x01(\t\x12\x16\n\x0eserver_version\x18\x02 \x01(\t\x12\x1a\n\x12max_slices_per_job\x18\x03 \x01(\r\x12\x17\n\x0fmax_frame_bytes\x18\x04 \x01(\r\"0\n\x05\x46rame\x12\x0b\n\x03tag\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04more\x18\x03 \x01(\x08\"t\n\x10PlainEvalRequest\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0e\n\x06slices\x18\x02 \x01(\r\x12\x10\n\x08\x63hannels\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12\x0e\n\x06pixels\x18\x06 \x01(\x0c\"<\n\x0ePlainEvalReply\x12\x14\n\x0c\x66loat_labels\x18\x01 \x01(\x0c\x12\x14\n\x0c\x66ixed_labels\x18\x02 \x01(\x0c\x32\xbe\x01\n\x0cSegmentation\x12>\n\x08\x44\x65scribe\x12\x19.bunet.v1.DescribeRequest\x1a\x17.bunet.v1.DescribeReply\x12+\n\x03Run\x12\x0f.bunet.v1.Frame\x1a\x0f.bunet.v1.Frame(\x01\x30\x01\x12\x41\n\tPlainEval\x12\x1a.bunet.v1.PlainEvalRequest\x1a\x18.bunet.v1.PlainEvalReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEREPLY']._serialized_end=162
   _globals['_FRAME']._serialized_start=164
   _globals['_FRAME']._serialized_end=212
-  _globals['_SEGMENTATION']._serialized_start=214
-  _globals['_SEGMENTATION']._serialized_end=337
+  _globals['_PLAINEVALREQUEST']._serialized_start=214
+  _globals['_PLAINEVALREQUEST']._serialized_end=330
+  _globals['_PLAINEVALREPLY']._serialized_start=332
+  _globals['_PLAINEVALREPLY']._serialized_end=392
+  _globals['_SEGMENTATION']._serialized_start=395
+  _globals['_SEGMENTATION']._serialized_end=585
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class SegmentationStub:
                 request_serializer=bunet__pb2.Frame.SerializeToString,
                 response_deserializer=bunet__pb2.Frame.FromString,
                 _registered_method=True)
+        self.PlainEval = channel.unary_unary(
+                '/bunet.v1.Segmentation/PlainEval',
+                request_serializer=bunet__pb2.PlainEvalRequest.SerializeToString,
+                response_deserializer=bunet__pb2.PlainEvalReply.FromString,
+                _registered_method=True)
 
 
 class SegmentationServicer:
@@ -65,6 +70,15 @@ class SegmentationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlainEval(self, request, context):
+        """Plaintext float and fixed-point masks of slices sent in the clear, for validation studies on
+        public labelled sets. Off unless the server was started with --allow-plain-eval
+        (PERMISSION_DENIED otherwise); same slice-count and size limits as a job; masks only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +91,11 @@ def add_SegmentationServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=bunet__pb2.Frame.FromString,
                     response_serializer=bunet__pb2.Frame.SerializeToString,
+            ),
+            'PlainEval': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlainEval,
+                    request_deserializer=bunet__pb2.PlainEvalRequest.FromString,
+                    response_serializer=bunet__pb2.PlainEvalReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +152,33 @@ class Segmentation:
             '/bunet.v1.Segmentation/Run',
             bunet__pb2.Frame.SerializeToString,
             bunet__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlainEval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bunet.v1.Segmentation/PlainEval',
+            bunet__pb2.PlainEvalRequest.SerializeToString,
+            bunet__pb2.PlainEvalReply.FromString,
             options,
             channel_credentials,
             insecure,
