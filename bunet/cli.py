@@ -56,8 +56,9 @@ def client_main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     seg = sub.add_parser("segment", help="segment a NIfTI scan; the scan never leaves this machine in the clear")
     seg.add_argument("scan", help="CT scan in HU, .nii or .nii.gz")
-    seg.add_argument("--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server "
-                     "with the bundled model)")
+    seg.add_argument("--server", metavar="HOST:PORT[,...]", help="BUNET server(s): a scan's jobs are spread over "
+                     "them and move to another when one fails (default: an embedded local server with the bundled "
+                     "model)")
     seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan)")
     seg.add_argument("--planes", help="comma-separated planes among xy,yz,xz (default: those the model serves)")
     seg.add_argument("--fusion", choices=["majority", "union", "single"], default="majority",

@@ -4,6 +4,7 @@ time, one per core), puts the slices back together and fuses the planes."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -25,6 +26,43 @@ from .service.transport import NotAllowed, StubClient, TransportError, job_failu
 
 RETRY_FOR_S = 600.0  # how long a job refused for a busy server is retried (with backoff) before giving up
 PLAIN_EVAL_BYTES = 2 << 20  # pixels per plaintext-evaluation request: within the server's 2 MiB message cap
+
+
+def _addresses(address: str) -> list[str]:
+    """'a:1,b:2' -> ['a:1', 'b:2'] (a DNS name with several addresses is one entry: gRPC spreads
+    its calls over them)."""
+    out = [a.strip() for a in address.split(",") if a.strip()]
+    if not out:
+        raise ValueError("no server address given")
+    return out
+
+
+def _resolved(address: str) -> int:
+    """How many machines a HOST:PORT names (a DNS name may resolve to several; gRPC's round robin
+    then spreads the calls, and a retried job lands on the next one)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return 1
+    family = infos[0][0] if infos else None  # localhost's IPv4 and IPv6 addresses are one machine
+    return max(1, len({i[4][0] for i in infos if i[0] == family}))
+
+
+def _server_failed(e: ProtocolError, code: Any, retry_after: float | None) -> bool:
+    """Whether a job's failure is its server's (try another) rather than the job's own."""
+    import grpc
+
+    from .protocol.channel import DeadlineExceeded
+
+    if isinstance(e, DeadlineExceeded):
+        return True  # stalled
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return retry_after is not None  # busy, not too big
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
+                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN)
 
 
 class ClientError(RuntimeError):
@@ -80,19 +118,50 @@ class Client:
                                     allow_plain_eval=allow_plain_eval).start()
             address, token, tls = self._embedded.address, None, False
         self.address = address
+        self.servers: list[StubClient] = []
         try:
-            self.stub = StubClient(open_channel(address, tls=tls, ca=ca, cert=cert, key=key), address, token)
-            reply = self.stub.describe()
+            description = self._connect(_addresses(address), token, tls, ca, cert, key)
         except (TransportError, ValueError) as e:
             self.close()
             raise ClientError(str(e)) from None
-        self.max_slices = int(reply.max_slices_per_job) or max_batch
-        description = json.loads(reply.description_json)
+        self.stub = self.servers[0]
+        self.max_slices = min(self._max_slices) or max_batch
         self.server_limits = description.get("limits", {})
         self.protocol = ClientProtocol(description)
         self.model = self.protocol.model
         self.lanes = max(1, lanes)
         self.max_batch = max(1, min(max_batch, self.max_slices))
+
+    def _connect(self, addresses: list[str], token: str | None, tls: bool, ca: str | None, cert: str | None,
+                 key: str | None) -> dict[str, Any]:
+        """Describe every server; they must serve the same model with the same HE parameters."""
+        first: dict[str, Any] | None = None
+        self._max_slices: list[int] = []
+        for a in addresses:
+            stub = StubClient(open_channel(a, tls=tls, ca=ca, cert=cert, key=key), a, token)
+            self.servers.append(stub)
+            reply = stub.describe()
+            d = json.loads(reply.description_json)
+            if first is None:
+                first = d
+            elif (d.get("model"), d.get("he_params")) != (first.get("model"), first.get("he_params")):
+                raise ValueError(f"the server at {a} serves another model than {addresses[0]}")
+            self._max_slices.append(int(reply.max_slices_per_job))
+        assert first is not None
+        self._spread = sum(_resolved(a) for a in addresses)  # machines a failed job may move to
+        self._down: dict[int, float] = {}  # server index -> when it may be tried again
+        self._turn = itertools.count()
+        return first
+
+    def _pick(self, turn: int) -> int:
+        """The server for a job's attempt: round robin over the servers not marked down."""
+        now = time.monotonic()
+        n = len(self.servers)
+        for k in range(n):
+            i = (turn + k) % n
+            if self._down.get(i, 0.0) <= now:
+                return i
+        return turn % n  # all marked down: try anyway
 
     # ---------------------------------------------------------------------------------------
     def segment_slices(self, x: np.ndarray, plane: str = "xy",
@@ -141,22 +210,46 @@ class Client:
 
     def _job(self, network: str, x: np.ndarray, progress: Callable[[int], None] | None, active: set[Any],
              lock: threading.Lock) -> tuple[Any, np.ndarray, Any]:
-        """One secure job; a busy server's refusal (it says when to retry) is retried with backoff."""
+        """One secure job. A busy server's refusal (it says when to retry) is retried with backoff;
+        with several servers, a job whose server fails (unreachable, stalled, crashed, busy) moves
+        to the next one and starts again there: nothing of the scan is lost or revealed."""
         give_up = time.monotonic() + RETRY_FOR_S
         backoff = 1.0
+        turn = next(self._turn)
+        moves = 0
         while True:
-            chan, finish = self.stub.job(self.client_id, self._deadline_s(x), self._notice)
+            idx = self._pick(turn + moves)
+            stub = self.servers[idx]
+            chan, finish = stub.job(self.client_id, self._deadline_s(x), self._notice)
             with lock:
                 active.add(chan)
+            done = [0]
+
+            def counted(k: int, done: list[int] = done) -> None:
+                done[0] += k
+                if progress:
+                    progress(k)
+
             try:
-                labels, t = self.protocol.run_job(chan, network, x, progress)
+                labels, t = self.protocol.run_job(chan, network, x, counted)
                 return chan, labels, t
             except ProtocolError as e:
                 finish()
+                if chan.aborted:  # ended on purpose (another job of the scan failed)
+                    raise ClientError(str(e)) from None
                 code, retry_after = job_failure(chan)
+                if self._spread > 1 and moves < 3 * self._spread and _server_failed(e, code, retry_after):
+                    self._down[idx] = time.monotonic() + (retry_after or 60.0)
+                    if progress and done[0]:
+                        progress(-done[0])  # the job starts again elsewhere
+                    moves += 1
+                    if self.status:
+                        nxt = self.servers[self._pick(turn + moves)].address
+                        self.status(f"{self._failure(e, chan, stub.address)}; moving the job to {nxt}")
+                    continue
                 wait = None if retry_after is None else max(retry_after, backoff) * random.uniform(1.0, 1.5)
                 if wait is None or time.monotonic() + wait > give_up:
-                    raise ClientError(self._failure(e, chan)) from None
+                    raise ClientError(self._failure(e, chan, stub.address)) from None
                 if self.status:
                     self.status(f"server busy, retrying in {wait:.0f} s")
                 time.sleep(wait)
@@ -178,15 +271,16 @@ class Client:
         if kind == "queue" and self.status:
             self.status(f"waiting for the server: place {text} in its queue")
 
-    def _failure(self, e: ProtocolError, chan: Any) -> str:
+    def _failure(self, e: ProtocolError, chan: Any, address: str | None = None) -> str:
         import grpc
 
         from .protocol.channel import DeadlineExceeded
 
+        address = address or self.address
         if isinstance(e, DeadlineExceeded):
-            return f"the server at {self.address} stopped answering: {e}"
+            return f"the server at {address} stopped answering: {e}"
         if isinstance(chan.peer_error, grpc.RpcError):
-            return f"secure session failed: {rpc_error_message(chan.peer_error, self.address)}"
+            return f"secure session failed: {rpc_error_message(chan.peer_error, address)}"
         return f"secure session failed: {e}"
 
     def plain_labels(self, x: np.ndarray, plane: str = "xy") -> tuple[np.ndarray, np.ndarray]:
@@ -269,8 +363,9 @@ class Client:
         return [slice(i, min(i + per_job, n)) for i in range(0, n, per_job)]
 
     def close(self) -> None:
-        if getattr(self, "stub", None) is not None:
-            self.stub.close()
+        for stub in getattr(self, "servers", ()):
+            stub.close()
+        self.servers = []
         if self._embedded is not None:
             self._embedded.stop(grace=1.0)
             self._embedded = None

@@ -427,3 +427,29 @@ def test_stalled_server_is_reported_within_30_s(model_file, x):
         assert "server" in str(box[0])
     finally:
         srv.stop()
+
+
+def test_two_servers_one_killed_mid_scan(model, x, ref):
+    """The client spreads a scan's jobs over two servers; one dies during the scan; its jobs move
+    to the other and the mask is complete and equal to the reference."""
+    a = Server(model, "127.0.0.1:0").start()
+    b = Server(model, "127.0.0.1:0").start()
+    said: list[str] = []
+    try:
+        xs = np.concatenate([x] * 12)
+        with Client(f"{a.address},{b.address}", lanes=2, max_batch=2, status=said.append) as c:
+            killer = threading.Timer(2.0, lambda: a.stop(0))
+            killer.start()
+            got = c.segment_slices(xs)
+            killer.join()
+        assert np.array_equal(got, np.concatenate([ref] * 12))
+        assert any("moving the job" in s for s in said), said
+    finally:
+        a.stop(0)
+        b.stop(0)
+
+
+def test_servers_of_different_models_are_refused(model):
+    other = seed_unet_model(in_channels=1, base=2, depth=1, input_size=SIZE, seed=4)
+    with Server(model) as a, Server(other) as b, pytest.raises(ClientError, match="another model"):
+        Client(f"{a.address},{b.address}")

@@ -382,7 +382,7 @@ GRPC_TUNING: list[tuple[str, int]] = []
 # Keepalive: the client pings every 10 s and gives up 10 s after an unanswered ping, so a stalled or
 # vanished server is reported within about 20 s even in the middle of a long job; the server lets
 # it (pings every 5 s at most, no strikes) and pings idle clients itself to find vanished ones.
-CLIENT_KEEPALIVE: list[tuple[str, int]] = [
+CLIENT_KEEPALIVE: list[tuple[str, int | str]] = [("grpc.lb_policy_name", "round_robin"),  # DNS names of several servers
     ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
 SERVER_KEEPALIVE: list[tuple[str, int]] = [
