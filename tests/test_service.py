@@ -358,3 +358,33 @@ def test_shares_dropped_after_their_last_read() -> None:
     read = {n for s in plan.steps for n in s.inputs}
     assert sorted(n for ns in drops.values() for n in ns) == sorted(read)  # each read share dropped once
     assert max(len(ns) for ns in drops.values()) >= 1 and len(live) <= 2  # left at the end: the last outputs
+
+
+def test_last_messages_arrive_whole_when_the_handler_ends_first(monkeypatch):
+    """The handler's last messages are still queued when it returns; a reader slower than the
+    handler still gets every frame of every message (closing the stream must not drop frames)."""
+    import time
+
+    from bunet.service import transport
+
+    monkeypatch.setattr(transport, "FRAME_BYTES", 1000)
+    monkeypatch.setattr(transport, "OUTQ_BYTES", 4000)  # a send queue of 4 frames: full when the handler ends
+    msgs = [bytes([i % 256]) * 3000 for i in range(400)]
+
+    def burst(chan, session):
+        for i, m in enumerate(msgs):
+            chan.send(f"m{i}", m)
+
+    servicer = transport.SegmentationServicer("{}", burst, transport.ServerLimits(), None, 1)
+    srv = transport.GrpcServer("127.0.0.1:0", servicer).start()
+    stub = transport.StubClient(transport.open_channel(f"127.0.0.1:{srv.port}"), "test")
+    try:
+        chan, finish = stub.job()
+        for i, m in enumerate(msgs):
+            if i % 50 == 0:
+                time.sleep(0.05)  # slower than the handler
+            assert bytes(chan.recv(f"m{i}")) == m, i
+        finish()
+    finally:
+        stub.close()
+        srv.stop(0)

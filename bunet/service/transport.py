@@ -205,7 +205,16 @@ class StreamChannel(Channel):
             yield item
 
     def close(self) -> None:
-        _force_put(self.outq, _END)
+        """End the outgoing stream after every frame already queued (abort() drops them instead);
+        a peer that reads nothing for ``send_timeout`` loses them."""
+        end = None if self.send_timeout is None else time.monotonic() + self.send_timeout
+        while not self._aborted.is_set() and (end is None or time.monotonic() < end):
+            try:
+                self.outq.put(_END, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+        self.abort("the peer stopped reading")
 
     def abort(self, reason: str) -> None:
         """The stream is gone: every blocked or later send and receive raises ChannelClosed(reason)."""
