@@ -40,16 +40,30 @@ from bunet.model.train import _load_split, evaluate_labels  # noqa: E402
 
 # (ring_bits, frac_bits, weight_frac_bits)
 CONFIGS: list[tuple[int, int, int]] = [
-    (32, 12, 12), (32, 13, 10), (32, 10, 10),
-    (24, 8, 8), (24, 9, 7), (24, 7, 9), (24, 8, 6), (24, 6, 6),
-    (22, 8, 8), (22, 7, 9), (22, 7, 7), (21, 8, 8), (21, 7, 9),
-    (20, 8, 8), (20, 7, 9), (20, 6, 6), (20, 6, 5), (18, 5, 5), (16, 4, 4), (16, 5, 3),
+    (32, 12, 12),
+    (32, 13, 10),
+    (32, 10, 10),
+    (24, 8, 8),
+    (24, 9, 7),
+    (24, 7, 9),
+    (24, 8, 6),
+    (24, 6, 6),
+    (22, 8, 8),
+    (22, 7, 9),
+    (22, 7, 7),
+    (21, 8, 8),
+    (21, 7, 9),
+    (20, 8, 8),
+    (20, 7, 9),
+    (20, 6, 6),
+    (20, 6, 5),
+    (18, 5, 5),
+    (16, 4, 4),
+    (16, 5, 3),
 ]
 
 
-def overflow_fraction(
-    net: Network, quant: Quantization, floats: dict[str, np.ndarray]
-) -> tuple[float, float]:
+def overflow_fraction(net: Network, quant: Quantization, floats: dict[str, np.ndarray]) -> tuple[float, float]:
     """Share of garbled-circuit inputs whose float value * 2^exp leaves the signed in_bits range,
     and the headroom: min over those inputs of log2(range / max |value * 2^exp|), in bits
     (negative = overflow; what a narrower ``in_bits`` could save)."""
@@ -106,15 +120,21 @@ def secure_row(model: Model, q: Quantization, x: np.ndarray, fixed: np.ndarray) 
         finally:
             srv.stop()
     n = len(x)
-    return {"secure_slices": n, "secure_s_per_slice": round(secs / n, 3),
-            "plain_fixed_s_per_slice": round(plain_fixed / n, 3), "plain_float_s_per_slice": round(plain_float / n, 3),
-            "secure_over_plain_float": round(secs / plain_float, 2),
-            "bytes_up_per_slice": summary.bytes_up // n, "bytes_down_per_slice": summary.bytes_down // n,
-            "secure_equals_fixed_point": bool(np.array_equal(lab, fixed))}
+    return {
+        "secure_slices": n,
+        "secure_s_per_slice": round(secs / n, 3),
+        "plain_fixed_s_per_slice": round(plain_fixed / n, 3),
+        "plain_float_s_per_slice": round(plain_float / n, 3),
+        "secure_over_plain_float": round(secs / plain_float, 2),
+        "bytes_up_per_slice": summary.bytes_up // n,
+        "bytes_down_per_slice": summary.bytes_down // n,
+        "secure_equals_fixed_point": bool(np.array_equal(lab, fixed)),
+    }
 
 
-def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit: int = 0,
-        secure_slices: int = 0) -> dict:
+def run(
+    model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit: int = 0, secure_slices: int = 0
+) -> dict:
     model = Model.load(model_path)
     net = model.network("xy")
     h, w = model.preprocessing.input_size
@@ -133,14 +153,16 @@ def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit
         t0 = time.time()
         try:
             plan = compile_plan(net, q)
-            lab = np.concatenate([run_plan(plan, x[i:i + 8]) for i in range(0, len(x), 8)])
+            lab = np.concatenate([run_plan(plan, x[i : i + 8]) for i in range(0, len(x), 8)])
         except Exception as e:  # a config the plan rejects (exponent does not fit the ring)
             rows.append({"ring_bits": L, "frac_bits": f, "weight_frac_bits": fw, "error": str(e)})
             continue
         vs_truth = evaluate_labels(list(lab), truths)
         ovf, headroom = overflow_fraction(net, q, floats)
         row = {
-            "ring_bits": L, "frac_bits": f, "weight_frac_bits": fw,
+            "ring_bits": L,
+            "frac_bits": f,
+            "weight_frac_bits": fw,
             "dice_vs_float": round(_dice_pooled(lab > 0, float_lab > 0), 5),
             "dice_vs_truth": round(vs_truth["dice_pooled"], 5),
             "dice_vs_truth_mean_per_slice": round(vs_truth["dice_mean"], 5),
@@ -162,8 +184,10 @@ def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit
         "model_sha_params": model.parameter_count(),
         "input_size": [h, w],
         "slices": len(x),
-        "float": {"dice_vs_truth": round(float_truth["dice_pooled"], 5),
-                  "dice_vs_truth_mean_per_slice": round(float_truth["dice_mean"], 5)},
+        "float": {
+            "dice_vs_truth": round(float_truth["dice_pooled"], 5),
+            "dice_vs_truth_mean_per_slice": round(float_truth["dice_mean"], 5),
+        },
         "dice_vs_float_protocol": "lesion Dice of fixed vs float labels, pooled over all slices at model resolution",
         "dice_vs_truth_protocol": "labels nearest-resized to each slice's original size, pooled over all pixels",
         "rows": rows,
@@ -196,9 +220,11 @@ def main(argv: list[str] | None = None) -> None:
 def table(result: dict) -> list[str]:
     """Rows as in the BUNET paper's Table 1: bits, Dice against float and truth, time, bytes."""
     f = result["float"]
-    lines = [f"{'ring/frac/wfrac':<16} {'Dice vs float':>13} {'Dice vs truth':>13} {'s / slice':>10} "
-             f"{'x float':>8} {'MB up / slice':>13} {'MB down / slice':>15}",
-             f"{'float':<16} {1.0:>13.4f} {f['dice_vs_truth']:>13.4f} {'-':>10} {'-':>8} {'-':>13} {'-':>15}"]
+    lines = [
+        f"{'ring/frac/wfrac':<16} {'Dice vs float':>13} {'Dice vs truth':>13} {'s / slice':>10} "
+        f"{'x float':>8} {'MB up / slice':>13} {'MB down / slice':>15}",
+        f"{'float':<16} {1.0:>13.4f} {f['dice_vs_truth']:>13.4f} {'-':>10} {'-':>8} {'-':>13} {'-':>15}",
+    ]
     for r in result["rows"]:
         bits = f"{r['ring_bits']}/{r['frac_bits']}/{r['weight_frac_bits']}"
         if "error" in r:
@@ -211,8 +237,10 @@ def table(result: dict) -> list[str]:
             up, down = f"{r['bytes_up_per_slice'] / 1e6:.1f}", f"{r['bytes_down_per_slice'] / 1e6:.1f}"
         elif "secure_error" in r:
             sec = "failed"
-        lines.append(f"{bits:<16} {r['dice_vs_float']:>13.4f} {r['dice_vs_truth']:>13.4f} {sec:>10} {ratio:>8} "
-                     f"{up:>13} {down:>15}")
+        lines.append(
+            f"{bits:<16} {r['dice_vs_float']:>13.4f} {r['dice_vs_truth']:>13.4f} {sec:>10} {ratio:>8} "
+            f"{up:>13} {down:>15}"
+        )
     return lines
 
 

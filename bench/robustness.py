@@ -58,8 +58,12 @@ class ServerProcess:
     def __init__(self, *extra: str) -> None:
         self.address = f"127.0.0.1:{_free_port()}"
         code = "import sys; from bunet.cli import server_main; sys.exit(server_main())"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, "--listen", self.address, *extra],
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "--listen", self.address, *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         line = self.proc.stderr.readline()
         if "serving" not in line:
             raise RuntimeError(line + self.proc.stderr.read())
@@ -111,8 +115,14 @@ def _hostile(i: int, size: tuple[int, int]):
         yield frames.encode("job", spec(slices=256, gc_window=64), False)
         time.sleep(30)
     else:  # illegal job specs of every kind
-        bad = [spec(slices=10**9), spec(height=1 << 20, width=1 << 20), spec(height=h + 1), spec(gc_window=10**6),
-               spec(network="x" * 10_000), b"{" * 50_000]
+        bad = [
+            spec(slices=10**9),
+            spec(height=1 << 20, width=1 << 20),
+            spec(height=h + 1),
+            spec(gc_window=10**6),
+            spec(network="x" * 10_000),
+            b"{" * 50_000,
+        ]
         yield frames.encode("job", bad[kind - 5], False)
 
 
@@ -130,8 +140,9 @@ def abuse(budget: str) -> dict:
                 peak[0] = max(peak[0], _vm(srv.proc.pid, "VmRSS"))
 
         threading.Thread(target=watch, daemon=True).start()
-        ts = [threading.Thread(target=lambda i=i: codes.append(_raw(srv.address, _hostile(i, size))))
-              for i in range(20)]
+        ts = [
+            threading.Thread(target=lambda i=i: codes.append(_raw(srv.address, _hostile(i, size)))) for i in range(20)
+        ]
         t0 = time.monotonic()
         for t in ts:
             t.start()
@@ -181,9 +192,14 @@ def concurrency(n: int) -> dict:
             t.start()
         for t in ts:
             t.join(timeout=900)
-        return {"clients": n, "alone_s": round(alone_s, 2), "times_s": [times.get(i) for i in range(n)],
-                "all_finished": len(times) == n, "masks_equal_alone": all(same.values()) and len(same) == n,
-                "told_queue_place": sum(waited.values())}
+        return {
+            "clients": n,
+            "alone_s": round(alone_s, 2),
+            "times_s": [times.get(i) for i in range(n)],
+            "all_finished": len(times) == n,
+            "masks_equal_alone": all(same.values()) and len(same) == n,
+            "told_queue_place": sum(waited.values()),
+        }
     finally:
         srv.stop()
 
@@ -192,6 +208,7 @@ def timeouts() -> dict:
     srv = ServerProcess("--idle-timeout", "5")
     out: dict = {}
     try:
+
         def trickle():
             yield frames.encode("job", json.dumps(JobSpec("main", 1, 96, 96).__dict__).encode(), False)
             for _ in range(120):  # 60 s at most

@@ -86,8 +86,10 @@ def _checked(cases: list[Case]) -> list[Case]:
         a, b = _size(c.image, c), _size(c.truth, c)
         if a != b:
             what = "image and label" if c.kind == "slice" else "scan and label volume"
-            raise CaseError(f"case {c.name!r}: {what} differ in {'size' if c.kind == 'slice' else 'shape'} "
-                            f"({'x'.join(map(str, a))} vs {'x'.join(map(str, b))})")
+            raise CaseError(
+                f"case {c.name!r}: {what} differ in {'size' if c.kind == 'slice' else 'shape'} "
+                f"({'x'.join(map(str, a))} vs {'x'.join(map(str, b))})"
+            )
     return cases
 
 
@@ -136,8 +138,10 @@ def load_slice(case: Case) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, UnidentifiedImageError) as e:
         raise CaseError(f"cannot read case {case.name!r}: {e}") from None
     if img.shape != lab.shape:
-        raise CaseError(f"case {case.name!r}: image {img.shape[1]}x{img.shape[0]} and label "
-                        f"{lab.shape[1]}x{lab.shape[0]} differ in size")
+        raise CaseError(
+            f"case {case.name!r}: image {img.shape[1]}x{img.shape[0]} and label "
+            f"{lab.shape[1]}x{lab.shape[0]} differ in size"
+        )
     return img, lab
 
 
@@ -149,8 +153,9 @@ def load_volume(case: Case) -> tuple[volume.Scan, np.ndarray]:
     except volume.ScanError as e:
         raise CaseError(f"case {case.name!r}: {e}") from None
     if lab.image.shape[:3] != scan.image.shape[:3]:
-        raise CaseError(f"case {case.name!r}: scan {scan.image.shape[:3]} and label volume "
-                        f"{lab.image.shape[:3]} differ in shape")
+        raise CaseError(
+            f"case {case.name!r}: scan {scan.image.shape[:3]} and label volume {lab.image.shape[:3]} differ in shape"
+        )
     if not np.allclose(lab.image.affine, scan.image.affine, atol=1e-3):
         raise CaseError(f"case {case.name!r}: scan and label volume have different affines (grids)")
     return scan, lab.hu > 0

@@ -56,24 +56,42 @@ def client_main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     seg = sub.add_parser("segment", help="segment a NIfTI scan; the scan never leaves this machine in the clear")
     seg.add_argument("scan", help="CT scan in HU, .nii or .nii.gz")
-    seg.add_argument("--server", metavar="HOST:PORT[,...]", help="BUNET server(s): a scan's jobs are spread over "
-                     "them and move to another when one fails (default: an embedded local server with the bundled "
-                     "model)")
+    seg.add_argument(
+        "--server",
+        metavar="HOST:PORT[,...]",
+        help="BUNET server(s): a scan's jobs are spread over "
+        "them and move to another when one fails (default: an embedded local server with the bundled "
+        "model)",
+    )
     seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan)")
     seg.add_argument("--planes", help="comma-separated planes among xy,yz,xz (default: those the model serves)")
-    seg.add_argument("--fusion", choices=["majority", "union", "single"], default="majority",
-                     help="how per-plane masks are combined (default: majority vote)")
+    seg.add_argument(
+        "--fusion",
+        choices=["majority", "union", "single"],
+        default="majority",
+        help="how per-plane masks are combined (default: majority vote)",
+    )
     seg.add_argument("--preview", metavar="PNG", help="also write a PNG: middle slice of each plane with the mask")
     _connection_args(seg)
-    ev = sub.add_parser("evaluate", help="validation study on labelled cases: secure masks against the labels "
-                        "and, where the server allows it, against its plaintext float and fixed-point masks")
-    ev.add_argument("cases", help="a folder of 2D slices (PNG/JPEG, or an images/ sub-folder) or of NIfTI volumes, "
-                    "or one NIfTI volume")
-    ev.add_argument("--truth", metavar="LABELS",
-                    help="folder of label files with the cases' names (or one label volume)")
+    ev = sub.add_parser(
+        "evaluate",
+        help="validation study on labelled cases: secure masks against the labels "
+        "and, where the server allows it, against its plaintext float and fixed-point masks",
+    )
+    ev.add_argument(
+        "cases",
+        help="a folder of 2D slices (PNG/JPEG, or an images/ sub-folder) or of NIfTI volumes, or one NIfTI volume",
+    )
+    ev.add_argument(
+        "--truth", metavar="LABELS", help="folder of label files with the cases' names (or one label volume)"
+    )
     ev.add_argument("--out", default="report", help="report folder (default: report/)")
-    ev.add_argument("--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server with "
-                    "the bundled model, which also gives the plaintext masks)")
+    ev.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="BUNET server (default: an embedded local server with "
+        "the bundled model, which also gives the plaintext masks)",
+    )
     ev.add_argument("--secure-only", action="store_true", help="do not ask for plaintext masks")
     ev.add_argument("--limit", type=int, default=0, help="the first N cases only")
     _connection_args(ev)
@@ -131,8 +149,9 @@ def _segment(args: argparse.Namespace) -> int:
         if not args.quiet:
             from tqdm import tqdm
 
-            bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False,
-                       disable=None)  # None: no bar when stderr is not a terminal
+            bar = tqdm(
+                total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False, disable=None
+            )  # None: no bar when stderr is not a terminal
 
         def status(text: str) -> None:
             if bar is not None:
@@ -140,8 +159,16 @@ def _segment(args: argparse.Namespace) -> int:
             else:
                 print(f"bunet-client: {text}", file=sys.stderr)
 
-        with Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                    model=args.model, status=status) as client:
+        with Client(
+            args.server,
+            token=_token(args),
+            tls=args.tls,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            model=args.model,
+            status=status,
+        ) as client:
 
             def progress(done: int, total: int) -> None:
                 if bar is not None:
@@ -191,27 +218,59 @@ def server_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", help="server private key (PEM)")
     ap.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
     ap.add_argument("--token-file", help="file with the bearer token clients must present (or BUNET_TOKEN)")
-    ap.add_argument("--max-sessions", type=int, default=2,
-                    help="clients served at once; a client's parallel streams count as one (default 2)")
-    ap.add_argument("--max-queue", type=int, default=16,
-                    help="jobs that may wait for their turn; beyond it clients are told to retry (default 16)")
+    ap.add_argument(
+        "--max-sessions",
+        type=int,
+        default=2,
+        help="clients served at once; a client's parallel streams count as one (default 2)",
+    )
+    ap.add_argument(
+        "--max-queue",
+        type=int,
+        default=16,
+        help="jobs that may wait for their turn; beyond it clients are told to retry (default 16)",
+    )
     ap.add_argument("--max-slices", type=int, default=256, help="slices per job (default 256)")
-    ap.add_argument("--memory-budget", metavar="SIZE", default=None,
-                    help="memory the server may plan for, e.g. 16G (default: three quarters of the host's)")
-    ap.add_argument("--slice-sizes", metavar="HxW,...", default=None,
-                    help="slice sizes served besides the model's input size, e.g. 256x256,512x512")
-    ap.add_argument("--idle-timeout", type=float, default=120.0,
-                    help="seconds one protocol message may take to arrive (default 120)")
-    ap.add_argument("--deadline-per-mpixel", type=float, default=7200.0,
-                    help="a job's deadline: 120 s plus this many seconds per megapixel of its slices (default 7200)")
-    ap.add_argument("--allow-plain-eval", action="store_true", help="answer plaintext evaluation requests "
-                    "(images sent in the clear, masks returned): for validation on public labelled sets only")
+    ap.add_argument(
+        "--memory-budget",
+        metavar="SIZE",
+        default=None,
+        help="memory the server may plan for, e.g. 16G (default: three quarters of the host's)",
+    )
+    ap.add_argument(
+        "--slice-sizes",
+        metavar="HxW,...",
+        default=None,
+        help="slice sizes served besides the model's input size, e.g. 256x256,512x512",
+    )
+    ap.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=120.0,
+        help="seconds one protocol message may take to arrive (default 120)",
+    )
+    ap.add_argument(
+        "--deadline-per-mpixel",
+        type=float,
+        default=7200.0,
+        help="a job's deadline: 120 s plus this many seconds per megapixel of its slices (default 7200)",
+    )
+    ap.add_argument(
+        "--allow-plain-eval",
+        action="store_true",
+        help="answer plaintext evaluation requests "
+        "(images sent in the clear, masks returned): for validation on public labelled sets only",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if min(args.max_sessions, args.max_slices) < 1 or args.max_queue < 0 or min(args.idle_timeout,
-                                                                                 args.deadline_per_mpixel) <= 0:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if (
+        min(args.max_sessions, args.max_slices) < 1
+        or args.max_queue < 0
+        or min(args.idle_timeout, args.deadline_per_mpixel) <= 0
+    ):
         return _fail("limits must be positive", EXIT_USAGE)
     from .model.graph import ModelError
     from .server import Server
@@ -221,19 +280,33 @@ def server_main(argv: list[str] | None = None) -> int:
         budget = parse_bytes(args.memory_budget) if args.memory_budget else None
         sizes = _slice_sizes(args.slice_sizes) if args.slice_sizes else None
         token = _token(args)
-        srv = Server(args.model, args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                     client_ca=args.client_ca, token=token, max_sessions=args.max_sessions,
-                     max_queue=args.max_queue, max_slices=args.max_slices, idle_timeout_s=args.idle_timeout,
-                     memory_budget=budget, slice_sizes=sizes, deadline_s_per_mpixel=args.deadline_per_mpixel,
-                     allow_plain_eval=args.allow_plain_eval).start()
+        srv = Server(
+            args.model,
+            args.listen,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
+            token=token,
+            max_sessions=args.max_sessions,
+            max_queue=args.max_queue,
+            max_slices=args.max_slices,
+            idle_timeout_s=args.idle_timeout,
+            memory_budget=budget,
+            slice_sizes=sizes,
+            deadline_s_per_mpixel=args.deadline_per_mpixel,
+            allow_plain_eval=args.allow_plain_eval,
+        ).start()
     except (ModelError, ValueError, OSError, RuntimeError) as e:
         return _fail(str(e))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"bunet-server: serving {srv.model.name!r} on {srv.address}"
-          f"{' with TLS' if args.tls_cert else ''}{' (token required)' if token else ''}"
-          f"{'; plaintext evaluation ON' if args.allow_plain_eval else ''}", file=sys.stderr)
+    print(
+        f"bunet-server: serving {srv.model.name!r} on {srv.address}"
+        f"{' with TLS' if args.tls_cert else ''}{' (token required)' if token else ''}"
+        f"{'; plaintext evaluation ON' if args.allow_plain_eval else ''}",
+        file=sys.stderr,
+    )
     stop.wait()
     print("bunet-server: shutting down (finishing running sessions)", file=sys.stderr)
     srv.stop(grace=30.0)
@@ -299,15 +372,19 @@ def _model_info(args: argparse.Namespace) -> int:
     print(f"planes:       {', '.join(f'{p} -> {n}' for p, n in m.plane_networks.items())}")
     win = f"HU window center {pp.center:g}, width {pp.width:g}" if pp.kind == "hu_window" else "values as given"
     print(f"input:        {pp.input_size[0]}x{pp.input_size[1]}, {win}; classes: {', '.join(pp.classes)}")
-    print(f"quantization: ring Z_2^{q.ring_bits}, {q.frac_bits} fraction bits (activations), "
-          f"{q.weight_frac_bits} (weights)" + (f", narrowed inputs: {q.in_bits}" if q.in_bits else ""))
+    print(
+        f"quantization: ring Z_2^{q.ring_bits}, {q.frac_bits} fraction bits (activations), "
+        f"{q.weight_frac_bits} (weights)" + (f", narrowed inputs: {q.in_bits}" if q.in_bits else "")
+    )
     print(f"parameters:   {m.parameter_count():,}")
     for name, net in m.networks.items():
         plan = compile_plan(net, q)
         h, w = pp.input_size
         shapes = net.graph.shapes(int(net.graph.input.attrs.get("channels", 1)), h, w, net.weights)
-        print(f"network {name!r}: {len(net.graph.nodes)} nodes, "
-              f"{plan.relu_count(h, w):,} garbled-circuit instances per slice")
+        print(
+            f"network {name!r}: {len(net.graph.nodes)} nodes, "
+            f"{plan.relu_count(h, w):,} garbled-circuit instances per slice"
+        )
         for n in net.graph.nodes:
             extra = ""
             if n.op in ("conv", "conv_transpose"):
@@ -329,10 +406,13 @@ def _model_import(args: argparse.Namespace) -> int:
 
     net = load_onnx(args.onnx)
     planes = [p.strip() for p in args.planes.split(",") if p.strip()]
-    m = Model(name=args.name or Path(args.onnx).stem, networks={"main": net},
-              plane_networks={p: "main" for p in planes},
-              quantization=Quantization(args.ring_bits, args.frac_bits, args.weight_frac_bits),
-              preprocessing=Preprocessing(input_size=tuple(args.input_size)))
+    m = Model(
+        name=args.name or Path(args.onnx).stem,
+        networks={"main": net},
+        plane_networks={p: "main" for p in planes},
+        quantization=Quantization(args.ring_bits, args.frac_bits, args.weight_frac_bits),
+        preprocessing=Preprocessing(input_size=tuple(args.input_size)),
+    )
     m.save(args.output)
     print(f"wrote {args.output} ({m.parameter_count():,} parameters)")
     return 0

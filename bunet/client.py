@@ -61,8 +61,13 @@ def _server_failed(e: ProtocolError, code: Any, retry_after: float | None) -> bo
         return True  # stalled
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return retry_after is not None  # busy, not too big
-    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
-                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN)
+    return code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+    )
 
 
 class ClientError(RuntimeError):
@@ -104,18 +109,28 @@ class Client:
     """Connects to a BUNET server (``address``) or, with ``address=None``, starts an embedded
     local server with the bundled (or given) model."""
 
-    def __init__(self, address: str | None = None, *, token: str | None = None, tls: bool = False,
-                 ca: str | None = None, cert: str | None = None, key: str | None = None,
-                 model: str | Path | None = None, lanes: int = 2, max_batch: int = 16,
-                 status: Callable[[str], None] | None = None, allow_plain_eval: bool = False) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        model: str | Path | None = None,
+        lanes: int = 2,
+        max_batch: int = 16,
+        status: Callable[[str], None] | None = None,
+        allow_plain_eval: bool = False,
+    ) -> None:
         self._embedded = None
         self.status = status  # told about waits: the server's queue, retries
         self.client_id = secrets.token_hex(8)  # groups this client's parallel streams at the server
         if address is None:
             from .server import Server
 
-            self._embedded = Server(model, "127.0.0.1:0", max_sessions=lanes,
-                                    allow_plain_eval=allow_plain_eval).start()
+            self._embedded = Server(model, "127.0.0.1:0", max_sessions=lanes, allow_plain_eval=allow_plain_eval).start()
             address, token, tls = self._embedded.address, None, False
         self.address = address
         self.servers: list[StubClient] = []
@@ -132,8 +147,9 @@ class Client:
         self.lanes = max(1, lanes)
         self.max_batch = max(1, min(max_batch, self.max_slices))
 
-    def _connect(self, addresses: list[str], token: str | None, tls: bool, ca: str | None, cert: str | None,
-                 key: str | None) -> dict[str, Any]:
+    def _connect(
+        self, addresses: list[str], token: str | None, tls: bool, ca: str | None, cert: str | None, key: str | None
+    ) -> dict[str, Any]:
         """Describe every server; they must serve the same model with the same HE parameters."""
         first: dict[str, Any] | None = None
         self._max_slices: list[int] = []
@@ -164,8 +180,13 @@ class Client:
         return turn % n  # all marked down: try anyway
 
     # ---------------------------------------------------------------------------------------
-    def segment_slices(self, x: np.ndarray, plane: str = "xy",
-                       progress: Callable[[int], None] | None = None, summary: Summary | None = None) -> np.ndarray:
+    def segment_slices(
+        self,
+        x: np.ndarray,
+        plane: str = "xy",
+        progress: Callable[[int], None] | None = None,
+        summary: Summary | None = None,
+    ) -> np.ndarray:
         """Secure labels for preprocessed slices x (n, C, H, W) in [0, 1] at the model's input size."""
         network = self.model.plane_networks.get(plane)
         if network is None:
@@ -208,8 +229,14 @@ class Client:
         pool.shutdown()
         return np.concatenate(outs)
 
-    def _job(self, network: str, x: np.ndarray, progress: Callable[[int], None] | None, active: set[Any],
-             lock: threading.Lock) -> tuple[Any, np.ndarray, Any]:
+    def _job(
+        self,
+        network: str,
+        x: np.ndarray,
+        progress: Callable[[int], None] | None,
+        active: set[Any],
+        lock: threading.Lock,
+    ) -> tuple[Any, np.ndarray, Any]:
         """One secure job. A busy server's refusal (it says when to retry) is retried with backoff;
         with several servers, a job whose server fails (unreachable, stalled, crashed, busy) moves
         to the next one and starts again there: nothing of the scan is lost or revealed."""
@@ -292,7 +319,7 @@ class Client:
         per = max(1, min(self.max_slices, PLAIN_EVAL_BYTES // max(1, x[0].size * plain_eval.PIXEL_DTYPE.itemsize)))
         fl, fx = [], []
         for i in range(0, len(x), per):
-            part = x[i:i + per]
+            part = x[i : i + per]
             try:
                 reply = self.stub.plain_eval(plain_eval.request(network, part))
                 a, b = plain_eval.labels(reply, (len(part), *part.shape[2:]))
@@ -320,8 +347,13 @@ class Client:
     def steps_per_job(self, plane: str) -> int:
         return len(self.protocol.plans[self.model.plane_networks[plane]].steps)
 
-    def segment(self, scan: str | Path | volume.Scan, planes: list[str] | None = None, fusion: str = "majority",
-                progress: Callable[[int, int], None] | None = None) -> Result:
+    def segment(
+        self,
+        scan: str | Path | volume.Scan,
+        planes: list[str] | None = None,
+        fusion: str = "majority",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Result:
         """Segment a NIfTI file (or a loaded Scan): per-plane secure labels, fused."""
         t_start = time.perf_counter()
         try:

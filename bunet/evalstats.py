@@ -25,13 +25,21 @@ def _f(v: float) -> float | None:
     return v if np.isfinite(v) else None
 
 
-def bootstrap_mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-                      seed: int = SEED) -> dict:
+def bootstrap_mean_ci(
+    values: Sequence[float], *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED
+) -> dict:
     """Mean of per-case values with its bootstrap confidence interval (cases resampled, BCa)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    out: dict = {"n": int(v.size), "mean": _f(v.mean()) if v.size else None, "low": None, "high": None,
-                 "confidence": confidence, "method": "BCa bootstrap, cases resampled", "resamples": resamples}
+    out: dict = {
+        "n": int(v.size),
+        "mean": _f(v.mean()) if v.size else None,
+        "low": None,
+        "high": None,
+        "confidence": confidence,
+        "method": "BCa bootstrap, cases resampled",
+        "resamples": resamples,
+    }
     if v.size < 2:
         out["note"] = "fewer than two cases: no confidence interval"
         return out
@@ -40,11 +48,23 @@ def bootstrap_mean_ci(values: Sequence[float], *, confidence: float = CONFIDENCE
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa warns (and gives NaN) on near-degenerate samples; handled below
-        ci = stats.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                             method="BCa", rng=np.random.default_rng(seed)).confidence_interval
+        ci = stats.bootstrap(
+            (v,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=resamples,
+            method="BCa",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
         if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
-            ci = stats.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=resamples,
-                                 method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+            ci = stats.bootstrap(
+                (v,),
+                np.mean,
+                confidence_level=confidence,
+                n_resamples=resamples,
+                method="percentile",
+                rng=np.random.default_rng(seed),
+            ).confidence_interval
             out["method"] = "percentile bootstrap, cases resampled (BCa undefined on these values)"
     out.update(low=float(ci.low), high=float(ci.high))
     return out
@@ -59,8 +79,13 @@ def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict:
     x, y = x[ok], y[ok]
     d = x - y
     nonzero = int(np.count_nonzero(d))
-    w: dict = {"test": "Wilcoxon signed-rank, paired, two-sided (zero differences dropped)", "n": int(x.size),
-               "nonzero_differences": nonzero, "statistic": None, "p_value": None}
+    w: dict = {
+        "test": "Wilcoxon signed-rank, paired, two-sided (zero differences dropped)",
+        "n": int(x.size),
+        "nonzero_differences": nonzero,
+        "statistic": None,
+        "p_value": None,
+    }
     if nonzero == 0:
         w["note"] = "undefined: the two scores are equal on every case (no difference to rank)"
     else:
@@ -70,8 +95,7 @@ def paired_tests(a: Sequence[float], b: Sequence[float]) -> dict:
         w.update(statistic=_f(r.statistic), p_value=_f(r.pvalue))
         if nonzero < 6:
             w["note"] = f"only {nonzero} non-zero differences: the test has little power"
-    k: dict = {"test": "two-sample Kolmogorov-Smirnov, two-sided", "n": int(x.size), "statistic": None,
-               "p_value": None}
+    k: dict = {"test": "two-sample Kolmogorov-Smirnov, two-sided", "n": int(x.size), "statistic": None, "p_value": None}
     if x.size == 0:
         k["note"] = "no cases"
     else:
@@ -86,8 +110,13 @@ def bland_altman(a: Sequence[float], b: Sequence[float]) -> dict:
     """Bias (mean of a - b) and 95% limits of agreement (bias +- 1.96 SD of the differences)."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     d = x - y
-    out: dict = {"n": int(d.size), "bias": _f(d.mean()) if d.size else None, "sd": None,
-                 "loa_low": None, "loa_high": None}
+    out: dict = {
+        "n": int(d.size),
+        "bias": _f(d.mean()) if d.size else None,
+        "sd": None,
+        "loa_low": None,
+        "loa_high": None,
+    }
     if d.size < 2:
         out["note"] = "fewer than two cases: no limits of agreement"
         return out

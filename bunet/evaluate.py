@@ -48,15 +48,25 @@ class Scored:
     overlay: dict[str, np.ndarray] | None = None  # one 2D view for the report (image, truth, engines)
 
     def row(self) -> dict:
-        return {"case": self.name, "truth_volume": self.truth_volume, **self.engines,
-                "secure_vs_fixed_pixels_differ": self.secure_vs_fixed_differ,
-                "pixels_compared": self.pixels, "secure_float_pixel_agreement": self.secure_float_agreement}
+        return {
+            "case": self.name,
+            "truth_volume": self.truth_volume,
+            **self.engines,
+            "secure_vs_fixed_pixels_differ": self.secure_vs_fixed_differ,
+            "pixels_compared": self.pixels,
+            "secure_float_pixel_agreement": self.secure_float_agreement,
+        }
 
 
 def _score(mask: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...] | None, unit: float) -> dict:
-    return {"dice": metrics.dice(mask, truth), "iou": metrics.iou(mask, truth),
-            "hd95": metrics.hd95(mask, truth, spacing), "volume": float(mask.sum()) * unit,
-            "_inter": int((mask & truth).sum()), "_sum": int(mask.sum()) + int(truth.sum())}
+    return {
+        "dice": metrics.dice(mask, truth),
+        "iou": metrics.iou(mask, truth),
+        "hd95": metrics.hd95(mask, truth, spacing),
+        "volume": float(mask.sum()) * unit,
+        "_inter": int((mask & truth).sum()),
+        "_sum": int(mask.sum()) + int(truth.sum()),
+    }
 
 
 def _compare(s: Scored, sec: np.ndarray, plain: tuple[np.ndarray, np.ndarray] | None) -> None:
@@ -135,8 +145,11 @@ class Study:
         sec = np.concatenate(sec_all)
         _compare(s, sec, (np.concatenate(fl_all), np.concatenate(fx_all)) if fx_all else None)
         z = int(np.argmax(truth.sum(axis=(0, 1)) + masks["secure"].sum(axis=(0, 1))))  # axial slice, most lesion
-        view = {"image": self.client.model.preprocessing.apply(scan.hu[:, :, z]), "truth": truth[:, :, z],
-                **{k: m[:, :, z] for k, m in masks.items()}}
+        view = {
+            "image": self.client.model.preprocessing.apply(scan.hu[:, :, z]),
+            "truth": truth[:, :, z],
+            **{k: m[:, :, z] for k, m in masks.items()},
+        }
         s.overlay = {k: volume.to_slices(v[:, :, None], "xy")[0] for k, v in view.items()}
         self.scored.append(s)
 
@@ -155,12 +168,14 @@ def summarise(scored: list[Scored], plain: bool) -> dict:
         hd_ok = [v for v in hd if v is not None]
         inter = sum(s.engines[e]["_inter"] for s in scored)
         tot = sum(s.engines[e]["_sum"] for s in scored)
-        out[e] = {"dice_mean": evalstats.bootstrap_mean_ci(d),
-                  "dice_pooled": 2.0 * inter / tot if tot else 1.0,
-                  "iou_mean": float(np.mean([s.engines[e]["iou"] for s in scored])),
-                  "hd95_median": float(np.median(hd_ok)) if hd_ok else None,
-                  "hd95_mean": float(np.mean(hd_ok)) if hd_ok else None,
-                  "hd95_undefined_cases": len(hd) - len(hd_ok)}
+        out[e] = {
+            "dice_mean": evalstats.bootstrap_mean_ci(d),
+            "dice_pooled": 2.0 * inter / tot if tot else 1.0,
+            "iou_mean": float(np.mean([s.engines[e]["iou"] for s in scored])),
+            "hd95_median": float(np.median(hd_ok)) if hd_ok else None,
+            "hd95_mean": float(np.mean(hd_ok)) if hd_ok else None,
+            "hd95_undefined_cases": len(hd) - len(hd_ok),
+        }
     truth_v = [s.truth_volume for s in scored]
     sec_v = [s.engines["secure"]["volume"] for s in scored]
     out["bland_altman_volume_secure_vs_truth"] = evalstats.bland_altman(sec_v, truth_v)
@@ -170,12 +185,16 @@ def summarise(scored: list[Scored], plain: bool) -> dict:
         out["dice_difference_secure_minus_float"] = evalstats.bootstrap_mean_ci(sd - fd)
         out["secure_vs_float_dice_tests"] = evalstats.paired_tests(sd, fd)
         out["bland_altman_volume_secure_vs_float"] = evalstats.bland_altman(
-            sec_v, [s.engines["float"]["volume"] for s in scored])
+            sec_v, [s.engines["float"]["volume"] for s in scored]
+        )
         differ = [s.secure_vs_fixed_differ for s in scored]
         out["secure_equals_fixed_point"] = {
-            "cases_equal": sum(1 for d in differ if d == 0), "cases": len(scored),
+            "cases_equal": sum(1 for d in differ if d == 0),
+            "cases": len(scored),
             "fraction_equal": sum(1 for d in differ if d == 0) / max(1, len(scored)),
-            "pixels_differ": int(sum(differ)), "pixels_compared": sum(s.pixels for s in scored)}
+            "pixels_differ": int(sum(differ)),
+            "pixels_compared": sum(s.pixels for s in scored),
+        }
         agree = [s.secure_float_agreement for s in scored]
         out["secure_float_pixel_agreement"] = {"mean": float(np.mean(agree)), "min": float(np.min(agree))}
     return out
@@ -183,36 +202,58 @@ def summarise(scored: list[Scored], plain: bool) -> dict:
 
 def _clean(row: dict) -> dict:
     """Drop the internal pooled-Dice counters from a per-case row."""
-    return {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
-            for k, v in row.items()}
+    return {
+        k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if isinstance(v, dict) else v)
+        for k, v in row.items()
+    }
 
 
-def build_report(study: Study, cases_path: str, truth_path: str, server: str | None, kind: str,
-                 wall_s: float) -> dict:
+def build_report(study: Study, cases_path: str, truth_path: str, server: str | None, kind: str, wall_s: float) -> dict:
     m = study.client.model
     q = m.quantization
     plain = bool(study.scored) and "float" in study.scored[0].engines
     sm = study.summary
     return {
-        "report": "bunet-client evaluate", "bunet_version": __version__,
+        "report": "bunet-client evaluate",
+        "bunet_version": __version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cases_path": cases_path, "truth_path": truth_path, "server": server or "embedded (local)",
-        "model": {"name": m.name, "ring_bits": q.ring_bits, "frac_bits": q.frac_bits,
-                  "weight_frac_bits": q.weight_frac_bits, "input_size": list(m.preprocessing.input_size),
-                  "planes": m.planes},
+        "cases_path": cases_path,
+        "truth_path": truth_path,
+        "server": server or "embedded (local)",
+        "model": {
+            "name": m.name,
+            "ring_bits": q.ring_bits,
+            "frac_bits": q.frac_bits,
+            "weight_frac_bits": q.weight_frac_bits,
+            "input_size": list(m.preprocessing.input_size),
+            "planes": m.planes,
+        },
         "case_kind": kind,
-        "units": {"volume": "mL" if kind == "volume" else "pixels (2D slices carry no spacing)",
-                  "hd95": "mm" if kind == "volume" else "pixels",
-                  "dice_iou_hd95": "against the labels at the labels' own resolution",
-                  "secure_vs_fixed_and_float": "labels at model resolution (what the engines compute)"},
-        "plain_eval": {"available": plain,
-                       "note": "float and fixed-point masks from the server's plaintext evaluation"
-                       if plain else f"secure against the labels only; {study.plain_note}"},
-        "statistics": {"bootstrap_resamples": evalstats.RESAMPLES, "bootstrap_seed": evalstats.SEED,
-                       "confidence": evalstats.CONFIDENCE},
+        "units": {
+            "volume": "mL" if kind == "volume" else "pixels (2D slices carry no spacing)",
+            "hd95": "mm" if kind == "volume" else "pixels",
+            "dice_iou_hd95": "against the labels at the labels' own resolution",
+            "secure_vs_fixed_and_float": "labels at model resolution (what the engines compute)",
+        },
+        "plain_eval": {
+            "available": plain,
+            "note": "float and fixed-point masks from the server's plaintext evaluation"
+            if plain
+            else f"secure against the labels only; {study.plain_note}",
+        },
+        "statistics": {
+            "bootstrap_resamples": evalstats.RESAMPLES,
+            "bootstrap_seed": evalstats.SEED,
+            "confidence": evalstats.CONFIDENCE,
+        },
         "summary": summarise(study.scored, plain),
-        "secure_traffic": {"jobs": sm.jobs, "slices": sm.slices, "bytes_up": sm.bytes_up,
-                           "bytes_down": sm.bytes_down, "client_phase_seconds": sm.seconds},
+        "secure_traffic": {
+            "jobs": sm.jobs,
+            "slices": sm.slices,
+            "bytes_up": sm.bytes_up,
+            "bytes_down": sm.bytes_down,
+            "client_phase_seconds": sm.seconds,
+        },
         "wall_seconds": round(wall_s, 2),
         "cases": [_clean(s.row()) for s in study.scored],
     }
@@ -222,9 +263,11 @@ def table(report: dict) -> list[str]:
     """The short table printed at the end."""
     s = report["summary"]
     unit = "px" if report["case_kind"] == "slice" else "mm"
-    lines = [f"{s['cases']} cases ({report['case_kind']}s); plaintext comparison: "
-             f"{'on' if report['plain_eval']['available'] else 'off — ' + report['plain_eval']['note']}",
-             f"{'engine':<8} {'mean Dice [95% CI]':<24} {'pooled Dice':>11} {'mean IoU':>9} {'median HD95':>12}"]
+    lines = [
+        f"{s['cases']} cases ({report['case_kind']}s); plaintext comparison: "
+        f"{'on' if report['plain_eval']['available'] else 'off — ' + report['plain_eval']['note']}",
+        f"{'engine':<8} {'mean Dice [95% CI]':<24} {'pooled Dice':>11} {'mean IoU':>9} {'median HD95':>12}",
+    ]
     for e in ENGINES:
         if e not in s:
             continue
@@ -235,13 +278,17 @@ def table(report: dict) -> list[str]:
     if "secure_vs_float_dice_tests" in s:
         dd, t = s["dice_difference_secure_minus_float"], s["secure_vs_float_dice_tests"]
         w, k = t["wilcoxon"], t["ks_2samp"]
-        lines.append(f"secure - float Dice: {dd['mean']:+.4f} [{_n(dd['low'], '+.4f')}, {_n(dd['high'], '+.4f')}]; "
-                     f"Wilcoxon p = {_n(w['p_value'])}{' (' + w['note'] + ')' if w.get('note') else ''}; "
-                     f"KS D = {_n(k['statistic'])}, p = {_n(k['p_value'])}")
+        lines.append(
+            f"secure - float Dice: {dd['mean']:+.4f} [{_n(dd['low'], '+.4f')}, {_n(dd['high'], '+.4f')}]; "
+            f"Wilcoxon p = {_n(w['p_value'])}{' (' + w['note'] + ')' if w.get('note') else ''}; "
+            f"KS D = {_n(k['statistic'])}, p = {_n(k['p_value'])}"
+        )
         eq = s["secure_equals_fixed_point"]
-        lines.append(f"secure == fixed point: {eq['cases_equal']}/{eq['cases']} cases "
-                     f"({eq['pixels_differ']} of {eq['pixels_compared']:,} pixels differ); "
-                     f"pixel agreement secure vs float: mean {s['secure_float_pixel_agreement']['mean']:.4f}")
+        lines.append(
+            f"secure == fixed point: {eq['cases_equal']}/{eq['cases']} cases "
+            f"({eq['pixels_differ']} of {eq['pixels_compared']:,} pixels differ); "
+            f"pixel agreement secure vs float: mean {s['secure_float_pixel_agreement']['mean']:.4f}"
+        )
     return lines
 
 
@@ -271,8 +318,16 @@ def run(args: argparse.Namespace, token: str | None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         # the embedded server runs this machine's own copy of the model: plaintext evaluation is no disclosure
-        with Client(args.server, token=token, tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                    model=args.model, allow_plain_eval=args.server is None) as client:
+        with Client(
+            args.server,
+            token=token,
+            tls=args.tls,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+            model=args.model,
+            allow_plain_eval=args.server is None,
+        ) as client:
             study = Study(client, plain=not args.secure_only)
             if args.secure_only:
                 study.plain_note = "--secure-only was given"
@@ -295,7 +350,7 @@ def _run_cases(study: Study, cases: list[Case], quiet: bool) -> None:
     try:
         if cases[0].kind == "slice":
             for i in range(0, len(cases), SLICES_PER_ROUND):
-                group = cases[i:i + SLICES_PER_ROUND]
+                group = cases[i : i + SLICES_PER_ROUND]
                 study.slices(group)
                 bar.update(len(group))
         else:

@@ -60,8 +60,14 @@ class PlainEvaluator:
 def request(network: str, x: np.ndarray) -> bunet_pb2.PlainEvalRequest:
     """The client's request for slices x (n, C, H, W)."""
     n, c, h, w = x.shape
-    return bunet_pb2.PlainEvalRequest(network=network, slices=n, channels=c, height=h, width=w,
-                                      pixels=np.ascontiguousarray(x, dtype=PIXEL_DTYPE).tobytes())
+    return bunet_pb2.PlainEvalRequest(
+        network=network,
+        slices=n,
+        channels=c,
+        height=h,
+        width=w,
+        pixels=np.ascontiguousarray(x, dtype=PIXEL_DTYPE).tobytes(),
+    )
 
 
 def labels(reply: bunet_pb2.PlainEvalReply, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,5 +75,7 @@ def labels(reply: bunet_pb2.PlainEvalReply, shape: tuple[int, int, int]) -> tupl
     size = int(np.prod(shape))
     if len(reply.float_labels) != size or len(reply.fixed_labels) != size:
         raise ValueError("the server's plaintext masks do not match the slices sent")
-    return (np.frombuffer(reply.float_labels, dtype=LABEL_DTYPE).reshape(shape),
-            np.frombuffer(reply.fixed_labels, dtype=LABEL_DTYPE).reshape(shape))
+    return (
+        np.frombuffer(reply.float_labels, dtype=LABEL_DTYPE).reshape(shape),
+        np.frombuffer(reply.fixed_labels, dtype=LABEL_DTYPE).reshape(shape),
+    )

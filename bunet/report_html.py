@@ -76,8 +76,14 @@ def bland_altman_plot(pairs: list[tuple[str, Sequence[float], Sequence[float], d
         for key, style in (("bias", "-"), ("loa_low", "--"), ("loa_high", "--")):
             if ba.get(key) is not None:
                 ax.axhline(ba[key], color="#444", ls=style, lw=1)
-                ax.annotate(f"{key.replace('_', ' ')} {ba[key]:.4g}", (1.0, ba[key]),
-                            xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
+                ax.annotate(
+                    f"{key.replace('_', ' ')} {ba[key]:.4g}",
+                    (1.0, ba[key]),
+                    xycoords=("axes fraction", "data"),
+                    ha="right",
+                    va="bottom",
+                    fontsize=8,
+                )
         ax.set_xlabel(f"mean lesion volume ({unit})")
         ax.set_ylabel(f"difference ({unit})")
         ax.set_title(title)
@@ -103,8 +109,9 @@ def overlay_plot(name: str, view: dict[str, np.ndarray], dice: float) -> str:
     if view["truth"].any():
         ax.contour(view["truth"].astype(float), levels=[0.5], colors=[COLORS["truth"]], linewidths=1.2)
     if "float" in view and view["float"].any():
-        ax.contour(view["float"].astype(float), levels=[0.5], colors=[COLORS["float"]], linewidths=1.0,
-                   linestyles="dashed")
+        ax.contour(
+            view["float"].astype(float), levels=[0.5], colors=[COLORS["float"]], linewidths=1.0, linestyles="dashed"
+        )
     legend = "secure (red fill), labels (green)" + (", float (blue dashed)" if "float" in view else "")
     ax.set_title(f"{legend}; Dice {dice:.3f}", fontsize=8)
     return _png(fig)
@@ -143,57 +150,105 @@ def render(report: dict, scored: list[Any]) -> str:
     s, m = report["summary"], report["model"]
     plain = report["plain_eval"]["available"]
     unit_v, unit_h = report["units"]["volume"], report["units"]["hd95"]
-    parts = [f"<h1>BUNET validation study — {html.escape(m['name'])}</h1>",
-             f"<p>{s['cases']} {report['case_kind']} cases from <code>{html.escape(report['cases_path'])}</code>, "
-             f"labels <code>{html.escape(report['truth_path'])}</code>; server {html.escape(report['server'])}; "
-             f"model ring Z<sub>2<sup>{m['ring_bits']}</sup></sub>, {m['frac_bits']} fraction bits, input "
-             f"{m['input_size'][0]}x{m['input_size'][1]}; {report['created_utc']}, "
-             f"bunet {report['bunet_version']}.</p>"]
+    parts = [
+        f"<h1>BUNET validation study — {html.escape(m['name'])}</h1>",
+        f"<p>{s['cases']} {report['case_kind']} cases from <code>{html.escape(report['cases_path'])}</code>, "
+        f"labels <code>{html.escape(report['truth_path'])}</code>; server {html.escape(report['server'])}; "
+        f"model ring Z<sub>2<sup>{m['ring_bits']}</sup></sub>, {m['frac_bits']} fraction bits, input "
+        f"{m['input_size'][0]}x{m['input_size'][1]}; {report['created_utc']}, "
+        f"bunet {report['bunet_version']}.</p>",
+    ]
     if not plain:
-        parts.append(f'<p class="note">No plaintext comparison ({html.escape(report["plain_eval"]["note"])}): '
-                     "this report compares the secure masks with the labels only.</p>")
+        parts.append(
+            f'<p class="note">No plaintext comparison ({html.escape(report["plain_eval"]["note"])}): '
+            "this report compares the secure masks with the labels only.</p>"
+        )
     rows = []
     for e in ("secure", "float", "fixed"):
         if e in s:
             x = s[e]
-            rows.append([e, _ci(x["dice_mean"]), _fmt(x["dice_pooled"]), _fmt(x["iou_mean"]),
-                         _fmt(x["hd95_median"], ".2f"), _fmt(x["hd95_mean"], ".2f"), str(x["hd95_undefined_cases"])])
-    parts += ["<h2>Against the labels</h2>",
-              _table(["engine", "mean Dice [95% CI]", "pooled Dice", "mean IoU", f"median HD95 ({unit_h})",
-                      f"mean HD95 ({unit_h})", "HD95 undefined"], rows),
-              "<p>CI: BCa bootstrap over cases (9,999 resamples, fixed seed). HD95 is undefined for a case where "
-              "exactly one of mask and labels is empty.</p>"]
+            rows.append(
+                [
+                    e,
+                    _ci(x["dice_mean"]),
+                    _fmt(x["dice_pooled"]),
+                    _fmt(x["iou_mean"]),
+                    _fmt(x["hd95_median"], ".2f"),
+                    _fmt(x["hd95_mean"], ".2f"),
+                    str(x["hd95_undefined_cases"]),
+                ]
+            )
+    parts += [
+        "<h2>Against the labels</h2>",
+        _table(
+            [
+                "engine",
+                "mean Dice [95% CI]",
+                "pooled Dice",
+                "mean IoU",
+                f"median HD95 ({unit_h})",
+                f"mean HD95 ({unit_h})",
+                "HD95 undefined",
+            ],
+            rows,
+        ),
+        "<p>CI: BCa bootstrap over cases (9,999 resamples, fixed seed). HD95 is undefined for a case where "
+        "exactly one of mask and labels is empty.</p>",
+    ]
     if plain:
         eq, t = s["secure_equals_fixed_point"], s["secure_vs_float_dice_tests"]
         cls = "ok" if eq["pixels_differ"] == 0 else "bad"
         w, k = t["wilcoxon"], t["ks_2samp"]
-        parts += ["<h2>Secure against plaintext</h2>",
-                  f'<p class="{cls}">secure == fixed-point reference: {eq["cases_equal"]} of {eq["cases"]} cases '
-                  f'({eq["pixels_differ"]:,} of {eq["pixels_compared"]:,} pixels differ)</p>',
-                  _table(["figure", "value"], [
-                      ["secure − float Dice, mean [95% CI]", _ci(s["dice_difference_secure_minus_float"], "+.4f")],
-                      ["Wilcoxon signed-rank (paired) statistic / p",
-                       f"{_fmt(w['statistic'], '.4g')} / {_fmt(w['p_value'], '.4g')}"
-                       + (f" — {html.escape(w['note'])}" if w.get("note") else "")],
-                      ["Kolmogorov-Smirnov (two-sample) D / p",
-                       f"{_fmt(k['statistic'], '.4g')} / {_fmt(k['p_value'], '.4g')}"],
-                      ["pixel agreement secure vs float, mean / min",
-                       f"{_fmt(s['secure_float_pixel_agreement']['mean'], '.5f')} / "
-                       f"{_fmt(s['secure_float_pixel_agreement']['min'], '.5f')}"]])]
+        parts += [
+            "<h2>Secure against plaintext</h2>",
+            f'<p class="{cls}">secure == fixed-point reference: {eq["cases_equal"]} of {eq["cases"]} cases '
+            f"({eq['pixels_differ']:,} of {eq['pixels_compared']:,} pixels differ)</p>",
+            _table(
+                ["figure", "value"],
+                [
+                    ["secure − float Dice, mean [95% CI]", _ci(s["dice_difference_secure_minus_float"], "+.4f")],
+                    [
+                        "Wilcoxon signed-rank (paired) statistic / p",
+                        f"{_fmt(w['statistic'], '.4g')} / {_fmt(w['p_value'], '.4g')}"
+                        + (f" — {html.escape(w['note'])}" if w.get("note") else ""),
+                    ],
+                    [
+                        "Kolmogorov-Smirnov (two-sample) D / p",
+                        f"{_fmt(k['statistic'], '.4g')} / {_fmt(k['p_value'], '.4g')}",
+                    ],
+                    [
+                        "pixel agreement secure vs float, mean / min",
+                        f"{_fmt(s['secure_float_pixel_agreement']['mean'], '.5f')} / "
+                        f"{_fmt(s['secure_float_pixel_agreement']['min'], '.5f')}",
+                    ],
+                ],
+            ),
+        ]
     cases = report["cases"]
     parts += ["<h2>Dice per case</h2>", dice_plot(cases, plain)]
     sec_v = [c["secure"]["volume"] for c in cases]
     pairs = []
     if plain:
-        pairs.append(("secure − float", sec_v, [c["float"]["volume"] for c in cases],
-                      s["bland_altman_volume_secure_vs_float"]))
-    pairs.append(("secure − labels", sec_v, [c["truth_volume"] for c in cases],
-                  s["bland_altman_volume_secure_vs_truth"]))
-    ba_rows = [[t, _fmt(ba["bias"], ".4g"), _fmt(ba["sd"], ".4g"),
-                f"[{_fmt(ba['loa_low'], '.4g')}, {_fmt(ba['loa_high'], '.4g')}]"] for t, _, _, ba in pairs]
-    parts += [f"<h2>Lesion volume: Bland-Altman ({html.escape(unit_v)})</h2>",
-              _table(["pair", "bias", "SD", "95% limits of agreement"], ba_rows),
-              bland_altman_plot(pairs, unit_v.split(" ")[0])]
+        pairs.append(
+            ("secure − float", sec_v, [c["float"]["volume"] for c in cases], s["bland_altman_volume_secure_vs_float"])
+        )
+    pairs.append(
+        ("secure − labels", sec_v, [c["truth_volume"] for c in cases], s["bland_altman_volume_secure_vs_truth"])
+    )
+    ba_rows = [
+        [
+            t,
+            _fmt(ba["bias"], ".4g"),
+            _fmt(ba["sd"], ".4g"),
+            f"[{_fmt(ba['loa_low'], '.4g')}, {_fmt(ba['loa_high'], '.4g')}]",
+        ]
+        for t, _, _, ba in pairs
+    ]
+    parts += [
+        f"<h2>Lesion volume: Bland-Altman ({html.escape(unit_v)})</h2>",
+        _table(["pair", "bias", "SD", "95% limits of agreement"], ba_rows),
+        bland_altman_plot(pairs, unit_v.split(" ")[0]),
+    ]
     worst = sorted(scored, key=lambda c: c.engines["secure"]["dice"])[:3]
     parts.append("<h2>The three worst cases (secure Dice against the labels)</h2>")
     parts += [overlay_plot(c.name, c.overlay, c.engines["secure"]["dice"]) for c in worst if c.overlay is not None]
@@ -213,8 +268,10 @@ def render(report: dict, scored: list[Any]) -> str:
             r += [str(c["secure_vs_fixed_pixels_differ"]), _fmt(c["secure_float_pixel_agreement"], ".4f")]
         rows.append(r)
     parts += ["<h2>Every case</h2>", _table(head, rows)]
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>BUNET validation — {html.escape(m['name'])}"
-            f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>BUNET validation — {html.escape(m['name'])}"
+        f"</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
 
 
 def write(report: dict, scored: list[Any], path: str | Path) -> None:

@@ -57,12 +57,25 @@ class Server:
     (a client's parallel streams count as one), up to ``max_queue`` more wait their turn.
     """
 
-    def __init__(self, model: Model | str | Path | None = None, listen: str = "127.0.0.1:0", *,
-                 tls_cert: str | None = None, tls_key: str | None = None, client_ca: str | None = None,
-                 token: str | None = None, max_sessions: int = 2, max_queue: int = 16, max_slices: int = 256,
-                 idle_timeout_s: float = 120.0, memory_budget: int | None = None,
-                 slice_sizes: list[tuple[int, int]] | None = None, deadline_s_per_mpixel: float = 7200.0,
-                 max_streams_per_client: int = 4, allow_plain_eval: bool = False) -> None:
+    def __init__(
+        self,
+        model: Model | str | Path | None = None,
+        listen: str = "127.0.0.1:0",
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        client_ca: str | None = None,
+        token: str | None = None,
+        max_sessions: int = 2,
+        max_queue: int = 16,
+        max_slices: int = 256,
+        idle_timeout_s: float = 120.0,
+        memory_budget: int | None = None,
+        slice_sizes: list[tuple[int, int]] | None = None,
+        deadline_s_per_mpixel: float = 7200.0,
+        max_streams_per_client: int = 4,
+        allow_plain_eval: bool = False,
+    ) -> None:
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
@@ -70,22 +83,41 @@ class Server:
         sizes = tuple(dict.fromkeys([tuple(self.model.preprocessing.input_size), *(slice_sizes or [])]))
         for h, w in sizes:  # filters for every served size, before any job: the state is bounded by the list
             self.protocol.prepare(h, w)
-        self.job_limits = Limits(max_slices=max_slices, slice_sizes=sizes,  # type: ignore[arg-type]
-                                 deadline_s_per_mpixel=deadline_s_per_mpixel)
+        self.job_limits = Limits(
+            max_slices=max_slices,
+            slice_sizes=sizes,  # type: ignore[arg-type]
+            deadline_s_per_mpixel=deadline_s_per_mpixel,
+        )
         streams = max_sessions * max_streams_per_client + max_queue + 4
-        self.admission = Admission(memory_budget or default_budget(),
-                                   _rss_bytes() + HEAP_SLACK_BYTES + streams * STREAM_BYTES,
-                                   max_running=max_sessions, max_queue=max_queue,
-                                   max_streams_per_client=max_streams_per_client)
+        self.admission = Admission(
+            memory_budget or default_budget(),
+            _rss_bytes() + HEAP_SLACK_BYTES + streams * STREAM_BYTES,
+            max_running=max_sessions,
+            max_queue=max_queue,
+            max_streams_per_client=max_streams_per_client,
+        )
         self.transport_limits = ServerLimits(idle_timeout_s=idle_timeout_s, max_streams=streams)
-        describe = {**self.protocol.describe(), "limits": {
-            "slice_sizes": [list(s) for s in sizes], "max_slices": max_slices,
-            "job_memory_bytes": self.admission.job_budget, "idle_timeout_s": idle_timeout_s,
-            "deadline_base_s": self.job_limits.deadline_base_s, "deadline_s_per_mpixel": deadline_s_per_mpixel}}
+        describe = {
+            **self.protocol.describe(),
+            "limits": {
+                "slice_sizes": [list(s) for s in sizes],
+                "max_slices": max_slices,
+                "job_memory_bytes": self.admission.job_budget,
+                "idle_timeout_s": idle_timeout_s,
+                "deadline_base_s": self.job_limits.deadline_base_s,
+                "deadline_s_per_mpixel": deadline_s_per_mpixel,
+            },
+        }
         # plaintext masks of slices sent in the clear: for public validation sets only, off by default
         self._plain = PlainEvaluator(self.model, self.protocol.plans, self.job_limits) if allow_plain_eval else None
-        servicer = SegmentationServicer(json.dumps(describe), self._run_job, self.transport_limits, token, max_slices,
-                                        self._plain_eval if allow_plain_eval else None)
+        servicer = SegmentationServicer(
+            json.dumps(describe),
+            self._run_job,
+            self.transport_limits,
+            token,
+            max_slices,
+            self._plain_eval if allow_plain_eval else None,
+        )
         self.grpc = GrpcServer(listen, servicer, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca)
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.grpc.port}"
@@ -95,14 +127,20 @@ class Server:
             return self._admitted(chan, session, cost)
 
         t = self.protocol.run_job(chan, self.job_limits, admit)
-        log.info("session %s done: %d bytes in, %d bytes out, %s", session.sid, chan.traffic.received,
-                 chan.traffic.sent, ", ".join(f"{k} {v:.2f}s" for k, v in t.seconds.items()))
+        log.info(
+            "session %s done: %d bytes in, %d bytes out, %s",
+            session.sid,
+            chan.traffic.received,
+            chan.traffic.sent,
+            ", ".join(f"{k} {v:.2f}s" for k, v in t.seconds.items()),
+        )
 
     @contextmanager
     def _admitted(self, chan: StreamChannel, session: Session, cost: int) -> Iterator[None]:
         """The job waits for its memory and turn; then messages may take the idle timeout each."""
-        with self.admission.admit(session.client, cost, notify=lambda place: chan.notify("queue", str(place)),
-                                  alive=lambda: not chan.aborted):
+        with self.admission.admit(
+            session.client, cost, notify=lambda place: chan.notify("queue", str(place)), alive=lambda: not chan.aborted
+        ):
             log.info("session %s admitted: %.1f MB planned", session.sid, cost / 1e6)
             chan.timeout = self.transport_limits.idle_timeout_s
             yield
@@ -114,8 +152,9 @@ class Server:
         if request.network not in self.protocol.plans or size not in (self.job_limits.slice_sizes or ()):
             raise ValueError(f"slice size {size[0]}x{size[1]} is not served or the network is unknown")
         if not 1 <= request.slices <= self.job_limits.max_slices:
-            raise ValueError(f"request of {request.slices} slices is outside the server's limit of "
-                             f"1..{self.job_limits.max_slices}")
+            raise ValueError(
+                f"request of {request.slices} slices is outside the server's limit of 1..{self.job_limits.max_slices}"
+            )
         cost = self.protocol.job_memory(JobSpec(request.network, request.slices, *size))
         with self.admission.admit(session.client, cost):
             return self._plain(request)

@@ -106,21 +106,24 @@ def _healthy(server: Server, x, ref) -> None:
     assert server.admission.snapshot()["running_streams"] == 0
 
 
-@pytest.mark.parametrize("raw, code, match", [
-    (b"not json", "INVALID_ARGUMENT", "malformed job request"),
-    (b"[1, 2]", "INVALID_ARGUMENT", "malformed job request"),
-    (_spec(network="other"), "INVALID_ARGUMENT", "unknown network"),
-    (_spec(slices=0), "FAILED_PRECONDITION", "0 slices"),
-    (_spec(slices=9), "FAILED_PRECONDITION", "over the server's limit"),
-    (_spec(height=0), "INVALID_ARGUMENT", "outside the server's limit"),
-    (_spec(height=4096, width=4096), "INVALID_ARGUMENT", "outside the server's limit"),
-    (_spec(height=32, width=32), "INVALID_ARGUMENT", "not served"),
-    (_spec(gc_window=0), "INVALID_ARGUMENT", "window 0"),
-    (_spec(gc_window=10_000), "INVALID_ARGUMENT", "outside 1..64"),
-    (_spec(slices="many"), "INVALID_ARGUMENT", "malformed job request"),
-    (_spec(protocol=PROTOCOL_VERSION + 1), "FAILED_PRECONDITION", "protocol version"),
-    (json.dumps({"network": "main"}).encode(), "FAILED_PRECONDITION", "protocol version"),
-])
+@pytest.mark.parametrize(
+    "raw, code, match",
+    [
+        (b"not json", "INVALID_ARGUMENT", "malformed job request"),
+        (b"[1, 2]", "INVALID_ARGUMENT", "malformed job request"),
+        (_spec(network="other"), "INVALID_ARGUMENT", "unknown network"),
+        (_spec(slices=0), "FAILED_PRECONDITION", "0 slices"),
+        (_spec(slices=9), "FAILED_PRECONDITION", "over the server's limit"),
+        (_spec(height=0), "INVALID_ARGUMENT", "outside the server's limit"),
+        (_spec(height=4096, width=4096), "INVALID_ARGUMENT", "outside the server's limit"),
+        (_spec(height=32, width=32), "INVALID_ARGUMENT", "not served"),
+        (_spec(gc_window=0), "INVALID_ARGUMENT", "window 0"),
+        (_spec(gc_window=10_000), "INVALID_ARGUMENT", "outside 1..64"),
+        (_spec(slices="many"), "INVALID_ARGUMENT", "malformed job request"),
+        (_spec(protocol=PROTOCOL_VERSION + 1), "FAILED_PRECONDITION", "protocol version"),
+        (json.dumps({"network": "main"}).encode(), "FAILED_PRECONDITION", "protocol version"),
+    ],
+)
 def test_illegal_job_specs(server, raw, code, match, logspy):
     err = _raw(server.address, iter([frames.encode("job", raw, False)]))
     assert err.code().name == code and match in err.details(), err.details()
@@ -143,6 +146,7 @@ def test_oversized_first_message_and_frames(server, x, ref, logspy):
 def test_every_message_is_capped_by_the_job(server, x, ref, logspy):
     """After a legal job request, a message past its job's own size (a public key of 40 MiB, an
     endless one) is refused as soon as it passes the cap."""
+
     def endless():
         yield frames.encode("job", _spec(), False)
         for _ in range(40):
@@ -155,19 +159,32 @@ def test_every_message_is_capped_by_the_job(server, x, ref, logspy):
     _healthy(server, x, ref)
 
 
-@pytest.mark.parametrize("case, code", [("short key", "INVALID_ARGUMENT"), ("empty key", "INVALID_ARGUMENT"),
-                                        ("bad hello", "INVALID_ARGUMENT"), ("bad hello reply", "INVALID_ARGUMENT"),
-                                        ("hello first", "FAILED_PRECONDITION"), ("done first", "FAILED_PRECONDITION")])
+@pytest.mark.parametrize(
+    "case, code",
+    [
+        ("short key", "INVALID_ARGUMENT"),
+        ("empty key", "INVALID_ARGUMENT"),
+        ("bad hello", "INVALID_ARGUMENT"),
+        ("bad hello reply", "INVALID_ARGUMENT"),
+        ("hello first", "FAILED_PRECONDITION"),
+        ("done first", "FAILED_PRECONDITION"),
+    ],
+)
 def test_corrupt_or_out_of_order_messages(server, case, code, x, ref, logspy):
     from bunet import he
     from bunet.gc import Evaluator
 
     pk = he.ClientHE(server.protocol.he_params).public_key()
     ev = Evaluator()
-    msgs = {"short key": [("he_pk", b"\x00" * 100)], "empty key": [("he_pk", b"")],
-            "bad hello": [("he_pk", pk), ("gc_hello", b"xyz")],
-            "bad hello reply": [("he_pk", pk), ("gc_hello", ev.hello()), ("gc_hello", bytes(64))],
-            "hello first": [("gc_hello", ev.hello())], "done first": [("done", b"")]}[case]
+    msgs = {
+        "short key": [("he_pk", b"\x00" * 100)],
+        "empty key": [("he_pk", b"")],
+        "bad hello": [("he_pk", pk), ("gc_hello", b"xyz")],
+        "bad hello reply": [("he_pk", pk), ("gc_hello", ev.hello()), ("gc_hello", bytes(64))],
+        "hello first": [("gc_hello", ev.hello())],
+        "done first": [("done", b"")],
+    }[case]
+
     def gen():
         yield frames.encode("job", _spec(), False)
         for tag, payload in msgs:
@@ -183,6 +200,7 @@ def test_corrupt_or_out_of_order_messages(server, case, code, x, ref, logspy):
 def test_silent_stream_and_trickle_lose_their_session(server, x, ref, logspy):
     """A stream that says nothing loses it at the job-request timeout (2 s here); one that
     trickles a byte every 0.3 s never completes a message and loses it at the idle timeout (3 s)."""
+
     def silent():
         time.sleep(6)
         yield frames.encode("job", _spec(), False)
@@ -217,6 +235,7 @@ def test_many_streams_at_once_and_a_real_job_still_runs(model, x, ref, logspy):
             for _ in range(30):
                 time.sleep(0.2)
                 yield frames.encode("he_pk", bytes(4 << 10 if i % 3 == 1 else 1), True)
+
         errors.append(_raw(srv.address, gen()).code())
 
     threads = [threading.Thread(target=hostile, args=(i,)) for i in range(20)]
@@ -229,8 +248,12 @@ def test_many_streams_at_once_and_a_real_job_still_runs(model, x, ref, logspy):
         for t in threads:
             t.join(timeout=60)
         assert len(errors) == 20
-        assert set(errors) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               grpc.StatusCode.CANCELLED, grpc.StatusCode.INVALID_ARGUMENT}, errors
+        assert set(errors) <= {
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.INVALID_ARGUMENT,
+        }, errors
         assert not logspy.tracebacks()
         _healthy(srv, x, ref)
     finally:
@@ -270,8 +293,9 @@ def test_full_queue_is_refused_at_once_and_the_client_retries(model, x, ref, mon
     try:
         said: list[str] = []
         out: list[np.ndarray] = []
-        first = threading.Thread(target=lambda: out.append(Client(srv.address, lanes=1).segment_slices(
-            np.concatenate([x] * 4))))
+        first = threading.Thread(
+            target=lambda: out.append(Client(srv.address, lanes=1).segment_slices(np.concatenate([x] * 4)))
+        )
         first.start()
         time.sleep(0.5)
         with Client(srv.address, lanes=1, status=said.append) as c:
@@ -323,8 +347,13 @@ def test_admission_queue_order_and_client_grouping():
     tb.join(5)
     tc.join(5)
     assert order.index("b") < order.index("c") and "b:1" in order and "c:2" in order
-    assert adm.snapshot() == {"running_clients": 0, "running_streams": 0, "queued": 0, "planned_bytes": 100,
-                              "budget_bytes": 1000}
+    assert adm.snapshot() == {
+        "running_clients": 0,
+        "running_streams": 0,
+        "queued": 0,
+        "planned_bytes": 100,
+        "budget_bytes": 1000,
+    }
 
 
 def test_send_times_out_when_the_peer_stops_reading():
@@ -364,9 +393,12 @@ class ServerProcess:
     def __init__(self, model_file: Path, *extra: str) -> None:
         self.address = f"127.0.0.1:{_free_port()}"
         code = "import sys; from bunet.cli import server_main; sys.exit(server_main())"
-        self.proc = subprocess.Popen([sys.executable, "-c", code, "--model", str(model_file), "--listen",
-                                      self.address, *extra], stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "--model", str(model_file), "--listen", self.address, *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         line = self.proc.stderr.readline()
         assert "serving" in line, line + self.proc.stderr.read()
 
@@ -385,11 +417,14 @@ class ServerProcess:
 def test_killed_client_frees_its_session_and_memory_stays_in_budget(model_file, x, ref):
     srv = ServerProcess(model_file, "--memory-budget", "3G", "--idle-timeout", "5")
     try:
-        code = ("import sys, numpy as np; from bunet.client import Client; "
-                f"c = Client('{srv.address}', lanes=1); "
-                f"c.segment_slices(np.random.default_rng(0).random((200, 1, {SIZE}, {SIZE})).astype(np.float32))")
-        victim = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                  stderr=subprocess.DEVNULL)
+        code = (
+            "import sys, numpy as np; from bunet.client import Client; "
+            f"c = Client('{srv.address}', lanes=1); "
+            f"c.segment_slices(np.random.default_rng(0).random((200, 1, {SIZE}, {SIZE})).astype(np.float32))"
+        )
+        victim = subprocess.Popen(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL
+        )
         time.sleep(6)  # in the middle of its job
         victim.kill()
         victim.wait()

@@ -114,8 +114,19 @@ def test_failed_preview_leaves_no_mask(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(volume, "preview", broken)
-    code = cli.client_main(["segment", str(scan), "--model", str(tmp_path / "m.bunet"), "-o",
-                            str(tmp_path / "mask.nii.gz"), "--preview", str(tmp_path / "p.png"), "--quiet"])
+    code = cli.client_main(
+        [
+            "segment",
+            str(scan),
+            "--model",
+            str(tmp_path / "m.bunet"),
+            "-o",
+            str(tmp_path / "mask.nii.gz"),
+            "--preview",
+            str(tmp_path / "p.png"),
+            "--quiet",
+        ]
+    )
     assert code == 1
     assert not (tmp_path / "mask.nii.gz").exists() and not (tmp_path / "p.png").exists()
     assert not list(tmp_path.glob(".part-*"))

@@ -26,8 +26,9 @@ from bunet.service.transport import NotAllowed
 
 @pytest.fixture(scope="module")
 def model():
-    return seed_unet_model(in_channels=1, base=4, depth=2, input_size=16, seed=3,
-                           quantization=Quantization(24, 8, 8), planes=("xy",))
+    return seed_unet_model(
+        in_channels=1, base=4, depth=2, input_size=16, seed=3, quantization=Quantization(24, 8, 8), planes=("xy",)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,15 @@ def test_evaluate_slices_with_plain_eval(plain_server, model, tmp_path, capsys):
     assert rep["plain_eval"]["available"] and rep["case_kind"] == "slice" and len(rep["cases"]) == 5
     s = rep["summary"]
     assert s["secure_equals_fixed_point"]["pixels_differ"] == 0 and s["secure_equals_fixed_point"]["cases_equal"] == 5
-    for key in ("secure", "float", "fixed", "dice_difference_secure_minus_float", "secure_vs_float_dice_tests",
-                "bland_altman_volume_secure_vs_float", "bland_altman_volume_secure_vs_truth"):
+    for key in (
+        "secure",
+        "float",
+        "fixed",
+        "dice_difference_secure_minus_float",
+        "secure_vs_float_dice_tests",
+        "bland_altman_volume_secure_vs_float",
+        "bland_altman_volume_secure_vs_truth",
+    ):
         assert key in s
     # the float figures are the float model's on the same network inputs, scored at the labels' size
     img = np.asarray(Image.open(cases / "images" / "2.png"), dtype=np.float32) / 255.0
@@ -114,8 +122,7 @@ def test_evaluate_volumes_embedded_server(tmp_path):
         nib.save(nib.Nifti1Image(hu, aff), str(tmp_path / "ct" / f"p{k}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, aff), str(tmp_path / "lab" / f"p{k}_seg.nii.gz"))
     out = tmp_path / "r"
-    assert _evaluate(str(tmp_path / "ct"), "--truth", str(tmp_path / "lab"), "--model", str(mp),
-                     "--out", str(out)) == 0
+    assert _evaluate(str(tmp_path / "ct"), "--truth", str(tmp_path / "lab"), "--model", str(mp), "--out", str(out)) == 0
     rep = json.loads((out / "report.json").read_text())
     assert rep["case_kind"] == "volume" and rep["units"]["volume"] == "mL" and rep["plain_eval"]["available"]
     assert rep["summary"]["secure_equals_fixed_point"]["pixels_differ"] == 0
@@ -131,8 +138,9 @@ def test_plain_eval_rpc_off_by_default_and_limited(secure_server, plain_server, 
         fl, fx = c.plain_labels(x)
     assert np.array_equal(fx, reference.run_plan(compile_plan(model.networks["main"], model.quantization), x))
     assert np.array_equal(fl, reference.float_labels(model.networks["main"], x))
-    ev = PlainEvaluator(model, {"main": compile_plan(model.networks["main"], model.quantization)},
-                        Limits(max_slices=2, max_pixels=300))
+    ev = PlainEvaluator(
+        model, {"main": compile_plan(model.networks["main"], model.quantization)}, Limits(max_slices=2, max_pixels=300)
+    )
     with pytest.raises(ValueError, match="limit"):
         ev(request("main", x))  # 3 slices > 2
     with pytest.raises(ValueError, match="size"):
@@ -214,22 +222,35 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(masks / "1.png")  # wrong size
     m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8)
     m.save(tmp_path / "m.bunet")
-    err = _one_line_error(capsys, str(cases), "--truth", str(masks), "--model", str(tmp_path / "m.bunet"),
-                          "--out", str(tmp_path / "r"))
+    err = _one_line_error(
+        capsys, str(cases), "--truth", str(masks), "--model", str(tmp_path / "m.bunet"), "--out", str(tmp_path / "r")
+    )
     assert "differ in size" in err
     (tmp_path / "v").mkdir()
     (tmp_path / "vl").mkdir()
     nib.save(nib.Nifti1Image(np.zeros((6, 6, 3), np.int16), np.eye(4)), str(tmp_path / "v" / "a.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((6, 5, 3), np.uint8), np.eye(4)), str(tmp_path / "vl" / "a.nii.gz"))
-    err = _one_line_error(capsys, str(tmp_path / "v"), "--truth", str(tmp_path / "vl"), "--model",
-                          str(tmp_path / "m.bunet"), "--out", str(tmp_path / "r"))
+    err = _one_line_error(
+        capsys,
+        str(tmp_path / "v"),
+        "--truth",
+        str(tmp_path / "vl"),
+        "--model",
+        str(tmp_path / "m.bunet"),
+        "--out",
+        str(tmp_path / "r"),
+    )
     assert "differ in shape" in err
 
 
 def test_secure_only_flag(plain_server, tmp_path):
     cases, masks = _slices(tmp_path, n=2)
     out = tmp_path / "r"
-    assert _evaluate(str(cases), "--truth", str(masks), "--server", plain_server.address, "--out", str(out),
-                     "--secure-only") == 0
+    assert (
+        _evaluate(
+            str(cases), "--truth", str(masks), "--server", plain_server.address, "--out", str(out), "--secure-only"
+        )
+        == 0
+    )
     rep = json.loads((out / "report.json").read_text())
     assert not rep["plain_eval"]["available"] and "--secure-only" in rep["plain_eval"]["note"]

@@ -84,8 +84,7 @@ class Channel:
         most ``limit`` bytes (and at most ``max_message``); large messages may come as a read-only
         view of the received data."""
         self._check_deadline()
-        cap = self.max_message if limit is None else limit if self.max_message is None else min(limit,
-                                                                                                  self.max_message)
+        cap = self.max_message if limit is None else limit if self.max_message is None else min(limit, self.max_message)
         got, payload = self._recv(cap)
         if got != tag:
             raise ProtocolError(f"expected message {tag!r}, peer sent {got!r}")

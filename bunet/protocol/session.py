@@ -90,10 +90,18 @@ class JobSpec:
             d = json.loads(b)
             version = d.get("protocol")
             if version != PROTOCOL_VERSION:
-                raise ProtocolError(f"the client speaks protocol version {version}, this server {PROTOCOL_VERSION}:"
-                                    " install the same BUNET release on both sides")
-            return JobSpec(str(d["network"]), int(d["slices"]), int(d["height"]), int(d["width"]),
-                           int(d["gc_window"]), int(version))
+                raise ProtocolError(
+                    f"the client speaks protocol version {version}, this server {PROTOCOL_VERSION}:"
+                    " install the same BUNET release on both sides"
+                )
+            return JobSpec(
+                str(d["network"]),
+                int(d["slices"]),
+                int(d["height"]),
+                int(d["width"]),
+                int(d["gc_window"]),
+                int(version),
+            )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise MalformedMessage("malformed job request") from None
 
@@ -162,8 +170,13 @@ def _relu_pool(run: GcRun, step: Step, x: np.ndarray, ring_bits: int) -> dict[st
     """One party's half of a fused ReLU + max-pool on its shares x (``gc.relu_pool``): the ReLU
     tensor and the pool (``step.attrs["elements"]``, ``step.out``)."""
     win = nonlinear_windows(step, x)
-    out = gc.relu_pool(lambda op, rnd, rows: _must(run(op, rnd, rows)), win.reshape(-1, win.shape[-1]),
-                       ring_bits=ring_bits, in_bits=step.attrs["in_bits"], shift=step.attrs["shift"])
+    out = gc.relu_pool(
+        lambda op, rnd, rows: _must(run(op, rnd, rows)),
+        win.reshape(-1, win.shape[-1]),
+        ring_bits=ring_bits,
+        in_bits=step.attrs["in_bits"],
+        shift=step.attrs["shift"],
+    )
     return split_relu_pool(step, out.reshape(*win.shape[:-1], win.shape[-1] + 1))
 
 
@@ -181,8 +194,9 @@ def _chunks(n: int) -> list[slice]:
     return [slice(i, min(i + GC_CHUNK, n)) for i in range(0, n, GC_CHUNK)] or [slice(0, 0)]
 
 
-def _nonlinear(run: GcRun, step: Step, x: np.ndarray, ring_bits: int, classes: int,
-               shares: dict[str, np.ndarray]) -> np.ndarray | None:
+def _nonlinear(
+    run: GcRun, step: Step, x: np.ndarray, ring_bits: int, classes: int, shares: dict[str, np.ndarray]
+) -> np.ndarray | None:
     """A non-linear or argmax step on one party's shares x, by ``run`` (that party's garbled-circuit
     loop): its output shares go into ``shares``; argmax returns what ``run`` gives (client: labels)."""
     if "elements" in step.attrs:
@@ -321,6 +335,7 @@ class ServerProtocol:
                 shares[step.out] = y_s
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
+
                 def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray | None:
                     outs = self._gc_chunks(chan, garbler, op, f"{name}:{sub}", rows, spec.gc_window)
                     return None if isinstance(op, gc.Argmax) else np.concatenate(outs)  # labels: client only
@@ -345,8 +360,11 @@ class ServerProtocol:
 
     def _download_bytes(self, layer: Any, batch: int) -> int:
         prm, lp = self.he_params, layer.plan
-        return 256 + lp.n_out_cts(batch) * prm.poly_degree * ((prm.down_bits + 7) // 8) \
+        return (
+            256
+            + lp.n_out_cts(batch) * prm.poly_degree * ((prm.down_bits + 7) // 8)
             + batch * lp.n_returned * ((prm.down_c0_bits + 7) // 8)
+        )
 
     def job_memory(self, spec: JobSpec) -> int:
         """An upper bound on the memory one job holds on the server beyond the shared model state.
@@ -370,16 +388,23 @@ class ServerProtocol:
             peak_shares = max(peak_shares, live)
             if step.kind == "linear":
                 layer = self._layer(spec.network, step, shapes[step.inputs[0]])
-                work = sum(8 * int(np.prod(s)) for s in self.he._work_shapes(
-                    layer.plan, max(t.size for t in self.he._tile_chunks(layer))))
-                peak_step = max(peak_step, self._upload_bytes(layer, B) + self._download_bytes(layer, B)
-                                + 2 * out + work)
+                work = sum(
+                    8 * int(np.prod(s))
+                    for s in self.he._work_shapes(layer.plan, max(t.size for t in self.he._tile_chunks(layer)))
+                )
+                peak_step = max(
+                    peak_step, self._upload_bytes(layer, B) + self._download_bytes(layer, B) + 2 * out + work
+                )
             elif step.kind in ("nonlinear", "argmax"):
                 for op in _gc_ops(step, plan.ring_bits, classes):
                     req, resp = op.message_sizes(GC_CHUNK, ot_k=1)
                     win = spec.gc_window
-                    peak_step = max(peak_step, (PRE_AHEAD + 1) * win * op.pre_size(GC_CHUNK, ot_k=1)
-                                    + win * (req + resp) + op.post_size(GC_CHUNK))
+                    peak_step = max(
+                        peak_step,
+                        (PRE_AHEAD + 1) * win * op.pre_size(GC_CHUNK, ot_k=1)
+                        + win * (req + resp)
+                        + op.post_size(GC_CHUNK),
+                    )
             live -= sum(size.get(name, 0) for name in drops.get(idx, ()))
         return 2 * peak_shares + peak_step + TRANSPORT_BYTES
 
@@ -395,12 +420,12 @@ class ServerProtocol:
                 cts = layer.plan.n_in_cts(spec.slices)
                 biggest = max(biggest, cts * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES)
             elif step.kind in ("nonlinear", "argmax"):
-                biggest = max(biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0]
-                                         for op in _gc_ops(step, plan.ring_bits, classes)))
+                biggest = max(
+                    biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0] for op in _gc_ops(step, plan.ring_bits, classes))
+                )
         return biggest + (1 << 20)
 
-    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray,
-                   window: int) -> list[Any]:
+    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray, window: int) -> list[Any]:
         """Receive and claim requests in order, garble on the pool, answer in order.
 
         At most ``window`` (the client's) chunks are in flight, which is all the client sends before
@@ -463,8 +488,10 @@ class ClientProtocol:
     def __init__(self, description: dict[str, Any]) -> None:
         self.model = Model.from_header(description["model"])
         shapes = self.model.weight_shapes()
-        self.plans = {k: compile_plan(n, self.model.quantization, {s: tuple(v) for s, v in shapes[k].items()})
-                      for k, n in self.model.networks.items()}
+        self.plans = {
+            k: compile_plan(n, self.model.quantization, {s: tuple(v) for s, v in shapes[k].items()})
+            for k, n in self.model.networks.items()
+        }
         self.he_params = he.HEParams.from_bytes(bytes.fromhex(description["he_params"]))
         self.he_params.validate()
         self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
@@ -472,8 +499,9 @@ class ClientProtocol:
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
         self.gc_window = GC_WINDOW  # announced in each job's spec; the server follows it
 
-    def run_job(self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None) -> tuple[
-            np.ndarray, Timings]:
+    def run_job(
+        self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None
+    ) -> tuple[np.ndarray, Timings]:
         """Segment a batch of preprocessed slices x (B, C, H, W) float in [0, 1] -> labels (B, H, W)."""
         plan = self.plans[network]
         L = plan.ring_bits
@@ -504,6 +532,7 @@ class ClientProtocol:
                 shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"))
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
+
                 def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray:
                     return np.concatenate(self._gc_chunks(chan, ev, op, f"{name}:{sub}", rows, window))
 
@@ -522,8 +551,7 @@ class ClientProtocol:
         assert labels is not None
         return labels, t
 
-    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray,
-                   window: int) -> list[np.ndarray]:
+    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray, window: int) -> list[np.ndarray]:
         """Up to ``window`` requests in flight; responses evaluated on the pool; results in order.
 
         Requests are claimed here, in order (each fixes its OT range), and made on the pool: the

@@ -58,11 +58,21 @@ class _Waiter:
 class Admission:
     """Thread-safe; one per server."""
 
-    def __init__(self, budget: int, reserved: int, *, max_running: int = 2, max_queue: int = 16,
-                 max_streams_per_client: int = 4, max_wait_s: float = 1800.0) -> None:
+    def __init__(
+        self,
+        budget: int,
+        reserved: int,
+        *,
+        max_running: int = 2,
+        max_queue: int = 16,
+        max_streams_per_client: int = 4,
+        max_wait_s: float = 1800.0,
+    ) -> None:
         if reserved >= budget:
-            raise ValueError(f"the memory budget ({budget / GIB:.1f} GiB) does not cover the model's own state "
-                             f"({reserved / GIB:.1f} GiB): raise --memory-budget")
+            raise ValueError(
+                f"the memory budget ({budget / GIB:.1f} GiB) does not cover the model's own state "
+                f"({reserved / GIB:.1f} GiB): raise --memory-budget"
+            )
         self.budget = budget
         self.reserved = reserved  # the model, its prepared filters, the shared work arrays
         self.max_running = max_running
@@ -83,29 +93,41 @@ class Admission:
 
     def snapshot(self) -> dict[str, int]:
         with self._cv:
-            return {"running_clients": len(self._running),
-                    "running_streams": sum(s for s, _ in self._running.values()),
-                    "queued": len(self._queue), "planned_bytes": self.reserved + self._used,
-                    "budget_bytes": self.budget}
+            return {
+                "running_clients": len(self._running),
+                "running_streams": sum(s for s, _ in self._running.values()),
+                "queued": len(self._queue),
+                "planned_bytes": self.reserved + self._used,
+                "budget_bytes": self.budget,
+            }
 
     # ---- the one entry point ---------------------------------------------------------------------
     @contextmanager
-    def admit(self, client: str, cost: int, notify: Callable[[int], None] | None = None,
-              alive: Callable[[], bool] | None = None) -> Iterator[None]:
+    def admit(
+        self,
+        client: str,
+        cost: int,
+        notify: Callable[[int], None] | None = None,
+        alive: Callable[[], bool] | None = None,
+    ) -> Iterator[None]:
         """Hold ``cost`` bytes for ``client`` while the block runs; wait for them in the queue.
 
         ``notify(place)`` is called with the job's place in the queue (1: next) whenever it changes;
         ``alive()`` false ends the wait (the client went away)."""
         if cost > self.job_budget:
-            raise Refused(f"the job needs {cost / GIB:.2f} GiB of server memory, more than the "
-                          f"{self.job_budget / GIB:.2f} GiB the server's budget allows one job: "
-                          "send fewer slices per job")
+            raise Refused(
+                f"the job needs {cost / GIB:.2f} GiB of server memory, more than the "
+                f"{self.job_budget / GIB:.2f} GiB the server's budget allows one job: "
+                "send fewer slices per job"
+            )
         with self._cv:
             w = _Waiter(client, cost, next(self._seq))
             if not (self._can_run(w) and self._first_in_line(w)):
                 if len(self._queue) >= self.max_queue:
-                    raise Refused(f"server busy: {len(self._queue)} jobs are waiting already",
-                                  retry_after_s=RETRY_AFTER_S * (1 + len(self._queue) / max(1, self.max_running)))
+                    raise Refused(
+                        f"server busy: {len(self._queue)} jobs are waiting already",
+                        retry_after_s=RETRY_AFTER_S * (1 + len(self._queue) / max(1, self.max_running)),
+                    )
                 self._wait(w, notify, alive)
             slot = self._running.setdefault(client, [0, 0])
             slot[0] += 1

@@ -61,8 +61,14 @@ class StreamChannel(Channel):
     ``INQ_FRAMES`` frames wait. ``abort`` (the call was cancelled, the peer vanished) makes every
     blocked or later send and receive fail at once."""
 
-    def __init__(self, timeout: float | None = None, *, send_timeout: float | None = None,
-                 max_message: int | None = None, per_frame: bool = False) -> None:
+    def __init__(
+        self,
+        timeout: float | None = None,
+        *,
+        send_timeout: float | None = None,
+        max_message: int | None = None,
+        per_frame: bool = False,
+    ) -> None:
         super().__init__()
         # per_frame (the client): ``timeout`` bounds the silence between frames, notices included,
         # so a stalled peer is found while a long message may take its time. Otherwise (the server)
@@ -138,7 +144,7 @@ class StreamChannel(Channel):
             if tag.startswith(NOTICE_PREFIX):
                 if self.per_frame:  # the client: a notice (queue place, heartbeat) shows the server alive
                     if self.on_notice is not None:
-                        self.on_notice(tag[len(NOTICE_PREFIX):], bytes(data[:256]).decode("utf-8", "replace"))
+                        self.on_notice(tag[len(NOTICE_PREFIX) :], bytes(data[:256]).decode("utf-8", "replace"))
                     if self.timeout is not None:
                         end = time.monotonic() + self.timeout
                 continue  # the server ignores notices: a client's cannot stretch a timeout
@@ -287,8 +293,15 @@ PlainEvalHandler = Callable[[bunet_pb2.PlainEvalRequest, Session], bunet_pb2.Pla
 
 
 class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
-    def __init__(self, describe_json: str, run_job: JobHandler, limits: ServerLimits, token: str | None,
-                 max_slices: int, plain_eval: PlainEvalHandler | None = None) -> None:
+    def __init__(
+        self,
+        describe_json: str,
+        run_job: JobHandler,
+        limits: ServerLimits,
+        token: str | None,
+        max_slices: int,
+        plain_eval: PlainEvalHandler | None = None,
+    ) -> None:
         self.describe_json = describe_json
         self.run_job = run_job
         self.plain_eval = plain_eval
@@ -308,8 +321,12 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
         self._auth(context)
         from .. import __version__
 
-        return bunet_pb2.DescribeReply(description_json=self.describe_json, server_version=__version__,
-                                       max_slices_per_job=self.max_slices, max_frame_bytes=FRAME_BYTES)
+        return bunet_pb2.DescribeReply(
+            description_json=self.describe_json,
+            server_version=__version__,
+            max_slices_per_job=self.max_slices,
+            max_frame_bytes=FRAME_BYTES,
+        )
 
     def Run(self, request_iterator, context):  # noqa: N802
         """One job on its own stream. The handler runs in a worker thread; this generator feeds its
@@ -319,8 +336,11 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
         md = dict(context.invocation_metadata())
         sid = secrets.token_hex(4)
         session = Session(sid, str(md.get(CLIENT_ID_KEY, ""))[:64] or sid, context.peer())
-        chan = StreamChannel(timeout=self.limits.spec_timeout_s, send_timeout=self.limits.idle_timeout_s,
-                             max_message=self.limits.first_message_bytes)
+        chan = StreamChannel(
+            timeout=self.limits.spec_timeout_s,
+            send_timeout=self.limits.idle_timeout_s,
+            max_message=self.limits.first_message_bytes,
+        )
         failure: list[tuple[grpc.StatusCode, str, float | None]] = []
         context.add_callback(lambda: chan.abort("the client cancelled the job or went away"))
 
@@ -365,8 +385,10 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
     def PlainEval(self, request, context):  # noqa: N802
         self._auth(context)
         if self.plain_eval is None:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "plaintext evaluation is off on this server "
-                          "(it is turned on with bunet-server --allow-plain-eval)")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "plaintext evaluation is off on this server (it is turned on with bunet-server --allow-plain-eval)",
+            )
         md = dict(context.invocation_metadata())
         sid = secrets.token_hex(4)
         session = Session(sid, str(md.get(CLIENT_ID_KEY, ""))[:64] or sid, context.peer())
@@ -391,40 +413,65 @@ GRPC_TUNING: list[tuple[str, int]] = []
 # Keepalive: the client pings every 10 s and gives up 10 s after an unanswered ping, so a stalled or
 # vanished server is reported within about 20 s even in the middle of a long job; the server lets
 # it (pings every 5 s at most, no strikes) and pings idle clients itself to find vanished ones.
-CLIENT_KEEPALIVE: list[tuple[str, int | str]] = [("grpc.lb_policy_name", "round_robin"),  # DNS names of several servers
-    ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+CLIENT_KEEPALIVE: list[tuple[str, int | str]] = [
+    ("grpc.lb_policy_name", "round_robin"),  # DNS names of several servers
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 SERVER_KEEPALIVE: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-    ("grpc.http2.max_ping_strikes", 0)]
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 
 
 def _grpc_options(max_receive_bytes: int, max_send_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", max_receive_bytes),
-            ("grpc.max_send_message_length", max_send_bytes), *GRPC_TUNING]
+    return [
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        ("grpc.max_send_message_length", max_send_bytes),
+        *GRPC_TUNING,
+    ]
 
 
 class GrpcServer:
     """A running gRPC endpoint for one job handler."""
 
-    def __init__(self, listen: str, servicer: SegmentationServicer, *, tls_cert: str | None = None,
-                 tls_key: str | None = None, client_ca: str | None = None, workers: int = 8) -> None:
+    def __init__(
+        self,
+        listen: str,
+        servicer: SegmentationServicer,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        client_ca: str | None = None,
+        workers: int = 8,
+    ) -> None:
         opts = _grpc_options(MAX_FRAME_MESSAGE_BYTES) + SERVER_KEEPALIVE
         # every open stream holds a worker thread; beyond max_streams gRPC refuses new calls at once
         # (RESOURCE_EXHAUSTED) instead of queueing them unseen. Describe and health need a few more.
         streams = servicer.limits.max_streams
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(workers, streams + 4)), options=opts,
-                                  maximum_concurrent_rpcs=streams + 4)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max(workers, streams + 4)),
+            options=opts,
+            maximum_concurrent_rpcs=streams + 4,
+        )
         # Describe through the generated (de)serialisers; Run's frames as raw bytes (see frames.py)
         handlers = {
             "Describe": grpc.unary_unary_rpc_method_handler(
-                servicer.Describe, request_deserializer=bunet_pb2.DescribeRequest.FromString,
-                response_serializer=bunet_pb2.DescribeReply.SerializeToString),
+                servicer.Describe,
+                request_deserializer=bunet_pb2.DescribeRequest.FromString,
+                response_serializer=bunet_pb2.DescribeReply.SerializeToString,
+            ),
             "Run": grpc.stream_stream_rpc_method_handler(servicer.Run),
             "PlainEval": grpc.unary_unary_rpc_method_handler(
-                servicer.PlainEval, request_deserializer=bunet_pb2.PlainEvalRequest.FromString,
-                response_serializer=bunet_pb2.PlainEvalReply.SerializeToString),
+                servicer.PlainEval,
+                request_deserializer=bunet_pb2.PlainEvalRequest.FromString,
+                response_serializer=bunet_pb2.PlainEvalReply.SerializeToString,
+            ),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         self.health = health.HealthServicer()
@@ -435,7 +482,8 @@ class GrpcServer:
             creds = grpc.ssl_server_credentials(
                 [(_read(tls_key), _read(tls_cert))],
                 root_certificates=_read(client_ca) if client_ca else None,
-                require_client_auth=bool(client_ca))
+                require_client_auth=bool(client_ca),
+            )
             self.port = self.server.add_secure_port(listen, creds)
         else:
             if client_ca:
@@ -478,8 +526,15 @@ class NotAllowed(TransportError):
     """The server refuses this call by its configuration (PERMISSION_DENIED)."""
 
 
-def open_channel(address: str, *, tls: bool = False, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
+def open_channel(
+    address: str,
+    *,
+    tls: bool = False,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> grpc.Channel:
     opts = _grpc_options(max_message_bytes) + CLIENT_KEEPALIVE
     if (cert or key) and not (cert and key):
         raise ValueError("mutual TLS needs both a client certificate (--cert) and its key (--key)")
@@ -487,7 +542,8 @@ def open_channel(address: str, *, tls: bool = False, ca: str | None = None, cert
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(ca) if ca else None,
             private_key=_read(key) if key else None,
-            certificate_chain=_read(cert) if cert else None)
+            certificate_chain=_read(cert) if cert else None,
+        )
         return grpc.secure_channel(address, creds, options=opts)
     return grpc.insecure_channel(address, options=opts)
 
@@ -511,8 +567,9 @@ def rpc_error_message(e: grpc.RpcError, address: str) -> str:
 class StubClient:
     """Client end: Describe, and jobs as Channels over bidirectional streams."""
 
-    def __init__(self, channel: grpc.Channel, address: str, token: str | None = None,
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, channel: grpc.Channel, address: str, token: str | None = None, connect_timeout: float = 10.0
+    ) -> None:
         self.channel = channel
         self.address = address
         self.stub = bunet_pb2_grpc.SegmentationStub(channel)
@@ -522,8 +579,9 @@ class StubClient:
 
     def describe(self) -> bunet_pb2.DescribeReply:
         try:
-            return self.stub.Describe(bunet_pb2.DescribeRequest(), metadata=self.metadata,
-                                      timeout=self.connect_timeout, wait_for_ready=False)
+            return self.stub.Describe(
+                bunet_pb2.DescribeRequest(), metadata=self.metadata, timeout=self.connect_timeout, wait_for_ready=False
+            )
         except grpc.RpcError as e:
             raise TransportError(rpc_error_message(e, self.address)) from None
 
@@ -534,8 +592,9 @@ class StubClient:
             err = NotAllowed if e.code() == grpc.StatusCode.PERMISSION_DENIED else TransportError
             raise err(rpc_error_message(e, self.address)) from None
 
-    def job(self, client_id: str = "", deadline_s: float | None = None,
-            on_notice: Callable[[str, str], None] | None = None) -> tuple[StreamChannel, Callable[[], None]]:
+    def job(
+        self, client_id: str = "", deadline_s: float | None = None, on_notice: Callable[[str, str], None] | None = None
+    ) -> tuple[StreamChannel, Callable[[], None]]:
         """A new stream as a Channel, and a function that ends it. ``client_id`` groups this
         client's parallel streams into one job at the server; ``deadline_s`` bounds the whole call;
         ``on_notice(kind, text)`` gets the server's transport notices (its place in the queue)."""
@@ -565,7 +624,7 @@ def job_failure(chan: StreamChannel) -> tuple[grpc.StatusCode | None, float | No
     if not isinstance(e, grpc.RpcError) or not hasattr(e, "code"):
         return None, None
     retry = None
-    for key, value in (e.trailing_metadata() or ()):
+    for key, value in e.trailing_metadata() or ():
         if key == RETRY_AFTER_KEY:
             with contextlib.suppress(ValueError):
                 retry = int(value) / 1000
