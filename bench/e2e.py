@@ -46,9 +46,21 @@ class ServerProcess:
     def __init__(self, model_path: Path) -> None:
         self.address = f"127.0.0.1:{_free_port()}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from bunet.cli import server_main; sys.exit(server_main())",
-             "--model", str(model_path), "--listen", self.address, "--max-slices", "4096"],
-            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            [
+                sys.executable,
+                "-c",
+                "import sys; from bunet.cli import server_main; sys.exit(server_main())",
+                "--model",
+                str(model_path),
+                "--listen",
+                self.address,
+                "--max-slices",
+                "4096",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         line = self.proc.stderr.readline()  # "serving ..." once it listens
         if "serving" not in line:
             raise RuntimeError(f"server did not start: {line}{self.proc.stderr.read()}")

@@ -75,15 +75,41 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
     u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
 
     def run(garbler: int) -> None:
-        rc = lib.bn_gc_run(garbler, g, circ.gates.shape[0], circ.nwires, n, 1, 2, ffi.NULL, ks, 2, u8(u), m, 0,
-                           ffi.NULL, rk, bytes(delta), 0, circ.tweaks_per_inst, u8(ct), circ.ct_bytes, u8(ar),
-                           circ.arith_len(n), ffi.from_buffer("uint64_t[]", out), (1 << 64) - 1)
+        rc = lib.bn_gc_run(
+            garbler,
+            g,
+            circ.gates.shape[0],
+            circ.nwires,
+            n,
+            1,
+            2,
+            ffi.NULL,
+            ks,
+            2,
+            u8(u),
+            m,
+            0,
+            ffi.NULL,
+            rk,
+            bytes(delta),
+            0,
+            circ.tweaks_per_inst,
+            u8(ct),
+            circ.ct_bytes,
+            u8(ar),
+            circ.arith_len(n),
+            ffi.from_buffer("uint64_t[]", out),
+            (1 << 64) - 1,
+        )
         assert rc == 0
 
     tg = _best(lambda: run(1), reps)
     te = _best(lambda: run(0), reps)
-    return {"garble_and_per_s": n * depth / tg, "eval_and_per_s": n * depth / te,
-            "bytes_per_and": (circ.bytes_per_inst - 1 / 8) / depth}  # less the REVEAL bit
+    return {
+        "garble_and_per_s": n * depth / tg,
+        "eval_and_per_s": n * depth / te,
+        "bytes_per_and": (circ.bytes_per_inst - 1 / 8) / depth,
+    }  # less the REVEAL bit
 
 
 def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
@@ -94,7 +120,6 @@ def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
     rng = np.random.default_rng(1)
     delta, leaves_c, leaves_g = local_trees(k, seed=1)
 
-
     sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
     choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
     cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
@@ -103,8 +128,13 @@ def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
     u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
     tr = _best(lambda: lib.bn_cot_recv(sc, k, 0, m, u8(choice), u8(cm), u8(t)), reps)
     ts = _best(lambda: lib.bn_cot_send(sg, k, delta, 0, m, u8(cm), u8(q)), reps)
-    return {"ot_per_s": m / max(tr, ts), "ot_recv_per_s": m / tr, "ot_send_per_s": m / ts,
-            "ot_bytes_per_cot": 16 / k, "ot_softspoken_k": k}
+    return {
+        "ot_per_s": m / max(tr, ts),
+        "ot_recv_per_s": m / tr,
+        "ot_send_per_s": m / ts,
+        "ot_bytes_per_cot": 16 / k,
+        "ot_softspoken_k": k,
+    }
 
 
 def _message_bytes(op, n: int, ot_k: int) -> float:
@@ -118,8 +148,7 @@ def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = Tr
     x = ring.random((n, 1), l)
     yc, ys = ring.share(x, l)
     out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, tcp=True, ot_k=ot_k)
-    ok = bool(np.array_equal(ring.add(out_c, out_s, l),
-                             ring.nonlinear(x, in_bits=l, shift=s, relu=True, ring_bits=l)))
+    ok = bool(np.array_equal(ring.add(out_c, out_s, l), ring.nonlinear(x, in_bits=l, shift=s, relu=True, ring_bits=l)))
     c = op.circuit
     return {
         "relu_and_gates": c.and_gates + c.andg_gates,

@@ -88,20 +88,29 @@ def main() -> None:
         cpu = time.process_time() - c0
         plan = layer.plan
         row = {
-            "layer": name, "kind": kind, "c_in": ci, "c_out": co, "size": s,
-            "ms": round((t3 - t0) * 1e3, 1), "cpu_ms": round(cpu * 1e3, 1),
-            "ms_encrypt": round((t1 - t0) * 1e3, 1), "ms_server": round((t2 - t1) * 1e3, 1),
+            "layer": name,
+            "kind": kind,
+            "c_in": ci,
+            "c_out": co,
+            "size": s,
+            "ms": round((t3 - t0) * 1e3, 1),
+            "cpu_ms": round(cpu * 1e3, 1),
+            "ms_encrypt": round((t1 - t0) * 1e3, 1),
+            "ms_server": round((t2 - t1) * 1e3, 1),
             "ms_decrypt": round((t3 - t2) * 1e3, 1),
             "ct_pt_products": args.batch * plan.c_in * plan.tiles * plan.n_og,
-            "cts_up": plan.n_in_cts(args.batch), "cts_down": plan.n_out_cts(args.batch),
-            "bytes_up": len(up), "bytes_down": len(down),
-            "tile": [plan.th, plan.tw], "out_pack": plan.opack, "strategy": layer.strategy,
+            "cts_up": plan.n_in_cts(args.batch),
+            "cts_down": plan.n_out_cts(args.batch),
+            "bytes_up": len(up),
+            "bytes_down": len(down),
+            "tile": [plan.th, plan.tw],
+            "out_pack": plan.opack,
+            "strategy": layer.strategy,
             "cached_filters": layer.filters is not None,
         }
         if args.check:
             x = ring.add(xc, xs, lb)
-            ref = (ring.conv_transpose2x2(x, w, bias, lb) if kind == "convT"
-                   else ring.conv2d(x, w, bias, conv.pad, lb))
+            ref = ring.conv_transpose2x2(x, w, bias, lb) if kind == "convT" else ring.conv2d(x, w, bias, conv.pad, lb)
             row["exact"] = bool(np.array_equal(ring.add(yc, ys, lb), ref))
         rows.append(row)
         tot_t += t3 - t0
@@ -110,19 +119,33 @@ def main() -> None:
         tot_down += len(down)
         print(json.dumps(row), file=sys.stderr, flush=True)
     result = {
-        "size": args.size, "batch": args.batch,
-        "params": {"ring_bits": lb, "N": params.poly_degree, "log2_q": params.q.bit_length(),
-                   "primes": list(params.primes), "flood_bits": params.flood_bits,
-                   "down_bits": params.down_bits, "down_c0_bits": params.down_c0_bits,
-                   "weight_l1_bits": params.weight_l1_bits, "security": "128-bit (HE standard, SEAL check)"},
+        "size": args.size,
+        "batch": args.batch,
+        "params": {
+            "ring_bits": lb,
+            "N": params.poly_degree,
+            "log2_q": params.q.bit_length(),
+            "primes": list(params.primes),
+            "flood_bits": params.flood_bits,
+            "down_bits": params.down_bits,
+            "down_c0_bits": params.down_c0_bits,
+            "weight_l1_bits": params.weight_l1_bits,
+            "security": "128-bit (HE standard, SEAL check)",
+        },
         "prepare_seconds": round(prep_t, 2),
         "layers": rows,
-        "total_seconds": round(tot_t, 2), "bytes_up": tot_up, "bytes_down": tot_down,
-        "total_cpu_seconds": round(tot_cpu, 2), "threads": srv.threads,
+        "total_seconds": round(tot_t, 2),
+        "bytes_up": tot_up,
+        "bytes_down": tot_down,
+        "total_cpu_seconds": round(tot_cpu, 2),
+        "threads": srv.threads,
     }
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("total_seconds", "total_cpu_seconds", "bytes_up", "bytes_down",
-                                             "prepare_seconds")}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("total_seconds", "total_cpu_seconds", "bytes_up", "bytes_down", "prepare_seconds")}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,16 +34,30 @@ from bunet.model.train import _load_split, evaluate_labels  # noqa: E402
 
 # (ring_bits, frac_bits, weight_frac_bits)
 CONFIGS: list[tuple[int, int, int]] = [
-    (32, 12, 12), (32, 13, 10), (32, 10, 10),
-    (24, 8, 8), (24, 9, 7), (24, 7, 9), (24, 8, 6), (24, 6, 6),
-    (22, 8, 8), (22, 7, 9), (22, 7, 7), (21, 8, 8), (21, 7, 9),
-    (20, 8, 8), (20, 7, 9), (20, 6, 6), (20, 6, 5), (18, 5, 5), (16, 4, 4), (16, 5, 3),
+    (32, 12, 12),
+    (32, 13, 10),
+    (32, 10, 10),
+    (24, 8, 8),
+    (24, 9, 7),
+    (24, 7, 9),
+    (24, 8, 6),
+    (24, 6, 6),
+    (22, 8, 8),
+    (22, 7, 9),
+    (22, 7, 7),
+    (21, 8, 8),
+    (21, 7, 9),
+    (20, 8, 8),
+    (20, 7, 9),
+    (20, 6, 6),
+    (20, 6, 5),
+    (18, 5, 5),
+    (16, 4, 4),
+    (16, 5, 3),
 ]
 
 
-def overflow_fraction(
-    net: Network, quant: Quantization, floats: dict[str, np.ndarray]
-) -> tuple[float, float]:
+def overflow_fraction(net: Network, quant: Quantization, floats: dict[str, np.ndarray]) -> tuple[float, float]:
     """Share of garbled-circuit inputs whose float value * 2^exp leaves the signed in_bits range,
     and the headroom: min over those inputs of log2(range / max |value * 2^exp|), in bits
     (negative = overflow; what a narrower ``in_bits`` could save)."""
@@ -90,14 +104,16 @@ def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit
         t0 = time.time()
         try:
             plan = compile_plan(net, q)
-            lab = np.concatenate([run_plan(plan, x[i:i + 8]) for i in range(0, len(x), 8)])
+            lab = np.concatenate([run_plan(plan, x[i : i + 8]) for i in range(0, len(x), 8)])
         except Exception as e:  # a config the plan rejects (exponent does not fit the ring)
             rows.append({"ring_bits": L, "frac_bits": f, "weight_frac_bits": fw, "error": str(e)})
             continue
         vs_truth = evaluate_labels(list(lab), truths)
         ovf, headroom = overflow_fraction(net, q, floats)
         row = {
-            "ring_bits": L, "frac_bits": f, "weight_frac_bits": fw,
+            "ring_bits": L,
+            "frac_bits": f,
+            "weight_frac_bits": fw,
             "dice_vs_float": round(_dice_pooled(lab > 0, float_lab > 0), 5),
             "dice_vs_truth": round(vs_truth["dice_pooled"], 5),
             "dice_vs_truth_mean_per_slice": round(vs_truth["dice_mean"], 5),
@@ -114,8 +130,10 @@ def run(model_path: Path, data: Path, configs: list[tuple[int, int, int]], limit
         "model_sha_params": model.parameter_count(),
         "input_size": [h, w],
         "slices": len(x),
-        "float": {"dice_vs_truth": round(float_truth["dice_pooled"], 5),
-                  "dice_vs_truth_mean_per_slice": round(float_truth["dice_mean"], 5)},
+        "float": {
+            "dice_vs_truth": round(float_truth["dice_pooled"], 5),
+            "dice_vs_truth_mean_per_slice": round(float_truth["dice_mean"], 5),
+        },
         "dice_vs_float_protocol": "lesion Dice of fixed vs float labels, pooled over all slices at model resolution",
         "dice_vs_truth_protocol": "labels nearest-resized to each slice's original size, pooled over all pixels",
         "rows": rows,

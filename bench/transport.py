@@ -103,8 +103,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> dict:
     if args.tls:
         cert, key = _tls_files(tmp)
         cmd += ["--cert", cert, "--key", key]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         if "serving" not in (proc.stdout.readline() if proc.stdout else ""):
             raise RuntimeError("benchmark server did not start")

@@ -56,12 +56,17 @@ def client_main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     seg = sub.add_parser("segment", help="segment a NIfTI scan; the scan never leaves this machine in the clear")
     seg.add_argument("scan", help="CT scan in HU, .nii or .nii.gz")
-    seg.add_argument("--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server "
-                     "with the bundled model)")
+    seg.add_argument(
+        "--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server with the bundled model)"
+    )
     seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan)")
     seg.add_argument("--planes", help="comma-separated planes among xy,yz,xz (default: those the model serves)")
-    seg.add_argument("--fusion", choices=["majority", "union", "single"], default="majority",
-                     help="how per-plane masks are combined (default: majority vote)")
+    seg.add_argument(
+        "--fusion",
+        choices=["majority", "union", "single"],
+        default="majority",
+        help="how per-plane masks are combined (default: majority vote)",
+    )
     seg.add_argument("--preview", metavar="PNG", help="also write a PNG: middle slice of each plane with the mask")
     seg.add_argument("--model", help="model file for the embedded server (default: the bundled model)")
     seg.add_argument("--tls", action="store_true", help="use TLS with the system's trusted CAs")
@@ -95,14 +100,16 @@ def _segment(args: argparse.Namespace) -> int:
         return _fail(f"output folder {out.parent} does not exist")
     try:
         scan = volume.load_scan(args.scan)  # fail fast, before any server is started
-        with Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                    model=args.model) as client:
+        with Client(
+            args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key, model=args.model
+        ) as client:
             bar = None
             if not args.quiet:
                 from tqdm import tqdm
 
-                bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False,
-                           disable=None)  # None: no bar when stderr is not a terminal
+                bar = tqdm(
+                    total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False, disable=None
+                )  # None: no bar when stderr is not a terminal
 
             def progress(done: int, total: int) -> None:
                 if bar is not None:
@@ -143,8 +150,9 @@ def server_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a silent session is kept")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.max_sessions < 1 or args.max_slices < 1 or args.idle_timeout <= 0:
         return _fail("limits must be positive", EXIT_USAGE)
     from .model.graph import ModelError
@@ -152,16 +160,27 @@ def server_main(argv: list[str] | None = None) -> int:
 
     try:
         token = _token(args)
-        srv = Server(args.model, args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                     client_ca=args.client_ca, token=token, max_sessions=args.max_sessions,
-                     max_slices=args.max_slices, idle_timeout_s=args.idle_timeout).start()
+        srv = Server(
+            args.model,
+            args.listen,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
+            token=token,
+            max_sessions=args.max_sessions,
+            max_slices=args.max_slices,
+            idle_timeout_s=args.idle_timeout,
+        ).start()
     except (ModelError, ValueError, OSError, RuntimeError) as e:
         return _fail(str(e))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"bunet-server: serving {srv.model.name!r} on {srv.address}"
-          f"{' with TLS' if args.tls_cert else ''}{' (token required)' if token else ''}", file=sys.stderr)
+    print(
+        f"bunet-server: serving {srv.model.name!r} on {srv.address}"
+        f"{' with TLS' if args.tls_cert else ''}{' (token required)' if token else ''}",
+        file=sys.stderr,
+    )
     stop.wait()
     print("bunet-server: shutting down (finishing running sessions)", file=sys.stderr)
     srv.stop(grace=30.0)
@@ -216,15 +235,19 @@ def _model_info(args: argparse.Namespace) -> int:
     print(f"planes:       {', '.join(f'{p} -> {n}' for p, n in m.plane_networks.items())}")
     win = f"HU window center {pp.center:g}, width {pp.width:g}" if pp.kind == "hu_window" else "values as given"
     print(f"input:        {pp.input_size[0]}x{pp.input_size[1]}, {win}; classes: {', '.join(pp.classes)}")
-    print(f"quantization: ring Z_2^{q.ring_bits}, {q.frac_bits} fraction bits (activations), "
-          f"{q.weight_frac_bits} (weights)" + (f", narrowed inputs: {q.in_bits}" if q.in_bits else ""))
+    print(
+        f"quantization: ring Z_2^{q.ring_bits}, {q.frac_bits} fraction bits (activations), "
+        f"{q.weight_frac_bits} (weights)" + (f", narrowed inputs: {q.in_bits}" if q.in_bits else "")
+    )
     print(f"parameters:   {m.parameter_count():,}")
     for name, net in m.networks.items():
         plan = compile_plan(net, q)
         h, w = pp.input_size
         shapes = net.graph.shapes(int(net.graph.input.attrs.get("channels", 1)), h, w, net.weights)
-        print(f"network {name!r}: {len(net.graph.nodes)} nodes, "
-              f"{plan.relu_count(h, w):,} garbled-circuit instances per slice")
+        print(
+            f"network {name!r}: {len(net.graph.nodes)} nodes, "
+            f"{plan.relu_count(h, w):,} garbled-circuit instances per slice"
+        )
         for n in net.graph.nodes:
             extra = ""
             if n.op in ("conv", "conv_transpose"):
@@ -246,10 +269,13 @@ def _model_import(args: argparse.Namespace) -> int:
 
     net = load_onnx(args.onnx)
     planes = [p.strip() for p in args.planes.split(",") if p.strip()]
-    m = Model(name=args.name or Path(args.onnx).stem, networks={"main": net},
-              plane_networks={p: "main" for p in planes},
-              quantization=Quantization(args.ring_bits, args.frac_bits, args.weight_frac_bits),
-              preprocessing=Preprocessing(input_size=tuple(args.input_size)))
+    m = Model(
+        name=args.name or Path(args.onnx).stem,
+        networks={"main": net},
+        plane_networks={p: "main" for p in planes},
+        quantization=Quantization(args.ring_bits, args.frac_bits, args.weight_frac_bits),
+        preprocessing=Preprocessing(input_size=tuple(args.input_size)),
+    )
     m.save(args.output)
     print(f"wrote {args.output} ({m.parameter_count():,} parameters)")
     return 0

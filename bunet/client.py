@@ -60,9 +60,19 @@ class Client:
     """Connects to a BUNET server (``address``) or, with ``address=None``, starts an embedded
     local server with the bundled (or given) model."""
 
-    def __init__(self, address: str | None = None, *, token: str | None = None, tls: bool = False,
-                 ca: str | None = None, cert: str | None = None, key: str | None = None,
-                 model: str | Path | None = None, lanes: int = 2, max_batch: int = 16) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        model: str | Path | None = None,
+        lanes: int = 2,
+        max_batch: int = 16,
+    ) -> None:
         self._embedded = None
         if address is None:
             from .server import Server
@@ -83,8 +93,13 @@ class Client:
         self.max_batch = max(1, min(max_batch, self.max_slices))
 
     # ---------------------------------------------------------------------------------------
-    def segment_slices(self, x: np.ndarray, plane: str = "xy",
-                       progress: Callable[[int], None] | None = None, summary: Summary | None = None) -> np.ndarray:
+    def segment_slices(
+        self,
+        x: np.ndarray,
+        plane: str = "xy",
+        progress: Callable[[int], None] | None = None,
+        summary: Summary | None = None,
+    ) -> np.ndarray:
         """Secure labels for preprocessed slices x (n, C, H, W) in [0, 1] at the model's input size."""
         network = self.model.plane_networks.get(plane)
         if network is None:
@@ -116,8 +131,13 @@ class Client:
     def steps_per_job(self, plane: str) -> int:
         return len(self.protocol.plans[self.model.plane_networks[plane]].steps)
 
-    def segment(self, scan: str | Path | volume.Scan, planes: list[str] | None = None, fusion: str = "majority",
-                progress: Callable[[int, int], None] | None = None) -> Result:
+    def segment(
+        self,
+        scan: str | Path | volume.Scan,
+        planes: list[str] | None = None,
+        fusion: str = "majority",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Result:
         """Segment a NIfTI file (or a loaded Scan): per-plane secure labels, fused."""
         t_start = time.perf_counter()
         try:

@@ -24,4 +24,4 @@ def new_message(header: bytes, body_len: int) -> tuple[bytes, np.ndarray]:
     msg = _PyBytes_FromStringAndSize(None, len(header) + body_len)
     view = np.frombuffer(_ffi.buffer(_ffi.from_buffer(msg)), dtype=np.uint8)
     view[: len(header)] = np.frombuffer(header, dtype=np.uint8)
-    return msg, view[len(header):]
+    return msg, view[len(header) :]

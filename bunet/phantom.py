@@ -39,8 +39,9 @@ def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: 
     return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
 
 
-def _vessel_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, radius: float,
-                 length: float, generations: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def _vessel_tree(
+    rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, radius: float, length: float, generations: int
+) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """Segments (start, end, radius mm) of a randomly branching tree that tapers outwards."""
     segs: list[tuple[np.ndarray, np.ndarray, float]] = []
     stack = [(root, direction / np.linalg.norm(direction), radius, length, generations)]
@@ -60,8 +61,9 @@ def _vessel_tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarr
     return segs
 
 
-def _render_segments(axes: tuple[np.ndarray, np.ndarray, np.ndarray],
-                     segs: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+def _render_segments(
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray], segs: list[tuple[np.ndarray, np.ndarray, float]]
+) -> np.ndarray:
     """Soft tube occupancy in [0, 1] on the grid ``axes`` (world coordinate of each index along
     x, y, z): 1 on the axis, partial volume at the wall. Each segment touches only its bounding box."""
     occ = np.zeros(tuple(len(a) for a in axes), dtype=np.float32)
@@ -156,8 +158,11 @@ def make_phantom(
         for _ in range(10):
             d = np.array([side * rng.uniform(0.3, 1.0), rng.uniform(-1, 1), rng.uniform(-0.7, 0.7)])
             segs += _vessel_tree(rng, hilum + rng.normal(0, 5, 3), d, radius=3.0, length=40, generations=5)
-    axes = (affine[0, 0] * np.arange(nx) + affine[0, 3], affine[1, 1] * np.arange(ny) + affine[1, 3],
-            affine[2, 2] * np.arange(nz) + affine[2, 3])
+    axes = (
+        affine[0, 0] * np.arange(nx) + affine[0, 3],
+        affine[1, 1] * np.arange(ny) + affine[1, 3],
+        affine[2, 2] * np.arange(nz) + affine[2, 3],
+    )
     occ = _render_segments(axes, segs)[lungs]
     # parenchymal texture: smooth low-amplitude variation, denser towards the dependent (posterior) lung
     tex = ndimage.gaussian_filter(rng.normal(0, 1, shape), (1.2, 1.2, 0.5)).astype(np.float32)
@@ -222,8 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_nifti(out, hu, aff)
     save_nifti(labels_path, lab, aff)
-    print(f"wrote {out} ({hu.shape}, HU {hu.min()}..{hu.max()}) and {labels_path} "
-          f"({int(lab.sum())} lesion voxels, {100 * lab.mean():.1f} %)", file=sys.stderr)
+    print(
+        f"wrote {out} ({hu.shape}, HU {hu.min()}..{hu.max()}) and {labels_path} "
+        f"({int(lab.sum())} lesion voxels, {100 * lab.mean():.1f} %)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":
@@ -251,7 +259,14 @@ def model_dice(model_path: str | Path, scan_path: str | Path, labels_path: str |
     lab = float_labels(model.network("xy"), x)
     pred = from_slices(resize_stack(lab, stack.shape[1:], labels=True), "xy") > 0
     inter = int((pred & truth).sum())
-    per = [2 * int((pred[..., k] & truth[..., k]).sum()) / max(int(pred[..., k].sum() + truth[..., k].sum()), 1)
-           for k in range(truth.shape[2]) if truth[..., k].any()]
-    return {"dice": 2 * inter / max(int(pred.sum() + truth.sum()), 1), "dice_mean_lesion_slices": float(np.mean(per)),
-            "predicted_voxels": int(pred.sum()), "lesion_voxels": int(truth.sum())}
+    per = [
+        2 * int((pred[..., k] & truth[..., k]).sum()) / max(int(pred[..., k].sum() + truth[..., k].sum()), 1)
+        for k in range(truth.shape[2])
+        if truth[..., k].any()
+    ]
+    return {
+        "dice": 2 * inter / max(int(pred.sum() + truth.sum()), 1),
+        "dice_mean_lesion_slices": float(np.mean(per)),
+        "predicted_voxels": int(pred.sum()),
+        "lesion_voxels": int(truth.sum()),
+    }

@@ -103,9 +103,7 @@ def share(x: np.ndarray, ring_bits: int) -> tuple[np.ndarray, np.ndarray]:
     return sub(x, x1, ring_bits), x1
 
 
-def nonlinear(
-    y: np.ndarray, *, in_bits: int, shift: int, relu: bool, ring_bits: int
-) -> np.ndarray:
+def nonlinear(y: np.ndarray, *, in_bits: int, shift: int, relu: bool, ring_bits: int) -> np.ndarray:
     """The fused non-linear rule (see module docstring) over the last axis as the window.
 
     ``y`` has shape (..., k); the result has shape (...) and lives in Z_{2^l}.

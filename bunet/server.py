@@ -35,10 +35,19 @@ class Server:
     itself.
     """
 
-    def __init__(self, model: Model | str | Path | None = None, listen: str = "127.0.0.1:0", *,
-                 tls_cert: str | None = None, tls_key: str | None = None, client_ca: str | None = None,
-                 token: str | None = None, max_sessions: int = 2, max_slices: int = 256,
-                 idle_timeout_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        model: Model | str | Path | None = None,
+        listen: str = "127.0.0.1:0",
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        client_ca: str | None = None,
+        token: str | None = None,
+        max_sessions: int = 2,
+        max_slices: int = 256,
+        idle_timeout_s: float = 300.0,
+    ) -> None:
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
@@ -46,17 +55,26 @@ class Server:
         self.protocol.prepare(*self.model.preprocessing.input_size)  # filters once, before any job
         self.job_limits = Limits(max_slices=max_slices)
         servicer = SegmentationServicer(
-            json.dumps(self.protocol.describe()), self._run_job,
-            ServerLimits(max_sessions=max_sessions, idle_timeout_s=idle_timeout_s), token, max_slices)
-        self.grpc = GrpcServer(listen, servicer, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
-                               workers=max_sessions + 4)
+            json.dumps(self.protocol.describe()),
+            self._run_job,
+            ServerLimits(max_sessions=max_sessions, idle_timeout_s=idle_timeout_s),
+            token,
+            max_slices,
+        )
+        self.grpc = GrpcServer(
+            listen, servicer, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca, workers=max_sessions + 4
+        )
         host = listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.grpc.port}"
 
     def _run_job(self, chan: Channel) -> None:
         t = self.protocol.run_job(chan, self.job_limits)
-        log.info("job done: %d bytes in, %d bytes out, %s", chan.traffic.received, chan.traffic.sent,
-                 ", ".join(f"{k} {v:.2f}s" for k, v in t.seconds.items()))
+        log.info(
+            "job done: %d bytes in, %d bytes out, %s",
+            chan.traffic.received,
+            chan.traffic.sent,
+            ", ".join(f"{k} {v:.2f}s" for k, v in t.seconds.items()),
+        )
 
     def start(self) -> Server:
         self.grpc.start()

@@ -25,8 +25,12 @@ ROOT = os.path.dirname(HERE)
 # Plain data, no dataclass: setuptools runs this file through cffi's execfile, outside sys.modules.
 MODULES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "gc": ("bunet_gc.c", ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra"], [], []),
-    "he": ("bunet_he.c", ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wall",
-                          "-Wextra"], ["-pthread"], ["m"]),
+    "he": (
+        "bunet_he.c",
+        ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wall", "-Wextra"],
+        ["-pthread"],
+        ["m"],
+    ),
 }
 
 
@@ -45,8 +49,15 @@ def make_builder(name: str, absolute: bool = False) -> FFI:
     b = FFI()
     b.cdef(_cdef(header))
     where = HERE if absolute else "native"
-    b.set_source(f"bunet.{name}._native", f'#include "{header}"', sources=[os.path.join(where, source)],
-                 include_dirs=[where], extra_compile_args=cflags, extra_link_args=link, libraries=libraries)
+    b.set_source(
+        f"bunet.{name}._native",
+        f'#include "{header}"',
+        sources=[os.path.join(where, source)],
+        include_dirs=[where],
+        extra_compile_args=cflags,
+        extra_link_args=link,
+        libraries=libraries,
+    )
     return b
 
 

@@ -27,12 +27,18 @@ def test_decode_reads_protobuf_frames(tag, data, more):
 
 
 def test_decode_field_order_repeats_and_unknown_fields():
-    body = (b"\x18\x01"                      # more = true, first
-            + b"\x12\x03abc"                  # data
-            + b"\x0a\x02gc"                   # tag
-            + b"\x20\x05" + b"\x2a\x01z"      # unknown varint field 4, unknown bytes field 5
-            + b"\x31" + bytes(8) + b"\x3d" + bytes(4)  # unknown fixed64 / fixed32
-            + b"\x12\x02xy")                  # data again: last one wins
+    body = (
+        b"\x18\x01"  # more = true, first
+        + b"\x12\x03abc"  # data
+        + b"\x0a\x02gc"  # tag
+        + b"\x20\x05"
+        + b"\x2a\x01z"  # unknown varint field 4, unknown bytes field 5
+        + b"\x31"
+        + bytes(8)
+        + b"\x3d"
+        + bytes(4)  # unknown fixed64 / fixed32
+        + b"\x12\x02xy"
+    )  # data again: last one wins
     ref = bunet_pb2.Frame.FromString(body)
     t, d, m = frames.decode(body)
     assert (t, bytes(d), m) == (ref.tag, ref.data, ref.more) == ("gc", b"xy", True)
@@ -46,15 +52,18 @@ def test_large_payload_is_a_view_not_a_copy():
     assert t == "he:x" and m and d.obj is not None and bytes(d) == data
 
 
-@pytest.mark.parametrize("bad", [
-    b"\x0a\x05ab",              # tag shorter than its length
-    b"\x12\x80",                # truncated varint
-    b"\x12" + b"\xff" * 11,     # overlong varint
-    b"\x0b",                    # wire type 3 (groups) unsupported
-    b"\x0a\x02\xff\xfe",        # tag not UTF-8
-    b"\x31\x00",                # truncated fixed64
-    b"\x0a" + frames._varint(300) + b"a" * 300,  # tag too long
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"\x0a\x05ab",  # tag shorter than its length
+        b"\x12\x80",  # truncated varint
+        b"\x12" + b"\xff" * 11,  # overlong varint
+        b"\x0b",  # wire type 3 (groups) unsupported
+        b"\x0a\x02\xff\xfe",  # tag not UTF-8
+        b"\x31\x00",  # truncated fixed64
+        b"\x0a" + frames._varint(300) + b"a" * 300,  # tag too long
+    ],
+)
 def test_malformed_frames_are_rejected(bad):
     with pytest.raises(frames.FrameError):
         frames.decode(bad)

@@ -78,8 +78,11 @@ def test_max_trunc_random_and_extremes(sess, l, b, s, relu, k):
     _check_max_trunc(sess, op, ring.random((301, k), l))  # odd n, > one engine chunk
     _check_max_trunc(sess, op, _extremes(l, 67, k, rng))
     _check_max_trunc(sess, op, np.zeros((5, k), dtype=np.uint64))  # all zero
-    neg = ring.from_signed(-rng.integers(1, 1 << min(b - 1, 62), size=(9, k), endpoint=True), l) if b > 1 else \
-        np.full((9, k), 1, dtype=np.uint64)
+    neg = (
+        ring.from_signed(-rng.integers(1, 1 << min(b - 1, 62), size=(9, k), endpoint=True), l)
+        if b > 1
+        else np.full((9, k), 1, dtype=np.uint64)
+    )
     _check_max_trunc(sess, op, neg)  # all negative
     _check_max_trunc(sess, op, np.zeros((0, k), dtype=np.uint64))  # n = 0
     _check_max_trunc(sess, op, ring.random((1, k), l))  # n = 1
@@ -143,8 +146,7 @@ def _check_relu_pool(sess, x: np.ndarray, l: int, b: int, s: int) -> None:
     got = _relu_pool_both(sess, x, l, b, s)
     el, pooled = ring.relu_pool(x, in_bits=b, shift=s, ring_bits=l)
     # what the unfused steps compute: ReLU per value, then the max-pool over the ReLU outputs
-    np.testing.assert_array_equal(got[:, :4], ring.nonlinear(x[..., None], in_bits=b, shift=s, relu=True,
-                                                             ring_bits=l))
+    np.testing.assert_array_equal(got[:, :4], ring.nonlinear(x[..., None], in_bits=b, shift=s, relu=True, ring_bits=l))
     np.testing.assert_array_equal(got[:, :4], el)
     np.testing.assert_array_equal(got[:, 4], pooled)
     np.testing.assert_array_equal(got[:, 4], ring.nonlinear(x, in_bits=b, shift=s, relu=True, ring_bits=l))
@@ -156,8 +158,11 @@ def test_relu_pool_random_and_extremes(sess, l, b, s):
     _check_relu_pool(sess, ring.random((301, 4), l), l, b, s)
     _check_relu_pool(sess, _extremes(l, 67, 4, rng), l, b, s)
     _check_relu_pool(sess, np.zeros((5, 4), dtype=np.uint64), l, b, s)
-    neg = ring.from_signed(-rng.integers(1, 1 << min(b - 1, 62), size=(9, 4), endpoint=True), l) if b > 1 else \
-        np.full((9, 4), 1, dtype=np.uint64)
+    neg = (
+        ring.from_signed(-rng.integers(1, 1 << min(b - 1, 62), size=(9, 4), endpoint=True), l)
+        if b > 1
+        else np.full((9, 4), 1, dtype=np.uint64)
+    )
     _check_relu_pool(sess, neg, l, b, s)
     _check_relu_pool(sess, np.zeros((0, 4), dtype=np.uint64), l, b, s)
     _check_relu_pool(sess, ring.random((1, 4), l), l, b, s)
@@ -213,11 +218,33 @@ def test_multi_output_index_checked():
         ys = np.zeros(n, dtype=np.uint64)
         labels = np.zeros(16 * m, dtype=np.uint8)
         rk = aes_key_schedules([bytes(16)])
-        rc = lib.bn_gc_run_multi(0, ffi.from_buffer("int32_t[]", gates), gates.shape[0], circ.nwires, n, 1,
-                                 op.circ_bits, ffi.from_buffer("uint64_t[]", ys), ffi.NULL, 4, ffi.NULL, m, 0,
-                                 ffi.from_buffer("uint8_t[]", labels), rk, ffi.NULL, 0, circ.tweaks_per_inst,
-                                 ffi.from_buffer("uint8_t[]", ct), circ.ct_bytes, ffi.from_buffer("uint8_t[]", ar),
-                                 circ.arith_len(n), ffi.from_buffer("uint64_t[]", out), (1 << 64) - 1, nout)
+        rc = lib.bn_gc_run_multi(
+            0,
+            ffi.from_buffer("int32_t[]", gates),
+            gates.shape[0],
+            circ.nwires,
+            n,
+            1,
+            op.circ_bits,
+            ffi.from_buffer("uint64_t[]", ys),
+            ffi.NULL,
+            4,
+            ffi.NULL,
+            m,
+            0,
+            ffi.from_buffer("uint8_t[]", labels),
+            rk,
+            ffi.NULL,
+            0,
+            circ.tweaks_per_inst,
+            ffi.from_buffer("uint8_t[]", ct),
+            circ.ct_bytes,
+            ffi.from_buffer("uint8_t[]", ar),
+            circ.arith_len(n),
+            ffi.from_buffer("uint64_t[]", out),
+            (1 << 64) - 1,
+            nout,
+        )
         assert rc == -3
         assert not out.any()
 
@@ -227,8 +254,12 @@ def test_argmax(sess, l, b, k):
     rng = np.random.default_rng(k + l)
     op = Argmax(ring_bits=l, in_bits=b, k=k)
     ev, g = sess
-    for x in (ring.random((257, k), l), _extremes(l, 99, k, rng), np.zeros((3, k), dtype=np.uint64),
-              np.zeros((0, k), dtype=np.uint64)):
+    for x in (
+        ring.random((257, k), l),
+        _extremes(l, 99, k, rng),
+        np.zeros((3, k), dtype=np.uint64),
+        np.zeros((0, k), dtype=np.uint64),
+    ):
         yc, ys = ring.share(x, l)
         resp, none = g.respond(op, _req(ev, g, op, yc, ys), ys)
         assert none is None
@@ -289,15 +320,21 @@ def test_cot_correlation(k):
         same = [leaves_c[b][x] == leaves_g[b][x] for x in range(1 << k)]
         assert same == [x != d for x in range(1 << k)]
 
-
     sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
     for m, off in [(128, 0), (2048 + 384, 7)]:
         choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
         cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
         t = np.empty(16 * m, dtype=np.uint8)
         q = np.empty(16 * m, dtype=np.uint8)
-        lib.bn_cot_recv(sc, k, off, m, ffi.from_buffer("uint8_t[]", choice), ffi.from_buffer("uint8_t[]", cm),
-                        ffi.from_buffer("uint8_t[]", t))
+        lib.bn_cot_recv(
+            sc,
+            k,
+            off,
+            m,
+            ffi.from_buffer("uint8_t[]", choice),
+            ffi.from_buffer("uint8_t[]", cm),
+            ffi.from_buffer("uint8_t[]", t),
+        )
         lib.bn_cot_send(sg, k, delta, off, m, ffi.from_buffer("uint8_t[]", cm), ffi.from_buffer("uint8_t[]", q))
         r = np.unpackbits(choice, bitorder="little")
         dl = np.frombuffer(delta, dtype=np.uint8)
@@ -313,8 +350,9 @@ def test_other_ot_k(k):
     for n in (300, 1):
         x = ring.random((n, 1), 32)
         out_c, out_s = _run((ev, g), op, x)
-        np.testing.assert_array_equal(ring.add(out_c, out_s, 32),
-                                      ring.nonlinear(x, in_bits=32, shift=12, relu=True, ring_bits=32))
+        np.testing.assert_array_equal(
+            ring.add(out_c, out_s, 32), ring.nonlinear(x, in_bits=32, shift=12, relu=True, ring_bits=32)
+        )
 
 
 def test_pipelined_out_of_order_and_threads():
@@ -389,8 +427,9 @@ def test_bad_messages():
     out_s = g.post(op, post, out_s)
     with pytest.raises(ValueError):
         g.post(op, post, out_s)  # replay
-    np.testing.assert_array_equal(ring.add(out_c, out_s, 24),
-                                  ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24))
+    np.testing.assert_array_equal(
+        ring.add(out_c, out_s, 24), ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24)
+    )
     with pytest.raises(ValueError):
         ev.finish(op, resp)  # already consumed
     with pytest.raises(ValueError):
@@ -419,13 +458,23 @@ def test_bad_messages():
 def test_input_validation(sess):
     ev, _ = sess
     op = MaxTrunc(ring_bits=24, in_bits=24, shift=8)
-    for bad in (np.zeros((3, 1), dtype=np.int64), np.zeros((3, 2), dtype=np.uint64),
-                np.full((3, 1), 1 << 24, dtype=np.uint64), [[1]]):
+    for bad in (
+        np.zeros((3, 1), dtype=np.int64),
+        np.zeros((3, 2), dtype=np.uint64),
+        np.full((3, 1), 1 << 24, dtype=np.uint64),
+        [[1]],
+    ):
         with pytest.raises(ValueError) as ei:
             ev.request(op, bad)
         assert "16777216" not in str(ei.value)
-    for kw in (dict(ring_bits=0), dict(ring_bits=65), dict(ring_bits=24, in_bits=25),
-               dict(ring_bits=24, shift=24), dict(ring_bits=24, in_bits=8, shift=8), dict(ring_bits=24, k=0)):
+    for kw in (
+        dict(ring_bits=0),
+        dict(ring_bits=65),
+        dict(ring_bits=24, in_bits=25),
+        dict(ring_bits=24, shift=24),
+        dict(ring_bits=24, in_bits=8, shift=8),
+        dict(ring_bits=24, k=0),
+    ):
         with pytest.raises(ValueError):
             MaxTrunc(**kw)
     with pytest.raises(ValueError):
@@ -463,8 +512,9 @@ def test_two_processes():
     x = ring.random((3001, 4), l)
     yc, ys = ring.share(x, l)
     out_c, out_s, stats = two_party(op, yc, ys, chunk=1000)
-    np.testing.assert_array_equal(ring.add(out_c, out_s, l),
-                                  ring.nonlinear(x, in_bits=l, shift=8, relu=True, ring_bits=l))
+    np.testing.assert_array_equal(
+        ring.add(out_c, out_s, l), ring.nonlinear(x, in_bits=l, shift=8, relu=True, ring_bits=l)
+    )
     assert stats.client_sent > 0 and stats.client_received > 0
     op2 = Argmax(ring_bits=l, k=2)
     x2 = ring.random((777, 2), l)
@@ -477,8 +527,12 @@ def test_two_processes():
 @pytest.mark.parametrize("ot_k", [1, 2, 4])
 def test_message_sizes(ot_k):
     ev, g = _handshake(Evaluator(ot_k=ot_k), Garbler())
-    for op in (MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
-               MaxTrunc(ring_bits=24, in_bits=16, shift=0), Argmax(ring_bits=24, k=3)):
+    for op in (
+        MaxTrunc(ring_bits=24, shift=8),
+        MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
+        MaxTrunc(ring_bits=24, in_bits=16, shift=0),
+        Argmax(ring_bits=24, k=3),
+    ):
         for n in (100, 257):
             x = ring.random((n, op.k), op.ring_bits)
             yc, ys = ring.share(x, op.ring_bits)
@@ -520,13 +574,49 @@ def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray
     out_e = np.empty(n, dtype=np.uint64)
     g = ffi.from_buffer("int32_t[]", circ.gates)
     common = (g, circ.gates.shape[0], circ.nwires, n, 1, b)
-    rc = lib.bn_gc_run(1, *common, ffi.from_buffer("uint64_t[]", ys), sg, k, u8(cm), m, 0, ffi.NULL, rk, delta, 7,
-                       circ.tweaks_per_inst, u8(ct), circ.ct_bytes, u8(ar), circ.arith_len(n),
-                       ffi.from_buffer("uint64_t[]", out_g), (1 << 64) - 1)
+    rc = lib.bn_gc_run(
+        1,
+        *common,
+        ffi.from_buffer("uint64_t[]", ys),
+        sg,
+        k,
+        u8(cm),
+        m,
+        0,
+        ffi.NULL,
+        rk,
+        delta,
+        7,
+        circ.tweaks_per_inst,
+        u8(ct),
+        circ.ct_bytes,
+        u8(ar),
+        circ.arith_len(n),
+        ffi.from_buffer("uint64_t[]", out_g),
+        (1 << 64) - 1,
+    )
     assert rc == 0
-    rc = lib.bn_gc_run(0, *common, ffi.NULL, ffi.NULL, k, ffi.NULL, m, 0, u8(labels), rk, ffi.NULL, 7,
-                       circ.tweaks_per_inst, u8(ct), circ.ct_bytes, u8(ar), circ.arith_len(n),
-                       ffi.from_buffer("uint64_t[]", out_e), (1 << 64) - 1)
+    rc = lib.bn_gc_run(
+        0,
+        *common,
+        ffi.NULL,
+        ffi.NULL,
+        k,
+        ffi.NULL,
+        m,
+        0,
+        u8(labels),
+        rk,
+        ffi.NULL,
+        7,
+        circ.tweaks_per_inst,
+        u8(ct),
+        circ.ct_bytes,
+        u8(ar),
+        circ.arith_len(n),
+        ffi.from_buffer("uint64_t[]", out_e),
+        (1 << 64) - 1,
+    )
     assert rc == 0
     return out_e
 
@@ -603,8 +693,12 @@ def test_two_processes_errors_surface():
 
 
 @HSET
-@given(dw=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 2), st.integers(0, 2)), min_size=1, max_size=5),
-       n=st.integers(1, 700), extra=st.integers(0, 3), seed=st.integers(0, 2**32 - 1))
+@given(
+    dw=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 2), st.integers(0, 2)), min_size=1, max_size=5),
+    n=st.integers(1, 700),
+    extra=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
 @example(dw=[(8, 1, 0), (5, 2, 0), (8, 2, 1), (7, 2, 0)], n=700, extra=1, seed=7)  # sign mode's shape; 2-block pads
 def test_look_up_tables(dw, n, extra, seed):
     """bn_luts_send / bn_luts_recv: for each of an item's tables (d rows at an offset, w bits per entry),
@@ -627,10 +721,12 @@ def test_look_up_tables(dw, n, extra, seed):
     rho = rng.integers(0, 1 << nbits, n, dtype=np.uint64)
     tstride = sum(max(1, (1 << d) * w // 8) for _, d, w in tabs)
     tab = np.zeros(n * tstride, dtype=np.uint8)
-    u8, u32, u64 = (lambda v: ffi.from_buffer("uint8_t[]", v)), (lambda v: ffi.from_buffer("uint32_t[]", v)), \
-        (lambda v: ffi.from_buffer("uint64_t[]", v))
-    assert lib.bn_luts_send(n, len(tabs), u32(flat), stride, u8(q), u8(delta), rk, 640, u64(a), u64(rho),
-                            u8(tab)) == 0
+    u8, u32, u64 = (
+        (lambda v: ffi.from_buffer("uint8_t[]", v)),
+        (lambda v: ffi.from_buffer("uint32_t[]", v)),
+        (lambda v: ffi.from_buffer("uint64_t[]", v)),
+    )
+    assert lib.bn_luts_send(n, len(tabs), u32(flat), stride, u8(q), u8(delta), rk, 640, u64(a), u64(rho), u8(tab)) == 0
 
     def rows_for(xs: np.ndarray) -> np.ndarray:  # the receiver's rows for its bits xs: q ^ x_j delta
         t = q.copy().reshape(n, stride, 16)
@@ -648,37 +744,58 @@ def test_look_up_tables(dw, n, extra, seed):
         return out ^ rho
 
     got = np.empty(n, dtype=np.uint64)
-    assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 640, u64(x), u8(tab),
-                            u64(got)) == 0
+    assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 640, u64(x), u8(tab), u64(got)) == 0
     np.testing.assert_array_equal(got, want_for(x))
     bits = lambda v: (v[:, None] >> np.arange(nbits, dtype=np.uint64)) & np.uint64(1)  # noqa: E731
     if n * nbits >= 400:  # the wrong rows (another x's, or other tweaks) open to noise, not to f
-        assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 641, u64(x), u8(tab),
-                                u64(got)) == 0
+        assert (
+            lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 641, u64(x), u8(tab), u64(got)) == 0
+        )
         assert 0.3 < np.mean(bits(got) == bits(want_for(x))) < 0.7
         x2 = x ^ np.uint64(sum(1 << o for o, _, _ in tabs))  # every table's lowest bit flipped
-        assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 640, u64(x2), u8(tab),
-                                u64(got)) == 0
+        assert (
+            lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(rows_for(x)), rk, 640, u64(x2), u8(tab), u64(got)) == 0
+        )
         assert 0.3 < np.mean(bits(got) == bits(want_for(x2))) < 0.7
-    for bad in ([stride - tabs[-1][1] + 1 + extra, tabs[-1][1], 1],  # rows past the item's stride
-                [0, 9, 1], [0, 0, 1], [0, 2, 3]):  # d in 1..8, entries of 1 or 2 bits only
-        assert lib.bn_luts_send(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), u8(delta), rk, 0, u64(a),
-                                u64(rho), u8(tab)) == -3
-        assert lib.bn_luts_recv(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), rk, 0, u64(a), u8(tab),
-                                u64(got)) == -3
+    for bad in (
+        [stride - tabs[-1][1] + 1 + extra, tabs[-1][1], 1],  # rows past the item's stride
+        [0, 9, 1],
+        [0, 0, 1],
+        [0, 2, 3],
+    ):  # d in 1..8, entries of 1 or 2 bits only
+        assert (
+            lib.bn_luts_send(
+                n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), u8(delta), rk, 0, u64(a), u64(rho), u8(tab)
+            )
+            == -3
+        )
+        assert (
+            lib.bn_luts_recv(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), rk, 0, u64(a), u8(tab), u64(got))
+            == -3
+        )
 
 
-@pytest.mark.parametrize("op", [
-    MaxTrunc(ring_bits=24, shift=8, lut=False), MaxTrunc(ring_bits=24, in_bits=16, shift=0),
-    MaxTrunc(ring_bits=20, in_bits=18, shift=11, relu=False), MaxTrunc(ring_bits=24, in_bits=20, shift=2),
-    MaxTrunc(ring_bits=30, in_bits=30, shift=5), MaxTrunc(ring_bits=24, in_bits=3, shift=1),
-    MaxTrunc(ring_bits=12, in_bits=12, shift=8), MaxTrunc(ring_bits=24, shift=10),
-    MaxTrunc(ring_bits=32, in_bits=30, shift=17), MaxTrunc(ring_bits=24, shift=10, lut=False)])
+@pytest.mark.parametrize(
+    "op",
+    [
+        MaxTrunc(ring_bits=24, shift=8, lut=False),
+        MaxTrunc(ring_bits=24, in_bits=16, shift=0),
+        MaxTrunc(ring_bits=20, in_bits=18, shift=11, relu=False),
+        MaxTrunc(ring_bits=24, in_bits=20, shift=2),
+        MaxTrunc(ring_bits=30, in_bits=30, shift=5),
+        MaxTrunc(ring_bits=24, in_bits=3, shift=1),
+        MaxTrunc(ring_bits=12, in_bits=12, shift=8),
+        MaxTrunc(ring_bits=24, shift=10),
+        MaxTrunc(ring_bits=32, in_bits=30, shift=17),
+        MaxTrunc(ring_bits=24, shift=10, lut=False),
+    ],
+)
 def test_lut_on_and_off(sess, op):
     """With and without the carry look-up (and with d < shift), the same exact result; the look-up saves
     the d low bits' carries (d - 1 ANDs + 1 garbler half gate per value)."""
-    x = np.concatenate([ring.random((300, op.k), op.ring_bits), _extremes(op.ring_bits, 50, op.k,
-                                                                          np.random.default_rng(3))])
+    x = np.concatenate(
+        [ring.random((300, op.k), op.ring_bits), _extremes(op.ring_bits, 50, op.k, np.random.default_rng(3))]
+    )
     out_c, out_s = _run(sess, op, x)
     kw = dict(in_bits=op.in_bits, shift=op.shift, ring_bits=op.ring_bits)
     np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
@@ -719,8 +836,9 @@ def test_pre_message_checks():
         g.respond(op, req, other)
     resp, out_s = g.respond(op, req, ys)
     out_c, out_s = _done(ev, g, op, resp, out_s)
-    np.testing.assert_array_equal(ring.add(out_c, out_s, 24),
-                                  ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24))
+    np.testing.assert_array_equal(
+        ring.add(out_c, out_s, 24), ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24)
+    )
 
 
 def test_sign_mode_leaks_nothing_visible(monkeypatch):

@@ -51,8 +51,9 @@ def adversarial_share(rng: np.random.Generator, shape: tuple[int, ...], case: st
     return vals[rng.integers(0, vals.size, shape)]
 
 
-def run_layer(parties, conv: ConvSpec, w: np.ndarray, b: np.ndarray | None, xc: np.ndarray,
-              xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def run_layer(
+    parties, conv: ConvSpec, w: np.ndarray, b: np.ndarray | None, xc: np.ndarray, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     _, cli, srv = parties
     layer = srv.prepare(conv, w, b, xc.shape[1:])
     up = cli.encrypt(layer.spec, xc)
@@ -78,14 +79,17 @@ def test_seed_unet_layer_shapes(parties, idx: int) -> None:
     assert np.array_equal(got, ref)
 
 
-@pytest.mark.parametrize("conv,shape,batch", [
-    (ConvSpec("conv", 3, 1), (3, 13, 9), 3),
-    (ConvSpec("conv", 3, 0), (2, 9, 13), 2),
-    (ConvSpec("conv", 1, 0), (5, 7, 11), 2),
-    (ConvSpec("convT"), (4, 13, 9), 2),
-    (ConvSpec("conv", 5, 2), (2, 11, 6), 1),
-    (ConvSpec("conv", 3, 1), (2, 70, 65), 1),     # several overlap-save tiles
-])
+@pytest.mark.parametrize(
+    "conv,shape,batch",
+    [
+        (ConvSpec("conv", 3, 1), (3, 13, 9), 3),
+        (ConvSpec("conv", 3, 0), (2, 9, 13), 2),
+        (ConvSpec("conv", 1, 0), (5, 7, 11), 2),
+        (ConvSpec("convT"), (4, 13, 9), 2),
+        (ConvSpec("conv", 5, 2), (2, 11, 6), 1),
+        (ConvSpec("conv", 3, 1), (2, 70, 65), 1),  # several overlap-save tiles
+    ],
+)
 def test_odd_sizes_and_batches(parties, conv: ConvSpec, shape, batch: int) -> None:
     rng = np.random.default_rng(7)
     ci = shape[0]
@@ -145,8 +149,11 @@ def test_other_ring_widths(ring_bits: int) -> None:
         down, ys = srv.apply(layer, cli.encrypt(layer.spec, xc), xs)
         got = ring.add(cli.decrypt(layer.spec, down), ys, ring_bits)
         x = ring.add(xc, xs, ring_bits)
-        ref = (ring.conv_transpose2x2(x, w, np.arange(3), ring_bits) if conv.kind == "convT"
-               else ring.conv2d(x, w, np.arange(3), 1, ring_bits))
+        ref = (
+            ring.conv_transpose2x2(x, w, np.arange(3), ring_bits)
+            if conv.kind == "convT"
+            else ring.conv2d(x, w, np.arange(3), 1, ring_bits)
+        )
         assert np.array_equal(got, ref)
 
 
@@ -159,9 +166,18 @@ def test_tiny_plane_many_outputs(parties) -> None:
     assert np.array_equal(got, ref)
 
 
-@pytest.mark.parametrize("shape,per_row", [((5, 4096, 40), True), ((5, 7, 9), True), ((5, 70001), True),
-                                           ((3, 2, 20000), True), ((70001,), False), ((1, 40000), False),
-                                           ((5, 300, 400), "strided")])
+@pytest.mark.parametrize(
+    "shape,per_row",
+    [
+        ((5, 4096, 40), True),
+        ((5, 7, 9), True),
+        ((5, 70001), True),
+        ((3, 2, 20000), True),
+        ((70001,), False),
+        ((1, 40000), False),
+        ((5, 300, 400), "strided"),
+    ],
+)
 def test_mod_inplace_blocks_equal_one_pass(shape, per_row) -> None:
     """The blocked reduction (large arrays) equals the one-pass formula exactly, for per-row primes,
     one prime, and strided views (which take the one-pass path)."""
@@ -195,15 +211,22 @@ def test_block_filters_equal_one_pass(parties) -> None:
     for ogs in server._og_groups(layer.plan):
         cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
         f = server.rns.reduce(np.matmul(layer.taps, layer.wgroup[:, cols]))  # taps: (K, N, O'*kk)
-        parts.append(np.ascontiguousarray(f.reshape(k * n // 4, 4, ogs.size, c_in).transpose(0, 2, 3, 1),
-                                          dtype=np.float32))
+        parts.append(
+            np.ascontiguousarray(f.reshape(k * n // 4, 4, ogs.size, c_in).transpose(0, 2, 3, 1), dtype=np.float32)
+        )
     np.testing.assert_array_equal(layer.filters, np.concatenate(parts, axis=1))
 
 
-@pytest.mark.parametrize("conv, shape, n", [
-    (ConvSpec("conv", 3, 1), (3, 5, 13, 9), 1024), (ConvSpec("conv", 3, 0), (2, 7, 9, 13), 1024),
-    (ConvSpec("conv", 1, 0), (5, 3, 7, 11), 4096), (ConvSpec("convT"), (4, 6, 13, 9), 1024),
-    (ConvSpec("conv", 3, 1), (16, 16, 37, 50), 8192)])
+@pytest.mark.parametrize(
+    "conv, shape, n",
+    [
+        (ConvSpec("conv", 3, 1), (3, 5, 13, 9), 1024),
+        (ConvSpec("conv", 3, 0), (2, 7, 9, 13), 1024),
+        (ConvSpec("conv", 1, 0), (5, 3, 7, 11), 4096),
+        (ConvSpec("convT"), (4, 6, 13, 9), 1024),
+        (ConvSpec("conv", 3, 1), (16, 16, 37, 50), 8192),
+    ],
+)
 def test_returned_maps_equal_direct_enumeration(conv: ConvSpec, shape, n: int) -> None:
     """The compact index maps of the returned coefficients equal an element-by-element enumeration
     (ciphertext og*tiles + tile, then output slot, row, column), and the ranges and counts agree."""
@@ -211,11 +234,20 @@ def test_returned_maps_equal_direct_enumeration(conv: ConvSpec, shape, n: int) -
 
     c_in, c_out, h, w = shape
     p = Plan.make(LayerSpec(conv, c_in, c_out, h, w), n)
-    want = [(og * p.tiles + ti * p.n_tj + tj, op * p.p + p.d + i * p.wt + j,
-             ((og * p.opack + op) * p.ho + ti * p.th + i) * p.wo + tj * p.tw + j)
-            for og in range(p.n_og) for ti in range(p.n_ti) for tj in range(p.n_tj)
-            for op in range(p.opack) for i in range(p.th) for j in range(p.tw)
-            if og * p.opack + op < p.c_out and ti * p.th + i < p.ho and tj * p.tw + j < p.wo]
+    want = [
+        (
+            og * p.tiles + ti * p.n_tj + tj,
+            op * p.p + p.d + i * p.wt + j,
+            ((og * p.opack + op) * p.ho + ti * p.th + i) * p.wo + tj * p.tw + j,
+        )
+        for og in range(p.n_og)
+        for ti in range(p.n_ti)
+        for tj in range(p.n_tj)
+        for op in range(p.opack)
+        for i in range(p.th)
+        for j in range(p.tw)
+        if og * p.opack + op < p.c_out and ti * p.th + i < p.ho and tj * p.tw + j < p.wo
+    ]
     ct, coef, flat = (np.array(c, dtype=np.int64) for c in zip(*want, strict=True))
     got = p.returned
     for a, b in zip(got, (ct, coef, flat), strict=True):
@@ -241,7 +273,8 @@ def test_reserved_scratch_serves_apply(parties) -> None:
     xc, xs = ring.random((1, 4, 21, 19), L), ring.random((1, 4, 21, 19), L)
     down, ys = srv.apply(layer, cli.encrypt(layer.spec, xc), xs)
     assert sorted(b.ctypes.data for b in srv._scratch._free) == sorted(held)  # the same two buffers
-    np.testing.assert_array_equal(ring.add(cli.decrypt(layer.spec, down), ys, L),
-                                  ring.conv2d(ring.add(xc, xs, L), w, None, 1, L))
+    np.testing.assert_array_equal(
+        ring.add(cli.decrypt(layer.spec, down), ys, L), ring.conv2d(ring.add(xc, xs, L), w, None, 1, L)
+    )
     srv.reserve_scratch([layer])  # already held: nothing new
     assert sorted(b.ctypes.data for b in srv._scratch._free) == sorted(held)

@@ -79,8 +79,9 @@ def test_expand_a_matches_reference() -> None:
         assert np.abs(got[:, j]).max() <= rns.pf.max() // 2 + 1
 
 
-def _layer_roundtrip(cli: ClientHE, srv: ServerHE, conv: ConvSpec, shape: tuple[int, ...], c_out: int,
-                     seed: int) -> None:
+def _layer_roundtrip(
+    cli: ClientHE, srv: ServerHE, conv: ConvSpec, shape: tuple[int, ...], c_out: int, seed: int
+) -> None:
     rng = np.random.default_rng(seed)
     ci = shape[1]
     wshape = (ci, c_out, 2, 2) if conv.kind == "convT" else (c_out, ci, conv.k, conv.k)
@@ -115,6 +116,6 @@ def test_native_decryption_matches_fft_path() -> None:
     layer = srv.prepare(ConvSpec(), w, None, (3, 30, 30))
     down, _ = srv.apply(layer, cli.encrypt(layer.spec, ring.random((2, 3, 30, 30), L)), ring.random((2, 3, 30, 30), L))
     native = cli.decrypt(layer.spec, down)
-    assert cli._dec_primes is not None                          # noqa: SLF001 (test inspects)
-    cli._dec_primes = None                                      # noqa: SLF001 -> FFT fallback
+    assert cli._dec_primes is not None  # noqa: SLF001 (test inspects)
+    cli._dec_primes = None  # noqa: SLF001 -> FFT fallback
     assert np.array_equal(native, cli.decrypt(layer.spec, down))

@@ -16,7 +16,7 @@ def test_parameter_sets(ring_bits: int) -> None:
     n = p.poly_degree
     assert p.q.bit_length() <= MAX_LOGQ_128[n]
     assert all(q % (2 * n) == 1 and q < 1 << 22 for q in p.primes)
-    seal_check(p)                               # SEAL with sec_level TC128 accepts them
+    seal_check(p)  # SEAL with sec_level TC128 accepts them
     r_t = centred_q_mod_t(p.q, p.t)
     b_w = noise_bound_pre_flood(p.weight_l1_bits, r_t)
     flood = 1 << p.flood_bits
@@ -44,14 +44,17 @@ def test_blob_roundtrip_and_digest() -> None:
     assert HEParams.for_ring(20).digest() != p.digest()
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d.update(primes=d["primes"][:-1]),
-    lambda d: d.update(primes=[d["primes"][0]] * 5),
-    lambda d: d.update(flood_bits=d["flood_bits"] - 5),
-    lambda d: d.update(poly_degree=2048),
-    lambda d: d.update(down_bits=20),
-    lambda d: d.update(weight_l1_bits=30),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(primes=d["primes"][:-1]),
+        lambda d: d.update(primes=[d["primes"][0]] * 5),
+        lambda d: d.update(flood_bits=d["flood_bits"] - 5),
+        lambda d: d.update(poly_degree=2048),
+        lambda d: d.update(down_bits=20),
+        lambda d: d.update(weight_l1_bits=30),
+    ],
+)
 def test_bad_blobs_rejected(mutate) -> None:
     import json
 

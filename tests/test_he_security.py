@@ -28,12 +28,15 @@ def _server_from_blobs(params: HEParams, client: ClientHE) -> ServerHE:
 
 def test_server_holds_no_secret_key(params: HEParams, client: ClientHE) -> None:
     srv = _server_from_blobs(params, client)
-    secret = client._s_hat                                   # noqa: SLF001 (test inspects)
+    secret = client._s_hat  # noqa: SLF001 (test inspects)
     for name, val in vars(srv).items():
         assert "secret" not in name.lower()
         if isinstance(val, np.ndarray):
-            assert not any(np.array_equal(val.reshape(-1)[: secret.size], secret.reshape(-1)[: val.size])
-                           for _ in [0] if val.size >= secret.size)
+            assert not any(
+                np.array_equal(val.reshape(-1)[: secret.size], secret.reshape(-1)[: val.size])
+                for _ in [0]
+                if val.size >= secret.size
+            )
     assert not any(isinstance(v, ClientHE) for v in vars(srv).values())
     # and it computes correctly from that material alone
     rng = np.random.default_rng(1)
@@ -53,8 +56,8 @@ def test_worst_case_noise_at_largest_shape(params: HEParams, client: ClientHE) -
     mag = (1 << params.weight_l1_bits) // (c_in * 9)
     rng = np.random.default_rng(11)
     wt = mag * rng.choice([-1, 1], (c_out, c_in, 3, 3))
-    wt[0] = mag                                               # all positive row
-    wt[1] = -mag                                              # all negative row
+    wt[0] = mag  # all positive row
+    wt[1] = -mag  # all negative row
     assert np.abs(wt).sum(axis=(1, 2, 3)).max() <= 1 << params.weight_l1_bits
     layer = srv.prepare(ConvSpec(), wt, np.full(c_out, -1), (c_in, h, w))
     xc = np.full((1, c_in, h, w), (1 << L) - 1, dtype=np.uint64)
@@ -101,8 +104,15 @@ def test_native_flood_is_one_uniform_integer(params: HEParams) -> None:
         res = np.empty((rns.k, count))
         limbs = np.empty((count, n_limbs), dtype=np.uint32)
         key = bytes(range(32))
-        lib.bh_flood_sample(rns.ctx, key, 7, bits, count, ffi.cast("double *", ffi.from_buffer(res)),
-                            ffi.cast("uint32_t *", ffi.from_buffer(limbs)))
+        lib.bh_flood_sample(
+            rns.ctx,
+            key,
+            7,
+            bits,
+            count,
+            ffi.cast("double *", ffi.from_buffer(res)),
+            ffi.cast("uint32_t *", ffi.from_buffer(limbs)),
+        )
         vals = [sum(int(limbs[j, i]) << (27 * i) for i in range(n_limbs)) - (1 << bits) for j in range(count)]
         assert all(-(1 << bits) <= v < 1 << bits for v in vals)
         assert min(vals) < -(1 << (bits - 2)) and max(vals) > 1 << (bits - 2)
@@ -120,8 +130,7 @@ def test_message_validation(params: HEParams, client: ClientHE) -> None:
     xs = ring.random((1, 2, 8, 8), L)
     up = client.encrypt(layer.spec, xc)
     secret_text = str(int(xc[0, 0, 0, 0]))
-    bad_uploads = [up[:-1], up + b"\x00", b"x" * len(up), up[:8] + bytes(16) + up[24:],
-                   up[:24] + bytes(16) + up[40:]]
+    bad_uploads = [up[:-1], up + b"\x00", b"x" * len(up), up[:8] + bytes(16) + up[24:], up[:24] + bytes(16) + up[40:]]
     for bad in bad_uploads:
         with pytest.raises(ValueError) as exc:
             srv.apply(layer, bad, xs)
@@ -149,7 +158,7 @@ def test_weight_bound_enforced(params: HEParams, client: ClientHE) -> None:
     with pytest.raises(ValueError):
         srv.prepare(ConvSpec(), big, None, (512, 4, 4))
     with pytest.raises(ValueError):
-        srv.prepare(ConvSpec(), np.ones((2, 2, 3, 3)), None, (2, 4, 4))   # float weights
+        srv.prepare(ConvSpec(), np.ones((2, 2, 3, 3)), None, (2, 4, 4))  # float weights
 
 
 @pytest.mark.parametrize("ring_bits", [24, 32])
@@ -160,12 +169,12 @@ def test_decryption_product_is_exact(ring_bits: int) -> None:
     n, m = prm.poly_degree, prm.down_bits
     rng = np.random.default_rng(ring_bits)
     c1 = rng.integers(0, 1 << m, (2, n), dtype=np.uint64)
-    c1[0, :] = (1 << m) - 1                                   # extremes
-    got = cli._mul_s(c1, m)                                   # noqa: SLF001
-    s = cli._s.astype(np.int64)                               # noqa: SLF001
+    c1[0, :] = (1 << m) - 1  # extremes
+    got = cli._mul_s(c1, m)  # noqa: SLF001
+    s = cli._s.astype(np.int64)  # noqa: SLF001
     for row in range(2):
         c = c1[row].astype(np.int64)
-        c = np.where(c >= 1 << (m - 1), c - (1 << m), c)      # |c| < 2^(m-1), |c*s| sums < 2^62
+        c = np.where(c >= 1 << (m - 1), c - (1 << m), c)  # |c| < 2^(m-1), |c*s| sums < 2^62
         full = np.convolve(c, s)
         neg = full[:n].copy()
         neg[: n - 1] -= full[n:]

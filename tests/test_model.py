@@ -94,8 +94,9 @@ def test_plan_fuses_relu_into_sole_maxpool_and_truncates_linear_chains():
     assert exps == {m.quantization.frac_bits}
     shapes = plan.shapes(16, 12)
     assert shapes["enc0b_relu"] == (4, 16, 12) and shapes["pool0"] == (4, 8, 6)
-    assert plan.relu_count(16, 12) == sum(c * h * w for k, (c, h, w) in shapes.items()
-                                          if k.endswith("_relu") or k.startswith("pool"))
+    assert plan.relu_count(16, 12) == sum(
+        c * h * w for k, (c, h, w) in shapes.items() if k.endswith("_relu") or k.startswith("pool")
+    )
     # a narrower in_bits configured for the pool: the pool must read fewer bits, so no fusion
     q = Quantization(24, 8, 8, in_bits={"pool0": 12})
     kinds = {s.out: s for s in compile_plan(m.networks["main"], q).steps}
@@ -112,10 +113,24 @@ def _unfused(plan):
     for s in plan.steps:
         if "elements" in s.attrs:
             a = s.attrs
-            steps.append(type(s)("nonlinear", a["elements"], list(s.inputs), s.exp,
-                                 {"shift": a["shift"], "relu": True, "window": 1, "in_bits": a["in_bits"]}))
-            steps.append(type(s)("nonlinear", s.out, [a["elements"]], s.exp,
-                                 {"shift": 0, "relu": False, "window": 4, "in_bits": a["in_bits"] - a["shift"]}))
+            steps.append(
+                type(s)(
+                    "nonlinear",
+                    a["elements"],
+                    list(s.inputs),
+                    s.exp,
+                    {"shift": a["shift"], "relu": True, "window": 1, "in_bits": a["in_bits"]},
+                )
+            )
+            steps.append(
+                type(s)(
+                    "nonlinear",
+                    s.out,
+                    [a["elements"]],
+                    s.exp,
+                    {"shift": 0, "relu": False, "window": 4, "in_bits": a["in_bits"] - a["shift"]},
+                )
+            )
         else:
             steps.append(s)
     plan.steps = steps
@@ -126,8 +141,9 @@ def _unfused(plan):
 def test_fused_relu_pool_equals_separate_steps(ring_bits, size):
     """Every tensor of the fused plan equals that of the ReLU-then-pool plan, bit for bit, on inputs
     that drive activations to the limits (non-square slices check the window layout)."""
-    m = seed_unet_model(in_channels=2, base=4, depth=2, input_size=16, seed=5,
-                        quantization=Quantization(ring_bits, 8, 6))
+    m = seed_unet_model(
+        in_channels=2, base=4, depth=2, input_size=16, seed=5, quantization=Quantization(ring_bits, 8, 6)
+    )
     plan = compile_plan(m.networks["main"], m.quantization)
     assert sum("elements" in s.attrs for s in plan.steps) == 2
     sep = _unfused(plan)

@@ -57,7 +57,8 @@ def test_pytorch_unet_matches_torch(kw: dict) -> None:
 
 def _model(nodes: list, inits: list, out_shape: list | None = None, opset: int = 17) -> bytes:
     g = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape or ["n", "k", "h", "w"])],
         initializer=inits,
@@ -71,8 +72,10 @@ def _w(name: str, *shape: int, seed: int = 0) -> onnx.TensorProto:
 
 def test_unsupported_op_is_named() -> None:
     data = _model(
-        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
-         helper.make_node("LeakyRelu", ["c"], ["y"], name="act1")],
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+            helper.make_node("LeakyRelu", ["c"], ["y"], name="act1"),
+        ],
         [_w("w", 2, 2, 3, 3)],
     )
     with pytest.raises(ModelError, match=r"LeakyRelu.*act1"):
@@ -81,8 +84,12 @@ def test_unsupported_op_is_named() -> None:
 
 @pytest.mark.parametrize(
     ("attrs", "what"),
-    [(dict(strides=[2, 2]), "strides"), (dict(group=2), "group"), (dict(pads=[1, 0, 1, 0]), "pads"),
-     (dict(dilations=[2, 2], pads=[2, 2, 2, 2]), "dilations")],
+    [
+        (dict(strides=[2, 2]), "strides"),
+        (dict(group=2), "group"),
+        (dict(pads=[1, 0, 1, 0]), "pads"),
+        (dict(dilations=[2, 2], pads=[2, 2, 2, 2]), "dilations"),
+    ],
 )
 def test_unsupported_conv_attribute_is_named(attrs: dict, what: str) -> None:
     w = _w("w", 2, 1 if attrs.get("group") else 2, 3, 3)
@@ -96,8 +103,15 @@ def test_resize_variants_constants_identity_softmax() -> None:
     nodes = [
         helper.make_node("Constant", [], ["sizes"], value=numpy_helper.from_array(np.array([1, 2, 16, 16], np.int64))),
         helper.make_node("Identity", ["x"], ["xi"]),
-        helper.make_node("Resize", ["xi", "", "", "sizes"], ["r"], name="up", mode="nearest",
-                         coordinate_transformation_mode="half_pixel", nearest_mode="round_prefer_floor"),
+        helper.make_node(
+            "Resize",
+            ["xi", "", "", "sizes"],
+            ["r"],
+            name="up",
+            mode="nearest",
+            coordinate_transformation_mode="half_pixel",
+            nearest_mode="round_prefer_floor",
+        ),
         helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Conv", ["p", "w", "b"], ["c"], pads=[0, 0, 0, 0]),
         helper.make_node("Softmax", ["c"], ["y"], axis=1),
@@ -126,11 +140,17 @@ def test_batchnorm_without_conv_rejected() -> None:
 
 
 def test_final_argmax_kept_and_garbage_rejected() -> None:
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("ArgMax", ["c"], ["y"], axis=1, keepdims=1)]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.INT64, ["n", 1, "h", "w"])],
-                          initializer=[_w("w", 2, 2, 3, 3)])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("ArgMax", ["c"], ["y"], axis=1, keepdims=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["n", 1, "h", "w"])],
+        initializer=[_w("w", 2, 2, 3, 3)],
+    )
     net = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
     assert [n.op for n in net.graph.nodes] == ["input", "conv", "argmax"]
     with pytest.raises(ModelError, match="not a valid ONNX"):

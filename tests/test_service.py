@@ -23,8 +23,15 @@ from bunet.server import Server
 @pytest.fixture(scope="module")
 def model():
     # small but complete: max-pool (GC window 4), transposed conv, concat, avg-pool path elsewhere
-    return seed_unet_model(in_channels=1, base=4, depth=2, input_size=16, seed=7,
-                           quantization=Quantization(24, 8, 8), planes=("xy", "yz", "xz"))
+    return seed_unet_model(
+        in_channels=1,
+        base=4,
+        depth=2,
+        input_size=16,
+        seed=7,
+        quantization=Quantization(24, 8, 8),
+        planes=("xy", "yz", "xz"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +110,6 @@ def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
             np.testing.assert_array_equal(ring.add(ss[name], cs[name], quant.ring_bits), ref[name], err_msg=name)
 
 
-
 @pytest.mark.parametrize("chunk,window", [(7, 1), (64, 3), (1000, 4)])
 def test_pipelined_gc_chunks_in_memory(model, monkeypatch, chunk, window):
     """Many small GC chunks with several in flight (garbled and evaluated on thread pools, answered
@@ -136,6 +142,7 @@ def test_pipelined_gc_chunks_in_memory(model, monkeypatch, chunk, window):
     ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
     assert np.array_equal(labels, ref)
 
+
 def test_job_spec_window_checked(model):
     """The server refuses a job whose garbled-circuit window is out of range or missing (before any
     cryptographic work), with a clear error."""
@@ -143,10 +150,11 @@ def test_job_spec_window_checked(model):
     from bunet.protocol.session import MAX_GC_WINDOW, JobSpec
 
     srv = ServerProtocol(model)
-    for raw, match in ((JobSpec("main", 1, 16, 16, 0).to_bytes(), "window 0 is outside"),
-                       (JobSpec("main", 1, 16, 16, MAX_GC_WINDOW + 1).to_bytes(), "outside"),
-                       (json.dumps({"network": "main", "slices": 1, "height": 16, "width": 16}).encode(),
-                        "malformed job request")):
+    for raw, match in (
+        (JobSpec("main", 1, 16, 16, 0).to_bytes(), "window 0 is outside"),
+        (JobSpec("main", 1, 16, 16, MAX_GC_WINDOW + 1).to_bytes(), "outside"),
+        (json.dumps({"network": "main", "slices": 1, "height": 16, "width": 16}).encode(), "malformed job request"),
+    ):
         a, b = pipe()
         a.send("job", raw)
         with pytest.raises(ProtocolError, match=match):
@@ -193,14 +201,17 @@ def test_client_never_receives_weight_material(server, model):
         finally:
             chmod.Channel.recv = orig
     blob = b"".join(received) + desc.encode()
-    assert "weight\"" not in desc and len(received) > 5
+    assert 'weight"' not in desc and len(received) > 5
     plan = compile_plan(model.networks["main"], model.quantization)
     for s in plan.steps:
         if s.weight is None:
             continue
         w = s.weight.reshape(-1)
-        for pattern in (model.networks["main"].weights[f"{s.out}.weight"].reshape(-1)[:4].tobytes(),
-                        w[:3].astype("<i8").tobytes(), (w[:3] % (1 << 24)).astype("<u4").tobytes()):
+        for pattern in (
+            model.networks["main"].weights[f"{s.out}.weight"].reshape(-1)[:4].tobytes(),
+            w[:3].astype("<i8").tobytes(),
+            (w[:3] % (1 << 24)).astype("<u4").tobytes(),
+        ):
             assert pattern not in blob, s.out
 
 
@@ -247,7 +258,6 @@ def test_server_limits_and_survival(model, tmp_path):
         assert np.array_equal(c.segment_slices(x), ref)
 
 
-
 def test_endless_message_is_refused_and_server_survives(server, model):
     """A client that never ends a message gets an error once it passes the job's largest legitimate
     message; the server does not buffer beyond that and serves the next job."""
@@ -276,6 +286,7 @@ def test_endless_message_is_refused_and_server_survives(server, model):
     with Client(server.address) as c:
         ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
         assert np.array_equal(c.segment_slices(x), ref)
+
 
 def test_plane_not_served(tmp_path):
     m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8, planes=("xy",))

@@ -35,8 +35,26 @@ def test_tiny_training_run(shared_data: Path, tmp_path: Path, capsys: pytest.Cap
     from bunet.model.train import main
 
     out = tmp_path / "tiny.bunet"
-    main(["--data", str(shared_data / "medseg_covid19_2d_infnet"), "--out", str(out), "--steps", "3",
-          "--batch", "2", "--size", "32", "--base", "2", "--depth", "2", "--limit-test", "3"])
+    main(
+        [
+            "--data",
+            str(shared_data / "medseg_covid19_2d_infnet"),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--size",
+            "32",
+            "--base",
+            "2",
+            "--depth",
+            "2",
+            "--limit-test",
+            "3",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert 0.0 <= result["dice_pooled"] <= 1.0
     # (enc + dec) x 2 convs x C x H x W per level, the bottom block once

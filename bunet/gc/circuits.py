@@ -89,8 +89,9 @@ class _Builder:
         self.next = n_inputs
         self.gates: list[list[int]] = []  # [op, a, b, o, p1, p2, width, output index]
 
-    def _emit(self, op: int, a: int, b: int = 0, p1: int = 0, p2: int = 0, width: int = 0,
-              out: bool = True, oi: int = 0) -> int:
+    def _emit(
+        self, op: int, a: int, b: int = 0, p1: int = 0, p2: int = 0, width: int = 0, out: bool = True, oi: int = 0
+    ) -> int:
         o = -3
         if out:
             o = self.next
@@ -260,13 +261,13 @@ def _finish(bld: _Builder, const_out: int = 0, n_outputs: int = 1) -> Compiled:
             if last_use.get(w) == gi:
                 free.append(slot[w])
     arr = np.array(recs, dtype=np.int32).reshape(-1, 9)
-    return Compiled(arr, max(nslots, 1), bld.n_inputs, max(tw, 1), ct, tuple(regions), n_and, n_andg,
-                    const_out, n_outputs)
+    return Compiled(
+        arr, max(nslots, 1), bld.n_inputs, max(tw, 1), ct, tuple(regions), n_and, n_andg, const_out, n_outputs
+    )
 
 
 @functools.lru_cache(maxsize=64)
-def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: int,
-                      carry_in: bool = False) -> Compiled:
+def max_trunc_circuit(ring_bits: int, in_bits: int, shift: int, relu: bool, k: int, carry_in: bool = False) -> Compiled:
     """``ring.nonlinear`` over windows of k values, output re-shared in Z_{2^l}.
 
     Truncation commutes with max (floor is monotone), so the window maximum is taken over the
@@ -355,8 +356,9 @@ def argmax_circuit(in_bits: int, k: int) -> Compiled:
 
 
 @functools.lru_cache(maxsize=64)
-def relu_sign_circuit(ring_bits: int, in_bits: int, shift: int, chunks: tuple[int, ...],
-                      drop: tuple[int, ...] | None = None) -> Compiled:
+def relu_sign_circuit(
+    ring_bits: int, in_bits: int, shift: int, chunks: tuple[int, ...], drop: tuple[int, ...] | None = None
+) -> Compiled:
     """ReLU with truncation, the sign from look-ups, the client's kept bits out of the circuit.
 
     One carry chain over chunks, LSB first: the s dropped bits in chunks ``drop`` (default: one

@@ -87,9 +87,7 @@ from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, 
 try:
     from ._native import ffi, lib
 except ImportError as e:  # pragma: no cover - build problem
-    raise ImportError(
-        "bunet.gc._native is not built: run `pip install .` or `python native/build_ffi.py`"
-    ) from e
+    raise ImportError("bunet.gc._native is not built: run `pip install .` or `python native/build_ffi.py`") from e
 
 if not lib.bn_cpu_ok():  # pragma: no cover - hardware dependent
     raise RuntimeError("bunet.gc needs a CPU with AES-NI, PCLMULQDQ, SSSE3 and SSE4.1 (not found by cpuid)")
@@ -104,7 +102,7 @@ LUT_MAX = 8  # carries out of at most this many low bits come from look-up table
 # time within the noise.
 SIGN_CHUNK = 5
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
-_MUX_DOM = 0x4d55580000000000  # "MUX": hash domain of the post-message's correlated OTs
+_MUX_DOM = 0x4D55580000000000  # "MUX": hash domain of the post-message's correlated OTs
 _HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
 OP_MAXTRUNC, OP_ARGMAX = 1, 2  # (3 was the fused ReLU + max-pool circuit; see bunet.gc.pool)
 
@@ -297,14 +295,14 @@ class MaxTrunc(_Op):
             return circuits.max_trunc_circuit(self.ring_bits, self.in_bits, self.shift, bool(self.relu), self.k)
         if lp.chunks:
             return circuits.relu_sign_circuit(self.ring_bits, self.in_bits, self.shift, lp.chunks, lp.drop)
-        return circuits.max_trunc_circuit(self.ring_bits, self.circ_bits, self.shift - lp.keep_from + 1,
-                                          bool(self.relu), self.k, carry_in=True)
+        return circuits.max_trunc_circuit(
+            self.ring_bits, self.circ_bits, self.shift - lp.keep_from + 1, bool(self.relu), self.k, carry_in=True
+        )
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
         lp = self.lut_plan
         mode = 0 if lp is None else 2 if lp.chunks else 1
         return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)) | mode << 1, self.k)
-
 
 
 @dataclass(frozen=True)
@@ -327,7 +325,6 @@ class Argmax(_Op):
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
         return (OP_ARGMAX, self.ring_bits, self.in_bits, 0, 0, self.k)
-
 
 
 Op = MaxTrunc | Argmax
@@ -550,8 +547,10 @@ class Evaluator(_Party):
         if self._rleaves is not None or not self._rkeys:
             raise ValueError("setup message out of order")
         body = self._hello_msg(msg, T_HELLO4, 32 * N_BASE)
-        chosen = [_xor16(bytes(body[32 * i + 16 * c : 32 * i + 16 * c + 16]), key)
-                  for i, (c, key) in enumerate(zip(self._rchoice, self._rkeys, strict=True))]
+        chosen = [
+            _xor16(bytes(body[32 * i + 16 * c : 32 * i + 16 * c + 16]), key)
+            for i, (c, key) in enumerate(zip(self._rchoice, self._rkeys, strict=True))
+        ]
         leaves = ggm_garbler(self.ot_k, bytes(self._rdelta), chosen)
         self._rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         self._rkeys = []
@@ -615,8 +614,9 @@ class Evaluator(_Party):
             self.bytes_received += len(pre)
         return body, rblk
 
-    def _tables(self, op: Op, yc: np.ndarray, body: memoryview, rblk: int, dest: object) -> tuple[np.ndarray,
-                                                                                                  tuple | None]:
+    def _tables(
+        self, op: Op, yc: np.ndarray, body: memoryview, rblk: int, dest: object
+    ) -> tuple[np.ndarray, tuple | None]:
         """The look-up tables for the server's pre-message, written at ``dest`` (a pointer to n * k *
         table_bytes bytes), and the circuit inputs (masks, kept bits)."""
         lp, n = op.lut_plan, yc.shape[0]
@@ -629,8 +629,19 @@ class Evaluator(_Party):
         if lib.bn_prg_fill(_buf(rho), 8 * items) != 0:
             raise OSError("getrandom() failed")
         rho &= _mask(lp.n_masked)
-        rc = lib.bn_luts_send(items, len(lp.tables), ffi.from_buffer("uint32_t[]", lp.tabs()), lp.rows, _buf(q),
-                              _buf(self._rdelta), self._rk, 128 * rblk, _u64(yc.reshape(-1)), _u64(rho), dest)
+        rc = lib.bn_luts_send(
+            items,
+            len(lp.tables),
+            ffi.from_buffer("uint32_t[]", lp.tabs()),
+            lp.rows,
+            _buf(q),
+            _buf(self._rdelta),
+            self._rk,
+            128 * rblk,
+            _u64(yc.reshape(-1)),
+            _u64(rho),
+            dest,
+        )
         if rc != 0:
             raise MemoryError(f"look-up tables failed (engine code {rc})")
         mux = None
@@ -638,8 +649,7 @@ class Evaluator(_Party):
             rq = np.ascontiguousarray(q.reshape(-1, 16)[lp.rows - 1 : items * lp.rows : lp.rows])
             keys = []
             for blob in (rq, rq ^ np.frombuffer(bytes(self._rdelta), dtype=np.uint8)):
-                lib.bn_hash_batch(self._rk, _buf(blob), _buf(blob), items, 128 * rblk + lp.rows - 1, lp.rows,
-                                  _MUX_DOM)
+                lib.bn_hash_batch(self._rk, _buf(blob), _buf(blob), items, 128 * rblk + lp.rows - 1, lp.rows, _MUX_DOM)
                 keys.append(blob.view("<u8")[:, 0].astype(np.uint64) & _mask(op.ring_bits))
             kept = (yc.reshape(-1) >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # C'
             mux = (kept, keys[0], keys[1])
@@ -667,10 +677,33 @@ class Evaluator(_Party):
         mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
         ct = body[:nct]
         ar = body[nct:]
-        rc = lib.bn_gc_run_multi(0, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                                 op.circ_bits, ffi.NULL, ffi.NULL, self.ot_k, ffi.NULL, m, 0, _buf(labels), self._rk,
-                                 ffi.NULL, tw, c.tweaks_per_inst, _buf(ct), c.ct_bytes, _buf(ar), nar, _u64(out), mask,
-                                 nout)
+        rc = lib.bn_gc_run_multi(
+            0,
+            ffi.from_buffer("int32_t[]", c.gates),
+            c.gates.shape[0],
+            c.nwires,
+            n,
+            op.k,
+            op.circ_bits,
+            ffi.NULL,
+            ffi.NULL,
+            self.ot_k,
+            ffi.NULL,
+            m,
+            0,
+            _buf(labels),
+            self._rk,
+            ffi.NULL,
+            tw,
+            c.tweaks_per_inst,
+            _buf(ct),
+            c.ct_bytes,
+            _buf(ar),
+            nar,
+            _u64(out),
+            mask,
+            nout,
+        )
         self._give_buffer(labels)
         if rc != 0:
             raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
@@ -765,9 +798,15 @@ class Garbler(_Party):
         for a in (q, q1):
             lib.bn_hash_batch(self._rk, _buf(a), _buf(a), N_BASE, 0, 1, _SETUP_DOM)
         leaves, sums = ggm_client(self._ot_k)
-        out = MAGIC + bytes([T_HELLO4]) + self._tag + b"".join(
-            _xor16(s0, q[16 * i : 16 * i + 16].tobytes()) + _xor16(s1, q1[16 * i : 16 * i + 16].tobytes())
-            for i, (s0, s1) in enumerate(sums))
+        out = (
+            MAGIC
+            + bytes([T_HELLO4])
+            + self._tag
+            + b"".join(
+                _xor16(s0, q[16 * i : 16 * i + 16].tobytes()) + _xor16(s1, q1[16 * i : 16 * i + 16].tobytes())
+                for i, (s0, s1) in enumerate(sums)
+            )
+        )
         self._blk = 1  # forward OT block 0 served the reverse setup
         self._rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         self.bytes_sent += len(out)
@@ -872,10 +911,33 @@ class Garbler(_Party):
             out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
             nout = c.n_outputs
             acc = np.empty(n * nout, dtype=np.uint64)
-            rc = lib.bn_gc_run_multi(1, ffi.from_buffer("int32_t[]", c.gates), c.gates.shape[0], c.nwires, n, op.k,
-                                     op.circ_bits, _u64(yg), self._leaves, self._ot_k, _buf(body), m, blk, ffi.NULL,
-                                     self._rk, self._delta, tw, c.tweaks_per_inst, body_out, c.ct_bytes,
-                                     body_out + nct, nar, _u64(acc), (1 << 64) - 1, nout)
+            rc = lib.bn_gc_run_multi(
+                1,
+                ffi.from_buffer("int32_t[]", c.gates),
+                c.gates.shape[0],
+                c.nwires,
+                n,
+                op.k,
+                op.circ_bits,
+                _u64(yg),
+                self._leaves,
+                self._ot_k,
+                _buf(body),
+                m,
+                blk,
+                ffi.NULL,
+                self._rk,
+                self._delta,
+                tw,
+                c.tweaks_per_inst,
+                body_out,
+                c.ct_bytes,
+                body_out + nct,
+                nar,
+                _u64(acc),
+                (1 << 64) - 1,
+                nout,
+            )
             if rc != 0:
                 raise MemoryError(f"garbling failed (engine code {rc})")
             with self._lock:
@@ -936,8 +998,18 @@ class Garbler(_Party):
         assert lp is not None
         v = ys.reshape(-1)
         u = np.empty(v.size, dtype=np.uint64)
-        rc = lib.bn_luts_recv(v.size, len(lp.tables), ffi.from_buffer("uint32_t[]", lp.tabs()), lp.rows,
-                              _buf(t_rows), self._rk, 128 * rblk, _u64(v), _buf(tables), _u64(u))
+        rc = lib.bn_luts_recv(
+            v.size,
+            len(lp.tables),
+            ffi.from_buffer("uint32_t[]", lp.tabs()),
+            lp.rows,
+            _buf(t_rows),
+            self._rk,
+            128 * rblk,
+            _u64(v),
+            _buf(tables),
+            _u64(u),
+        )
         if rc != 0:
             raise MemoryError(f"look-up tables failed (engine code {rc})")
         w = lp.circuit_words(ys, u, op.in_bits)

@@ -97,8 +97,9 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
     return [(i, min(n, i + chunk)) for i in range(0, n, chunk)] or [(0, 0)]
 
 
-def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 13,
-                workers: int = 2) -> np.ndarray | None:
+def run_garbler(
+    ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 13, workers: int = 2
+) -> np.ndarray | None:
     """Server side of one session and one layer: returns the server's output shares (or None).
 
     The main thread receives requests and claims them in order; ``workers`` threads garble (the C
@@ -151,8 +152,15 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
     return np.concatenate(outs)
 
 
-def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 13,
-                  depth: int = 4, ot_k: int = 4, workers: int = 2) -> np.ndarray:
+def run_evaluator(
+    ch: Channel,
+    op: MaxTrunc | Argmax,
+    yc: np.ndarray,
+    chunk: int = 1 << 13,
+    depth: int = 4,
+    ot_k: int = 4,
+    workers: int = 2,
+) -> np.ndarray:
     """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax).
 
     A sender thread claims requests in order up to ``depth`` chunks ahead, has them made on the
@@ -236,8 +244,14 @@ class RunStats:
         return self.client_sent + self.client_received
 
 
-def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socket | None,
-                  op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int) -> None:
+def _garbler_proc(
+    conn: object,
+    addr: tuple[str, int] | None,
+    sock: socket.socket | None,
+    op: MaxTrunc | Argmax,
+    ys: np.ndarray,
+    chunk: int,
+) -> None:
     tune_malloc()  # a party's process, as bunet-server's
     try:
         if sock is None:
@@ -258,8 +272,16 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
         conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
-def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 13,
-              tcp: bool = False, depth: int = 4, ot_k: int = 4) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
+def two_party(
+    op: MaxTrunc | Argmax,
+    yc: np.ndarray,
+    ys: np.ndarray,
+    *,
+    chunk: int = 1 << 13,
+    tcp: bool = False,
+    depth: int = 4,
+    ot_k: int = 4,
+) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 
     tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server shares,

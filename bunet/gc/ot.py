@@ -82,8 +82,10 @@ class BaseOTReceiver:
             self._secrets.append(b)
 
     def keys(self, sid: bytes) -> list[bytes]:
-        out = [_key(sid, i, self.A, b_pt, _mul(b, self.A)) for i, (b, b_pt) in enumerate(zip(self._secrets,
-                                                                                             self.bs, strict=False))]
+        out = [
+            _key(sid, i, self.A, b_pt, _mul(b, self.A))
+            for i, (b, b_pt) in enumerate(zip(self._secrets, self.bs, strict=False))
+        ]
         self._secrets = []
         return out
 

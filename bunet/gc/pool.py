@@ -27,8 +27,10 @@ Run = Callable[[MaxTrunc, str, np.ndarray], np.ndarray]
 
 def relu_pool_ops(ring_bits: int, in_bits: int, shift: int) -> tuple[MaxTrunc, MaxTrunc]:
     """The two rounds' ops: the ReLU with truncation, and the ReLU of a difference of its outputs."""
-    return (MaxTrunc(ring_bits=ring_bits, in_bits=in_bits, shift=shift),
-            MaxTrunc(ring_bits=ring_bits, in_bits=in_bits - shift, shift=0))
+    return (
+        MaxTrunc(ring_bits=ring_bits, in_bits=in_bits, shift=shift),
+        MaxTrunc(ring_bits=ring_bits, in_bits=in_bits - shift, shift=0),
+    )
 
 
 def relu_pool(run: Run, windows: np.ndarray, *, ring_bits: int, in_bits: int, shift: int) -> np.ndarray:

@@ -31,7 +31,7 @@ class ClientHE:
         self._rand = Sampler()
         n = params.poly_degree
         self._s = self._rand.ternary((n,))
-        self._s_hat = self.rns.forward(np.array(self.rns.small(self._s)))     # (K, N) contiguous
+        self._s_hat = self.rns.forward(np.array(self.rns.small(self._s)))  # (K, N) contiguous
         self._delta = self.rns.delta_residues(params.delta)
         # c1 * s at decryption: exact modulo three primes whose product exceeds 4 N 2^m (else the FFT path)
         top = sorted(range(self.rns.k), key=lambda i: -params.primes[i])[:3]
@@ -50,8 +50,7 @@ class ClientHE:
 
     def public_key(self) -> bytes:
         """(pk0, seed of pk1): an encryption of zero the server uses to re-randomise results."""
-        return (wire.MAGIC_PK + self.params.digest() + self._pk_seed
-                + wire.pack_int(self._pk0, wire.RESIDUE_BYTES))
+        return wire.MAGIC_PK + self.params.digest() + self._pk_seed + wire.pack_int(self._pk0, wire.RESIDUE_BYTES)
 
     # ----- upload -------------------------------------------------------------------------------
     def encrypt(self, spec: LayerSpec, x_c: np.ndarray) -> bytes:
@@ -67,15 +66,24 @@ class ClientHE:
         batch = x_c.shape[0]
         count = plan.n_in_cts(batch)
         seed = secrets.token_bytes(wire.SEED_BYTES)
-        head = (wire.MAGIC_UP + prm.digest() + wire.spec_digest(spec.to_bytes())
-                + struct.pack("<II", batch, count) + seed)
+        head = (
+            wire.MAGIC_UP + prm.digest() + wire.spec_digest(spec.to_bytes()) + struct.pack("<II", batch, count) + seed
+        )
         msg, body = new_message(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
         # c0 = NTT(Delta * m + e) - a * s per ciphertext, as centred 24-bit residues (|c0| <= p/2 + 1)
         # per ciphertext (tiles encoded natively, Plan.encode_input order):
-        fails = lib.bh_encrypt(rns.ctx, u64_ptr(x_c), tiling(plan, prm.ring_bits), count, f64_ptr(self._delta),
-                               f64_ptr(self._s_hat),
-                               a_keys(seed, np.arange(count)), secrets.token_bytes(32), ptr("uint8_t *", body),
-                               THREADS)
+        fails = lib.bh_encrypt(
+            rns.ctx,
+            u64_ptr(x_c),
+            tiling(plan, prm.ring_bits),
+            count,
+            f64_ptr(self._delta),
+            f64_ptr(self._s_hat),
+            a_keys(seed, np.arange(count)),
+            secrets.token_bytes(32),
+            ptr("uint8_t *", body),
+            THREADS,
+        )
         if fails:
             raise RuntimeError("keystream too short for rejection sampling (probability < 2^-100)")
         return msg
@@ -84,7 +92,7 @@ class ClientHE:
     def decrypt(self, spec: LayerSpec, msg: bytes) -> np.ndarray:
         """The client's new share y_c = W*x + b - r (B, C_out, H', W')."""
         prm = self.params
-        if self._dec_primes is not None:      # native: decrypted values written straight to their outputs
+        if self._dec_primes is not None:  # native: decrypted values written straight to their outputs
             plan, batch, out = self._phase(spec, msg, rounded=True)
             return plan.from_eff_output(out.reshape(batch, plan.c_out, plan.ho, plan.wo))
         plan, batch, x = self._phase(spec, msg)
@@ -131,14 +139,30 @@ class ClientHE:
             lo, hi, coef = plan.returned_ranges
             flat = plan.returned_flat
             n_flat = plan.c_out * plan.ho * plan.wo
-            full = plan.n_returned == n_flat         # distinct in-range outputs: then each is written once
+            full = plan.n_returned == n_flat  # distinct in-range outputs: then each is written once
             res = (np.empty if full or not rounded else np.zeros)(batch * n_flat if rounded else n_ret, dtype=_U64)
             phase, out = (ffi.NULL, u64_ptr(res)) if rounded else (u64_ptr(res), ffi.NULL)
-            bad = lib.bh_decrypt_phase(self.rns.ctx, self._dec_primes, f64_ptr(self._s_hat), ptr("uint8_t *", c1),
-                                       ptr("uint8_t *", c0), batch, plan.n_og * plan.tiles, plan.n_returned,
-                                       ptr("int64_t *", lo), ptr("int64_t *", hi), ptr("int32_t *", coef), m_bits,
-                                       prm.down_c0_bits, phase, ptr("int32_t *", flat), prm.ring_bits, out, n_flat,
-                                       THREADS)
+            bad = lib.bh_decrypt_phase(
+                self.rns.ctx,
+                self._dec_primes,
+                f64_ptr(self._s_hat),
+                ptr("uint8_t *", c1),
+                ptr("uint8_t *", c0),
+                batch,
+                plan.n_og * plan.tiles,
+                plan.n_returned,
+                ptr("int64_t *", lo),
+                ptr("int64_t *", hi),
+                ptr("int32_t *", coef),
+                m_bits,
+                prm.down_c0_bits,
+                phase,
+                ptr("int32_t *", flat),
+                prm.ring_bits,
+                out,
+                n_flat,
+                THREADS,
+            )
             if bad:
                 raise ValueError("HE result coefficients out of range")
             return plan, batch, res
@@ -164,7 +188,7 @@ class ClientHE:
         c = np.where(c >= 1 << (m_bits - 1), c - (1 << m_bits), c)
         hi = c >> half
         lo = c - (hi << half)
-        z = (lo + 1j * hi) * self._twist          # both limbs at once: s is real
+        z = (lo + 1j * hi) * self._twist  # both limbs at once: s is real
         r = np.fft.ifft(np.fft.fft(z, axis=1) * self._s_fft, axis=1) * self._twist.conj()
         lo_n = np.rint(r.real).astype(np.int64)
         hi_n = np.rint(r.imag).astype(np.int64)

@@ -85,15 +85,15 @@ class Plan:
 
     spec: LayerSpec
     n: int
-    k: int            # effective kernel size (1 for convT)
+    k: int  # effective kernel size (1 for convT)
     pad: int
     c_in: int
-    c_out: int        # effective outputs (4*C_out for convT)
+    c_out: int  # effective outputs (4*C_out for convT)
     ho: int
     wo: int
     th: int
     tw: int
-    opack: int        # O': output channels per product polynomial
+    opack: int  # O': output channels per product polynomial
 
     @staticmethod
     def make(spec: LayerSpec, n: int, max_filters: int = 8192) -> Plan:
@@ -120,7 +120,7 @@ class Plan:
                 opack = max(1, min(c_out, n // p, 512 // (k * k)))
                 tiles = math.ceil(ho / th) * math.ceil(wo / tw)
                 n_og = math.ceil(c_out / opack)
-                cost = tiles * (spec.c_in * n_og + 33 * spec.c_in + 60 * n_og)   # ~ products + NTTs
+                cost = tiles * (spec.c_in * n_og + 33 * spec.c_in + 60 * n_og)  # ~ products + NTTs
                 over = max(0, n_og * spec.c_in - max_filters) if k > 1 else 0
                 key = (over, cost, tiles * spec.c_in, -th * tw)
                 if best is None or key < best[0]:
@@ -184,11 +184,11 @@ class Plan:
         hp = self.n_ti * self.th + self.k - 1
         wp = self.n_tj * self.tw + self.k - 1
         xp = np.zeros((b, c, hp, wp), dtype=np.uint64)
-        xp[:, :, self.pad:self.pad + h, self.pad:self.pad + w] = x
+        xp[:, :, self.pad : self.pad + h, self.pad : self.pad + w] = x
         out = np.zeros((b, c, self.n_ti, self.n_tj, self.n), dtype=np.uint64)
         for ti in range(self.n_ti):
             for tj in range(self.n_tj):
-                blk = xp[:, :, ti * self.th: ti * self.th + self.ht, tj * self.tw: tj * self.tw + self.wt]
+                blk = xp[:, :, ti * self.th : ti * self.th + self.ht, tj * self.tw : tj * self.tw + self.wt]
                 out[:, :, ti, tj, : self.p] = blk.reshape(b, c, self.p)
         return out.reshape(b, c, self.tiles, self.n)
 
@@ -217,9 +217,10 @@ class Plan:
         256x256 on the client, which meets every layer's plan once)."""
         if self.c_out * self.ho * self.wo >= 1 << 31:
             raise ValueError("layer output too large for 32-bit output indices")
-        og, ti, tj, op, i, j = (np.arange(n, dtype=np.int32).reshape([-1 if a == k else 1 for a in range(6)])
-                                for k, n in enumerate((self.n_og, self.n_ti, self.n_tj, self.opack, self.th,
-                                                       self.tw)))
+        og, ti, tj, op, i, j = (
+            np.arange(n, dtype=np.int32).reshape([-1 if a == k else 1 for a in range(6)])
+            for k, n in enumerate((self.n_og, self.n_ti, self.n_tj, self.opack, self.th, self.tw))
+        )
         o = og * self.opack + op
         row = ti * self.th + i
         col = tj * self.tw + j

@@ -28,9 +28,9 @@ from bunet import ring
 
 #: HomomorphicEncryption.org standard, classical 128-bit security, ternary secret: max log2(q).
 MAX_LOGQ_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438}
-PRIME_BITS = 22          # residues < 2^22: products < 2^44, exact in float64 with 2^9 accumulations
-NOISE_ETA = 21           # centred binomial, variance 10.5 (sigma 3.24 >= 3.2), |e| <= 21
-FLOOD_SD_BITS = 40       # statistical distance of flooding <= 2^-(FLOOD_SD_BITS + 1)
+PRIME_BITS = 22  # residues < 2^22: products < 2^44, exact in float64 with 2^9 accumulations
+NOISE_ETA = 21  # centred binomial, variance 10.5 (sigma 3.24 >= 3.2), |e| <= 21
+FLOOD_SD_BITS = 40  # statistical distance of flooding <= 2^-(FLOOD_SD_BITS + 1)
 MIN_RING_BITS, MAX_RING_BITS = 2, 40
 #: Version of the encodings behind the parameters (in the digest every message carries).
 #: 2: radix-2 NTT with bit-reversed evaluation order (native kernels); 1 was a four-step order.
@@ -140,8 +140,8 @@ class HEParams:
     primes: tuple[int, ...]
     weight_l1_bits: int
     flood_bits: int
-    down_bits: int          # c1 (and c0 before truncation) returned modulo 2^down_bits
-    down_c0_bits: int       # top bits of c0 returned
+    down_bits: int  # c1 (and c0 before truncation) returned modulo 2^down_bits
+    down_c0_bits: int  # top bits of c0 returned
     version: int = PARAMS_VERSION
     _seal_checked: bool = field(default=False, compare=False, repr=False)
 
@@ -237,13 +237,11 @@ def _for_ring(ring_bits: int, weight_l1_bits: int) -> HEParams:
         q_max = (1 << MAX_LOGQ_128[n]) - 1
         if q_min > q_max:
             continue
-        primes = _search_primes(n, ring_bits, q_min, q_max) or _greedy_primes(
-            n, ring_bits, weight_l1_bits, q_max)
+        primes = _search_primes(n, ring_bits, q_min, q_max) or _greedy_primes(n, ring_bits, weight_l1_bits, q_max)
         if primes is None:
             continue
         flood_bits = _needed_q(ring_bits, weight_l1_bits, n, centred_q_mod_t(math.prod(primes), 1 << ring_bits))[1]
-        p = HEParams(ring_bits, n, primes, weight_l1_bits, flood_bits,
-                     _down_bits(ring_bits, n), ring_bits + 3)
+        p = HEParams(ring_bits, n, primes, weight_l1_bits, flood_bits, _down_bits(ring_bits, n), ring_bits + 3)
         p.validate()
         return p
     raise ValueError("no parameter set found for this ring width and weight bound")

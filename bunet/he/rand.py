@@ -71,7 +71,7 @@ class Sampler:
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
-        self._ctr = itertools.count(1)     # next() is atomic: threads never share a stream
+        self._ctr = itertools.count(1)  # next() is atomic: threads never share a stream
 
     def _bytes(self, nbytes: int) -> bytes:
         return keystream(derive(self._key, next(self._ctr), b"sampler"), nbytes)

@@ -33,8 +33,13 @@ def mod_inplace(x: np.ndarray, p: np.ndarray | float, pinv: np.ndarray | float) 
     (5, 4096, 2048) array, the blocks 0.07 s (the server's kernel preparation is mostly this)."""
     pa, pia = np.asarray(p, dtype=F64), np.asarray(pinv, dtype=F64)
     rows = x.shape[0] if x.ndim and pa.size > 1 else 1
-    if (x.size <= _MOD_BLOCK or not x.flags.c_contiguous
-            or pa.size != rows or pia.size != rows or (rows > 1 and pa.shape != (rows,) + (1,) * (x.ndim - 1))):
+    if (
+        x.size <= _MOD_BLOCK
+        or not x.flags.c_contiguous
+        or pa.size != rows
+        or pia.size != rows
+        or (rows > 1 and pa.shape != (rows,) + (1,) * (x.ndim - 1))
+    ):
         q = np.multiply(x, pinv)
         np.rint(q, out=q)
         q *= p
@@ -45,8 +50,8 @@ def mod_inplace(x: np.ndarray, p: np.ndarray | float, pinv: np.ndarray | float) 
     blk = max(1024, _MOD_BLOCK // rows)
     q = np.empty((rows, min(blk, xf.shape[1])), dtype=F64)
     for s in range(0, xf.shape[1], blk):
-        xb = xf[:, s:s + blk]
-        qb = q[:, :xb.shape[1]]
+        xb = xf[:, s : s + blk]
+        qb = q[:, : xb.shape[1]]
         np.multiply(xb, pic, out=qb)
         np.rint(qb, out=qb)
         qb *= pc
@@ -85,7 +90,7 @@ def _powers(g: int, count: int, p: int) -> np.ndarray:
     step, filled = g % p, 1
     while filled < count:
         take = min(filled, count - filled)
-        out[filled:filled + take] = out[:take] * step % p
+        out[filled : filled + take] = out[:take] * step % p
         filled += take
         step = step * step % p
     return out
@@ -142,7 +147,7 @@ class RNS:
             tw[i] = np.where(pw[rev] > p // 2, pw[rev] - p, pw[rev])
             itw[i] = np.where(ipw[rev] > p // 2, ipw[rev] - p, ipw[rev])
             ninv[i] = _centred_int(pow(n, -1, p), p)
-        self._tables = (tw, itw, ninv)       # kept alive: the C context points into them
+        self._tables = (tw, itw, ninv)  # kept alive: the C context points into them
         ctx = ffi.new("bh_rns *")
         ctx.k, ctx.n = self.k, n
         ctx.p, ctx.pinv = f64_ptr(self.pf), f64_ptr(self.pinv)
@@ -202,7 +207,7 @@ class RNS:
         shp = a.shape
         if shp[0] != self.k or shp[-1] != self.n:
             raise ValueError("expected a (K, ..., N) residue array")
-        x = np.ascontiguousarray(np.moveaxis(a.reshape(self.k, -1, self.n), 0, 1))     # (count, K, N)
+        x = np.ascontiguousarray(np.moveaxis(a.reshape(self.k, -1, self.n), 0, 1))  # (count, K, N)
         if np.may_share_memory(x, a):
             x = x.copy()
         if x.size and np.abs(x).max() > 2.0**22:

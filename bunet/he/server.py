@@ -66,14 +66,14 @@ class _ScratchPool:
     @staticmethod
     def _new(size: int) -> np.ndarray:
         raw = np.empty(size + 8)
-        skip = (-raw.ctypes.data % 64) // 8          # 64-byte aligned: one slot block row = 1/2 line
-        return raw[skip: skip + size]
+        skip = (-raw.ctypes.data % 64) // 8  # 64-byte aligned: one slot block row = 1/2 line
+        return raw[skip : skip + size]
 
     def _give(self, buf: np.ndarray) -> None:
         with self._lock:
             self._free.append(buf)
             self._free.sort(key=lambda b: -b.size)
-            del self._free[self._keep:]
+            del self._free[self._keep :]
 
     @contextmanager
     def take(self, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
@@ -105,12 +105,12 @@ class ServerLayer:
 
     spec: LayerSpec
     plan: Plan
-    weight: np.ndarray          # original integer weights
+    weight: np.ndarray  # original integer weights
     bias: np.ndarray | None
-    wmat: np.ndarray            # (c_out_eff * k*k, c_in) float64
-    taps: np.ndarray            # (K, N, O'*k*k) NTT-form monomials, dense per slot (the kernels' left operand)
-    strategy: str               # "taps" (1x1: integer weights, then monomials) or "filters" (NTT-form kernels)
-    wgroup: np.ndarray | None   # (O'*k*k, n_og * c_in) weights grouped per product polynomial
+    wmat: np.ndarray  # (c_out_eff * k*k, c_in) float64
+    taps: np.ndarray  # (K, N, O'*k*k) NTT-form monomials, dense per slot (the kernels' left operand)
+    strategy: str  # "taps" (1x1: integer weights, then monomials) or "filters" (NTT-form kernels)
+    wgroup: np.ndarray | None  # (O'*k*k, n_og * c_in) weights grouped per product polynomial
     filters: np.ndarray | None  # (K*N/4, n_og, c_in, 4) float32 cached NTT-form kernels, if they fit
     tapvec: np.ndarray | None = None  # (O', K*N) monomials of a 1x1 layer, for the taps strategy
 
@@ -118,15 +118,20 @@ class ServerLayer:
 class ServerHE:
     """Public side: ``params`` plus the client's public key (no secret key anywhere)."""
 
-    def __init__(self, params: HEParams, public_key: bytes | None = None, threads: int | None = None,
-                 filter_cache_bytes: int = 6 << 30) -> None:
+    def __init__(
+        self,
+        params: HEParams,
+        public_key: bytes | None = None,
+        threads: int | None = None,
+        filter_cache_bytes: int = 6 << 30,
+    ) -> None:
         params.validate()
         self.cache_left = filter_cache_bytes
         self.params = params
         self.rns = rns_for(params.primes, params.poly_degree)
         self.threads = threads or min(2, os.cpu_count() or 1)
         self._delta = self.rns.delta_residues(params.delta)
-        self._scratch = _ScratchPool()        # shared by the per-client views
+        self._scratch = _ScratchPool()  # shared by the per-client views
         self._pk = self._load_public_key(public_key) if public_key is not None else None
 
     def with_public_key(self, public_key: bytes) -> ServerHE:
@@ -152,12 +157,13 @@ class ServerHE:
         pk0 = pk0.astype(np.float64).reshape(k, n)
         if np.any(np.abs(pk0) > self.rns.pf[:, None] // 2 + 1):
             raise ValueError("public key residues out of range")
-        pk = np.stack([pk0, uniform_mod(derive(seed, 0, b"pk"), params.primes, n)])   # (2, K, N)
+        pk = np.stack([pk0, uniform_mod(derive(seed, 0, b"pk"), params.primes, n)])  # (2, K, N)
         return np.ascontiguousarray(pk)
 
     # ----- per model ------------------------------------------------------------------------------
-    def prepare(self, conv: ConvSpec, weight: np.ndarray, bias: np.ndarray | None,
-                in_shape: tuple[int, int, int]) -> ServerLayer:
+    def prepare(
+        self, conv: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, in_shape: tuple[int, int, int]
+    ) -> ServerLayer:
         c_in, h, w = (int(v) for v in in_shape)
         weight = np.asarray(weight)
         c_out = weight.shape[1] if conv.kind == "convT" else weight.shape[0]
@@ -181,7 +187,7 @@ class ServerHE:
         wgroup = filters = tapvec = None
         if strategy == "taps":
             tapvec = np.ascontiguousarray(taps[:, :, 0, :].transpose(1, 0, 2).reshape(plan.opack, k * n))
-            if plan.opack == 1 and not np.all(tapvec == 1):      # the kernel relies on X^0 -> NTT(1) = 1
+            if plan.opack == 1 and not np.all(tapvec == 1):  # the kernel relies on X^0 -> NTT(1) = 1
                 raise AssertionError("1x1 tap of a single-output polynomial must be the constant 1")
         else:
             wg = np.zeros((plan.n_og * plan.opack, c_in, kk))
@@ -195,17 +201,19 @@ class ServerHE:
                 self.cache_left -= size
                 filters = np.empty((k * n // 4, plan.n_og, c_in, 4), dtype=np.float32)
                 for ogs in self._og_groups(plan):
-                    self._block_filters(taps_t, wgroup, ogs, c_in, out=filters[:, ogs[0]:ogs[-1] + 1])
-        _ = plan.returned_ranges, plan.returned_channels   # index maps of the returned coefficients, once per shape
-        return ServerLayer(spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps_t,
-                           strategy, wgroup, filters, tapvec)
+                    self._block_filters(taps_t, wgroup, ogs, c_in, out=filters[:, ogs[0] : ogs[-1] + 1])
+        _ = plan.returned_ranges, plan.returned_channels  # index maps of the returned coefficients, once per shape
+        return ServerLayer(
+            spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps_t, strategy, wgroup, filters, tapvec
+        )
 
     def _og_groups(self, plan: Plan) -> list[np.ndarray]:
         step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.c_in))
         return [np.arange(s0, min(s0 + step, plan.n_og)) for s0 in range(0, plan.n_og, step)]
 
-    def _block_filters(self, taps_t: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int,
-                       out: np.ndarray | None = None) -> np.ndarray:
+    def _block_filters(
+        self, taps_t: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """NTT-form kernels F[og, c] = sum_{o', tap} w * V[o', tap] of the output groups ``ogs``,
         in slot blocks: (K*N/4, len(ogs), c_in, 4) float32, written into ``out`` if given.
         ``taps_t``: the layer's monomials V, (K, N, O'*k*k) (``ServerLayer.taps``)."""
@@ -216,19 +224,23 @@ class ServerHE:
             out = np.empty((k * n // 4, ogs.size, c_in, 4), dtype=np.float32)
         # a few hundred kB at a time: the products (exact), their reduction, the slot-block layout and
         # the cast; whole-array passes ran out of cache and took most of the start-up
-        rows = max(4, (1 << 15) // cols.size // 4 * 4)                      # slots per pass, a multiple of 4
+        rows = max(4, (1 << 15) // cols.size // 4 * 4)  # slots per pass, a multiple of 4
         for i in range(k):
             for s0 in range(0, n, rows):
-                blk = mod_inplace(taps_t[i, s0:s0 + rows] @ w, self.rns.pf[i], self.rns.pinv[i])
-                out[(i * n + s0) // 4:(i * n + s0 + blk.shape[0]) // 4] = \
-                    blk.reshape(-1, 4, ogs.size, c_in).transpose(0, 2, 3, 1)
+                blk = mod_inplace(taps_t[i, s0 : s0 + rows] @ w, self.rns.pf[i], self.rns.pinv[i])
+                out[(i * n + s0) // 4 : (i * n + s0 + blk.shape[0]) // 4] = blk.reshape(
+                    -1, 4, ogs.size, c_in
+                ).transpose(0, 2, 3, 1)
         return out
 
     def reserve_scratch(self, layers: list[ServerLayer]) -> None:
         """Fault in the work arrays one ``apply`` of the largest of these layers takes (its slot-block
         inputs and outputs), so the first job does not pay for fresh pages."""
-        sizes = [int(np.prod(shape)) for layer in layers
-                 for shape in self._work_shapes(layer.plan, max(t.size for t in self._tile_chunks(layer)))]
+        sizes = [
+            int(np.prod(shape))
+            for layer in layers
+            for shape in self._work_shapes(layer.plan, max(t.size for t in self._tile_chunks(layer)))
+        ]
         if sizes:
             self._scratch.reserve(max(sizes), 2)
 
@@ -242,8 +254,9 @@ class ServerHE:
         return layer.spec
 
     # ----- per call ---------------------------------------------------------------------------------
-    def apply(self, layer: ServerLayer, up: bytes | bytearray | memoryview,
-              x_s: np.ndarray) -> tuple[bytes, np.ndarray]:
+    def apply(
+        self, layer: ServerLayer, up: bytes | bytearray | memoryview, x_s: np.ndarray
+    ) -> tuple[bytes, np.ndarray]:
         """Returns (download message, server's new share y_s = r)."""
         if self._pk is None:
             raise ValueError("no client public key: use with_public_key() for a session")
@@ -265,21 +278,24 @@ class ServerHE:
 
         y_s, r_eff, bias_eff = self._plain_part(layer, batch)
         x_s = np.ascontiguousarray(x_s)
-        tiles_of = tiling(plan, prm.ring_bits)                                 # x_s tiles encoded natively
+        tiles_of = tiling(plan, prm.ring_bits)  # x_s tiles encoded natively
         n_ret = plan.n_returned
         n_out = plan.n_out_cts(batch)
         b1 = (prm.down_bits + 7) // 8
         b0 = (prm.down_c0_bits + 7) // 8
-        head = (wire.MAGIC_DOWN + prm.digest() + wire.spec_digest(layer.spec.to_bytes())
-                + struct.pack("<III", batch, n_out, batch * n_ret))
+        head = (
+            wire.MAGIC_DOWN
+            + prm.digest()
+            + wire.spec_digest(layer.spec.to_bytes())
+            + struct.pack("<III", batch, n_out, batch * n_ret)
+        )
         msg, body = new_message(head, n_out * n * b1 + batch * n_ret * b0)
-        c1_out, c0_out = body[: n_out * n * b1], body[n_out * n * b1:]
-        key = secrets.token_bytes(32)          # this call's randomness: u, e, floods (ChaCha20)
+        c1_out, c0_out = body[: n_out * n * b1], body[n_out * n * b1 :]
+        key = secrets.token_bytes(32)  # this call's randomness: u, e, floods (ChaCha20)
         c0_ptr = ptr("uint8_t *", c0)
         for b in range(batch):
             for tiles in self._tile_chunks(layer):
-                self._chunk(layer, b, tiles, c0_ptr, x_s, tiles_of, seed, (r_eff[b], bias_eff), key, c1_out,
-                            c0_out)
+                self._chunk(layer, b, tiles, c0_ptr, x_s, tiles_of, seed, (r_eff[b], bias_eff), key, c1_out, c0_out)
         return msg, y_s
 
     # ----- internals --------------------------------------------------------------------------------
@@ -291,10 +307,10 @@ class ServerHE:
         W*x_s costs no separate plaintext convolution.
         """
         plan, lb = layer.plan, self.params.ring_bits
-        r_eff = random_ring((batch, plan.c_out * plan.ho * plan.wo), lb, self.threads)   # uniform in any layout
+        r_eff = random_ring((batch, plan.c_out * plan.ho * plan.wo), lb, self.threads)  # uniform in any layout
         y_s = plan.from_eff_output(r_eff.reshape(batch, plan.c_out, plan.ho, plan.wo))
         bias = np.zeros(layer.spec.c_out, dtype=np.int64) if layer.bias is None else layer.bias
-        bias_eff = ring.from_signed(np.repeat(bias, plan.c_out // layer.spec.c_out), lb)   # convT: 4 per channel
+        bias_eff = ring.from_signed(np.repeat(bias, plan.c_out // layer.spec.c_out), lb)  # convT: 4 per channel
         return np.ascontiguousarray(y_s), r_eff, np.ascontiguousarray(bias_eff, dtype=_U64)
 
     def _tile_chunks(self, layer: ServerLayer) -> list[np.ndarray]:
@@ -306,9 +322,20 @@ class ServerHE:
         size = -(-plan.tiles // n_chunks)
         return [np.arange(s, min(s + size, plan.tiles)) for s in range(0, plan.tiles, size)]
 
-    def _chunk(self, layer: ServerLayer, b: int, tiles: np.ndarray, c0_ptr: object, x_s: np.ndarray,
-               tiles_of: object, seed: bytes, r_bias: tuple[np.ndarray, np.ndarray], key: bytes, c1_out: np.ndarray,
-               c0_out: np.ndarray) -> None:
+    def _chunk(
+        self,
+        layer: ServerLayer,
+        b: int,
+        tiles: np.ndarray,
+        c0_ptr: object,
+        x_s: np.ndarray,
+        tiles_of: object,
+        seed: bytes,
+        r_bias: tuple[np.ndarray, np.ndarray],
+        key: bytes,
+        c1_out: np.ndarray,
+        c0_out: np.ndarray,
+    ) -> None:
         plan, rns = layer.plan, self.rns
         tc, c_in, n_og = tiles.size, plan.c_in, plan.n_og
         rows = 2 * tc
@@ -316,28 +343,77 @@ class ServerHE:
         ct_index = ((b * c_in + np.arange(c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
         x_shape, y_shape = self._work_shapes(plan, tc)
         with self._scratch.take(x_shape) as x, self._scratch.take(y_shape) as y:
-            bad = lib.bh_server_prep(rns.ctx, c0_ptr, ptr("int64_t *", ct_index), u64_ptr(x_s), tiles_of,
-                                     f64_ptr(self._delta), a_keys(seed, ct_index), c_in, tc, f64_ptr(x),
-                                     self.threads)
+            bad = lib.bh_server_prep(
+                rns.ctx,
+                c0_ptr,
+                ptr("int64_t *", ct_index),
+                u64_ptr(x_s),
+                tiles_of,
+                f64_ptr(self._delta),
+                a_keys(seed, ct_index),
+                c_in,
+                tc,
+                f64_ptr(x),
+                self.threads,
+            )
             if bad:
                 raise ValueError("ciphertext residues out of range")
             # products, summed over input channels: Y[blk, og, 2*tile + poly, 4]
             if layer.strategy == "taps":
-                lib.bh_product_taps(rns.ctx, f64_ptr(layer.wmat), f64_ptr(layer.tapvec), plan.c_out, plan.opack,
-                                    n_og, c_in, rows, f64_ptr(x), f64_ptr(y), self.threads)
+                lib.bh_product_taps(
+                    rns.ctx,
+                    f64_ptr(layer.wmat),
+                    f64_ptr(layer.tapvec),
+                    plan.c_out,
+                    plan.opack,
+                    n_og,
+                    c_in,
+                    rows,
+                    f64_ptr(x),
+                    f64_ptr(y),
+                    self.threads,
+                )
             elif layer.filters is not None:
-                lib.bh_product_filters(rns.ctx, ptr("float *", layer.filters), n_og, c_in, rows, f64_ptr(x),
-                                       f64_ptr(y), 0, n_og, self.threads)
+                lib.bh_product_filters(
+                    rns.ctx,
+                    ptr("float *", layer.filters),
+                    n_og,
+                    c_in,
+                    rows,
+                    f64_ptr(x),
+                    f64_ptr(y),
+                    0,
+                    n_og,
+                    self.threads,
+                )
             else:
                 for ogs in self._og_groups(plan):
                     f = self._block_filters(layer.taps, layer.wgroup, ogs, c_in)
-                    lib.bh_product_filters(rns.ctx, ptr("float *", f), ogs.size, c_in, rows, f64_ptr(x), f64_ptr(y),
-                                           int(ogs[0]), n_og, self.threads)
+                    lib.bh_product_filters(
+                        rns.ctx,
+                        ptr("float *", f),
+                        ogs.size,
+                        c_in,
+                        rows,
+                        f64_ptr(x),
+                        f64_ptr(y),
+                        int(ogs[0]),
+                        n_og,
+                        self.threads,
+                    )
             self._finish(layer, b, tiles, y, r_bias, key, c1_out, c0_out)
 
-    def _finish(self, layer: ServerLayer, b: int, tiles: np.ndarray, y: np.ndarray,
-                r_bias: tuple[np.ndarray, np.ndarray], key: bytes,
-                c1_out: np.ndarray, c0_out: np.ndarray) -> None:
+    def _finish(
+        self,
+        layer: ServerLayer,
+        b: int,
+        tiles: np.ndarray,
+        y: np.ndarray,
+        r_bias: tuple[np.ndarray, np.ndarray],
+        key: bytes,
+        c1_out: np.ndarray,
+        c0_out: np.ndarray,
+    ) -> None:
         plan, rns, prm = layer.plan, self.rns, self.params
         tc, n_og, rows = tiles.size, plan.n_og, 2 * tiles.size
         # finish every output ciphertext of the chunk
@@ -348,12 +424,33 @@ class ServerHE:
         lo_all, hi_all, coef = plan.returned_ranges
         lo = np.ascontiguousarray(lo_all[ct_local])
         hi = np.ascontiguousarray(hi_all[ct_local])
-        rc = lib.bh_finish(rns.ctx, f64_ptr(y), n_og, rows, ptr("int64_t *", og), ptr("int64_t *", tl),
-                      ptr("int64_t *", ct_global), og.size, ptr("int64_t *", lo), ptr("int64_t *", hi),
-                      ptr("int32_t *", coef), b * plan.n_returned, ptr("int32_t *", plan.returned_flat),
-                      ptr("int32_t *", plan.returned_channels), u64_ptr(r_bias[0]), u64_ptr(r_bias[1]), prm.ring_bits,
-                      f64_ptr(self._pk),
-                      f64_ptr(self._delta), prm.flood_bits, prm.down_bits, prm.down_c0_bits, key,
-                      ptr("uint8_t *", c1_out), ptr("uint8_t *", c0_out), self.threads)
+        rc = lib.bh_finish(
+            rns.ctx,
+            f64_ptr(y),
+            n_og,
+            rows,
+            ptr("int64_t *", og),
+            ptr("int64_t *", tl),
+            ptr("int64_t *", ct_global),
+            og.size,
+            ptr("int64_t *", lo),
+            ptr("int64_t *", hi),
+            ptr("int32_t *", coef),
+            b * plan.n_returned,
+            ptr("int32_t *", plan.returned_flat),
+            ptr("int32_t *", plan.returned_channels),
+            u64_ptr(r_bias[0]),
+            u64_ptr(r_bias[1]),
+            prm.ring_bits,
+            f64_ptr(self._pk),
+            f64_ptr(self._delta),
+            prm.flood_bits,
+            prm.down_bits,
+            prm.down_c0_bits,
+            key,
+            ptr("uint8_t *", c1_out),
+            ptr("uint8_t *", c0_out),
+            self.threads,
+        )
         if rc:
             raise ValueError("unsupported HE precisions for the finishing kernel")

@@ -16,7 +16,7 @@ import numpy as np
 MAGIC_PK = b"BUHEpk1\x00"
 MAGIC_UP = b"BUHEup1\x00"
 MAGIC_DOWN = b"BUHEdn1\x00"
-RESIDUE_BYTES = 3   # centred residues, |x| < 2^21: signed 24-bit
+RESIDUE_BYTES = 3  # centred residues, |x| < 2^21: signed 24-bit
 SEED_BYTES = 32
 
 
@@ -43,7 +43,7 @@ def pack_int(a: np.ndarray, nbytes: int) -> bytes:
 
 
 def unpack_int(buf: bytes | memoryview, count: int, nbytes: int) -> np.ndarray:
-    if nbytes == 3:   # the upload's residues: assemble directly, no 8-byte staging copy
+    if nbytes == 3:  # the upload's residues: assemble directly, no 8-byte staging copy
         raw = np.frombuffer(buf, dtype=np.uint8, count=3 * count).reshape(count, 3)
         v = raw[:, 2].view(np.int8).astype(np.int32) << 16
         v |= raw[:, 1].astype(np.int32) << 8
@@ -66,7 +66,7 @@ class Reader:
     def take(self, n: int) -> memoryview:
         if n < 0 or self.pos + n > len(self.mv):
             raise ValueError("message too short")
-        out = self.mv[self.pos:self.pos + n]
+        out = self.mv[self.pos : self.pos + n]
         self.pos += n
         return out
 

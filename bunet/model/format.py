@@ -148,8 +148,10 @@ class Model:
         """Shapes of the linear layers' weights per network: public architecture, no values."""
         if "_shapes" in self.__dict__:
             return self._shapes
-        return {k: {name[: -len(".weight")]: list(w.shape) for name, w in n.weights.items()
-                    if name.endswith(".weight")} for k, n in self.networks.items()}
+        return {
+            k: {name[: -len(".weight")]: list(w.shape) for name, w in n.weights.items() if name.endswith(".weight")}
+            for k, n in self.networks.items()
+        }
 
     def parameter_count(self) -> int:
         return int(sum(w.size for n in self.networks.values() for w in n.weights.values()))
@@ -157,8 +159,11 @@ class Model:
     # -- files -------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         self.validate()
-        arrays = {f"{net}/{k}": np.asarray(v, dtype=np.float32) for net, n in self.networks.items()
-                  for k, v in n.weights.items()}
+        arrays = {
+            f"{net}/{k}": np.asarray(v, dtype=np.float32)
+            for net, n in self.networks.items()
+            for k, v in n.weights.items()
+        }
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         path = Path(path)
@@ -179,7 +184,7 @@ class Model:
             nets = {}
             for k, g in header["networks"].items():
                 prefix = f"{k}/"
-                w = {n[len(prefix):]: a for n, a in (weights or {}).items() if n.startswith(prefix)}
+                w = {n[len(prefix) :]: a for n, a in (weights or {}).items() if n.startswith(prefix)}
                 nets[k] = Network(Graph.from_json(g), w)
             q = Quantization(**header["quantization"])
             pp = dict(header["preprocessing"])
@@ -194,8 +199,10 @@ class Model:
                 metadata=dict(header.get("metadata", {})),
             )
             if weights is None:  # a client's view: keep the public shapes
-                m._shapes = {k: {n: [int(d) for d in s] for n, s in v.items()}
-                             for k, v in header.get("weight_shapes", {}).items()}
+                m._shapes = {
+                    k: {n: [int(d) for d in s] for n, s in v.items()}
+                    for k, v in header.get("weight_shapes", {}).items()
+                }
             return m
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"malformed model header: {e}") from None

@@ -114,8 +114,9 @@ class Graph:
         m = self.min_size_multiple()
         self.shapes(int(self.input.attrs.get("channels", 1)), m, m, weights)  # channel counts must line up
 
-    def shapes(self, channels: int, height: int, width: int,
-               weights: dict[str, Any]) -> dict[str, tuple[int, int, int]]:
+    def shapes(
+        self, channels: int, height: int, width: int, weights: dict[str, Any]
+    ) -> dict[str, tuple[int, int, int]]:
         """(C, H, W) of every node's output for an input of the given size."""
         out: dict[str, tuple[int, int, int]] = {}
         for n in self.nodes:

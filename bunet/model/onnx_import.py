@@ -30,8 +30,25 @@ from .graph import Graph, ModelError, Node
 
 # ops evaluated with NumPy when all inputs are constant (shape arithmetic emitted by exporters)
 _CONST_OPS = {
-    "Concat", "Cast", "Mul", "Div", "Add", "Sub", "Unsqueeze", "Squeeze", "Gather", "Slice",
-    "Reshape", "Floor", "Ceil", "Identity", "ConstantOfShape", "Shape", "Range", "Equal", "Where",
+    "Concat",
+    "Cast",
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+    "Unsqueeze",
+    "Squeeze",
+    "Gather",
+    "Slice",
+    "Reshape",
+    "Floor",
+    "Ceil",
+    "Identity",
+    "ConstantOfShape",
+    "Shape",
+    "Range",
+    "Equal",
+    "Where",
 }
 
 
@@ -130,8 +147,14 @@ class _Importer:
             raise ModelError(f"{where}: input {tensor!r} must be a constant (initializer or Constant)")
         return self.consts[tensor]
 
-    def _add(self, onnx_node: Any, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
-             shape: tuple[int, ...] | None = None) -> str:
+    def _add(
+        self,
+        onnx_node: Any,
+        op: str,
+        inputs: list[str],
+        attrs: dict[str, Any] | None = None,
+        shape: tuple[int, ...] | None = None,
+    ) -> str:
         name = self._name(onnx_node, op)
         self.nodes.append(Node(name, op, inputs, attrs or {}))
         out = onnx_node.output[0]
@@ -181,8 +204,13 @@ class _Importer:
         if n.domain not in ("", "ai.onnx"):
             self._reject(n, f"op domain {n.domain!r}")
         if op == "Constant":
-            kinds = {"value": None, "value_float": np.float32, "value_floats": np.float32,
-                     "value_int": np.int64, "value_ints": np.int64}
+            kinds = {
+                "value": None,
+                "value_float": np.float32,
+                "value_floats": np.float32,
+                "value_int": np.int64,
+                "value_ints": np.int64,
+            }
             key = next((k for k in kinds if k in a), None)
             if key is None:
                 self._reject(n, f"Constant attribute(s) {sorted(a)}")
@@ -217,8 +245,13 @@ class _Importer:
             if op == "Cast":
                 return x[0].astype(onnx.helper.tensor_dtype_to_np_dtype(a["to"]))
             if op in ("Mul", "Div", "Add", "Sub", "Equal"):
-                f = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Equal": np.equal,
-                     "Div": np.floor_divide if np.issubdtype(x[0].dtype, np.integer) else np.divide}[op]
+                f = {
+                    "Mul": np.multiply,
+                    "Add": np.add,
+                    "Sub": np.subtract,
+                    "Equal": np.equal,
+                    "Div": np.floor_divide if np.issubdtype(x[0].dtype, np.integer) else np.divide,
+                }[op]
                 return np.asarray(f(x[0], x[1]))
             if op == "Where":
                 return np.where(x[0], x[1], x[2])
@@ -273,8 +306,13 @@ class _Importer:
         self._check(n, a, "group", a.get("group", 1) == 1)
         self._check(n, a, "strides", list(a.get("strides", [1, 1])) == [1, 1])
         self._check(n, a, "dilations", list(a.get("dilations", [1, 1])) == [1, 1])
-        self._check(n, a, "auto_pad", a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
-                    or (a.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER") and k % 2 == 1))
+        self._check(
+            n,
+            a,
+            "auto_pad",
+            a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+            or (a.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER") and k % 2 == 1),
+        )
         same = a.get("auto_pad") in ("SAME_UPPER", "SAME_LOWER")
         pads = [k // 2] * 4 if same else list(a.get("pads", [0, 0, 0, 0]))
         self._check(n, a, "pads", len(pads) == 4 and len(set(pads)) == 1)
@@ -311,8 +349,10 @@ class _Importer:
         src = n.input[0]
         conv = self.pending_bn.get(src)
         if conv is None or self.uses.get(src, 0) != 1 or self.nodes[-1].name != conv:
-            raise ModelError(f"{where}: BatchNormalization must directly follow a Conv/ConvTranspose "
-                             f"whose output nothing else reads (it is folded into that convolution)")
+            raise ModelError(
+                f"{where}: BatchNormalization must directly follow a Conv/ConvTranspose "
+                f"whose output nothing else reads (it is folded into that convolution)"
+            )
         self._check(n, a, "training_mode", not a.get("training_mode", 0))
         if len(n.output) > 1 and any(n.output[1:]):
             self._reject(n, "BatchNormalization training outputs")
@@ -388,8 +428,11 @@ class _Importer:
         coord = a.get("coordinate_transformation_mode", "half_pixel")
         nearest = a.get("nearest_mode", "round_prefer_floor")
         if not _nearest_x2_ok(mode, coord, nearest):
-            self._reject(n, f"Resize mode={mode!r} coordinate_transformation_mode={coord!r} "
-                            f"nearest_mode={nearest!r} (only nearest x2 pixel repetition)")
+            self._reject(
+                n,
+                f"Resize mode={mode!r} coordinate_transformation_mode={coord!r} "
+                f"nearest_mode={nearest!r} (only nearest x2 pixel repetition)",
+            )
         for key in ("antialias", "exclude_outside"):
             self._check(n, a, key, not a.get(key, 0))
         self._check(n, a, "keep_aspect_ratio_policy", a.get("keep_aspect_ratio_policy", "stretch") == "stretch")
@@ -488,8 +531,13 @@ def model_from_onnx(
     size = onnx_input_size(data)
     if preprocessing is None and size is not None:
         pp.input_size = size
-    model = Model(name=name, networks={"main": net}, plane_networks={p: "main" for p in planes},
-                  quantization=quantization or Quantization(), preprocessing=pp,
-                  metadata=dict(metadata or {}, source="onnx"))
+    model = Model(
+        name=name,
+        networks={"main": net},
+        plane_networks={p: "main" for p in planes},
+        quantization=quantization or Quantization(),
+        preprocessing=pp,
+        metadata=dict(metadata or {}, source="onnx"),
+    )
     model.validate()
     return model

@@ -63,8 +63,13 @@ class Step:
 
     def public(self) -> dict[str, Any]:
         """What the client may know of this step: no weights."""
-        return {"kind": self.kind, "out": self.out, "inputs": list(self.inputs), "exp": self.exp,
-                "attrs": dict(self.attrs)}
+        return {
+            "kind": self.kind,
+            "out": self.out,
+            "inputs": list(self.inputs),
+            "exp": self.exp,
+            "attrs": dict(self.attrs),
+        }
 
 
 @dataclass
@@ -126,10 +131,14 @@ class Plan:
 
 def _linear_attrs(node: Node, wshape: tuple[int, ...]) -> dict[str, Any]:
     if node.op == "conv":
-        return {"op": "conv", "k": int(wshape[2]), "pad": int(node.attrs.get("pad", 0)),
-                "in_channels": int(wshape[1]), "out_channels": int(wshape[0])}
-    return {"op": "conv_transpose", "k": 2, "pad": 0, "in_channels": int(wshape[0]),
-            "out_channels": int(wshape[1])}
+        return {
+            "op": "conv",
+            "k": int(wshape[2]),
+            "pad": int(node.attrs.get("pad", 0)),
+            "in_channels": int(wshape[1]),
+            "out_channels": int(wshape[0]),
+        }
+    return {"op": "conv_transpose", "k": 2, "pad": 0, "in_channels": int(wshape[0]), "out_channels": int(wshape[1])}
 
 
 def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tuple[int, ...]] | None = None) -> Plan:
@@ -148,8 +157,9 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
 
     def nonlinear(name: str, x: str, shift: int, relu: bool, window: int) -> None:
         b = in_bits(x, name)
-        steps.append(Step("nonlinear", name, [x], exp[x] - shift, {
-            "shift": shift, "relu": relu, "window": window, "in_bits": b}))
+        steps.append(
+            Step("nonlinear", name, [x], exp[x] - shift, {"shift": shift, "relu": relu, "window": window, "in_bits": b})
+        )
         exp[name] = exp[x] - shift
         bits[name] = b - shift
 
@@ -214,8 +224,15 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
             pool = pool_of.get(node.name)
             if pool is not None and min(int(quant.in_bits.get(pool, L)), b - shift) == b - shift:
                 # ReLU + max-pool in one step; the pool reads the ReLU's b - shift bits, as unfused
-                steps.append(Step("nonlinear", pool, [x], exp[x] - shift, {
-                    "shift": shift, "relu": True, "window": 4, "in_bits": b, "elements": node.name}))
+                steps.append(
+                    Step(
+                        "nonlinear",
+                        pool,
+                        [x],
+                        exp[x] - shift,
+                        {"shift": shift, "relu": True, "window": 4, "in_bits": b, "elements": node.name},
+                    )
+                )
                 for t in (node.name, pool):
                     exp[t] = exp[x] - shift
                     bits[t] = b - shift

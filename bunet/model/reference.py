@@ -18,7 +18,7 @@ def _conv_float(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.nda
     out = np.zeros((B, Co, Ho, Wo), dtype=x.dtype)
     for u in range(k):
         for v in range(k):
-            out += np.einsum("oc,bchw->bohw", w[:, :, u, v], xp[:, :, u:u + Ho, v:v + Wo], optimize=True)
+            out += np.einsum("oc,bchw->bohw", w[:, :, u, v], xp[:, :, u : u + Ho, v : v + Wo], optimize=True)
     return out + b[None, :, None, None]
 
 
@@ -34,8 +34,12 @@ def float_forward(net: Network, x: np.ndarray, *, keep: bool = False) -> np.ndar
         if n.op == "input":
             t[n.name] = np.asarray(x, dtype=dt)
         elif n.op == "conv":
-            t[n.name] = _conv_float(a[0], net.weights[f"{n.name}.weight"].astype(dt),
-                                    net.weights[f"{n.name}.bias"].astype(dt), int(n.attrs.get("pad", 0)))
+            t[n.name] = _conv_float(
+                a[0],
+                net.weights[f"{n.name}.weight"].astype(dt),
+                net.weights[f"{n.name}.bias"].astype(dt),
+                int(n.attrs.get("pad", 0)),
+            )
         elif n.op == "conv_transpose":
             w = net.weights[f"{n.name}.weight"].astype(dt)
             B, _, H, W = a[0].shape
@@ -73,13 +77,19 @@ def run_plan(plan: Plan, x: np.ndarray, *, keep: bool = False) -> np.ndarray | d
             else:
                 t[s.out] = ring.conv_transpose2x2(a[0], s.weight, s.bias, L)
         elif s.kind == "nonlinear" and "elements" in s.attrs:  # fused ReLU + max-pool
-            el, pooled = ring.relu_pool(nonlinear_windows(s, a[0]), in_bits=s.attrs["in_bits"],
-                                        shift=s.attrs["shift"], ring_bits=L)
+            el, pooled = ring.relu_pool(
+                nonlinear_windows(s, a[0]), in_bits=s.attrs["in_bits"], shift=s.attrs["shift"], ring_bits=L
+            )
             t[s.attrs["elements"]] = ring.pool_unwindows2x2(el)
             t[s.out] = pooled
         elif s.kind == "nonlinear":
-            t[s.out] = ring.nonlinear(nonlinear_windows(s, a[0]), in_bits=s.attrs["in_bits"],
-                                      shift=s.attrs["shift"], relu=s.attrs["relu"], ring_bits=L)
+            t[s.out] = ring.nonlinear(
+                nonlinear_windows(s, a[0]),
+                in_bits=s.attrs["in_bits"],
+                shift=s.attrs["shift"],
+                relu=s.attrs["relu"],
+                ring_bits=L,
+            )
         elif s.kind in LOCAL_KINDS:
             t[s.out] = apply_local(s, a, L)
         elif s.kind == "argmax":

@@ -165,8 +165,10 @@ def train(args: argparse.Namespace) -> dict:
         logits = torch.cat([net(torch.from_numpy(xte[i : i + 8, None])) for i in range(0, len(xte), 8)])
     labels = list(logits.argmax(1).numpy())
     metrics = evaluate_labels(labels, te_y)
-    print(f"test lesion Dice: pooled {metrics['dice_pooled']:.4f}, mean per slice {metrics['dice_mean']:.4f}",
-          file=sys.stderr)
+    print(
+        f"test lesion Dice: pooled {metrics['dice_pooled']:.4f}, mean per slice {metrics['dice_mean']:.4f}",
+        file=sys.stderr,
+    )
     if args.checkpoint:
         torch.save({"cfg": cfg.to_json(), "state": net.state_dict(), "metrics": metrics}, args.checkpoint)
 
@@ -176,36 +178,48 @@ def train(args: argparse.Namespace) -> dict:
     meta = {
         "training": {
             "command": "python -m bunet.model.train " + " ".join(shlex.quote(a) for a in args.argv),
-            "seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-            "threads": args.threads, "train_seconds": round(train_s, 1), "torch": torch.__version__,
+            "seed": args.seed,
+            "steps": args.steps,
+            "batch": args.batch,
+            "lr": args.lr,
+            "threads": args.threads,
+            "train_seconds": round(train_s, 1),
+            "torch": torch.__version__,
             "data": "MedSeg COVID-19 CT segmentation slices, Inf-Net split (50 train / 48 test)",
             "augmentation": "flips, 90-degree turns, rotation +-15 deg, scale 0.85-1.15, shift, "
-                            "contrast/brightness/gamma jitter, Gaussian noise",
+            "contrast/brightness/gamma jitter, Gaussian noise",
             "loss": "cross-entropy + soft Dice (lesion)",
         },
         "architecture": cfg.to_json(),
-        "test_lesion_dice": {"pooled": round(metrics["dice_pooled"], 4),
-                             "mean_per_slice": round(metrics["dice_mean"], 4),
-                             "slices": len(te_y), "protocol": "argmax at model resolution, nearest-resized "
-                             "to each slice's original size"},
+        "test_lesion_dice": {
+            "pooled": round(metrics["dice_pooled"], 4),
+            "mean_per_slice": round(metrics["dice_mean"], 4),
+            "slices": len(te_y),
+            "protocol": "argmax at model resolution, nearest-resized to each slice's original size",
+        },
         "relus_per_slice": relus,
         "parameters_folded": int(sum(w.size for w in network.weights.values())),
         "export_max_abs_logit_error": max_err,
         "quantization_choice": "bench/quantization.py on the 48 test slices: 24-bit ring, 8/8 fraction bits is "
-                               "the smallest tested ring with dice_vs_float >= 0.99 and no overflow "
-                               "(22 bits already wraps a few values; 20 bits loses Dice)",
+        "the smallest tested ring with dice_vs_float >= 0.99 and no overflow "
+        "(22 bits already wraps a few values; 20 bits loses Dice)",
         "hu_window_reasoning": "MedSeg 8-bit slices: lung peak grey ~44 (~-870 HU), soft tissue peak "
-                               "grey ~210 (~+30 HU) -> window [-1100, 300] HU",
+        "grey ~210 (~+30 HU) -> window [-1100, 300] HU",
     }
     model = Model(
         name="covid_unet",
         networks={"main": network},
         plane_networks={"xy": "main"},
         quantization=q,
-        preprocessing=Preprocessing(kind="hu_window", center=HU_CENTER, width=HU_WIDTH,
-                                    input_size=(size, size), classes=["background", "lesion"]),
+        preprocessing=Preprocessing(
+            kind="hu_window",
+            center=HU_CENTER,
+            width=HU_WIDTH,
+            input_size=(size, size),
+            classes=["background", "lesion"],
+        ),
         description=f"COVID-19 lesion U-Net (base {cfg.base}, depth {cfg.depth}, {cfg.pool}pool, "
-                    f"{cfg.upsample} upsampling), trained on axial MedSeg slices",
+        f"{cfg.upsample} upsampling), trained on axial MedSeg slices",
         metadata=meta,
     )
     out = Path(args.out)
@@ -215,8 +229,15 @@ def train(args: argparse.Namespace) -> dict:
     if phantom is not None:
         model.metadata["phantom_dice"] = phantom
         model.save(out)
-    result = {**metrics, "phantom_dice": phantom, "relus_per_slice": relus, "parameters": n_params,
-              "model_bytes": out.stat().st_size, "train_seconds": train_s, "export_max_abs_logit_error": max_err}
+    result = {
+        **metrics,
+        "phantom_dice": phantom,
+        "relus_per_slice": relus,
+        "parameters": n_params,
+        "model_bytes": out.stat().st_size,
+        "train_seconds": train_s,
+        "export_max_abs_logit_error": max_err,
+    }
     print(json.dumps(result, indent=1))
     return result
 

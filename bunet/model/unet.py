@@ -12,8 +12,14 @@ from .format import Model, Network, Preprocessing, Quantization
 from .graph import Graph, Node
 
 
-def unet_graph(in_channels: int = 2, base: int = 16, depth: int = 4, classes: int = 2,
-               pool: str = "maxpool", up: str = "conv_transpose") -> tuple[Graph, dict[str, tuple[int, ...]]]:
+def unet_graph(
+    in_channels: int = 2,
+    base: int = 16,
+    depth: int = 4,
+    classes: int = 2,
+    pool: str = "maxpool",
+    up: str = "conv_transpose",
+) -> tuple[Graph, dict[str, tuple[int, ...]]]:
     """Nodes and weight shapes of a U-Net; ``pool`` is maxpool|avgpool, ``up`` conv_transpose|upsample."""
     nodes = [Node("input", "input", [], {"channels": in_channels})]
     shapes: dict[str, tuple[int, ...]] = {}
@@ -69,9 +75,18 @@ def random_weights(shapes: dict[str, tuple[int, ...]], graph: Graph, seed: int =
     return w
 
 
-def seed_unet_model(in_channels: int = 2, base: int = 16, depth: int = 4, classes: int = 2,
-                    input_size: int = 512, seed: int = 0, pool: str = "maxpool", up: str = "conv_transpose",
-                    quantization: Quantization | None = None, planes: tuple[str, ...] = ("xy",)) -> Model:
+def seed_unet_model(
+    in_channels: int = 2,
+    base: int = 16,
+    depth: int = 4,
+    classes: int = 2,
+    input_size: int = 512,
+    seed: int = 0,
+    pool: str = "maxpool",
+    up: str = "conv_transpose",
+    quantization: Quantization | None = None,
+    planes: tuple[str, ...] = ("xy",),
+) -> Model:
     """A U-Net with random weights, for benchmarks and tests (not for diagnosis)."""
     g, shapes = unet_graph(in_channels, base, depth, classes, pool, up)
     m = Model(

@@ -76,8 +76,7 @@ class JobSpec:
     def from_bytes(b: bytes) -> JobSpec:
         try:
             d = json.loads(b)
-            return JobSpec(str(d["network"]), int(d["slices"]), int(d["height"]), int(d["width"]),
-                           int(d["gc_window"]))
+            return JobSpec(str(d["network"]), int(d["slices"]), int(d["height"]), int(d["width"]), int(d["gc_window"]))
         except (ValueError, KeyError, TypeError):
             raise ProtocolError("malformed job request") from None
 
@@ -123,8 +122,13 @@ def _relu_pool(run: GcRun, step: Step, x: np.ndarray, ring_bits: int) -> dict[st
     """One party's half of a fused ReLU + max-pool on its shares x (``gc.relu_pool``): the ReLU
     tensor and the pool (``step.attrs["elements"]``, ``step.out``)."""
     win = nonlinear_windows(step, x)
-    out = gc.relu_pool(lambda op, rnd, rows: _must(run(op, rnd, rows)), win.reshape(-1, win.shape[-1]),
-                       ring_bits=ring_bits, in_bits=step.attrs["in_bits"], shift=step.attrs["shift"])
+    out = gc.relu_pool(
+        lambda op, rnd, rows: _must(run(op, rnd, rows)),
+        win.reshape(-1, win.shape[-1]),
+        ring_bits=ring_bits,
+        in_bits=step.attrs["in_bits"],
+        shift=step.attrs["shift"],
+    )
     return split_relu_pool(step, out.reshape(*win.shape[:-1], win.shape[-1] + 1))
 
 
@@ -142,8 +146,9 @@ def _chunks(n: int) -> list[slice]:
     return [slice(i, min(i + GC_CHUNK, n)) for i in range(0, n, GC_CHUNK)] or [slice(0, 0)]
 
 
-def _nonlinear(run: GcRun, step: Step, x: np.ndarray, ring_bits: int, classes: int,
-               shares: dict[str, np.ndarray]) -> np.ndarray | None:
+def _nonlinear(
+    run: GcRun, step: Step, x: np.ndarray, ring_bits: int, classes: int, shares: dict[str, np.ndarray]
+) -> np.ndarray | None:
     """A non-linear or argmax step on one party's shares x, by ``run`` (that party's garbled-circuit
     loop): its output shares go into ``shares``; argmax returns what ``run`` gives (client: labels)."""
     if "elements" in step.attrs:
@@ -264,6 +269,7 @@ class ServerProtocol:
                 shares[step.out] = y_s
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
+
                 def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray | None:
                     outs = self._gc_chunks(chan, garbler, op, f"{name}:{sub}", rows, spec.gc_window)
                     return None if isinstance(op, gc.Argmax) else np.concatenate(outs)  # labels: client only
@@ -293,12 +299,12 @@ class ServerProtocol:
                 cts = layer.plan.n_in_cts(spec.slices)
                 biggest = max(biggest, cts * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES)
             elif step.kind in ("nonlinear", "argmax"):
-                biggest = max(biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0]
-                                         for op in _gc_ops(step, plan.ring_bits, classes)))
+                biggest = max(
+                    biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0] for op in _gc_ops(step, plan.ring_bits, classes))
+                )
         return biggest + (1 << 20)
 
-    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray,
-                   window: int) -> list[Any]:
+    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray, window: int) -> list[Any]:
         """Receive and claim requests in order, garble on the pool, answer in order.
 
         At most ``window`` (the client's) chunks are in flight, which is all the client sends before
@@ -357,8 +363,10 @@ class ClientProtocol:
     def __init__(self, description: dict[str, Any]) -> None:
         self.model = Model.from_header(description["model"])
         shapes = self.model.weight_shapes()
-        self.plans = {k: compile_plan(n, self.model.quantization, {s: tuple(v) for s, v in shapes[k].items()})
-                      for k, n in self.model.networks.items()}
+        self.plans = {
+            k: compile_plan(n, self.model.quantization, {s: tuple(v) for s, v in shapes[k].items()})
+            for k, n in self.model.networks.items()
+        }
         self.he_params = he.HEParams.from_bytes(bytes.fromhex(description["he_params"]))
         self.he_params.validate()
         self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
@@ -366,8 +374,9 @@ class ClientProtocol:
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
         self.gc_window = GC_WINDOW  # announced in each job's spec; the server follows it
 
-    def run_job(self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None) -> tuple[
-            np.ndarray, Timings]:
+    def run_job(
+        self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None
+    ) -> tuple[np.ndarray, Timings]:
         """Segment a batch of preprocessed slices x (B, C, H, W) float in [0, 1] -> labels (B, H, W)."""
         plan = self.plans[network]
         L = plan.ring_bits
@@ -398,6 +407,7 @@ class ClientProtocol:
                 shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"))
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
+
                 def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray:
                     return np.concatenate(self._gc_chunks(chan, ev, op, f"{name}:{sub}", rows, window))
 
@@ -416,8 +426,7 @@ class ClientProtocol:
         assert labels is not None
         return labels, t
 
-    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray,
-                   window: int) -> list[np.ndarray]:
+    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray, window: int) -> list[np.ndarray]:
         """Up to ``window`` requests in flight; responses evaluated on the pool; results in order.
 
         Requests are claimed here, in order (each fixes its OT range), and made on the pool: the

@@ -76,9 +76,9 @@ def decode(frame: bytes | bytearray | memoryview) -> tuple[str, memoryview, bool
             if field == 1:
                 if size > MAX_TAG_BYTES:
                     raise FrameError("frame tag too long")
-                tag = bytes(buf[pos:pos + size])
+                tag = bytes(buf[pos : pos + size])
             elif field == 2:
-                data = buf[pos:pos + size]
+                data = buf[pos : pos + size]
             pos += size
         elif wt in (_WT_I64, _WT_I32):
             pos += 8 if wt == _WT_I64 else 4

@@ -137,8 +137,9 @@ JobHandler = Callable[[Channel], None]
 
 
 class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
-    def __init__(self, describe_json: str, run_job: JobHandler, limits: ServerLimits, token: str | None,
-                 max_slices: int) -> None:
+    def __init__(
+        self, describe_json: str, run_job: JobHandler, limits: ServerLimits, token: str | None, max_slices: int
+    ) -> None:
         self.describe_json = describe_json
         self.run_job = run_job
         self.limits = limits
@@ -158,14 +159,19 @@ class SegmentationServicer(bunet_pb2_grpc.SegmentationServicer):
         self._auth(context)
         from .. import __version__
 
-        return bunet_pb2.DescribeReply(description_json=self.describe_json, server_version=__version__,
-                                       max_slices_per_job=self.max_slices, max_frame_bytes=FRAME_BYTES)
+        return bunet_pb2.DescribeReply(
+            description_json=self.describe_json,
+            server_version=__version__,
+            max_slices_per_job=self.max_slices,
+            max_frame_bytes=FRAME_BYTES,
+        )
 
     def Run(self, request_iterator, context):  # noqa: N802
         self._auth(context)
         if not self.sessions.acquire(blocking=False):
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"server busy: {self.limits.max_sessions} sessions already running")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {self.limits.max_sessions} sessions already running"
+            )
         chan = StreamChannel(timeout=self.limits.idle_timeout_s)
         failure: list[tuple[grpc.StatusCode, str]] = []
 
@@ -204,22 +210,35 @@ GRPC_TUNING: list[tuple[str, int]] = []
 
 
 def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes), *GRPC_TUNING]
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        *GRPC_TUNING,
+    ]
 
 
 class GrpcServer:
     """A running gRPC endpoint for one job handler."""
 
-    def __init__(self, listen: str, servicer: SegmentationServicer, *, tls_cert: str | None = None,
-                 tls_key: str | None = None, client_ca: str | None = None, workers: int = 8) -> None:
+    def __init__(
+        self,
+        listen: str,
+        servicer: SegmentationServicer,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        client_ca: str | None = None,
+        workers: int = 8,
+    ) -> None:
         opts = _grpc_options(servicer.limits.max_message_bytes)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=opts)
         # Describe through the generated (de)serialisers; Run's frames as raw bytes (see frames.py)
         handlers = {
             "Describe": grpc.unary_unary_rpc_method_handler(
-                servicer.Describe, request_deserializer=bunet_pb2.DescribeRequest.FromString,
-                response_serializer=bunet_pb2.DescribeReply.SerializeToString),
+                servicer.Describe,
+                request_deserializer=bunet_pb2.DescribeRequest.FromString,
+                response_serializer=bunet_pb2.DescribeReply.SerializeToString,
+            ),
             "Run": grpc.stream_stream_rpc_method_handler(servicer.Run),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -231,7 +250,8 @@ class GrpcServer:
             creds = grpc.ssl_server_credentials(
                 [(_read(tls_key), _read(tls_cert))],
                 root_certificates=_read(client_ca) if client_ca else None,
-                require_client_auth=bool(client_ca))
+                require_client_auth=bool(client_ca),
+            )
             self.port = self.server.add_secure_port(listen, creds)
         else:
             if client_ca:
@@ -270,14 +290,22 @@ class TransportError(RuntimeError):
     """Cannot reach, authenticate to or talk to the server (one-line message)."""
 
 
-def open_channel(address: str, *, tls: bool = False, ca: str | None = None, cert: str | None = None,
-                 key: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Channel:
+def open_channel(
+    address: str,
+    *,
+    tls: bool = False,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+) -> grpc.Channel:
     opts = _grpc_options(max_message_bytes)
     if tls or ca or cert:
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(ca) if ca else None,
             private_key=_read(key) if key else None,
-            certificate_chain=_read(cert) if cert else None)
+            certificate_chain=_read(cert) if cert else None,
+        )
         return grpc.secure_channel(address, creds, options=opts)
     return grpc.insecure_channel(address, options=opts)
 
@@ -301,8 +329,9 @@ def rpc_error_message(e: grpc.RpcError, address: str) -> str:
 class StubClient:
     """Client end: Describe, and jobs as Channels over bidirectional streams."""
 
-    def __init__(self, channel: grpc.Channel, address: str, token: str | None = None,
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, channel: grpc.Channel, address: str, token: str | None = None, connect_timeout: float = 10.0
+    ) -> None:
         self.channel = channel
         self.address = address
         self.stub = bunet_pb2_grpc.SegmentationStub(channel)
@@ -312,8 +341,9 @@ class StubClient:
 
     def describe(self) -> bunet_pb2.DescribeReply:
         try:
-            return self.stub.Describe(bunet_pb2.DescribeRequest(), metadata=self.metadata,
-                                      timeout=self.connect_timeout, wait_for_ready=False)
+            return self.stub.Describe(
+                bunet_pb2.DescribeRequest(), metadata=self.metadata, timeout=self.connect_timeout, wait_for_ready=False
+            )
         except grpc.RpcError as e:
             raise TransportError(rpc_error_message(e, self.address)) from None
 
