@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from bunet.model.format import Model, Network, Quantization  # noqa: E402
 from bunet.model.plan import compile_plan  # noqa: E402
-from bunet.model.steps import CircuitStep  # noqa: E402
 from bunet.model.reference import float_forward, run_plan  # noqa: E402
+from bunet.model.steps import CircuitStep  # noqa: E402
 from bunet.model.train import _load_split, evaluate_labels  # noqa: E402
 
 # (ring_bits, frac_bits, weight_frac_bits)
