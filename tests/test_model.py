@@ -6,13 +6,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from seed_unet import seed_unet_model
 
 from bunet.model import reference
 from bunet.model.format import Model, Quantization
 from bunet.model.graph import ModelError
 from bunet.model.plan import compile_plan
 from bunet.model.steps import Argmax, CircuitStep, MaxPool, Relu, ReluPool
-from bunet.model.unet import seed_unet_model
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from seed_unet import seed_unet_model
 
 from bunet import ring, volume
 from bunet.client import Client, ClientError
@@ -15,7 +16,6 @@ from bunet.model import reference
 from bunet.model.format import Quantization
 from bunet.model.plan import compile_plan
 from bunet.model.steps import Linear, ReluPool
-from bunet.model.unet import seed_unet_model
 from bunet.protocol.channel import pipe
 from bunet.protocol.session import ClientProtocol, ServerProtocol
 from bunet.server import Server
@@ -218,7 +218,7 @@ def test_client_never_receives_weight_material(server, model):
 
 
 def _self_signed(tmp_path):
-    from bunet.service.devcert import self_signed
+    from devcert import self_signed
 
     return self_signed(tmp_path)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import gc
 from .channel import Channel
 
 GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keeps the C working set in cache)
@@ -31,12 +32,39 @@ PRE_AHEAD = 2
 PARTS = ("pre", "req", "resp", "post")
 
 
-def chunks(n: int) -> list[slice]:
-    """Instances per message: GC_CHUNK."""
-    return [slice(i, min(i + GC_CHUNK, n)) for i in range(0, n, GC_CHUNK)] or [slice(0, 0)]
+def open_garbler(chan: Channel) -> gc.Garbler:
+    """The server's half of the session setup (base OTs, both OT extensions' keys)."""
+    garbler = gc.Garbler()
+    chan.send("gc_hello", garbler.hello(chan.recv("gc_hello")))
+    chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello")))
+    return garbler
 
 
-def garble(chan: Channel, garbler: Any, pool: Executor, op: Any, tag: str, rows: np.ndarray, window: int) -> list[Any]:
+def open_evaluator(chan: Channel, ot_k: int = 4) -> gc.Evaluator:
+    """The client's half of the session setup."""
+    ev = gc.Evaluator(ot_k=ot_k)
+    chan.send("gc_hello", ev.hello())
+    chan.send("gc_hello", ev.finish_hello(chan.recv("gc_hello")))
+    ev.finish_setup(chan.recv("gc_hello"))
+    return ev
+
+
+def chunks(n: int, size: int | None = None) -> list[slice]:
+    """Instances per message: ``size``, by default GC_CHUNK."""
+    size = size or GC_CHUNK
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+
+
+def garble(
+    chan: Channel,
+    garbler: Any,
+    pool: Executor,
+    op: Any,
+    tag: str,
+    rows: np.ndarray,
+    window: int,
+    chunk: int | None = None,
+) -> list[Any]:
     """The server's loop: receive and claim requests in order, garble on the pool, answer in order;
     returns the server's output shares per chunk.
 
@@ -51,7 +79,7 @@ def garble(chan: Channel, garbler: Any, pool: Executor, op: Any, tag: str, rows:
     inflight: deque[Future] = deque()
     pres: deque[Future] = deque()  # pre-messages being made on the pool, in order
     outs: list[Any] = []
-    parts = chunks(len(rows))
+    parts = chunks(len(rows), chunk)
     pre_parts = iter(parts if op.lut_bits else [])
 
     def make_pre() -> None:  # claims the next chunk's reverse OT rows in order; made on the pool
@@ -90,7 +118,16 @@ def garble(chan: Channel, garbler: Any, pool: Executor, op: Any, tag: str, rows:
     return outs
 
 
-def evaluate(chan: Channel, ev: Any, pool: Executor, op: Any, tag: str, rows: np.ndarray, window: int) -> list[Any]:
+def evaluate(
+    chan: Channel,
+    ev: Any,
+    pool: Executor,
+    op: Any,
+    tag: str,
+    rows: np.ndarray,
+    window: int,
+    chunk: int | None = None,
+) -> list[Any]:
     """The client's loop: up to ``window`` requests in flight; responses evaluated on the pool;
     returns its results per chunk, in order.
 
@@ -101,7 +138,7 @@ def evaluate(chan: Channel, ev: Any, pool: Executor, op: Any, tag: str, rows: np
     they arrive ``PRE_AHEAD`` windows ahead).
     """
     t_pre, t_req, t_resp, t_post = (f"{tag}:{p}" for p in PARTS)
-    parts = chunks(len(rows))
+    parts = chunks(len(rows), chunk)
     n = len(parts)
     futs: list[Future] = []
     reqs: deque[Future] = deque()  # requests being made on the pool, sent in order

@@ -140,9 +140,10 @@ class _ServerBackend:
 class _ClientBackend:
     """The client's side of each step of one job."""
 
-    def __init__(self, cli: ClientProtocol, chan: Channel, x: np.ndarray, frac_bits: int, ring_bits: int) -> None:
-        self.cli, self.chan, self.x, self.frac_bits, self.ring_bits = cli, chan, x, frac_bits, ring_bits
-        self.ev = gc.Evaluator()
+    def __init__(
+        self, cli: ClientProtocol, chan: Channel, x: np.ndarray, frac_bits: int, ring_bits: int, ev: gc.Evaluator
+    ) -> None:
+        self.cli, self.chan, self.x, self.frac_bits, self.ring_bits, self.ev = cli, chan, x, frac_bits, ring_bits, ev
         self.window = cli.gc_window
 
     def input(self, step: Input, shape: Shape) -> np.ndarray:
@@ -216,9 +217,7 @@ class ServerProtocol:
         hes = self.he.with_public_key(chan.recv("he_pk"))  # the client's key: re-randomises results
         t.add("he", t0)
         t0 = time.perf_counter()
-        garbler = gc.Garbler()
-        chan.send("gc_hello", garbler.hello(chan.recv("gc_hello")))
-        chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello")))
+        garbler = gc_pipeline.open_garbler(chan)
         t.add("gc", t0)
         execute(plan, _ServerBackend(self, chan, spec, hes, garbler), spec.height, spec.width, on_step=_on_step(t))
         chan.send("done", b"")
@@ -267,10 +266,7 @@ class ClientProtocol:
         chan.send("job", JobSpec(network, B, H, W, self.gc_window).to_bytes())
         t0 = time.perf_counter()
         chan.send("he_pk", self.public_key)
-        backend = _ClientBackend(self, chan, x, plan.frac_bits, plan.ring_bits)
-        chan.send("gc_hello", backend.ev.hello())
-        chan.send("gc_hello", backend.ev.finish_hello(chan.recv("gc_hello")))
-        backend.ev.finish_setup(chan.recv("gc_hello"))
+        backend = _ClientBackend(self, chan, x, plan.frac_bits, plan.ring_bits, gc_pipeline.open_evaluator(chan))
         t.add("gc", t0)
         out = execute(plan, backend, H, W, on_step=_on_step(t, progress))
         chan.recv("done")
