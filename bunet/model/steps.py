@@ -22,8 +22,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from .. import gc, ring
+from . import shapes as sh
+from .shapes import Shape
 
-Shape = tuple[int, int, int]
 # one party's half of a garbled-circuit round: (op, round name, (n, k) rows) -> (n,) outputs or None
 GcRun = Callable[[Any, str, np.ndarray], np.ndarray | None]
 
@@ -38,24 +39,6 @@ class Backend(Protocol):
     def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray: ...
 
     def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray | None: ...
-
-
-# shape rules shared with the layer graph (``Graph.shapes``)
-def conv_shape(c_out: int, k: int, pad: int, h: int, w: int) -> Shape:
-    d = 2 * pad - k + 1
-    return (c_out, h + d, w + d)
-
-
-def pool2_shape(s: Shape) -> Shape:
-    return (s[0], s[1] // 2, s[2] // 2)
-
-
-def up2_shape(s: Shape) -> Shape:
-    return (s[0], 2 * s[1], 2 * s[2])
-
-
-def concat_shape(ins: list[Shape]) -> Shape:
-    return (sum(s[0] for s in ins), *ins[0][1:])
 
 
 @dataclass
@@ -110,10 +93,9 @@ class Linear(Step):
     phase: ClassVar[str | None] = "he"
 
     def shapes(self, ins: list[Shape]) -> dict[str, Shape]:
-        _, h, w = ins[0]
         if self.op == "conv":
-            return {self.out: conv_shape(self.out_channels, self.k, self.pad, h, w)}
-        return {self.out: (self.out_channels, 2 * h, 2 * w)}
+            return {self.out: sh.conv(self.out_channels, self.k, self.pad, ins[0])}
+        return {self.out: sh.conv_transpose2x2(self.out_channels, ins[0])}
 
     def run(self, backend: Backend, ins: list[np.ndarray], shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
         return {self.out: backend.linear(self, ins[0], shapes[self.inputs[0]])}
@@ -199,7 +181,7 @@ class MaxPool(MaxTrunc):
     window: ClassVar[int] = 4
 
     def shapes(self, ins: list[Shape]) -> dict[str, Shape]:
-        return {self.out: pool2_shape(ins[0])}
+        return {self.out: sh.pool2x2(ins[0])}
 
 
 @dataclass
@@ -215,7 +197,7 @@ class ReluPool(CircuitStep):
         return [self.out, self.elements]
 
     def shapes(self, ins: list[Shape]) -> dict[str, Shape]:
-        return {self.out: pool2_shape(ins[0]), self.elements: ins[0]}
+        return {self.out: sh.pool2x2(ins[0]), self.elements: ins[0]}
 
     def rows(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
         w = ring.pool_windows2x2(x)
@@ -250,7 +232,7 @@ class Argmax(CircuitStep):
     """The class label per pixel over the logits' low ``in_bits``, revealed to the client only."""
 
     def shapes(self, ins: list[Shape]) -> dict[str, Shape]:
-        return {self.out: (1, *ins[0][1:])}
+        return {self.out: sh.labels(ins[0])}
 
     def rows(self, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
         r = np.moveaxis(x, 1, -1)
@@ -282,7 +264,7 @@ class SumPool(LocalStep):
     """2x2 sum (an average-pool whose 1/4 is folded into the exponent: e + 2)."""
 
     def shapes(self, ins: list[Shape]) -> dict[str, Shape]:
-        return {self.out: pool2_shape(ins[0])}
+        return {self.out: sh.pool2x2(ins[0])}
 
     def apply(self, ins: list[np.ndarray], ring_bits: int) -> np.ndarray:
         return ring.sum_pool2x2(ins[0], ring_bits)
@@ -293,7 +275,7 @@ class Upsample(LocalStep):
     """Nearest-neighbour upsampling by 2."""
 
     def shapes(self, ins: list[Shape]) -> dict[str, Shape]:
-        return {self.out: up2_shape(ins[0])}
+        return {self.out: sh.upsample2x(ins[0])}
 
     def apply(self, ins: list[np.ndarray], ring_bits: int) -> np.ndarray:
         return ring.upsample2x(ins[0])
@@ -304,7 +286,7 @@ class Concat(LocalStep):
     """Channel concatenation (inputs aligned to one exponent by the compiler)."""
 
     def shapes(self, ins: list[Shape]) -> dict[str, Shape]:
-        return {self.out: concat_shape(ins)}
+        return {self.out: sh.concat(ins)}
 
     def apply(self, ins: list[np.ndarray], ring_bits: int) -> np.ndarray:
         return np.concatenate(ins, axis=1)
