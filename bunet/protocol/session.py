@@ -37,10 +37,9 @@ from . import gc_pipeline
 from .channel import Channel, ProtocolError
 
 # Requests in flight; the server garbles up to this many chunks at once. Each message crosses two
-# transport threads and the network, so a deeper window hides that latency: at 256x256 the two
-# parties kept 85-86% of the two cores busy in the ReLU steps with 4, 88-90% with 8, 90-92% with
-# 16 (/proc CPU time per step over wall time); 8 holds half the memory of 16 (the server makes
-# pre-messages PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per 16,384-ReLU chunk).
+# transport threads and the network, so a deeper window hides that latency; a deeper one also holds
+# more memory (the server makes pre-messages PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per
+# 16,384-ReLU chunk), and 8 kept the two cores about as busy as 16.
 GC_WINDOW = 8
 MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: PRE_AHEAD + 1 windows of pre-messages per job)
 GC_THREADS = min(2, os.cpu_count() or 1)  # garbling / evaluation threads per party
