@@ -32,8 +32,8 @@ from bunet.client import Client  # noqa: E402
 from bunet.model import reference  # noqa: E402
 from bunet.model.format import Model  # noqa: E402
 from bunet.model.plan import compile_plan  # noqa: E402
-from bunet.model.unet import seed_unet_model  # noqa: E402
 from bunet.server import bundled_model_path  # noqa: E402
+from tests.seed_unet import seed_unet_model  # noqa: E402
 
 
 def _free_port() -> int:

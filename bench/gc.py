@@ -6,13 +6,16 @@ Keys: garble_and_per_s / eval_and_per_s (one core, in memory, three-halves ANDs 
 bytes_per_and (24 bytes + 5 control bits), ot_per_s (SoftSpoken k=4 correlated OTs per second, in
 memory, sender and receiver each on one core: the slower side; ot_k1 = IKNP, ot_k2), and per
 quantization (default l=24, b=24, s=8 and l=32, s=12): relu_and_gates, relu_bytes (all bytes both
-ways per ReLU over the socket, OT and session setup included), relu_per_s (two processes over
-loopback TCP, end to end, both pipelined with two worker threads each, --chunk ReLUs per message),
+ways per ReLU over the socket, OT and session setup included), relu_bytes_by_part (the same bytes
+split into garbled_gates, output_conversion, ot_extension, look_up_tables, look_up_ots,
+post_messages and setup, counted per message tag), relu_per_s (two processes over loopback TCP,
+end to end, each running the service's garbled-circuit pipeline, ``bunet.protocol.gc_pipeline``,
+with the service's window and two worker threads, --chunk ReLUs per message),
 relu_client_cpu_us / relu_server_cpu_us (CPU time per ReLU of each process, all threads) and
 relu_per_s_cpu_bound (the rate with both cores ours: the machine is shared, so relu_per_s varies
 with the other load; loadavg_at_start/end are recorded). relu_pool: a ReLU feeding a 2x2 max-pool
 (--relus / 4 windows, ``bunet.gc.relu_pool``: 4 ReLUs, then 3 comparisons in two rounds):
-window_bytes (measured) and window_bytes_circuit (from the ops' message sizes), windows_per_s,
+window_bytes (measured; window_bytes_by_part) and window_bytes_circuit (from the ops' message sizes), windows_per_s,
 CPU time per window, all summed over the three rounds.
 """
 
@@ -35,7 +38,9 @@ from bunet import ring  # noqa: E402
 from bunet.gc import MaxTrunc, relu_pool, relu_pool_ops  # noqa: E402
 from bunet.gc import circuits as gcc  # noqa: E402
 from bunet.gc.engine import ffi, lib  # noqa: E402
-from bunet.gc.harness import two_party  # noqa: E402
+from bunet.protocol import gc_pipeline  # noqa: E402
+from bunet.protocol.session import GC_WINDOW  # noqa: E402
+from tests.gcpair import RunStats, two_party  # noqa: E402
 
 
 def _best(fn, reps: int) -> float:
@@ -143,11 +148,34 @@ def _message_bytes(op, n: int, ot_k: int) -> float:
     return (op.pre_size(n, ot_k) + req + resp + op.post_size(n)) / n
 
 
+def bytes_by_part(op, n: int, chunk: int, st: RunStats) -> dict:
+    """Bytes per instance of each part of a run, from the bytes counted per message tag
+    (``gc_pipeline.PARTS``), a request split into its OT extension and its look-up tables and a
+    response into its garbled gates and its output conversion by the op's layout (each message's
+    small header is counted with the OT or the output conversion)."""
+    sizes = [sl.stop - sl.start for sl in gc_pipeline.chunks(n, chunk)]
+    lp = op.lut_plan
+    tables = sum(m * op.k * lp.table_bytes for m in sizes) if lp else 0
+    garbled = sum(m * op.circuit.ct_bytes for m in sizes)
+    part = {p: st.by_part.get(p, [0, 0]) for p in (*gc_pipeline.PARTS, "gc_hello")}
+    got = {
+        "garbled_gates": garbled,
+        "output_conversion": part["resp"][1] - garbled,
+        "ot_extension": part["req"][0] - tables,
+        "look_up_tables": tables,
+        "look_up_ots": part["pre"][1],
+        "post_messages": part["post"][0],
+        "setup": sum(part["gc_hello"]),
+    }
+    assert sum(got.values()) == st.total_bytes
+    return {k: v / n for k, v in got.items()}
+
+
 def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = True) -> dict:
     op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1, lut=lut)
     x = ring.random((n, 1), l)
     yc, ys = ring.share(x, l)
-    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, tcp=True, ot_k=ot_k)
+    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k)
     ok = bool(np.array_equal(ring.add(out_c, out_s, l), ring.nonlinear(x, in_bits=l, shift=s, relu=True, ring_bits=l)))
     c = op.circuit
     return {
@@ -155,6 +183,7 @@ def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = Tr
         "relu_three_halves_ands": c.and_gates,
         "relu_garbler_half_gates": c.andg_gates,
         "relu_bytes": st.total_bytes / n,
+        "relu_bytes_by_part": bytes_by_part(op, n, chunk, st),
         "relu_bytes_client_to_server": st.client_sent / n,
         "relu_bytes_server_to_client": st.client_received / n,
         "relu_per_s": n / st.seconds,
@@ -182,10 +211,13 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
     x = ring.random((n, 4), l)
     yc, ys = ring.share(x, l)
     tot = {"seconds": 0.0, "bytes": 0, "client_cpu_s": 0.0, "server_cpu_s": 0.0}
+    parts: dict[str, float] = {}
 
     def run(op, rnd, rows):
         m = rows.shape[0] // 2
-        out_c, out_s, st = two_party(op, rows[:m], rows[m:], chunk=chunk, tcp=True, ot_k=ot_k)
+        out_c, out_s, st = two_party(op, rows[:m], rows[m:], chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k)
+        for k, v in bytes_by_part(op, m, chunk, st).items():
+            parts[k] = parts.get(k, 0.0) + v * m / n
         tot["seconds"] += st.seconds
         tot["bytes"] += st.total_bytes
         tot["client_cpu_s"] += st.extra["client_cpu_s"]
@@ -203,6 +235,7 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
         "window_bytes_circuit": 4 * _message_bytes(relu, m, ot_k) + 3 * _message_bytes(cmp, m, ot_k),
         "comparison_bytes_circuit": _message_bytes(cmp, m, ot_k),
         "window_bytes": tot["bytes"] / n,
+        "window_bytes_by_part": parts,
         "windows_per_s": n / tot["seconds"],
         "window_client_cpu_us": tot["client_cpu_s"] / n * 1e6,
         "window_server_cpu_us": tot["server_cpu_s"] / n * 1e6,
@@ -214,11 +247,13 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
 def main() -> None:
     from bunet.heap import tune_malloc
 
-    tune_malloc()  # the evaluator's process, as bunet-client's (the harness's garbler process does the same)
+    tune_malloc()  # the evaluator's process, as bunet-client's (the garbler's process does the same)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="write the JSON here too")
     ap.add_argument("--relus", type=int, default=1 << 20, help="ReLUs per end-to-end run (default 2^20)")
-    ap.add_argument("--chunk", type=int, default=1 << 13, help="instances per request/response")
+    ap.add_argument(
+        "--chunk", type=int, default=gc_pipeline.GC_CHUNK, help="instances per request/response (the service's)"
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     a = ap.parse_args()
     n = 1 << 14 if a.quick else a.relus

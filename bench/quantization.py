@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bunet.model.format import Model, Network, Quantization  # noqa: E402
 from bunet.model.plan import compile_plan  # noqa: E402
 from bunet.model.reference import float_forward, run_plan  # noqa: E402
+from bunet.model.steps import CircuitStep  # noqa: E402
 from bunet.model.train import _load_split, evaluate_labels  # noqa: E402
 
 # (ring_bits, frac_bits, weight_frac_bits)
@@ -72,13 +73,13 @@ def overflow_fraction(net: Network, quant: Quantization, floats: dict[str, np.nd
     bad = total = 0
     headroom = np.inf
     for s in plan.steps:
-        if s.kind not in ("nonlinear", "argmax"):
+        if not isinstance(s, CircuitStep):
             continue
         src = s.inputs[0]
         v = floats.get(src.split(":")[0])
         if v is None:
             continue
-        lim = 2.0 ** (s.attrs["in_bits"] - 1)
+        lim = 2.0 ** (s.in_bits - 1)
         scaled = np.abs(v) * 2.0 ** exp[src]
         bad += int((scaled >= lim).sum())
         total += v.size

@@ -63,7 +63,7 @@ def _job(chan: transport.StreamChannel) -> None:
 
 
 def _tls_files(tmp: Path) -> tuple[str, str]:
-    from bunet.service.devcert import self_signed
+    from tests.devcert import self_signed
 
     return self_signed(tmp)
 

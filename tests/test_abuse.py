@@ -21,12 +21,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from seed_unet import seed_unet_model
 
 from bunet.client import Client, ClientError
 from bunet.model import reference
 from bunet.model.format import Quantization
 from bunet.model.plan import compile_plan
-from bunet.model.unet import seed_unet_model
 from bunet.protocol.channel import DeadlineExceeded
 from bunet.protocol.session import PROTOCOL_VERSION, JobSpec
 from bunet.server import Server
@@ -294,7 +294,7 @@ def test_full_queue_is_refused_at_once_and_the_client_retries(model, x, ref, mon
         said: list[str] = []
         out: list[np.ndarray] = []
         first = threading.Thread(
-            target=lambda: out.append(Client(srv.address, lanes=1).segment_slices(np.concatenate([x] * 4)))
+            target=lambda: out.append(Client(srv.address, lanes=1).segment_slices(np.concatenate([x] * 40)))
         )
         first.start()
         time.sleep(0.5)
@@ -302,7 +302,7 @@ def test_full_queue_is_refused_at_once_and_the_client_retries(model, x, ref, mon
             assert np.array_equal(c.segment_slices(x), ref)
         first.join(timeout=120)
         assert any("retrying" in s for s in said)
-        assert np.array_equal(out[0], np.concatenate([ref] * 4))
+        assert np.array_equal(out[0], np.concatenate([ref] * 40))
     finally:
         srv.stop(0)
 
@@ -471,13 +471,13 @@ def test_two_servers_one_killed_mid_scan(model, x, ref):
     b = Server(model, "127.0.0.1:0").start()
     said: list[str] = []
     try:
-        xs = np.concatenate([x] * 12)
+        xs = np.concatenate([x] * 60)
         with Client(f"{a.address},{b.address}", lanes=2, max_batch=2, status=said.append) as c:
-            killer = threading.Timer(2.0, lambda: a.stop(0))
+            killer = threading.Timer(1.0, lambda: a.stop(0))
             killer.start()
             got = c.segment_slices(xs)
             killer.join()
-        assert np.array_equal(got, np.concatenate([ref] * 12))
+        assert np.array_equal(got, np.concatenate([ref] * 60))
         assert any("moving the job" in s for s in said), said
     finally:
         a.stop(0)

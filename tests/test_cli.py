@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
-
-from bunet.model.unet import seed_unet_model
+from seed_unet import seed_unet_model
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

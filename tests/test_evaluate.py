@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from seed_unet import seed_unet_model
 
 from bunet import cli, evalstats, metrics
 from bunet.client import Client
@@ -17,7 +18,6 @@ from bunet.model import reference
 from bunet.model.format import Quantization
 from bunet.model.plan import compile_plan
 from bunet.model.train import resize
-from bunet.model.unet import seed_unet_model
 from bunet.plain_eval import PlainEvaluator, request
 from bunet.protocol.session import Limits
 from bunet.server import Server

@@ -505,7 +505,7 @@ def test_pool_rounds_messages_not_interchangeable():
 
 
 def test_two_processes():
-    from bunet.gc.harness import two_party
+    from gcpair import two_party
 
     l = 24
     op = MaxTrunc(ring_bits=l, in_bits=l, shift=8, relu=True, k=4)
@@ -677,7 +677,7 @@ def test_claim_in_order_garble_concurrently():
 
 def test_two_processes_errors_surface():
     """A bad chunk on either side ends the pipelined run with that error (no hang)."""
-    from bunet.gc.harness import two_party
+    from gcpair import two_party
 
     op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True)
     x = ring.random((3000, 1), 24)

@@ -6,12 +6,13 @@ import zipfile
 
 import numpy as np
 import pytest
+from seed_unet import seed_unet_model
 
 from bunet.model import reference
 from bunet.model.format import Model, Quantization
 from bunet.model.graph import ModelError
 from bunet.model.plan import compile_plan
-from bunet.model.unet import seed_unet_model
+from bunet.model.steps import Argmax, CircuitStep, MaxPool, Relu, ReluPool
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_header_plan_equals_full_plan_without_weights(tmp_path, small):
     shapes = {k: tuple(v) for k, v in client_view.weight_shapes()["main"].items()}
     cp = compile_plan(client_view.networks["main"], client_view.quantization, shapes)
     assert cp.public() == compile_plan(small.networks["main"], small.quantization).public()
-    assert all(s.weight is None for s in cp.steps)
+    assert all(getattr(s, "weight", None) is None for s in cp.steps)
 
 
 def test_corrupt_and_wrong_files_give_model_errors(tmp_path):
@@ -86,11 +87,11 @@ def test_plan_fuses_relu_into_sole_maxpool_and_truncates_linear_chains():
     kinds = {s.out: s for s in plan.steps}
     # enc0b_relu feeds both the pool and the skip concat: one fused step per 2x2 window defines both
     # tensors (the pool as its out, the ReLU output as its elements), reading enc0b's 24 bits
-    assert kinds["pool0"].attrs == {"shift": 8, "relu": True, "window": 4, "in_bits": 24, "elements": "enc0b_relu"}
+    assert kinds["pool0"] == ReluPool("pool0", ["enc0b"], 8, in_bits=24, shift=8, elements="enc0b_relu")
     assert kinds["pool0"].inputs == ["enc0b"] and kinds["pool0"].outs == ["pool0", "enc0b_relu"]
     assert "enc0b_relu" not in kinds  # no separate ReLU step
-    assert kinds["enc0a_relu"].attrs["shift"] == m.quantization.weight_frac_bits
-    exps = {s.exp for s in plan.steps if s.kind == "nonlinear"}
+    assert kinds["enc0a_relu"].shift == m.quantization.weight_frac_bits
+    exps = {s.exp for s in plan.steps if isinstance(s, CircuitStep) and not isinstance(s, Argmax)}
     assert exps == {m.quantization.frac_bits}
     shapes = plan.shapes(16, 12)
     assert shapes["enc0b_relu"] == (4, 16, 12) and shapes["pool0"] == (4, 8, 6)
@@ -100,8 +101,8 @@ def test_plan_fuses_relu_into_sole_maxpool_and_truncates_linear_chains():
     # a narrower in_bits configured for the pool: the pool must read fewer bits, so no fusion
     q = Quantization(24, 8, 8, in_bits={"pool0": 12})
     kinds = {s.out: s for s in compile_plan(m.networks["main"], q).steps}
-    assert kinds["pool0"].attrs == {"shift": 0, "relu": False, "window": 4, "in_bits": 12}
-    assert kinds["enc0b_relu"].attrs["window"] == 1
+    assert kinds["pool0"] == MaxPool("pool0", ["enc0b_relu"], 8, in_bits=12, shift=0, relu=False)
+    assert type(kinds["enc0b_relu"]) is Relu
 
 
 def _unfused(plan):
@@ -111,26 +112,9 @@ def _unfused(plan):
     plan = copy.deepcopy(plan)
     steps = []
     for s in plan.steps:
-        if "elements" in s.attrs:
-            a = s.attrs
-            steps.append(
-                type(s)(
-                    "nonlinear",
-                    a["elements"],
-                    list(s.inputs),
-                    s.exp,
-                    {"shift": a["shift"], "relu": True, "window": 1, "in_bits": a["in_bits"]},
-                )
-            )
-            steps.append(
-                type(s)(
-                    "nonlinear",
-                    s.out,
-                    [a["elements"]],
-                    s.exp,
-                    {"shift": 0, "relu": False, "window": 4, "in_bits": a["in_bits"] - a["shift"]},
-                )
-            )
+        if isinstance(s, ReluPool):
+            steps.append(Relu(s.elements, list(s.inputs), s.exp, in_bits=s.in_bits, shift=s.shift))
+            steps.append(MaxPool(s.out, [s.elements], s.exp, in_bits=s.in_bits - s.shift, shift=0, relu=False))
         else:
             steps.append(s)
     plan.steps = steps
@@ -145,7 +129,7 @@ def test_fused_relu_pool_equals_separate_steps(ring_bits, size):
         in_channels=2, base=4, depth=2, input_size=16, seed=5, quantization=Quantization(ring_bits, 8, 6)
     )
     plan = compile_plan(m.networks["main"], m.quantization)
-    assert sum("elements" in s.attrs for s in plan.steps) == 2
+    assert sum(isinstance(s, ReluPool) for s in plan.steps) == 2
     sep = _unfused(plan)
     rng = np.random.default_rng(ring_bits)
     for scale in (0.0, 1.0, 30.0, 1000.0):
@@ -170,9 +154,9 @@ def test_narrowed_in_bits_change_no_value(pool, up):
     wide = copy.deepcopy(plan)
     narrowed = 0
     for s in wide.steps:
-        if s.kind in ("nonlinear", "argmax"):
-            narrowed += s.attrs["in_bits"] < plan.ring_bits
-            s.attrs["in_bits"] = plan.ring_bits
+        if isinstance(s, CircuitStep):
+            narrowed += s.in_bits < plan.ring_bits
+            s.in_bits = plan.ring_bits
     assert narrowed > 0 or pool == "avgpool"  # avg-pool nets have no ReLU -> non-linear chain
     rng = np.random.default_rng(7)
     for scale in (1.0, 30.0, 1000.0):

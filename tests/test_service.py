@@ -8,13 +8,14 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from seed_unet import seed_unet_model
 
 from bunet import ring, volume
 from bunet.client import Client, ClientError
 from bunet.model import reference
 from bunet.model.format import Quantization
 from bunet.model.plan import compile_plan
-from bunet.model.unet import seed_unet_model
+from bunet.model.steps import Linear, ReluPool
 from bunet.protocol.channel import pipe
 from bunet.protocol.session import ClientProtocol, ServerProtocol
 from bunet.server import Server
@@ -63,7 +64,7 @@ def test_secure_equals_fixed_point_reference_in_memory(model):
     labels, _ = cli.run_job(a, "main", x)
     th.join()
     plan = compile_plan(model.networks["main"], model.quantization)
-    assert any("elements" in s.attrs for s in plan.steps)  # the fused ReLU + max-pool (encoder levels)
+    assert any(isinstance(s, ReluPool) for s in plan.steps)  # the fused ReLU + max-pool (encoder levels)
     ref = reference.run_plan(plan, x)
     assert labels.shape == (3, 16, 16)
     assert np.array_equal(labels, ref)
@@ -76,19 +77,20 @@ def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
     fused steps included) is reconstructed from the two parties' shares and compared bit for bit."""
     import threading
 
-    from bunet.protocol import session
+    from bunet.model.executor import execute
+    from bunet.model.steps import Argmax, CircuitStep
+    from bunet.protocol import gc_pipeline, session
 
     seen: dict[str, list[dict[str, np.ndarray]]] = {}
-    nonlinear = session._nonlinear
 
-    def spy(run, step, x, ring_bits, classes, shares):
-        out = nonlinear(run, step, x, ring_bits, classes, shares)
-        if step.kind == "nonlinear":
-            seen.setdefault(threading.current_thread().name, []).append({o: shares[o] for o in step.outs})
-        return out
+    def spy(plan, backend, height, width, **kw):  # each party's every share tensor, in step order
+        t = execute(plan, backend, height, width, keep=True, **kw)
+        steps = [s for s in plan.steps if isinstance(s, CircuitStep) and not isinstance(s, Argmax)]
+        seen[threading.current_thread().name] = [{o: t[o] for o in s.outs} for s in steps]
+        return t
 
-    monkeypatch.setattr(session, "_nonlinear", spy)
-    monkeypatch.setattr(session, "GC_CHUNK", 64)  # many chunks per step and round
+    monkeypatch.setattr(session, "execute", spy)
+    monkeypatch.setattr(gc_pipeline, "GC_CHUNK", 64)  # many chunks per step and round
     m = seed_unet_model(in_channels=2, base=2, depth=2, input_size=16, seed=11, quantization=quant)
     srv = ServerProtocol(m)
     cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
@@ -100,11 +102,11 @@ def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
     labels, _ = cli.run_job(a, "main", x)
     th.join()
     plan = compile_plan(m.networks["main"], m.quantization)
-    assert sum("elements" in s.attrs for s in plan.steps) == 2
+    assert sum(isinstance(s, ReluPool) for s in plan.steps) == 2
     ref = reference.run_plan(plan, x, keep=True)
     assert np.array_equal(labels, ref[plan.output])
     srv_sh, cli_sh = seen.pop("server"), seen.popitem()[1]
-    assert len(srv_sh) == len(cli_sh) == sum(s.kind == "nonlinear" for s in plan.steps)
+    assert len(srv_sh) == len(cli_sh) == sum(isinstance(s, CircuitStep) for s in plan.steps) - 1
     for ss, cs in zip(srv_sh, cli_sh, strict=True):
         for name in ss:
             np.testing.assert_array_equal(ring.add(ss[name], cs[name], quant.ring_bits), ref[name], err_msg=name)
@@ -117,9 +119,9 @@ def test_pipelined_gc_chunks_in_memory(model, monkeypatch, chunk, window):
     is the client's (announced in the job spec); the server's own default differs and is not used."""
     import threading
 
-    from bunet.protocol import session
+    from bunet.protocol import gc_pipeline, session
 
-    monkeypatch.setattr(session, "GC_CHUNK", chunk)
+    monkeypatch.setattr(gc_pipeline, "GC_CHUNK", chunk)
     srv = ServerProtocol(model)
     cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
     assert window != session.GC_WINDOW
@@ -210,7 +212,7 @@ def test_client_never_receives_weight_material(server, model):
     assert 'weight"' not in desc and len(received) > 5
     plan = compile_plan(model.networks["main"], model.quantization)
     for s in plan.steps:
-        if s.weight is None:
+        if not isinstance(s, Linear):
             continue
         w = s.weight.reshape(-1)
         for pattern in (
@@ -222,7 +224,7 @@ def test_client_never_receives_weight_material(server, model):
 
 
 def _self_signed(tmp_path):
-    from bunet.service.devcert import self_signed
+    from devcert import self_signed
 
     return self_signed(tmp_path)
 
@@ -303,7 +305,7 @@ def test_plane_not_served(tmp_path):
 def test_server_he_without_client_key_refuses_to_answer(model):
     """The model-wide HE object holds public parameters only; answering needs a session's key."""
     srv = ServerProtocol(model)
-    step = next(s for s in srv.plans["main"].steps if s.kind == "linear")
+    step = next(s for s in srv.plans["main"].steps if isinstance(s, Linear))
     layer = srv._layer("main", step, srv.plans["main"].shapes(16, 16)[step.inputs[0]])
     with pytest.raises(ValueError, match="public key"):
         srv.he.apply(layer, b"", np.zeros((1, 1, 16, 16), dtype=np.uint64))
@@ -361,7 +363,7 @@ def test_stream_channel_frame_boundaries_over_grpc(monkeypatch):
 
 def test_shares_dropped_after_their_last_read() -> None:
     """last_reads: each share is dropped right after the last step that reads it, never before."""
-    from bunet.protocol.session import last_reads
+    from bunet.model.executor import last_reads
 
     m = seed_unet_model(in_channels=1, base=4, depth=3, classes=2, input_size=32, seed=0)
     plan = compile_plan(m.network("xy"), m.quantization)
@@ -369,7 +371,7 @@ def test_shares_dropped_after_their_last_read() -> None:
     live: set[str] = set()
     for i, step in enumerate(plan.steps):
         assert set(step.inputs) <= live, (i, step.inputs)
-        live |= {step.out} | ({step.attrs["elements"]} if "elements" in step.attrs else set())
+        live |= set(step.outs)
         live -= set(drops.get(i, ()))
     read = {n for s in plan.steps for n in s.inputs}
     assert sorted(n for ns in drops.values() for n in ns) == sorted(read)  # each read share dropped once

@@ -4,8 +4,8 @@ Every value's ReLU with truncation (``MaxTrunc``, one round), then the window ma
 ``max(x, y) = y + ReLU(x - y)`` (two more rounds for 4 values). The ReLU outputs lie in
 [0, 2^(m-1)) (m = in_bits - shift), so a difference fits m signed bits and its ReLU is a sign-mode
 ReLU without truncation (``MaxTrunc(in_bits=m, shift=0)``); the differences and sums are local.
-At (24, 24, 8): 4 x 272.3 + 3 x 165.6 = 1,586 bytes per window (ot_k = 4), where one fused
-circuit per window (each value's adder shared by its ReLU and the max) took 4,425.7.
+At (24, 24, 8): 4 x 272.3 + 3 x 165.6 = 1,586 bytes per window (ot_k = 4), under half of one fused
+circuit per window (each value's adder shared by its ReLU and the max).
 
 Both parties call :func:`relu_pool` on their own shares with their own ``run`` (their half of a
 garbled-circuit round); the local arithmetic is per row, so a caller holding both parties' shares

@@ -66,13 +66,6 @@ class LayerSpec:
         c = self.conv
         return f"{c.kind}:{c.k}:{c.pad}:{self.c_in}:{self.c_out}:{self.h}:{self.w}".encode()
 
-    @property
-    def out_shape(self) -> tuple[int, int, int]:
-        if self.conv.kind == "convT":
-            return self.c_out, 2 * self.h, 2 * self.w
-        k, p = self.conv.k, self.conv.pad
-        return self.c_out, self.h + 2 * p - k + 1, self.w + 2 * p - k + 1
-
 
 def _sizes(n: int) -> list[int]:
     """Distinct values ceil(n / m): the tile sizes worth trying along one axis."""

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import shapes as sh
+
 OPS = ("input", "conv", "conv_transpose", "relu", "maxpool", "avgpool", "concat", "upsample", "argmax")
 LINEAR_OPS = ("conv", "conv_transpose")
 _ARITY = {"input": 0, "concat": None}  # None: two or more; every other op: exactly one
@@ -126,33 +128,27 @@ class Graph:
                 if want != channels:
                     raise ModelError(f"model expects {want} input channels, got {channels}")
                 out[n.name] = (channels, height, width)
-            elif n.op == "conv":
+            elif n.op in LINEAR_OPS:
                 w = weights[f"{n.name}.weight"]
-                c, h, wd = ins[0]
-                if w.shape[1] != c:
-                    raise ModelError(f"{n.name}: weight expects {w.shape[1]} input channels, got {c}")
-                p, k = int(n.attrs.get("pad", 0)), w.shape[2]
-                out[n.name] = (w.shape[0], h + 2 * p - k + 1, wd + 2 * p - k + 1)
-            elif n.op == "conv_transpose":
-                w = weights[f"{n.name}.weight"]
-                c, h, wd = ins[0]
-                if w.shape[0] != c:
-                    raise ModelError(f"{n.name}: weight expects {w.shape[0]} input channels, got {c}")
-                out[n.name] = (w.shape[1], 2 * h, 2 * wd)
+                c_in, c_out = (w.shape[1], w.shape[0]) if n.op == "conv" else (w.shape[0], w.shape[1])
+                if c_in != ins[0][0]:
+                    raise ModelError(f"{n.name}: weight expects {c_in} input channels, got {ins[0][0]}")
+                if n.op == "conv":
+                    out[n.name] = sh.conv(c_out, w.shape[2], int(n.attrs.get("pad", 0)), ins[0])
+                else:
+                    out[n.name] = sh.conv_transpose2x2(c_out, ins[0])
             elif n.op in ("maxpool", "avgpool"):
-                c, h, wd = ins[0]
-                if h % 2 or wd % 2:
-                    raise ModelError(f"{n.name}: 2x2 pooling of an odd size {h}x{wd}")
-                out[n.name] = (c, h // 2, wd // 2)
+                if ins[0][1] % 2 or ins[0][2] % 2:
+                    raise ModelError(f"{n.name}: 2x2 pooling of an odd size {ins[0][1]}x{ins[0][2]}")
+                out[n.name] = sh.pool2x2(ins[0])
             elif n.op == "upsample":
-                c, h, wd = ins[0]
-                out[n.name] = (c, 2 * h, 2 * wd)
+                out[n.name] = sh.upsample2x(ins[0])
             elif n.op == "concat":
                 if len({s[1:] for s in ins}) != 1:
                     raise ModelError(f"{n.name}: concatenating different sizes {ins}")
-                out[n.name] = (sum(s[0] for s in ins), *ins[0][1:])
+                out[n.name] = sh.concat(ins)
             else:  # relu, argmax
-                out[n.name] = ins[0] if n.op == "relu" else (1, *ins[0][1:])
+                out[n.name] = ins[0] if n.op == "relu" else sh.labels(ins[0])
         return out
 
     def min_size_multiple(self) -> int:

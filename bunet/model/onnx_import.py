@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import shapes as sh
 from .format import Model, Network, Preprocessing, Quantization
 from .graph import Graph, ModelError, Node
 
@@ -320,7 +321,7 @@ class _Importer:
         b = self._const(n.input[2], where).astype(np.float64) if has_b else np.zeros(w.shape[0])
         src = self._act(n.input[0], where)
         s = self._in_shape(n)
-        shape = None if s is None else (s[0], w.shape[0], s[2] + 2 * pads[0] - k + 1, s[3] + 2 * pads[0] - k + 1)
+        shape = None if s is None else (s[0], *sh.conv(w.shape[0], k, pads[0], s[1:]))
         name = self._add(n, "conv", [src], {"pad": int(pads[0])}, shape)
         self.weights[f"{name}.weight"], self.weights[f"{name}.bias"] = w, b
         self.pending_bn[n.output[0]] = name
@@ -338,7 +339,7 @@ class _Importer:
         has_b = len(n.input) > 2 and n.input[2]
         b = self._const(n.input[2], where).astype(np.float64) if has_b else np.zeros(w.shape[1])
         s = self._in_shape(n)
-        shape = None if s is None else (s[0], w.shape[1], 2 * s[2], 2 * s[3])
+        shape = None if s is None else (s[0], *sh.conv_transpose2x2(w.shape[1], s[1:]))
         if "output_shape" in a and shape is not None:
             self._check(n, a, "output_shape", list(a["output_shape"])[-2:] == list(shape[2:]))
         name = self._add(n, "conv_transpose", [self._act(n.input[0], where)], {}, shape)
@@ -383,7 +384,7 @@ class _Importer:
         s = self._in_shape(n)
         if s is not None and (s[2] % 2 or s[3] % 2):
             self._reject(n, f"pooling of odd size {s[2]}x{s[3]}")
-        shape = None if s is None else (s[0], s[1], s[2] // 2, s[3] // 2)
+        shape = None if s is None else (s[0], *sh.pool2x2(s[1:]))
         self._add(n, op, [self._act(n.input[0], where)], {}, shape)
 
     def _op_AveragePool(self, n: Any, a: dict[str, Any], where: str) -> None:  # noqa: N802
@@ -399,7 +400,7 @@ class _Importer:
         srcs = [self._act(i, where) for i in n.input]
         shape = None
         if all(s is not None for s in shapes):
-            shape = (shapes[0][0], sum(s[1] for s in shapes), *shapes[0][2:])
+            shape = (shapes[0][0], *sh.concat([s[1:] for s in shapes]))
         if len(srcs) == 1:  # a one-input concat is an identity
             self.alias[n.output[0]] = srcs[0]
             if shape:
@@ -416,11 +417,11 @@ class _Importer:
         elif sizes is not None and np.size(sizes):
             if s is None:
                 self._reject(n, "Resize with 'sizes' on an input of unknown shape")
-            if [int(v) for v in np.asarray(sizes).reshape(-1)] != [s[0], s[1], 2 * s[2], 2 * s[3]]:
+            if [int(v) for v in np.asarray(sizes).reshape(-1)] != [s[0], *sh.upsample2x(s[1:])]:
                 self._reject(n, f"resize sizes {list(np.asarray(sizes).reshape(-1))} (x2 only)")
         else:
             self._reject(n, "Resize without scales or sizes")
-        shape = None if s is None else (s[0], s[1], 2 * s[2], 2 * s[3])
+        shape = None if s is None else (s[0], *sh.upsample2x(s[1:]))
         self._add(n, "upsample", [self._act(n.input[0], where)], {}, shape)
 
     def _op_Resize(self, n: Any, a: dict[str, Any], where: str) -> None:  # noqa: N802

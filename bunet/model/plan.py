@@ -15,7 +15,7 @@ fraction bits). Rules, with activation fraction bits f and weight fraction bits 
   other consumer (max and ReLU and the floor shift commute, so the result is identical);
 * a relu whose consumers are a maxpool *and* others (a U-Net encoder level: pool and skip): one
   step per 2x2 window, ``ring.relu_pool``, defining both tensors: ``out`` is the pool, and
-  ``attrs["elements"]`` names the ReLU output (secure: ``bunet.gc.relu_pool``, the ReLUs and then
+  ``elements`` names the ReLU output (secure: ``bunet.gc.relu_pool``, the ReLUs and then
   the window max over their outputs by sign-mode comparisons). Its results are exactly those of the
   two separate steps (the ReLU, then the pool reading the ReLU's b - s bits); it is used only when
   the pool would read exactly those bits (no narrower ``in_bits`` configured for the pool);
@@ -34,42 +34,29 @@ instead of 24-bit values at the default quantization.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import ring
 from .format import Model, Network, Quantization
 from .graph import LINEAR_OPS, ModelError, Node
-
-
-@dataclass
-class Step:
-    """One ring operation. ``out`` names the tensor it defines; ``inputs`` the ones it reads."""
-
-    kind: str  # input | linear | nonlinear | sumpool | upsample | concat | scale | argmax
-    out: str
-    inputs: list[str]
-    exp: int  # exponent (fraction bits) of the output
-    attrs: dict[str, Any] = field(default_factory=dict)
-    weight: np.ndarray | None = None  # int64, server only
-    bias: np.ndarray | None = None  # int64, server only
-
-    @property
-    def outs(self) -> list[str]:
-        """Every tensor this step defines: ``out``, and the ReLU output of a fused ReLU + max-pool."""
-        return [self.out, self.attrs["elements"]] if "elements" in self.attrs else [self.out]
-
-    def public(self) -> dict[str, Any]:
-        """What the client may know of this step: no weights."""
-        return {
-            "kind": self.kind,
-            "out": self.out,
-            "inputs": list(self.inputs),
-            "exp": self.exp,
-            "attrs": dict(self.attrs),
-        }
+from .steps import (
+    Argmax,
+    CircuitStep,
+    Concat,
+    Input,
+    Linear,
+    MaxPool,
+    Relu,
+    ReluPool,
+    Scale,
+    Shape,
+    Step,
+    SumPool,
+    Truncate,
+    Upsample,
+)
 
 
 @dataclass
@@ -92,40 +79,17 @@ class Plan:
         shapes = self.shapes(height, width)
         n = 0
         for s in self.steps:
-            if s.kind == "nonlinear":
+            if isinstance(s, CircuitStep) and not isinstance(s, Argmax):
                 for o in s.outs:
                     c, h, w = shapes[o]
                     n += c * h * w
         return n
 
-    def shapes(self, height: int, width: int) -> dict[str, tuple[int, int, int]]:
-        out: dict[str, tuple[int, int, int]] = {}
+    def shapes(self, height: int, width: int) -> dict[str, Shape]:
+        """(C, H, W) of every tensor, by each step's own rule."""
+        out: dict[str, Shape] = {}
         for s in self.steps:
-            ins = [out[i] for i in s.inputs]
-            a = s.attrs
-            if s.kind == "input":
-                out[s.out] = (self.in_channels, height, width)
-            elif s.kind == "linear":
-                c, h, w = ins[0]
-                if a["op"] == "conv":
-                    d = 2 * a["pad"] - a["k"] + 1
-                    out[s.out] = (a["out_channels"], h + d, w + d)
-                else:
-                    out[s.out] = (a["out_channels"], 2 * h, 2 * w)
-            elif s.kind == "nonlinear" and a["window"] == 4 or s.kind == "sumpool":
-                c, h, w = ins[0]
-                out[s.out] = (c, h // 2, w // 2)
-                if "elements" in a:  # fused ReLU + max-pool: the ReLU output keeps the input's shape
-                    out[a["elements"]] = ins[0]
-            elif s.kind == "upsample":
-                c, h, w = ins[0]
-                out[s.out] = (c, 2 * h, 2 * w)
-            elif s.kind == "concat":
-                out[s.out] = (sum(i[0] for i in ins), *ins[0][1:])
-            elif s.kind == "argmax":
-                out[s.out] = (1, *ins[0][1:])
-            else:  # nonlinear (window 1), scale
-                out[s.out] = ins[0]
+            out.update(s.shapes([out[i] for i in s.inputs] or [(self.in_channels, height, width)]))
         return out
 
 
@@ -157,10 +121,12 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
 
     def nonlinear(name: str, x: str, shift: int, relu: bool, window: int) -> None:
         b = in_bits(x, name)
-        steps.append(
-            Step("nonlinear", name, [x], exp[x] - shift, {"shift": shift, "relu": relu, "window": window, "in_bits": b})
-        )
-        exp[name] = exp[x] - shift
+        e = exp[x] - shift
+        if window == 4:
+            steps.append(MaxPool(name, [x], e, in_bits=b, shift=shift, relu=relu))
+        else:
+            steps.append((Relu if relu else Truncate)(name, [x], e, in_bits=b, shift=shift))
+        exp[name] = e
         bits[name] = b - shift
 
     def shape_of(node: Node) -> tuple[int, ...]:
@@ -196,7 +162,7 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
     for node in g.nodes:
         ins = [src(i) for i in node.inputs]
         if node.op == "input":
-            steps.append(Step("input", node.name, [], f, {"channels": int(node.attrs.get("channels", 1))}))
+            steps.append(Input(node.name, [], f, channels=int(node.attrs.get("channels", 1))))
             exp[node.name] = f
             bits[node.name] = L
         elif node.op in LINEAR_OPS:
@@ -211,7 +177,7 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
             if has_weights:
                 w = np.floor(net.weights[f"{node.name}.weight"].astype(np.float64) * 2.0**fw + 0.5).astype(np.int64)
                 b = np.floor(net.weights[f"{node.name}.bias"].astype(np.float64) * 2.0**e_out + 0.5).astype(np.int64)
-            steps.append(Step("linear", node.name, [x], e_out, attrs, w, b))
+            steps.append(Linear(node.name, [x], e_out, **attrs, weight=w, bias=b))
             exp[node.name] = e_out
             bits[node.name] = L
         elif node.op == "relu":
@@ -224,15 +190,7 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
             pool = pool_of.get(node.name)
             if pool is not None and min(int(quant.in_bits.get(pool, L)), b - shift) == b - shift:
                 # ReLU + max-pool in one step; the pool reads the ReLU's b - shift bits, as unfused
-                steps.append(
-                    Step(
-                        "nonlinear",
-                        pool,
-                        [x],
-                        exp[x] - shift,
-                        {"shift": shift, "relu": True, "window": 4, "in_bits": b, "elements": node.name},
-                    )
-                )
+                steps.append(ReluPool(pool, [x], exp[x] - shift, in_bits=b, shift=shift, elements=node.name))
                 for t in (node.name, pool):
                     exp[t] = exp[x] - shift
                     bits[t] = b - shift
@@ -245,11 +203,11 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
             x = ins[0]
             nonlinear(node.name, x, max(exp[x] - f, 0), relu=node.inputs[0] in fused, window=4)
         elif node.op == "avgpool":
-            steps.append(Step("sumpool", node.name, ins, exp[ins[0]] + 2))
+            steps.append(SumPool(node.name, ins, exp[ins[0]] + 2))
             exp[node.name] = exp[ins[0]] + 2
             bits[node.name] = min(L, bits[ins[0]] + 2)
         elif node.op == "upsample":
-            steps.append(Step("upsample", node.name, ins, exp[ins[0]]))
+            steps.append(Upsample(node.name, ins, exp[ins[0]]))
             exp[node.name] = exp[ins[0]]
             bits[node.name] = bits[ins[0]]
         elif node.op == "concat":
@@ -262,16 +220,16 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
                     i = truncate(i, target, f"trunc{k}")
                 elif exp[i] < target:
                     out = f"{i}:scale{k}"
-                    steps.append(Step("scale", out, [i], target, {"factor_log2": target - exp[i]}))
+                    steps.append(Scale(out, [i], target, factor_log2=target - exp[i]))
                     exp[out] = target
                     bits[out] = min(L, bits[i] + target - exp[i])
                     i = out
                 aligned.append(i)
-            steps.append(Step("concat", node.name, aligned, target))
+            steps.append(Concat(node.name, aligned, target))
             exp[node.name] = target
             bits[node.name] = max(bits[i] for i in aligned)
         elif node.op == "argmax":
-            steps.append(Step("argmax", node.name, ins, 0, {"in_bits": in_bits(ins[0], node.name)}))
+            steps.append(Argmax(node.name, ins, 0, in_bits=in_bits(ins[0], node.name)))
         else:  # pragma: no cover - graph.validate rejects unknown ops
             raise ModelError(f"unsupported op {node.op!r}")
     return Plan(steps, L, f, int(g.input.attrs.get("channels", 1)))
@@ -280,30 +238,3 @@ def compile_plan(net: Network, quant: Quantization, weight_shapes: dict[str, tup
 def model_plans(model: Model) -> dict[str, Plan]:
     """One plan per network of a model (weights included)."""
     return {name: compile_plan(net, model.quantization) for name, net in model.networks.items()}
-
-
-LOCAL_KINDS = ("sumpool", "upsample", "concat", "scale")
-
-
-def apply_local(step: Step, inputs: list[np.ndarray], ring_bits: int) -> np.ndarray:
-    """The steps that are linear maps without weights, done locally on each additive share."""
-    if step.kind == "sumpool":
-        return ring.sum_pool2x2(inputs[0], ring_bits)
-    if step.kind == "upsample":
-        return ring.upsample2x(inputs[0])
-    if step.kind == "concat":
-        return np.concatenate(inputs, axis=1)
-    if step.kind == "scale":
-        return ring.mul_const(inputs[0], 1 << step.attrs["factor_log2"], ring_bits)
-    raise ValueError(f"{step.kind} is not a local step")
-
-
-def nonlinear_windows(step: Step, x: np.ndarray) -> np.ndarray:
-    """The (..., k) layout the non-linear rule takes: 2x2 windows for pooling, else k = 1."""
-    return ring.pool_windows2x2(x) if step.attrs["window"] == 4 else x[..., None]
-
-
-def split_relu_pool(step: Step, out: np.ndarray) -> dict[str, np.ndarray]:
-    """A fused ReLU + max-pool's (B, C, H/2, W/2, 5) result (4 ReLU outputs in window order, then the
-    window max) -> its two tensors: the ReLU output (B, C, H, W) and the pool (B, C, H/2, W/2)."""
-    return {step.attrs["elements"]: ring.pool_unwindows2x2(out[..., :4]), step.out: np.ascontiguousarray(out[..., 4])}

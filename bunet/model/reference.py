@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ring
+from .executor import execute
 from .format import Network, Quantization
-from .plan import LOCAL_KINDS, Plan, apply_local, compile_plan, nonlinear_windows
+from .plan import Plan, compile_plan
+from .steps import CircuitStep, Input, Linear, Shape
 
 
 def _conv_float(x: np.ndarray, w: np.ndarray, b: np.ndarray, pad: int) -> np.ndarray:
@@ -60,40 +62,28 @@ def float_forward(net: Network, x: np.ndarray, *, keep: bool = False) -> np.ndar
     return t if keep else t[net.graph.output.name]
 
 
+class PlainBackend:
+    """The reference backend: every step on plaintext ring values, by the rule the step states."""
+
+    def __init__(self, x: np.ndarray, frac_bits: int, ring_bits: int) -> None:
+        self.x, self.frac_bits, self.ring_bits = x, frac_bits, ring_bits
+
+    def input(self, step: Input, shape: Shape) -> np.ndarray:
+        return ring.encode(self.x, self.frac_bits, self.ring_bits)
+
+    def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray:
+        return step.plain(x, self.ring_bits)
+
+    def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray:
+        return step.plain(rows, self.ring_bits)
+
+
 def run_plan(plan: Plan, x: np.ndarray, *, keep: bool = False) -> np.ndarray | dict[str, np.ndarray]:
     """Fixed-point inference of a compiled plan on float input x (B, C, H, W) in [0, 1].
 
     Returns the labels (B, H, W) int64, or every tensor by name with ``keep=True``.
     """
-    L = plan.ring_bits
-    t: dict[str, np.ndarray] = {}
-    for s in plan.steps:
-        a = [t[i] for i in s.inputs]
-        if s.kind == "input":
-            t[s.out] = ring.encode(x, plan.frac_bits, L)
-        elif s.kind == "linear":
-            if s.attrs["op"] == "conv":
-                t[s.out] = ring.conv2d(a[0], s.weight, s.bias, s.attrs["pad"], L)
-            else:
-                t[s.out] = ring.conv_transpose2x2(a[0], s.weight, s.bias, L)
-        elif s.kind == "nonlinear" and "elements" in s.attrs:  # fused ReLU + max-pool
-            el, pooled = ring.relu_pool(
-                nonlinear_windows(s, a[0]), in_bits=s.attrs["in_bits"], shift=s.attrs["shift"], ring_bits=L
-            )
-            t[s.attrs["elements"]] = ring.pool_unwindows2x2(el)
-            t[s.out] = pooled
-        elif s.kind == "nonlinear":
-            t[s.out] = ring.nonlinear(
-                nonlinear_windows(s, a[0]),
-                in_bits=s.attrs["in_bits"],
-                shift=s.attrs["shift"],
-                relu=s.attrs["relu"],
-                ring_bits=L,
-            )
-        elif s.kind in LOCAL_KINDS:
-            t[s.out] = apply_local(s, a, L)
-        elif s.kind == "argmax":
-            t[s.out] = ring.argmax(np.moveaxis(a[0], 1, -1), in_bits=s.attrs["in_bits"])
+    t = execute(plan, PlainBackend(x, plan.frac_bits, plan.ring_bits), x.shape[2], x.shape[3], keep=keep)
     return t if keep else t[plan.output]
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
@@ -23,6 +24,15 @@ class ChannelClosed(ProtocolError):
 
 class MalformedMessage(ProtocolError):
     """A message that does not parse, or does not fit the job (wrong size, values out of range)."""
+
+
+@contextmanager
+def from_client(what: str) -> Iterator[None]:
+    """Parsing a peer's bytes: a ValueError there is a malformed message, not a bug of ours."""
+    try:
+        yield
+    except ValueError as e:
+        raise MalformedMessage(f"malformed {what}: {e}") from None
 
 
 class DeadlineExceeded(ProtocolError):

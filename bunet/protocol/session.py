@@ -1,20 +1,15 @@
 """The 2PC session: a compiled plan executed layer by layer on additive shares.
 
-Both halves walk the same plan (``bunet.model.plan``) in lock step over a :class:`Channel`:
+Both halves walk the same plan with the one executor (``bunet.model.executor``) in lock step over a
+:class:`Channel`, each through its backend here:
 
 * input: the client's share is its encoded slice, the server's share is zero;
 * linear steps: HomConv (``bunet.he``): the client uploads its encrypted share, the server
   returns Enc(W*x_c) + W*x_s + b - r and keeps r;
-* non-linear steps: the garbled-circuit engine (``bunet.gc``): ReLU/truncation/max-pool re-share
-  their output; a ReLU feeding a max-pool and a skip connection is the ReLU of every value, then
-  the 2x2 window max as ``y + ReLU(x - y)`` over pairs (two more rounds of sign-mode ReLUs, on
-  differences of the ReLU outputs: ``_relu_pool``); instances go in chunks with ``GC_WINDOW``
-  requests in flight. The server claims requests in order and garbles them on a thread pool; the
-  client makes requests (OT extension) on its protocol thread while a pool evaluates the
-  responses, so OT, garbling, transfer and evaluation overlap on both sides (the C calls release
-  the GIL);
-* local steps (sum-pool, upsampling, concatenation, scaling) on each share alone;
-* argmax: revealed to the client only.
+* circuit steps (ReLU, truncation, max-pool, ReLU + pool, argmax): the step's rule in garbled
+  circuits (``bunet.gc``), each op through the pipeline of ``gc_pipeline``; argmax is revealed
+  to the client only;
+* local steps (sum-pool, upsampling, concatenation, scaling) on each share alone.
 
 Nothing here knows about gRPC, and nothing here logs a share, a key or a weight.
 """
@@ -25,10 +20,9 @@ import json
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,31 +30,27 @@ import numpy as np
 
 from .. import gc, he, ring
 from ..he import wire as he_wire
+from ..model.executor import execute, last_reads
 from ..model.format import Model
-from ..model.plan import LOCAL_KINDS, Plan, Step, apply_local, compile_plan, nonlinear_windows, split_relu_pool
-from .channel import Channel, MalformedMessage, ProtocolError
+from ..model.plan import Plan, compile_plan
+from ..model.steps import CircuitStep, Input, Linear, Shape, Step
+from . import gc_pipeline
+from .channel import Channel, MalformedMessage, ProtocolError, from_client
 
-GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keeps the C working set in cache)
 # Requests in flight; the server garbles up to this many chunks at once. Each message crosses two
-# transport threads and the network, so a deeper window hides that latency: at 256x256 the two
-# parties kept 85-86% of the two cores busy in the ReLU steps with 4, 88-90% with 8, 90-92% with
-# 16 (/proc CPU time per step over wall time); 8 holds half the memory of 16 (the server makes
-# pre-messages PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per 16,384-ReLU chunk).
+# transport threads and the network, so a deeper window hides that latency; a deeper one also holds
+# more memory (the server makes pre-messages PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per
+# 16,384-ReLU chunk), and 8 kept the two cores about as busy as 16.
 GC_WINDOW = 8
 MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: PRE_AHEAD + 1 windows of pre-messages per job)
 GC_THREADS = min(2, os.cpu_count() or 1)  # garbling / evaluation threads per party
-# Windows of pre-messages the server keeps on the wire ahead of its answers: with two, the client
-# holds the next request's pre-message while it waits for an answer and makes that request on its
-# pool meanwhile (with one, its requests were made one at a time, each after the answer that carried
-# its pre-message). Part of the message order, like the window.
-PRE_AHEAD = 2
 
 Progress = Callable[[int], None]  # called with the number of plan steps just finished
 
 
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire, so a mismatch is a clear error, not a stall.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
 # What a job's stream may buffer in the transport (frames queued each way, one message being
@@ -138,107 +128,78 @@ class Limits:
 Admit = Callable[[int], AbstractContextManager[object]]  # planned bytes -> held while the job runs
 
 
-@contextmanager
-def _from_client(what: str) -> Iterator[None]:
-    """Parsing the client's bytes: a ValueError there is a malformed message, not a server bug."""
-    try:
-        yield
-    except ValueError as e:
-        raise MalformedMessage(f"malformed {what}: {e}") from None
+def _on_step(t: Timings, progress: Progress | None = None) -> Callable[[Step, float], None]:
+    """Books each step's time under its phase (and reports progress)."""
+
+    def done(step: Step, t0: float) -> None:
+        if step.phase is not None:
+            t.add(step.phase, t0)
+        if progress:
+            progress(1)
+
+    return done
 
 
-def _gc_op(step: Step, ring_bits: int, classes: int) -> gc.MaxTrunc | gc.Argmax:
-    """The garbled-circuit op of a non-linear step other than a fused ReLU + max-pool."""
-    a = step.attrs
-    if step.kind == "argmax":
-        return gc.Argmax(ring_bits=ring_bits, in_bits=a["in_bits"], k=classes)
-    return gc.MaxTrunc(ring_bits=ring_bits, in_bits=a["in_bits"], shift=a["shift"], relu=a["relu"], k=a["window"])
+def conv_spec(step: Linear) -> he.ConvSpec:
+    return he.ConvSpec(kind="conv" if step.op == "conv" else "convT", k=step.k, pad=step.pad)
 
 
-def _gc_ops(step: Step, ring_bits: int, classes: int) -> tuple[gc.MaxTrunc | gc.Argmax, ...]:
-    """Every op a non-linear step runs (a fused ReLU + max-pool: its rounds', ``gc.relu_pool``)."""
-    a = step.attrs
-    if "elements" in a:
-        return gc.relu_pool_ops(ring_bits, a["in_bits"], a["shift"])
-    return (_gc_op(step, ring_bits, classes),)
-
-
-GcRun = Callable[[gc.MaxTrunc | gc.Argmax, str, np.ndarray], np.ndarray | None]  # (op, round, rows) -> outputs
-
-
-def _relu_pool(run: GcRun, step: Step, x: np.ndarray, ring_bits: int) -> dict[str, np.ndarray]:
-    """One party's half of a fused ReLU + max-pool on its shares x (``gc.relu_pool``): the ReLU
-    tensor and the pool (``step.attrs["elements"]``, ``step.out``)."""
-    win = nonlinear_windows(step, x)
-    out = gc.relu_pool(
-        lambda op, rnd, rows: _must(run(op, rnd, rows)),
-        win.reshape(-1, win.shape[-1]),
-        ring_bits=ring_bits,
-        in_bits=step.attrs["in_bits"],
-        shift=step.attrs["shift"],
-    )
-    return split_relu_pool(step, out.reshape(*win.shape[:-1], win.shape[-1] + 1))
-
-
-def _flat(step: Step, x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Share tensor -> (instances, window) rows for the garbled circuit, plus the result shape."""
-    if step.kind == "argmax":
-        rows = np.moveaxis(x, 1, -1)
-        return np.ascontiguousarray(rows.reshape(-1, rows.shape[-1])), rows.shape[:-1]
-    w = nonlinear_windows(step, x)
-    return np.ascontiguousarray(w.reshape(-1, w.shape[-1])), w.shape[:-1]
-
-
-def _chunks(n: int) -> list[slice]:
-    """Instances per message: GC_CHUNK."""
-    return [slice(i, min(i + GC_CHUNK, n)) for i in range(0, n, GC_CHUNK)] or [slice(0, 0)]
-
-
-def _nonlinear(
-    run: GcRun, step: Step, x: np.ndarray, ring_bits: int, classes: int, shares: dict[str, np.ndarray]
-) -> np.ndarray | None:
-    """A non-linear or argmax step on one party's shares x, by ``run`` (that party's garbled-circuit
-    loop): its output shares go into ``shares``; argmax returns what ``run`` gives (client: labels)."""
-    if "elements" in step.attrs:
-        shares.update(_relu_pool(run, step, x, ring_bits))
-        return None
-    op = _gc_op(step, ring_bits, classes)
-    rows, shape = _flat(step, x)
-    out = run(op, "", rows)
-    if step.kind == "argmax":
-        return None if out is None else out.reshape(shape)
-    shares[step.out] = _must(out).reshape(shape)
-    return None
-
-
-def last_reads(plan: Plan) -> dict[int, list[str]]:
-    """For each step index, the shares it is the last step to read: both parties drop them after it.
-    (Keeping every intermediate share to the end of a job held about 0.5 GB per party at 512x512,
-    all of it fresh pages faulted in during the job.)"""
-    last: dict[str, int] = {}
-    for i, step in enumerate(plan.steps):
-        for name in step.inputs:
-            last[name] = i
-    drops: dict[int, list[str]] = {}
-    for name, i in last.items():
-        drops.setdefault(i, []).append(name)
-    return drops
-
-
-def _must(out: np.ndarray | None) -> np.ndarray:
-    assert out is not None  # re-shared outputs: both parties get theirs
-    return out
-
-
-def conv_spec(step: Step) -> he.ConvSpec:
-    a = step.attrs
-    return he.ConvSpec(kind="conv" if a["op"] == "conv" else "convT", k=a["k"], pad=a["pad"])
-
-
-def layer_spec(step: Step, in_shape: tuple[int, int, int]) -> he.LayerSpec:
+def layer_spec(step: Linear, in_shape: Shape) -> he.LayerSpec:
     """The public description of a linear layer both halves agree on."""
     c, h, w = in_shape
-    return he.LayerSpec(conv_spec(step), c, step.attrs["out_channels"], h, w)
+    return he.LayerSpec(conv_spec(step), c, step.out_channels, h, w)
+
+
+class _ServerBackend:
+    """The server's side of each step of one job."""
+
+    def __init__(self, srv: ServerProtocol, chan: Channel, spec: JobSpec, hes: Any, garbler: Any) -> None:
+        self.srv, self.chan, self.spec, self.hes, self.garbler = srv, chan, spec, hes, garbler
+        self.ring_bits = srv.model.quantization.ring_bits
+
+    def input(self, step: Input, shape: Shape) -> np.ndarray:
+        return np.zeros((self.spec.slices, *shape), dtype=np.uint64)  # the server's share is 0
+
+    def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray:
+        layer = self.srv._layer(self.spec.network, step, in_shape)
+        up = self.chan.recv(f"he:{step.out}", limit=self.srv._upload_bytes(layer, self.spec.slices))
+        with from_client(f"HE upload of {step.out}"):
+            down, y_s = self.hes.apply(layer, up, x)
+        self.chan.send(f"he:{step.out}", down)
+        return y_s
+
+    def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray | None:
+        def run(op: Any, sub: str, r: np.ndarray) -> np.ndarray | None:
+            tag = f"gc:{step.out}:{sub}"
+            outs = gc_pipeline.garble(self.chan, self.garbler, self.srv._gc_pool, op, tag, r, self.spec.gc_window)
+            return None if isinstance(op, gc.Argmax) else np.concatenate(outs)  # labels: client only
+
+        return step.secure(run, rows, self.ring_bits)
+
+
+class _ClientBackend:
+    """The client's side of each step of one job."""
+
+    def __init__(
+        self, cli: ClientProtocol, chan: Channel, x: np.ndarray, frac_bits: int, ring_bits: int, ev: gc.Evaluator
+    ) -> None:
+        self.cli, self.chan, self.x, self.frac_bits, self.ring_bits, self.ev = cli, chan, x, frac_bits, ring_bits, ev
+        self.window = cli.gc_window
+
+    def input(self, step: Input, shape: Shape) -> np.ndarray:
+        return ring.encode(self.x, self.frac_bits, self.ring_bits)
+
+    def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray:
+        spec = layer_spec(step, in_shape)
+        self.chan.send(f"he:{step.out}", self.cli.he.encrypt(spec, x))
+        return self.cli.he.decrypt(spec, self.chan.recv(f"he:{step.out}"))
+
+    def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray | None:
+        def run(op: Any, sub: str, r: np.ndarray) -> np.ndarray:
+            tag = f"gc:{step.out}:{sub}"
+            return np.concatenate(gc_pipeline.evaluate(self.chan, self.ev, self.cli._gc_pool, op, tag, r, self.window))
+
+        return step.secure(run, rows, self.ring_bits)
 
 
 class ServerProtocol:
@@ -260,7 +221,7 @@ class ServerProtocol:
         """Public description: the model header (no weights) and the HE parameters."""
         return {"model": self.model.header(), "he_params": self.he_params.to_bytes().hex()}
 
-    def _layer(self, net: str, step: Step, shape: tuple[int, int, int]) -> Any:
+    def _layer(self, net: str, step: Linear, shape: Shape) -> Any:
         """Frequency-domain filters: computed once per model and slice size, shared by all jobs."""
         key = (net, step.out, shape[1], shape[2])
         with self._prepare_lock:
@@ -273,7 +234,7 @@ class ServerProtocol:
         for net, plan in self.plans.items():
             shapes = plan.shapes(height, width)
             for step in plan.steps:
-                if step.kind == "linear":
+                if isinstance(step, Linear):
                     self._layer(net, step, shapes[step.inputs[0]])
         self.he.reserve_scratch(list(self._layers.values()))
 
@@ -307,49 +268,14 @@ class ServerProtocol:
         shapes = plan.shapes(spec.height, spec.width)
         chan.max_message = self._message_cap(spec, plan, shapes)
         t0 = time.perf_counter()
-        with _from_client("public key"):
+        with from_client("public key"):
             hes = self.he.with_public_key(chan.recv("he_pk", limit=SETUP_BYTES))  # re-randomises results
         t.add("he", t0)
         t0 = time.perf_counter()
-        garbler = gc.Garbler()
-        with _from_client("GC hello"):
-            chan.send("gc_hello", garbler.hello(chan.recv("gc_hello", limit=SETUP_BYTES)))
-            chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello", limit=SETUP_BYTES)))
+        with from_client("GC hello"):
+            garbler = gc_pipeline.open_garbler(chan)
         t.add("gc", t0)
-        classes = shapes[plan.steps[-1].inputs[0]][0]
-        B = spec.slices
-        shares: dict[str, np.ndarray] = {}
-        drops = last_reads(plan)
-        for idx, step in enumerate(plan.steps):
-            ins = [shares[i] for i in step.inputs]
-            t0 = time.perf_counter()
-            if step.kind == "input":
-                c, h, w = shapes[step.out]
-                shares[step.out] = np.zeros((B, c, h, w), dtype=np.uint64)  # the server's share is 0
-            elif step.kind == "linear":
-                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
-                up = chan.recv(f"he:{step.out}", limit=self._upload_bytes(layer, B))
-                with _from_client(f"HE upload of {step.out}"):
-                    down, y_s = hes.apply(layer, up, ins[0])
-                chan.send(f"he:{step.out}", down)
-                shares[step.out] = y_s
-                t.add("he", t0)
-            elif step.kind in ("nonlinear", "argmax"):
-
-                def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray | None:
-                    outs = self._gc_chunks(chan, garbler, op, f"{name}:{sub}", rows, spec.gc_window)
-                    return None if isinstance(op, gc.Argmax) else np.concatenate(outs)  # labels: client only
-
-                _nonlinear(run, step, ins[0], plan.ring_bits, classes, shares)
-                t.add("gc", t0)
-            elif step.kind in LOCAL_KINDS:
-                shares[step.out] = apply_local(step, ins, plan.ring_bits)
-                t.add("local", t0)
-            else:  # pragma: no cover
-                raise ProtocolError(f"unknown step kind {step.kind}")
-            ins = []
-            for name in drops.get(idx, ()):
-                del shares[name]
+        execute(plan, _ServerBackend(self, chan, spec, hes, garbler), spec.height, spec.width, on_step=_on_step(t))
         chan.send("done", b"")
         return t
 
@@ -373,113 +299,49 @@ class ServerProtocol:
         ``last_reads``) twice over, for the copies a step makes (window rows, outputs), plus the
         largest step's own buffers: an HE step's upload, download, fresh mask and work arrays; a
         garbled-circuit step's messages in flight (PRE_AHEAD + 1 windows of pre-messages, a window of
-        requests and of responses). Plus the transport's bounded queues. tests/test_abuse.py checks
-        the bound against the server's measured peak."""
+        requests and of responses). Plus the transport's bounded queues. Call it for a spec that
+        passed :meth:`check_spec` only (it reads the prepared filters of the spec's size)."""
         plan = self.plans[spec.network]
         shapes = plan.shapes(spec.height, spec.width)
-        classes = shapes[plan.steps[-1].inputs[0]][0]
         B = spec.slices
         size = {name: 8 * B * int(np.prod(shp)) for name, shp in shapes.items()}
         drops = last_reads(plan)
         live, peak_shares, peak_step = 0, 0, 0
+        chunk = gc_pipeline.GC_CHUNK
         for idx, step in enumerate(plan.steps):
             out = sum(size.get(name, 0) for name in step.outs)
             live += out
             peak_shares = max(peak_shares, live)
-            if step.kind == "linear":
-                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
-                work = sum(
-                    8 * int(np.prod(s))
-                    for s in self.he._work_shapes(layer.plan, max(t.size for t in self.he._tile_chunks(layer)))
-                )
-                peak_step = max(
-                    peak_step, self._upload_bytes(layer, B) + self._download_bytes(layer, B) + 2 * out + work
-                )
-            elif step.kind in ("nonlinear", "argmax"):
-                for op in _gc_ops(step, plan.ring_bits, classes):
-                    req, resp = op.message_sizes(GC_CHUNK, ot_k=1)
+            in_shape = shapes[step.inputs[0]] if step.inputs else None
+            if isinstance(step, Linear):
+                layer = self._layer(spec.network, step, in_shape)
+                tiles = max(t.size for t in self.he._tile_chunks(layer))
+                work = sum(8 * int(np.prod(s)) for s in self.he._work_shapes(layer.plan, tiles))
+                step_bytes = self._upload_bytes(layer, B) + self._download_bytes(layer, B) + 2 * out + work
+                peak_step = max(peak_step, step_bytes)
+            elif isinstance(step, CircuitStep):
+                for op in step.gc_ops(plan.ring_bits, in_shape):
+                    req, resp = op.message_sizes(chunk, ot_k=1)
                     win = spec.gc_window
-                    peak_step = max(
-                        peak_step,
-                        (PRE_AHEAD + 1) * win * op.pre_size(GC_CHUNK, ot_k=1)
-                        + win * (req + resp)
-                        + op.post_size(GC_CHUNK),
-                    )
+                    inflight = (gc_pipeline.PRE_AHEAD + 1) * win * op.pre_size(chunk, ot_k=1) + win * (req + resp)
+                    peak_step = max(peak_step, inflight + op.post_size(chunk))
             live -= sum(size.get(name, 0) for name in drops.get(idx, ()))
         return 2 * peak_shares + peak_step + TRANSPORT_BYTES
 
-    def _message_cap(self, spec: JobSpec, plan: Plan, shapes: dict[str, tuple[int, int, int]]) -> int:
+    def _message_cap(self, spec: JobSpec, plan: Plan, shapes: dict[str, Shape]) -> int:
         """The largest message a well-behaved client sends in this job, plus 1 MiB: HE uploads of
         the job's slices, GC requests of a full chunk with the costliest OT extension (IKNP)."""
         prm = self.he_params
-        classes = shapes[plan.steps[-1].inputs[0]][0]
         biggest = 1 << 20  # job spec, public key, GC hello: well below
         for step in plan.steps:
-            if step.kind == "linear":
-                layer = self._layer(spec.network, step, shapes[step.inputs[0]])
-                cts = layer.plan.n_in_cts(spec.slices)
+            in_shape = shapes[step.inputs[0]] if step.inputs else None
+            if isinstance(step, Linear):
+                cts = self._layer(spec.network, step, in_shape).plan.n_in_cts(spec.slices)
                 biggest = max(biggest, cts * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES)
-            elif step.kind in ("nonlinear", "argmax"):
-                biggest = max(
-                    biggest, *(op.message_sizes(GC_CHUNK, ot_k=1)[0] for op in _gc_ops(step, plan.ring_bits, classes))
-                )
+            elif isinstance(step, CircuitStep):
+                ops = step.gc_ops(plan.ring_bits, in_shape)
+                biggest = max(biggest, *(op.message_sizes(gc_pipeline.GC_CHUNK, ot_k=1)[0] for op in ops))
         return biggest + (1 << 20)
-
-    def _gc_chunks(self, chan: Channel, garbler: Any, op: Any, name: str, rows: np.ndarray, window: int) -> list[Any]:
-        """Receive and claim requests in order, garble on the pool, answer in order.
-
-        At most ``window`` (the client's) chunks are in flight, which is all the client sends before
-        it needs an answer, so the loop never waits for a request that cannot come. Ops with a carry
-        look-up need a pre-message per chunk before its request: the first two windows' go out at
-        once, then chunk j + 2 window's right after the answer to chunk j, so the client always holds
-        the pre-message of the chunk after its window and makes that request while it waits
-        (``PRE_AHEAD``); they are made on the pool one window further ahead.
-        """
-        tag = f"gc:{name}"
-        inflight: deque[Future] = deque()
-        pres: deque[Future] = deque()  # pre-messages being made on the pool, in order
-        outs: list[Any] = []
-        chunks = _chunks(len(rows))
-        pre_chunks = iter(chunks if op.lut_bits else [])
-
-        def make_pre() -> None:  # claims the next chunk's reverse OT rows in order; made on the pool
-            sl = next(pre_chunks, None)
-            if sl is not None:
-                pres.append(self._gc_pool.submit(garbler.prepare_pre(op, rows[sl])))
-
-        def send_pre() -> None:
-            if pres:
-                chan.send(tag, pres.popleft().result())
-
-        def answer() -> None:
-            resp, out_s = inflight.popleft().result()
-            chan.send(tag, resp)
-            outs.append(out_s)
-            send_pre()
-            make_pre()
-
-        try:
-            for _ in range((PRE_AHEAD + 1) * window):  # sent: PRE_AHEAD windows now, the rest after answers
-                make_pre()
-            for _ in range(PRE_AHEAD * window):
-                send_pre()
-            for sl in chunks:
-                n = sl.stop - sl.start
-                req = chan.recv(tag, limit=op.message_sizes(n, ot_k=1)[0])
-                with _from_client("GC request"):
-                    job = garbler.claim(op, req, rows[sl])
-                inflight.append(self._gc_pool.submit(job))
-                while inflight and (len(inflight) >= window or inflight[0].done()):
-                    answer()
-            while inflight:
-                answer()
-        finally:
-            for f in (*inflight, *pres):  # a failed job: let the pool finish what it started, drop the rest
-                f.cancel()
-        if op.has_post:  # sign mode: the client's post-messages complete the shares, in order
-            with _from_client("GC post-message"):
-                outs = [garbler.post(op, chan.recv(tag, limit=op.post_size(len(o))), o) for o in outs]
-        return outs
 
 
 class ClientProtocol:
@@ -504,93 +366,13 @@ class ClientProtocol:
     ) -> tuple[np.ndarray, Timings]:
         """Segment a batch of preprocessed slices x (B, C, H, W) float in [0, 1] -> labels (B, H, W)."""
         plan = self.plans[network]
-        L = plan.ring_bits
         B, C, H, W = x.shape
         t = Timings()
-        shapes = plan.shapes(H, W)
-        classes = shapes[plan.steps[-1].inputs[0]][0]
-        window = self.gc_window
-        chan.send("job", JobSpec(network, B, H, W, window).to_bytes())
+        chan.send("job", JobSpec(network, B, H, W, self.gc_window).to_bytes())
         t0 = time.perf_counter()
         chan.send("he_pk", self.public_key)
-        ev = gc.Evaluator()
-        chan.send("gc_hello", ev.hello())
-        chan.send("gc_hello", ev.finish_hello(chan.recv("gc_hello")))
-        ev.finish_setup(chan.recv("gc_hello"))
+        backend = _ClientBackend(self, chan, x, plan.frac_bits, plan.ring_bits, gc_pipeline.open_evaluator(chan))
         t.add("gc", t0)
-        shares: dict[str, np.ndarray] = {}
-        drops = last_reads(plan)
-        labels = None
-        for idx, step in enumerate(plan.steps):
-            ins = [shares[i] for i in step.inputs]
-            t0 = time.perf_counter()
-            if step.kind == "input":
-                shares[step.out] = ring.encode(x, plan.frac_bits, L)
-            elif step.kind == "linear":
-                spec = layer_spec(step, shapes[step.inputs[0]])
-                chan.send(f"he:{step.out}", self.he.encrypt(spec, ins[0]))
-                shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"))
-                t.add("he", t0)
-            elif step.kind in ("nonlinear", "argmax"):
-
-                def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray:
-                    return np.concatenate(self._gc_chunks(chan, ev, op, f"{name}:{sub}", rows, window))
-
-                out = _nonlinear(run, step, ins[0], L, classes, shares)
-                labels = labels if out is None else out
-                t.add("gc", t0)
-            elif step.kind in LOCAL_KINDS:
-                shares[step.out] = apply_local(step, ins, L)
-                t.add("local", t0)
-            ins = []
-            for name in drops.get(idx, ()):
-                del shares[name]
-            if progress:
-                progress(1)
+        out = execute(plan, backend, H, W, on_step=_on_step(t, progress))
         chan.recv("done")
-        assert labels is not None
-        return labels, t
-
-    def _gc_chunks(self, chan: Channel, ev: Any, op: Any, name: str, rows: np.ndarray, window: int) -> list[np.ndarray]:
-        """Up to ``window`` requests in flight; responses evaluated on the pool; results in order.
-
-        Requests are claimed here, in order (each fixes its OT range), and made on the pool: the
-        ``window`` before an awaited answer are sent, the next one is being made; a new one starts
-        only when at most ``window`` responses are still being evaluated, which bounds memory. With a
-        carry look-up, each request answers the server's pre-message for its chunk (see the server's
-        side; they arrive ``PRE_AHEAD`` windows ahead).
-        """
-        tag = f"gc:{name}"
-        chunks = _chunks(len(rows))
-        n = len(chunks)
-        futs: list[Future] = []
-        reqs: deque[Future] = deque()  # requests being made on the pool, sent in order
-        pres: deque[bytes] = deque()  # the server's pre-messages (look-up ops), PRE_AHEAD windows ahead
-        sent = made = 0
-
-        def send_ready(upto: int) -> None:  # the finished requests in order, and all through chunk upto
-            nonlocal sent
-            while reqs and (sent <= upto or reqs[0].done()):
-                chan.send(tag, reqs.popleft().result())
-                sent += 1
-
-        if op.lut_bits:
-            pres.extend(chan.recv(tag) for _ in range(min(n, PRE_AHEAD * window)))
-        for i in range(n):
-            # requests through chunk i + window - 1 must be out before the answer to chunk i can come;
-            # the one after them is made meanwhile (its pre-message is here), so two overlap on the pool
-            while made < n and made <= i + window:
-                if made - window - 1 >= 0:
-                    futs[made - window - 1].result()  # evaluation keeps up before more is asked for
-                pre = pres.popleft() if op.lut_bits else None
-                reqs.append(self._gc_pool.submit(ev.prepare(op, rows[chunks[made]], pre)))  # OT ranges in order
-                made += 1
-                send_ready(-1)
-            send_ready(i + window - 1)
-            futs.append(self._gc_pool.submit(ev.finish, op, chan.recv(tag)))
-            if op.lut_bits and i + PRE_AHEAD * window < n:
-                pres.append(chan.recv(tag))  # the server sends chunk i + PRE_AHEAD * window's after answer i
-        outs = [f.result() for f in futs]
-        for post in ev.take_posts():  # sign mode: completes the server's shares (in request order)
-            chan.send(tag, post)
-        return outs
+        return out[plan.output], t

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .format import Model, Network, Preprocessing, Quantization
-from .graph import Graph, Node
+from bunet.model.format import Model, Network, Preprocessing, Quantization
+from bunet.model.graph import Graph, Node
 
 
 def unet_graph(
