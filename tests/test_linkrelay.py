@@ -119,3 +119,23 @@ def test_refuses_a_bad_link_and_a_remote_target() -> None:
     assert r.returncode != 0 and "RATE,RTT" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(ValueError, match="loopback"):
         Relay(("10.0.0.1", 80), LinkSpec())
+
+
+def test_traffic_counts_turns() -> None:
+    """``rounds`` of bench/e2e.py: a receive after a send is one turn, in each end's own order."""
+    from bunet.protocol.channel import pipe
+
+    a, b = pipe()
+    a.send("x", b"1")
+    a.send("x", b"2")  # two sends, then their answers: one turn
+    for _ in range(2):
+        b.recv("x")
+    b.send("y", b"3")
+    b.send("y", b"4")
+    assert a.recv("y") == b"3" and a.recv("y") == b"4"
+    a.send("x", b"5")
+    b.recv("x")
+    b.send("y", b"6")
+    a.recv("y")
+    assert a.traffic.turns == 2 and b.traffic.turns == 1  # b received first: no turn for that
+    assert a.traffic.sent == 3 and a.traffic.received == 3
