@@ -131,6 +131,7 @@ def _measure(model_path: Path, x: np.ndarray, plain: dict, link: str = "direct",
             labels = c.segment_slices(x, plane, summary=summary)
             secure = time.perf_counter() - t0
             cpu = (_cpu_s(os.getpid()) - cpu0[0], _cpu_s(srv.proc.pid) - cpu0[1])
+            relay_cpu = _cpu_s(relay.proc.pid) if relay else 0.0  # shares the cores with the parties
     finally:
         if relay:
             relay.stop()
@@ -157,6 +158,7 @@ def _measure(model_path: Path, x: np.ndarray, plain: dict, link: str = "direct",
         "bytes_down": summary.bytes_down / n,
         "bytes_by_phase": phases,  # phase -> [up, down] per slice
         "rounds": sum(ch.traffic.turns for ch in chans) / n,
+        "relay_cpu_s": relay_cpu / n,
         "jobs": len(chans),
         "client_phase_s": {k: v / n for k, v in summary.seconds.items()},
         "mask_equal_reference": bool(np.array_equal(labels, ref)),
