@@ -24,7 +24,8 @@ ROOT = os.path.dirname(HERE)
 # module -> C source(s) in native/ (each with a header of the same stem), compile flags, link flags, libraries.
 # Plain data, no dataclass: setuptools runs this file through cffi's execfile, outside sys.modules.
 MODULES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
-    "gc": ("bunet_gc.c silent_ot.c", ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra"], [], []),
+    "gc": ("bunet_gc.c silent_ot.c", ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall",
+                                      "-Wextra"], [], []),
     "he": ("bunet_he.c", ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wall",
                           "-Wextra"], ["-pthread"], ["m"]),
 }

@@ -98,14 +98,14 @@ def _chunks(n: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int = 1 << 13,
-                workers: int = 2) -> np.ndarray | None:
+                workers: int = 2, ot: str = "silent") -> np.ndarray | None:
     """Server side of one session and one layer: returns the server's output shares (or None).
 
     The main thread receives requests and claims them in order; ``workers`` threads garble (the C
     calls release the GIL) and a sender thread sends the responses in order, so receiving,
     garbling and sending overlap.
     """
-    g = Garbler()
+    g = Garbler(ot=ot)
     ch.send(g.hello(ch.recv()))
     ch.send(g.finish_hello(ch.recv()))
     ys = ys.reshape(ys.shape[0], -1)
@@ -152,14 +152,14 @@ def run_garbler(ch: Channel, op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int =
 
 
 def run_evaluator(ch: Channel, op: MaxTrunc | Argmax, yc: np.ndarray, chunk: int = 1 << 13,
-                  depth: int = 4, ot_k: int = 4, workers: int = 2) -> np.ndarray:
+                  depth: int = 4, ot_k: int = 4, workers: int = 2, ot: str = "silent") -> np.ndarray:
     """Client side: returns the client's output shares (MaxTrunc) or labels (Argmax).
 
     A sender thread claims requests in order up to ``depth`` chunks ahead, has them made on the
     ``workers`` threads and sends them in order; the main thread receives responses and hands them
     to the same threads (``finish`` takes them in any order).
     """
-    ev = Evaluator(ot_k=ot_k)
+    ev = Evaluator(ot_k=ot_k, ot=ot)
     ch.send(ev.hello())
     ch.send(ev.finish_hello(ch.recv()))
     ev.finish_setup(ch.recv())
@@ -237,7 +237,7 @@ class RunStats:
 
 
 def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socket | None,
-                  op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int) -> None:
+                  op: MaxTrunc | Argmax, ys: np.ndarray, chunk: int, ot: str = "silent") -> None:
     tune_malloc()  # a party's process, as bunet-server's
     try:
         if sock is None:
@@ -251,7 +251,7 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ch = Channel(s)
         cpu0 = time.process_time()
-        out = run_garbler(ch, op, ys, chunk)
+        out = run_garbler(ch, op, ys, chunk, ot=ot)
         conn.send(("ok", (out, time.process_time() - cpu0)))
         ch.close()
     except BaseException as e:  # report to the parent, never hang it
@@ -259,7 +259,8 @@ def _garbler_proc(conn: object, addr: tuple[str, int] | None, sock: socket.socke
 
 
 def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: int = 1 << 13,
-              tcp: bool = False, depth: int = 4, ot_k: int = 4) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
+              tcp: bool = False, depth: int = 4, ot_k: int = 4,
+              ot: str = "silent") -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one layer with the garbler in a separate process (spawned) and the evaluator here.
 
     tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server shares,
@@ -269,7 +270,7 @@ def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: i
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     if tcp:
-        proc = ctx.Process(target=_garbler_proc, args=(child, ("127.0.0.1", 0), None, op, ys, chunk))
+        proc = ctx.Process(target=_garbler_proc, args=(child, ("127.0.0.1", 0), None, op, ys, chunk, ot))
         proc.start()
         port = parent.recv()
         if not isinstance(port, int):
@@ -278,14 +279,14 @@ def two_party(op: MaxTrunc | Argmax, yc: np.ndarray, ys: np.ndarray, *, chunk: i
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     else:
         s, peer = socket.socketpair()
-        proc = ctx.Process(target=_garbler_proc, args=(child, None, peer, op, ys, chunk))
+        proc = ctx.Process(target=_garbler_proc, args=(child, None, peer, op, ys, chunk, ot))
         proc.start()
         peer.close()
     ch = Channel(s)
     try:
         t0, cpu0 = time.perf_counter(), time.process_time()
         try:
-            out_c = run_evaluator(ch, op, yc, chunk, depth, ot_k)
+            out_c = run_evaluator(ch, op, yc, chunk, depth, ot_k, ot=ot)
         except (ConnectionError, OSError) as e:  # the garbler's own error says more
             if parent.poll(10):
                 status, payload = parent.recv()

@@ -245,8 +245,10 @@ class Receiver(_Stream):
     def _rows_through(self, j: int) -> None:
         while self._tmade <= j:
             i = self._tmade
-            if not self._lock.wait_for(lambda i=i: i in self._msg, timeout=WAIT_S):
+            if not self._lock.wait_for(lambda i=i: self._tmade > i or i in self._msg, timeout=WAIT_S):
                 raise ValueError("silent OT: an extension message never arrived")
+            if self._tmade > i:  # made meanwhile by another thread
+                continue
             p = self.sched.params(i)
             self._choices_through(i)
             out = np.empty((p.n, 16), dtype=np.uint8)
@@ -261,6 +263,7 @@ class Receiver(_Stream):
             self._t[i] = out
             self._t.pop(-1, None)
             self._tmade += 1
+            self._lock.notify_all()
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
         """t rows [lo, hi) as (hi - lo, 16) bytes; waits for the messages that earlier rows carry."""
