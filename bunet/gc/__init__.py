@@ -16,7 +16,8 @@ Correlated OTs are silent OT (``bunet.gc.silent``) unless both parties take ``ot
 A ReLU feeding a 2x2 max-pool is ``relu_pool`` over these ops (three rounds).
 """
 
+from . import silent
 from .engine import OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc
 from .pool import relu_pool, relu_pool_ops
 
-__all__ = ["OT_BACKENDS", "Argmax", "Evaluator", "Garbler", "MaxTrunc", "relu_pool", "relu_pool_ops"]
+__all__ = ["OT_BACKENDS", "Argmax", "Evaluator", "Garbler", "MaxTrunc", "relu_pool", "relu_pool_ops", "silent"]
