@@ -1,6 +1,6 @@
 """End-to-end benchmark: secure segmentation over gRPC on localhost, server in its own process.
 
-    python bench/e2e.py --out e2e.json [--sizes 128 256 512] [--skip-bundled]
+    python bench/e2e.py --out e2e.json [--sizes 128 256 512] [--skip-bundled] [--ot silent softspoken]
 
 For the seed U-Net (16 base features, 4 poolings, 2 classes, random weights) at each size, and
 the bundled model on the bundled sample scan: secure seconds per slice, the plaintext fixed-point
@@ -33,6 +33,7 @@ from bunet.model import reference  # noqa: E402
 from bunet.model.format import Model  # noqa: E402
 from bunet.model.plan import compile_plan  # noqa: E402
 from bunet.model.unet import seed_unet_model  # noqa: E402
+from bunet.protocol.session import ClientProtocol  # noqa: E402
 from bunet.server import bundled_model_path  # noqa: E402
 
 
@@ -43,10 +44,12 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model_path: Path) -> None:
+    def __init__(self, model_path: Path, ot: str = "silent") -> None:
         self.address = f"127.0.0.1:{_free_port()}"
+        boot = (f"import sys; from bunet.protocol.session import ServerProtocol; ServerProtocol.gc_ot = {ot!r}; "
+                "from bunet.cli import server_main; sys.exit(server_main())")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from bunet.cli import server_main; sys.exit(server_main())",
+            [sys.executable, "-c", boot,
              "--model", str(model_path), "--listen", self.address, "--max-slices", "4096"],
             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         line = self.proc.stderr.readline()  # "serving ..." once it listens
@@ -64,7 +67,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -> dict:
+def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy", ot: str = "silent") -> dict:
     net = model.network(plane)
     plan = compile_plan(net, model.quantization)
     t0 = time.perf_counter()
@@ -73,7 +76,8 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
     t0 = time.perf_counter()
     reference.float_labels(net, x)
     plain_float = time.perf_counter() - t0
-    srv = ServerProcess(model_path)
+    srv = ServerProcess(model_path, ot)
+    ClientProtocol.gc_ot = ot
     try:
         with Client(srv.address) as c:
             from bunet.client import Summary
@@ -102,6 +106,7 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
         "client_phase_s": {k: v / n for k, v in summary.seconds.items()},
         "mask_equal_reference": bool(np.array_equal(labels, ref)),
         "relu_instances": plan.relu_count(x.shape[2], x.shape[3]),
+        "ot": ot,
     }
 
 
@@ -113,6 +118,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512])
     ap.add_argument("--skip-bundled", action="store_true")
+    ap.add_argument("--ot", nargs="+", choices=("silent", "softspoken"), default=["silent"],
+                    help="correlated-OT backend(s); several: each size runs with each, alternated")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,8 +128,9 @@ def main() -> None:
             p = Path(tmp) / f"seed{size}.bunet"
             m.save(p)
             x = np.random.default_rng(size).random((1, 1, size, size)).astype(np.float32)
-            rows.append({"model": "seed-unet-16x4", "size": size, **_measure(m, p, x)})
-            print(json.dumps(rows[-1]), file=sys.stderr)
+            for ot in args.ot:
+                rows.append({"model": "seed-unet-16x4", "size": size, **_measure(m, p, x, ot=ot)})
+                print(json.dumps(rows[-1]), file=sys.stderr)
         if not args.skip_bundled:
             mp = bundled_model_path()
             m = Model.load(mp)
@@ -131,7 +139,8 @@ def main() -> None:
             pp = m.preprocessing
             st = volume.to_slices(scan.hu, "xy")
             x = volume.resize_stack(pp.apply(st), pp.input_size)[:, None].astype(np.float32)
-            row = {"model": m.name, "size": pp.input_size[0], "scan": "data/sample_ct.nii.gz", **_measure(m, mp, x)}
+            row = {"model": m.name, "size": pp.input_size[0], "scan": "data/sample_ct.nii.gz",
+                   **_measure(m, mp, x, ot=args.ot[0])}
             row["scan_total_s"] = time.perf_counter() - t0
             rows.append(row)
             print(json.dumps(rows[-1]), file=sys.stderr)

@@ -192,6 +192,8 @@ class ServerProtocol:
     """The vendor's half: holds the weights; prepares every layer's frequency-domain filters once
     per model and serves any number of jobs (each job on its own channel and GC session)."""
 
+    gc_ot = "silent"  # correlated-OT backend (gc.OT_BACKENDS); clients must use the same
+
     def __init__(self, model: Model, he_params: he.HEParams | None = None) -> None:
         model.validate()
         self.model = model
@@ -243,7 +245,7 @@ class ServerProtocol:
         hes = self.he.with_public_key(chan.recv("he_pk"))  # the client's key: re-randomises results
         t.add("he", t0)
         t0 = time.perf_counter()
-        garbler = gc.Garbler()
+        garbler = gc.Garbler(ot=self.gc_ot)
         chan.send("gc_hello", garbler.hello(chan.recv("gc_hello")))
         chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello")))
         t.add("gc", t0)
@@ -354,6 +356,8 @@ class ServerProtocol:
 class ClientProtocol:
     """The hospital's half: knows the public architecture and its own secret key, never weights."""
 
+    gc_ot = "silent"  # correlated-OT backend (gc.OT_BACKENDS); the server must use the same
+
     def __init__(self, description: dict[str, Any]) -> None:
         self.model = Model.from_header(description["model"])
         shapes = self.model.weight_shapes()
@@ -379,7 +383,7 @@ class ClientProtocol:
         chan.send("job", JobSpec(network, B, H, W, window).to_bytes())
         t0 = time.perf_counter()
         chan.send("he_pk", self.public_key)
-        ev = gc.Evaluator()
+        ev = gc.Evaluator(ot=self.gc_ot)
         chan.send("gc_hello", ev.hello())
         chan.send("gc_hello", ev.finish_hello(chan.recv("gc_hello")))
         ev.finish_setup(chan.recv("gc_hello"))
