@@ -99,26 +99,13 @@ static void lpn_positions(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t 
 
 #define LPN_BATCH 256
 
-/* out[j] ^= XOR of base[pos] over row j's positions (16-byte values) */
-static void lpn_blocks(uint64_t n, uint32_t logk, const block *base, block *out) {
-    sot_key K;
-    uint8_t rk[176];
-    bn_aes_keysched(LPN_KEY, rk);
-    load(&K, rk);
-    uint32_t pos[LPN_BATCH * SOT_D];
-    for (uint64_t j0 = 0; j0 < n; j0 += LPN_BATCH) {
-        const uint32_t cnt = (uint32_t)(n - j0 < LPN_BATCH ? n - j0 : LPN_BATCH);
-        lpn_positions(&K, j0, cnt, logk, pos);
-        for (uint32_t i = 0; i < cnt; i++) {
-            block acc = _mm_loadu_si128(out + j0 + i);
-            for (int l = 0; l < SOT_D; l++) acc = _mm_xor_si128(acc, _mm_loadu_si128(base + pos[i * SOT_D + l]));
-            _mm_storeu_si128(out + j0 + i, acc);
-        }
-    }
-}
+#define LPN_AHEAD 4 /* rows whose base values are prefetched ahead of the one being summed */
 
-/* out[j] ^= XOR of base bits (one byte 0/1 each) over row j's positions */
-static void lpn_bits(uint64_t n, uint32_t logk, const uint8_t *base, uint8_t *out) {
+/* The LPN step over n rows, each output XOR-ed with its row's base entries: 16-byte values
+ * (out[j] ^= XOR base[pos], if base) and/or 0/1 bytes (out_bits[j] ^= XOR base_bits[pos], if base_bits);
+ * the positions are made once for both. */
+static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const uint8_t *base_bits,
+                uint8_t *out_bits) {
     sot_key K;
     uint8_t rk[176];
     bn_aes_keysched(LPN_KEY, rk);
@@ -127,25 +114,51 @@ static void lpn_bits(uint64_t n, uint32_t logk, const uint8_t *base, uint8_t *ou
     for (uint64_t j0 = 0; j0 < n; j0 += LPN_BATCH) {
         const uint32_t cnt = (uint32_t)(n - j0 < LPN_BATCH ? n - j0 : LPN_BATCH);
         lpn_positions(&K, j0, cnt, logk, pos);
-        for (uint32_t i = 0; i < cnt; i++) {
-            uint8_t acc = out[j0 + i];
-            for (int l = 0; l < SOT_D; l++) acc ^= base[pos[i * SOT_D + l]];
-            out[j0 + i] = acc & 1;
+        if (base) {
+            for (uint32_t i = 0; i < cnt && i < LPN_AHEAD; i++)
+                for (int l = 0; l < SOT_D; l++) _mm_prefetch((const char *)(base + pos[i * SOT_D + l]), _MM_HINT_T0);
+            for (uint32_t i = 0; i < cnt; i++) {
+                if (i + LPN_AHEAD < cnt)
+                    for (int l = 0; l < SOT_D; l++)
+                        _mm_prefetch((const char *)(base + pos[(i + LPN_AHEAD) * SOT_D + l]), _MM_HINT_T0);
+                block acc = _mm_loadu_si128(out + j0 + i);
+                for (int l = 0; l < SOT_D; l++) acc = _mm_xor_si128(acc, _mm_loadu_si128(base + pos[i * SOT_D + l]));
+                _mm_storeu_si128(out + j0 + i, acc);
+            }
         }
+        if (base_bits)
+            for (uint32_t i = 0; i < cnt; i++) {
+                uint8_t acc = out_bits[j0 + i];
+                for (int l = 0; l < SOT_D; l++) acc ^= base_bits[pos[i * SOT_D + l]];
+                out_bits[j0 + i] = acc & 1;
+            }
     }
 }
 
 /* GGM: level i - 1 (2^(i-1) nodes at node[0 ..]) -> level i in place; children (pi_0(x) ^ x, pi_1(x) ^ x)
  * under the two session keys (fixed-key AES as a length-doubling PRG, as in emp-ot). Nodes are read four
  * at a time before their children are written, highest first, so nothing is overwritten before it is read. */
+#define GGM_W 8 /* nodes per step: 16 AES blocks in flight */
+
 static void ggm_level(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
     uint64_t j = width;
     while (j > 0) {
-        const uint64_t cnt = j < 4 ? j : 4, lo = j - cnt;
-        block x[4], a[4], b[4];
-        for (uint64_t q = 0; q < cnt; q++) x[q] = a[q] = b[q] = node[lo + q];
-        aes_n(K0, a, (int)cnt);
-        aes_n(K1, b, (int)cnt);
+        const uint64_t cnt = j < GGM_W ? j : GGM_W, lo = j - cnt;
+        block x[GGM_W], a[GGM_W], b[GGM_W];
+        for (uint64_t q = 0; q < cnt; q++) {
+            x[q] = node[lo + q];
+            a[q] = _mm_xor_si128(x[q], K0->k[0]);
+            b[q] = _mm_xor_si128(x[q], K1->k[0]);
+        }
+        for (int r = 1; r < 10; r++)
+            for (uint64_t q = 0; q < cnt; q++) {
+                a[q] = _mm_aesenc_si128(a[q], K0->k[r]);
+                b[q] = _mm_aesenc_si128(b[q], K1->k[r]);
+            }
+        for (uint64_t q = 0; q < cnt; q++) {
+            a[q] = _mm_aesenclast_si128(a[q], K0->k[10]);
+            b[q] = _mm_aesenclast_si128(b[q], K1->k[10]);
+        }
         for (uint64_t q = cnt; q-- > 0;) {
             node[2 * (lo + q)] = _mm_xor_si128(a[q], x[q]);
             node[2 * (lo + q) + 1] = _mm_xor_si128(b[q], x[q]);
@@ -212,7 +225,7 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     memset(roots, 0, 16 * (size_t)t);
     free(roots);
     free(H);
-    lpn_blocks((uint64_t)t * leaves, logk, Q, out);
+    lpn((uint64_t)t * leaves, logk, Q, out, NULL, NULL);
     return 0;
 }
 
@@ -225,7 +238,7 @@ int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const u
         uint8_t *o = out_c + tau * leaves;
         for (uint64_t y = 0; y < leaves; y++) o[y] = (uint8_t)(eq_mask(y, alpha) & 1);
     }
-    lpn_bits((uint64_t)t * leaves, logk, base_c, out_c);
+    lpn((uint64_t)t * leaves, logk, NULL, NULL, base_c, out_c);
     return 0;
 }
 
@@ -274,7 +287,7 @@ int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     }
     memset(H, 0, th * sizeof(block));
     free(H);
-    lpn_blocks((uint64_t)t * leaves, logk, T, out);
+    lpn((uint64_t)t * leaves, logk, T, out, NULL, NULL);
     return 0;
 }
 

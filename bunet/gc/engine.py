@@ -439,8 +439,9 @@ class _Party:
         return pseq, rblk
 
     def _hello_msg(self, msg: object, typ: int, size: int) -> memoryview:
-        if not isinstance(msg, (bytes, bytearray)) or len(msg) != 13 + size:
-            raise ValueError("malformed hello message")
+        if not isinstance(msg, (bytes, bytearray, memoryview)) or memoryview(msg).nbytes != 13 + size:
+            raise ValueError("malformed hello message")  # large ones may come as a view (bunet.protocol.channel)
+        msg = memoryview(msg).cast("B")
         if msg[:4] != MAGIC or msg[4] != typ:
             raise ValueError("not a BUNET GC hello message of the expected type")
         if bytes(msg[5:13]) != self._tag:
