@@ -55,6 +55,7 @@ int bn_sot_param(uint32_t id, uint32_t *t, uint32_t *logk, uint32_t *h, int *tes
 }
 
 int bn_sot_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test) {
+    if (logk > 25 || h > 20) return -2; /* the positions' 25-bit fields; tree index arithmetic */
     for (size_t i = 0; i < SOT_NPARAM; i++)
         if (SOT_TABLE[i].t == t && SOT_TABLE[i].logk == logk && SOT_TABLE[i].h == h)
             return SOT_TABLE[i].test_only && !allow_test ? -2 : 0;
@@ -80,21 +81,63 @@ static inline block mask_if(uint64_t bit) { return _mm_set1_epi64x(-(long long)(
 static inline uint64_t eq_mask(uint64_t a, uint64_t b) { return (uint64_t)0 - (((a ^ b) - 1) >> 63); }
 
 /* The public LPN code: row j's SOT_D positions in [0, 2^logk), from AES-CTR under a fixed key (the first
- * 16 bytes of SHA-256("BUNET silent OT LPN code v1")), three blocks per row. */
+ * 16 bytes of SHA-256("BUNET silent OT LPN code v1")): blocks 2j, 2j + 1 as 256 bits, position l is
+ * bits 25 l .. 25 l + 24, reduced mod 2^logk (logk <= 25). */
 static const uint8_t LPN_KEY[16] = {0x3b, 0x51, 0x9e, 0x0c, 0x6a, 0xd2, 0x47, 0x18,
                                     0xc4, 0x8f, 0x22, 0xe9, 0x71, 0x05, 0xb6, 0x3d};
 
-static void lpn_positions(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
-    const uint32_t mk = (1u << logk) - 1;
-    block x[12];
-    for (uint32_t r = 0; r < cnt; r += 4) {
-        const uint32_t rows = cnt - r < 4 ? cnt - r : 4;
-        for (uint32_t b = 0; b < 3 * rows; b++) x[b] = _mm_set_epi64x(0x4c504e00, (long long)(3 * (j0 + r) + b));
-        aes_n(K, x, (int)(3 * rows));
-        const uint32_t *w = (const uint32_t *)x;
-        for (uint32_t q = 0; q < rows; q++)
-            for (int l = 0; l < SOT_D; l++) pos[(r + q) * SOT_D + l] = w[12 * q + l] & mk;
+#define POS_ROWS 8 /* rows per step: 16 AES blocks in flight */
+
+static inline void positions_of(const uint64_t *w, uint32_t mk, uint32_t *pos) {
+    for (int l = 0; l < SOT_D; l++) {
+        const int bit = 25 * l, i = bit >> 6, off = bit & 63;
+        uint64_t v = w[i] >> off;
+        if (off > 39) v |= w[i + 1] << (64 - off);
+        pos[l] = (uint32_t)v & mk;
     }
+}
+
+static void lpn_positions_sse(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    block x[2 * POS_ROWS];
+    for (uint32_t r = 0; r < cnt; r += POS_ROWS) {
+        const uint32_t rows = cnt - r < POS_ROWS ? cnt - r : POS_ROWS;
+        for (uint32_t b = 0; b < 2 * rows; b++) x[b] = _mm_set_epi64x(0x4c504e00, (long long)(2 * (j0 + r) + b));
+        aes_n(K, x, (int)(2 * rows));
+        uint64_t w[4 * POS_ROWS]; /* stored, not cast: reading a vector through uint64_t * breaks aliasing */
+        for (uint32_t b = 0; b < 2 * rows; b++) _mm_storeu_si128((block *)(w + 2 * b), x[b]);
+        for (uint32_t q = 0; q < rows; q++) positions_of(w + 4 * q, mk, pos + (r + q) * SOT_D);
+    }
+}
+
+/* the same with 256-bit VAES (one row per register) */
+__attribute__((target("avx2,vaes"))) static void lpn_positions_vaes(const sot_key *K, uint64_t j0, uint32_t cnt,
+                                                                    uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    __m256i rk[11];
+    for (int i = 0; i < 11; i++) rk[i] = _mm256_broadcastsi128_si256(K->k[i]);
+    __m256i x[POS_ROWS];
+    uint32_t r = 0;
+    for (; r + POS_ROWS <= cnt; r += POS_ROWS) {
+        for (uint32_t q = 0; q < POS_ROWS; q++) {
+            const long long c = (long long)(2 * (j0 + r + q));
+            x[q] = _mm256_xor_si256(_mm256_set_epi64x(0x4c504e00, c + 1, 0x4c504e00, c), rk[0]);
+        }
+        for (int i = 1; i < 10; i++)
+            for (uint32_t q = 0; q < POS_ROWS; q++) x[q] = _mm256_aesenc_epi128(x[q], rk[i]);
+        uint64_t w[4 * POS_ROWS];
+        for (uint32_t q = 0; q < POS_ROWS; q++)
+            _mm256_storeu_si256((__m256i *)(w + 4 * q), _mm256_aesenclast_epi128(x[q], rk[10]));
+        for (uint32_t q = 0; q < POS_ROWS; q++) positions_of(w + 4 * q, mk, pos + (r + q) * SOT_D);
+    }
+    if (r < cnt) lpn_positions_sse(K, j0 + r, cnt - r, logk, pos + r * SOT_D);
+}
+
+static void lpn_positions(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
+    if (bn_have_vaes())
+        lpn_positions_vaes(K, j0, cnt, logk, pos);
+    else
+        lpn_positions_sse(K, j0, cnt, logk, pos);
 }
 
 #define LPN_BATCH 256
@@ -140,7 +183,7 @@ static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const 
  * at a time before their children are written, highest first, so nothing is overwritten before it is read. */
 #define GGM_W 8 /* nodes per step: 16 AES blocks in flight */
 
-static void ggm_level(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
+static void ggm_level_sse(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
     uint64_t j = width;
     while (j > 0) {
         const uint64_t cnt = j < GGM_W ? j : GGM_W, lo = j - cnt;
@@ -165,6 +208,48 @@ static void ggm_level(const sot_key *K0, const sot_key *K1, block *node, uint64_
         }
         j = lo;
     }
+}
+
+/* the same with VAES, 8 nodes (16 blocks) per step in 8 registers; the tail as above */
+__attribute__((target("avx2,vaes"))) static void ggm_level_vaes(const sot_key *K0, const sot_key *K1, block *node,
+                                                                uint64_t width) {
+    __m256i k0[11], k1[11];
+    for (int i = 0; i < 11; i++) {
+        k0[i] = _mm256_broadcastsi128_si256(K0->k[i]);
+        k1[i] = _mm256_broadcastsi128_si256(K1->k[i]);
+    }
+    uint64_t j = width;
+    while (j >= GGM_W) {
+        const uint64_t lo = j - GGM_W;
+        __m256i x[GGM_W / 2], a[GGM_W / 2], b[GGM_W / 2];
+        for (int q = 0; q < GGM_W / 2; q++) {
+            x[q] = _mm256_loadu_si256((const __m256i *)(node + lo + 2 * q));
+            a[q] = _mm256_xor_si256(x[q], k0[0]);
+            b[q] = _mm256_xor_si256(x[q], k1[0]);
+        }
+        for (int r = 1; r < 10; r++)
+            for (int q = 0; q < GGM_W / 2; q++) {
+                a[q] = _mm256_aesenc_epi128(a[q], k0[r]);
+                b[q] = _mm256_aesenc_epi128(b[q], k1[r]);
+            }
+        for (int q = 0; q < GGM_W / 2; q++) {
+            a[q] = _mm256_xor_si256(_mm256_aesenclast_epi128(a[q], k0[10]), x[q]); /* left children of 2 nodes */
+            b[q] = _mm256_xor_si256(_mm256_aesenclast_epi128(b[q], k1[10]), x[q]); /* right children */
+        }
+        for (int q = GGM_W / 2; q-- > 0;) { /* node lo+2q+u -> 2(lo+2q+u), 2(lo+2q+u)+1: [a_u, b_u] */
+            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q)), _mm256_permute2x128_si256(a[q], b[q], 0x20));
+            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q) + 2), _mm256_permute2x128_si256(a[q], b[q], 0x31));
+        }
+        j = lo;
+    }
+    if (j) ggm_level_sse(K0, K1, node, j);
+}
+
+static void ggm_level(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
+    if (width >= GGM_W && bn_have_vaes())
+        ggm_level_vaes(K0, K1, node, width);
+    else
+        ggm_level_sse(K0, K1, node, width);
 }
 
 static void level_sums(const block *node, uint64_t width, block *s0, block *s1) {

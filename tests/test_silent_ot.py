@@ -114,7 +114,7 @@ def test_parameter_table_checked():
     assert names == {"ferret_b10", "ferret_b11", "ferret_b12", "ferret_b13"}
     b13 = TABLE["ferret_b13"]
     assert (b13.t, b13.k, b13.n) == (1900, 1 << 19, 15_564_800)  # emp-ot tuning.h
-    assert silent.SETUP == TABLE["ferret_b10"] and silent.MAIN == TABLE["ferret_b11"]
+    assert TABLE["ferret_b10"] == silent.SETUP and TABLE["ferret_b11"] == silent.MAIN
     with pytest.raises(ValueError, match="not a vetted"):
         silent.LpnParams("made_up", 1280, 17, 11).check()
     with pytest.raises(ValueError, match="not a vetted"):
@@ -179,3 +179,25 @@ def test_backend_mismatch_is_a_clear_error():
         Evaluator(ot="ferret")
     with pytest.raises(ValueError, match="ot must be one of"):
         Garbler(ot="iknp")
+
+
+def test_vaes_and_portable_paths_agree():
+    """The LPN code and the GGM expansion have a VAES path and a 128-bit one: the same outputs."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np, sys; from bunet.gc import silent; from bunet.gc.engine import ffi, lib, "
+            "aes_key_schedules\n"
+            "p = silent.vetted()['test_32_8']; c = np.random.default_rng(1).integers(0, 2, p.base, dtype=np.uint8)\n"
+            "oc = np.empty(p.n, np.uint8); b = lambda a: ffi.from_buffer('uint8_t[]', a)\n"
+            "lib.bn_sot_choice(p.t, p.logk, p.h, 1, b(c), b(oc))\n"
+            "gk = aes_key_schedules([bytes(range(16)), bytes(range(1, 17))]); rk = aes_key_schedules([bytes(16)])\n"
+            "t = np.random.default_rng(2).integers(0, 256, (p.base, 16), dtype=np.uint8); out = np.empty((p.n, 16), "
+            "np.uint8)\n"
+            "msg = bytes(range(256)) * (p.msg_len // 256) + bytes(p.msg_len % 256)\n"
+            "lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, rk, 0, 1, b(c), b(t), msg, b(out))\n"
+            "sys.stdout.write(oc.tobytes().hex() + out.tobytes().hex()[:20000])")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    runs = [subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                           check=True, timeout=60).stdout for extra in ({}, {"BUNET_NO_VAES": "1"})]
+    assert runs[0] and runs[0] == runs[1]
