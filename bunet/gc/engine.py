@@ -833,7 +833,8 @@ class Garbler(_Party):
         self._choices: list[int] = []
         self._pres: dict[int, tuple | None] = {}  # pre-messages by sequence number (None: being made)
         self._pre_next = 0  # the pre-message the next request consumes
-        self._post_due: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]] = deque()
+        # sign mode, per claimed request: [seq, params, n, K_{r0} (set by its garbling job), r0]
+        self._post_due: deque[list] = deque()
 
     def hello(self, msg: bytes) -> bytes:
         """Base OT round 2 (server -> client)."""
@@ -1009,16 +1010,23 @@ class Garbler(_Party):
             if seq != self._seq:
                 raise ValueError("request out of order (or replayed)")
             pre = self._take_pre(op, n, ys) if d else None
-            if pre is not None and self.ot == "silent":
-                pre = self._silent_t(op, n, pre, body[cot : cot + ext])
+            if pre is not None and self.ot == "silent":  # the client's iteration messages, in order
+                self._rev.deposit(*self._rev_range(op, n, pre[1]), body[cot : cot + ext])
             _, blk, tw = self._alloc(op, n, m)
             self.bytes_received += len(req)
+            due = None
             if pre is not None and pre[2] is not None:
-                self._post_due.append((seq, op._params(), n, *self._mux_keys(op, pre)))
+                due = [seq, op._params(), n, None, pre[2]]
+                self._post_due.append(due)
         c = op.circuit
 
         def job() -> tuple[bytes, np.ndarray | None]:
-            yg = ys if pre is None else self._open_tables(op, ys, pre, body[cot + ext :])
+            lut = pre
+            if lut is not None and lut[0] is None:  # silent: the t rows (made here, off the claiming thread)
+                lut = (self._rev.rows(*self._rev_range(op, n, lut[1])).reshape(-1), *lut[1:])
+            if due is not None:
+                due[3] = self._mux_keys(op, lut)[0]
+            yg = ys if lut is None else self._open_tables(op, ys, lut, body[cot + ext :])
             msgs, labels = b"", ffi.NULL
             if self.ot == "silent":  # zero labels q ^ d Delta; the iteration messages lead the response
                 lo = 128 * (blk - self._blk0)
@@ -1053,16 +1061,12 @@ class Garbler(_Party):
         st = self._pres.get(self._pre_next)
         if self.ot != "silent" or st is None:
             return 0
-        lo = 128 * (st[4] - self._rblk0)
-        return self._rev.sched.ext_len(lo, lo + _pad128(n * op.k * op.lut_bits))
+        return self._rev.sched.ext_len(*self._rev_range(op, n, st[4]))
 
-    def _silent_t(self, op: Op, n: int, pre: tuple, ext: memoryview) -> tuple:
-        """The pre-message's state with its t rows, from the reverse silent OT (messages ``ext`` first)."""
-        _, rblk, r0 = pre
+    def _rev_range(self, op: Op, n: int, rblk: int) -> tuple[int, int]:
+        """The reverse silent-OT stream rows of a pre-message at block ``rblk``."""
         lo = 128 * (rblk - self._rblk0)
-        rows = _pad128(n * op.k * op.lut_bits)
-        self._rev.deposit(lo, lo + rows, ext)
-        return self._rev.rows(lo, lo + rows).reshape(-1), rblk, r0
+        return lo, lo + _pad128(n * op.k * op.lut_bits)
 
     def _mux_keys(self, op: Op, pre: tuple) -> tuple[np.ndarray, np.ndarray]:
         """The receiver's key of each value's r0 row (K_{r0}), and r0."""
@@ -1079,7 +1083,8 @@ class Garbler(_Party):
         self._ready()
         seq, n, body = self._parse(msg, T_POST, op)
         with self._lock:
-            if not self._post_due or self._post_due[0][0] != seq or self._post_due[0][1:3] != (op._params(), n):
+            if (not self._post_due or self._post_due[0][0] != seq or tuple(self._post_due[0][1:3]) != (op._params(), n)
+                    or self._post_due[0][3] is None):
                 raise ValueError("post-message out of order, replayed or for another request")
             if len(body) != n * op.k * _post_bytes(op) or out_s.shape != (n,):
                 raise ValueError("post-message (or shares) of the wrong length")

@@ -13,6 +13,7 @@ from the claimed range which iterations' messages it carries (``ext_len``).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 
@@ -115,13 +116,19 @@ class Schedule:
 
 
 class _Stream:
-    """Iterations by number, each freed once all its stream rows were taken and the next one was made."""
+    """Iterations by number, each freed once all its stream rows were taken and the next one was made.
+
+    Iterations are made outside the data lock (one at a time), so rows of made iterations can be taken
+    meanwhile; the next one is started on a background thread once half of the newest is taken (the
+    sender) or as soon as its message is in (the receiver), so consumers rarely wait for one."""
 
     def __init__(self, sched: Schedule, gk: object, rk: object, dom: int) -> None:
         self.sched = sched
         self._gk, self._rk, self._dom = gk, rk, dom
-        self._lock = threading.Condition()
+        self._lock = threading.Condition()  # the stores and counters
+        self._make = threading.Lock()  # one iteration made at a time
         self._taken: dict[int, int] = {}
+        self._bg: threading.Thread | None = None
 
     def _tweak(self, j: int) -> int:
         return j << 24  # base indices stay below 2^24 (checked by the vetted table)
@@ -145,6 +152,18 @@ class _Stream:
                 s.pop(j, None)
             del self._taken[j]
 
+    def _background(self, fn: object, j: int) -> None:
+        """Make iteration j on a daemon thread (errors are left to the consumer that needs it)."""
+        if self._bg is not None and self._bg.is_alive():
+            return
+
+        def run() -> None:
+            with contextlib.suppress(Exception):  # the consumer's own call raises it
+                fn(j)
+
+        self._bg = threading.Thread(target=run, name="silent-ot", daemon=True)
+        self._bg.start()
+
 
 class Sender(_Stream):
     """The COT sender: q rows; every iteration made here (locally) and its message handed out once."""
@@ -157,29 +176,41 @@ class Sender(_Stream):
         self._made = 0
 
     def _make_through(self, j: int) -> None:
-        while self._made <= j:
-            i = self._made
-            p = self.sched.params(i)
-            base = self._q[i - 1][: p.base]
-            out = np.empty((p.n, 16), dtype=np.uint8)
-            msg = bytearray(p.msg_len)
-            rc = lib.bn_sot_send(p.t, p.logk, p.h, int(self.sched.allow_test), self._gk, self._rk, self._tweak(i),
-                                 self._dom, self._delta, ffi.from_buffer("uint8_t[]", np.ascontiguousarray(base)),
-                                 ffi.from_buffer("uint8_t[]", msg), ffi.from_buffer("uint8_t[]", out))
-            if rc != 0:
-                raise MemoryError(f"silent OT iteration failed (engine code {rc})")
-            self._q[i] = out
-            self._q.pop(-1, None)
-            self._msg[i] = bytes(msg)
-            self._made += 1
+        while True:
+            with self._lock:
+                if self._made > j:  # without waiting for one being made ahead
+                    return
+            with self._make:
+                with self._lock:
+                    if self._made > j:
+                        return
+                    i = self._made
+                    p = self.sched.params(i)
+                    base = np.ascontiguousarray(self._q[i - 1][: p.base])
+                out = np.empty((p.n, 16), dtype=np.uint8)
+                msg = bytearray(p.msg_len)
+                rc = lib.bn_sot_send(p.t, p.logk, p.h, int(self.sched.allow_test), self._gk, self._rk,
+                                     self._tweak(i), self._dom, self._delta, ffi.from_buffer("uint8_t[]", base),
+                                     ffi.from_buffer("uint8_t[]", msg), ffi.from_buffer("uint8_t[]", out))
+                if rc != 0:
+                    raise MemoryError(f"silent OT iteration failed (engine code {rc})")
+                with self._lock:
+                    self._q[i] = out
+                    self._q.pop(-1, None)
+                    self._msg[i] = bytes(msg)
+                    self._made += 1
 
     def take(self, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
         """(messages of the iterations starting in [lo, hi), q rows [lo, hi) as (hi - lo, 16) bytes)."""
+        j = self.sched.iteration(max(lo, hi - 1))
+        self._make_through(j)
         with self._lock:
-            self._make_through(self.sched.iteration(max(lo, hi - 1)))
-            msgs = b"".join(self._msg.pop(j) for j in self.sched.firsts(lo, hi))
+            msgs = b"".join(self._msg.pop(i) for i in self.sched.firsts(lo, hi))
             rows = self._gather(lo, hi, self._q, 16)
             self._drop_done([self._q], self._made)
+            ahead = self._made == j + 1 and 2 * (hi - self.sched.start(j)) >= self.sched.usable(j)
+        if ahead:
+            self._background(self._make_through, j + 1)
         return msgs, rows
 
 
@@ -199,6 +230,7 @@ class Receiver(_Stream):
         self._ctaken: dict[int, int] = {}
 
     def _choices_through(self, j: int) -> None:
+        """(Under the data lock.) Local and cheap: the choice bits of iterations 0 .. j."""
         while self._cmade <= j:
             i = self._cmade
             p = self.sched.params(i)
@@ -231,44 +263,55 @@ class Receiver(_Stream):
         return out
 
     def deposit(self, lo: int, hi: int, blob: memoryview) -> None:
-        """Keep the messages that come with rows [lo, hi) (exactly ``sched.ext_len(lo, hi)`` bytes)."""
+        """Keep the messages that come with rows [lo, hi) (exactly ``sched.ext_len(lo, hi)`` bytes) and
+        start making their t rows."""
         off = 0
+        new = self.sched.firsts(lo, hi)
         with self._lock:
-            for j in self.sched.firsts(lo, hi):
+            for j in new:
                 n = self.sched.params(j).msg_len
                 self._msg[j] = bytes(blob[off : off + n])
                 off += n
             self._lock.notify_all()
         if off != len(blob):
             raise ValueError("silent OT: extension message of the wrong length")
+        if len(new):
+            self._background(self._rows_through, new[-1])
 
     def _rows_through(self, j: int) -> None:
-        while self._tmade <= j:
-            i = self._tmade
-            if not self._lock.wait_for(lambda i=i: self._tmade > i or i in self._msg, timeout=WAIT_S):
-                raise ValueError("silent OT: an extension message never arrived")
-            if self._tmade > i:  # made meanwhile by another thread
-                continue
-            p = self.sched.params(i)
-            self._choices_through(i)
-            out = np.empty((p.n, 16), dtype=np.uint8)
-            cb = self._cbase.pop(i)
-            tb = np.ascontiguousarray(self._t[i - 1][: p.base])
-            msg = self._msg.pop(i)
-            rc = lib.bn_sot_recv(p.t, p.logk, p.h, int(self.sched.allow_test), self._gk, self._rk, self._tweak(i),
-                                 self._dom, ffi.from_buffer("uint8_t[]", cb), ffi.from_buffer("uint8_t[]", tb),
-                                 ffi.from_buffer("uint8_t[]", msg), ffi.from_buffer("uint8_t[]", out))
-            if rc != 0:
-                raise MemoryError(f"silent OT iteration failed (engine code {rc})")
-            self._t[i] = out
-            self._t.pop(-1, None)
-            self._tmade += 1
-            self._lock.notify_all()
+        while True:
+            with self._lock:
+                if self._tmade > j:
+                    return
+                i = self._tmade
+                if not self._lock.wait_for(lambda i=i: self._tmade > i or i in self._msg, timeout=WAIT_S):
+                    raise ValueError("silent OT: an extension message never arrived")
+            with self._make:
+                with self._lock:
+                    if self._tmade != i:  # made meanwhile by another thread
+                        continue
+                    p = self.sched.params(i)
+                    self._choices_through(i)
+                    cb, msg = self._cbase[i], self._msg[i]
+                    tb = np.ascontiguousarray(self._t[i - 1][: p.base])
+                out = np.empty((p.n, 16), dtype=np.uint8)
+                rc = lib.bn_sot_recv(p.t, p.logk, p.h, int(self.sched.allow_test), self._gk, self._rk,
+                                     self._tweak(i), self._dom, ffi.from_buffer("uint8_t[]", cb),
+                                     ffi.from_buffer("uint8_t[]", tb), ffi.from_buffer("uint8_t[]", msg),
+                                     ffi.from_buffer("uint8_t[]", out))
+                if rc != 0:
+                    raise MemoryError(f"silent OT iteration failed (engine code {rc})")
+                with self._lock:
+                    self._t[i] = out
+                    self._t.pop(-1, None)
+                    del self._msg[i], self._cbase[i]
+                    self._tmade += 1
+                    self._lock.notify_all()
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
         """t rows [lo, hi) as (hi - lo, 16) bytes; waits for the messages that earlier rows carry."""
+        self._rows_through(self.sched.iteration(max(lo, hi - 1)))
         with self._lock:
-            self._rows_through(self.sched.iteration(max(lo, hi - 1)))
             out = self._gather(lo, hi, self._t, 16)
             self._drop_done([self._t], self._tmade)
         return out
