@@ -15,11 +15,16 @@ every layer is one request/response per chunk, after a pre-message for ops with 
     resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
     out_c = ev.finish(op, resp)
 
-OT extension is SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
-k = 1 is plain IKNP): the receiver sends 128/k bits per OT (16 bytes for IKNP, 4 for the
-default k = 4; k = 2 costs 8 bytes and less CPU). The forward correlated OTs are directly the
-client's input labels: the garbler sends nothing per client input bit, and the server's own
-share bits are XOR-ed in for free.
+Correlated OTs come from silent OT by default (``ot="silent"``, ``bunet.gc.silent``: Ferret's LPN
+extension, 1 bit of choice corrections per OT plus its iteration messages, about 0.32 bytes per OT),
+bootstrapped at set-up by SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
+k = 1 is plain IKNP), or from SoftSpoken alone (``ot="softspoken"`` on both parties): the receiver
+sends 128/k bits per OT (16 bytes for IKNP, 4 for the default k = 4; k = 2 costs 8 bytes and less
+CPU). The forward correlated OTs are directly the client's input labels (silent: the garbler's zero
+labels are q ^ d Delta for the client's corrections d): the garbler sends nothing per client input
+bit but the silent iteration messages, and the server's own share bits are XOR-ed in for free.
+With silent OT, an iteration's message rides on the first response (forward) or request (reverse)
+that uses it, and ``finish`` of a later response of that iteration waits for the one carrying it.
 
 Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
 client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
@@ -45,6 +50,8 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
 Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 272.3
 in sign mode (85.2 garbled + 96 of reverse OTs down; 91 up: 8 OTs, 56 bytes of tables, and
 3 bytes of post-message). Chunks of 8 + 7 bits took 311.6 (128 bytes of tables, one AND less).
+With silent OT 157.1 (2^19 ReLUs, set-up included): 1 + 3 bytes of corrections for the 8 + 24 OTs
+and about 6 bytes of iteration messages instead of 32 + 96.
 
 Both parties make their messages on worker threads: ``prepare`` (client requests) and
 ``prepare_pre`` (server pre-messages) claim the OT ranges in order and return the job, like
@@ -52,8 +59,8 @@ Both parties make their messages on worker threads: ``prepare`` (client requests
 
 Requests must reach ``respond`` in the order they were made (checked: the sequence number fixes
 the OT range and the hash tweaks, which are never reused); pre-messages pair with requests in
-order. ``finish`` may take responses in any order and the C calls release the GIL, so chunks can
-be pipelined and run on two threads. ``g.claim(op, req, ys)`` does the in-order part of
+order. ``finish`` may take responses in any order (with silent OT: concurrently, see above) and
+the C calls release the GIL, so chunks can be pipelined and run on two threads. ``g.claim(op, req, ys)`` does the in-order part of
 ``respond`` and returns the garbling job, so a server can garble several chunks at once
 (``respond(...)`` is ``claim(...)()``). Chunks of about 8192 ReLUs keep each call's working set
 in cache (bunet.gc.harness shows the pattern: both parties pipelined, two worker threads each).
