@@ -63,7 +63,8 @@ order. ``finish`` may take responses in any order (with silent OT: concurrently,
 the C calls release the GIL, so chunks can be pipelined and run on two threads.
 ``g.claim(op, req, ys)`` does the in-order part of ``respond`` and returns the garbling job, so a
 server can garble several chunks at once (``respond(...)`` is ``claim(...)()``). Chunks of about
-8192 ReLUs keep each call's working set in cache (bunet.gc.harness shows the pattern: both parties pipelined, two worker threads each).
+8192 ReLUs keep each call's working set in cache (bunet.gc.harness shows the pattern: both
+parties pipelined, two worker threads each).
 
 Costs per instance (AND = three-halves garbling, Rosulek-Roy 2021: 24 bytes + 5 control bits;
 ANDG = garbler half gate, 16 bytes; see ``circuits``). Without look-ups (``lut=False``):
