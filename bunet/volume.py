@@ -64,12 +64,17 @@ def load_scan(path: str | Path) -> Scan:
         raise ScanError(f"cannot read {path.name} as NIfTI: {why}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ScanError(f"{path.name} is not a NIfTI image")
+    return scan_from_image(img, data, path.name)
+
+
+def scan_from_image(img: nib.Nifti1Image, data: np.ndarray, name: str) -> Scan:
+    """A Scan from HU ``data`` in ``img``'s voxel order (any orientation); ``name`` for errors."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ScanError(f"{path.name} has {data.ndim} dimensions {data.shape}; a 3D CT volume is needed")
+        raise ScanError(f"{name} has {data.ndim} dimensions {data.shape}; a 3D CT volume is needed")
     if min(data.shape) < 1 or not np.isfinite(data).all():
-        raise ScanError(f"{path.name} holds empty or non-finite voxel values")
+        raise ScanError(f"{name} holds empty or non-finite voxel values")
     ornt = nib.orientations.io_orientation(img.affine)
     canon = nib.orientations.apply_orientation(data, ornt)
     return Scan(np.ascontiguousarray(canon, dtype=np.float32), img, ornt)
@@ -133,9 +138,7 @@ def fuse(labels: dict[str, np.ndarray], method: str = "majority", classes: int =
 
 def write_mask(labels: np.ndarray, scan: Scan, path: str | Path) -> None:
     """Write canonical labels as a uint8 NIfTI in the input's own grid, affine and header."""
-    back = nib.orientations.apply_orientation(labels.astype(np.uint8), _inverse(scan.ornt))
-    if back.shape != scan.image.shape[:3]:
-        raise AssertionError("mask shape does not match the scan")  # a bug, not bad input
+    back = to_original(labels, scan)
     hdr = scan.image.header.copy()
     hdr.set_data_dtype(np.uint8)
     hdr.set_slope_inter(1, 0)
@@ -146,6 +149,14 @@ def write_mask(labels: np.ndarray, scan: Scan, path: str | Path) -> None:
     tmp = path.with_name(".part-" + path.name)
     nib.save(out, str(tmp))
     tmp.replace(path)
+
+
+def to_original(labels: np.ndarray, scan: Scan) -> np.ndarray:
+    """Canonical labels -> uint8 array in the scan's own voxel order (the file's grid)."""
+    back = nib.orientations.apply_orientation(labels.astype(np.uint8), _inverse(scan.ornt))
+    if back.shape != scan.image.shape[:3]:
+        raise AssertionError("mask shape does not match the scan")  # a bug, not bad input
+    return back
 
 
 def _inverse(ornt: np.ndarray) -> np.ndarray:
