@@ -44,25 +44,33 @@ def _token(args: argparse.Namespace) -> str | None:
 # bunet-client
 
 
-def _default_output(scan: str) -> Path:
-    p = Path(scan)
-    stem = p.name[:-7] if p.name.endswith(".nii.gz") else p.stem
-    return p.with_name(f"{stem}_mask.nii.gz")
-
-
 def client_main(argv: list[str] | None = None) -> int:
     tune_malloc()
     ap = argparse.ArgumentParser(prog="bunet-client", description="Secure lesion segmentation of a chest CT scan.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    seg = sub.add_parser("segment", help="segment a NIfTI scan; the scan never leaves this machine in the clear")
-    seg.add_argument("scan", help="CT scan in HU, .nii or .nii.gz")
+    seg = sub.add_parser("segment", help="segment CT scans; a scan never leaves this machine in the clear")
+    seg.add_argument("scans", nargs="+", metavar="SCAN",
+                     help="CT scan in HU: a .nii/.nii.gz file or a folder holding one DICOM series; "
+                          "or a folder of such cases")
     seg.add_argument("--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server "
                      "with the bundled model)")
-    seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan)")
+    seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan); "
+                     "a folder for several cases (each gets <name>_mask.nii.gz there)")
     seg.add_argument("--planes", help="comma-separated planes among xy,yz,xz (default: those the model serves)")
     seg.add_argument("--fusion", choices=["majority", "union", "single"], default="majority",
                      help="how per-plane masks are combined (default: majority vote)")
-    seg.add_argument("--preview", metavar="PNG", help="also write a PNG: middle slice of each plane with the mask")
+    seg.add_argument("--preview", metavar="PNG", nargs="?", const="",
+                     help="also write a PNG: per plane the slice with the most lesion, with the lung contour "
+                          "(no name: <name>_preview.png)")
+    seg.add_argument("--report", metavar="JSON", nargs="?", const="",
+                     help="also write the lesion-burden report as JSON (no name: <name>_report.json)")
+    seg.add_argument("--dicom-seg", metavar="DCM", nargs="?", const="",
+                     help="for a DICOM input, also write a DICOM Segmentation referencing the series "
+                          "(no name: <name>_seg.dcm)")
+    seg.add_argument("--series", metavar="UID", help="the series to use when a DICOM folder holds several")
+    seg.add_argument("--no-lung-mask", action="store_true",
+                     help="keep lesion voxels outside the lung fields (default: only the lungs are segmented)")
+    seg.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist (default: skip them)")
     seg.add_argument("--model", help="model file for the embedded server (default: the bundled model)")
     seg.add_argument("--tls", action="store_true", help="use TLS with the system's trusted CAs")
     seg.add_argument("--ca", help="CA certificate (PEM) that signed the server's certificate (implies --tls)")
@@ -90,39 +98,90 @@ def _segment(args: argparse.Namespace) -> int:
             return _fail(f"--planes takes xy, yz and/or xz, got {args.planes!r}", EXIT_USAGE)
     if args.model and args.server:
         return _fail("--model is for the embedded server; a remote server has its own model", EXIT_USAGE)
-    out = Path(args.output) if args.output else _default_output(args.scan)
-    if not out.parent.is_dir():
-        return _fail(f"output folder {out.parent} does not exist")
+    from . import cases
+
+    found = cases.discover(args.scans)
+    wanted = [k for k in ("report", "preview", "dicom_seg") if getattr(args, k) is not None]
+    opts = cases.Options(planes, args.fusion, not args.no_lung_mask, args.series)
+    client_box: list[Client] = []
+
+    def client_for() -> Client:
+        if not client_box:
+            client_box.append(Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert,
+                                     key=args.key, model=args.model))
+        return client_box[0]
+
+    def progress_for(case: cases.Case) -> tuple:
+        if args.quiet:
+            return None, lambda: None
+        from tqdm import tqdm
+
+        bar = tqdm(total=1, unit="step", desc=f"{case.name}: secure inference", file=sys.stderr, leave=False,
+                   disable=None)  # None: no bar when stderr is not a terminal
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        return progress, bar.close
+
+    errors = (ClientError, volume.ScanError, ModelError, ValueError, OSError)
     try:
-        scan = volume.load_scan(args.scan)  # fail fast, before any server is started
-        with Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                    model=args.model) as client:
-            bar = None
-            if not args.quiet:
-                from tqdm import tqdm
-
-                bar = tqdm(total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False,
-                           disable=None)  # None: no bar when stderr is not a terminal
-
-            def progress(done: int, total: int) -> None:
-                if bar is not None:
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
-
-            result = client.segment(scan, planes, args.fusion, progress)
-            if bar is not None:
-                bar.close()
-        volume.write_mask(result.labels, result.scan, out)
-        if args.preview:
-            volume.preview(result.scan, result.labels, args.preview)
-    except (ClientError, volume.ScanError, ModelError, ValueError, OSError) as e:
+        if cases.is_batch(args.scans, found):
+            return _segment_batch(args, found, wanted, opts, client_for, progress_for, errors)
+        outputs = _single_outputs(args, found[0], wanted)
+        if not outputs["mask"].parent.is_dir():
+            return _fail(f"output folder {outputs['mask'].parent} does not exist")
+        progress, close = progress_for(found[0])
+        try:
+            outcome = cases.run_case(found[0], client_for, outputs, opts, progress)
+        finally:
+            close()
+    except errors as e:
         return _fail(str(e))
-    lesion = int((result.labels > 0).sum())
-    print(f"mask: {out} ({lesion} lesion voxels of {result.labels.size})", file=sys.stderr)
-    for line in result.summary.lines():
+    finally:
+        for c in client_box:
+            c.close()
+    for line in outcome.lines:
         print(line, file=sys.stderr)
     return 0
+
+
+def _single_outputs(args: argparse.Namespace, case: object, wanted: list[str]) -> dict[str, Path]:
+    """One scan: -o is the mask file (or a folder for it); other outputs as named or beside the mask."""
+    from . import cases
+
+    out = Path(args.output) if args.output else None
+    outputs = cases.outputs_for(case, out if out is not None and out.is_dir() else None, wanted)  # type: ignore[arg-type]
+    if out is not None and not out.is_dir():
+        outputs["mask"] = out
+    for k in wanted:
+        name = getattr(args, k)
+        outputs[k] = Path(name) if name else outputs["mask"].parent / outputs[k].name
+    return outputs
+
+
+def _segment_batch(args: argparse.Namespace, found: list, wanted: list[str], opts: object, client_for: object,
+                   progress_for: object, errors: tuple) -> int:
+    """Several cases: each runs on its own; a summary table; exit 1 when any case failed."""
+    from . import cases
+
+    named = [f"--{k.replace('_', '-')}" for k in wanted if getattr(args, k)]
+    if named:
+        return _fail(f"with several cases, give {', '.join(named)} without a file name: each case's file is "
+                     "named after it", EXIT_USAGE)
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = cases.run_batch(found, client_for, out_dir, wanted, opts, overwrite=args.overwrite,  # type: ignore[arg-type]
+                               errors=errors, progress_for=progress_for)  # type: ignore[arg-type]
+    for line in cases.summary_table(outcomes):
+        print(line, file=sys.stderr)
+    failed = sum(o.status == "failed" for o in outcomes)
+    if failed:
+        print(f"{failed} of {len(outcomes)} cases failed", file=sys.stderr)
+    return EXIT_FAIL if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -117,8 +117,11 @@ class Client:
         return len(self.protocol.plans[self.model.plane_networks[plane]].steps)
 
     def segment(self, scan: str | Path | volume.Scan, planes: list[str] | None = None, fusion: str = "majority",
-                progress: Callable[[int, int], None] | None = None) -> Result:
-        """Segment a NIfTI file (or a loaded Scan): per-plane secure labels, fused."""
+                progress: Callable[[int, int], None] | None = None, roi: np.ndarray | None = None) -> Result:
+        """Segment a NIfTI file (or a loaded Scan): per-plane secure labels, fused.
+
+        ``roi`` (canonical, boolean): only slices that cut it are sent; the others are background.
+        """
         t_start = time.perf_counter()
         try:
             s = scan if isinstance(scan, volume.Scan) else volume.load_scan(scan)
@@ -134,9 +137,11 @@ class Client:
         size = tuple(pp.input_size)
         summary = Summary()
         stacks = {p: volume.to_slices(s.hu, p) for p in planes}
+        sent = {p: np.arange(len(st)) if roi is None else np.flatnonzero(volume.to_slices(roi, p).any(axis=(1, 2)))
+                for p, st in stacks.items()}
         per_plane: dict[str, np.ndarray] = {}
         done = [0]
-        total_steps = sum(len(self._batches(len(st))) * self.steps_per_job(p) for p, st in stacks.items())
+        total_steps = sum(len(self._batches(len(sent[p]))) * self.steps_per_job(p) for p in stacks)
 
         def tick(k: int) -> None:
             done[0] += k
@@ -144,12 +149,15 @@ class Client:
                 progress(done[0], total_steps)
 
         for p, st in stacks.items():
-            x = volume.resize_stack(pp.apply(st), size)[:, None].astype(np.float32)
             if self.model.network(p).graph.input.attrs.get("channels", 1) != 1:
                 raise ClientError("the model expects multi-channel slices; BUNET scans give one channel")
-            lab = self.segment_slices(x, p, tick, summary)
-            per_plane[p] = volume.from_slices(volume.resize_stack(lab.astype(np.uint8), st.shape[1:], labels=True), p)
-            summary.slices[p] = len(st)
+            lab = np.zeros(st.shape, dtype=np.uint8)
+            if len(sent[p]):
+                x = volume.resize_stack(pp.apply(st[sent[p]]), size)[:, None].astype(np.float32)
+                lab[sent[p]] = volume.resize_stack(self.segment_slices(x, p, tick, summary).astype(np.uint8),
+                                                   st.shape[1:], labels=True)
+            per_plane[p] = volume.from_slices(lab, p)
+            summary.slices[p] = len(sent[p])
         try:
             fused = volume.fuse(per_plane, fusion, classes=len(pp.classes))
         except ValueError as e:

@@ -1,4 +1,4 @@
-"""CT volumes: NIfTI I/O, intensity preprocessing, slicing along planes, resizing, fusion, preview.
+"""CT volumes: NIfTI I/O, intensity preprocessing, slicing along planes, resizing, fusion.
 
 Volumes are handled in nibabel's closest canonical orientation (RAS+: array axes x -> patient
 right... left-to-right, y posterior-to-anterior, z inferior-to-superior), whatever the file's
@@ -165,33 +165,3 @@ def _inverse(ornt: np.ndarray) -> np.ndarray:
     for i, (ax, flip) in enumerate(ornt):
         inv[int(ax)] = (i, flip)
     return inv
-
-
-def preview(scan: Scan, labels: np.ndarray, path: str | Path, window: tuple[float, float] = (-1350.0, 150.0)) -> None:
-    """PNG with the middle slice of each plane, grey CT under a red lesion overlay."""
-    from PIL import Image
-
-    lo, hi = window
-    tiles = []
-    for plane in PLANES:
-        img = to_slices(scan.hu, plane)
-        lab = to_slices(labels, plane)
-        k = img.shape[0] // 2
-        grey = np.clip((img[k] - lo) / (hi - lo), 0, 1)
-        rgb = np.stack([grey] * 3, axis=-1)
-        m = lab[k] > 0
-        rgb[m] = 0.5 * rgb[m] + 0.5 * np.array([1.0, 0.1, 0.1])
-        # physical aspect: scale rows/cols by voxel size so anisotropic scans look right
-        z = scan.zooms
-        perm = _LAYOUT[plane][0]
-        row_mm, col_mm = z[perm[1]], z[perm[2]]
-        h = max(1, round(rgb.shape[0] * row_mm / min(row_mm, col_mm)))
-        w = max(1, round(rgb.shape[1] * col_mm / min(row_mm, col_mm)))
-        tiles.append(Image.fromarray((rgb * 255).astype(np.uint8)).resize((w, h), Image.NEAREST))
-    H = max(t.height for t in tiles)
-    canvas = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), H))
-    x = 0
-    for t in tiles:
-        canvas.paste(t, (x, (H - t.height) // 2))
-        x += t.width + 8
-    canvas.save(str(path))
