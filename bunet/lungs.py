@@ -31,7 +31,7 @@ AIR_HU = -400.0
 PURE_GAS_HU = -950.0
 PURE_GAS_MAX = 0.2
 MIN_ML = 10.0
-CLOSE_MM = 15.0
+CLOSE_MM = 25.0  # wide enough to take in lesions along the pleura, which a threshold cuts out
 
 RIGHT, LEFT = 1, 2  # values in the lung label volume
 SIDES = {"right": RIGHT, "left": LEFT}
