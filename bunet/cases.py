@@ -180,7 +180,7 @@ def run_batch(cases: list[Case], client_for: Callable[[], object], out_dir: Path
     outcomes: list[Outcome] = []
     claimed: dict[Path, str] = {}
     for case in cases:
-        outs = outputs_for(case, out_dir, wanted)
+        outs = outputs_for(case, out_dir, [k for k in wanted if k != "dicom_seg" or case.dicom])
         if outs["mask"] in claimed:
             outcomes.append(Outcome(case, "failed", f"same output name as {claimed[outs['mask']]}"))
             continue
@@ -190,8 +190,7 @@ def run_batch(cases: list[Case], client_for: Callable[[], object], out_dir: Path
             continue
         progress, close = progress_for(case) if progress_for else (None, lambda: None)
         try:
-            outcome = run_case(case, client_for, {k: v for k, v in outs.items()
-                                                  if k != "dicom_seg" or case.dicom}, opts, progress)
+            outcome = run_case(case, client_for, outs, opts, progress)
         except errors as e:
             outcome = Outcome(case, "failed", str(e).splitlines()[0] if str(e) else type(e).__name__)
         finally:

@@ -156,9 +156,10 @@ def _single_outputs(args: argparse.Namespace, case: object, wanted: list[str]) -
     outputs = cases.outputs_for(case, out if out is not None and out.is_dir() else None, wanted)  # type: ignore[arg-type]
     if out is not None and not out.is_dir():
         outputs["mask"] = out
+    stem = cases.case_name(outputs["mask"]).removesuffix("_mask")
     for k in wanted:
         name = getattr(args, k)
-        outputs[k] = Path(name) if name else outputs["mask"].parent / outputs[k].name
+        outputs[k] = Path(name) if name else outputs["mask"].with_name(stem + cases.OUTPUTS[k])
     return outputs
 
 
