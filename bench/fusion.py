@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +91,7 @@ def main() -> None:
                 row[mode] = {k: round(v, 4) for k, v in d.items()}
             row["seconds"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)  # partial results while it runs
     print(json.dumps({"model": model.name, "metric": "Dice vs phantom lesion labels, inside the lung fields",
                       "phantoms": rows}, indent=1))
 

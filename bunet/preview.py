@@ -74,9 +74,15 @@ def write_preview(scan: Scan, lesion: np.ndarray, lungs: np.ndarray, path: str |
     draw.line((gap + 170, y + 11, gap + 190, y + 11), fill=tuple(int(255 * v) for v in CONTOUR_RGB), width=3)
     draw.text((gap + 196, y + 3), "lung fields (threshold)", fill=(235, 235, 235), font=font)
     draw.text((gap + 400, y + 3), "axial, coronal: patient's right on the left", fill=(160, 160, 160), font=font)
-    if report:
-        for i, line in enumerate(report.lines()[:4]):
-            draw.text((gap, y + 26 + 20 * i), line, fill=(235, 235, 235), font=font)
+    if report:  # a small table: fixed column positions, the font is proportional
+        rows = [("", "lung mL", "lesion mL", "involved")] + [
+            (k, f"{p.lung_ml:.1f}", f"{p.lesion_ml:.1f}", f"{p.involvement_percent:.1f} %")
+            for k, p in report.parts.items()]
+        for i, row in enumerate(rows):
+            for j, cell in enumerate(row):
+                right = gap + 60 + 100 * j  # numbers right-aligned at the column's end
+                x0 = gap if j == 0 else right - draw.textlength(cell, font=font)
+                draw.text((x0, y + 26 + 20 * i), cell, fill=(235, 235, 235), font=font)
     path = Path(path)
     tmp = path.with_name(".part-" + path.name)
     canvas.save(str(tmp), format="PNG")
