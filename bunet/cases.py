@@ -117,6 +117,10 @@ def run_case(case: Case, client_for: Callable[[], object], outputs: dict[str, Pa
     lesion = int((labels > 0).sum())
     lines = [f"mask: {outputs['mask']} ({lesion} lesion voxels of {labels.size})", *report.lines(),
              *result.summary.lines()]
+    if roi is not None:
+        total = {p: volume.to_slices(roi, p).shape[0] for p in result.summary.slices}
+        lines.append("lungs first: segmented only the slices that cut the lung fields ("
+                     + ", ".join(f"{p}: {n} of {total[p]}" for p, n in result.summary.slices.items()) + ")")
     return Outcome(case, "done", report=report, seconds=time.perf_counter() - t0, lines=lines)
 
 
