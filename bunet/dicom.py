@@ -179,12 +179,12 @@ def read_seg_labels(path: str | Path, dscan: DicomScan) -> np.ndarray:
 
 
 def write_series(volume_path: str | Path, out_dir: str | Path, *, slope: float = 1.0,
-                 intercept: float = -1024.0, shuffle_seed: int | None = None) -> list[Path]:
+                 intercept: float | None = None, shuffle_seed: int | None = None) -> list[Path]:
     """Write a NIfTI CT volume as a single-frame CT Image Storage series (one file a slice).
 
     For demos and tests: the inverse of :func:`load_series`, stored as unsigned 16-bit values
-    through RescaleSlope/Intercept. ``shuffle_seed`` scrambles the file names' order against the
-    slice order so readers cannot rely on it."""
+    through RescaleSlope/Intercept (intercept: -1024 or the scan's minimum). ``shuffle_seed``
+    scrambles the file names' order against the slice order so readers cannot rely on it."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -194,6 +194,8 @@ def write_series(volume_path: str | Path, out_dir: str | Path, *, slope: float =
     lps = np.linalg.inv(LPS_TO_RAS) @ img.affine
     dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
     row_cos, col_cos = lps[:3, 0] / dc, lps[:3, 1] / dr
+    if intercept is None:  # the usual -1024, lower when the scan has values below it
+        intercept = float(min(-1024.0, np.floor(data.min())))
     stored = np.rint((data - intercept) / slope)
     if stored.min() < 0 or stored.max() > 65535:
         raise ScanError("values do not fit 16 bits with this slope/intercept")

@@ -112,3 +112,12 @@ def test_not_dicom(tmp_path):
     assert not dicom.is_dicom_folder(tmp_path)
     with pytest.raises(volume.ScanError, match="no DICOM image slices"):
         dicom.load_series(tmp_path)
+
+
+@pytest.mark.shared_data
+def test_real_ct_as_dicom_series(shared_data, tmp_path):
+    src = shared_data / "totalsegmentator_examples" / "pulmonary_ct_cropped.nii.gz"  # LPS storage, int16
+    dicom.write_series(src, tmp_path / "dcm", shuffle_seed=0)
+    d, s = dicom.load_series(tmp_path / "dcm"), volume.load_scan(src)
+    np.testing.assert_array_equal(d.scan.hu, s.hu)
+    np.testing.assert_allclose(d.scan.image.affine, s.image.affine, atol=1e-3)
