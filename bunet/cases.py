@@ -171,7 +171,7 @@ def summary_table(outcomes: list[Outcome]) -> list[str]:
             nums = f"{t.lesion_ml:>9.1f} {t.involvement_percent:>8.1f}% {o.seconds:>6.0f}s"
         else:
             nums = f"{'-':>9} {'-':>9} {'-':>7}"
-        lines.append(f"{o.case.name:<{w}}  {o.status:<8} {nums}  {o.message}")
+        lines.append(f"{o.case.name:<{w}}  {o.status:<8} {nums}  {o.message}".rstrip())
     return lines
 
 
