@@ -54,8 +54,8 @@ def client_main(argv: list[str] | None = None) -> int:
                           "or a folder of such cases")
     seg.add_argument("--server", metavar="HOST:PORT", help="BUNET server (default: an embedded local server "
                      "with the bundled model)")
-    seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan); "
-                     "a folder for several cases (each gets <name>_mask.nii.gz there)")
+    seg.add_argument("-o", "--output", help="mask file .nii/.nii.gz (default: <scan>_mask.nii.gz beside the scan), "
+                     "or a folder (each case gets <name>_mask.nii.gz there)")
     seg.add_argument("--planes", help="comma-separated planes among xy,yz,xz (default: those the model serves)")
     seg.add_argument("--fusion", choices=["majority", "union", "single"], default="majority",
                      help="how per-plane masks are combined (default: majority vote)")
@@ -153,8 +153,11 @@ def _single_outputs(args: argparse.Namespace, case: object, wanted: list[str]) -
     from . import cases
 
     out = Path(args.output) if args.output else None
-    outputs = cases.outputs_for(case, out if out is not None and out.is_dir() else None, wanted)  # type: ignore[arg-type]
-    if out is not None and not out.is_dir():
+    folder = out is not None and (out.is_dir() or not out.name.endswith(cases.NIFTI_SUFFIXES))
+    if folder:
+        out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+    outputs = cases.outputs_for(case, out if folder else None, wanted)  # type: ignore[arg-type]
+    if out is not None and not folder:
         outputs["mask"] = out
     stem = cases.case_name(outputs["mask"]).removesuffix("_mask")
     for k in wanted:

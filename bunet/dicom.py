@@ -58,6 +58,7 @@ def list_series(folder: str | Path) -> dict[str, list]:
 
     folder = Path(folder)
     series: dict[str, list] = {}
+    multiframe = 0
     for f in sorted(folder.iterdir()):
         if not f.is_file() or not _is_dicom(f):
             continue
@@ -65,9 +66,14 @@ def list_series(folder: str | Path) -> dict[str, list]:
             ds = pydicom.dcmread(f)
         except Exception as e:  # pydicom raises many types for damaged files
             raise ScanError(f"cannot read {f.name} as DICOM: {str(e).splitlines()[0] if str(e) else e}") from None
+        if "PixelData" in ds and int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            multiframe += 1
+            continue
         if "PixelData" not in ds or "ImagePositionPatient" not in ds:
             continue  # DICOMDIR, structured reports, presentation states: not slices
         series.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
+    if not series and multiframe:
+        raise ScanError(f"{folder} holds multi-frame (enhanced) DICOM images; BUNET reads single-frame CT series")
     return series
 
 

@@ -164,5 +164,9 @@ def test_cli_dicom_folder_and_folder_of_cases(tmp_path, tiny_model):
 
 def test_cli_dicom_seg_needs_dicom(tmp_path, tiny_model):
     _phantom(tmp_path / "a.nii.gz")
+    r = _cli("segment", str(tmp_path / "a.nii.gz"), "--model", str(tiny_model), "-o", str(tmp_path / "res"),
+             "--report", "--quiet")  # -o without a NIfTI suffix: a folder
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["a_mask.nii.gz", "a_report.json"]
     r = _cli("segment", str(tmp_path / "a.nii.gz"), "--model", str(tiny_model), "--dicom-seg", "--quiet")
     assert r.returncode == 1 and "needs a DICOM series" in r.stderr and len(r.stderr.strip().splitlines()) == 1

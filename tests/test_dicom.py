@@ -121,3 +121,17 @@ def test_real_ct_as_dicom_series(shared_data, tmp_path):
     d, s = dicom.load_series(tmp_path / "dcm"), volume.load_scan(src)
     np.testing.assert_array_equal(d.scan.hu, s.hu)
     np.testing.assert_allclose(d.scan.image.affine, s.image.affine, atol=1e-3)
+
+
+def test_multiframe_is_named(tmp_path):
+    import pydicom
+
+    src, _ = _volume(tmp_path, AFFINES["LPS"], shape=(6, 6, 2))
+    paths = dicom.write_series(src, tmp_path / "dcm")
+    ds = pydicom.dcmread(paths[0])
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(paths[0])
+    paths[1].unlink()
+    with pytest.raises(volume.ScanError, match="multi-frame"):
+        dicom.load_series(tmp_path / "dcm")
