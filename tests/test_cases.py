@@ -170,3 +170,24 @@ def test_cli_dicom_seg_needs_dicom(tmp_path, tiny_model):
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["a_mask.nii.gz", "a_report.json"]
     r = _cli("segment", str(tmp_path / "a.nii.gz"), "--model", str(tiny_model), "--dicom-seg", "--quiet")
     assert r.returncode == 1 and "needs a DICOM series" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_lungs_first_equals_masking_afterwards(tmp_path):
+    """Sending only the slices that cut the lungs gives, inside them, the labels of a full run
+    (three planes, the real secure path)."""
+    from bunet import volume
+    from bunet.client import Client
+    from bunet.lungs import lung_fields
+
+    m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8, seed=4, planes=("xy", "yz", "xz"))
+    m.save(tmp_path / "m.bunet")
+    scan = volume.load_scan(_phantom(tmp_path / "a.nii.gz"))
+    roi = lung_fields(scan.hu, scan.zooms).mask
+    roi[:, :, 0] = False  # one axial slice without lung
+    with Client(None, model=tmp_path / "m.bunet") as c:
+        full = c.segment(scan, ["xy", "yz", "xz"], "majority")
+        part = c.segment(scan, ["xy", "yz", "xz"], "majority", roi=roi)
+    assert part.summary.slices["xy"] == SHAPE[2] - 1 and part.summary.slices["yz"] < SHAPE[0]
+    np.testing.assert_array_equal(part.labels[roi], full.labels[roi])
+    assert not part.per_plane["xy"][:, :, 0].any()
+    assert (full.labels[roi] > 0).any() and (full.labels[roi] == 0).any()  # the comparison can fail
