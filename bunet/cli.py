@@ -13,9 +13,15 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .heap import tune_malloc
+
+if TYPE_CHECKING:  # imported lazily at run time: argument errors must not wait for NumPy
+    from . import cases
+    from .client import Client
 
 # The heavy work runs in the native kernels' own threads; idle OpenBLAS worker threads would only
 # spin against them (about a fifth of a core each). Must be set before NumPy is first imported.
@@ -111,20 +117,8 @@ def _segment(args: argparse.Namespace) -> int:
                                      key=args.key, model=args.model))
         return client_box[0]
 
-    def progress_for(case: cases.Case) -> tuple:
-        if args.quiet:
-            return None, lambda: None
-        from tqdm import tqdm
-
-        bar = tqdm(total=1, unit="step", desc=f"{case.name}: secure inference", file=sys.stderr, leave=False,
-                   disable=None)  # None: no bar when stderr is not a terminal
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        return progress, bar.close
+    def progress_for(case: cases.Case) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+        return _progress_bar(f"{case.name}: secure inference", args.quiet)
 
     errors = (ClientError, volume.ScanError, ModelError, ValueError, OSError)
     try:
@@ -148,17 +142,35 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _single_outputs(args: argparse.Namespace, case: object, wanted: list[str]) -> dict[str, Path]:
+def _progress_bar(desc: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A progress callback and its closer: a tqdm bar on a terminal, nothing when quiet."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, unit="step", desc=desc, file=sys.stderr, leave=False,
+               disable=None)  # None: no bar when stderr is not a terminal
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return progress, bar.close
+
+
+def _single_outputs(args: argparse.Namespace, case: cases.Case, wanted: list[str]) -> dict[str, Path]:
     """One scan: -o is the mask file (or a folder for it); other outputs as named or beside the mask."""
     from . import cases
 
     out = Path(args.output) if args.output else None
-    folder = out is not None and (out.is_dir() or not out.name.endswith(cases.NIFTI_SUFFIXES))
-    if folder:
-        out.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-    outputs = cases.outputs_for(case, out if folder else None, wanted)  # type: ignore[arg-type]
-    if out is not None and not folder:
-        outputs["mask"] = out
+    if out is not None and (out.is_dir() or not out.name.endswith(cases.NIFTI_SUFFIXES)):
+        out.mkdir(parents=True, exist_ok=True)
+        outputs = cases.outputs_for(case, out, wanted)
+    else:
+        outputs = cases.outputs_for(case, None, wanted)
+        if out is not None:
+            outputs["mask"] = out
     stem = cases.case_name(outputs["mask"]).removesuffix("_mask")
     for k in wanted:
         name = getattr(args, k)
@@ -166,8 +178,9 @@ def _single_outputs(args: argparse.Namespace, case: object, wanted: list[str]) -
     return outputs
 
 
-def _segment_batch(args: argparse.Namespace, found: list, wanted: list[str], opts: object, client_for: object,
-                   progress_for: object, errors: tuple) -> int:
+def _segment_batch(args: argparse.Namespace, found: list[cases.Case], wanted: list[str], opts: cases.Options,
+                   client_for: Callable[[], Client], progress_for: Callable[[cases.Case], tuple],
+                   errors: tuple[type[BaseException], ...]) -> int:
     """Several cases: each runs on its own; a summary table; exit 1 when any case failed."""
     from . import cases
 
@@ -178,8 +191,8 @@ def _segment_batch(args: argparse.Namespace, found: list, wanted: list[str], opt
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes = cases.run_batch(found, client_for, out_dir, wanted, opts, overwrite=args.overwrite,  # type: ignore[arg-type]
-                               errors=errors, progress_for=progress_for)  # type: ignore[arg-type]
+    outcomes = cases.run_batch(found, client_for, out_dir, wanted, opts, overwrite=args.overwrite,
+                               errors=errors, progress_for=progress_for)
     for line in cases.summary_table(outcomes):
         print(line, file=sys.stderr)
     failed = sum(o.status == "failed" for o in outcomes)
