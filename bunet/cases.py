@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from . import volume
 from .burden import Burden, burden
 from .dicom import DicomScan, is_dicom_folder, load_series, write_seg
 from .lungs import Lungs, lung_fields
+
+if TYPE_CHECKING:  # the client (gRPC, native kernels) is needed only once a case runs
+    from .client import Client
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUTS = {"mask": "_mask.nii.gz", "report": "_report.json", "preview": "_preview.png", "dicom_seg": "_seg.dcm"}
@@ -93,7 +97,7 @@ def load_case(case: Case, series: str | None) -> tuple[volume.Scan, DicomScan | 
     return volume.load_scan(case.path), None
 
 
-def run_case(case: Case, client_for: Callable[[], object], outputs: dict[str, Path], opts: Options,
+def run_case(case: Case, client_for: Callable[[], Client], outputs: dict[str, Path], opts: Options,
              progress: Callable[[int, int], None] | None = None) -> Outcome:
     """Segment one case and write its outputs (``outputs``: kind -> final path) all or nothing.
 
@@ -108,7 +112,7 @@ def run_case(case: Case, client_for: Callable[[], object], outputs: dict[str, Pa
     if roi is not None and not roi.any():
         raise volume.ScanError(f"{case.name}: no lung fields found (is it a chest CT in HU?); "
                                "--no-lung-mask segments the whole scan")
-    result = client.segment(scan, opts.planes, opts.fusion, progress, roi=roi)  # type: ignore[attr-defined]
+    result = client.segment(scan, opts.planes, opts.fusion, progress, roi=roi)
     labels, removed = mask_to_lungs(result.labels, lungs, opts.lung_mask)
     report = burden(labels, lungs.labels, scan.zooms, scan=str(case.path), lung_mask_applied=opts.lung_mask,
                     removed_voxels=removed)
@@ -133,7 +137,7 @@ def mask_to_lungs(labels: np.ndarray, lungs: Lungs, apply: bool) -> tuple[np.nda
 
 
 def _write_all(outputs: dict[str, Path], labels: np.ndarray, scan: volume.Scan, dscan: DicomScan | None,
-               lungs: Lungs, report: Burden, client: object) -> None:
+               lungs: Lungs, report: Burden, client: Client) -> None:
     from .preview import write_preview
 
     parts = {k: p.with_name(".part-" + p.name) for k, p in outputs.items()}
@@ -144,7 +148,7 @@ def _write_all(outputs: dict[str, Path], labels: np.ndarray, scan: volume.Scan, 
         if "preview" in parts:
             write_preview(scan, labels, lungs.labels, parts["preview"], report)
         if "dicom_seg" in parts and dscan is not None:
-            write_seg(labels, dscan, parts["dicom_seg"], model_name=client.model.name)  # type: ignore[attr-defined]
+            write_seg(labels, dscan, parts["dicom_seg"], model_name=client.model.name)
         for k in sorted(parts, key=lambda k: k == "mask"):  # the mask last: it marks the case done
             os.replace(parts[k], outputs[k])
     finally:
@@ -175,7 +179,7 @@ def summary_table(outcomes: list[Outcome]) -> list[str]:
     return lines
 
 
-def run_batch(cases: list[Case], client_for: Callable[[], object], out_dir: Path | None, wanted: list[str],
+def run_batch(cases: list[Case], client_for: Callable[[], Client], out_dir: Path | None, wanted: list[str],
               opts: Options, *, overwrite: bool = False, errors: tuple[type[BaseException], ...] = (Exception,),
               progress_for: Callable[[Case], tuple[Callable[[int, int], None] | None, Callable[[], None]]]
               | None = None) -> list[Outcome]:
