@@ -51,8 +51,7 @@ def plane_labels(model: Model, scan: volume.Scan, plane: str, mode: str) -> np.n
     zx, zy, zz = scan.zooms
     nx, ny, _ = scan.shape
     mm = (ny * zy / size[0], nx * zx / size[1])
-    perm = volume._LAYOUT[plane][0]
-    row_mm, col_mm = scan.zooms[perm[1]], scan.zooms[perm[2]]
+    row_mm, col_mm = volume.slice_spacing(scan.zooms, plane)
     h = min(size[0], max(1, round(st.shape[1] * row_mm / mm[0])))
     w = min(size[1], max(1, round(st.shape[2] * col_mm / mm[1])))
     small = volume.resize_stack(pp.apply(st), (h, w))

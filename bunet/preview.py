@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from .burden import Burden
-from .volume import _LAYOUT, PLANES, Scan, to_slices
+from .volume import PLANES, Scan, slice_spacing, to_slices
 
 TILE_PX = 420  # the longer side of each plane's tile
 WINDOW = (-1350.0, 150.0)  # lung window (HU)
@@ -30,8 +30,7 @@ def best_slice(lesion: np.ndarray, lungs: np.ndarray) -> int:
 def _tile(scan: Scan, lesion: np.ndarray, lungs: np.ndarray, plane: str) -> tuple[np.ndarray, str]:
     img, les, lung = (to_slices(v, plane) for v in (scan.hu, lesion > 0, lungs > 0))
     k = best_slice(les, lung)
-    perm = _LAYOUT[plane][0]
-    row_mm, col_mm = scan.zooms[perm[1]], scan.zooms[perm[2]]
+    row_mm, col_mm = slice_spacing(scan.zooms, plane)
     h_mm, w_mm = img.shape[1] * row_mm, img.shape[2] * col_mm
     px_mm = TILE_PX / max(h_mm, w_mm)
     size = (max(1, round(h_mm * px_mm)), max(1, round(w_mm * px_mm)))

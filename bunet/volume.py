@@ -88,6 +88,12 @@ def to_slices(vol: np.ndarray, plane: str) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(np.flip(vol, flips), perm))
 
 
+def slice_spacing(zooms: tuple[float, float, float], plane: str) -> tuple[float, float]:
+    """(row, column) pixel spacing in mm of :func:`to_slices` slices of a volume with voxel size ``zooms``."""
+    perm = _LAYOUT[plane][0]
+    return zooms[perm[1]], zooms[perm[2]]
+
+
 def from_slices(stack: np.ndarray, plane: str) -> np.ndarray:
     """Inverse of :func:`to_slices`."""
     perm, flips = _LAYOUT[plane]
