@@ -243,8 +243,8 @@ class ServerProtocol:
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="garble")  # shared by all jobs
 
     def describe(self) -> dict[str, Any]:
-        """Public description: the model header (no weights) and the HE parameters."""
-        return {"model": self.model.header(), "he_params": self.he_params.to_bytes().hex()}
+        """Public description: the model's public header (no weights) and the HE parameters."""
+        return {"model": self.model.public_header(), "he_params": self.he_params.to_bytes().hex()}
 
     def _layer(self, net: str, step: Step, shape: tuple[int, int, int]) -> Any:
         """Frequency-domain filters: computed once per model and slice size, shared by all jobs."""

@@ -1,0 +1,100 @@
+"""What the client receives: Describe carries only the whitelisted header, and no byte of a whole
+secure job over gRPC contains any weight in any of its encodings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from bunet.client import Client
+from bunet.model.format import Quantization
+from bunet.model.plan import compile_plan
+from bunet.model.unet import seed_unet_model
+from bunet.protocol import channel as chmod
+from bunet.server import Server
+from bunet.service import transport
+
+TOP_KEYS = {"model", "he_params", "limits"}
+MODEL_KEYS = {"format", "format_version", "name", "description", "networks", "weight_shapes", "plane_networks",
+              "quantization", "preprocessing", "metadata", "public_fields"}
+SECRET = "python train.py --seed 1234 --secret-run-xyz"
+
+
+def _windows(values: np.ndarray, dtype: str, k: int) -> set[bytes]:
+    """Every run of k consecutive values in this encoding, except low-entropy runs (all equal)."""
+    v = np.ascontiguousarray(values.astype(dtype))
+    win = np.lib.stride_tricks.sliding_window_view(v, k)
+    keep = ~(win == win[:, :1]).all(axis=1)
+    return {r.tobytes() for r in win[keep]}
+
+
+def _find_any(blob: bytes, windows: set[bytes]) -> bytes | None:
+    """A window occurring anywhere in blob (at any byte offset), via a numpy pass per offset."""
+    if not windows:
+        return None
+    width = len(next(iter(windows)))
+    keys = np.frombuffer(b"".join(sorted(windows)), dtype=f"V{width}")
+    buf = np.frombuffer(blob, dtype=np.uint8)
+    for off in range(width):
+        n = (len(buf) - off) // width
+        hits = np.isin(buf[off: off + n * width].view(f"V{width}"), keys)
+        if hits.any():
+            i = int(np.flatnonzero(hits)[0])
+            return bytes(buf[off + i * width: off + (i + 1) * width])
+    return None
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = seed_unet_model(in_channels=1, base=4, depth=2, input_size=16, seed=11,
+                        quantization=Quantization(24, 8, 8), planes=("xy",))
+    return dataclasses.replace(m, metadata={"training": SECRET, "seed": 1234, "test_dice": 0.71},
+                               public_fields=["test_dice"])
+
+
+def test_find_any_finds_a_window_at_any_offset():
+    w = np.arange(10, 20, dtype=np.int64)
+    for off in range(9):
+        blob = bytes(off) + w.tobytes() + bytes(5)
+        assert _find_any(blob, _windows(w, "<i8", 3)) is not None
+    assert _find_any(bytes(range(256)) * 4, _windows(w, "<i8", 3)) is None
+
+
+def test_client_receives_only_the_whitelist_and_no_weight(model):
+    received: list[bytes] = []
+    orig_recv, orig_describe = chmod.Channel.recv, transport.StubClient.describe
+
+    def spy_recv(self, tag, limit=None):
+        data = orig_recv(self, tag, limit)
+        received.append(bytes(data))
+        return data
+
+    def spy_describe(self):
+        reply = orig_describe(self)
+        received.append(reply.SerializeToString())
+        return reply
+
+    chmod.Channel.recv, transport.StubClient.describe = spy_recv, spy_describe
+    try:
+        with Server(model, "127.0.0.1:0", max_slices=8) as srv, Client(srv.address) as c:
+            c.segment_slices(np.random.default_rng(2).random((2, 1, 16, 16)).astype(np.float32))
+    finally:
+        chmod.Channel.recv, transport.StubClient.describe = orig_recv, orig_describe
+    desc = json.loads(transport.bunet_pb2.DescribeReply.FromString(received[0]).description_json)
+    assert set(desc) <= TOP_KEYS and set(desc["model"]) <= MODEL_KEYS
+    assert desc["model"]["metadata"] == {"test_dice": 0.71}
+    blob = b"".join(received)
+    assert len(received) > 5 and SECRET.encode() not in blob and b"secret-run" not in blob
+    plan = compile_plan(model.networks["main"], model.quantization)
+    ring = 1 << model.quantization.ring_bits
+    for s in plan.steps:
+        if s.weight is None:
+            continue
+        w = s.weight.reshape(-1).astype(np.int64)
+        f = model.networks["main"].weights[f"{s.out}.weight"].reshape(-1)
+        for windows in (_windows(f, "<f4", 2), _windows(w, "<i8", 3), _windows(w % ring, "<u4", 4),
+                        _windows(w % ring, "<u8", 3)):
+            assert _find_any(blob, windows) is None, s.out
