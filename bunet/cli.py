@@ -91,6 +91,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="client private key (PEM) for mutual TLS")
     p.add_argument("--token", help="access token (prefer --token-file or BUNET_TOKEN)")
     p.add_argument("--token-file", help="file holding the access token")
+    p.add_argument("--insecure", action="store_true", help="allow sending the token without TLS (trusted networks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -140,7 +141,7 @@ def _segment(args: argparse.Namespace) -> int:
                 print(f"bunet-client: {text}", file=sys.stderr)
 
         with Client(args.server, token=_token(args), tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                    model=args.model, status=status) as client:
+                    model=args.model, status=status, insecure=args.insecure) as client:
 
             def progress(done: int, total: int) -> None:
                 if bar is not None:
@@ -190,6 +191,7 @@ def server_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", help="server private key (PEM)")
     ap.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
     ap.add_argument("--token-file", help="file with the bearer token clients must present (or BUNET_TOKEN)")
+    ap.add_argument("--insecure", action="store_true", help="accept a token without TLS (trusted networks only)")
     ap.add_argument("--max-sessions", type=int, default=2,
                     help="clients served at once; a client's parallel streams count as one (default 2)")
     ap.add_argument("--max-queue", type=int, default=16,
@@ -224,7 +226,7 @@ def server_main(argv: list[str] | None = None) -> int:
                      client_ca=args.client_ca, token=token, max_sessions=args.max_sessions,
                      max_queue=args.max_queue, max_slices=args.max_slices, idle_timeout_s=args.idle_timeout,
                      memory_budget=budget, slice_sizes=sizes, deadline_s_per_mpixel=args.deadline_per_mpixel,
-                     allow_plain_eval=args.allow_plain_eval).start()
+                     allow_plain_eval=args.allow_plain_eval, insecure=args.insecure).start()
     except (ModelError, ValueError, OSError, RuntimeError) as e:
         return _fail(str(e))
     stop = threading.Event()

@@ -69,7 +69,11 @@ class Client:
     def __init__(self, address: str | None = None, *, token: str | None = None, tls: bool = False,
                  ca: str | None = None, cert: str | None = None, key: str | None = None,
                  model: str | Path | None = None, lanes: int = 2, max_batch: int = 16,
-                 status: Callable[[str], None] | None = None, allow_plain_eval: bool = False) -> None:
+                 status: Callable[[str], None] | None = None, allow_plain_eval: bool = False,
+                 insecure: bool = False) -> None:
+        if address is not None and token and not (tls or ca) and not insecure:
+            raise ClientError("refusing to send the access token over plaintext gRPC: use TLS (--tls or --ca), "
+                              "or --insecure on a trusted network")
         self._embedded = None
         self.status = status  # told about waits: the server's queue, retries
         self.client_id = secrets.token_hex(8)  # groups this client's parallel streams at the server

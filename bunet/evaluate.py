@@ -272,7 +272,8 @@ def run(args: argparse.Namespace, token: str | None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         # the embedded server runs this machine's own copy of the model: plaintext evaluation is no disclosure
         with Client(args.server, token=token, tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                    model=args.model, allow_plain_eval=args.server is None) as client:
+                    model=args.model, allow_plain_eval=args.server is None,
+                    insecure=getattr(args, "insecure", False)) as client:
             study = Study(client, plain=not args.secure_only)
             if args.secure_only:
                 study.plain_note = "--secure-only was given"

@@ -62,7 +62,10 @@ class Server:
                  token: str | None = None, max_sessions: int = 2, max_queue: int = 16, max_slices: int = 256,
                  idle_timeout_s: float = 120.0, memory_budget: int | None = None,
                  slice_sizes: list[tuple[int, int]] | None = None, deadline_s_per_mpixel: float = 7200.0,
-                 max_streams_per_client: int = 4, allow_plain_eval: bool = False) -> None:
+                 max_streams_per_client: int = 4, allow_plain_eval: bool = False, insecure: bool = False) -> None:
+        if token and not tls_cert and not insecure:
+            raise ValueError("a token over plaintext gRPC can be read on the wire: give --tls-cert/--tls-key, "
+                             "or --insecure on a trusted network")
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)

@@ -136,3 +136,15 @@ def test_new_message_body_is_zeroed():
         del junk
         msg, body = new_message(b"hdr", 1 << 20)
         assert msg[:3] == b"hdr" and not body.any() and len(msg) == 3 + (1 << 20)
+
+
+def test_token_refused_over_plaintext_unless_insecure(model):
+    from bunet.client import ClientError
+
+    with pytest.raises(ValueError, match="plaintext"):
+        Server(model, "127.0.0.1:0", token="s3cret")
+    with pytest.raises(ClientError, match="plaintext"):
+        Client("127.0.0.1:9", token="s3cret")
+    with Server(model, "127.0.0.1:0", token="s3cret", insecure=True) as srv:
+        with Client(srv.address, token="s3cret", insecure=True) as c:
+            assert c.model.name == model.name
