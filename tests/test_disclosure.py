@@ -145,6 +145,6 @@ def test_token_refused_over_plaintext_unless_insecure(model):
         Server(model, "127.0.0.1:0", token="s3cret")
     with pytest.raises(ClientError, match="plaintext"):
         Client("127.0.0.1:9", token="s3cret")
-    with Server(model, "127.0.0.1:0", token="s3cret", insecure=True) as srv:
-        with Client(srv.address, token="s3cret", insecure=True) as c:
-            assert c.model.name == model.name
+    with Server(model, "127.0.0.1:0", token="s3cret", insecure=True) as srv, \
+            Client(srv.address, token="s3cret", insecure=True) as c:
+        assert c.model.name == model.name

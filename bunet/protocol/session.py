@@ -467,8 +467,6 @@ class ClientProtocol:
                       for k, n in self.model.networks.items()}
         self.he_params = he.HEParams.from_bytes(bytes.fromhex(description["he_params"]))
         self.he_params.validate()
-        self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
-        self.public_key = self.he.public_key()
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
         self.gc_window = GC_WINDOW  # announced in each job's spec; the server follows it
 
@@ -484,7 +482,8 @@ class ClientProtocol:
         window = self.gc_window
         chan.send("job", JobSpec(network, B, H, W, window).to_bytes())
         t0 = time.perf_counter()
-        chan.send("he_pk", self.public_key)
+        hec = he.ClientHE(self.he_params)  # a key pair per job: jobs are unlinkable by key; the secret stays here
+        chan.send("he_pk", hec.public_key())
         ev = gc.Evaluator()
         chan.send("gc_hello", ev.hello())
         chan.send("gc_hello", ev.finish_hello(chan.recv("gc_hello")))
@@ -500,8 +499,8 @@ class ClientProtocol:
                 shares[step.out] = ring.encode(x, plan.frac_bits, L)
             elif step.kind == "linear":
                 spec = layer_spec(step, shapes[step.inputs[0]])
-                chan.send(f"he:{step.out}", self.he.encrypt(spec, ins[0]))
-                shares[step.out] = self.he.decrypt(spec, chan.recv(f"he:{step.out}"))
+                chan.send(f"he:{step.out}", hec.encrypt(spec, ins[0]))
+                shares[step.out] = hec.decrypt(spec, chan.recv(f"he:{step.out}"))
                 t.add("he", t0)
             elif step.kind in ("nonlinear", "argmax"):
                 def run(op: Any, sub: str, rows: np.ndarray, name: str = step.out) -> np.ndarray:
