@@ -148,3 +148,18 @@ def test_token_refused_over_plaintext_unless_insecure(model):
     with Server(model, "127.0.0.1:0", token="s3cret", insecure=True) as srv, \
             Client(srv.address, token="s3cret", insecure=True) as c:
         assert c.model.name == model.name
+
+
+def test_bunet_model_set_public(model, tmp_path, capsys):
+    from bunet.cli import model_main
+    from bunet.model.format import Model
+
+    path = tmp_path / "m.bunet"
+    model.save(path)
+    assert model_main(["set-public", str(path), "seed,test_dice"]) == 0
+    m = Model.load(path)
+    assert m.public_fields == ["seed", "test_dice"] and m.public_header()["metadata"] == {"seed": 1234,
+                                                                                        "test_dice": 0.71}
+    assert model_main(["set-public", str(path), "nope"]) != 0
+    assert "nope" in capsys.readouterr().err and Model.load(path).public_fields == ["seed", "test_dice"]
+    assert model_main(["set-public", str(path), ""]) == 0 and Model.load(path).public_header()["metadata"] == {}
