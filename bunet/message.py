@@ -6,8 +6,7 @@ and a second set of page faults. The object is not visible to anyone else until 
 so filling it is safe; afterwards it is an ordinary immutable ``bytes``.
 
 The body is zeroed before it is handed out: a fill that misses a byte then sends a zero, never
-stale heap. One memset pass costs about a quarter of a bare fill of the same buffer and little
-against garbling or NTTs that write it.
+stale heap. The price is one memset pass, small next to the garbling or NTTs that then write it.
 """
 
 from __future__ import annotations
