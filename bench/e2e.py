@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,40 +32,7 @@ from bunet.model.format import Model  # noqa: E402
 from bunet.model.plan import compile_plan  # noqa: E402
 from bunet.server import bundled_model_path  # noqa: E402
 from tests.seed_unet import seed_unet_model  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, model_path: Path) -> None:
-        self.address = f"127.0.0.1:{_free_port()}"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from bunet.cli import server_main; sys.exit(server_main())",
-                "--model",
-                str(model_path),
-                "--listen",
-                self.address,
-                "--max-slices",
-                "4096",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        line = self.proc.stderr.readline()  # "serving ..." once it listens
-        if "serving" not in line:
-            raise RuntimeError(f"server did not start: {line}{self.proc.stderr.read()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+from tests.serverproc import ServerProcess  # noqa: E402
 
 
 def _cpu_s(pid: int) -> float:
@@ -85,7 +50,7 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
     t0 = time.perf_counter()
     reference.float_labels(net, x)
     plain_float = time.perf_counter() - t0
-    srv = ServerProcess(model_path)
+    srv = ServerProcess("--model", str(model_path), "--max-slices", "4096")
     try:
         with Client(srv.address) as c:
             from bunet.client import Summary

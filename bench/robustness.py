@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -39,43 +37,7 @@ from bunet.server import bundled_model_path  # noqa: E402
 from bunet.service import frames  # noqa: E402
 from bunet.service.admission import parse_bytes  # noqa: E402
 from bunet.service.transport import StubClient, open_channel  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _vm(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-class ServerProcess:
-    def __init__(self, *extra: str) -> None:
-        self.address = f"127.0.0.1:{_free_port()}"
-        code = "import sys; from bunet.cli import server_main; sys.exit(server_main())"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "--listen", self.address, *extra],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        line = self.proc.stderr.readline()
-        if "serving" not in line:
-            raise RuntimeError(line + self.proc.stderr.read())
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            return self.proc.communicate(timeout=60)[1]
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.communicate()[1]
+from tests.serverproc import ServerProcess, vm  # noqa: E402
 
 
 def _raw(address: str, gen, timeout: float = 120.0) -> str:
@@ -129,7 +91,7 @@ def _hostile(i: int, size: tuple[int, int]):
 def abuse(budget: str) -> dict:
     srv = ServerProcess("--memory-budget", budget, "--idle-timeout", "10", "--max-slices", "256")
     size = (96, 96)
-    out: dict = {"budget_bytes": parse_bytes(budget), "rss_start_bytes": _vm(srv.proc.pid, "VmRSS")}
+    out: dict = {"budget_bytes": parse_bytes(budget), "rss_start_bytes": vm(srv.proc.pid, "VmRSS")}
     try:
         codes: list[str] = []
         peak = [0]
@@ -137,7 +99,7 @@ def abuse(budget: str) -> dict:
 
         def watch() -> None:
             while not stop.wait(0.05):
-                peak[0] = max(peak[0], _vm(srv.proc.pid, "VmRSS"))
+                peak[0] = max(peak[0], vm(srv.proc.pid, "VmRSS"))
 
         threading.Thread(target=watch, daemon=True).start()
         ts = [
@@ -158,8 +120,8 @@ def abuse(budget: str) -> dict:
         stop.set()
         out["codes"] = {c: codes.count(c) for c in sorted(set(codes))}
         out["rss_peak_bytes"] = max(peak[0], 0)
-        out["vm_hwm_bytes"] = _vm(srv.proc.pid, "VmHWM")
-        out["rss_after_bytes"] = _vm(srv.proc.pid, "VmRSS")
+        out["vm_hwm_bytes"] = vm(srv.proc.pid, "VmHWM")
+        out["rss_after_bytes"] = vm(srv.proc.pid, "VmRSS")
         out["within_budget"] = out["vm_hwm_bytes"] <= out["budget_bytes"]
     finally:
         err = srv.stop()

@@ -11,17 +11,16 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from seed_unet import seed_unet_model
+from serverproc import ROOT, ServerProcess, vm
 
 from bunet.client import Client, ClientError
 from bunet.model import reference
@@ -34,7 +33,6 @@ from bunet.service import frames
 from bunet.service.admission import Admission
 from bunet.service.transport import StreamChannel, StubClient, open_channel
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16
 
 
@@ -369,19 +367,6 @@ def test_send_times_out_when_the_peer_stops_reading():
 # the server in its own process: kill -9 of a client, SIGSTOP of the server, memory within budget
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _vm(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 @pytest.fixture(scope="module")
 def model_file(model, tmp_path_factory):
     p = tmp_path_factory.mktemp("abuse") / "m.bunet"
@@ -389,33 +374,8 @@ def model_file(model, tmp_path_factory):
     return p
 
 
-class ServerProcess:
-    def __init__(self, model_file: Path, *extra: str) -> None:
-        self.address = f"127.0.0.1:{_free_port()}"
-        code = "import sys; from bunet.cli import server_main; sys.exit(server_main())"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "--model", str(model_file), "--listen", self.address, *extra],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        line = self.proc.stderr.readline()
-        assert "serving" in line, line + self.proc.stderr.read()
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-        try:
-            _, err = self.proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
-
-
 def test_killed_client_frees_its_session_and_memory_stays_in_budget(model_file, x, ref):
-    srv = ServerProcess(model_file, "--memory-budget", "3G", "--idle-timeout", "5")
+    srv = ServerProcess("--model", str(model_file), "--memory-budget", "3G", "--idle-timeout", "5")
     try:
         code = (
             "import sys, numpy as np; from bunet.client import Client; "
@@ -433,14 +393,14 @@ def test_killed_client_frees_its_session_and_memory_stays_in_budget(model_file, 
         with Client(srv.address) as c:
             assert np.array_equal(c.segment_slices(x), ref)
         assert time.monotonic() - t0 < 30
-        assert _vm(srv.proc.pid, "VmHWM") <= 3 << 30
+        assert vm(srv.proc.pid, "VmHWM") <= 3 << 30
     finally:
         err = srv.stop()
     assert "Traceback" not in err, err
 
 
 def test_stalled_server_is_reported_within_30_s(model_file, x):
-    srv = ServerProcess(model_file)
+    srv = ServerProcess("--model", str(model_file))
     try:
         box: list[BaseException] = []
 
