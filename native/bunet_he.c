@@ -713,21 +713,26 @@ BH_INLINE void cbd_body(const uint8_t *bytes, int64_t count, double *e) {
     }
 }
 
-/* Coefficients of ciphertext g = (b*C + c)*tiles + tile: the zero-padded input tile, pixel
- * (u, v) of the Ht x Wt tile at coefficient u*Wt + v, reduced mod 2^l (see layout.Plan). */
+/* Coefficients of ciphertext g = (b*groups + grp)*tiles + tile: the zero-padded input tiles of
+ * the group's channels, pixel (u, v) of channel slot j at coefficient j*Ht*Wt + u*Wt + v, reduced
+ * mod 2^l (see layout.Plan). */
 BH_INLINE void encode_tile(const uint64_t *x, const bh_tiling *t, int64_t g, int n, uint64_t *m) {
-    int64_t tile = g % t->tiles, c = (g / t->tiles) % t->c, b = g / (t->tiles * t->c);
+    int64_t groups = (t->c + t->ipack - 1) / t->ipack;
+    int64_t tile = g % t->tiles, grp = (g / t->tiles) % groups, b = g / (t->tiles * groups);
     int64_t r0 = (tile / t->n_tj) * t->th - t->pad, c0 = (tile % t->n_tj) * t->tw - t->pad;
-    const uint64_t *plane = x + ((size_t)b * t->c + c) * t->h * t->w;
+    int64_t v0 = c0 < 0 ? -c0 : 0, v1 = t->w - c0 < t->wt ? t->w - c0 : t->wt;
     uint64_t mask = t->mask;
     memset(m, 0, sizeof(uint64_t) * n);
-    for (int64_t u = 0; u < t->ht; u++) {
-        int64_t row = r0 + u;
-        if (row < 0 || row >= t->h) continue;
-        int64_t v0 = c0 < 0 ? -c0 : 0, v1 = t->w - c0 < t->wt ? t->w - c0 : t->wt;
-        const uint64_t *src = plane + (size_t)row * t->w;
-        uint64_t *dst = m + (size_t)u * t->wt;
-        for (int64_t v = v0; v < v1; v++) dst[v] = src[c0 + v] & mask;
+    for (int64_t j = 0; j < t->ipack && grp * t->ipack + j < t->c; j++) {
+        const uint64_t *plane = x + ((size_t)b * t->c + grp * t->ipack + j) * t->h * t->w;
+        uint64_t *slot = m + (size_t)j * t->ht * t->wt;
+        for (int64_t u = 0; u < t->ht; u++) {
+            int64_t row = r0 + u;
+            if (row < 0 || row >= t->h) continue;
+            const uint64_t *src = plane + (size_t)row * t->w;
+            uint64_t *dst = slot + (size_t)u * t->wt;
+            for (int64_t v = v0; v < v1; v++) dst[v] = src[c0 + v] & mask;
+        }
     }
 }
 

@@ -27,11 +27,12 @@ typedef struct {
     const double *crt;    /* [k] (q / p_i)^-1 mod p_i, centred */
 } bh_rns;
 
-/* Public tiling of a layer (bunet.he.layout.Plan): ciphertext g = (b*c + ch)*tiles + tile holds
- * the zero-padded ht x wt input tile at (ti*th - pad, tj*tw - pad), tile = ti*n_tj + tj, of the
- * (B, c, h, w) share, each value masked to the ring (mask = 2^l - 1). */
+/* Public tiling of a layer (bunet.he.layout.Plan): ciphertext g = (b*groups + grp)*tiles + tile,
+ * groups = ceil(c / ipack), holds for each channel ch = grp*ipack + j < c, at coefficient
+ * j*ht*wt, the zero-padded ht x wt input tile at (ti*th - pad, tj*tw - pad), tile = ti*n_tj + tj,
+ * of the (B, c, h, w) share, each value masked to the ring (mask = 2^l - 1). */
 typedef struct {
-    int64_t c, h, w, pad, th, tw, ht, wt, n_tj, tiles;
+    int64_t c, h, w, pad, th, tw, ht, wt, n_tj, tiles, ipack;
     uint64_t mask;
 } bh_tiling;
 

@@ -157,6 +157,35 @@ def test_other_ring_widths(ring_bits: int) -> None:
         assert np.array_equal(got, ref)
 
 
+@pytest.mark.parametrize(
+    "conv, shape",
+    [
+        (ConvSpec("conv", 3, 1), (37, 29, 6, 5)),  # channels not a multiple of I' or O'
+        (ConvSpec("conv", 3, 0), (64, 16, 9, 7)),
+        (ConvSpec("conv", 1, 0), (50, 3, 4, 4)),
+        (ConvSpec("convT"), (96, 24, 3, 5)),
+    ],
+)
+def test_input_and_output_packing(parties, conv: ConvSpec, shape) -> None:
+    """Small planes with many channels pack several input channels per polynomial (I' > 1), with
+    the cross terms kept out of every returned coefficient: still exact, ring extremes included."""
+    from bunet.he.layout import Plan
+
+    params, _, _ = parties
+    c_in, c_out, h, w = shape
+    plan = Plan.make(LayerSpec(conv, c_in, c_out, h, w), params.poly_degree)
+    assert plan.ipack > 1 and plan.opack * plan.ipack * plan.p <= plan.n
+    rng = np.random.default_rng(c_in)
+    wshape = (c_in, c_out, 2, 2) if conv.kind == "convT" else (c_out, c_in, conv.k, conv.k)
+    wt = rng.integers(-(1 << 9), 1 << 9, wshape)
+    b = rng.integers(-(1 << 20), 1 << 20, c_out)
+    for case in ("random", "max", "mixed"):
+        xc = adversarial_share(rng, (2, c_in, h, w), case)
+        xs = adversarial_share(rng, (2, c_in, h, w), "random")
+        got, ref = run_layer(parties, conv, wt, b, xc, xs)
+        assert np.array_equal(got, ref), case
+
+
 def test_tiny_plane_many_outputs(parties) -> None:
     """1x1 on a 1x1 plane: output packing is capped so NTT-domain sums stay exact."""
     rng = np.random.default_rng(9)
@@ -206,7 +235,7 @@ def test_block_filters_equal_one_pass(parties) -> None:
     layer = server.prepare(spec.conv, w, None, in_shape=(6, 20, 24))
     assert layer.filters is not None
     k, n = server.rns.k, server.params.poly_degree
-    c_in = layer.plan.c_in
+    c_in = layer.plan.n_ig
     parts = []
     for ogs in server._og_groups(layer.plan):
         cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
@@ -237,7 +266,7 @@ def test_returned_maps_equal_direct_enumeration(conv: ConvSpec, shape, n: int) -
     want = [
         (
             og * p.tiles + ti * p.n_tj + tj,
-            op * p.p + p.d + i * p.wt + j,
+            (op * p.ipack + p.ipack - 1) * p.p + p.d + i * p.wt + j,
             ((og * p.opack + op) * p.ho + ti * p.th + i) * p.wo + tj * p.tw + j,
         )
         for og in range(p.n_og)

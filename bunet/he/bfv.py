@@ -24,6 +24,7 @@ def tiling(plan: Plan, ring_bits: int) -> object:
     t = ffi.new("bh_tiling *")
     t.c, t.h, t.w, t.pad = plan.c_in, plan.spec.h, plan.spec.w, plan.pad
     t.th, t.tw, t.ht, t.wt, t.n_tj, t.tiles = plan.th, plan.tw, plan.ht, plan.wt, plan.n_tj, plan.tiles
+    t.ipack = plan.ipack
     t.mask = (1 << ring_bits) - 1
     return t
 

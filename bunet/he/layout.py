@@ -6,10 +6,17 @@ overlap-save tiles: an output tile of th x tw pixels needs an input tile of Ht x
 pixel (a, b) at coefficient a*Wt + b.  The kernel of output channel o against input channel c
 is the polynomial sum_{u,v} w[o,c,u,v] X^(D - u*Wt - v) with D = (k-1)*Wt + (k-1); then the
 coefficient D + i*Wt + j of the product is sum_{u,v} w * x[i+u, j+v], the convolution.
-When a tile is at most N/2 coefficients (small planes), O' = N // P output channels share one
-product polynomial: output channel o' of the group is shifted by X^(o'*P), so the server's
-returned ciphertexts stay dense.  Summing the products over input channels gives the full
-convolution in each coefficient (P*O' <= N keeps the wrap-around away from valid outputs).
+When a tile is at most N/2 coefficients (small planes), channels share polynomials in both
+directions.  I' input channels share one input polynomial (channel c' of the group at X^(c'*P))
+and O' output channels one product polynomial: the kernel of output slot o' against input slot c'
+is shifted by X^((o'*I' + I'-1 - c')*P), so the matching terms (c' against its own kernel) of
+every input slot land in block o'*I' + I'-1 and sum there, while the cross terms (c' against the
+kernel of c'' != c') land in the blocks on either side, each of which spills at most D
+coefficients into the next block, below the first valid output at offset D.  With
+O'*I'*P <= N the negacyclic wrap-around of the last block also stays below the first valid
+output.  Summing the products over input groups gives the full convolution in each valid
+coefficient.  I' cuts the upload (one ciphertext per I' channels instead of one per channel) and
+the products; O' cuts the returned c1 polynomials; the planner weighs both.
 
 A 2x2 stride-2 transposed convolution is four 1x1 convolutions (one per kernel offset),
 i.e. one 1x1 convolution with 4*C_out outputs whose results are interleaved afterwards.
@@ -67,6 +74,19 @@ class LayerSpec:
         return f"{c.kind}:{c.k}:{c.pad}:{self.c_in}:{self.c_out}:{self.h}:{self.w}".encode()
 
 
+#: Planner weights in units of one ciphertext-plaintext product (K*N multiply-adds): an input
+#: ciphertext costs its forward NTTs plus its upload (K*N residues), an output ciphertext its
+#: inverse NTTs, finishing and the download of its whole c1.  The wire weights are set for a
+#: link of about 1 Gbit/s; on loopback they cost a few percent of compute at most.
+COST_IN_CT = 33 + 60
+COST_OUT_CT = 60 + 40
+
+
+def _plan_cost(tiles: int, n_ig: int, n_og: int) -> int:
+    """Relative cost of one layer: products, plus per input and per output ciphertext."""
+    return tiles * (n_ig * n_og + COST_IN_CT * n_ig + COST_OUT_CT * n_og)
+
+
 def _sizes(n: int) -> list[int]:
     """Distinct values ceil(n / m): the tile sizes worth trying along one axis."""
     return sorted({math.ceil(n / m) for m in range(1, n + 1)})
@@ -87,12 +107,12 @@ class Plan:
     th: int
     tw: int
     opack: int  # O': output channels per product polynomial
+    ipack: int = 1  # I': input channels per input polynomial
 
     @staticmethod
     def make(spec: LayerSpec, n: int, max_filters: int = 8192) -> Plan:
-        """Cheapest tiling; for k > 1 also at most ``max_filters`` NTT-form kernels (memory:
-        each is K*N residues), since smaller tiles with more output packing need fewer kernels
-        for about the same number of products."""
+        """Cheapest tiling and packing (see :func:`_plan_cost`); for k > 1 also at most
+        ``max_filters`` NTT-form kernels (memory: each is K*N residues)."""
         if spec.conv.kind == "convT":
             k, pad, c_out = 1, 0, 4 * spec.c_out
         else:
@@ -109,19 +129,21 @@ class Plan:
                 p = (th + k - 1) * wt
                 if p > n:
                     continue
-                # O' * k*k <= 512 keeps every NTT-domain sum below 2^53 (exact in float64)
-                opack = max(1, min(c_out, n // p, 512 // (k * k)))
                 tiles = math.ceil(ho / th) * math.ceil(wo / tw)
-                n_og = math.ceil(c_out / opack)
-                cost = tiles * (spec.c_in * n_og + 33 * spec.c_in + 60 * n_og)  # ~ products + NTTs
-                over = max(0, n_og * spec.c_in - max_filters) if k > 1 else 0
-                key = (over, cost, tiles * spec.c_in, -th * tw)
-                if best is None or key < best[0]:
-                    best = (key, th, tw, opack)
+                for ipack in _sizes(spec.c_in):
+                    if ipack * p > n or ipack * k * k > 512:
+                        continue
+                    # O' * I' * k*k <= 512 keeps every NTT-domain sum below 2^53 (exact in float64)
+                    opack = max(1, min(c_out, n // (p * ipack), 512 // (k * k * ipack)))
+                    n_ig, n_og = math.ceil(spec.c_in / ipack), math.ceil(c_out / opack)
+                    over = max(0, n_og * n_ig - max_filters) if k > 1 else 0
+                    key = (over, _plan_cost(tiles, n_ig, n_og), tiles * n_ig, -th * tw, -ipack)
+                    if best is None or key < best[0]:
+                        best = (key, th, tw, opack, ipack)
         if best is None:
             raise ValueError("layer too wide for the polynomial degree")
-        _, th, tw, opack = best
-        return Plan(spec, n, k, pad, spec.c_in, c_out, ho, wo, th, tw, opack)
+        _, th, tw, opack, ipack = best
+        return Plan(spec, n, k, pad, spec.c_in, c_out, ho, wo, th, tw, opack, ipack)
 
     # ----- geometry ---------------------------------------------------------------------------
     @property
@@ -153,37 +175,48 @@ class Plan:
         return math.ceil(self.c_out / self.opack)
 
     @property
+    def n_ig(self) -> int:
+        """Input polynomials per tile (I' channels each)."""
+        return math.ceil(self.c_in / self.ipack)
+
+    @property
     def d(self) -> int:
         return (self.k - 1) * self.wt + (self.k - 1)
 
     def n_in_cts(self, batch: int) -> int:
-        return batch * self.c_in * self.tiles
+        return batch * self.n_ig * self.tiles
 
     def n_out_cts(self, batch: int) -> int:
         return batch * self.n_og * self.tiles
 
     def tap_exponents(self) -> np.ndarray:
-        """(O', k*k) exponents of X for output slot o' and kernel tap (u, v)."""
+        """(O', I', k*k) exponents of X for output slot o', input slot c' and kernel tap (u, v)."""
         u, v = np.meshgrid(np.arange(self.k), np.arange(self.k), indexing="ij")
         base = self.d - u.ravel() * self.wt - v.ravel()
-        return np.arange(self.opack)[:, None] * self.p + base[None, :]
+        o, c = np.arange(self.opack)[:, None, None], np.arange(self.ipack)[None, :, None]
+        return (o * self.ipack + self.ipack - 1 - c) * self.p + base[None, None, :]
+
+    def out_block(self, op: np.ndarray | int) -> np.ndarray | int:
+        """First coefficient of the block holding output slot ``op``'s sums."""
+        return (op * self.ipack + self.ipack - 1) * self.p
 
     # ----- encoding ---------------------------------------------------------------------------
     def encode_input(self, x: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) share -> (B, C, tiles, N) uint64 coefficient vectors (zero padded)."""
+        """(B, C, H, W) share -> (B, n_ig, tiles, N) uint64 coefficient vectors (zero padded)."""
         b, c, h, w = x.shape
         if (c, h, w) != (self.c_in, self.spec.h, self.spec.w):
             raise ValueError("share shape does not match the layer")
         hp = self.n_ti * self.th + self.k - 1
         wp = self.n_tj * self.tw + self.k - 1
-        xp = np.zeros((b, c, hp, wp), dtype=np.uint64)
-        xp[:, :, self.pad : self.pad + h, self.pad : self.pad + w] = x
-        out = np.zeros((b, c, self.n_ti, self.n_tj, self.n), dtype=np.uint64)
+        xp = np.zeros((b, self.n_ig * self.ipack, hp, wp), dtype=np.uint64)
+        xp[:, :c, self.pad : self.pad + h, self.pad : self.pad + w] = x
+        out = np.zeros((b, self.n_ig, self.n_ti, self.n_tj, self.n), dtype=np.uint64)
+        width = self.ipack * self.p
         for ti in range(self.n_ti):
             for tj in range(self.n_tj):
                 blk = xp[:, :, ti * self.th : ti * self.th + self.ht, tj * self.tw : tj * self.tw + self.wt]
-                out[:, :, ti, tj, : self.p] = blk.reshape(b, c, self.p)
-        return out.reshape(b, c, self.tiles, self.n)
+                out[:, :, ti, tj, :width] = blk.reshape(b, self.n_ig, width)
+        return out.reshape(b, self.n_ig, self.tiles, self.n)
 
     def _returned_counts(self) -> np.ndarray:
         """Returned c0 coefficients per ciphertext og*tiles + tile: its valid output slots x rows x columns."""
@@ -219,7 +252,7 @@ class Plan:
         col = tj * self.tw + j
         valid = (o < self.c_out) & (row < self.ho) & (col < self.wo)
         shape = valid.shape
-        coef = np.broadcast_to(op * self.p + self.d + i * self.wt + j, shape)[valid]
+        coef = np.broadcast_to(self.out_block(op) + self.d + i * self.wt + j, shape)[valid]
         flat = np.broadcast_to((o * self.ho + row) * self.wo + col, shape)[valid]
         counts = self._returned_counts()
         hi = np.cumsum(counts)

@@ -33,8 +33,9 @@ NOISE_ETA = 21  # centred binomial, variance 10.5 (sigma 3.24 >= 3.2), |e| <= 21
 FLOOD_SD_BITS = 40  # statistical distance of flooding <= 2^-(FLOOD_SD_BITS + 1)
 MIN_RING_BITS, MAX_RING_BITS = 2, 40
 #: Version of the encodings behind the parameters (in the digest every message carries).
-#: 2: radix-2 NTT with bit-reversed evaluation order (native kernels); 1 was a four-step order.
-PARAMS_VERSION = 2
+#: 3: layer plans pack input channels (I') as well as output channels; 2: radix-2 NTT with
+#: bit-reversed evaluation order (native kernels); 1 was a four-step order.
+PARAMS_VERSION = 3
 
 
 def _is_prime(n: int) -> bool:

@@ -1,7 +1,8 @@
 """Server half of HomConv: public parameters and public key only, never the secret key.
 
 Per layer (``prepare``, once per model): the NTT-form kernels ("frequency-domain filters")
-F[og, c] = sum_{o', tap} w[og*O'+o', c, tap] * NTT(X^(o'*P + D - u*Wt - v)), cached as float32
+F[og, g] = sum_{o', c', tap} w[og*O'+o', g*I'+c', tap] * NTT(X^((o'*I' + I'-1 - c')*P + D - u*Wt - v))
+(see :mod:`bunet.he.layout`), cached as float32
 (exact: centred residues are below 2^21) in the slot-block layout of the native product kernel,
 within ``filter_cache_bytes`` (else rebuilt per call).  For 1x1 layers the "taps" strategy is
 used instead: the integer weights times the inputs, then the taps' NTT-form monomials, so no
@@ -11,7 +12,7 @@ kernel is stored.  Per call (``apply``), per chunk of tiles, all in ``bunet.he._
    add Delta * x_s (NTT form) to it, so the ciphertext encrypts x_c + x_s and W*x_s needs no
    separate plaintext convolution;
 2. point-wise products with the kernels, accumulated over input channels in NTT form
-   (exact float64 FMA, one reduction per output slot);
+   (groups of I' channels; exact float64 FMA, one reduction per output slot);
 3. re-randomise with the client's public key (u*pk + (e1, e2)) so c1 no longer reveals W,
    leave NTT form once per output ciphertext;
 4. add Delta * (b - r) and a uniform flooding integer to the returned c0 coefficients;
@@ -110,8 +111,8 @@ class ServerLayer:
     wmat: np.ndarray  # (c_out_eff * k*k, c_in) float64
     taps: np.ndarray  # (K, N, O'*k*k) NTT-form monomials, dense per slot (the kernels' left operand)
     strategy: str  # "taps" (1x1: integer weights, then monomials) or "filters" (NTT-form kernels)
-    wgroup: np.ndarray | None  # (O'*k*k, n_og * c_in) weights grouped per product polynomial
-    filters: np.ndarray | None  # (K*N/4, n_og, c_in, 4) float32 cached NTT-form kernels, if they fit
+    wgroup: np.ndarray | None  # (O'*I'*k*k, n_og * n_ig) weights grouped per product polynomial
+    filters: np.ndarray | None  # (K*N/4, n_og, n_ig, 4) float32 cached NTT-form kernels, if they fit
     tapvec: np.ndarray | None = None  # (O', K*N) monomials of a 1x1 layer, for the taps strategy
 
 
@@ -178,45 +179,47 @@ class ServerHE:
         kk = plan.k * plan.k
         k, n = self.rns.k, self.params.poly_degree
         wmat = np.ascontiguousarray(weff.transpose(0, 2, 1).reshape(plan.c_out * kk, c_in).astype(np.float64))
-        mono = np.zeros((plan.opack * kk, n), dtype=np.int64)
-        mono[np.arange(plan.opack * kk), plan.tap_exponents().reshape(-1)] = 1
-        taps = self.rns.forward(self.rns.from_int(mono)).reshape(k, plan.opack, kk, n)
+        n_ig, ik = plan.n_ig, plan.ipack * kk
+        mono = np.zeros((plan.opack * ik, n), dtype=np.int64)
+        mono[np.arange(plan.opack * ik), plan.tap_exponents().reshape(-1)] = 1
+        taps = self.rns.forward(self.rns.from_int(mono)).reshape(k, plan.opack, ik, n)
         taps_t = np.ascontiguousarray(taps.reshape(k, -1, n).transpose(0, 2, 1))  # once: BLAS wants it dense
-        n_filters = plan.n_og * c_in
-        strategy = "taps" if kk == 1 and (plan.opack == 1 or n_filters > 8192) else "filters"
+        n_filters = plan.n_og * n_ig
+        strategy = "taps" if kk == 1 and plan.ipack == 1 and (plan.opack == 1 or n_filters > 8192) else "filters"
         wgroup = filters = tapvec = None
         if strategy == "taps":
             tapvec = np.ascontiguousarray(taps[:, :, 0, :].transpose(1, 0, 2).reshape(plan.opack, k * n))
             if plan.opack == 1 and not np.all(tapvec == 1):  # the kernel relies on X^0 -> NTT(1) = 1
                 raise AssertionError("1x1 tap of a single-output polynomial must be the constant 1")
         else:
-            wg = np.zeros((plan.n_og * plan.opack, c_in, kk))
-            wg[: plan.c_out] = weff
-            wg = wg.reshape(plan.n_og, plan.opack, c_in, kk).transpose(1, 3, 0, 2)
-            wgroup = np.ascontiguousarray(wg.reshape(plan.opack * kk, plan.n_og * c_in))
+            wg = np.zeros((plan.n_og * plan.opack, n_ig * plan.ipack, kk))
+            wg[: plan.c_out, :c_in] = weff
+            wg = wg.reshape(plan.n_og, plan.opack, n_ig, plan.ipack, kk).transpose(1, 3, 4, 0, 2)
+            wgroup = np.ascontiguousarray(wg.reshape(plan.opack * ik, plan.n_og * n_ig))
             if np.abs(wgroup).sum(axis=0).max(initial=0) * (1 << 22) >= 2.0**53:
                 raise ValueError("weights too large for exact kernel transforms")
-            size = k * n * plan.n_og * c_in * 4
+            size = k * n * n_filters * 4
             if size <= self.cache_left:
                 self.cache_left -= size
-                filters = np.empty((k * n // 4, plan.n_og, c_in, 4), dtype=np.float32)
+                filters = np.empty((k * n // 4, plan.n_og, n_ig, 4), dtype=np.float32)
                 for ogs in self._og_groups(plan):
-                    self._block_filters(taps_t, wgroup, ogs, c_in, out=filters[:, ogs[0] : ogs[-1] + 1])
+                    self._block_filters(taps_t, wgroup, ogs, n_ig, out=filters[:, ogs[0] : ogs[-1] + 1])
         _ = plan.returned_ranges, plan.returned_channels  # index maps of the returned coefficients, once per shape
         return ServerLayer(
             spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps_t, strategy, wgroup, filters, tapvec
         )
 
     def _og_groups(self, plan: Plan) -> list[np.ndarray]:
-        step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.c_in))
+        step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.n_ig))
         return [np.arange(s0, min(s0 + step, plan.n_og)) for s0 in range(0, plan.n_og, step)]
 
     def _block_filters(
         self, taps_t: np.ndarray, wgroup: np.ndarray, ogs: np.ndarray, c_in: int, out: np.ndarray | None = None
     ) -> np.ndarray:
-        """NTT-form kernels F[og, c] = sum_{o', tap} w * V[o', tap] of the output groups ``ogs``,
-        in slot blocks: (K*N/4, len(ogs), c_in, 4) float32, written into ``out`` if given.
-        ``taps_t``: the layer's monomials V, (K, N, O'*k*k) (``ServerLayer.taps``)."""
+        """NTT-form kernels F[og, g] = sum_{o', c', tap} w * V[o', c', tap] of the output groups
+        ``ogs`` against the ``c_in`` input groups, in slot blocks: (K*N/4, len(ogs), c_in, 4) float32,
+        written into ``out`` if given.  ``taps_t``: the layer's monomials V, (K, N, O'*I'*k*k)
+        (``ServerLayer.taps``)."""
         k, n = self.rns.k, self.params.poly_degree
         cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
         w = np.ascontiguousarray(wgroup[:, cols])
@@ -245,9 +248,9 @@ class ServerHE:
             self._scratch.reserve(max(sizes), 2)
 
     def _work_shapes(self, plan: Plan, tc: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The slot blocks of a chunk of tc tiles: inputs X[blk, c, 2*tile + poly, 4], outputs Y[blk, og, ...]."""
+        """The slot blocks of a chunk of tc tiles: inputs X[blk, g, 2*tile + poly, 4], outputs Y[blk, og, ...]."""
         nblk = self.rns.k * plan.n // 4
-        return (nblk, plan.c_in, 2 * tc, 4), (nblk, plan.n_og, 2 * tc, 4)
+        return (nblk, plan.n_ig, 2 * tc, 4), (nblk, plan.n_og, 2 * tc, 4)
 
     def layer_spec(self, layer: ServerLayer) -> LayerSpec:
         """What to send the client about this layer (public)."""
@@ -316,7 +319,7 @@ class ServerHE:
     def _tile_chunks(self, layer: ServerLayer) -> list[np.ndarray]:
         """Tiles per chunk: the slot-block inputs and outputs of a chunk fit CHUNK_BYTES."""
         plan = layer.plan
-        per_tile = 8 * 2 * self.rns.k * plan.n * (plan.c_in + plan.n_og)
+        per_tile = 8 * 2 * self.rns.k * plan.n * (plan.n_ig + plan.n_og)
         size = max(1, min(plan.tiles, CHUNK_BYTES // per_tile))
         n_chunks = -(-plan.tiles // size)
         size = -(-plan.tiles // n_chunks)
@@ -337,7 +340,7 @@ class ServerHE:
         c0_out: np.ndarray,
     ) -> None:
         plan, rns = layer.plan, self.rns
-        tc, c_in, n_og = tiles.size, plan.c_in, plan.n_og
+        tc, c_in, n_og = tiles.size, plan.n_ig, plan.n_og  # c_in: input polynomials per tile
         rows = 2 * tc
         # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form)
         ct_index = ((b * c_in + np.arange(c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
