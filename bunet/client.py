@@ -191,7 +191,7 @@ class Client:
         network = self.model.plane_networks.get(plane)
         if network is None:
             raise ClientError(f"the model does not serve plane {plane} (it serves {', '.join(self.model.planes)})")
-        batches = self._batches(len(x))
+        batches = self._batches(len(x), network, x.shape[-2:])
         summary = summary or Summary()
         lock = threading.Lock()
 
@@ -371,7 +371,10 @@ class Client:
         inputs = {p: self.plane_inputs(s, p) for p in planes}
         per_plane: dict[str, np.ndarray] = {}
         done = [0]
-        total_steps = sum(len(self._batches(len(x))) * self.steps_per_job(p) for p, (x, _) in inputs.items())
+        total_steps = sum(
+            len(self._batches(len(x), self.model.plane_networks[p], x.shape[-2:])) * self.steps_per_job(p)
+            for p, (x, _) in inputs.items()
+        )
 
         def tick(k: int) -> None:
             done[0] += k
@@ -389,9 +392,11 @@ class Client:
         summary.wall_s = time.perf_counter() - t_start
         return Result(fused, s, per_plane, summary)
 
-    def _batches(self, n: int) -> list[slice]:
-        """Slices per secure job: spread over the lanes, at most ``max_batch`` each."""
-        per_job = max(1, min(self.max_batch, math.ceil(n / self.lanes)))
+    def _batches(self, n: int, network: str, size: tuple[int, ...]) -> list[slice]:
+        """Slices per secure job: spread over the lanes, at most ``max_batch`` each and at most what
+        one job's flooding bound covers at this slice size."""
+        cap = self.protocol.max_job_slices(network, int(size[0]), int(size[1]))
+        per_job = max(1, min(self.max_batch, cap, math.ceil(n / self.lanes)))
         return [slice(i, min(i + per_job, n)) for i in range(0, n, per_job)]
 
     def close(self) -> None:

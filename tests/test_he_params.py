@@ -7,7 +7,14 @@ import math
 import pytest
 
 from bunet.he import HEParams
-from bunet.he.params import MAX_LOGQ_128, NOISE_ETA, centred_q_mod_t, noise_bound_pre_flood, seal_check
+from bunet.he.params import (
+    FLOOD_JOB_CIPHERTEXTS,
+    MAX_LOGQ_128,
+    NOISE_ETA,
+    centred_q_mod_t,
+    noise_bound_pre_flood,
+    seal_check,
+)
 
 
 @pytest.mark.parametrize("ring_bits", [16, 20, 24, 28, 32])
@@ -20,8 +27,11 @@ def test_parameter_sets(ring_bits: int) -> None:
     r_t = centred_q_mod_t(p.q, p.t)
     b_w = noise_bound_pre_flood(p.weight_l1_bits, r_t)
     flood = 1 << p.flood_bits
-    # statistical distance of flooding over all N returned coefficients
-    assert n * b_w / (2 * flood) <= 2.0**-40
+    # statistical distance of flooding over all N returned coefficients of a ciphertext, and over
+    # the most returned ciphertexts one job may hold
+    per_ct = n * b_w / (2 * flood)
+    assert per_ct <= 2.0**-60
+    assert FLOOD_JOB_CIPHERTEXTS * per_ct <= 2.0**-40
     # after flooding the noise is below q/(8t) ...
     total = flood + b_w + NOISE_ETA * (2 * n + 1) + 2
     assert 8 * p.t * total <= p.q
@@ -31,10 +41,11 @@ def test_parameter_sets(ring_bits: int) -> None:
     assert m <= 50
 
 
-def test_default_is_n4096_for_24_bits() -> None:
+def test_default_is_n8192_for_24_bits() -> None:
+    """Flooding to 2^-61 per ciphertext needs about 121 bits of q at l = 24: beyond N = 4096's 109."""
     p = HEParams.for_ring(24)
-    assert p.poly_degree == 4096 and p.q % p.t == 1
-    assert math.log2(p.q) > 105
+    assert p.poly_degree == 8192 and p.q % p.t == 1
+    assert 120 < math.log2(p.q) <= MAX_LOGQ_128[8192]
 
 
 def test_blob_roundtrip_and_digest() -> None:

@@ -169,6 +169,31 @@ def test_job_spec_window_checked(model):
             srv.run_job(b)
 
 
+def test_job_size_within_the_flooding_bound(model, server, monkeypatch):
+    """A job may hold only as many slices as flooding's per-job bound covers (2^20 returned
+    ciphertexts): the server refuses one slice more, and the client splits a scan below it."""
+    from bunet.he import params
+    from bunet.protocol.channel import ProtocolError
+    from bunet.protocol.session import JobSpec, Limits, max_job_slices, returned_ciphertexts
+
+    srv = ServerProtocol(model)
+    plan, n = srv.plans["main"], srv.he_params.poly_degree
+    per_slice = returned_ciphertexts(plan, n, 16, 16)
+    assert returned_ciphertexts(plan, n, 16, 16, slices=3) == 3 * per_slice
+    cap = max_job_slices(plan, n, 16, 16)
+    assert cap == params.FLOOD_JOB_CIPHERTEXTS // per_slice
+    limits = Limits(max_slices=1 << 30)
+    srv.check_spec(JobSpec("main", cap, 16, 16), limits)
+    with pytest.raises(ProtocolError, match="flooding bound"):
+        srv.check_spec(JobSpec("main", cap + 1, 16, 16), limits)
+
+    from bunet.protocol import session
+
+    monkeypatch.setattr(session, "FLOOD_JOB_CIPHERTEXTS", 2 * per_slice)  # the bound as if 2 slices
+    with Client(address=server.address, max_batch=16) as c:
+        assert [sl.stop - sl.start for sl in c._batches(5, "main", (16, 16))] == [2, 2, 1]
+
+
 def test_segment_over_grpc_matches_reference_per_plane(server, model, tmp_path):
     path = _scan(tmp_path)
     with Client(server.address) as c:

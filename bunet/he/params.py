@@ -11,7 +11,9 @@ Why these choices (see also the module docstring of :mod:`bunet.he`):
 * The bound on the pre-flooding noise B_w is worst case (bounded noise sampler, ternary key),
   so decryption is correct deterministically, not with high probability.
 * Flooding adds a uniform integer in [-F, F) to every returned c0 coefficient, with
-  F >= 2^40 * N * B_w: statistical distance <= 2^-41 from a weight-independent distribution.
+  F >= 2^60 * N * B_w: statistical distance <= 2^-61 per ciphertext from a weight-independent
+  distribution, so <= 2^-41 per job of at most FLOOD_JOB_CIPHERTEXTS = 2^20 returned ciphertexts
+  (the server refuses larger jobs, the client splits its scans below the bound).
 * q is at most the HomomorphicEncryption.org 128-bit bound for N (checked by SEAL itself).
 """
 
@@ -30,10 +32,13 @@ from bunet import ring
 MAX_LOGQ_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438}
 PRIME_BITS = 22  # residues < 2^22: products < 2^44, exact in float64 with 2^9 accumulations
 NOISE_ETA = 21  # centred binomial, variance 10.5 (sigma 3.24 >= 3.2), |e| <= 21
-FLOOD_SD_BITS = 40  # statistical distance of flooding <= 2^-(FLOOD_SD_BITS + 1)
+FLOOD_SD_BITS = 60  # statistical distance of flooding <= 2^-(FLOOD_SD_BITS + 1) per returned ciphertext
+#: Returned ciphertexts per job the flooding bound covers: 2^20 * 2^-61 = 2^-41 per job.
+FLOOD_JOB_CIPHERTEXTS = 1 << 20
 MIN_RING_BITS, MAX_RING_BITS = 2, 40
 #: Version of the encodings behind the parameters (in the digest every message carries).
-#: 3: layer plans pack input channels (I') as well as output channels; 2: radix-2 NTT with
+#: 3: layer plans pack input channels (I') as well as output channels, flooding 2^-61 per
+#: ciphertext; 2: radix-2 NTT with
 #: bit-reversed evaluation order (native kernels); 1 was a four-step order.
 PARAMS_VERSION = 3
 

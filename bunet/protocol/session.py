@@ -30,6 +30,8 @@ import numpy as np
 
 from .. import gc, he, ring
 from ..he import wire as he_wire
+from ..he.bfv import plan_for
+from ..he.params import FLOOD_JOB_CIPHERTEXTS
 from ..model.executor import execute, last_reads
 from ..model.format import Model
 from ..model.plan import Plan, compile_plan
@@ -150,6 +152,22 @@ def layer_spec(step: Linear, in_shape: Shape) -> he.LayerSpec:
     return he.LayerSpec(conv_spec(step), c, step.out_channels, h, w)
 
 
+def returned_ciphertexts(plan: Plan, poly_degree: int, height: int, width: int, slices: int = 1) -> int:
+    """HE result ciphertexts a job of ``slices`` slices of this size receives (public: both sides)."""
+    shapes = plan.shapes(height, width)
+    return sum(
+        plan_for(layer_spec(step, shapes[step.inputs[0]]), poly_degree).n_out_cts(slices)
+        for step in plan.steps
+        if isinstance(step, Linear)
+    )
+
+
+def max_job_slices(plan: Plan, poly_degree: int, height: int, width: int) -> int:
+    """The most slices of this size one job may hold: flooding's statistical distance is bounded per
+    job of at most ``FLOOD_JOB_CIPHERTEXTS`` returned ciphertexts (see :mod:`bunet.he.params`)."""
+    return max(1, FLOOD_JOB_CIPHERTEXTS // returned_ciphertexts(plan, poly_degree, height, width))
+
+
 class _ServerBackend:
     """The server's side of each step of one job."""
 
@@ -249,6 +267,12 @@ class ServerProtocol:
         if limits.slice_sizes is not None and (spec.height, spec.width) not in limits.slice_sizes:
             served = ", ".join(f"{h}x{w}" for h, w in limits.slice_sizes)
             raise MalformedMessage(f"slice size {spec.height}x{spec.width} is not served (served: {served})")
+        cap = max_job_slices(self.plans[spec.network], self.he_params.poly_degree, spec.height, spec.width)
+        if spec.slices > cap:
+            raise ProtocolError(
+                f"job of {spec.slices} slices of {spec.height}x{spec.width} is over the {cap} that one job's "
+                "flooding bound covers"
+            )
         if not 1 <= spec.gc_window <= MAX_GC_WINDOW:
             raise MalformedMessage(f"garbled-circuit window {spec.gc_window} is outside 1..{MAX_GC_WINDOW}")
 
@@ -360,6 +384,10 @@ class ClientProtocol:
         self.public_key = self.he.public_key()
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
         self.gc_window = GC_WINDOW  # announced in each job's spec; the server follows it
+
+    def max_job_slices(self, network: str, height: int, width: int) -> int:
+        """The most slices of this size the server accepts in one job (the flooding bound)."""
+        return max_job_slices(self.plans[network], self.he_params.poly_degree, height, width)
 
     def run_job(
         self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None
