@@ -133,8 +133,52 @@ __attribute__((target("avx2,vaes"))) static void lpn_positions_vaes(const sot_ke
     if (r < cnt) lpn_positions_sse(K, j0 + r, cnt - r, logk, pos + r * SOT_D);
 }
 
+/* logk <= 16: 16-bit fields, reduced mod 2^logk; rows j0 .. j0 + cnt - 1 (j0 a multiple of 4) from blocks
+ * 5 (j0 / 4) + b, b < 5 per group of 4 rows (40 fields), so 1.25 blocks a row and no shifts across words */
+#define POS16_GROUPS 4 /* groups of 4 rows per step: 20 AES blocks in flight */
+
+static void lpn_positions16(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    block x[5 * POS16_GROUPS];
+    for (uint32_t r = 0; r < cnt; r += 4 * POS16_GROUPS) {
+        const uint32_t rows = cnt - r < 4 * POS16_GROUPS ? cnt - r : 4 * POS16_GROUPS, groups = (rows + 3) / 4;
+        const uint64_t g0 = (j0 + r) / 4;
+        for (uint32_t b = 0; b < 5 * groups; b++) x[b] = _mm_set_epi64x(0x4c504e10, (long long)(5 * g0 + b));
+        aes_n(K, x, (int)(5 * groups));
+        uint16_t f[40 * POS16_GROUPS];
+        for (uint32_t b = 0; b < 5 * groups; b++) _mm_storeu_si128((block *)(f + 8 * b), x[b]);
+        for (uint32_t i = 0; i < rows * SOT_D; i++) pos[r * SOT_D + i] = f[i] & mk;
+    }
+}
+
+/* the same with VAES: the 20 blocks of 16 rows in 10 registers; the tail as above */
+__attribute__((target("avx2,vaes"))) static void lpn_positions16_vaes(const sot_key *K, uint64_t j0, uint32_t cnt,
+                                                                      uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    __m256i rk[11];
+    for (int i = 0; i < 11; i++) rk[i] = _mm256_broadcastsi128_si256(K->k[i]);
+    uint32_t r = 0;
+    for (; r + 4 * POS16_GROUPS <= cnt; r += 4 * POS16_GROUPS) {
+        const long long b0 = (long long)(5 * ((j0 + r) / 4));
+        __m256i x[5 * POS16_GROUPS / 2];
+        for (int q = 0; q < 5 * POS16_GROUPS / 2; q++)
+            x[q] = _mm256_xor_si256(_mm256_set_epi64x(0x4c504e10, b0 + 2 * q + 1, 0x4c504e10, b0 + 2 * q), rk[0]);
+        for (int i = 1; i < 10; i++)
+            for (int q = 0; q < 5 * POS16_GROUPS / 2; q++) x[q] = _mm256_aesenc_epi128(x[q], rk[i]);
+        uint16_t f[40 * POS16_GROUPS];
+        for (int q = 0; q < 5 * POS16_GROUPS / 2; q++)
+            _mm256_storeu_si256((__m256i *)(f + 16 * q), _mm256_aesenclast_epi128(x[q], rk[10]));
+        for (uint32_t i = 0; i < 4 * POS16_GROUPS * SOT_D; i++) pos[r * SOT_D + i] = f[i] & mk;
+    }
+    if (r < cnt) lpn_positions16(K, j0 + r, cnt - r, logk, pos + r * SOT_D);
+}
+
 static void lpn_positions(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
-    if (bn_have_vaes())
+    if (logk <= 16 && bn_have_vaes())
+        lpn_positions16_vaes(K, j0, cnt, logk, pos);
+    else if (logk <= 16)
+        lpn_positions16(K, j0, cnt, logk, pos);
+    else if (bn_have_vaes())
         lpn_positions_vaes(K, j0, cnt, logk, pos);
     else
         lpn_positions_sse(K, j0, cnt, logk, pos);
@@ -146,9 +190,10 @@ static void lpn_positions(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t 
 
 /* The LPN step over n rows, each output XOR-ed with its row's base entries: 16-byte values
  * (out[j] ^= XOR base[pos], if base) and/or 0/1 bytes (out_bits[j] ^= XOR base_bits[pos], if base_bits);
- * the positions are made once for both. */
+ * the positions are made once for both, or taken from pos_in (16-bit, SOT_D a row, logk <= 16), and
+ * kept in pos_out if asked (the receiver's choice bits and its rows use the same ones). */
 static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const uint8_t *base_bits,
-                uint8_t *out_bits) {
+                uint8_t *out_bits, const uint16_t *pos_in, uint16_t *pos_out) {
     sot_key K;
     uint8_t rk[176];
     bn_aes_keysched(LPN_KEY, rk);
@@ -156,7 +201,12 @@ static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const 
     uint32_t pos[LPN_BATCH * SOT_D];
     for (uint64_t j0 = 0; j0 < n; j0 += LPN_BATCH) {
         const uint32_t cnt = (uint32_t)(n - j0 < LPN_BATCH ? n - j0 : LPN_BATCH);
-        lpn_positions(&K, j0, cnt, logk, pos);
+        if (pos_in)
+            for (uint32_t i = 0; i < cnt * SOT_D; i++) pos[i] = pos_in[j0 * SOT_D + i];
+        else
+            lpn_positions(&K, j0, cnt, logk, pos);
+        if (pos_out)
+            for (uint32_t i = 0; i < cnt * SOT_D; i++) pos_out[j0 * SOT_D + i] = (uint16_t)pos[i];
         if (base) {
             for (uint32_t i = 0; i < cnt && i < LPN_AHEAD; i++)
                 for (int l = 0; l < SOT_D; l++) _mm_prefetch((const char *)(base + pos[i * SOT_D + l]), _MM_HINT_T0);
@@ -310,12 +360,13 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     memset(roots, 0, 16 * (size_t)t);
     free(roots);
     free(H);
-    lpn((uint64_t)t * leaves, logk, Q, out, NULL, NULL);
+    lpn((uint64_t)t * leaves, logk, Q, out, NULL, NULL, NULL, NULL);
     return 0;
 }
 
-int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *base_c, uint8_t *out_c) {
-    if (bn_sot_check(t, logk, h, allow_test) != 0) return -2;
+int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *base_c, uint8_t *out_c,
+                  uint16_t *pos_out) {
+    if (bn_sot_check(t, logk, h, allow_test) != 0 || (pos_out && logk > 16)) return -2;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h;
     for (uint64_t tau = 0; tau < t; tau++) {
         uint64_t alpha = 0;
@@ -323,15 +374,15 @@ int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const u
         uint8_t *o = out_c + tau * leaves;
         for (uint64_t y = 0; y < leaves; y++) o[y] = (uint8_t)(eq_mask(y, alpha) & 1);
     }
-    lpn((uint64_t)t * leaves, logk, NULL, NULL, base_c, out_c);
+    lpn((uint64_t)t * leaves, logk, NULL, NULL, base_c, out_c, NULL, pos_out);
     return 0;
 }
 
 int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *rk,
                 uint64_t tw0, uint64_t dom, const uint8_t *base_c, const uint8_t *base_t, const uint8_t *msg,
-                uint8_t *out_t) {
+                uint8_t *out_t, const uint16_t *pos_in) {
     sot_key K0, K1;
-    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0) return -2;
+    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos_in && logk > 16)) return -2;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
     const block *T = (const block *)base_t;
     block *H = malloc(th * sizeof(block));
@@ -372,7 +423,7 @@ int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     }
     memset(H, 0, th * sizeof(block));
     free(H);
-    lpn((uint64_t)t * leaves, logk, T, out, NULL, NULL);
+    lpn((uint64_t)t * leaves, logk, T, out, NULL, NULL, pos_in, NULL);
     return 0;
 }
 

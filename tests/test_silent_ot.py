@@ -86,7 +86,9 @@ def test_regular_noise_positions():
     base[p.k :] = rng.integers(0, 2, p.t * p.h, dtype=np.uint8)
     out = np.empty(p.n, dtype=np.uint8)
     assert (
-        lib.bn_sot_choice(p.t, p.logk, p.h, 1, ffi.from_buffer("uint8_t[]", base), ffi.from_buffer("uint8_t[]", out))
+        lib.bn_sot_choice(
+            p.t, p.logk, p.h, 1, ffi.from_buffer("uint8_t[]", base), ffi.from_buffer("uint8_t[]", out), ffi.NULL
+        )
         == 0
     )
     blocks = out.reshape(p.t, 1 << p.h)
@@ -122,7 +124,7 @@ def test_parameter_table_checked():
     assert names == {"ferret_b10", "ferret_b11", "ferret_b12", "ferret_b13"}
     b13 = TABLE["ferret_b13"]
     assert (b13.t, b13.k, b13.n) == (1900, 1 << 19, 15_564_800)  # emp-ot tuning.h
-    assert TABLE["ferret_b10"] == silent.SETUP and TABLE["ferret_b11"] == silent.MAIN
+    assert TABLE["ferret_b10"] == silent.SETUP == silent.MAIN
     with pytest.raises(ValueError, match="not a vetted"):
         silent.LpnParams("made_up", 1280, 17, 11).check()
     with pytest.raises(ValueError, match="not a vetted"):
@@ -154,7 +156,7 @@ def test_parameter_table_checked():
 
 
 def test_real_parameters_cross_into_main_iteration():
-    """ferret_b10 from 74k base COTs, then ferret_b11 from its reserved head: every row checked."""
+    """ferret_b10 from 74k base COTs, then the main set from its reserved head: every row checked."""
     delta, snd, rcv, _ = _streams(silent.SETUP, silent.MAIN, False)
     u0 = snd.sched.usable(0)
     for lo, hi in ((0, 300_000), (300_000, u0 + 5_000)):
@@ -170,7 +172,7 @@ def test_engine_silent_messages_and_bytes():
     ev.finish_setup(g.finish_hello(ev.finish_hello(g.hello(ev.hello()))))
     op = MaxTrunc(ring_bits=24, shift=8)
     sched = silent.Schedule(silent.SETUP, silent.MAIN)
-    n = 40_000  # 24 reverse OTs each: 960k rows, past the first iteration's 796k
+    n = 40_000  # 24 reverse OTs each: 960k rows, past the first iteration's usable rows
     x = ring.random((n, 1), 24)
     yc, ys = ring.share(x, 24)
     pre = g.pre(op, ys)
@@ -211,12 +213,12 @@ def test_vaes_and_portable_paths_agree():
         "aes_key_schedules\n"
         "p = silent.vetted()['test_32_8']; c = np.random.default_rng(1).integers(0, 2, p.base, dtype=np.uint8)\n"
         "oc = np.empty(p.n, np.uint8); b = lambda a: ffi.from_buffer('uint8_t[]', a)\n"
-        "lib.bn_sot_choice(p.t, p.logk, p.h, 1, b(c), b(oc))\n"
+        "lib.bn_sot_choice(p.t, p.logk, p.h, 1, b(c), b(oc), ffi.NULL)\n"
         "gk = aes_key_schedules([bytes(range(16)), bytes(range(1, 17))]); rk = aes_key_schedules([bytes(16)])\n"
         "t = np.random.default_rng(2).integers(0, 256, (p.base, 16), dtype=np.uint8); out = np.empty((p.n, 16), "
         "np.uint8)\n"
         "msg = bytes(range(256)) * (p.msg_len // 256) + bytes(p.msg_len % 256)\n"
-        "lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, rk, 0, 1, b(c), b(t), msg, b(out))\n"
+        "lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, rk, 0, 1, b(c), b(t), msg, b(out), ffi.NULL)\n"
         "sys.stdout.write(oc.tobytes().hex() + out.tobytes().hex()[:20000])"
     )
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}

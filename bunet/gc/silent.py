@@ -21,6 +21,7 @@ import numpy as np
 
 from ._native import ffi, lib
 
+LPN_D = 10  # nonzeros per row of the LPN code (SOT_D in native/silent_ot.c)
 WAIT_S = 120.0  # how long a receiver waits for an iteration's message that an earlier message carries
 
 
@@ -75,16 +76,18 @@ def vetted() -> dict[str, LpnParams]:
 
 _TABLE = vetted()
 SETUP = _TABLE["ferret_b10"].check()  # from ~74k SoftSpoken COTs
-# b11: 2.4 M COTs per iteration, 38 MB of rows per party and direction; b12 halves the bytes per COT
-# (0.10 instead of 0.19) for 2.6 times the memory.
-MAIN = _TABLE["ferret_b11"].check()
+# b10 for every iteration too: 0.80 M COTs per iteration, 14 MB of rows per party and direction, its
+# 1 MB LPN secret in a core's L2 cache and 16-bit LPN positions. b11 sends 0.19 bytes of iteration
+# message per COT instead of 0.36 (0.2 % of a U-Net's bytes) for about a fifth more CPU per COT
+# (docs/protocol.md, bench/ot.py).
+MAIN = _TABLE["ferret_b10"].check()
 
 
 def party_bytes(main: LpnParams = MAIN) -> int:
     """An upper bound on what one party's two streams (a sender and a receiver) hold: per stream up
     to three iterations' rows (the one being taken, the next made ahead, and the one before until
-    the next was made from it), 16 bytes each, and the receiver's choice bytes."""
-    return 3 * main.n * (16 + 16 + 1)
+    the next was made from it), 16 bytes each, and the receiver's choice bytes and LPN positions."""
+    return 3 * main.n * (16 + 16 + 1 + 2 * LPN_D)
 
 
 class Schedule:
@@ -138,6 +141,15 @@ class _Stream:
         self._make = threading.Lock()  # one iteration made at a time
         self._taken: dict[int, int] = {}
         self._bg: threading.Thread | None = None
+        self._free: list[np.ndarray] = []  # rows of dropped iterations, reused (no fresh pages to fault in)
+
+    def _rows_buffer(self, n: int) -> np.ndarray:
+        """An (n, 16) array for an iteration's rows: a dropped iteration's if one fits."""
+        with self._lock:
+            for i, a in enumerate(self._free):
+                if a.shape[0] == n:
+                    return self._free.pop(i)
+        return np.empty((n, 16), dtype=np.uint8)
 
     def _tweak(self, j: int) -> int:
         return j << 24  # base indices stay below 2^24 (checked by the vetted table)
@@ -158,7 +170,9 @@ class _Stream:
     def _drop_done(self, stores: list[dict[int, np.ndarray]], made: int) -> None:
         for j in [j for j, n in self._taken.items() if n == self.sched.usable(j) and j + 1 < made]:
             for s in stores:
-                s.pop(j, None)
+                a = s.pop(j, None)
+                if a is not None and a.ndim == 2 and len(self._free) < 2:
+                    self._free.append(a)
             del self._taken[j]
 
     def _background(self, fn: object, j: int) -> None:
@@ -196,7 +210,7 @@ class Sender(_Stream):
                     i = self._made
                     p = self.sched.params(i)
                     base = np.ascontiguousarray(self._q[i - 1][: p.base])
-                out = np.empty((p.n, 16), dtype=np.uint8)
+                out = self._rows_buffer(p.n)
                 msg = bytearray(p.msg_len)
                 rc = lib.bn_sot_send(
                     p.t,
@@ -249,6 +263,7 @@ class Receiver(_Stream):
         self._cmade = 0
         self._tmade = 0
         self._ctaken: dict[int, int] = {}
+        self._pos: dict[int, np.ndarray | None] = {}  # iteration i's LPN positions, until its t rows are made
 
     def _choices_through(self, j: int) -> None:
         """(Under the data lock.) Local and cheap: the choice bits of iterations 0 .. j."""
@@ -258,6 +273,8 @@ class Receiver(_Stream):
             out = np.empty(p.n, dtype=np.uint8)
             base = self._cbase[i] = np.ascontiguousarray(self._c[i - 1][: p.base])
             self._c.pop(-1, None)
+            # the LPN positions, kept for the rows (16-bit ones only: 20 bytes a row) instead of made twice
+            pos = self._pos[i] = np.empty(p.n * LPN_D, dtype=np.uint16) if p.logk <= 16 else None
             if (
                 lib.bn_sot_choice(
                     p.t,
@@ -266,6 +283,7 @@ class Receiver(_Stream):
                     int(self.sched.allow_test),
                     ffi.from_buffer("uint8_t[]", base),
                     ffi.from_buffer("uint8_t[]", out),
+                    ffi.NULL if pos is None else ffi.from_buffer("uint16_t[]", pos),
                 )
                 != 0
             ):
@@ -322,9 +340,9 @@ class Receiver(_Stream):
                         continue
                     p = self.sched.params(i)
                     self._choices_through(i)
-                    cb, msg = self._cbase[i], self._msg[i]
+                    cb, msg, pos = self._cbase[i], self._msg[i], self._pos[i]
                     tb = np.ascontiguousarray(self._t[i - 1][: p.base])
-                out = np.empty((p.n, 16), dtype=np.uint8)
+                out = self._rows_buffer(p.n)
                 rc = lib.bn_sot_recv(
                     p.t,
                     p.logk,
@@ -338,13 +356,14 @@ class Receiver(_Stream):
                     ffi.from_buffer("uint8_t[]", tb),
                     ffi.from_buffer("uint8_t[]", msg),
                     ffi.from_buffer("uint8_t[]", out),
+                    ffi.NULL if pos is None else ffi.from_buffer("uint16_t[]", pos),
                 )
                 if rc != 0:
                     raise MemoryError(f"silent OT iteration failed (engine code {rc})")
                 with self._lock:
                     self._t[i] = out
                     self._t.pop(-1, None)
-                    del self._msg[i], self._cbase[i]
+                    del self._msg[i], self._cbase[i], self._pos[i]
                     self._tmade += 1
                     self._lock.notify_all()
 
