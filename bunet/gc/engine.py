@@ -16,7 +16,7 @@ every layer is one request/response per chunk, after a pre-message for ops with 
     out_c = ev.finish(op, resp)
 
 Correlated OTs come from silent OT by default (``ot="silent"``, ``bunet.gc.silent``: Ferret's LPN
-extension, 1 bit of choice corrections per OT plus its iteration messages, about 0.32 bytes per OT),
+extension, 1 bit of choice corrections per OT plus its iteration messages, about 0.48 bytes per OT),
 bootstrapped at set-up by SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
 k = 1 is plain IKNP), or from SoftSpoken alone (``ot="softspoken"`` on both parties): the receiver
 sends 128/k bits per OT (16 bytes for IKNP, 4 for the default k = 4; k = 2 costs 8 bytes and less
@@ -50,8 +50,8 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
 Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 272.3
 in sign mode (85.2 garbled + 96 of reverse OTs down; 91 up: 8 OTs, 56 bytes of tables, and
 3 bytes of post-message). Chunks of 8 + 7 bits took 311.6 (128 bytes of tables, one AND less).
-With silent OT 157.1 (2^19 ReLUs, set-up included): 1 + 3 bytes of corrections for the 8 + 24 OTs
-and about 6 bytes of iteration messages instead of 32 + 96.
+With silent OT 162.6 (2^18 ReLUs, set-up included): 1 + 3 bytes of corrections for the 8 + 24 OTs
+and about 11.5 bytes of iteration messages instead of 32 + 96.
 
 Both parties make their messages on worker threads: ``prepare`` (client requests) and
 ``prepare_pre`` (server pre-messages) claim the OT ranges in order and return the job, like
