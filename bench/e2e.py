@@ -1,6 +1,6 @@
 """End-to-end benchmark: secure segmentation over gRPC on localhost, server in its own process.
 
-    python bench/e2e.py --out e2e.json [--sizes 128 256 512] [--skip-bundled]
+    python bench/e2e.py --out e2e.json [--sizes 128 256 512] [--skip-bundled] [--ot silent softspoken]
 
 For the seed U-Net (16 base features, 4 poolings, 2 classes, random weights) at each size, and
 the bundled model on the bundled sample scan: secure seconds per slice, the plaintext fixed-point
@@ -41,7 +41,7 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -> dict:
+def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy", ot: str = "silent") -> dict:
     net = model.network(plane)
     plan = compile_plan(net, model.quantization)
     t0 = time.perf_counter()
@@ -52,7 +52,7 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
     plain_float = time.perf_counter() - t0
     srv = ServerProcess("--model", str(model_path), "--max-slices", "4096")
     try:
-        with Client(srv.address) as c:
+        with Client(srv.address, ot=ot) as c:
             from bunet.client import Summary
 
             summary = Summary()
@@ -79,6 +79,7 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy") -
         "client_phase_s": {k: v / n for k, v in summary.seconds.items()},
         "mask_equal_reference": bool(np.array_equal(labels, ref)),
         "relu_instances": plan.relu_count(x.shape[2], x.shape[3]),
+        "ot": ot,
     }
 
 
@@ -90,6 +91,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--sizes", type=int, nargs="*", default=[128, 256, 512])
     ap.add_argument("--skip-bundled", action="store_true")
+    ap.add_argument(
+        "--ot",
+        nargs="+",
+        choices=("silent", "softspoken"),
+        default=["silent"],
+        help="correlated-OT backend(s); several: each size runs with each, alternated",
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +106,9 @@ def main() -> None:
             p = Path(tmp) / f"seed{size}.bunet"
             m.save(p)
             x = np.random.default_rng(size).random((1, 1, size, size)).astype(np.float32)
-            rows.append({"model": "seed-unet-16x4", "size": size, **_measure(m, p, x)})
-            print(json.dumps(rows[-1]), file=sys.stderr)
+            for ot in args.ot:
+                rows.append({"model": "seed-unet-16x4", "size": size, **_measure(m, p, x, ot=ot)})
+                print(json.dumps(rows[-1]), file=sys.stderr)
         if not args.skip_bundled:
             mp = bundled_model_path()
             m = Model.load(mp)
@@ -108,7 +117,12 @@ def main() -> None:
             pp = m.preprocessing
             st = volume.to_slices(scan.hu, "xy")
             x = volume.resize_stack(pp.apply(st), pp.input_size)[:, None].astype(np.float32)
-            row = {"model": m.name, "size": pp.input_size[0], "scan": "data/sample_ct.nii.gz", **_measure(m, mp, x)}
+            row = {
+                "model": m.name,
+                "size": pp.input_size[0],
+                "scan": "data/sample_ct.nii.gz",
+                **_measure(m, mp, x, ot=args.ot[0]),
+            }
             row["scan_total_s"] = time.perf_counter() - t0
             rows.append(row)
             print(json.dumps(rows[-1]), file=sys.stderr)

@@ -1,6 +1,6 @@
 """Benchmark of the garbled-circuit engine; prints (and optionally writes) JSON.
 
-    python bench/gc.py --out gc.json [--relus 1048576] [--quick]
+    python bench/gc.py --out gc.json [--relus 1048576] [--quick] [--ot silent|softspoken]
 
 Keys: garble_and_per_s / eval_and_per_s (one core, in memory, three-halves ANDs in a large batch),
 bytes_per_and (24 bytes + 5 control bits), ot_per_s (SoftSpoken k=4 correlated OTs per second, in
@@ -171,11 +171,11 @@ def bytes_by_part(op, n: int, chunk: int, st: RunStats) -> dict:
     return {k: v / n for k, v in got.items()}
 
 
-def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = True) -> dict:
+def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = True, ot: str = "silent") -> dict:
     op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1, lut=lut)
     x = ring.random((n, 1), l)
     yc, ys = ring.share(x, l)
-    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k)
+    out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k, ot=ot)
     ok = bool(np.array_equal(ring.add(out_c, out_s, l), ring.nonlinear(x, in_bits=l, shift=s, relu=True, ring_bits=l)))
     c = op.circuit
     return {
@@ -197,13 +197,14 @@ def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = Tr
         "relu_seconds": st.seconds,
         "relu_exact": ok,
         "ot_softspoken_k": ot_k,
+        "ot": ot,
         "look_ups": "none" if op.lut_plan is None else "sign" if op.lut_plan.chunks else "carry",
-        "relu_bytes_from_message_sizes": _message_bytes(op, n, ot_k),
+        "relu_bytes_from_message_sizes": _message_bytes(op, n, 0 if ot == "silent" else ot_k),
         "reverse_ots_per_relu": op.lut_bits,
     }
 
 
-def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
+def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4, ot: str = "silent") -> dict:
     """A ReLU feeding a 2x2 max-pool (a U-Net encoder level) as ``bunet.gc.relu_pool`` does it: n
     windows, 5 outputs each, in three rounds (the ReLUs, then two of comparisons); each round is a
     two-process session here (both parties' shares stacked, as relu_pool allows). Bytes and time per
@@ -215,7 +216,7 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
 
     def run(op, rnd, rows):
         m = rows.shape[0] // 2
-        out_c, out_s, st = two_party(op, rows[:m], rows[m:], chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k)
+        out_c, out_s, st = two_party(op, rows[:m], rows[m:], chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k, ot=ot)
         for k, v in bytes_by_part(op, m, chunk, st).items():
             parts[k] = parts.get(k, 0.0) + v * m / n
         tot["seconds"] += st.seconds
@@ -230,6 +231,7 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4) -> dict:
     ok = bool(np.array_equal(got[:, :4], el) and np.array_equal(got[:, 4], pooled))
     relu, cmp = relu_pool_ops(l, l, s)
     m = 1 << 16
+    ot_k = 0 if ot == "silent" else ot_k  # message sizes: silent OT's 1 bit per OT
     return {
         "window_three_halves_ands": 4 * relu.circuit.and_gates + 3 * cmp.circuit.and_gates,
         "window_bytes_circuit": 4 * _message_bytes(relu, m, ot_k) + 3 * _message_bytes(cmp, m, ot_k),
@@ -255,6 +257,12 @@ def main() -> None:
         "--chunk", type=int, default=gc_pipeline.GC_CHUNK, help="instances per request/response (the service's)"
     )
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    ap.add_argument(
+        "--ot",
+        choices=("silent", "softspoken"),
+        default="silent",
+        help="correlated-OT backend of the ReLU runs (default silent)",
+    )
     a = ap.parse_args()
     n = 1 << 14 if a.quick else a.relus
     load0 = os.getloadavg()[0]
@@ -263,14 +271,19 @@ def main() -> None:
     res.update(bench_ot(m=1 << 17 if a.quick else 1 << 21))
     for k in (1, 2):  # IKNP, and SoftSpoken k=2 (twice the bytes of k=4, less CPU)
         res[f"ot_k{k}"] = bench_ot(m=1 << 17 if a.quick else 1 << 21, k=k)
-    default = bench_relu(24, 8, n, a.chunk)
+    default = bench_relu(24, 8, n, a.chunk, ot=a.ot)
     res.update(default)  # the default quantization at top level
     res["default_quantization"] = {"ring_bits": 24, "in_bits": 24, "shift": 8, **default}
-    res["l32"] = {"ring_bits": 32, "in_bits": 32, "shift": 12, **bench_relu(32, 12, n, a.chunk)}
+    res["l32"] = {"ring_bits": 32, "in_bits": 32, "shift": 12, **bench_relu(32, 12, n, a.chunk, ot=a.ot)}
     # the bandwidth/CPU knob: SoftSpoken k=2 sends twice the client OT bytes of k=4, for less CPU
-    res["default_quantization_ot_k2"] = bench_relu(24, 8, n, a.chunk, ot_k=2)
-    res["default_quantization_no_look_ups"] = bench_relu(24, 8, n, a.chunk, lut=False)  # the circuit alone
-    res["relu_pool"] = {"ring_bits": 24, "in_bits": 24, "shift": 8, **bench_relu_pool(24, 8, n // 4, a.chunk // 4)}
+    res["default_quantization_ot_k2"] = bench_relu(24, 8, n, a.chunk, ot_k=2, ot="softspoken")
+    res["default_quantization_no_look_ups"] = bench_relu(24, 8, n, a.chunk, lut=False, ot=a.ot)  # the circuit alone
+    res["relu_pool"] = {
+        "ring_bits": 24,
+        "in_bits": 24,
+        "shift": 8,
+        **bench_relu_pool(24, 8, n // 4, a.chunk // 4, ot=a.ot),
+    }
     res["cpus"] = os.cpu_count()
     res["loadavg_at_start"] = load0
     res["loadavg_at_end"] = os.getloadavg()[0]

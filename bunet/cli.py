@@ -24,6 +24,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 EXIT_USAGE = 2
 EXIT_FAIL = 1
+OT_CHOICES = ("silent", "softspoken")  # bunet.gc.OT_BACKENDS, named here so --help loads no native engine
 
 
 def _fail(msg: str, code: int = EXIT_FAIL) -> int:
@@ -111,6 +112,9 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="access token (prefer --token-file or BUNET_TOKEN)")
     p.add_argument("--token-file", help="file holding the access token")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--ot", choices=OT_CHOICES, help="correlated OT of the garbled circuits (default: silent if offered)"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -168,6 +172,7 @@ def _segment(args: argparse.Namespace) -> int:
             key=args.key,
             model=args.model,
             status=status,
+            ot=args.ot,
         ) as client:
 
             def progress(done: int, total: int) -> None:
@@ -261,6 +266,12 @@ def server_main(argv: list[str] | None = None) -> int:
         help="answer plaintext evaluation requests "
         "(images sent in the clear, masks returned): for validation on public labelled sets only",
     )
+    ap.add_argument(
+        "--ot",
+        default=",".join(OT_CHOICES),
+        metavar="KIND,...",
+        help="correlated-OT backends clients may choose, among silent,softspoken (default: both)",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(
@@ -272,6 +283,9 @@ def server_main(argv: list[str] | None = None) -> int:
         or min(args.idle_timeout, args.deadline_per_mpixel) <= 0
     ):
         return _fail("limits must be positive", EXIT_USAGE)
+    ots = tuple(dict.fromkeys(o.strip() for o in args.ot.split(",") if o.strip()))
+    if not ots or not set(ots) <= set(OT_CHOICES):
+        return _fail(f"--ot takes silent and/or softspoken, got {args.ot!r}", EXIT_USAGE)
     from .model.graph import ModelError
     from .server import Server
     from .service.admission import parse_bytes
@@ -295,6 +309,7 @@ def server_main(argv: list[str] | None = None) -> int:
             slice_sizes=sizes,
             deadline_s_per_mpixel=args.deadline_per_mpixel,
             allow_plain_eval=args.allow_plain_eval,
+            ots=ots,
         ).start()
     except (ModelError, ValueError, OSError, RuntimeError) as e:
         return _fail(str(e))

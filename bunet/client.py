@@ -123,6 +123,7 @@ class Client:
         max_batch: int = 16,
         status: Callable[[str], None] | None = None,
         allow_plain_eval: bool = False,
+        ot: str | None = None,
     ) -> None:
         self._embedded = None
         self.status = status  # told about waits: the server's queue, retries
@@ -143,6 +144,8 @@ class Client:
         self.max_slices = min(self._max_slices) or max_batch
         self.server_limits = description.get("limits", {})
         self.protocol = ClientProtocol(description)
+        if ot is not None:  # the correlated-OT backend of this client's jobs (default: the protocol's choice)
+            self.protocol.gc_ot = ot
         self.model = self.protocol.model
         self.lanes = max(1, lanes)
         self.max_batch = max(1, min(max_batch, self.max_slices))

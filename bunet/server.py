@@ -75,11 +75,14 @@ class Server:
         deadline_s_per_mpixel: float = 7200.0,
         max_streams_per_client: int = 4,
         allow_plain_eval: bool = False,
+        ots: tuple[str, ...] | None = None,
     ) -> None:
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
         self.protocol = ServerProtocol(self.model)
+        if ots is not None:  # the correlated-OT backends jobs may ask for (default: all)
+            self.protocol.gc_ots = ots
         sizes = tuple(dict.fromkeys([tuple(self.model.preprocessing.input_size), *(slice_sizes or [])]))
         for h, w in sizes:  # filters for every served size, before any job: the state is bounded by the list
             self.protocol.prepare(h, w)

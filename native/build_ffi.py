@@ -21,10 +21,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-# module -> C source in native/ (with a header of the same stem), compile flags, link flags, libraries.
+# module -> C source(s) in native/ (each with a header of the same stem), compile flags, link flags, libraries.
 # Plain data, no dataclass: setuptools runs this file through cffi's execfile, outside sys.modules.
 MODULES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
-    "gc": ("bunet_gc.c", ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra"], [], []),
+    "gc": (
+        "bunet_gc.c silent_ot.c",
+        ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra"],
+        [],
+        [],
+    ),
     "he": (
         "bunet_he.c",
         ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wall", "-Wextra"],
@@ -44,15 +49,15 @@ def _cdef(header: str) -> str:
 
 def make_builder(name: str, absolute: bool = False) -> FFI:
     """The FFI builder; setuptools wants source paths relative to the project root."""
-    source, cflags, link, libraries = MODULES[name]
-    header = source[:-2] + ".h"
+    sources, cflags, link, libraries = MODULES[name]
+    headers = [source[:-2] + ".h" for source in sources.split()]
     b = FFI()
-    b.cdef(_cdef(header))
+    b.cdef("\n".join(_cdef(header) for header in headers))
     where = HERE if absolute else "native"
     b.set_source(
         f"bunet.{name}._native",
-        f'#include "{header}"',
-        sources=[os.path.join(where, source)],
+        "".join(f'#include "{h}"\n' for h in headers),
+        sources=[os.path.join(where, source) for source in sources.split()],
         include_dirs=[where],
         extra_compile_args=cflags,
         extra_link_args=link,

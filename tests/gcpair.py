@@ -90,7 +90,7 @@ def _garbler_proc(conn: object, sock: socket.socket | None, op: MaxTrunc | Argma
         ch = SocketChannel(sock)
         try:
             cpu0 = time.process_time()
-            g = gc_pipeline.open_garbler(ch)
+            g = gc_pipeline.open_garbler(ch, cfg["ot"])
             with ThreadPoolExecutor(cfg["threads"]) as pool:
                 outs = gc_pipeline.garble(
                     ch, g, pool, op, TAG, ys.reshape(ys.shape[0], -1), cfg["window"], cfg["chunk"]
@@ -113,6 +113,7 @@ def two_party(
     tcp: bool = False,
     ot_k: int = 4,
     threads: int = 2,
+    ot: str = "silent",
 ) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one op over (instances, k) shares with the garbler in a spawned process and the evaluator
     here. tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server
@@ -120,7 +121,7 @@ def two_party(
     output, stats.extra each party's CPU seconds (process time, all threads)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    cfg = {"chunk": chunk, "window": window, "threads": threads}
+    cfg = {"chunk": chunk, "window": window, "threads": threads, "ot": ot}
     if tcp:
         proc = ctx.Process(target=_garbler_proc, args=(child, None, op, ys, cfg))
         proc.start()
@@ -135,7 +136,7 @@ def two_party(
     try:
         t0, cpu0 = time.perf_counter(), time.process_time()
         try:
-            ev = gc_pipeline.open_evaluator(ch, ot_k=ot_k)
+            ev = gc_pipeline.open_evaluator(ch, ot_k=ot_k, ot=ot)
             with ThreadPoolExecutor(threads) as pool:
                 outs = gc_pipeline.evaluate(ch, ev, pool, op, TAG, yc.reshape(yc.shape[0], -1), window, chunk)
         except (ChannelClosed, OSError) as e:  # the garbler's own error says more

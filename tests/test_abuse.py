@@ -118,6 +118,7 @@ def _healthy(server: Server, x, ref) -> None:
         (_spec(gc_window=0), "INVALID_ARGUMENT", "window 0"),
         (_spec(gc_window=10_000), "INVALID_ARGUMENT", "outside 1..64"),
         (_spec(slices="many"), "INVALID_ARGUMENT", "malformed job request"),
+        (_spec(gc_ot="ferret" * 100), "FAILED_PRECONDITION", "this server offers silent, softspoken"),
         (_spec(protocol=PROTOCOL_VERSION + 1), "FAILED_PRECONDITION", "protocol version"),
         (json.dumps({"network": "main"}).encode(), "FAILED_PRECONDITION", "protocol version"),
     ],

@@ -140,3 +140,11 @@ def test_server_flags_checked(tmp_path):
     assert r.returncode == 1 and "raise --memory-budget" in r.stderr
     r = _run("server_main", "--max-sessions", "0")
     assert r.returncode == 2
+    r = _run("server_main", "--ot", "silent,iknp")
+    assert r.returncode == 2 and "--ot takes silent and/or softspoken" in r.stderr
+
+
+def test_ot_choices_are_the_engines():
+    from bunet import cli, gc
+
+    assert cli.OT_CHOICES == gc.OT_BACKENDS

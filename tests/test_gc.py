@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bunet import ring
-from bunet.gc import Argmax, Evaluator, Garbler, MaxTrunc, relu_pool, relu_pool_ops
+from bunet.gc import OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc, relu_pool, relu_pool_ops
 from bunet.gc.engine import aes_key_schedules, ffi, lib
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler, local_trees
 
@@ -22,8 +22,25 @@ def _handshake(ev: Evaluator, g: Garbler) -> tuple[Evaluator, Garbler]:
     return ev, g
 
 
-def _session() -> tuple[Evaluator, Garbler]:
-    return _handshake(Evaluator(), Garbler())
+def _session(ot: str = "silent") -> tuple[Evaluator, Garbler]:
+    return _handshake(Evaluator(ot=ot), Garbler(ot=ot))
+
+
+def _finish_concurrently(ev: Evaluator, op, resps: list[bytes], order: list[int]) -> dict[int, np.ndarray]:
+    """ev.finish on every response at once, started in ``order`` (with silent OT a response that opens
+    an OT iteration must be in progress or done before the others of that iteration complete)."""
+    out: dict[int, np.ndarray] = {}
+
+    def work(i: int) -> None:
+        out[i] = ev.finish(op, resps[i])
+
+    ths = [threading.Thread(target=work, args=(i,)) for i in order]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    assert sorted(out) == sorted(order)
+    return out
 
 
 def _req(ev: Evaluator, g: Garbler, op, yc: np.ndarray, ys: np.ndarray) -> bytes:
@@ -39,9 +56,9 @@ def _done(ev: Evaluator, g: Garbler, op, resp: bytes, out_s):
     return out_c, out_s
 
 
-@pytest.fixture(scope="module")
-def sess() -> tuple[Evaluator, Garbler]:
-    return _session()
+@pytest.fixture(scope="module", params=OT_BACKENDS)
+def sess(request) -> tuple[Evaluator, Garbler]:
+    return _session(request.param)
 
 
 def _run(sess, op, x: np.ndarray):
@@ -343,9 +360,10 @@ def test_cot_correlation(k):
         assert len({bytes(row) for row in q.reshape(m, 16)}) == m
 
 
+@pytest.mark.parametrize("ot", OT_BACKENDS)
 @pytest.mark.parametrize("k", [1, 2, 8])
-def test_other_ot_k(k):
-    ev, g = _handshake(Evaluator(ot_k=k), Garbler())
+def test_other_ot_k(k, ot):
+    ev, g = _handshake(Evaluator(ot_k=k, ot=ot), Garbler(ot=ot))
     op = MaxTrunc(ring_bits=32, in_bits=32, shift=12, relu=True)
     for n in (300, 1):
         x = ring.random((n, 1), 32)
@@ -355,8 +373,9 @@ def test_other_ot_k(k):
         )
 
 
-def test_pipelined_out_of_order_and_threads():
-    ev, g = _session()
+@pytest.mark.parametrize("ot", OT_BACKENDS)
+def test_pipelined_out_of_order_and_threads(ot):
+    ev, g = _session(ot)
     op = MaxTrunc(ring_bits=32, in_bits=32, shift=12, relu=True)
     xs = [ring.random((500 + i, 1), 32) for i in range(4)]
     shares = [ring.share(x, 32) for x in xs]
@@ -377,7 +396,10 @@ def test_pipelined_out_of_order_and_threads():
             pass
     for th in ths:
         th.join()
-    outs_c = {i: ev.finish(op, results[i][0]) for i in (3, 1, 2, 0)}  # finish in any order
+    if ot == "softspoken":
+        outs_c = {i: ev.finish(op, results[i][0]) for i in (3, 1, 2, 0)}  # finish in any order
+    else:
+        outs_c = _finish_concurrently(ev, op, [r[0] for r in results], [3, 1, 2, 0])
     posts = ev.take_posts()  # sign mode: the post-messages complete the server's shares, in request order
     assert len(posts) == 4
     for i in range(4):
@@ -435,7 +457,9 @@ def test_bad_messages():
     with pytest.raises(ValueError):
         Evaluator().finish_hello(b"\0" * 10)
     with pytest.raises(ValueError):
-        Garbler().hello(b"BNG2\x01\x04" + b"\0" * 48)  # invalid group element
+        Garbler().hello(b"BNG2\x01\x84" + b"\0" * 48)  # invalid group element
+    with pytest.raises(ValueError, match="OT backend mismatch"):
+        Garbler().hello(b"BNG2\x01\x04" + b"\0" * 48)  # SoftSpoken asked of a silent-OT server
     with pytest.raises(ValueError):
         Garbler().hello(b"BNG2\x01\x03" + b"\0" * 48)  # unsupported OT parameter
     with pytest.raises(ValueError):
@@ -526,7 +550,8 @@ def test_two_processes():
 
 @pytest.mark.parametrize("ot_k", [1, 2, 4])
 def test_message_sizes(ot_k):
-    ev, g = _handshake(Evaluator(ot_k=ot_k), Garbler())
+    """SoftSpoken's sizes; silent OT's in tests/test_silent_ot.py."""
+    ev, g = _handshake(Evaluator(ot_k=ot_k, ot="softspoken"), Garbler(ot="softspoken"))
     for op in (
         MaxTrunc(ring_bits=24, shift=8),
         MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
@@ -668,7 +693,8 @@ def test_claim_in_order_garble_concurrently():
         g.claim(op, reqs[0], shares[0][1])
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda j: j(), jobs[::-1]))[::-1]
-    outs_c = [ev.finish(op, resp) for resp, _ in results[::-1]][::-1]  # finish in any order
+    outs = _finish_concurrently(ev, op, [r[0] for r in results], [4, 3, 2, 1, 0])  # finish in any order
+    outs_c = [outs[i] for i in range(5)]
     posts = ev.take_posts()  # in request order
     for x, out_c, (_, out_s), post in zip(xs, outs_c, results, posts, strict=True):
         want = ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24)

@@ -17,7 +17,7 @@ from bunet.model.format import Quantization
 from bunet.model.plan import compile_plan
 from bunet.model.steps import Linear, ReluPool
 from bunet.protocol.channel import pipe
-from bunet.protocol.session import ClientProtocol, ServerProtocol
+from bunet.protocol.session import ClientProtocol, JobSpec, ServerProtocol
 from bunet.server import Server
 
 
@@ -143,6 +143,33 @@ def test_pipelined_gc_chunks_in_memory(model, monkeypatch, chunk, window):
     assert not th.is_alive() and not errors
     ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
     assert np.array_equal(labels, ref)
+
+
+@pytest.mark.parametrize("offered", [("softspoken",), ("silent",)])
+def test_ot_agreed_in_job_spec(model, offered):
+    """The client takes a correlated-OT backend the server offers (its describe) and announces it in
+    the job spec; the labels equal the reference. A client that asks for one the server does not
+    offer gets a clear error before any cryptographic work."""
+    import threading
+
+    from bunet.protocol.channel import ProtocolError
+
+    srv = ServerProtocol(model)
+    srv.gc_ots = offered
+    cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
+    assert cli.gc_ot == offered[0]
+    x = np.random.default_rng(5).random((1, 1, 16, 16)).astype(np.float32)
+    a, b = pipe()
+    th = threading.Thread(target=srv.run_job, args=(b,))
+    th.start()
+    labels, _ = cli.run_job(a, "main", x)
+    th.join(timeout=60)
+    assert np.array_equal(labels, reference.run_plan(compile_plan(model.networks["main"], model.quantization), x))
+    cli.gc_ot = "silent" if offered == ("softspoken",) else "softspoken"
+    a, b = pipe()
+    a.send("job", JobSpec("main", 1, 16, 16, gc_ot=cli.gc_ot).to_bytes())
+    with pytest.raises(ProtocolError, match=f"this server offers {offered[0]}"):
+        srv.run_job(b)
 
 
 def test_job_spec_window_checked(model):

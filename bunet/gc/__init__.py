@@ -12,10 +12,22 @@ The server garbles, the client evaluates::
     for post in ev.take_posts():       # sign-mode ReLUs: the client's post-messages complete out_s
         out_s = g.post(op, post, out_s)
 
+Correlated OTs are silent OT (``bunet.gc.silent``) or SoftSpoken (``ot="softspoken"``), the same on both parties.
 A ReLU feeding a 2x2 max-pool is ``relu_pool`` over these ops (three rounds).
 """
 
-from .engine import Argmax, Evaluator, Garbler, MaxTrunc
+from . import silent
+from .engine import DEFAULT_OT, OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc
 from .pool import relu_pool, relu_pool_ops
 
-__all__ = ["Argmax", "Evaluator", "Garbler", "MaxTrunc", "relu_pool", "relu_pool_ops"]
+__all__ = [
+    "DEFAULT_OT",
+    "OT_BACKENDS",
+    "Argmax",
+    "Evaluator",
+    "Garbler",
+    "MaxTrunc",
+    "relu_pool",
+    "relu_pool_ops",
+    "silent",
+]

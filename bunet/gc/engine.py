@@ -15,11 +15,16 @@ every layer is one request/response per chunk, after a pre-message for ops with 
     resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
     out_c = ev.finish(op, resp)
 
-OT extension is SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
-k = 1 is plain IKNP): the receiver sends 128/k bits per OT (16 bytes for IKNP, 4 for the
-default k = 4; k = 2 costs 8 bytes and less CPU). The forward correlated OTs are directly the
-client's input labels: the garbler sends nothing per client input bit, and the server's own
-share bits are XOR-ed in for free.
+Correlated OTs come from silent OT by default (``ot="silent"``, ``bunet.gc.silent``: Ferret's LPN
+extension, 1 bit of choice corrections per OT plus its iteration messages, about 0.48 bytes per OT),
+bootstrapped at set-up by SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
+k = 1 is plain IKNP), or from SoftSpoken alone (``ot="softspoken"`` on both parties): the receiver
+sends 128/k bits per OT (16 bytes for IKNP, 4 for the default k = 4; k = 2 costs 8 bytes and less
+CPU). The forward correlated OTs are directly the client's input labels (silent: the garbler's zero
+labels are q ^ d Delta for the client's corrections d): the garbler sends nothing per client input
+bit but the silent iteration messages, and the server's own share bits are XOR-ed in for free.
+With silent OT, an iteration's message rides on the first response (forward) or request (reverse)
+that uses it, and ``finish`` of a later response of that iteration waits for the one carrying it.
 
 Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
 client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
@@ -45,6 +50,8 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
 Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 272.3
 in sign mode (85.2 garbled + 96 of reverse OTs down; 91 up: 8 OTs, 56 bytes of tables, and
 3 bytes of post-message). Chunks of 8 + 7 bits took 311.6 (128 bytes of tables, one AND less).
+With silent OT 162.6 (2^18 ReLUs, set-up included): 1 + 3 bytes of corrections for the 8 + 24 OTs
+and about 11.5 bytes of iteration messages instead of 32 + 96.
 
 Both parties make their messages on worker threads: ``prepare`` (client requests) and
 ``prepare_pre`` (server pre-messages) claim the OT ranges in order and return the job, like
@@ -52,11 +59,12 @@ Both parties make their messages on worker threads: ``prepare`` (client requests
 
 Requests must reach ``respond`` in the order they were made (checked: the sequence number fixes
 the OT range and the hash tweaks, which are never reused); pre-messages pair with requests in
-order. ``finish`` may take responses in any order and the C calls release the GIL, so chunks can
-be pipelined and run on two threads. ``g.claim(op, req, ys)`` does the in-order part of
-``respond`` and returns the garbling job, so a server can garble several chunks at once
-(``respond(...)`` is ``claim(...)()``). Chunks of about 8192 ReLUs keep each call's working set
-in cache (``bunet.protocol.gc_pipeline`` pipelines both parties, two worker threads each).
+order. ``finish`` may take responses in any order (with silent OT: concurrently, see above) and
+the C calls release the GIL, so chunks can be pipelined and run on two threads.
+``g.claim(op, req, ys)`` does the in-order part of ``respond`` and returns the garbling job, so a
+server can garble several chunks at once (``respond(...)`` is ``claim(...)()``). Chunks of about
+8192 ReLUs keep each call's working set in cache (``bunet.protocol.gc_pipeline`` pipelines both
+parties, two worker threads each).
 
 Costs per instance (AND = three-halves garbling, Rosulek-Roy 2021: 24 bytes + 5 control bits;
 ANDG = garbler half gate, 16 bytes; see ``circuits``). Without look-ups (``lut=False``):
@@ -81,7 +89,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..message import new_message
-from . import circuits
+from . import circuits, silent
 from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 try:
@@ -103,6 +111,11 @@ LUT_MAX = 8  # carries out of at most this many low bits come from look-up table
 SIGN_CHUNK = 5
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _MUX_DOM = 0x4D55580000000000  # "MUX": hash domain of the post-message's correlated OTs
+_SOT_FWD = 0x534F544600000000  # "SOTF": hash domain of the forward silent-OT iterations (client = receiver)
+_SOT_REV = 0x534F545200000000  # "SOTR": the reverse ones (server = receiver)
+OT_BACKENDS = ("silent", "softspoken")
+DEFAULT_OT = "silent"
+_SILENT_BIT = 0x80  # in the first hello's OT byte: the client asks for silent OT (low bits: SoftSpoken's k)
 _HDR = struct.Struct("<4sB8sQBBBBBHQ")  # magic, type, tag, seq, opcode, l, b, s, relu, k, n
 OP_MAXTRUNC, OP_ARGMAX = 1, 2  # (3 was the fused ReLU + max-pool circuit; see bunet.gc.pool)
 
@@ -360,6 +373,37 @@ def _derive(nonce_c: bytes, nonce_s: bytes, a_pt: bytes) -> tuple[bytes, bytes, 
     return sid, sid[:8], aes_key
 
 
+def _ggm_keys(sid: bytes) -> object:
+    """The silent OT's two GGM expansion keys (public, per session)."""
+    keys = hashlib.blake2b(sid, digest_size=32, person=b"bunet-sot-ggm-v1").digest()
+    return aes_key_schedules([keys[:16], keys[16:]])
+
+
+def _random_bits(m: int) -> np.ndarray:
+    """m fresh CSPRNG bits as 0/1 bytes."""
+    r = np.empty(m, dtype=np.uint8)
+    if lib.bn_prg_fill(_buf(r), m) != 0:
+        raise OSError("getrandom() failed")
+    return r & 1
+
+
+def _silent_base(m: int) -> int:
+    """SoftSpoken OTs made at set-up for the first silent iteration (whole 128-row blocks)."""
+    return _pad128(m)
+
+
+def _corrections(choice: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Packed choice bits XOR the random COTs' choice bits (0/1 bytes): what a silent receiver sends."""
+    return choice ^ np.packbits(r, bitorder="little")
+
+
+def _derand(rows: np.ndarray, d: object, delta: object) -> np.ndarray:
+    """A silent sender's rows q ^ d Delta (d: the receiver's packed corrections)."""
+    out = np.empty_like(rows)
+    lib.bn_sot_derand(_buf(rows), rows.shape[0], _buf(d), delta, _buf(out))
+    return out
+
+
 def aes_key_schedules(keys: list[bytes]) -> object:
     buf = ffi.new("uint8_t[]", 176 * len(keys))
     for i, k in enumerate(keys):
@@ -377,6 +421,11 @@ class _Party:
         self._rk: object = None
         self._rleaves: object = None  # the reverse OT extension's trees (server: receiver, client: sender)
         self._rblk = 0  # reverse OT offset, in 128-row blocks
+        # silent OT: the COT streams (forward: server sends; reverse: client sends) and where they start
+        self._fwd: silent.Sender | silent.Receiver | None = None
+        self._rev: silent.Sender | silent.Receiver | None = None
+        self._blk0 = self._rblk0 = 0
+        self._gk: object = None
         self._pre_seq = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -396,8 +445,9 @@ class _Party:
         return pseq, rblk
 
     def _hello_msg(self, msg: object, typ: int, size: int) -> memoryview:
-        if not isinstance(msg, (bytes, bytearray)) or len(msg) != 13 + size:
-            raise ValueError("malformed hello message")
+        if not isinstance(msg, (bytes, bytearray, memoryview)) or memoryview(msg).nbytes != 13 + size:
+            raise ValueError("malformed hello message")  # large ones may come as a view (bunet.protocol.channel)
+        msg = memoryview(msg).cast("B")
         if msg[:4] != MAGIC or msg[4] != typ:
             raise ValueError("not a BUNET GC hello message of the expected type")
         if bytes(msg[5:13]) != self._tag:
@@ -450,7 +500,9 @@ OT_KS = (1, 2, 4, 8)  # SoftSpoken bits per block: the client sends 128/k bits p
 
 
 def _cot_len(k: int, m: int) -> int:
-    return (128 // k) * (m // 8)
+    """Bytes of the receiver's message for m OTs: SoftSpoken's 128/k bits per OT, or (k = 0) silent OT's
+    one choice-correction bit per OT (the iterations' messages come on top, amortised; ``bunet.gc.silent``)."""
+    return m // 8 if k == 0 else (128 // k) * (m // 8)
 
 
 def _xor16(a: bytes, b: bytes) -> bytes:
@@ -466,13 +518,20 @@ def _u64(a: np.ndarray) -> object:
 
 
 class Evaluator(_Party):
-    """The client: OT-extension receiver and circuit evaluator."""
+    """The client: OT-extension receiver and circuit evaluator.
 
-    def __init__(self, ot_k: int = 4) -> None:
+    ``ot``: "silent" (LPN-based silent OT bootstrapped from SoftSpoken with ``ot_k``) or "softspoken"
+    (SoftSpoken with ``ot_k`` bits per block for every OT); the server must be set for the same."""
+
+    def __init__(self, ot_k: int = 4, ot: str = DEFAULT_OT) -> None:
         super().__init__()
         if ot_k not in OT_KS:
             raise ValueError(f"ot_k must be one of {OT_KS}")
+        if ot not in OT_BACKENDS:
+            raise ValueError(f"ot must be one of {OT_BACKENDS}")
         self.ot_k = ot_k
+        self.ot = ot
+        self._wk = 0 if ot == "silent" else ot_k  # the OT messages' format (_cot_len)
         self._base = BaseOTSender()
         self._nonce = os.urandom(16)
         self._leaves: object = None
@@ -498,7 +557,8 @@ class Evaluator(_Party):
 
     def hello(self) -> bytes:
         """Base OT round 1 (client -> server)."""
-        msg = MAGIC + bytes([T_HELLO1, self.ot_k]) + self._nonce + self._base.A
+        mode = self.ot_k | (_SILENT_BIT if self.ot == "silent" else 0)
+        msg = MAGIC + bytes([T_HELLO1, mode]) + self._nonce + self._base.A
         self.bytes_sent += len(msg)
         return msg
 
@@ -538,22 +598,50 @@ class Evaluator(_Party):
         lib.bn_hash_batch(self._rk, _buf(t), _buf(t), N_BASE, 0, 1, _SETUP_DOM)
         self._rkeys = [t[16 * i : 16 * (i + 1)].tobytes() for i in range(N_BASE)]
         self._blk = 1  # forward OT block 0 served the reverse setup
+        if self.ot == "silent":  # SoftSpoken OTs (blocks 1 ..) as the forward silent OT's first base COTs
+            cm += self._silent_fwd_base(sid)
         out = MAGIC + bytes([T_HELLO3]) + tag + setup + bytes(cm)
         self.bytes_sent += len(out)
         return out
+
+    def _silent_fwd_base(self, sid: bytes) -> bytes:
+        """Receiver of the forward silent OT: its first base COTs by SoftSpoken on random choice bits;
+        returns their SoftSpoken message."""
+        m = _silent_base(silent.SETUP.base)
+        r = _random_bits(m)
+        cm = bytearray(_cot_len(self.ot_k, m))
+        t = np.empty((m, 16), dtype=np.uint8)
+        lib.bn_cot_recv(
+            self._leaves, self.ot_k, self._blk, m, _buf(np.packbits(r, bitorder="little")), _buf(cm), _buf(t)
+        )
+        self._gk = _ggm_keys(sid)
+        self._fwd = silent.Receiver(silent.Schedule(silent.SETUP, silent.MAIN), r, t, self._gk, self._rk, _SOT_FWD)
+        self._blk += m // 128
+        self._blk0 = self._blk
+        return bytes(cm)
 
     def finish_setup(self, msg: bytes) -> None:
         """Consume the fourth hello message (the reverse extension's level sums); the session is ready."""
         if self._rleaves is not None or not self._rkeys:
             raise ValueError("setup message out of order")
-        body = self._hello_msg(msg, T_HELLO4, 32 * N_BASE)
+        m = _silent_base(silent.SETUP.base) if self.ot == "silent" else 0
+        body = self._hello_msg(msg, T_HELLO4, 32 * N_BASE + (_cot_len(self.ot_k, m) if m else 0))
         chosen = [
             _xor16(bytes(body[32 * i + 16 * c : 32 * i + 16 * c + 16]), key)
             for i, (c, key) in enumerate(zip(self._rchoice, self._rkeys, strict=True))
         ]
         leaves = ggm_garbler(self.ot_k, bytes(self._rdelta), chosen)
-        self._rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
+        rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         self._rkeys = []
+        if m:  # sender of the reverse silent OT: its first base COTs from the server's SoftSpoken message
+            self._rdelta_c = _buf(self._rdelta)
+            q = np.empty((m, 16), dtype=np.uint8)
+            lib.bn_cot_send(rleaves, self.ot_k, self._rdelta_c, 0, m, _buf(body[32 * N_BASE :]), _buf(q))
+            self._rev = silent.Sender(
+                silent.Schedule(silent.SETUP, silent.MAIN), self._rdelta_c, q, self._gk, self._rk, _SOT_REV
+            )
+            self._rblk = self._rblk0 = m // 128
+        self._rleaves = rleaves
 
     def request(self, op: Op, yc: np.ndarray, pre: bytes | None = None) -> bytes:
         """Client -> server: OT-extension message for the client's input bits of this layer.
@@ -580,16 +668,23 @@ class Evaluator(_Party):
         m, _, _ = _sizes(op, n)
         seq, blk, tw = self._alloc(op, n, m)
 
+        ext = 0 if lut is None else self._rev_ext(op, n, lut[1])
+
         def job() -> bytes:
-            cot = _cot_len(self.ot_k, m)
+            cot = _cot_len(self._wk, m)
             tables_len = 0 if lut is None else n * op.k * op.lut_plan.table_bytes
-            out, body = _new_message(self._header(T_REQ, seq, op, n), cot + tables_len)
-            # the tables go straight into the request, after the OT message
-            y, mux = (yc, None) if lut is None else self._tables(op, yc, *lut, body + cot)
+            out, body = _new_message(self._header(T_REQ, seq, op, n), cot + ext + tables_len)
+            # the reverse silent OT's iteration messages and the tables go straight into the request
+            y, mux = (yc, None) if lut is None else self._tables(op, yc, *lut, body + cot, ext)
             choice = np.empty(m // 8, dtype=np.uint8)
             lib.bn_pack_choice(_u64(y), n, op.k, op.circ_bits, _buf(choice), m)
-            labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
-            lib.bn_cot_recv(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
+            if self.ot == "silent":  # the labels come at finish, with the server's iteration messages
+                lo = 128 * (blk - self._blk0)
+                ffi.memmove(body, _corrections(choice, self._fwd.choices(lo, lo + m)), m // 8)
+                labels: np.ndarray | tuple[int, int] = (lo, m)
+            else:
+                labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
+                lib.bn_cot_recv(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
             with self._lock:
                 self._pending[seq] = (op._params(), n, labels, tw, mux)
                 self.bytes_sent += len(out)
@@ -605,7 +700,7 @@ class Evaluator(_Party):
         assert lp is not None
         pseq, n_pre, body = self._parse(pre, T_PRE, op)
         rows = _pad128(n * op.k * lp.rows)
-        if n_pre != n or len(body) != _cot_len(self.ot_k, rows):
+        if n_pre != n or len(body) != _cot_len(self._wk, rows):
             raise ValueError("pre-message was made for a different number of instances")
         with self._lock:
             if pseq != self._pre_seq:
@@ -614,17 +709,34 @@ class Evaluator(_Party):
             self.bytes_received += len(pre)
         return body, rblk
 
+    def _rev_ext(self, op: Op, n: int, rblk: int) -> int:
+        """Bytes of reverse silent-OT iteration messages a request for these pre-message rows carries."""
+        if self.ot != "silent":
+            return 0
+        lo = 128 * (rblk - self._rblk0)
+        return self._rev.sched.ext_len(lo, lo + _pad128(n * op.k * op.lut_bits))
+
     def _tables(
-        self, op: Op, yc: np.ndarray, body: memoryview, rblk: int, dest: object
+        self, op: Op, yc: np.ndarray, body: memoryview, rblk: int, dest: object, ext: int = 0
     ) -> tuple[np.ndarray, tuple | None]:
-        """The look-up tables for the server's pre-message, written at ``dest`` (a pointer to n * k *
-        table_bytes bytes), and the circuit inputs (masks, kept bits)."""
+        """The look-up tables for the server's pre-message, written at ``dest`` (a pointer to ``ext``
+        bytes of reverse silent-OT iteration messages, then n * k * table_bytes bytes), and the circuit
+        inputs (masks, kept bits)."""
         lp, n = op.lut_plan, yc.shape[0]
         assert lp is not None
         items = n * op.k
         rows = _pad128(items * lp.rows)
-        q = np.empty(16 * rows, dtype=np.uint8)
-        lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
+        if self.ot == "silent":  # q ^ d Delta' with the server's corrections d (its pre-message)
+            lo = 128 * (rblk - self._rblk0)
+            msgs, q = self._rev.take(lo, lo + rows)
+            if len(msgs) != ext:
+                raise AssertionError("silent OT: iteration messages out of step")
+            ffi.memmove(dest, msgs, ext)
+            q = _derand(q, body, self._rdelta_c).reshape(-1)
+        else:
+            q = np.empty(16 * rows, dtype=np.uint8)
+            lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
+        dest = dest + ext
         rho = np.empty(items, dtype=np.uint64)  # fresh CSPRNG mask bits, one per table bit (bit col + p)
         if lib.bn_prg_fill(_buf(rho), 8 * items) != 0:
             raise OSError("getrandom() failed")
@@ -665,11 +777,18 @@ class Evaluator(_Party):
             if pend is None or pend[0] != op._params() or pend[1] != n:
                 raise ValueError("response does not match any pending request")
             _, nct, nar = _sizes(op, n)
-            if len(body) != nct + nar:
+            silent_rows = pend[2] if self.ot == "silent" else None
+            ext = self._fwd.sched.ext_len(silent_rows[0], sum(silent_rows)) if silent_rows else 0
+            if len(body) != ext + nct + nar:
                 raise ValueError("response has the wrong length")
             del self._pending[seq]
             self.bytes_received += len(resp)
         _, _, labels, tw, mux = pend
+        if silent_rows:  # the server's iteration messages, then the labels t (its zero labels: q ^ d Delta)
+            lo, rows = silent_rows
+            self._fwd.deposit(lo, lo + rows, body[:ext])
+            body = body[ext:]
+            labels = self._fwd.rows(lo, lo + rows).reshape(-1)
         c = op.circuit
         m = _pad128(n * op.k * op.circ_bits)
         nout = c.n_outputs
@@ -704,7 +823,8 @@ class Evaluator(_Party):
             mask,
             nout,
         )
-        self._give_buffer(labels)
+        if not silent_rows:
+            self._give_buffer(labels)
         if rc != 0:
             raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
         if isinstance(op, Argmax):
@@ -736,10 +856,15 @@ class Evaluator(_Party):
 
 
 class Garbler(_Party):
-    """The server: OT-extension sender (correlation = Delta) and garbler."""
+    """The server: OT-extension sender (correlation = Delta) and garbler; ``ot`` as the client's
+    (``Evaluator``), or the session set-up fails with a clear error."""
 
-    def __init__(self) -> None:
+    def __init__(self, ot: str = DEFAULT_OT) -> None:
         super().__init__()
+        if ot not in OT_BACKENDS:
+            raise ValueError(f"ot must be one of {OT_BACKENDS}")
+        self.ot = ot
+        self._wk = 0
         d = bytearray(16)
         if lib.bn_prg_fill(_buf(d), 16) != 0:
             raise OSError("getrandom() failed")
@@ -752,7 +877,8 @@ class Garbler(_Party):
         self._choices: list[int] = []
         self._pres: dict[int, tuple | None] = {}  # pre-messages by sequence number (None: being made)
         self._pre_next = 0  # the pre-message the next request consumes
-        self._post_due: deque[tuple[int, tuple[int, ...], int, np.ndarray, np.ndarray]] = deque()
+        # sign mode, per claimed request: [seq, params, n, K_{r0} (set by its garbling job), r0]
+        self._post_due: deque[list] = deque()
 
     def hello(self, msg: bytes) -> bytes:
         """Base OT round 2 (server -> client)."""
@@ -760,18 +886,23 @@ class Garbler(_Party):
             raise ValueError("malformed hello")
         if msg[:4] != MAGIC or msg[4] != T_HELLO1:
             raise ValueError("not a BUNET GC hello")
-        if msg[5] not in OT_KS:
+        if msg[5] & ~_SILENT_BIT not in OT_KS:
             raise ValueError("unsupported OT extension parameter")
+        asked = "silent" if msg[5] & _SILENT_BIT else "softspoken"
+        if asked != self.ot:
+            raise ValueError(f"OT backend mismatch: the client uses {asked} OT, this server {self.ot} OT")
         if self._tag is not None:
             raise ValueError("session already set up")
         self.bytes_received += len(msg)
-        self._ot_k = msg[5]
+        self._ot_k = msg[5] & ~_SILENT_BIT
+        self._wk = 0 if self.ot == "silent" else self._ot_k
         nonce_c, a_pt = bytes(msg[6:22]), bytes(msg[22:])
         dbytes = bytes(ffi.buffer(self._delta, 16))
         self._choices = ggm_choices(self._ot_k, dbytes)
         rcv = BaseOTReceiver(a_pt, self._choices)
         nonce_s = os.urandom(16)
         sid, tag, aes_key = _derive(nonce_c, nonce_s, a_pt)
+        self._sid = sid
         self._base_keys = rcv.keys(sid)
         rk = ffi.new("uint8_t[]", 176)
         lib.bn_aes_keysched(aes_key, rk)
@@ -790,7 +921,8 @@ class Garbler(_Party):
         """
         if self._tag is None or self._leaves is not None:
             raise ValueError("hello message out of order")
-        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + _cot_len(self._ot_k, N_BASE))
+        sm = _silent_base(silent.SETUP.base) if self.ot == "silent" else 0
+        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + _cot_len(self._ot_k, N_BASE + sm))
         self._finish_setup(body[: 32 * N_BASE])
         q = np.empty(16 * N_BASE, dtype=np.uint8)
         lib.bn_cot_send(self._leaves, self._ot_k, self._delta, 0, N_BASE, _buf(body[32 * N_BASE :]), _buf(q))
@@ -808,9 +940,31 @@ class Garbler(_Party):
             )
         )
         self._blk = 1  # forward OT block 0 served the reverse setup
-        self._rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
+        rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
+        if sm:
+            out += self._silent_bases(sm, body[32 * N_BASE + _cot_len(self._ot_k, N_BASE) :], rleaves)
+        self._rleaves = rleaves
         self.bytes_sent += len(out)
         return out
+
+    def _silent_bases(self, m: int, cm: memoryview, rleaves: object) -> bytes:
+        """The first base COTs of both silent OT streams: the forward ones (sender) from the client's
+        SoftSpoken message ``cm``, the reverse ones (receiver, random choices) by SoftSpoken, whose
+        message this returns (the tail of the fourth hello)."""
+        self._gk = _ggm_keys(self._sid)
+        sched = silent.Schedule(silent.SETUP, silent.MAIN)
+        q = np.empty((m, 16), dtype=np.uint8)
+        lib.bn_cot_send(self._leaves, self._ot_k, self._delta, self._blk, m, _buf(cm), _buf(q))
+        self._fwd = silent.Sender(sched, self._delta, q, self._gk, self._rk, _SOT_FWD)
+        self._blk += m // 128
+        self._blk0 = self._blk
+        r = _random_bits(m)
+        rcm = bytearray(_cot_len(self._ot_k, m))
+        t = np.empty((m, 16), dtype=np.uint8)
+        lib.bn_cot_recv(rleaves, self._ot_k, 0, m, _buf(np.packbits(r, bitorder="little")), _buf(rcm), _buf(t))
+        self._rev = silent.Receiver(sched, r, t, self._gk, self._rk, _SOT_REV)
+        self._rblk = self._rblk0 = m // 128
+        return bytes(rcm)
 
     def _finish_setup(self, blob: memoryview) -> None:
         """Rebuild the punctured GGM trees from the client's encrypted level sums (third hello)."""
@@ -860,9 +1014,14 @@ class Garbler(_Party):
             else:
                 vals = ys.reshape(-1)
             lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.k, d, _buf(choice), rows)  # row i*d+j: bit j
-            out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._ot_k, rows))
-            t = np.empty(16 * rows, dtype=np.uint8)
-            lib.bn_cot_recv(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
+            out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._wk, rows))
+            if self.ot == "silent":  # the t rows come at the request, with the client's iteration messages
+                lo = 128 * (rblk - self._rblk0)
+                ffi.memmove(body, _corrections(choice, self._rev.choices(lo, lo + rows)), rows // 8)
+                t = None
+            else:
+                t = np.empty(16 * rows, dtype=np.uint8)
+                lib.bn_cot_recv(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
             low = ys.reshape(-1) & _mask(d - (r0 is not None))
             with self._lock:
                 self._pres[pseq] = (params, n, t, low, rblk, r0)
@@ -893,22 +1052,39 @@ class Garbler(_Party):
             raise ValueError("request was made for a different number of instances")
         m, nct, nar = _sizes(op, n)
         d = op.lut_bits
-        cot = _cot_len(self._ot_k, m)
-        if len(body) != cot + (n * op.k * op.lut_plan.table_bytes if d else 0):
-            raise ValueError("request has the wrong length")
+        cot = _cot_len(self._wk, m)
         with self._lock:
+            ext = self._rev_ext_due(op, n) if d else 0
+            if len(body) != cot + ext + (n * op.k * op.lut_plan.table_bytes if d else 0):
+                raise ValueError("request has the wrong length")
             if seq != self._seq:
                 raise ValueError("request out of order (or replayed)")
             pre = self._take_pre(op, n, ys) if d else None
+            if pre is not None and self.ot == "silent":  # the client's iteration messages, in order
+                self._rev.deposit(*self._rev_range(op, n, pre[1]), body[cot : cot + ext])
             _, blk, tw = self._alloc(op, n, m)
             self.bytes_received += len(req)
+            due = None
             if pre is not None and pre[2] is not None:
-                self._post_due.append((seq, op._params(), n, *self._mux_keys(op, pre)))
+                due = [seq, op._params(), n, None, pre[2]]
+                self._post_due.append(due)
         c = op.circuit
 
         def job() -> tuple[bytes, np.ndarray | None]:
-            yg = ys if pre is None else self._open_tables(op, ys, pre, body[cot:])
-            out, body_out = _new_message(self._header(T_RESP, seq, op, n), nct + nar)
+            lut = pre
+            if lut is not None and lut[0] is None:  # silent: the t rows (made here, off the claiming thread)
+                lut = (self._rev.rows(*self._rev_range(op, n, lut[1])).reshape(-1), *lut[1:])
+            if due is not None:
+                due[3] = self._mux_keys(op, lut)[0]
+            yg = ys if lut is None else self._open_tables(op, ys, lut, body[cot + ext :])
+            msgs, labels = b"", ffi.NULL
+            if self.ot == "silent":  # zero labels q ^ d Delta; the iteration messages lead the response
+                lo = 128 * (blk - self._blk0)
+                msgs, q = self._fwd.take(lo, lo + m)
+                labels = _buf(_derand(q, body[:cot], self._delta))
+            out, head = _new_message(self._header(T_RESP, seq, op, n), len(msgs) + nct + nar)
+            ffi.memmove(head, msgs, len(msgs))
+            body_out = head + len(msgs)
             nout = c.n_outputs
             acc = np.empty(n * nout, dtype=np.uint64)
             rc = lib.bn_gc_run_multi(
@@ -925,7 +1101,7 @@ class Garbler(_Party):
                 _buf(body),
                 m,
                 blk,
-                ffi.NULL,
+                labels,
                 self._rk,
                 self._delta,
                 tw,
@@ -952,6 +1128,32 @@ class Garbler(_Party):
 
         return job
 
+    def request_limit(self, op: Op, n: int) -> int:
+        """The most bytes a well-formed request for n instances may have: SoftSpoken's largest OT
+        message (k = 1), or silent OT's correction bits plus the reverse iteration messages its
+        look-up rows may open."""
+        if self.ot != "silent":
+            return op.message_sizes(n, ot_k=1)[0]
+        size = op.message_sizes(n, ot_k=0)[0]
+        if op.lut_bits:
+            sched = self._rev.sched
+            rows = _pad128(n * op.k * op.lut_bits)
+            size += (2 + rows // sched.usable(1)) * max(sched.setup.msg_len, sched.main.msg_len)
+        return size
+
+    def _rev_ext_due(self, op: Op, n: int) -> int:
+        """Bytes of the client's reverse silent-OT iteration messages in the request that answers the
+        oldest pending pre-message (0 without silent OT or without such a pre-message)."""
+        st = self._pres.get(self._pre_next)
+        if self.ot != "silent" or st is None:
+            return 0
+        return self._rev.sched.ext_len(*self._rev_range(op, n, st[4]))
+
+    def _rev_range(self, op: Op, n: int, rblk: int) -> tuple[int, int]:
+        """The reverse silent-OT stream rows of a pre-message at block ``rblk``."""
+        lo = 128 * (rblk - self._rblk0)
+        return lo, lo + _pad128(n * op.k * op.lut_bits)
+
     def _mux_keys(self, op: Op, pre: tuple) -> tuple[np.ndarray, np.ndarray]:
         """The receiver's key of each value's r0 row (K_{r0}), and r0."""
         t_rows, rblk, r0 = pre
@@ -967,7 +1169,12 @@ class Garbler(_Party):
         self._ready()
         seq, n, body = self._parse(msg, T_POST, op)
         with self._lock:
-            if not self._post_due or self._post_due[0][0] != seq or self._post_due[0][1:3] != (op._params(), n):
+            if (
+                not self._post_due
+                or self._post_due[0][0] != seq
+                or tuple(self._post_due[0][1:3]) != (op._params(), n)
+                or self._post_due[0][3] is None
+            ):
                 raise ValueError("post-message out of order, replayed or for another request")
             if len(body) != n * op.k * _post_bytes(op) or out_s.shape != (n,):
                 raise ValueError("post-message (or shares) of the wrong length")

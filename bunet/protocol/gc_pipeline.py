@@ -33,17 +33,18 @@ HELLO_BYTES = 1 << 20  # the setup messages are a few kB
 PARTS = ("pre", "req", "resp", "post")
 
 
-def open_garbler(chan: Channel) -> gc.Garbler:
-    """The server's half of the session setup (base OTs, both OT extensions' keys)."""
-    garbler = gc.Garbler()
+def open_garbler(chan: Channel, ot: str = gc.DEFAULT_OT) -> gc.Garbler:
+    """The server's half of the session setup (base OTs, both OT extensions' keys), with the
+    correlated-OT backend the job agreed on."""
+    garbler = gc.Garbler(ot=ot)
     chan.send("gc_hello", garbler.hello(chan.recv("gc_hello", limit=HELLO_BYTES)))
     chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello", limit=HELLO_BYTES)))
     return garbler
 
 
-def open_evaluator(chan: Channel, ot_k: int = 4) -> gc.Evaluator:
+def open_evaluator(chan: Channel, ot_k: int = 4, ot: str = gc.DEFAULT_OT) -> gc.Evaluator:
     """The client's half of the session setup."""
-    ev = gc.Evaluator(ot_k=ot_k)
+    ev = gc.Evaluator(ot_k=ot_k, ot=ot)
     chan.send("gc_hello", ev.hello())
     chan.send("gc_hello", ev.finish_hello(chan.recv("gc_hello")))
     ev.finish_setup(chan.recv("gc_hello"))
@@ -105,7 +106,7 @@ def garble(
         for _ in range(PRE_AHEAD * window):
             send_pre()
         for sl in parts:
-            req = chan.recv(t_req, limit=op.message_sizes(sl.stop - sl.start, ot_k=1)[0])
+            req = chan.recv(t_req, limit=garbler.request_limit(op, sl.stop - sl.start))
             with from_client("GC request"):
                 job = garbler.claim(op, req, rows[sl])
             inflight.append(pool.submit(job))

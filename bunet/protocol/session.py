@@ -52,7 +52,7 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire, so a mismatch is a clear error, not a stall.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
 # What a job's stream may buffer in the transport (frames queued each way, one message being
@@ -64,7 +64,8 @@ TRANSPORT_BYTES = 160 << 20
 class JobSpec:
     """What the client announces at the start of a job (all public). ``gc_window``: the
     garbled-circuit requests it keeps in flight; the server adopts it, because pre-messages and
-    responses interleave on the stream in an order both ends derive from it."""
+    responses interleave on the stream in an order both ends derive from it. ``gc_ot``: the
+    correlated-OT backend of the job's garbled circuits (``gc.OT_BACKENDS``), one of the server's."""
 
     network: str
     slices: int
@@ -72,6 +73,7 @@ class JobSpec:
     width: int
     gc_window: int = GC_WINDOW
     protocol: int = PROTOCOL_VERSION
+    gc_ot: str = gc.DEFAULT_OT
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.__dict__).encode()
@@ -93,6 +95,7 @@ class JobSpec:
                 int(d["width"]),
                 int(d["gc_window"]),
                 int(version),
+                str(d["gc_ot"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise MalformedMessage("malformed job request") from None
@@ -224,6 +227,8 @@ class ServerProtocol:
     """The vendor's half: holds the weights; prepares every layer's frequency-domain filters once
     per model and serves any number of jobs (each job on its own channel and GC session)."""
 
+    gc_ots: tuple[str, ...] = gc.OT_BACKENDS  # the correlated-OT backends a job may ask for
+
     def __init__(self, model: Model, he_params: he.HEParams | None = None) -> None:
         model.validate()
         self.model = model
@@ -236,8 +241,13 @@ class ServerProtocol:
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="garble")  # shared by all jobs
 
     def describe(self) -> dict[str, Any]:
-        """Public description: the model header (no weights) and the HE parameters."""
-        return {"model": self.model.header(), "he_params": self.he_params.to_bytes().hex()}
+        """Public description: the model header (no weights), the HE parameters and the
+        correlated-OT backends a job may ask for."""
+        return {
+            "model": self.model.header(),
+            "he_params": self.he_params.to_bytes().hex(),
+            "gc_ots": list(self.gc_ots),
+        }
 
     def _layer(self, net: str, step: Linear, shape: Shape) -> Any:
         """Frequency-domain filters: computed once per model and slice size, shared by all jobs."""
@@ -275,6 +285,10 @@ class ServerProtocol:
             )
         if not 1 <= spec.gc_window <= MAX_GC_WINDOW:
             raise MalformedMessage(f"garbled-circuit window {spec.gc_window} is outside 1..{MAX_GC_WINDOW}")
+        if spec.gc_ot not in self.gc_ots:
+            raise ProtocolError(
+                f"the client asks for {spec.gc_ot[:20]!r} OT; this server offers {', '.join(self.gc_ots)}"
+            )
 
     def run_job(self, chan: Channel, limits: Limits | None = None, admit: Admit | None = None) -> Timings:
         """One job: the client's spec, checked; then, once ``admit`` grants the job's planned memory
@@ -297,7 +311,7 @@ class ServerProtocol:
         t.add("he", t0)
         t0 = time.perf_counter()
         with from_client("GC hello"):
-            garbler = gc_pipeline.open_garbler(chan)
+            garbler = gc_pipeline.open_garbler(chan, spec.gc_ot)
         t.add("gc", t0)
         execute(plan, _ServerBackend(self, chan, spec, hes, garbler), spec.height, spec.width, on_step=_on_step(t))
         chan.send("done", b"")
@@ -323,8 +337,9 @@ class ServerProtocol:
         ``last_reads``) twice over, for the copies a step makes (window rows, outputs), plus the
         largest step's own buffers: an HE step's upload, download, fresh mask and work arrays; a
         garbled-circuit step's messages in flight (PRE_AHEAD + 1 windows of pre-messages, a window of
-        requests and of responses). Plus the transport's bounded queues. Call it for a spec that
-        passed :meth:`check_spec` only (it reads the prepared filters of the spec's size)."""
+        requests and of responses). Plus the silent-OT streams' rows and the transport's bounded
+        queues. Call it for a spec that passed :meth:`check_spec` only (it reads the prepared filters
+        of the spec's size)."""
         plan = self.plans[spec.network]
         shapes = plan.shapes(spec.height, spec.width)
         B = spec.slices
@@ -350,7 +365,8 @@ class ServerProtocol:
                     inflight = (gc_pipeline.PRE_AHEAD + 1) * win * op.pre_size(chunk, ot_k=1) + win * (req + resp)
                     peak_step = max(peak_step, inflight + op.post_size(chunk))
             live -= sum(size.get(name, 0) for name in drops.get(idx, ()))
-        return 2 * peak_shares + peak_step + TRANSPORT_BYTES
+        ot_bytes = gc.silent.party_bytes() if spec.gc_ot == "silent" else 0
+        return 2 * peak_shares + peak_step + ot_bytes + TRANSPORT_BYTES
 
     def _message_cap(self, spec: JobSpec, plan: Plan, shapes: dict[str, Shape]) -> int:
         """The largest message a well-behaved client sends in this job, plus 1 MiB: HE uploads of
@@ -384,6 +400,9 @@ class ClientProtocol:
         self.public_key = self.he.public_key()
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
         self.gc_window = GC_WINDOW  # announced in each job's spec; the server follows it
+        offered = description.get("gc_ots", [gc.DEFAULT_OT])
+        # likewise: the job's correlated-OT backend, the default unless the server does not offer it
+        self.gc_ot = gc.DEFAULT_OT if gc.DEFAULT_OT in offered else str(offered[0])
 
     def max_job_slices(self, network: str, height: int, width: int) -> int:
         """The most slices of this size the server accepts in one job (the flooding bound)."""
@@ -396,10 +415,12 @@ class ClientProtocol:
         plan = self.plans[network]
         B, C, H, W = x.shape
         t = Timings()
-        chan.send("job", JobSpec(network, B, H, W, self.gc_window).to_bytes())
+        chan.send("job", JobSpec(network, B, H, W, self.gc_window, gc_ot=self.gc_ot).to_bytes())
         t0 = time.perf_counter()
         chan.send("he_pk", self.public_key)
-        backend = _ClientBackend(self, chan, x, plan.frac_bits, plan.ring_bits, gc_pipeline.open_evaluator(chan))
+        backend = _ClientBackend(
+            self, chan, x, plan.frac_bits, plan.ring_bits, gc_pipeline.open_evaluator(chan, ot=self.gc_ot)
+        )
         t.add("gc", t0)
         out = execute(plan, backend, H, W, on_step=_on_step(t, progress))
         chan.recv("done")

@@ -1,0 +1,437 @@
+/* BUNET silent correlated-OT extension: Ferret (Yang, Weng, Lan, Zhang, Wang, CCS 2020), semi-honest,
+ * primal LPN with regular noise over F_2 and a d = 10 local linear code.
+ *
+ * One iteration turns M = k + t*h base COTs (q_i = t_i ^ c_i Delta) into n = t * 2^h COTs:
+ *   - multi-point COT: t single-point COTs (GGM trees of depth h, punctured PRF). The receiver's punctured
+ *     leaf alpha of tree tau is given by the choice bits r_i of its h base COTs (alpha bit i = NOT r_i,
+ *     most significant first), so nothing goes receiver -> sender. For level i the sender sends the
+ *     level's left and right sums under H(q_i) and H(q_i ^ Delta); the receiver opens the side r_i (the
+ *     sibling of its path) and rebuilds every leaf but alpha. The sender also sends psi = Delta ^ XOR of
+ *     the tree's leaves, so the receiver's leaf alpha is v_alpha ^ Delta: w = v ^ e Delta, e one 1 per tree.
+ *   - LPN: output j = e_j ^ <A_j, u> (choice) with A_j's 10 positions in [0, k) from AES under a fixed
+ *     public key; the sender's value y_j = v_j ^ XOR q_u[A_j], the receiver's z_j = w_j ^ XOR t_u[A_j].
+ * Messages: t * (32 h + 16) bytes sender -> receiver, nothing back.
+ *
+ * Parameters: only the vetted table below (emp-ot's tuning.h, ~128-bit against the published regular-LPN
+ * attacks by the LPN estimator; see docs/protocol.md); a test-only set is accepted only when asked for.
+ * Constant time: the receiver's punctured index (its secret choice bits) never steers a branch or an
+ * address; it enters masks only. LPN positions are public. */
+#include "silent_ot.h"
+
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+#include <wmmintrin.h>
+
+#include "bunet_gc.h"
+
+typedef __m128i block;
+typedef struct {
+    block k[11];
+} sot_key;
+
+#define SOT_D 10 /* nonzeros per row of the local linear code */
+
+static const struct {
+    uint32_t t, logk, h;
+    int test_only;
+} SOT_TABLE[] = {
+    {850, 16, 10, 0},  /* ferret_b10: n = 870,400, k = 65,536 */
+    {1170, 17, 11, 0}, /* ferret_b11: n = 2,396,160, k = 131,072 */
+    {1520, 18, 12, 0}, /* ferret_b12: n = 6,225,920, k = 262,144 */
+    {1900, 19, 13, 0}, /* ferret_b13: n = 15,564,800, k = 524,288 */
+    {16, 10, 8, 1},    /* tests only, NOT secure: n = 4,096, k = 1,024 */
+    {32, 11, 8, 1},    /* tests only, NOT secure: n = 8,192, k = 2,048 */
+};
+#define SOT_NPARAM (sizeof SOT_TABLE / sizeof SOT_TABLE[0])
+
+int bn_sot_param(uint32_t id, uint32_t *t, uint32_t *logk, uint32_t *h, int *test_only) {
+    if (id >= SOT_NPARAM) return -1;
+    *t = SOT_TABLE[id].t;
+    *logk = SOT_TABLE[id].logk;
+    *h = SOT_TABLE[id].h;
+    *test_only = SOT_TABLE[id].test_only;
+    return 0;
+}
+
+int bn_sot_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test) {
+    if (logk > 25 || h > 20) return -2; /* the positions' 25-bit fields; tree index arithmetic */
+    for (size_t i = 0; i < SOT_NPARAM; i++)
+        if (SOT_TABLE[i].t == t && SOT_TABLE[i].logk == logk && SOT_TABLE[i].h == h)
+            return SOT_TABLE[i].test_only && !allow_test ? -2 : 0;
+    return -2;
+}
+
+uint64_t bn_sot_msg_len(uint32_t t, uint32_t h) { return (uint64_t)t * (32 * (uint64_t)h + 16); }
+
+static void load(sot_key *K, const uint8_t *rk) {
+    for (int i = 0; i < 11; i++) K->k[i] = _mm_loadu_si128((const block *)(rk + 16 * i));
+}
+
+static inline void aes_n(const sot_key *K, block *x, int n) {
+    for (int i = 0; i < n; i++) x[i] = _mm_xor_si128(x[i], K->k[0]);
+    for (int r = 1; r < 10; r++)
+        for (int i = 0; i < n; i++) x[i] = _mm_aesenc_si128(x[i], K->k[r]);
+    for (int i = 0; i < n; i++) x[i] = _mm_aesenclast_si128(x[i], K->k[10]);
+}
+
+static inline block mask_if(uint64_t bit) { return _mm_set1_epi64x(-(long long)(bit & 1)); }
+
+/* all ones iff a == b, without a branch (a, b < 2^63) */
+static inline uint64_t eq_mask(uint64_t a, uint64_t b) { return (uint64_t)0 - (((a ^ b) - 1) >> 63); }
+
+/* The public LPN code: row j's SOT_D positions in [0, 2^logk), from AES-CTR under a fixed key (the first
+ * 16 bytes of SHA-256("BUNET silent OT LPN code v1")): blocks 2j, 2j + 1 as 256 bits, position l is
+ * bits 25 l .. 25 l + 24, reduced mod 2^logk (logk <= 25). */
+static const uint8_t LPN_KEY[16] = {0x3b, 0x51, 0x9e, 0x0c, 0x6a, 0xd2, 0x47, 0x18,
+                                    0xc4, 0x8f, 0x22, 0xe9, 0x71, 0x05, 0xb6, 0x3d};
+
+#define POS_ROWS 8 /* rows per step: 16 AES blocks in flight */
+
+static inline void positions_of(const uint64_t *w, uint32_t mk, uint32_t *pos) {
+    for (int l = 0; l < SOT_D; l++) {
+        const int bit = 25 * l, i = bit >> 6, off = bit & 63;
+        uint64_t v = w[i] >> off;
+        if (off > 39) v |= w[i + 1] << (64 - off);
+        pos[l] = (uint32_t)v & mk;
+    }
+}
+
+static void lpn_positions_sse(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    block x[2 * POS_ROWS];
+    for (uint32_t r = 0; r < cnt; r += POS_ROWS) {
+        const uint32_t rows = cnt - r < POS_ROWS ? cnt - r : POS_ROWS;
+        for (uint32_t b = 0; b < 2 * rows; b++) x[b] = _mm_set_epi64x(0x4c504e00, (long long)(2 * (j0 + r) + b));
+        aes_n(K, x, (int)(2 * rows));
+        uint64_t w[4 * POS_ROWS]; /* stored, not cast: reading a vector through uint64_t * breaks aliasing */
+        for (uint32_t b = 0; b < 2 * rows; b++) _mm_storeu_si128((block *)(w + 2 * b), x[b]);
+        for (uint32_t q = 0; q < rows; q++) positions_of(w + 4 * q, mk, pos + (r + q) * SOT_D);
+    }
+}
+
+/* the same with 256-bit VAES (one row per register) */
+__attribute__((target("avx2,vaes"))) static void lpn_positions_vaes(const sot_key *K, uint64_t j0, uint32_t cnt,
+                                                                    uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    __m256i rk[11];
+    for (int i = 0; i < 11; i++) rk[i] = _mm256_broadcastsi128_si256(K->k[i]);
+    __m256i x[POS_ROWS];
+    uint32_t r = 0;
+    for (; r + POS_ROWS <= cnt; r += POS_ROWS) {
+        for (uint32_t q = 0; q < POS_ROWS; q++) {
+            const long long c = (long long)(2 * (j0 + r + q));
+            x[q] = _mm256_xor_si256(_mm256_set_epi64x(0x4c504e00, c + 1, 0x4c504e00, c), rk[0]);
+        }
+        for (int i = 1; i < 10; i++)
+            for (uint32_t q = 0; q < POS_ROWS; q++) x[q] = _mm256_aesenc_epi128(x[q], rk[i]);
+        uint64_t w[4 * POS_ROWS];
+        for (uint32_t q = 0; q < POS_ROWS; q++)
+            _mm256_storeu_si256((__m256i *)(w + 4 * q), _mm256_aesenclast_epi128(x[q], rk[10]));
+        for (uint32_t q = 0; q < POS_ROWS; q++) positions_of(w + 4 * q, mk, pos + (r + q) * SOT_D);
+    }
+    if (r < cnt) lpn_positions_sse(K, j0 + r, cnt - r, logk, pos + r * SOT_D);
+}
+
+/* logk <= 16: 16-bit fields, reduced mod 2^logk; rows j0 .. j0 + cnt - 1 (j0 a multiple of 4) from blocks
+ * 5 (j0 / 4) + b, b < 5 per group of 4 rows (40 fields), so 1.25 blocks a row and no shifts across words */
+#define POS16_GROUPS 4 /* groups of 4 rows per step: 20 AES blocks in flight */
+
+static void lpn_positions16(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    block x[5 * POS16_GROUPS];
+    for (uint32_t r = 0; r < cnt; r += 4 * POS16_GROUPS) {
+        const uint32_t rows = cnt - r < 4 * POS16_GROUPS ? cnt - r : 4 * POS16_GROUPS, groups = (rows + 3) / 4;
+        const uint64_t g0 = (j0 + r) / 4;
+        for (uint32_t b = 0; b < 5 * groups; b++) x[b] = _mm_set_epi64x(0x4c504e10, (long long)(5 * g0 + b));
+        aes_n(K, x, (int)(5 * groups));
+        uint16_t f[40 * POS16_GROUPS];
+        for (uint32_t b = 0; b < 5 * groups; b++) _mm_storeu_si128((block *)(f + 8 * b), x[b]);
+        for (uint32_t i = 0; i < rows * SOT_D; i++) pos[r * SOT_D + i] = f[i] & mk;
+    }
+}
+
+/* the same with VAES: the 20 blocks of 16 rows in 10 registers; the tail as above */
+__attribute__((target("avx2,vaes"))) static void lpn_positions16_vaes(const sot_key *K, uint64_t j0, uint32_t cnt,
+                                                                      uint32_t logk, uint32_t *pos) {
+    const uint32_t mk = (1u << logk) - 1;
+    __m256i rk[11];
+    for (int i = 0; i < 11; i++) rk[i] = _mm256_broadcastsi128_si256(K->k[i]);
+    uint32_t r = 0;
+    for (; r + 4 * POS16_GROUPS <= cnt; r += 4 * POS16_GROUPS) {
+        const long long b0 = (long long)(5 * ((j0 + r) / 4));
+        __m256i x[5 * POS16_GROUPS / 2];
+        for (int q = 0; q < 5 * POS16_GROUPS / 2; q++)
+            x[q] = _mm256_xor_si256(_mm256_set_epi64x(0x4c504e10, b0 + 2 * q + 1, 0x4c504e10, b0 + 2 * q), rk[0]);
+        for (int i = 1; i < 10; i++)
+            for (int q = 0; q < 5 * POS16_GROUPS / 2; q++) x[q] = _mm256_aesenc_epi128(x[q], rk[i]);
+        uint16_t f[40 * POS16_GROUPS];
+        for (int q = 0; q < 5 * POS16_GROUPS / 2; q++)
+            _mm256_storeu_si256((__m256i *)(f + 16 * q), _mm256_aesenclast_epi128(x[q], rk[10]));
+        for (uint32_t i = 0; i < 4 * POS16_GROUPS * SOT_D; i++) pos[r * SOT_D + i] = f[i] & mk;
+    }
+    if (r < cnt) lpn_positions16(K, j0 + r, cnt - r, logk, pos + r * SOT_D);
+}
+
+static void lpn_positions(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
+    if (logk <= 16 && bn_have_vaes())
+        lpn_positions16_vaes(K, j0, cnt, logk, pos);
+    else if (logk <= 16)
+        lpn_positions16(K, j0, cnt, logk, pos);
+    else if (bn_have_vaes())
+        lpn_positions_vaes(K, j0, cnt, logk, pos);
+    else
+        lpn_positions_sse(K, j0, cnt, logk, pos);
+}
+
+#define LPN_BATCH 256
+
+#define LPN_AHEAD 4 /* rows whose base values are prefetched ahead of the one being summed */
+
+/* The LPN step over n rows, each output XOR-ed with its row's base entries: 16-byte values
+ * (out[j] ^= XOR base[pos], if base) and/or 0/1 bytes (out_bits[j] ^= XOR base_bits[pos], if base_bits);
+ * the positions are made once for both, or taken from pos_in (16-bit, SOT_D a row, logk <= 16), and
+ * kept in pos_out if asked (the receiver's choice bits and its rows use the same ones). */
+static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const uint8_t *base_bits,
+                uint8_t *out_bits, const uint16_t *pos_in, uint16_t *pos_out) {
+    sot_key K;
+    uint8_t rk[176];
+    bn_aes_keysched(LPN_KEY, rk);
+    load(&K, rk);
+    uint32_t pos[LPN_BATCH * SOT_D];
+    for (uint64_t j0 = 0; j0 < n; j0 += LPN_BATCH) {
+        const uint32_t cnt = (uint32_t)(n - j0 < LPN_BATCH ? n - j0 : LPN_BATCH);
+        if (pos_in)
+            for (uint32_t i = 0; i < cnt * SOT_D; i++) pos[i] = pos_in[j0 * SOT_D + i];
+        else
+            lpn_positions(&K, j0, cnt, logk, pos);
+        if (pos_out)
+            for (uint32_t i = 0; i < cnt * SOT_D; i++) pos_out[j0 * SOT_D + i] = (uint16_t)pos[i];
+        if (base) {
+            for (uint32_t i = 0; i < cnt && i < LPN_AHEAD; i++)
+                for (int l = 0; l < SOT_D; l++) _mm_prefetch((const char *)(base + pos[i * SOT_D + l]), _MM_HINT_T0);
+            for (uint32_t i = 0; i < cnt; i++) {
+                if (i + LPN_AHEAD < cnt)
+                    for (int l = 0; l < SOT_D; l++)
+                        _mm_prefetch((const char *)(base + pos[(i + LPN_AHEAD) * SOT_D + l]), _MM_HINT_T0);
+                block acc = _mm_loadu_si128(out + j0 + i);
+                for (int l = 0; l < SOT_D; l++) acc = _mm_xor_si128(acc, _mm_loadu_si128(base + pos[i * SOT_D + l]));
+                _mm_storeu_si128(out + j0 + i, acc);
+            }
+        }
+        if (base_bits)
+            for (uint32_t i = 0; i < cnt; i++) {
+                uint8_t acc = out_bits[j0 + i];
+                for (int l = 0; l < SOT_D; l++) acc ^= base_bits[pos[i * SOT_D + l]];
+                out_bits[j0 + i] = acc & 1;
+            }
+    }
+}
+
+/* GGM: level i - 1 (2^(i-1) nodes at node[0 ..]) -> level i in place; children (pi_0(x) ^ x, pi_1(x) ^ x)
+ * under the two session keys (fixed-key AES as a length-doubling PRG, as in emp-ot). Nodes are read four
+ * at a time before their children are written, highest first, so nothing is overwritten before it is read. */
+#define GGM_W 8 /* nodes per step: 16 AES blocks in flight */
+
+static void ggm_level_sse(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
+    uint64_t j = width;
+    while (j > 0) {
+        const uint64_t cnt = j < GGM_W ? j : GGM_W, lo = j - cnt;
+        block x[GGM_W], a[GGM_W], b[GGM_W];
+        for (uint64_t q = 0; q < cnt; q++) {
+            x[q] = node[lo + q];
+            a[q] = _mm_xor_si128(x[q], K0->k[0]);
+            b[q] = _mm_xor_si128(x[q], K1->k[0]);
+        }
+        for (int r = 1; r < 10; r++)
+            for (uint64_t q = 0; q < cnt; q++) {
+                a[q] = _mm_aesenc_si128(a[q], K0->k[r]);
+                b[q] = _mm_aesenc_si128(b[q], K1->k[r]);
+            }
+        for (uint64_t q = 0; q < cnt; q++) {
+            a[q] = _mm_aesenclast_si128(a[q], K0->k[10]);
+            b[q] = _mm_aesenclast_si128(b[q], K1->k[10]);
+        }
+        for (uint64_t q = cnt; q-- > 0;) {
+            node[2 * (lo + q)] = _mm_xor_si128(a[q], x[q]);
+            node[2 * (lo + q) + 1] = _mm_xor_si128(b[q], x[q]);
+        }
+        j = lo;
+    }
+}
+
+/* the same with VAES, 8 nodes (16 blocks) per step in 8 registers; the tail as above */
+__attribute__((target("avx2,vaes"))) static void ggm_level_vaes(const sot_key *K0, const sot_key *K1, block *node,
+                                                                uint64_t width) {
+    __m256i k0[11], k1[11];
+    for (int i = 0; i < 11; i++) {
+        k0[i] = _mm256_broadcastsi128_si256(K0->k[i]);
+        k1[i] = _mm256_broadcastsi128_si256(K1->k[i]);
+    }
+    uint64_t j = width;
+    while (j >= GGM_W) {
+        const uint64_t lo = j - GGM_W;
+        __m256i x[GGM_W / 2], a[GGM_W / 2], b[GGM_W / 2];
+        for (int q = 0; q < GGM_W / 2; q++) {
+            x[q] = _mm256_loadu_si256((const __m256i *)(node + lo + 2 * q));
+            a[q] = _mm256_xor_si256(x[q], k0[0]);
+            b[q] = _mm256_xor_si256(x[q], k1[0]);
+        }
+        for (int r = 1; r < 10; r++)
+            for (int q = 0; q < GGM_W / 2; q++) {
+                a[q] = _mm256_aesenc_epi128(a[q], k0[r]);
+                b[q] = _mm256_aesenc_epi128(b[q], k1[r]);
+            }
+        for (int q = 0; q < GGM_W / 2; q++) {
+            a[q] = _mm256_xor_si256(_mm256_aesenclast_epi128(a[q], k0[10]), x[q]); /* left children of 2 nodes */
+            b[q] = _mm256_xor_si256(_mm256_aesenclast_epi128(b[q], k1[10]), x[q]); /* right children */
+        }
+        for (int q = GGM_W / 2; q-- > 0;) { /* node lo+2q+u -> 2(lo+2q+u), 2(lo+2q+u)+1: [a_u, b_u] */
+            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q)), _mm256_permute2x128_si256(a[q], b[q], 0x20));
+            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q) + 2), _mm256_permute2x128_si256(a[q], b[q], 0x31));
+        }
+        j = lo;
+    }
+    if (j) ggm_level_sse(K0, K1, node, j);
+}
+
+static void ggm_level(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
+    if (width >= GGM_W && bn_have_vaes())
+        ggm_level_vaes(K0, K1, node, width);
+    else
+        ggm_level_sse(K0, K1, node, width);
+}
+
+static void level_sums(const block *node, uint64_t width, block *s0, block *s1) {
+    block a = _mm_setzero_si128(), b = _mm_setzero_si128();
+    for (uint64_t y = 0; y < width; y += 2) {
+        a = _mm_xor_si128(a, node[y]);
+        b = _mm_xor_si128(b, node[y + 1]);
+    }
+    *s0 = a;
+    *s1 = b;
+}
+
+static int keys_and_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, sot_key *K0,
+                          sot_key *K1) {
+    if (bn_sot_check(t, logk, h, allow_test) != 0) return -2;
+    load(K0, gk);
+    load(K1, gk + 176);
+    return 0;
+}
+
+int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *rk,
+                uint64_t tw0, uint64_t dom, const uint8_t *delta, const uint8_t *base_q, uint8_t *msg,
+                uint8_t *out_q) {
+    sot_key K0, K1;
+    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0) return -2;
+    const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
+    const block D = _mm_loadu_si128((const block *)delta);
+    const block *Q = (const block *)base_q;
+    block *H = malloc(2 * th * sizeof(block));
+    block *out = (block *)out_q;
+    if (!H) return -1;
+    /* H(q_i) and H(q_i ^ Delta) of the GGM base COTs, tweak = tw0 + base index */
+    for (uint64_t i = 0; i < th; i++) H[th + i] = _mm_xor_si128(_mm_loadu_si128(Q + k + i), D);
+    bn_hash_batch(rk, (const uint8_t *)(Q + k), (uint8_t *)H, th, tw0 + k, 1, dom);
+    bn_hash_batch(rk, (const uint8_t *)(H + th), (uint8_t *)(H + th), th, tw0 + k, 1, dom);
+    uint8_t *roots = malloc(16 * (size_t)t);
+    if (!roots || bn_prg_fill(roots, 16 * (size_t)t) != 0) {
+        free(H);
+        free(roots);
+        return -4;
+    }
+    block *cts = (block *)msg, *psi = (block *)msg + 2 * th;
+    for (uint64_t tau = 0; tau < t; tau++) {
+        block *node = out + tau * leaves;
+        node[0] = _mm_loadu_si128((const block *)roots + tau);
+        for (uint32_t i = 1; i <= h; i++) {
+            block s0, s1;
+            ggm_level(&K0, &K1, node, 1ULL << (i - 1));
+            level_sums(node, 1ULL << i, &s0, &s1);
+            const uint64_t b = tau * h + i - 1;
+            _mm_storeu_si128(cts + 2 * b, _mm_xor_si128(s0, H[b]));
+            _mm_storeu_si128(cts + 2 * b + 1, _mm_xor_si128(s1, H[th + b]));
+        }
+        block s = D;
+        for (uint64_t y = 0; y < leaves; y++) s = _mm_xor_si128(s, node[y]);
+        _mm_storeu_si128(psi + tau, s);
+    }
+    memset(roots, 0, 16 * (size_t)t);
+    free(roots);
+    free(H);
+    lpn((uint64_t)t * leaves, logk, Q, out, NULL, NULL, NULL, NULL);
+    return 0;
+}
+
+int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *base_c, uint8_t *out_c,
+                  uint16_t *pos_out) {
+    if (bn_sot_check(t, logk, h, allow_test) != 0 || (pos_out && logk > 16)) return -2;
+    const uint64_t k = 1ULL << logk, leaves = 1ULL << h;
+    for (uint64_t tau = 0; tau < t; tau++) {
+        uint64_t alpha = 0;
+        for (uint32_t i = 1; i <= h; i++) alpha |= (uint64_t)(1 ^ (base_c[k + tau * h + i - 1] & 1)) << (h - i);
+        uint8_t *o = out_c + tau * leaves;
+        for (uint64_t y = 0; y < leaves; y++) o[y] = (uint8_t)(eq_mask(y, alpha) & 1);
+    }
+    lpn((uint64_t)t * leaves, logk, NULL, NULL, base_c, out_c, NULL, pos_out);
+    return 0;
+}
+
+int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *rk,
+                uint64_t tw0, uint64_t dom, const uint8_t *base_c, const uint8_t *base_t, const uint8_t *msg,
+                uint8_t *out_t, const uint16_t *pos_in) {
+    sot_key K0, K1;
+    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos_in && logk > 16)) return -2;
+    const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
+    const block *T = (const block *)base_t;
+    block *H = malloc(th * sizeof(block));
+    block *out = (block *)out_t;
+    if (!H) return -1;
+    bn_hash_batch(rk, (const uint8_t *)(T + k), (uint8_t *)H, th, tw0 + k, 1, dom);
+    const block *cts = (const block *)msg, *psi = (const block *)msg + 2 * th;
+    for (uint64_t tau = 0; tau < t; tau++) {
+        block *node = out + tau * leaves;
+        node[0] = _mm_setzero_si128();
+        uint64_t path = 0;
+        for (uint32_t i = 1; i <= h; i++) {
+            const uint64_t b = tau * h + i - 1, r = base_c[k + b] & 1, width = 1ULL << i;
+            path = 2 * path + (1 ^ r);
+            const uint64_t sib = path ^ 1;
+            ggm_level(&K0, &K1, node, width >> 1);
+            /* the sibling's side (parity r): its level sum minus the other nodes of that side */
+            const block rm = mask_if(r);
+            block acc = _mm_xor_si128(_mm_loadu_si128(cts + 2 * b),
+                                      _mm_and_si128(rm, _mm_xor_si128(_mm_loadu_si128(cts + 2 * b),
+                                                                      _mm_loadu_si128(cts + 2 * b + 1))));
+            acc = _mm_xor_si128(acc, H[b]);
+            for (uint64_t y = 0; y < width; y++) {
+                const uint64_t take = ~eq_mask(y & 1, r ^ 1) & ~eq_mask(y, sib);
+                acc = _mm_xor_si128(acc, _mm_and_si128(node[y], _mm_set1_epi64x((long long)take)));
+            }
+            for (uint64_t y = 0; y < width; y++) {
+                const block ms = _mm_set1_epi64x((long long)eq_mask(y, sib));
+                const block keep = _mm_set1_epi64x((long long)~(eq_mask(y, sib) | eq_mask(y, path)));
+                node[y] = _mm_or_si128(_mm_and_si128(node[y], keep), _mm_and_si128(acc, ms));
+            }
+        }
+        /* leaf alpha = psi ^ XOR of the others = v_alpha ^ Delta */
+        block acc = _mm_loadu_si128(psi + tau);
+        for (uint64_t y = 0; y < leaves; y++) acc = _mm_xor_si128(acc, node[y]); /* node[path] is 0 */
+        for (uint64_t y = 0; y < leaves; y++)
+            node[y] = _mm_or_si128(node[y], _mm_and_si128(acc, _mm_set1_epi64x((long long)eq_mask(y, path))));
+    }
+    memset(H, 0, th * sizeof(block));
+    free(H);
+    lpn((uint64_t)t * leaves, logk, T, out, NULL, NULL, pos_in, NULL);
+    return 0;
+}
+
+/* out[j] = rows[j] ^ d_j Delta (d: packed bits, LSB first) */
+void bn_sot_derand(const uint8_t *rows, uint64_t cnt, const uint8_t *d_bits, const uint8_t *delta, uint8_t *out) {
+    const block D = _mm_loadu_si128((const block *)delta);
+    for (uint64_t j = 0; j < cnt; j++) {
+        const block r = _mm_loadu_si128((const block *)rows + j);
+        _mm_storeu_si128((block *)out + j, _mm_xor_si128(r, _mm_and_si128(D, mask_if(d_bits[j >> 3] >> (j & 7)))));
+    }
+}
