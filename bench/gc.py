@@ -155,7 +155,7 @@ def bytes_by_part(op, n: int, chunk: int, st: RunStats) -> dict:
     small header is counted with the OT or the output conversion)."""
     sizes = [sl.stop - sl.start for sl in gc_pipeline.chunks(n, chunk)]
     lp = op.lut_plan
-    tables = sum(m * op.k * lp.table_bytes for m in sizes) if lp else 0
+    tables = sum(m * op.items * lp.table_bytes for m in sizes) if lp else 0
     garbled = sum(m * op.circuit.ct_bytes for m in sizes)
     part = {p: st.by_part.get(p, [0, 0]) for p in (*gc_pipeline.PARTS, "gc_hello")}
     got = {
