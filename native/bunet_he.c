@@ -782,32 +782,41 @@ BH_INLINE size_t up_ct_bytes(const bh_rns *r) {
     return t;
 }
 
-/* one row: centred residues v (|v| < p) -> n values of w bits at o */
+/* one row: centred residues v (|v| <= p/2 + 1, as red() leaves them) -> n values of w bits at o,
+ * w <= 32 (the primes are below 2^22), n * w a multiple of 8. 32 bits are stored at a time. */
 BH_INLINE void up_pack_row(const double *v, int n, double p, int w, uint8_t *o) {
     const int64_t pi = (int64_t)p;
     uint64_t acc = 0;
     int nacc = 0;
     for (int j = 0; j < n; j++) {
-        int64_t x = (int64_t)v[j] % pi;
-        acc |= (uint64_t)(x < 0 ? x + pi : x) << nacc;
+        int64_t x = d_to_i(v[j]);
+        x += pi & -(int64_t)(x < 0); /* into [0, p) */
+        acc |= (uint64_t)x << nacc;
         nacc += w;
-        while (nacc >= 8) {
-            *o++ = (uint8_t)acc;
-            acc >>= 8;
-            nacc -= 8;
+        if (nacc >= 32) {
+            st32(o, (uint32_t)acc);
+            o += 4;
+            acc >>= 32;
+            nacc -= 32;
         }
+    }
+    for (; nacc > 0; nacc -= 8) {
+        *o++ = (uint8_t)acc;
+        acc >>= 8;
     }
 }
 
-/* one row: n values of w bits at src -> add to vi (reduced); returns 1 if a value is >= p */
+/* one row: n values of w bits at src -> add to vi (reduced); returns 1 if a value is >= p.
+ * Reads 32 bits at a time: a row is n * w / 8 bytes, a multiple of 4 (N is a power of two >= 32). */
 BH_INLINE int up_unpack_add_row(const uint8_t *src, int n, double p, double pinv, int w, double *vi) {
     const uint64_t pi = (uint64_t)p, mask = (1ULL << w) - 1;
     uint64_t acc = 0, bad = 0;
     int nacc = 0;
     for (int j = 0; j < n; j++) {
-        while (nacc < w) {
-            acc |= (uint64_t)*src++ << nacc;
-            nacc += 8;
+        if (nacc < w) {
+            acc |= (uint64_t)ld32(src) << nacc;
+            src += 4;
+            nacc += 32;
         }
         uint64_t x = acc & mask;
         acc >>= w;
