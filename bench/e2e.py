@@ -1,11 +1,18 @@
 """End-to-end benchmark: secure segmentation over gRPC on localhost, server in its own process.
 
     python bench/e2e.py --out e2e.json [--sizes 128 256 512] [--skip-bundled] [--ot silent softspoken]
+        [--link direct none 1gbit,10ms]
 
 For the seed U-Net (16 base features, 4 poolings, 2 classes, random weights) at each size, and
 the bundled model on the bundled sample scan: secure seconds per slice, the plaintext fixed-point
 and float seconds per slice in the same run, bytes each way, and whether the secure mask equals
 the fixed-point reference exactly, and the CPU seconds each party spent. Prints JSON.
+
+``--link`` (one row per link and model/size): ``direct`` (the default) connects the client to the
+server; ``none`` goes through the relay of bench/linkrelay.py unshaped (its own cost); ``RATE,RTT``
+(``1gbit,10ms``, ``100mbit,40ms``) through the relay with a token bucket and RTT/2 of delay each way.
+Rows carry ``link``, ``secure_s`` under it, ``rounds`` (the client's send -> receive turns per
+slice, ``bunet.protocol.channel.Traffic.turns``) and bytes per protocol phase each way.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +32,7 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from bunet import volume  # noqa: E402
 from bunet.client import Client  # noqa: E402
@@ -35,13 +44,40 @@ from tests.seed_unet import seed_unet_model  # noqa: E402
 from tests.serverproc import ServerProcess  # noqa: E402
 
 
+class RelayProcess:
+    """bench/linkrelay.py in its own process (it would contend for the client's GIL in this one);
+    it stops when its stdin closes, so it cannot outlive this benchmark."""
+
+    def __init__(self, target: str, link: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "linkrelay.py"), "--target", target, "--link", link],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("listening "):
+            self.stop()
+            raise RuntimeError(f"link relay did not start: {line!r}")
+        self.address = line.split()[1]
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy", ot: str = "silent") -> dict:
+def _plain(model: Model, x: np.ndarray, plane: str = "xy") -> dict:
+    """The plaintext fixed-point reference's labels and seconds, and the float model's seconds."""
     net = model.network(plane)
     plan = compile_plan(net, model.quantization)
     t0 = time.perf_counter()
@@ -49,22 +85,50 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy", o
     plain_fixed = time.perf_counter() - t0
     t0 = time.perf_counter()
     reference.float_labels(net, x)
-    plain_float = time.perf_counter() - t0
+    return {"ref": ref, "plan": plan, "fixed_s": plain_fixed, "float_s": time.perf_counter() - t0}
+
+
+def _measure(
+    model_path: Path, x: np.ndarray, plain: dict, link: str = "direct", plane: str = "xy", ot: str = "silent"
+) -> dict:
+    ref, plan, plain_fixed, plain_float = plain["ref"], plain["plan"], plain["fixed_s"], plain["float_s"]
     srv = ServerProcess("--model", str(model_path), "--max-slices", "4096")
+    relay = None
     try:
-        with Client(srv.address, ot=ot) as c:
+        if link != "direct":
+            relay = RelayProcess(srv.address, link)
+        with Client(relay.address if relay else srv.address, ot=ot) as c:
             from bunet.client import Summary
 
+            chans = []
+            job = c.stub.job
+
+            def counted_job(*args, **kwargs):  # the job channels, for their traffic counters (turns, phases)
+                chan, finish = job(*args, **kwargs)
+                chans.append(chan)
+                return chan, finish
+
+            c.stub.job = counted_job
             summary = Summary()
             cpu0 = (_cpu_s(os.getpid()), _cpu_s(srv.proc.pid))
             t0 = time.perf_counter()
             labels = c.segment_slices(x, plane, summary=summary)
             secure = time.perf_counter() - t0
             cpu = (_cpu_s(os.getpid()) - cpu0[0], _cpu_s(srv.proc.pid) - cpu0[1])
+            relay_cpu = _cpu_s(relay.proc.pid) if relay else 0.0  # shares the cores with the parties
     finally:
+        if relay:
+            relay.stop()
         srv.stop()
     n = len(x)
+    phases: dict[str, list[float]] = {}
+    for ch in chans:
+        for k, (up, down) in ch.traffic.by_phase.items():
+            acc = phases.setdefault(k, [0, 0])
+            acc[0] += up / n
+            acc[1] += down / n
     return {
+        "link": link,
         "slices": n,
         "secure_s": secure / n,
         "plain_s": plain_fixed / n,
@@ -76,6 +140,10 @@ def _measure(model: Model, model_path: Path, x: np.ndarray, plane: str = "xy", o
         "server_cpu_s": cpu[1] / n,
         "bytes_up": summary.bytes_up / n,
         "bytes_down": summary.bytes_down / n,
+        "bytes_by_phase": phases,  # phase -> [up, down] per slice
+        "rounds": sum(ch.traffic.turns for ch in chans) / n,
+        "relay_cpu_s": relay_cpu / n,
+        "jobs": len(chans),
         "client_phase_s": {k: v / n for k, v in summary.seconds.items()},
         "mask_equal_reference": bool(np.array_equal(labels, ref)),
         "relu_instances": plan.relu_count(x.shape[2], x.shape[3]),
@@ -98,7 +166,21 @@ def main() -> None:
         default=["silent"],
         help="correlated-OT backend(s); several: each size runs with each, alternated",
     )
+    ap.add_argument(
+        "--link",
+        nargs="*",
+        default=["direct"],
+        help="direct, none (the relay unshaped) or RATE,RTT such as 1gbit,10ms; one row each",
+    )
     args = ap.parse_args()
+    from linkrelay import LinkSpec
+
+    for lk in args.link:
+        if lk != "direct":
+            try:
+                LinkSpec.parse(lk)
+            except ValueError as e:
+                ap.error(str(e))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
@@ -106,8 +188,10 @@ def main() -> None:
             p = Path(tmp) / f"seed{size}.bunet"
             m.save(p)
             x = np.random.default_rng(size).random((1, 1, size, size)).astype(np.float32)
+            plain = _plain(m, x)
             for ot in args.ot:
-                rows.append({"model": "seed-unet-16x4", "size": size, **_measure(m, p, x, ot=ot)})
+                for lk in args.link:
+                    rows.append({"model": "seed-unet-16x4", "size": size, **_measure(p, x, plain, lk, ot=ot)})
                 print(json.dumps(rows[-1]), file=sys.stderr)
         if not args.skip_bundled:
             mp = bundled_model_path()
@@ -117,15 +201,19 @@ def main() -> None:
             pp = m.preprocessing
             st = volume.to_slices(scan.hu, "xy")
             x = volume.resize_stack(pp.apply(st), pp.input_size)[:, None].astype(np.float32)
-            row = {
-                "model": m.name,
-                "size": pp.input_size[0],
-                "scan": "data/sample_ct.nii.gz",
-                **_measure(m, mp, x, ot=args.ot[0]),
-            }
-            row["scan_total_s"] = time.perf_counter() - t0
-            rows.append(row)
-            print(json.dumps(rows[-1]), file=sys.stderr)
+            plain = _plain(m, x)
+            prep_s = time.perf_counter() - t0
+            for lk in args.link:
+                t0 = time.perf_counter()
+                row = {
+                    "model": m.name,
+                    "size": pp.input_size[0],
+                    "scan": "data/sample_ct.nii.gz",
+                    **_measure(mp, x, plain, lk, ot=args.ot[0]),
+                }
+                row["scan_total_s"] = prep_s + time.perf_counter() - t0
+                rows.append(row)
+                print(json.dumps(rows[-1]), file=sys.stderr)
     out = json.dumps({"benchmark": "e2e", "rows": rows}, indent=1)
     print(out)
     if args.out:

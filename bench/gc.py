@@ -16,7 +16,9 @@ relu_per_s_cpu_bound (the rate with both cores ours: the machine is shared, so r
 with the other load; loadavg_at_start/end are recorded). relu_pool: a ReLU feeding a 2x2 max-pool
 (--relus / 4 windows, ``bunet.gc.relu_pool``: 4 ReLUs, then 3 comparisons in two rounds):
 window_bytes (measured; window_bytes_by_part) and window_bytes_circuit (from the ops' message sizes), windows_per_s,
-CPU time per window, all summed over the three rounds.
+CPU time per window, all summed over the three rounds. argmax_k2 / argmax_k2_no_look_ups: the
+argmax of 2 classes at 24 bits (--relus / 4 pixels) with look-up chains and with the adder circuit:
+argmax_bytes (measured; argmax_bytes_by_part), argmax_per_s, CPU time per pixel.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bunet import ring  # noqa: E402
-from bunet.gc import MaxTrunc, relu_pool, relu_pool_ops  # noqa: E402
+from bunet.gc import Argmax, MaxTrunc, relu_pool, relu_pool_ops  # noqa: E402
 from bunet.gc import circuits as gcc  # noqa: E402
 from bunet.gc.engine import ffi, lib  # noqa: E402
 from bunet.protocol import gc_pipeline  # noqa: E402
@@ -155,7 +157,7 @@ def bytes_by_part(op, n: int, chunk: int, st: RunStats) -> dict:
     small header is counted with the OT or the output conversion)."""
     sizes = [sl.stop - sl.start for sl in gc_pipeline.chunks(n, chunk)]
     lp = op.lut_plan
-    tables = sum(m * op.k * lp.table_bytes for m in sizes) if lp else 0
+    tables = sum(m * op.items * lp.table_bytes for m in sizes) if lp else 0
     garbled = sum(m * op.circuit.ct_bytes for m in sizes)
     part = {p: st.by_part.get(p, [0, 0]) for p in (*gc_pipeline.PARTS, "gc_hello")}
     got = {
@@ -246,6 +248,27 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4, ot: str =
     }
 
 
+def bench_argmax(l: int, k: int, n: int, chunk: int, lut: bool = True, ot_k: int = 4, ot: str = "silent") -> dict:
+    """Argmax over k classes per pixel (the segmentation's last step), the index to the client only:
+    bytes per pixel measured and by part, against the op's message sizes."""
+    op = Argmax(ring_bits=l, in_bits=l, k=k, lut=lut)
+    x = ring.random((n, k), l)
+    yc, ys = ring.share(x, l)
+    out_c, _, st = two_party(op, yc, ys, chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k, ot=ot)
+    return {
+        "argmax_three_halves_ands": op.circuit.and_gates,
+        "argmax_bytes": st.total_bytes / n,
+        "argmax_bytes_by_part": bytes_by_part(op, n, chunk, st),
+        "argmax_bytes_from_message_sizes": _message_bytes(op, n, 0 if ot == "silent" else ot_k),
+        "argmax_per_s": n / st.seconds,
+        "argmax_client_cpu_us": st.extra["client_cpu_s"] / n * 1e6,
+        "argmax_server_cpu_us": st.extra["server_cpu_s"] / n * 1e6,
+        "argmax_n": n,
+        "argmax_exact": bool(np.array_equal(out_c, ring.argmax(x, in_bits=l))),
+        "look_ups": op.lut_plan is not None,
+    }
+
+
 def main() -> None:
     from bunet.heap import tune_malloc
 
@@ -284,6 +307,8 @@ def main() -> None:
         "shift": 8,
         **bench_relu_pool(24, 8, n // 4, a.chunk // 4, ot=a.ot),
     }
+    for lut in (True, False):  # look-up chains against the adder-and-comparator circuit
+        res["argmax_k2" + ("" if lut else "_no_look_ups")] = bench_argmax(24, 2, n // 4, a.chunk, lut=lut, ot=a.ot)
     res["cpus"] = os.cpu_count()
     res["loadavg_at_start"] = load0
     res["loadavg_at_end"] = os.getloadavg()[0]

@@ -4,7 +4,8 @@
 
 Per layer: milliseconds (client encrypt + server apply + client decrypt, both parties in this
 process), CPU milliseconds over all threads, ciphertext-plaintext products, bytes client->server
-and server->client.  Totals: total_seconds, total_cpu_seconds, bytes_up, bytes_down.  Every
+and server->client (also on stdout: bytes_per_layer, [up, down] per layer).  Totals: total_seconds,
+total_cpu_seconds, bytes_up, bytes_down.  Every
 layer is prepared first (as the server does at start-up); prepare time and the parameter set
 are reported separately.
 """
@@ -141,11 +142,11 @@ def main() -> None:
         "threads": srv.threads,
     }
     args.out.write_text(json.dumps(result, indent=1))
-    print(
-        json.dumps(
-            {k: result[k] for k in ("total_seconds", "total_cpu_seconds", "bytes_up", "bytes_down", "prepare_seconds")}
-        )
-    )
+    summary = {
+        k: result[k] for k in ("total_seconds", "total_cpu_seconds", "bytes_up", "bytes_down", "prepare_seconds")
+    }
+    summary["bytes_per_layer"] = {r["layer"]: [r["bytes_up"], r["bytes_down"]] for r in rows}  # [up, down]
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -767,52 +767,69 @@ BH_INLINE void pow2_many(const bh_rns *r, const double *x, size_t stride, int64_
 
 #define PREFETCH_AHEAD 16
 
-/* 24-bit little-endian two's complement <-> int32, total values; never touches bytes past 3*total.
- * The SIMD parts return how many values they handled. */
-#ifdef BH_X86
-BH_AVX2 static size_t pack24_simd(const int32_t *iv, size_t total, uint8_t *o) {
-    const __m128i sh = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
-    size_t j = 0;
-    for (; 3 * j + 16 <= 3 * total; j += 4)
-        _mm_storeu_si128((__m128i *)(o + 3 * j), _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(iv + j)), sh));
-    return j;
-}
-
-BH_AVX2 static size_t unpack24_simd(const uint8_t *src, size_t total, int32_t *xi) {
-    const __m128i sh = _mm_setr_epi8(-1, 0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11);
-    size_t j = 0;
-    for (; 3 * j + 16 <= 3 * total; j += 4) {
-        __m128i v = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(src + 3 * j)), sh);
-        _mm_storeu_si128((__m128i *)(xi + j), _mm_srai_epi32(v, 8));
+/* Upload residues, bit-packed: residue i of a ciphertext as an unsigned value in [0, p_i) in
+ * up_bits(p_i) = bitlen(p_i - 1) bits, LSB first; each prime's N values form one row of
+ * N * up_bits / 8 bytes (N is a multiple of 8), rows in prime order, ciphertexts one after another
+ * (bunet.he.wire.up_ct_bytes). 108 bits per coefficient at l = 24 instead of 5 x 24. */
+BH_INLINE int up_bits(double p) {
+    uint64_t m = (uint64_t)p - 1;
+    int b = 0;
+    while (m) {
+        b++;
+        m >>= 1;
     }
-    return j;
+    return b;
 }
-#endif
 
-BH_INLINE void pack24(const int32_t *iv, size_t total, uint8_t *o, const int simd) {
-    size_t j = 0;
-#ifdef BH_X86
-    if (simd) j = pack24_simd(iv, total, o);
-#endif
-    (void)simd;
-    for (; j + 1 < total; j++) st32(o + 3 * j, (uint32_t)iv[j]);   /* the 4th byte is rewritten next */
-    for (; j < total; j++) {
-        uint32_t w = (uint32_t)iv[j];
-        o[3 * j] = (uint8_t)w;
-        o[3 * j + 1] = (uint8_t)(w >> 8);
-        o[3 * j + 2] = (uint8_t)(w >> 16);
+BH_INLINE size_t up_ct_bytes(const bh_rns *r) {
+    size_t t = 0;
+    for (int i = 0; i < r->k; i++) t += (size_t)r->n * up_bits(r->p[i]) / 8;
+    return t;
+}
+
+/* one row: centred residues v (|v| <= p/2 + 1, as red() leaves them) -> n values of w bits at o,
+ * w <= 32 (the primes are below 2^22), n * w a multiple of 8. 32 bits are stored at a time. */
+BH_INLINE void up_pack_row(const double *v, int n, double p, int w, uint8_t *o) {
+    const int64_t pi = (int64_t)p;
+    uint64_t acc = 0;
+    int nacc = 0;
+    for (int j = 0; j < n; j++) {
+        int64_t x = d_to_i(v[j]);
+        x += pi & -(int64_t)(x < 0); /* into [0, p) */
+        acc |= (uint64_t)x << nacc;
+        nacc += w;
+        if (nacc >= 32) {
+            st32(o, (uint32_t)acc);
+            o += 4;
+            acc >>= 32;
+            nacc -= 32;
+        }
+    }
+    for (; nacc > 0; nacc -= 8) {
+        *o++ = (uint8_t)acc;
+        acc >>= 8;
     }
 }
 
-BH_INLINE void unpack24(const uint8_t *src, size_t total, int32_t *xi, const int simd) {
-    size_t j = 0;
-#ifdef BH_X86
-    if (simd) j = unpack24_simd(src, total, xi);
-#endif
-    (void)simd;
-    for (; j + 1 < total; j++) xi[j] = (int32_t)(ld32(src + 3 * j) << 8) >> 8;
-    for (; j < total; j++)
-        xi[j] = (int32_t)(((uint32_t)src[3 * j] | (uint32_t)src[3 * j + 1] << 8 | (uint32_t)src[3 * j + 2] << 16) << 8) >> 8;
+/* one row: n values of w bits at src -> add to vi (reduced); returns 1 if a value is >= p.
+ * Reads 32 bits at a time: a row is n * w / 8 bytes, a multiple of 4 (N is a power of two >= 32). */
+BH_INLINE int up_unpack_add_row(const uint8_t *src, int n, double p, double pinv, int w, double *vi) {
+    const uint64_t pi = (uint64_t)p, mask = (1ULL << w) - 1;
+    uint64_t acc = 0, bad = 0;
+    int nacc = 0;
+    for (int j = 0; j < n; j++) {
+        if (nacc < w) {
+            acc |= (uint64_t)ld32(src) << nacc;
+            src += 4;
+            nacc += 32;
+        }
+        uint64_t x = acc & mask;
+        acc >>= w;
+        nacc -= w;
+        bad |= x >= pi;
+        vi[j] = red(vi[j] + (double)x, p, pinv);
+    }
+    return bad != 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -845,17 +862,17 @@ BH_INLINE int encrypt_one(enc_ctx *c, int64_t ct, double *v, double *a, uint32_t
         fwd1(&kk, r, vi, i);
     }
     int fail = expand_a(r, c->a_keys + 32 * ct, words, a);
-    uint8_t *o = c->out + (size_t)ct * k * n * 3;
-    size_t total = (size_t)k * n;
+    uint8_t *o = c->out + (size_t)ct * up_ct_bytes(r);
+    (void)simd;
     for (int i = 0; i < k; i++) {
         double p = r->p[i], pinv = r->pinv[i];
         const double *sh = c->s_hat + (size_t)i * n;
         double *vi = v + (size_t)i * n, *ai = a + (size_t)i * n;
         for (int j = 0; j < n; j++) vi[j] = red(vi[j] - ai[j] * sh[j], p, pinv);
+        int w = up_bits(p);
+        up_pack_row(vi, n, p, w, o);
+        o += (size_t)n * w / 8;
     }
-    int32_t *iv = (int32_t *)a;                  /* a is free now: 32-bit copies of the residues */
-    for (size_t j = 0; j < total; j++) iv[j] = (int32_t)v[j];
-    pack24(iv, total, o, simd);
     return fail;
 }
 
@@ -917,20 +934,13 @@ BH_INLINE int prep_one(prep_ctx *c, int64_t item, double *v, double *a, uint32_t
     encode_tile(c->xs, c->t, c->ct_index[item], n, (uint64_t *)a);     /* a is filled later */
     scaled_body(r, (const uint64_t *)a, c->delta, v);
     for (int i = 0; i < k; i++) fwd1(&kk, r, v + (size_t)i * n, i);
-    const uint8_t *src = c->c0 + (size_t)c->ct_index[item] * k * n * 3;
-    size_t total = (size_t)k * n;
-    int32_t *xi = (int32_t *)a;                  /* a is filled last: unpack the 24-bit residues there */
-    unpack24(src, total, xi, simd);
+    const uint8_t *src = c->c0 + (size_t)c->ct_index[item] * up_ct_bytes(r);
     int bad = 0;
+    (void)simd;
     for (int i = 0; i < k; i++) {
-        double p = r->p[i], pinv = r->pinv[i];
-        int32_t lim = (int32_t)(r->p[i] * 0.5) + 1;
-        double *vi = v + (size_t)i * n;
-        const int32_t *x = xi + (size_t)i * n;
-        for (int j = 0; j < n; j++) {
-            bad |= (x[j] > lim) | (x[j] < -lim);
-            vi[j] = red(vi[j] + (double)x[j], p, pinv);
-        }
+        int w = up_bits(r->p[i]);
+        bad |= up_unpack_add_row(src, n, r->p[i], r->pinv[i], w, v + (size_t)i * n);
+        src += (size_t)n * w / 8;
     }
     if (expand_a(r, c->a_keys + 32 * item, words, a)) bad = 1;   /* cannot happen in practice */
     return bad;

@@ -54,14 +54,14 @@ int64_t bh_expand_a(const bh_rns *r, const uint8_t *keys, int64_t count, double 
 
 /* Client: seeded symmetric encryption of the share x (B, c, h, w), count = B*c*tiles
  * ciphertexts: m = the tile's coefficients (< 2^52), c0 = NTT(Delta*m + e) - a*s, written as
- * signed 24-bit little-endian (count, K, N).  delta: [k] centred Delta mod p; s_hat: (K, N);
+ * residues in [0, p_i), bit-packed in bitlen(p_i - 1) bits per residue, (count, K, N).  delta: [k] centred Delta mod p; s_hat: (K, N);
  * noise_key: 32 bytes (fresh per call). */
 int64_t bh_encrypt(const bh_rns *r, const uint64_t *x, const bh_tiling *t, int64_t count, const double *delta,
                    const double *s_hat, const uint8_t *a_keys, const uint8_t *noise_key,
                    uint8_t *out, int threads);
 
 /* Server: slot-block input X[blk][c][2*tc][4] of one tile chunk.  Item (c, tl) uses upload
- * ciphertext g = ct_index[c*tc + tl] (24-bit residues in c0), the same tile of the server's
+ * ciphertext g = ct_index[c*tc + tl] (bit-packed residues in c0, as bh_encrypt writes them), the same tile of the server's
  * share xs (B, c, h, w) and a-key a_keys[32*(c*tc + tl)].  Row 2*tl holds c0 + NTT(Delta*x_s),
  * row 2*tl+1 holds a.  Returns the number of ciphertexts with a residue out of range. */
 int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *ct_index,

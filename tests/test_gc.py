@@ -266,10 +266,25 @@ def test_multi_output_index_checked():
         assert not out.any()
 
 
-@pytest.mark.parametrize("l,b,k", [(24, 24, 2), (64, 64, 2), (32, 20, 3), (24, 24, 5), (8, 8, 1), (16, 16, 9)])
-def test_argmax(sess, l, b, k):
+@pytest.mark.parametrize("lut", [True, False])
+@pytest.mark.parametrize(
+    "l,b,k",
+    [
+        (24, 24, 2),
+        (64, 64, 2),
+        (32, 20, 3),
+        (24, 24, 5),
+        (8, 8, 1),
+        (16, 16, 9),
+        (24, 24, 4),
+        (40, 33, 2),
+        (64, 62, 3),
+        (8, 2, 2),
+    ],
+)
+def test_argmax(sess, l, b, k, lut):
     rng = np.random.default_rng(k + l)
-    op = Argmax(ring_bits=l, in_bits=b, k=k)
+    op = Argmax(ring_bits=l, in_bits=b, k=k, lut=lut)
     ev, g = sess
     for x in (
         ring.random((257, k), l),
@@ -297,8 +312,17 @@ def test_argmax_hypothesis_ties(sess, data, l, k, n):
     ev, g = sess
     op = Argmax(ring_bits=l, in_bits=b, k=k)
     yc, ys = ring.share(x, l)
-    resp, _ = g.respond(op, ev.request(op, yc), ys)
+    resp, _ = g.respond(op, _req(ev, g, op, yc, ys), ys)
     np.testing.assert_array_equal(ev.finish(op, resp), ring.argmax(x, in_bits=b))
+
+
+def test_argmax_sign_mode_is_cheaper():
+    """K = 2 at 24 bits: look-up chains instead of adders and a comparator, under half the bytes."""
+    new, old = Argmax(ring_bits=24, k=2), Argmax(ring_bits=24, k=2, lut=False)
+    assert new.lut_bits and not old.lut_bits
+    total = [sum(op.message_sizes(4096)) + op.pre_size(4096) for op in (new, old)]
+    assert total[0] < 0.45 * total[1]
+    assert Argmax(ring_bits=24, k=9).lut_bits == 0  # many classes: the adder circuit
 
 
 def test_output_shares_look_random(sess):

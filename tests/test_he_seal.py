@@ -129,6 +129,24 @@ def test_same_ntt(parties) -> None:
             np.testing.assert_array_equal(ours(a)[i], sl.ntt(a)[i][perm], err_msg=f"prime {i}")
 
 
+def _unpack_upload(body: memoryview, primes: tuple[int, ...], n: int, count: int) -> np.ndarray:
+    """(count, K, N) centred residues from the upload's bit-packed c0 (``wire.up_ct_bytes``: per
+    ciphertext, per prime a row of N values of bitlen(p - 1) bits, LSB first), read independently
+    of the native packer."""
+    out = np.empty((count, len(primes), n), dtype=np.int64)
+    off = 0
+    for j in range(count):
+        for i, p in enumerate(primes):
+            w = (p - 1).bit_length()
+            row = np.frombuffer(body[off : off + n * w // 8], dtype=np.uint8)
+            bits = np.unpackbits(row, bitorder="little").reshape(n, w).astype(np.int64)
+            v = bits @ (np.int64(1) << np.arange(w, dtype=np.int64))
+            assert (v < p).all()
+            out[j, i] = np.where(v > p // 2, v - p, v)
+            off += n * w // 8
+    return out
+
+
 @pytest.mark.parametrize("h,w", [(16, 16), (40, 24)])
 def test_project_encrypts_seal_decrypts(parties, h: int, w: int) -> None:
     params, cli, sl = parties
@@ -140,7 +158,8 @@ def test_project_encrypts_seal_decrypts(parties, h: int, w: int) -> None:
     seed = bytes(msg[head : head + wire.SEED_BYTES])
     count = plan_for(spec, params.poly_degree).n_in_cts(1)
     body = memoryview(msg)[head + wire.SEED_BYTES :]
-    c0_hat = wire.unpack_int(body, count * sl.k * sl.n, wire.RESIDUE_BYTES).reshape(count, sl.k, sl.n)
+    assert len(body) == count * wire.up_ct_bytes(params.primes, sl.n)
+    c0_hat = _unpack_upload(body, params.primes, sl.n, count)
     a_hat = expand_a(rns, seed, count)  # (K, count, N): c1 of each ciphertext, regenerated from the seed
     want = plan_for(spec, params.poly_degree).encode_input(x).reshape(count, sl.n)
     for j in range(count):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bunet import ring
-from bunet.he import ClientHE, ConvSpec, HEParams, LayerSpec, ServerHE
+from bunet.he import ClientHE, ConvSpec, HEParams, LayerSpec, ServerHE, wire
 
 L = 24
 
@@ -130,7 +130,17 @@ def test_message_validation(params: HEParams, client: ClientHE) -> None:
     xs = ring.random((1, 2, 8, 8), L)
     up = client.encrypt(layer.spec, xc)
     secret_text = str(int(xc[0, 0, 0, 0]))
-    bad_uploads = [up[:-1], up + b"\x00", b"x" * len(up), up[:8] + bytes(16) + up[24:], up[:24] + bytes(16) + up[40:]]
+    # the packed residues (wire.up_ct_bytes): all-ones words are >= p for every prime
+    body = len(up) - layer.plan.n_in_cts(1) * wire.up_ct_bytes(params.primes, params.poly_degree)
+    assert body > 0 and up[body - 32 - 8 - 16 - 16 - 8 : body - 32 - 8 - 16 - 16] == wire.MAGIC_UP
+    bad_uploads = [
+        up[:-1],
+        up + b"\x00",
+        b"x" * len(up),
+        up[:8] + bytes(16) + up[24:],
+        up[:24] + bytes(16) + up[40:],
+        up[:body] + b"\xff" * (len(up) - body),
+    ]
     for bad in bad_uploads:
         with pytest.raises(ValueError) as exc:
             srv.apply(layer, bad, xs)

@@ -416,3 +416,46 @@ def relu_sign_circuit(
     bld._emit(NOUT, n, 0, 0, 0, width=l, out=False)
     bld._emit(REVEAL, bld.xorg(n, 0, top + 1), 0, 0, 0, out=False, oi=1)
     return _finish(bld, n_outputs=2)
+
+
+@functools.lru_cache(maxsize=64)
+def argmax_sign_circuit(k: int, chunks: tuple[int, ...]) -> Compiled:
+    """Argmax of k values from look-ups (``engine.Argmax``, sign mode), revealed to the evaluator.
+
+    Values (k + k(k-1)/2 per instance, each 2L - 1 masked look-up wires ``[g_1, g_2, p_2, ..., g_L,
+    p_L]`` for the chunks ``chunks`` of its low b bits, then its bit b; the garbler's bits in the
+    same places): t_v = bit b ^ (carry out of the low b bits), the carry one AND per chunk after
+    the first. Values 0..k-1 are the shares' own parts (bit b is 0: t is the wrap kappa_i), then
+    pair (i, j), i < j, in ``triu_indices`` order, whose t XOR kappa_i XOR kappa_j is [u_i < u_j].
+    Class i wins iff u_j < u_i for every j < i and not u_i < u_j for every j > i: k - 2 ANDs per
+    class (none for k = 2); index bit r is the XOR of the wins of the classes with bit r set.
+    ANDs: (k + k(k-1)/2)(L - 1) + k(k - 2).
+    """
+    L = len(chunks)
+    cb = 2 * L  # 2L - 1 look-up wires and bit b
+    nv = k + k * (k - 1) // 2
+    bld = _Builder(nv * cb)
+    t = []
+    for v in range(nv):
+        base = v * cb
+        c = bld.xorg(base, v, 0)
+        for w in range(1, 2 * L - 1, 2):
+            g = bld.xorg(base + w, v, w)
+            p = bld.xorg(base + w + 1, v, w + 1)
+            c = bld.xor(g, bld.and_(p, c))
+        t.append(bld.xor(c, bld.xorg(base + cb - 1, v, cb - 1)))
+    less = {}  # (i, j) -> [u_i < u_j]
+    for n, (i, j) in enumerate(zip(*np.triu_indices(k, 1), strict=True)):
+        less[int(i), int(j)] = bld.xor(t[k + n], bld.xor(t[i], t[j]))
+    idx_bits = max(1, (k - 1).bit_length())
+    idx = [C0] * idx_bits
+    for i in range(1, k):  # class 0's win sets no index bit
+        win = C1
+        for j in range(k):
+            if j != i:
+                win = bld.and_(win, less[j, i] if j < i else bld.not_(less[i, j]))
+        idx = [bld.xor(idx[r], win) if (i >> r) & 1 else idx[r] for r in range(idx_bits)]
+    for r, w in enumerate(idx):
+        if not _is_const(w):
+            bld._emit(REVEAL, w, 0, 0, r, out=False)
+    return _finish(bld)

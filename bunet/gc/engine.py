@@ -72,8 +72,9 @@ MaxTrunc k=1 (ReLU or truncation): b-2 AND + 1 ANDG, plus (l-j)-bit arithmetic c
 output bit j (two per bit for the ReLU, fused with its multiplexer); MaxTrunc k=4: 4(b-2) + 5(b-s)
 (+2 with ReLU) AND + 4 ANDG. With them (the default): ReLU in sign mode 3 AND (272.3 bytes in
 all; at shift 0 and 16 bits, the max-pool's comparisons in ``bunet.gc.pool``: 2 AND, 165.6
-bytes), carry mode b - d - 1 AND per value and no ANDG. Argmax over K (no truncation, no look-up):
-K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG.
+bytes), carry mode b - d - 1 AND per value and no ANDG. Argmax over K <= 4 in sign mode: K + K(K-1)/2
+look-up chains (``Argmax``), K = 2 at 24 bits 9 AND, 773.8 bytes; without look-ups (K > 4):
+K(b-2) + (K-1)b + (K-2)b + index muxes AND + K ANDG, 1,898.6 bytes for K = 2.
 """
 
 from __future__ import annotations
@@ -109,6 +110,12 @@ LUT_MAX = 8  # carries out of at most this many low bits come from look-up table
 # for the server and 16 for the client; 272.3 bytes instead of 311.6 (bench/gc.py), the same CPU
 # time within the noise.
 SIGN_CHUNK = 5
+# Argmax in sign mode (``Argmax``): chunks of at most 6 bits (b = 24: 6 + 6 + 6 + 6, 3 ANDs, 8 input
+# bits and 56 table bytes per value, 773.8 bytes per K = 2 instance in all; chunks of 5: 799.6, of 8:
+# 988), for up to 4 classes (k + k(k-1)/2 chains grow quadratically; K = 4: 2,727 bytes against the
+# adder circuit's 5,644).
+ARGMAX_CHUNK = 6
+ARGMAX_SIGN_MAX = 4
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _MUX_DOM = 0x4D55580000000000  # "MUX": hash domain of the post-message's correlated OTs
 _SOT_FWD = 0x534F544600000000  # "SOTF": hash domain of the forward silent-OT iterations (client = receiver)
@@ -233,6 +240,21 @@ class _Op:
         return None
 
     @property
+    def items(self) -> int:
+        """Values per instance in the circuit (and in the look-ups): the k inputs, unless ``words``
+        derives others from them."""
+        return self.k
+
+    @property
+    def word_bits(self) -> int:
+        """Bits of each value the circuit reads (of ``words``' values)."""
+        return int(self.in_bits or 0)
+
+    def words(self, y: np.ndarray, client: bool) -> np.ndarray:
+        """One party's (n, items) circuit values from its (n, k) shares (local, no message)."""
+        return y
+
+    @property
     def lut_bits(self) -> int:
         """Reverse OTs per value for the look-ups (0: the op has no pre-message)."""
         return self.lut_plan.rows if self.lut_plan else 0
@@ -242,7 +264,7 @@ class _Op:
         """Input bits per value in the circuit: in_bits, or the masked table bits and the kept bits."""
         b = int(self.in_bits or 0)
         lp = self.lut_plan
-        return lp.n_masked + b - lp.keep_from if lp else b
+        return lp.n_masked + self.word_bits - lp.keep_from if lp else b
 
     @property
     def circuit(self) -> circuits.Compiled:  # pragma: no cover - each op defines it
@@ -252,15 +274,15 @@ class _Op:
         """(request bytes, response bytes) for n instances, to size chunks for a transport.
 
         Ops with a carry look-up also have a pre-message (``pre_size``) before the request."""
-        m = _pad128(n * self.k * self.circ_bits)
+        m = _pad128(n * self.items * self.circ_bits)
         c = self.circuit
-        tables = n * self.k * self.lut_plan.table_bytes if self.lut_plan else 0
+        tables = n * self.items * self.lut_plan.table_bytes if self.lut_plan else 0
         return _HDR.size + _cot_len(ot_k, m) + tables, _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
     def pre_size(self, n: int, ot_k: int = 4) -> int:
         """Bytes of the server's pre-message for n instances (0 without a carry look-up)."""
         d = self.lut_bits
-        return _HDR.size + _cot_len(ot_k, _pad128(n * self.k * d)) if d else 0
+        return _HDR.size + _cot_len(ot_k, _pad128(n * self.items * d)) if d else 0
 
     @property
     def has_post(self) -> bool:
@@ -269,7 +291,7 @@ class _Op:
 
     def post_size(self, n: int) -> int:
         """Bytes of the client's post-message for n instances (0 unless in sign mode)."""
-        return _HDR.size + n * self.k * _post_bytes(self) if self.has_post else 0
+        return _HDR.size + n * self.items * _post_bytes(self) if self.has_post else 0
 
 
 @dataclass(frozen=True)
@@ -320,24 +342,83 @@ class MaxTrunc(_Op):
 
 @dataclass(frozen=True)
 class Argmax(_Op):
-    """Index of the largest of k signed in_bits-bit values (ties: lowest), for the client only."""
+    """Index of the largest of k signed in_bits-bit values (ties: lowest), for the client only.
+
+    Sign mode (``lut``, 2 <= k <= ARGMAX_SIGN_MAX, b = in_bits <= 62): every comparison is one bit
+    of look-ups, no adder. With u_i = (y_i + 2^(b-1)) mod 2^b (the b-bit value x_i offset to
+    unsigned, order kept) and each party's b-bit parts a_i (client, offset added) and s_i,
+    u_i = a_i + s_i - 2^b kappa_i (kappa_i: the carry out of a_i + s_i), so for i < j
+
+        [u_i < u_j] = bit b of (u_i - u_j) mod 2^(b+1)
+                    = A_b ^ S_b ^ carry(A mod 2^b + S mod 2^b) ^ kappa_i ^ kappa_j,
+
+    A = (a_i - a_j) mod 2^(b+1), S = (s_i - s_j) mod 2^(b+1) (adding 2^b (kappa_j - kappa_i) flips
+    bit b iff the carries differ). The circuit's values (``words``) are the k shares' b-bit parts
+    and the k(k-1)/2 differences' (b+1)-bit parts; each value's carry out of its low b bits comes
+    from one sign-mode chain of look-ups (``ARGMAX_CHUNK``-bit chunks, one AND per chunk after the
+    first), its bit b enters as an input bit. Then i wins iff u_j < u_i for j < i and not
+    u_i < u_j for j > i (k - 2 ANDs per class, none for k = 2); the index bits are XORs of the
+    one-hot wins. K = 2 at b = 24: 3 chains of 6 + 6 + 6 + 6 bits.
+    """
 
     ring_bits: int
     in_bits: int | None = None
     k: int = 2
+    lut: bool = True  # sign mode where it applies (False: the adder-and-comparator circuit)
 
     def __post_init__(self) -> None:
         l = _check_int("ring_bits", self.ring_bits, 1, 64)
         b = l if self.in_bits is None else _check_int("in_bits", self.in_bits, 1, l)
         object.__setattr__(self, "in_bits", b)
         _check_int("k", self.k, 1, 64)
+        if not isinstance(self.lut, (bool, np.bool_)):
+            raise ValueError("lut must be a bool")
+
+    @property
+    def sign_mode(self) -> bool:
+        return bool(self.lut) and 2 <= self.k <= ARGMAX_SIGN_MAX and 2 <= int(self.in_bits or 0) <= 62
+
+    @property
+    def lut_plan(self) -> LutPlan | None:
+        if not self.sign_mode:
+            return None
+        b = int(self.in_bits or 0)
+        tabs, off = [], 0
+        for d in _split(b, ARGMAX_CHUNK):  # one carry chain over the low b bits, LSB first
+            tabs.append((off, d, 2 if tabs else 1))
+            off += d
+        return LutPlan(b, tuple(tabs), b)
+
+    @property
+    def items(self) -> int:
+        return self.k + self.k * (self.k - 1) // 2 if self.sign_mode else self.k
+
+    @property
+    def word_bits(self) -> int:
+        return int(self.in_bits or 0) + 1 if self.sign_mode else int(self.in_bits or 0)
+
+    def words(self, y: np.ndarray, client: bool) -> np.ndarray:
+        """Sign mode: the b-bit parts (the client's offset by 2^(b-1)), then for each pair i < j the
+        (b+1)-bit part of their difference."""
+        if not self.sign_mode:
+            return y
+        b = int(self.in_bits or 0)
+        own = y & _mask(b)
+        if client:
+            own = (own + np.uint64(1 << (b - 1))) & _mask(b)
+        i, j = np.triu_indices(self.k, 1)
+        pairs = (own[:, i] - own[:, j]) & _mask(b + 1)
+        return np.ascontiguousarray(np.concatenate([own, pairs], axis=1))
 
     @property
     def circuit(self) -> circuits.Compiled:
-        return circuits.argmax_circuit(self.in_bits, self.k)
+        lp = self.lut_plan
+        if lp is None:
+            return circuits.argmax_circuit(self.in_bits, self.k)
+        return circuits.argmax_sign_circuit(self.k, tuple(d for _, d, _ in lp.tables))
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
-        return (OP_ARGMAX, self.ring_bits, self.in_bits, 0, 0, self.k)
+        return (OP_ARGMAX, self.ring_bits, self.in_bits, 0, int(self.sign_mode) << 1, self.k)
 
 
 Op = MaxTrunc | Argmax
@@ -486,7 +567,7 @@ class _Party:
 
 def _sizes(op: Op, n: int) -> tuple[int, int, int]:
     c = op.circuit
-    m = _pad128(n * op.k * op.circ_bits)
+    m = _pad128(n * op.items * op.circ_bits)
     return m, n * c.ct_bytes, c.arith_len(n)
 
 
@@ -660,7 +741,7 @@ class Evaluator(_Party):
         """
         op = _check_op(op)
         self._ready()
-        yc = _check_shares(op, yc, "client")
+        yc = op.words(_check_shares(op, yc, "client"), True)
         n = yc.shape[0]
         lut = self._claim_pre(op, n, pre) if op.lut_bits else None
         if not op.lut_bits and pre is not None:
@@ -672,12 +753,12 @@ class Evaluator(_Party):
 
         def job() -> bytes:
             cot = _cot_len(self._wk, m)
-            tables_len = 0 if lut is None else n * op.k * op.lut_plan.table_bytes
+            tables_len = 0 if lut is None else n * op.items * op.lut_plan.table_bytes
             out, body = _new_message(self._header(T_REQ, seq, op, n), cot + ext + tables_len)
             # the reverse silent OT's iteration messages and the tables go straight into the request
             y, mux = (yc, None) if lut is None else self._tables(op, yc, *lut, body + cot, ext)
             choice = np.empty(m // 8, dtype=np.uint8)
-            lib.bn_pack_choice(_u64(y), n, op.k, op.circ_bits, _buf(choice), m)
+            lib.bn_pack_choice(_u64(y), n, op.items, op.circ_bits, _buf(choice), m)
             if self.ot == "silent":  # the labels come at finish, with the server's iteration messages
                 lo = 128 * (blk - self._blk0)
                 ffi.memmove(body, _corrections(choice, self._fwd.choices(lo, lo + m)), m // 8)
@@ -699,7 +780,7 @@ class Evaluator(_Party):
         lp = op.lut_plan
         assert lp is not None
         pseq, n_pre, body = self._parse(pre, T_PRE, op)
-        rows = _pad128(n * op.k * lp.rows)
+        rows = _pad128(n * op.items * lp.rows)
         if n_pre != n or len(body) != _cot_len(self._wk, rows):
             raise ValueError("pre-message was made for a different number of instances")
         with self._lock:
@@ -714,7 +795,7 @@ class Evaluator(_Party):
         if self.ot != "silent":
             return 0
         lo = 128 * (rblk - self._rblk0)
-        return self._rev.sched.ext_len(lo, lo + _pad128(n * op.k * op.lut_bits))
+        return self._rev.sched.ext_len(lo, lo + _pad128(n * op.items * op.lut_bits))
 
     def _tables(
         self, op: Op, yc: np.ndarray, body: memoryview, rblk: int, dest: object, ext: int = 0
@@ -724,7 +805,7 @@ class Evaluator(_Party):
         inputs (masks, kept bits)."""
         lp, n = op.lut_plan, yc.shape[0]
         assert lp is not None
-        items = n * op.k
+        items = n * op.items
         rows = _pad128(items * lp.rows)
         if self.ot == "silent":  # q ^ d Delta' with the server's corrections d (its pre-message)
             lo = 128 * (rblk - self._rblk0)
@@ -765,7 +846,7 @@ class Evaluator(_Party):
                 keys.append(blob.view("<u8")[:, 0].astype(np.uint64) & _mask(op.ring_bits))
             kept = (yc.reshape(-1) >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # C'
             mux = (kept, keys[0], keys[1])
-        return lp.circuit_words(yc, rho, op.in_bits).reshape(yc.shape), mux
+        return lp.circuit_words(yc, rho, op.word_bits).reshape(yc.shape), mux
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc: (n,)) or labels (Argmax)."""
@@ -790,7 +871,7 @@ class Evaluator(_Party):
             body = body[ext:]
             labels = self._fwd.rows(lo, lo + rows).reshape(-1)
         c = op.circuit
-        m = _pad128(n * op.k * op.circ_bits)
+        m = _pad128(n * op.items * op.circ_bits)
         nout = c.n_outputs
         out = np.empty(n * nout, dtype=np.uint64)
         mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
@@ -802,7 +883,7 @@ class Evaluator(_Party):
             c.gates.shape[0],
             c.nwires,
             n,
-            op.k,
+            op.items,
             op.circ_bits,
             ffi.NULL,
             ffi.NULL,
@@ -994,9 +1075,9 @@ class Garbler(_Party):
         d = op.lut_bits
         if not d:
             raise ValueError("this operation has no pre-message")
-        ys = _check_shares(op, ys, "server")
+        ys = op.words(_check_shares(op, ys, "server"), False)
         n = ys.shape[0]
-        rows = _pad128(n * op.k * d)
+        rows = _pad128(n * op.items * d)
         pseq, rblk = self._alloc_rev(rows)
         params = op._params()
         with self._lock:
@@ -1006,14 +1087,14 @@ class Garbler(_Party):
             choice = np.empty(rows // 8, dtype=np.uint8)
             r0 = None
             if op.lut_plan.mux:  # the last row is a fresh random bit r0, not a share bit
-                r0 = np.empty(n * op.k, dtype=np.uint8)
+                r0 = np.empty(n * op.items, dtype=np.uint8)
                 if lib.bn_prg_fill(_buf(r0), r0.size) != 0:
                     raise OSError("getrandom() failed")
                 r0 &= 1
                 vals = (ys.reshape(-1) & _mask(d - 1)) | (r0.astype(np.uint64) << np.uint64(d - 1))
             else:
                 vals = ys.reshape(-1)
-            lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.k, d, _buf(choice), rows)  # row i*d+j: bit j
+            lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.items, d, _buf(choice), rows)  # row i*d+j: bit j
             out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._wk, rows))
             if self.ot == "silent":  # the t rows come at the request, with the client's iteration messages
                 lo = 128 * (rblk - self._rblk0)
@@ -1045,7 +1126,7 @@ class Garbler(_Party):
         """
         op = _check_op(op)
         self._ready()
-        ys = _check_shares(op, ys, "server")
+        ys = op.words(_check_shares(op, ys, "server"), False)
         n = ys.shape[0]
         seq, n_req, body = self._parse(req, T_REQ, op)
         if n_req != n:
@@ -1055,7 +1136,7 @@ class Garbler(_Party):
         cot = _cot_len(self._wk, m)
         with self._lock:
             ext = self._rev_ext_due(op, n) if d else 0
-            if len(body) != cot + ext + (n * op.k * op.lut_plan.table_bytes if d else 0):
+            if len(body) != cot + ext + (n * op.items * op.lut_plan.table_bytes if d else 0):
                 raise ValueError("request has the wrong length")
             if seq != self._seq:
                 raise ValueError("request out of order (or replayed)")
@@ -1093,7 +1174,7 @@ class Garbler(_Party):
                 c.gates.shape[0],
                 c.nwires,
                 n,
-                op.k,
+                op.items,
                 op.circ_bits,
                 _u64(yg),
                 self._leaves,
@@ -1137,7 +1218,7 @@ class Garbler(_Party):
         size = op.message_sizes(n, ot_k=0)[0]
         if op.lut_bits:
             sched = self._rev.sched
-            rows = _pad128(n * op.k * op.lut_bits)
+            rows = _pad128(n * op.items * op.lut_bits)
             size += (2 + rows // sched.usable(1)) * max(sched.setup.msg_len, sched.main.msg_len)
         return size
 
@@ -1152,7 +1233,7 @@ class Garbler(_Party):
     def _rev_range(self, op: Op, n: int, rblk: int) -> tuple[int, int]:
         """The reverse silent-OT stream rows of a pre-message at block ``rblk``."""
         lo = 128 * (rblk - self._rblk0)
-        return lo, lo + _pad128(n * op.k * op.lut_bits)
+        return lo, lo + _pad128(n * op.items * op.lut_bits)
 
     def _mux_keys(self, op: Op, pre: tuple) -> tuple[np.ndarray, np.ndarray]:
         """The receiver's key of each value's r0 row (K_{r0}), and r0."""
@@ -1176,11 +1257,11 @@ class Garbler(_Party):
                 or self._post_due[0][3] is None
             ):
                 raise ValueError("post-message out of order, replayed or for another request")
-            if len(body) != n * op.k * _post_bytes(op) or out_s.shape != (n,):
+            if len(body) != n * op.items * _post_bytes(op) or out_s.shape != (n,):
                 raise ValueError("post-message (or shares) of the wrong length")
             _, _, _, key, r0 = self._post_due.popleft()
             self.bytes_received += len(msg)
-        e = _unpack_ring(body, n * op.k, _post_bytes(op))
+        e = _unpack_ring(body, n * op.items, _post_bytes(op))
         return (out_s + key - r0.astype(np.uint64) * e) & _mask(op.ring_bits)
 
     def _take_pre(self, op: Op, n: int, ys: np.ndarray) -> tuple:
@@ -1219,7 +1300,7 @@ class Garbler(_Party):
         )
         if rc != 0:
             raise MemoryError(f"look-up tables failed (engine code {rc})")
-        w = lp.circuit_words(ys, u, op.in_bits)
+        w = lp.circuit_words(ys, u, op.word_bits)
         if r0 is not None:
             nt = np.uint64(lp.n_masked)
             kept = (v >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # S'

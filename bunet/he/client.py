@@ -69,8 +69,8 @@ class ClientHE:
         head = (
             wire.MAGIC_UP + prm.digest() + wire.spec_digest(spec.to_bytes()) + struct.pack("<II", batch, count) + seed
         )
-        msg, body = new_message(head, count * rns.k * prm.poly_degree * wire.RESIDUE_BYTES)
-        # c0 = NTT(Delta * m + e) - a * s per ciphertext, as centred 24-bit residues (|c0| <= p/2 + 1)
+        msg, body = new_message(head, count * wire.up_ct_bytes(prm.primes, prm.poly_degree))
+        # c0 = NTT(Delta * m + e) - a * s per ciphertext, residues bit-packed (wire.up_ct_bytes)
         # per ciphertext (tiles encoded natively, Plan.encode_input order):
         fails = lib.bh_encrypt(
             rns.ctx,

@@ -263,8 +263,8 @@ class ServerHE:
         """Returns (download message, server's new share y_s = r)."""
         if self._pk is None:
             raise ValueError("no client public key: use with_public_key() for a session")
-        prm, plan, rns = self.params, layer.plan, self.rns
-        n, k = prm.poly_degree, rns.k
+        prm, plan = self.params, layer.plan
+        n = prm.poly_degree
         rd = wire.Reader(up)
         rd.expect(wire.MAGIC_UP, "HE upload")
         rd.check(prm.digest(), "HE parameters")
@@ -273,7 +273,7 @@ class ServerHE:
         seed = bytes(rd.take(wire.SEED_BYTES))
         if batch < 1 or count != plan.n_in_cts(batch):
             raise ValueError("HE upload has the wrong number of ciphertexts")
-        c0 = rd.take(count * k * n * wire.RESIDUE_BYTES)
+        c0 = rd.take(count * wire.up_ct_bytes(prm.primes, n))
         rd.done()
         x_s = np.asarray(x_s)
         if x_s.shape != (batch, layer.spec.c_in, layer.spec.h, layer.spec.w) or x_s.dtype != _U64:

@@ -14,14 +14,20 @@ import struct
 import numpy as np
 
 MAGIC_PK = b"BUHEpk1\x00"
-MAGIC_UP = b"BUHEup1\x00"
+MAGIC_UP = b"BUHEup2\x00"  # 2: residues bit-packed (up_ct_bytes)
 MAGIC_DOWN = b"BUHEdn1\x00"
-RESIDUE_BYTES = 3  # centred residues, |x| < 2^21: signed 24-bit
+RESIDUE_BYTES = 3  # centred residues, |x| < 2^21: signed 24-bit (the public key)
 SEED_BYTES = 32
 
 
 def spec_digest(spec_bytes: bytes) -> bytes:
     return hashlib.sha256(spec_bytes).digest()[:16]
+
+
+def up_ct_bytes(primes: tuple[int, ...], n: int) -> int:
+    """Bytes of one uploaded ciphertext: residue i in bitlen(p_i - 1) bits (native/bunet_he.c
+    packs them; 108 bits per coefficient for the l = 24 primes, not 5 x 24)."""
+    return sum(n * (p - 1).bit_length() // 8 for p in primes)
 
 
 def pack_uint(a: np.ndarray, nbytes: int) -> bytes:

@@ -49,13 +49,21 @@ class Refused(ProtocolError):
 
 @dataclass
 class Traffic:
-    """Bytes and messages each way, and counts per phase (tag prefix before ':')."""
+    """Bytes and messages each way, and counts per phase (tag prefix before ':').
+
+    ``turns``: how often this end received a message after sending one, in its own order of
+    calls: the protocol's sequential message steps as seen from this end (each turn waits for the
+    peer at most once; pipelined messages that are already there when asked for count too, so it
+    bounds the round trips a link's latency adds from above).
+    """
 
     sent: int = 0
     received: int = 0
     messages_sent: int = 0
     messages_received: int = 0
     by_phase: dict[str, list[int]] = field(default_factory=dict)  # phase -> [sent, received]
+    turns: int = 0
+    _last_sent: bool = False
 
     def count(self, tag: str, n: int, sent: bool) -> None:
         phase = tag.split(":", 1)[0]
@@ -64,7 +72,10 @@ class Traffic:
             self.sent += n
             self.messages_sent += 1
             slot[0] += n
+            self._last_sent = True
         else:
+            self.turns += self._last_sent
+            self._last_sent = False
             self.received += n
             self.messages_received += 1
             slot[1] += n

@@ -52,7 +52,7 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire, so a mismatch is a clear error, not a stall.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
 # What a job's stream may buffer in the transport (frames queued each way, one message being
@@ -320,7 +320,7 @@ class ServerProtocol:
     def _upload_bytes(self, layer: Any, batch: int) -> int:
         """The size of a well-formed HE upload of this layer (header, seed, then c0 of every ciphertext)."""
         prm = self.he_params
-        return 256 + layer.plan.n_in_cts(batch) * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES
+        return 256 + layer.plan.n_in_cts(batch) * he_wire.up_ct_bytes(prm.primes, prm.poly_degree)
 
     def _download_bytes(self, layer: Any, batch: int) -> int:
         prm, lp = self.he_params, layer.plan
@@ -371,13 +371,11 @@ class ServerProtocol:
     def _message_cap(self, spec: JobSpec, plan: Plan, shapes: dict[str, Shape]) -> int:
         """The largest message a well-behaved client sends in this job, plus 1 MiB: HE uploads of
         the job's slices, GC requests of a full chunk with the costliest OT extension (IKNP)."""
-        prm = self.he_params
         biggest = 1 << 20  # job spec, public key, GC hello: well below
         for step in plan.steps:
             in_shape = shapes[step.inputs[0]] if step.inputs else None
             if isinstance(step, Linear):
-                cts = self._layer(spec.network, step, in_shape).plan.n_in_cts(spec.slices)
-                biggest = max(biggest, cts * len(prm.primes) * prm.poly_degree * he_wire.RESIDUE_BYTES)
+                biggest = max(biggest, self._upload_bytes(self._layer(spec.network, step, in_shape), spec.slices))
             elif isinstance(step, CircuitStep):
                 ops = step.gc_ops(plan.ring_bits, in_shape)
                 biggest = max(biggest, *(op.message_sizes(gc_pipeline.GC_CHUNK, ot_k=1)[0] for op in ops))
