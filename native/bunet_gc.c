@@ -2,7 +2,8 @@
  *
  * - AES-NI hash H_j(x, t) = pi_j(sigma(x) ^ t) ^ sigma(x), sigma(xl, xh) = (xh, xl ^ xh)
  *   (tweakable MMO with an orthomorphism, Guo-Katz-Wang-Yu), t unique per gate and instance in
- *   the session; pi_j is AES under a per-gate, per-chunk key derived from the public session key
+ *   the session; pi_j is AES under a per-gate, per-chunk key (look-up, post-message and setup rows: per
+ *   group of 2^10 tweaks) derived from the session key both parties' fresh nonces determine
  *   (multi-instance security in the style of emp's MITCCRH). 256-bit VAES when the CPU has it.
  * - AES-CTR PRG seeded from getrandom() (Delta, and the garbler's random control bits).
  * - free-XOR with three-halves AND gates (Rosulek-Roy 2021: 1.5 labels + 5 bits each, see th_rmul) and
@@ -185,11 +186,72 @@ int bn_have_vaes(void) {
     return have_vaes;
 }
 
+/* Per-gate keys (multi-instance security, as emp's MITCCRH): every hashing gate, on every chunk
+ * of <= NB instances, hashes under its own AES key k_j = expand(pi(j)), j = the gate's first
+ * tweak on that chunk (unique in the session); the instance tweak still separates the hashes
+ * under one key. So no fixed key ever sees more than a few hundred hash inputs. */
+static inline void keyexp_block(block key, aeskey *out) {
+    block *rk = out->k;
+    rk[0] = key;
+#define EXP(i, rc) rk[i] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i - 1], rc))
+    EXP(1, 0x01); EXP(2, 0x02); EXP(3, 0x04); EXP(4, 0x08); EXP(5, 0x10);
+    EXP(6, 0x20); EXP(7, 0x40); EXP(8, 0x80); EXP(9, 0x1b); EXP(10, 0x36);
+#undef EXP
+}
+
+typedef struct {
+    aeskey master, k;
+    uint64_t last;
+    int valid;
+} keyctx;
+
+static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
+    if (!kc->valid || kc->last != j) {
+        block x = _mm_set_epi64x(0x4b45590000000000LL, (long long)j);
+        aes1(&kc->master, &x);
+        keyexp_block(x, &kc->k);
+        kc->last = j;
+        kc->valid = 1;
+    }
+    return &kc->k;
+}
+
+/* Row keys: the look-up, post-message and setup hashes (one per OT row, millions a session) are
+ * re-keyed like the gates: tweak t of domain dom hashes under k = expand(AES_master(dom | "KEY", t >> 10)),
+ * so no key sees more than 2^10 tweaks (2^11 inputs: q and q ^ Delta'). The key depends on the tweak only,
+ * never on how the rows are batched, so both parties derive the same keys. */
+#define ROW_KEY_SHIFT 10
+static inline const aeskey *row_key(keyctx *kc, uint64_t dom, uint64_t g) {
+    if (!kc->valid || kc->last != g) {
+        block x = _mm_set_epi64x((long long)(dom | 0x4b4559ULL), (long long)g);
+        aes1(&kc->master, &x);
+        keyexp_block(x, &kc->k);
+        kc->last = g;
+        kc->valid = 1;
+    }
+    return &kc->k;
+}
+
+/* hash_batch under the row keys of master: runs of items whose tweaks share a key group */
+static void hash_rows(const aeskey *master, const block *in, block *out, size_t cnt, uint64_t tw0,
+                      uint64_t twstep, uint64_t dom) {
+    keyctx kc;
+    kc.master = *master;
+    kc.valid = 0;
+    for (size_t i = 0; i < cnt;) {
+        const uint64_t t = tw0 + i * twstep, g = t >> ROW_KEY_SHIFT, left = ((g + 1) << ROW_KEY_SHIFT) - t;
+        size_t run = twstep ? (size_t)((left + twstep - 1) / twstep) : cnt - i;
+        if (run > cnt - i || run == 0) run = cnt - i;
+        hash_batch(row_key(&kc, dom, g), in + i, out + i, run, t, twstep, dom);
+        i += run;
+    }
+}
+
 void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cnt, uint64_t tw0,
                    uint64_t twstep, uint64_t dom) {
     aeskey K;
     load_key(&K, rk);
-    hash_batch(&K, (const block *)in, (block *)out, cnt, tw0, twstep, dom);
+    hash_rows(&K, (const block *)in, (block *)out, cnt, tw0, twstep, dom);
 }
 
 /* AES-CTR PRG under a fresh getrandom() key (each prg_init is a fresh PRG). */
@@ -765,7 +827,7 @@ static void lut_hash_rows(const aeskey *K, const block *rows, const block *D, ui
         for (uint64_t r = 0; r < cnt; r++) tmp[r] = _mm_xor_si128(_mm_loadu_si128(rows + r), *D);
         in = tmp;
     }
-    for (uint32_t h = 0; h < nblk; h++) hash_batch(K, in, H[h], cnt, 2 * grow0 + h, 2, LUT_DOM);
+    for (uint32_t h = 0; h < nblk; h++) hash_rows(K, in, H[h], cnt, 2 * grow0 + h, 2, LUT_DOM);
 }
 
 /* every (d, w) a table can have: the kernels below are instantiated with them as constants */
@@ -1099,35 +1161,6 @@ static inline block th_rmul(block A, block B, block mP, block m0, block m1) {
 /* e(.): the control-bit mask of a hash, its top bit */
 static inline uint64_t th_e(block h) { return (uint64_t)_mm_movemask_pd(_mm_castsi128_pd(h)) >> 1; }
 
-/* Per-gate keys (multi-instance security, as emp's MITCCRH): every hashing gate, on every chunk
- * of <= NB instances, hashes under its own AES key k_j = expand(pi(j)), j = the gate's first
- * tweak on that chunk (unique in the session); the instance tweak still separates the hashes
- * under one key. So no fixed key ever sees more than a few hundred hash inputs. */
-static inline void keyexp_block(block key, aeskey *out) {
-    block *rk = out->k;
-    rk[0] = key;
-#define EXP(i, rc) rk[i] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i - 1], rc))
-    EXP(1, 0x01); EXP(2, 0x02); EXP(3, 0x04); EXP(4, 0x08); EXP(5, 0x10);
-    EXP(6, 0x20); EXP(7, 0x40); EXP(8, 0x80); EXP(9, 0x1b); EXP(10, 0x36);
-#undef EXP
-}
-
-typedef struct {
-    aeskey master, k;
-    uint64_t last;
-    int valid;
-} keyctx;
-
-static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
-    if (!kc->valid || kc->last != j) {
-        block x = _mm_set_epi64x(0x4b45590000000000LL, (long long)j);
-        aes1(&kc->master, &x);
-        keyexp_block(x, &kc->k);
-        kc->last = j;
-        kc->valid = 1;
-    }
-    return &kc->k;
-}
 
 /* Run the circuit over n instances.
  * Input labels come straight from IKNP, chunk by chunk (no label matrix in memory):
