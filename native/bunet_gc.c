@@ -3,7 +3,7 @@
  * - AES-NI hash H_j(x, t) = pi_j(sigma(x) ^ t) ^ sigma(x), sigma(xl, xh) = (xh, xl ^ xh)
  *   (tweakable MMO with an orthomorphism, Guo-Katz-Wang-Yu), t unique per gate and instance in
  *   the session; pi_j is AES under a per-gate, per-chunk key (look-up, post-message and setup rows: per
- *   group of 2^10 tweaks) derived from the session key both parties' fresh nonces determine
+ *   group of 2^16 tweaks) derived from the session key both parties' fresh nonces determine
  *   (multi-instance security in the style of emp's MITCCRH). 256-bit VAES when the CPU has it.
  * - AES-CTR PRG seeded from getrandom() (Delta, and the garbler's random control bits).
  * - free-XOR with three-halves AND gates (Rosulek-Roy 2021: 1.5 labels + 5 bits each, see th_rmul) and
@@ -217,10 +217,11 @@ static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
 }
 
 /* Row keys: the look-up, post-message and setup hashes (one per OT row, millions a session) are
- * re-keyed like the gates: tweak t of domain dom hashes under k = expand(AES_master(dom | "KEY", t >> 10)),
- * so no key sees more than 2^10 tweaks (2^11 inputs: q and q ^ Delta'). The key depends on the tweak only,
+ * re-keyed like the gates: tweak t of domain dom hashes under k = expand(AES_master(dom | "KEY", t >> 16)),
+ * so no key sees more than 2^16 tweaks (2^17 inputs: q and q ^ Delta'). Smaller groups would re-key every
+ * few post-message hashes (their tweaks step by the table's rows). The key depends on the tweak only,
  * never on how the rows are batched, so both parties derive the same keys. */
-#define ROW_KEY_SHIFT 10
+#define ROW_KEY_SHIFT 16
 static inline const aeskey *row_key(keyctx *kc, uint64_t dom, uint64_t g) {
     if (!kc->valid || kc->last != g) {
         block x = _mm_set_epi64x((long long)(dom | 0x4b4559ULL), (long long)g);
