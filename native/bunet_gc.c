@@ -755,25 +755,31 @@ static inline block gf_reduce(block lo, block hi) {
     return _mm_xor_si128(_mm_xor_si128(lo, a), _mm_xor_si128(_mm_slli_si128(b, 8), c));
 }
 
-/* sum chi_i rows_i (reduced), and, with choice, sum choice_i chi_i (constant time: masks) */
+/* sum chi_i rows_i (reduced), and, with choice, sum choice_i chi_i (constant time: masks). Karatsuba with
+ * the three partial products summed separately over all rows and combined once (all steps are linear). */
 static void ot_check_sums(const uint8_t *rows, const uint8_t *choice, uint64_t m, const uint8_t *seed,
                           block *rsum, block *xsum) {
     uint8_t rk[176];
     bn_aes_keysched(seed, rk);
     aeskey K;
     load_key(&K, rk);
-    block lo = _mm_setzero_si128(), hi = lo, xs = lo, chi[8];
+    block lo = _mm_setzero_si128(), hi = lo, mid = lo, xs = lo, chi[8];
     for (uint64_t i0 = 0; i0 < m; i0 += 8) {
         const uint64_t cnt = m - i0 < 8 ? m - i0 : 8;
         for (int j = 0; j < 8; j++) chi[j] = _mm_set_epi64x(0x4348490000000000LL, (long long)(i0 + j)); /* "CHI" */
         aes8(&K, chi);
+        const uint64_t bits = choice ? choice[i0 / 8] : 0; /* i0 % 8 == 0 */
         for (uint64_t j = 0; j < cnt; j++) {
-            const uint64_t i = i0 + j;
-            gf_mul_acc(chi[j], _mm_loadu_si128((const block *)(rows + 16 * i)), &lo, &hi);
-            if (choice) xs = _mm_xor_si128(xs, _mm_and_si128(chi[j], _mm_set1_epi64x(-(long long)((choice[i / 8] >> (i % 8)) & 1))));
+            const block a = chi[j], b = _mm_loadu_si128((const block *)(rows + 16 * (i0 + j)));
+            lo = _mm_xor_si128(lo, _mm_clmulepi64_si128(a, b, 0x00));
+            hi = _mm_xor_si128(hi, _mm_clmulepi64_si128(a, b, 0x11));
+            mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(_mm_xor_si128(a, _mm_shuffle_epi32(a, 0x4e)),
+                                                          _mm_xor_si128(b, _mm_shuffle_epi32(b, 0x4e)), 0x00));
+            xs = _mm_xor_si128(xs, _mm_and_si128(a, _mm_set1_epi64x(-(long long)((bits >> j) & 1))));
         }
     }
-    *rsum = gf_reduce(lo, hi);
+    mid = _mm_xor_si128(mid, _mm_xor_si128(lo, hi));
+    *rsum = gf_reduce(_mm_xor_si128(lo, _mm_slli_si128(mid, 8)), _mm_xor_si128(hi, _mm_srli_si128(mid, 8)));
     *xsum = xs;
 }
 
