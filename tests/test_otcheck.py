@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from gcpair import LocalCot
 
 from bunet.gc import otcheck
-from bunet.gc.engine import aes_key_schedules, ffi, lib
-from bunet.gc.ot import local_trees
 
 POLY = (1 << 128) | 0x87
 
@@ -33,24 +32,6 @@ def _chis(seed: bytes, m: int) -> list[int]:
     return [int.from_bytes(out[16 * i : 16 * i + 16], "little") for i in range(m)]
 
 
-def _extend(k: int, m: int, rng: np.random.Generator):
-    """(delta, choice, correction, t rows, q rows) of m honest correlated OTs."""
-    delta, leaves_c, leaves_g = local_trees(k, seed=k)
-    sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
-    choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
-    cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
-    t = np.empty(16 * m, dtype=np.uint8)
-    q = np.empty(16 * m, dtype=np.uint8)
-    u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
-    lib.bn_cot_recv(sc, k, 0, m, u8(choice), u8(cm), u8(t))
-
-    def send(correction: np.ndarray) -> np.ndarray:
-        lib.bn_cot_send(sg, k, delta, 0, m, u8(correction), u8(q))
-        return q.copy()
-
-    return delta, choice, cm, t, send
-
-
 def test_proof_matches_gf128_reference():
     rng = np.random.default_rng(1)
     m, seed = 200, rng.bytes(16)
@@ -67,13 +48,13 @@ def test_proof_matches_gf128_reference():
 
 @pytest.mark.parametrize("k", [1, 4])
 def test_honest_receiver_passes(k):
-    rng = np.random.default_rng(k)
-    m = 1024 + otcheck.PAD_ROWS
-    delta, choice, cm, t, send = _extend(k, m, rng)
-    q = send(cm)
-    seed = otcheck.challenge(b"sid", cm)
-    assert otcheck.verify(q, delta, seed, otcheck.prove(t, choice, seed))
-    assert not otcheck.verify(q, delta, otcheck.challenge(b"other", cm), otcheck.prove(t, choice, seed))
+    cot = LocalCot(k, 1024 + otcheck.PAD_ROWS, seed=k)
+    cot.recv()
+    q = cot.send()
+    seed = otcheck.challenge(b"sid", cot.cm)
+    assert otcheck.verify(q, cot.delta, seed, otcheck.prove(cot.t, cot.choice, seed))
+    other = otcheck.challenge(b"other", cot.cm)
+    assert not otcheck.verify(q, cot.delta, other, otcheck.prove(cot.t, cot.choice, seed))
 
 
 @pytest.mark.parametrize("k", [1, 4])
@@ -81,8 +62,9 @@ def test_cheating_receiver_is_caught(k):
     """Corrections inconsistent in a column (the attack that probes Δ's bits), and proofs that
     lie about the choices, fail the check."""
     rng = np.random.default_rng(10 + k)
-    m = 1024 + otcheck.PAD_ROWS
-    delta, choice, cm, t, send = _extend(k, m, rng)
+    cot = LocalCot(k, 1024 + otcheck.PAD_ROWS, seed=10 + k)
+    cot.recv()
+    delta, choice, cm, t, send = cot.delta, cot.choice, cot.cm, cot.t, lambda c: cot.send(c).copy()
     caught = 0
     for _ in range(24):
         bad = cm.copy()
