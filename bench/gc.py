@@ -42,7 +42,7 @@ from bunet.gc import circuits as gcc  # noqa: E402
 from bunet.gc.engine import ffi, lib  # noqa: E402
 from bunet.protocol import gc_pipeline  # noqa: E402
 from bunet.protocol.session import GC_WINDOW  # noqa: E402
-from tests.gcpair import RunStats, two_party  # noqa: E402
+from tests.gcpair import LocalCot, RunStats, two_party  # noqa: E402
 
 
 def _best(fn, reps: int) -> float:
@@ -120,27 +120,33 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
 
 
 def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
-    """Correlated OT extension (SoftSpoken with k bits per block; k = 1 is IKNP), in memory."""
-    from bunet.gc.engine import aes_key_schedules
-    from bunet.gc.ot import local_trees
+    """Correlated OT extension (SoftSpoken with k bits per block; k = 1 is IKNP), in memory, and the
+    consistency check of a malicious receiver (``bunet.gc.otcheck``) over the same rows."""
+    from bunet.gc import otcheck
 
-    rng = np.random.default_rng(1)
-    delta, leaves_c, leaves_g = local_trees(k, seed=1)
-
-    sc, sg = (aes_key_schedules([leaf for t in tree for leaf in t]) for tree in (leaves_c, leaves_g))
-    choice = rng.integers(0, 256, size=m // 8, dtype=np.uint8)
-    cm = np.empty((128 // k) * m // 8, dtype=np.uint8)
-    t = np.empty(16 * m, dtype=np.uint8)
-    q = np.empty(16 * m, dtype=np.uint8)
-    u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
-    tr = _best(lambda: lib.bn_cot_recv(sc, k, 0, m, u8(choice), u8(cm), u8(t)), reps)
-    ts = _best(lambda: lib.bn_cot_send(sg, k, delta, 0, m, u8(cm), u8(q)), reps)
+    cot = LocalCot(k, m)
+    tr = _best(cot.recv, reps)
+    ts = _best(cot.send, reps)
+    seed = otcheck.challenge(b"bench", cot.cm)
+    proof = otcheck.prove(cot.t, cot.choice, seed)
+    if not otcheck.verify(cot.q, cot.delta, seed, proof):
+        raise RuntimeError("an honest OT consistency proof was refused")
+    tc = _best(lambda: otcheck.challenge(b"bench", cot.cm), reps)
+    tp = _best(lambda: otcheck.prove(cot.t, cot.choice, seed), reps)
+    tv = _best(lambda: otcheck.verify(cot.q, cot.delta, seed, proof), reps)
     return {
         "ot_per_s": m / max(tr, ts),
         "ot_recv_per_s": m / tr,
         "ot_send_per_s": m / ts,
         "ot_bytes_per_cot": 16 / k,
         "ot_softspoken_k": k,
+        "ot_check_ns_per_ot": {
+            "extension_recv": round(tr * 1e9 / m, 2),
+            "extension_send": round(ts * 1e9 / m, 2),
+            "challenge_hash": round(tc * 1e9 / m, 2),
+            "prove": round(tp * 1e9 / m, 2),
+            "verify": round(tv * 1e9 / m, 2),
+        },
     }
 
 

@@ -111,6 +111,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="client private key (PEM) for mutual TLS")
     p.add_argument("--token", help="access token (prefer --token-file or BUNET_TOKEN)")
     p.add_argument("--token-file", help="file holding the access token")
+    p.add_argument("--insecure", action="store_true", help="allow sending the token without TLS (trusted networks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--ot", choices=OT_CHOICES, help="correlated OT of the garbled circuits (default: silent if offered)"
@@ -173,6 +174,7 @@ def _segment(args: argparse.Namespace) -> int:
             model=args.model,
             status=status,
             ot=args.ot,
+            insecure=args.insecure,
         ) as client:
 
             def progress(done: int, total: int) -> None:
@@ -223,6 +225,7 @@ def server_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", help="server private key (PEM)")
     ap.add_argument("--client-ca", help="require client certificates signed by this CA (mutual TLS)")
     ap.add_argument("--token-file", help="file with the bearer token clients must present (or BUNET_TOKEN)")
+    ap.add_argument("--insecure", action="store_true", help="accept a token without TLS (trusted networks only)")
     ap.add_argument(
         "--max-sessions",
         type=int,
@@ -310,6 +313,7 @@ def server_main(argv: list[str] | None = None) -> int:
             deadline_s_per_mpixel=args.deadline_per_mpixel,
             allow_plain_eval=args.allow_plain_eval,
             ots=ots,
+            insecure=args.insecure,
         ).start()
     except (ModelError, ValueError, OSError, RuntimeError) as e:
         return _fail(str(e))
@@ -358,12 +362,18 @@ def model_main(argv: list[str] | None = None) -> int:
     conv.add_argument("--frac-bits", type=int, default=8)
     conv.add_argument("--weight-frac-bits", type=int, default=8)
     conv.add_argument("--planes", default="xy")
+    conv.add_argument("--public-fields", default="", help="comma-separated metadata keys clients may see")
+    pub = sub.add_parser("set-public", help="choose the metadata keys clients may see (all others stay on the server)")
+    pub.add_argument("model")
+    pub.add_argument("fields", help="comma-separated metadata keys; '' publishes none")
     args = ap.parse_args(argv)
     from .model.graph import ModelError
 
     try:
         if args.cmd == "info":
             return _model_info(args)
+        if args.cmd == "set-public":
+            return _model_set_public(args)
         return _model_import(args)
     except (ModelError, ValueError, OSError) as e:
         return _fail(str(e))
@@ -409,9 +419,27 @@ def _model_info(args: argparse.Namespace) -> int:
             c, hh, ww = shapes[n.name]
             print(f"  {n.name:<18} {n.op:<15} <- {', '.join(n.inputs) or '-':<22} -> {c}x{hh}x{ww}{extra}")
     if m.metadata:
-        print("metadata:")
+        print("metadata:     (* = public: sent to clients)")
         for k, v in m.metadata.items():
-            print(f"  {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+            print(f" {'*' if k in m.public_fields else ' '}{k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    return 0
+
+
+def _fields(text: str) -> list[str]:
+    return list(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+
+
+def _model_set_public(args: argparse.Namespace) -> int:
+    from .model.format import Model
+
+    m = Model.load(args.model)
+    fields = _fields(args.fields)
+    missing = [f for f in fields if f not in m.metadata]
+    if missing:
+        return _fail(f"no metadata field {', '.join(missing)} in {args.model} (it has: {', '.join(m.metadata)})")
+    m.public_fields = fields
+    m.save(args.model)
+    print(f"public metadata of {args.model}: {', '.join(fields) or 'none'}")
     return 0
 
 
@@ -428,6 +456,7 @@ def _model_import(args: argparse.Namespace) -> int:
         quantization=Quantization(args.ring_bits, args.frac_bits, args.weight_frac_bits),
         preprocessing=Preprocessing(input_size=tuple(args.input_size)),
     )
+    m.public_fields = [f for f in _fields(args.public_fields) if f in m.metadata]
     m.save(args.output)
     print(f"wrote {args.output} ({m.parameter_count():,} parameters)")
     return 0

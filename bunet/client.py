@@ -124,7 +124,13 @@ class Client:
         status: Callable[[str], None] | None = None,
         allow_plain_eval: bool = False,
         ot: str | None = None,
+        insecure: bool = False,
     ) -> None:
+        if address is not None and token and not (tls or ca or cert) and not insecure:
+            raise ClientError(
+                "refusing to send the access token over plaintext gRPC: use TLS (--tls or --ca), "
+                "or --insecure on a trusted network"
+            )
         self._embedded = None
         self.status = status  # told about waits: the server's queue, retries
         self.client_id = secrets.token_hex(8)  # groups this client's parallel streams at the server

@@ -327,6 +327,7 @@ def run(args: argparse.Namespace, token: str | None) -> int:
             key=args.key,
             model=args.model,
             allow_plain_eval=args.server is None,
+            insecure=getattr(args, "insecure", False),
         ) as client:
             study = Study(client, plain=not args.secure_only)
             if args.secure_only:

@@ -76,7 +76,13 @@ class Server:
         max_streams_per_client: int = 4,
         allow_plain_eval: bool = False,
         ots: tuple[str, ...] | None = None,
+        insecure: bool = False,
     ) -> None:
+        if token and not tls_cert and not insecure:
+            raise ValueError(
+                "a token over plaintext gRPC can be read on the wire: give --tls-cert/--tls-key, "
+                "or --insecure on a trusted network"
+            )
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)

@@ -2,7 +2,8 @@
  *
  * - AES-NI hash H_j(x, t) = pi_j(sigma(x) ^ t) ^ sigma(x), sigma(xl, xh) = (xh, xl ^ xh)
  *   (tweakable MMO with an orthomorphism, Guo-Katz-Wang-Yu), t unique per gate and instance in
- *   the session; pi_j is AES under a per-gate, per-chunk key derived from the public session key
+ *   the session; pi_j is AES under a per-gate, per-chunk key (look-up, post-message and setup rows: per
+ *   group of 2^16 tweaks) derived from the session key both parties' fresh nonces determine
  *   (multi-instance security in the style of emp's MITCCRH). 256-bit VAES when the CPU has it.
  * - AES-CTR PRG seeded from getrandom() (Delta, and the garbler's random control bits).
  * - free-XOR with three-halves AND gates (Rosulek-Roy 2021: 1.5 labels + 5 bits each, see th_rmul) and
@@ -185,11 +186,73 @@ int bn_have_vaes(void) {
     return have_vaes;
 }
 
+/* Per-gate keys (multi-instance security, as emp's MITCCRH): every hashing gate, on every chunk
+ * of <= NB instances, hashes under its own AES key k_j = expand(pi(j)), j = the gate's first
+ * tweak on that chunk (unique in the session); the instance tweak still separates the hashes
+ * under one key. So no fixed key ever sees more than a few hundred hash inputs. */
+static inline void keyexp_block(block key, aeskey *out) {
+    block *rk = out->k;
+    rk[0] = key;
+#define EXP(i, rc) rk[i] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i - 1], rc))
+    EXP(1, 0x01); EXP(2, 0x02); EXP(3, 0x04); EXP(4, 0x08); EXP(5, 0x10);
+    EXP(6, 0x20); EXP(7, 0x40); EXP(8, 0x80); EXP(9, 0x1b); EXP(10, 0x36);
+#undef EXP
+}
+
+typedef struct {
+    aeskey master, k;
+    uint64_t last;
+    int valid;
+} keyctx;
+
+static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
+    if (!kc->valid || kc->last != j) {
+        block x = _mm_set_epi64x(0x4b45590000000000LL, (long long)j);
+        aes1(&kc->master, &x);
+        keyexp_block(x, &kc->k);
+        kc->last = j;
+        kc->valid = 1;
+    }
+    return &kc->k;
+}
+
+/* Row keys: the look-up, post-message and setup hashes (one per OT row, millions a session) are
+ * re-keyed like the gates: tweak t of domain dom hashes under k = expand(AES_master(dom | "KEY", t >> 16)),
+ * so no key sees more than 2^16 tweaks (2^17 inputs: q and q ^ Delta'). Smaller groups would re-key every
+ * few post-message hashes (their tweaks step by the table's rows). The key depends on the tweak only,
+ * never on how the rows are batched, so both parties derive the same keys. */
+#define ROW_KEY_SHIFT 16
+static inline const aeskey *row_key(keyctx *kc, uint64_t dom, uint64_t g) {
+    if (!kc->valid || kc->last != g) {
+        block x = _mm_set_epi64x((long long)(dom | 0x4b4559ULL), (long long)g);
+        aes1(&kc->master, &x);
+        keyexp_block(x, &kc->k);
+        kc->last = g;
+        kc->valid = 1;
+    }
+    return &kc->k;
+}
+
+/* hash_batch under the row keys of master: runs of items whose tweaks share a key group */
+static void hash_rows(const aeskey *master, const block *in, block *out, size_t cnt, uint64_t tw0,
+                      uint64_t twstep, uint64_t dom) {
+    keyctx kc;
+    kc.master = *master;
+    kc.valid = 0;
+    for (size_t i = 0; i < cnt;) {
+        const uint64_t t = tw0 + i * twstep, g = t >> ROW_KEY_SHIFT, left = ((g + 1) << ROW_KEY_SHIFT) - t;
+        size_t run = twstep ? (size_t)((left + twstep - 1) / twstep) : cnt - i;
+        if (run > cnt - i || run == 0) run = cnt - i;
+        hash_batch(row_key(&kc, dom, g), in + i, out + i, run, t, twstep, dom);
+        i += run;
+    }
+}
+
 void bn_hash_batch(const uint8_t *rk, const uint8_t *in, uint8_t *out, size_t cnt, uint64_t tw0,
                    uint64_t twstep, uint64_t dom) {
     aeskey K;
     load_key(&K, rk);
-    hash_batch(&K, (const block *)in, (block *)out, cnt, tw0, twstep, dom);
+    hash_rows(&K, (const block *)in, (block *)out, cnt, tw0, twstep, dom);
 }
 
 /* AES-CTR PRG under a fresh getrandom() key (each prg_init is a fresh PRG). */
@@ -672,6 +735,73 @@ void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64
     sst_q_rows(leaves, k, delta, cm, blk_off, 0, m, q_rows);
 }
 
+/* ---------------------------------------------------------------- OT consistency check
+ * The KOS check as SoftSpoken (Roy, CRYPTO 2022) uses it for a malicious receiver: with challenges
+ * chi_i = AES_seed(i) in GF(2^128) (x^128 + x^7 + x^2 + x + 1), the receiver sends x~ = sum x_i chi_i and
+ * t~ = sum chi_i t_i; the sender accepts iff sum chi_i q_i = t~ ^ x~ Delta. Products are summed
+ * unreduced (XOR is linear) and reduced once. The caller pads the rows with >= 128 + 40 random choices
+ * so that x~ is uniform (bunet/gc/otcheck.py). */
+static inline void gf_mul_acc(block a, block b, block *lo, block *hi) {
+    const block mid = _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x10), _mm_clmulepi64_si128(a, b, 0x01));
+    *lo = _mm_xor_si128(*lo, _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x00), _mm_slli_si128(mid, 8)));
+    *hi = _mm_xor_si128(*hi, _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x11), _mm_srli_si128(mid, 8)));
+}
+
+/* lo + x^128 hi mod x^128 + x^7 + x^2 + x + 1 (x^128 = 0x87) */
+static inline block gf_reduce(block lo, block hi) {
+    const block P = _mm_set_epi64x(0, 0x87);
+    const block a = _mm_clmulepi64_si128(hi, P, 0x00), b = _mm_clmulepi64_si128(hi, P, 0x01);
+    const block c = _mm_clmulepi64_si128(b, P, 0x01); /* b's bits beyond 2^64, shifted past x^128 */
+    return _mm_xor_si128(_mm_xor_si128(lo, a), _mm_xor_si128(_mm_slli_si128(b, 8), c));
+}
+
+/* sum chi_i rows_i (reduced), and, with choice, sum choice_i chi_i (constant time: masks). Karatsuba with
+ * the three partial products summed separately over all rows and combined once (all steps are linear). */
+static void ot_check_sums(const uint8_t *rows, const uint8_t *choice, uint64_t m, const uint8_t *seed,
+                          block *rsum, block *xsum) {
+    uint8_t rk[176];
+    bn_aes_keysched(seed, rk);
+    aeskey K;
+    load_key(&K, rk);
+    block lo = _mm_setzero_si128(), hi = lo, mid = lo, xs = lo, chi[8];
+    for (uint64_t i0 = 0; i0 < m; i0 += 8) {
+        const uint64_t cnt = m - i0 < 8 ? m - i0 : 8;
+        for (int j = 0; j < 8; j++) chi[j] = _mm_set_epi64x(0x4348490000000000LL, (long long)(i0 + j)); /* "CHI" */
+        aes8(&K, chi);
+        const uint64_t bits = choice ? choice[i0 / 8] : 0; /* i0 % 8 == 0 */
+        for (uint64_t j = 0; j < cnt; j++) {
+            const block a = chi[j], b = _mm_loadu_si128((const block *)(rows + 16 * (i0 + j)));
+            lo = _mm_xor_si128(lo, _mm_clmulepi64_si128(a, b, 0x00));
+            hi = _mm_xor_si128(hi, _mm_clmulepi64_si128(a, b, 0x11));
+            mid = _mm_xor_si128(mid, _mm_clmulepi64_si128(_mm_xor_si128(a, _mm_shuffle_epi32(a, 0x4e)),
+                                                          _mm_xor_si128(b, _mm_shuffle_epi32(b, 0x4e)), 0x00));
+            xs = _mm_xor_si128(xs, _mm_and_si128(a, _mm_set1_epi64x(-(long long)((bits >> j) & 1))));
+        }
+    }
+    mid = _mm_xor_si128(mid, _mm_xor_si128(lo, hi));
+    *rsum = gf_reduce(_mm_xor_si128(lo, _mm_slli_si128(mid, 8)), _mm_xor_si128(hi, _mm_srli_si128(mid, 8)));
+    *xsum = xs;
+}
+
+/* receiver: proof = (x~, t~) over its t rows and choice bits */
+void bn_ot_check_prove(const uint8_t *t_rows, const uint8_t *choice, uint64_t m, const uint8_t *seed,
+                       uint8_t *proof) {
+    block t, x;
+    ot_check_sums(t_rows, choice, m, seed, &t, &x);
+    _mm_storeu_si128((block *)proof, x);
+    _mm_storeu_si128((block *)(proof + 16), t);
+}
+
+/* sender: 1 if sum chi_i q_i == t~ ^ x~ Delta */
+int bn_ot_check_verify(const uint8_t *q_rows, const uint8_t *delta, uint64_t m, const uint8_t *seed,
+                       const uint8_t *proof) {
+    block q, unused, lo = _mm_setzero_si128(), hi = lo;
+    ot_check_sums(q_rows, NULL, m, seed, &q, &unused);
+    gf_mul_acc(_mm_loadu_si128((const block *)proof), _mm_loadu_si128((const block *)delta), &lo, &hi);
+    const block want = _mm_xor_si128(gf_reduce(lo, hi), _mm_loadu_si128((const block *)(proof + 16)));
+    return _mm_test_all_zeros(_mm_xor_si128(q, want), _mm_set1_epi8(-1));
+}
+
 /* ---------------------------------------------------------------- look-up tables
  * A function of the server's d bits x (d <= 8) and the client's d bits a, w bits per entry (w = 1:
  * the carry out, "generate"; w = 2: generate and "propagate"), as a 1-of-2^d OT built from d random
@@ -765,7 +895,7 @@ static void lut_hash_rows(const aeskey *K, const block *rows, const block *D, ui
         for (uint64_t r = 0; r < cnt; r++) tmp[r] = _mm_xor_si128(_mm_loadu_si128(rows + r), *D);
         in = tmp;
     }
-    for (uint32_t h = 0; h < nblk; h++) hash_batch(K, in, H[h], cnt, 2 * grow0 + h, 2, LUT_DOM);
+    for (uint32_t h = 0; h < nblk; h++) hash_rows(K, in, H[h], cnt, 2 * grow0 + h, 2, LUT_DOM);
 }
 
 /* every (d, w) a table can have: the kernels below are instantiated with them as constants */
@@ -1099,35 +1229,6 @@ static inline block th_rmul(block A, block B, block mP, block m0, block m1) {
 /* e(.): the control-bit mask of a hash, its top bit */
 static inline uint64_t th_e(block h) { return (uint64_t)_mm_movemask_pd(_mm_castsi128_pd(h)) >> 1; }
 
-/* Per-gate keys (multi-instance security, as emp's MITCCRH): every hashing gate, on every chunk
- * of <= NB instances, hashes under its own AES key k_j = expand(pi(j)), j = the gate's first
- * tweak on that chunk (unique in the session); the instance tweak still separates the hashes
- * under one key. So no fixed key ever sees more than a few hundred hash inputs. */
-static inline void keyexp_block(block key, aeskey *out) {
-    block *rk = out->k;
-    rk[0] = key;
-#define EXP(i, rc) rk[i] = expand_step(rk[i - 1], _mm_aeskeygenassist_si128(rk[i - 1], rc))
-    EXP(1, 0x01); EXP(2, 0x02); EXP(3, 0x04); EXP(4, 0x08); EXP(5, 0x10);
-    EXP(6, 0x20); EXP(7, 0x40); EXP(8, 0x80); EXP(9, 0x1b); EXP(10, 0x36);
-#undef EXP
-}
-
-typedef struct {
-    aeskey master, k;
-    uint64_t last;
-    int valid;
-} keyctx;
-
-static inline const aeskey *gate_key(keyctx *kc, uint64_t j) {
-    if (!kc->valid || kc->last != j) {
-        block x = _mm_set_epi64x(0x4b45590000000000LL, (long long)j);
-        aes1(&kc->master, &x);
-        keyexp_block(x, &kc->k);
-        kc->last = j;
-        kc->valid = 1;
-    }
-    return &kc->k;
-}
 
 /* Run the circuit over n instances.
  * Input labels come straight from IKNP, chunk by chunk (no label matrix in memory):

@@ -15,6 +15,10 @@ void bn_cot_recv(const uint8_t *leaves, uint32_t k, uint64_t blk_off, uint64_t m
                  uint8_t *cm, uint8_t *t_rows);
 void bn_cot_send(const uint8_t *leaves, uint32_t k, const uint8_t *delta, uint64_t blk_off, uint64_t m,
                  const uint8_t *cm, uint8_t *q_rows);
+void bn_ot_check_prove(const uint8_t *t_rows, const uint8_t *choice, uint64_t m, const uint8_t *seed,
+                       uint8_t *proof);
+int bn_ot_check_verify(const uint8_t *q_rows, const uint8_t *delta, uint64_t m, const uint8_t *seed,
+                       const uint8_t *proof);
 int bn_luts_send(uint64_t n, uint32_t ntab, const uint32_t *tabs, uint64_t stride, const uint8_t *q_rows,
                  const uint8_t *delta, const uint8_t *rk, uint64_t row0, const uint64_t *a, const uint64_t *rho,
                  uint8_t *tables);

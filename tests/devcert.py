@@ -7,6 +7,7 @@ Needs ``cryptography`` (the ``dev`` extra).
 from __future__ import annotations
 
 import datetime
+import os
 from pathlib import Path
 
 
@@ -35,7 +36,13 @@ def self_signed(directory: Path) -> tuple[str, str]:
     )
     c, k = Path(directory) / "cert.pem", Path(directory) / "key.pem"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    # the private key is created owner-only (0600) before a byte of it is written
+    fd = os.open(k, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode under O_CREAT
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     return str(c), str(k)

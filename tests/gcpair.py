@@ -157,3 +157,39 @@ def two_party(
         dt, ch.traffic.sent, ch.traffic.received, ch.by_part, {"client_cpu_s": cpu, "server_cpu_s": server_cpu}
     )
     return np.concatenate(outs), out_s, stats
+
+
+@dataclass
+class LocalCot:
+    """m correlated OTs with both parties in memory (base OTs done locally, never for a session):
+    ``recv()`` fills the correction ``cm`` and the receiver's rows ``t`` from ``choice``;
+    ``send(cm)`` returns the sender's rows q, with q_i = t_i ^ choice_i * delta for an honest cm."""
+
+    k: int
+    m: int
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        from bunet.gc.engine import aes_key_schedules
+        from bunet.gc.ot import local_trees
+
+        self.delta, leaves_c, leaves_g = local_trees(self.k, seed=self.seed)
+        self._sc, self._sg = (aes_key_schedules([x for t in tree for x in t]) for tree in (leaves_c, leaves_g))
+        rng = np.random.default_rng(self.seed)
+        self.choice = rng.integers(0, 256, size=self.m // 8, dtype=np.uint8)
+        self.cm = np.empty((128 // self.k) * self.m // 8, dtype=np.uint8)
+        self.t = np.empty(16 * self.m, dtype=np.uint8)
+        self.q = np.empty(16 * self.m, dtype=np.uint8)
+
+    def recv(self) -> None:
+        from bunet.gc.engine import ffi, lib
+
+        u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+        lib.bn_cot_recv(self._sc, self.k, 0, self.m, u8(self.choice), u8(self.cm), u8(self.t))
+
+    def send(self, cm: np.ndarray | None = None) -> np.ndarray:
+        from bunet.gc.engine import ffi, lib
+
+        u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+        lib.bn_cot_send(self._sg, self.k, self.delta, 0, self.m, u8(self.cm if cm is None else cm), u8(self.q))
+        return self.q

@@ -189,3 +189,32 @@ def test_decryption_product_is_exact(ring_bits: int) -> None:
         neg = full[:n].copy()
         neg[: n - 1] -= full[n:]
         assert np.array_equal(got[row], neg.view(np.uint64) & np.uint64((1 << m) - 1))
+
+
+@pytest.mark.parametrize("residue", [0x7FFFFF, 0x800000, 0x200000])
+def test_hostile_residues_are_refused(params: HEParams, client: ClientHE, residue: int) -> None:
+    """A client's public key residue at or beyond half its modulus, or an upload residue at or beyond
+    its modulus, is refused before the server computes on it (the last 3 bytes of the public key are
+    a centred residue; the upload's last 22 bits are its last residue, unsigned: all ones >= p)."""
+    hostile = residue.to_bytes(3, "little")
+    pk = bytes(client.public_key())
+    with pytest.raises(ValueError, match="out of range"):
+        ServerHE(HEParams.from_bytes(params.to_bytes()), pk[:-3] + hostile)
+    srv = _server_from_blobs(params, client)
+    layer = srv.prepare(ConvSpec(), np.ones((2, 2, 3, 3), dtype=np.int64), None, (2, 8, 8))
+    up = bytes(client.encrypt(layer.spec, ring.random((1, 2, 8, 8), L)))
+    with pytest.raises(ValueError, match="out of range"):
+        srv.apply(layer, up[:-3] + b"\xff\xff\xff", ring.random((1, 2, 8, 8), L))
+
+
+def test_hostile_batch_count_is_refused(params: HEParams, client: ClientHE) -> None:
+    import struct
+
+    srv = _server_from_blobs(params, client)
+    layer = srv.prepare(ConvSpec(), np.ones((2, 2, 3, 3), dtype=np.int64), None, (2, 8, 8))
+    up = bytearray(client.encrypt(layer.spec, ring.random((1, 2, 8, 8), L)))
+    at = up.index(struct.pack("<II", 1, layer.plan.n_in_cts(1)))
+    for batch, count in ((0, 0), (2**32 - 1, 2**32 - 1), (2, layer.plan.n_in_cts(1))):
+        up[at : at + 8] = struct.pack("<II", batch, count)
+        with pytest.raises(ValueError):
+            srv.apply(layer, bytes(up), ring.random((1, 2, 8, 8), L))

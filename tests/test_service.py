@@ -293,7 +293,7 @@ def test_tls_and_token(model, tmp_path):
         with pytest.raises(ClientError, match="token"):
             Client(srv.address, ca=cert)
         with pytest.raises(ClientError, match="reach|TLS"):
-            Client(srv.address, token="s3cret")  # plaintext client against a TLS server
+            Client(srv.address, token="s3cret", insecure=True)  # plaintext client against a TLS server
 
 
 def test_error_cases(server, tmp_path):

@@ -99,6 +99,8 @@ class Model:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     description: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # metadata keys the vendor publishes to clients; every other key stays on the server
+    public_fields: list[str] = field(default_factory=list)
 
     # -- access ------------------------------------------------------------------------
     @property
@@ -142,7 +144,16 @@ class Model:
             "quantization": asdict(self.quantization),
             "preprocessing": {**asdict(self.preprocessing), "input_size": list(self.preprocessing.input_size)},
             "metadata": self.metadata,
+            "public_fields": list(self.public_fields),
         }
+
+    def public_header(self) -> dict[str, Any]:
+        """What a client may see: architecture, quantization, preprocessing, weight shapes and the
+        metadata fields in ``public_fields``. Free-form metadata (training command, seed, scores)
+        can carry information about the weights, so it is published only when the vendor says so."""
+        h = self.header()
+        h["metadata"] = {k: self.metadata[k] for k in self.public_fields if k in self.metadata}
+        return h
 
     def weight_shapes(self) -> dict[str, dict[str, list[int]]]:
         """Shapes of the linear layers' weights per network: public architecture, no values."""
@@ -197,6 +208,7 @@ class Model:
                 preprocessing=Preprocessing(**pp),
                 description=str(header.get("description", "")),
                 metadata=dict(header.get("metadata", {})),
+                public_fields=[str(k) for k in header.get("public_fields", [])],
             )
             if weights is None:  # a client's view: keep the public shapes
                 m._shapes = {

@@ -51,7 +51,8 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 
 
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
-# Raise it with every change to what goes on the wire, so a mismatch is a clear error, not a stall.
+# Raise it with every change to what goes on the wire or how either side computes it (keys, hashes),
+# so a mismatch is a clear error, not a stall or a wrong mask.
 PROTOCOL_VERSION = 6
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
@@ -202,9 +203,17 @@ class _ClientBackend:
     """The client's side of each step of one job."""
 
     def __init__(
-        self, cli: ClientProtocol, chan: Channel, x: np.ndarray, frac_bits: int, ring_bits: int, ev: gc.Evaluator
+        self,
+        cli: ClientProtocol,
+        chan: Channel,
+        hec: he.ClientHE,
+        x: np.ndarray,
+        frac_bits: int,
+        ring_bits: int,
+        ev: gc.Evaluator,
     ) -> None:
-        self.cli, self.chan, self.x, self.frac_bits, self.ring_bits, self.ev = cli, chan, x, frac_bits, ring_bits, ev
+        self.cli, self.chan, self.hec, self.x, self.ev = cli, chan, hec, x, ev
+        self.frac_bits, self.ring_bits = frac_bits, ring_bits
         self.window = cli.gc_window
 
     def input(self, step: Input, shape: Shape) -> np.ndarray:
@@ -212,8 +221,8 @@ class _ClientBackend:
 
     def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray:
         spec = layer_spec(step, in_shape)
-        self.chan.send(f"he:{step.out}", self.cli.he.encrypt(spec, x))
-        return self.cli.he.decrypt(spec, self.chan.recv(f"he:{step.out}"))
+        self.chan.send(f"he:{step.out}", self.hec.encrypt(spec, x))
+        return self.hec.decrypt(spec, self.chan.recv(f"he:{step.out}"))
 
     def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray | None:
         def run(op: Any, sub: str, r: np.ndarray) -> np.ndarray:
@@ -241,10 +250,10 @@ class ServerProtocol:
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="garble")  # shared by all jobs
 
     def describe(self) -> dict[str, Any]:
-        """Public description: the model header (no weights), the HE parameters and the
+        """Public description: the model's public header (no weights), the HE parameters and the
         correlated-OT backends a job may ask for."""
         return {
-            "model": self.model.header(),
+            "model": self.model.public_header(),
             "he_params": self.he_params.to_bytes().hex(),
             "gc_ots": list(self.gc_ots),
         }
@@ -394,8 +403,6 @@ class ClientProtocol:
         }
         self.he_params = he.HEParams.from_bytes(bytes.fromhex(description["he_params"]))
         self.he_params.validate()
-        self.he = he.ClientHE(self.he_params)  # generates the secret key; it never leaves this object
-        self.public_key = self.he.public_key()
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="evaluate")  # shared by all jobs
         self.gc_window = GC_WINDOW  # announced in each job's spec; the server follows it
         offered = description.get("gc_ots", [gc.DEFAULT_OT])
@@ -415,10 +422,10 @@ class ClientProtocol:
         t = Timings()
         chan.send("job", JobSpec(network, B, H, W, self.gc_window, gc_ot=self.gc_ot).to_bytes())
         t0 = time.perf_counter()
-        chan.send("he_pk", self.public_key)
-        backend = _ClientBackend(
-            self, chan, x, plan.frac_bits, plan.ring_bits, gc_pipeline.open_evaluator(chan, ot=self.gc_ot)
-        )
+        hec = he.ClientHE(self.he_params)  # a key pair per job: jobs are unlinkable by key; the secret stays here
+        chan.send("he_pk", hec.public_key())
+        ev = gc_pipeline.open_evaluator(chan, ot=self.gc_ot)
+        backend = _ClientBackend(self, chan, hec, x, plan.frac_bits, plan.ring_bits, ev)
         t.add("gc", t0)
         out = execute(plan, backend, H, W, on_step=_on_step(t, progress))
         chan.recv("done")
