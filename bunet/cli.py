@@ -231,6 +231,7 @@ class _ProgressBar:
         self.quiet = quiet
         self.bar = None
         self.desc = "secure inference"
+        self.waiting = False  # the description shows a wait, not self.desc
 
     def open(self, desc: str) -> Callable[[int, int], None] | None:
         self.close()
@@ -245,15 +246,17 @@ class _ProgressBar:
         return self.progress
 
     def status(self, text: str) -> None:
-        if self.bar is not None:
+        if self.bar is not None and not self.bar.disable:
             self.bar.set_description_str(text)
-        else:
+            self.waiting = True
+        else:  # quiet, or stderr is not a terminal: a line per wait
             print(f"bunet-client: {text}", file=sys.stderr)
 
     def progress(self, done: int, total: int) -> None:
         if self.bar is not None:
-            if done and self.bar.desc != self.desc:
+            if done and self.waiting:
                 self.bar.set_description_str(self.desc)
+                self.waiting = False
             self.bar.total = total
             self.bar.n = done
             self.bar.refresh()

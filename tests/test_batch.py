@@ -191,8 +191,7 @@ def test_cli_dicom_seg_needs_dicom(tmp_path, tiny_model):
         "-o",
         str(tmp_path / "res"),
         "--report",
-        "--quiet",
-    )  # -o without a NIfTI suffix: a folder
+    )  # -o without a NIfTI suffix: a folder; no --quiet: the progress bar is off when stderr is a pipe
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["a_mask.nii.gz", "a_report.json"]
     r = _cli("segment", str(tmp_path / "a.nii.gz"), "--model", str(tiny_model), "--dicom-seg", "--quiet")
