@@ -217,3 +217,35 @@ def test_lungs_first_equals_masking_afterwards(tmp_path):
     np.testing.assert_array_equal(part.labels[roi], full.labels[roi])
     assert not part.per_plane["xy"][:, :, 0].any()
     assert (full.labels[roi] > 0).any() and (full.labels[roi] == 0).any()  # the comparison can fail
+
+
+def test_folder_of_cases_over_two_servers(tmp_path, tiny_model):
+    """The cases' jobs go through main's multi-server client: with one server gone after the first
+    case, the next case moves to the other; the masks equal those of a run on one embedded server."""
+    from bunet.client import Client
+    from bunet.server import Server
+
+    src = tmp_path / "cases"
+    src.mkdir()
+    _phantom(src / "a.nii.gz")
+    _phantom(src / "b.nii.gz", seed=3)
+    found = batch.discover([str(src)])
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir()
+    said: list[str] = []
+    with (
+        Server(tiny_model) as s1,
+        Server(tiny_model) as s2,
+        Client(f"{s1.address},{s2.address}", status=said.append) as c,
+    ):
+        first = batch.run_batch(found[:1], lambda: c, tmp_path / "two", [], batch.Options())
+        s2.stop(grace=0)
+        second = batch.run_batch(found[1:], lambda: c, tmp_path / "two", [], batch.Options())
+    assert [o.status for o in first + second] == ["done", "done"], [o.message for o in first + second]
+    assert any("moving the job" in m for m in said), said
+    with Client(None, model=tiny_model) as c:
+        ref = batch.run_batch(found, lambda: c, tmp_path / "one", [], batch.Options())
+    assert [o.status for o in ref] == ["done", "done"]
+    for name in ("a", "b"):
+        got, want = (np.asarray(nib.load(str(tmp_path / d / f"{name}_mask.nii.gz")).dataobj) for d in ("two", "one"))
+        np.testing.assert_array_equal(got, want)
