@@ -13,9 +13,15 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .heap import tune_malloc
+
+if TYPE_CHECKING:  # imported lazily at run time: argument errors must not wait for NumPy
+    from . import batch
+    from .client import Client
 
 # The heavy work runs in the native kernels' own threads; idle OpenBLAS worker threads would only
 # spin against them (about a fifth of a core each). Must be set before NumPy is first imported.
@@ -45,18 +51,17 @@ def _token(args: argparse.Namespace) -> str | None:
 # bunet-client
 
 
-def _default_output(scan: str) -> Path:
-    p = Path(scan)
-    stem = p.name[:-7] if p.name.endswith(".nii.gz") else p.stem
-    return p.with_name(f"{stem}_mask.nii.gz")
-
-
 def client_main(argv: list[str] | None = None) -> int:
     tune_malloc()
     ap = argparse.ArgumentParser(prog="bunet-client", description="Secure lesion segmentation of a chest CT scan.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    seg = sub.add_parser("segment", help="segment a NIfTI scan; the scan never leaves this machine in the clear")
-    seg.add_argument("scan", help="CT scan in HU, .nii or .nii.gz")
+    seg = sub.add_parser("segment", help="segment CT scans; a scan never leaves this machine in the clear")
+    seg.add_argument(
+        "scans",
+        nargs="+",
+        metavar="SCAN",
+        help="CT scan in HU: a .nii/.nii.gz file or a folder holding one DICOM series; or a folder of such cases",
+    )
     seg.add_argument(
         "--server",
         metavar="HOST:PORT[,...]",
@@ -64,7 +69,12 @@ def client_main(argv: list[str] | None = None) -> int:
         "them and move to another when one fails (default: an embedded local server with the bundled "
         "model)",
     )
-    seg.add_argument("-o", "--output", help="mask file (default: <scan>_mask.nii.gz beside the scan)")
+    seg.add_argument(
+        "-o",
+        "--output",
+        help="mask file .nii/.nii.gz (default: <scan>_mask.nii.gz beside the scan), "
+        "or a folder (each case gets <name>_mask.nii.gz there)",
+    )
     seg.add_argument("--planes", help="comma-separated planes among xy,yz,xz (default: those the model serves)")
     seg.add_argument(
         "--fusion",
@@ -72,7 +82,35 @@ def client_main(argv: list[str] | None = None) -> int:
         default="majority",
         help="how per-plane masks are combined (default: majority vote)",
     )
-    seg.add_argument("--preview", metavar="PNG", help="also write a PNG: middle slice of each plane with the mask")
+    seg.add_argument(
+        "--preview",
+        metavar="PNG",
+        nargs="?",
+        const="",
+        help="also write a PNG: per plane the slice with the most lesion, with the lung contour "
+        "(no name: <name>_preview.png)",
+    )
+    seg.add_argument(
+        "--report",
+        metavar="JSON",
+        nargs="?",
+        const="",
+        help="also write the lesion-burden report as JSON (no name: <name>_report.json)",
+    )
+    seg.add_argument(
+        "--dicom-seg",
+        metavar="DCM",
+        nargs="?",
+        const="",
+        help="for a DICOM input, also write a DICOM Segmentation referencing the series (no name: <name>_seg.dcm)",
+    )
+    seg.add_argument("--series", metavar="UID", help="the series to use when a DICOM folder holds several")
+    seg.add_argument(
+        "--no-lung-mask",
+        action="store_true",
+        help="keep lesion voxels outside the lung fields (default: only the lungs are segmented)",
+    )
+    seg.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist (default: skip them)")
     _connection_args(seg)
     ev = sub.add_parser(
         "evaluate",
@@ -143,73 +181,151 @@ def _segment(args: argparse.Namespace) -> int:
         return _fail("--model is for the embedded server; a remote server has its own model", EXIT_USAGE)
     if bool(args.cert) != bool(args.key):
         return _fail("mutual TLS needs both --cert and --key", EXIT_USAGE)
-    out = Path(args.output) if args.output else _default_output(args.scan)
+    from . import batch
+
+    found = batch.discover(args.scans)
+    wanted = [k for k in ("report", "preview", "dicom_seg") if getattr(args, k) is not None]
+    opts = batch.Options(planes, args.fusion, not args.no_lung_mask, args.series)
+    bar = _ProgressBar(args.quiet)
+    client_box: list[Client] = []
+
+    def client_for() -> Client:
+        if not client_box:
+            client_box.append(
+                Client(
+                    args.server,
+                    token=_token(args),
+                    tls=args.tls,
+                    ca=args.ca,
+                    cert=args.cert,
+                    key=args.key,
+                    model=args.model,
+                    status=bar.status,
+                    ot=args.ot,
+                    insecure=args.insecure,
+                )
+            )
+        return client_box[0]
+
+    def progress_for(case: batch.Case) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+        return bar.open(f"{case.name}: secure inference"), bar.close
+
+    errors = (ClientError, volume.ScanError, ModelError, ValueError, OSError)
     try:
-        # everything that can be checked before the job is: a failed run writes nothing
-        volume.check_output_path(out, volume.MASK_SUFFIXES, "mask file")
-        if args.preview:
-            volume.check_output_path(args.preview, (".png",), "preview")
-        scan = volume.load_scan(args.scan)  # fail fast, before any server is started
-        bar = None
-        if not args.quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=1, unit="step", desc="secure inference", file=sys.stderr, leave=False, disable=None
-            )  # None: no bar when stderr is not a terminal
-
-        def status(text: str) -> None:
-            if bar is not None:
-                bar.set_description_str(text)
-            else:
-                print(f"bunet-client: {text}", file=sys.stderr)
-
-        with Client(
-            args.server,
-            token=_token(args),
-            tls=args.tls,
-            ca=args.ca,
-            cert=args.cert,
-            key=args.key,
-            model=args.model,
-            status=status,
-            ot=args.ot,
-            insecure=args.insecure,
-        ) as client:
-
-            def progress(done: int, total: int) -> None:
-                if bar is not None:
-                    if done and bar.desc != "secure inference":
-                        bar.set_description_str("secure inference")
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
-
-            result = client.segment(scan, planes, args.fusion, progress)
-            if bar is not None:
-                bar.close()
-        _write_outputs(result, out, args.preview)
-    except (ClientError, volume.ScanError, ModelError, ValueError, OSError) as e:
+        if batch.is_batch(args.scans, found):
+            return _segment_batch(args, found, wanted, opts, client_for, progress_for, errors)
+        outputs = _single_outputs(args, found[0], wanted)
+        progress, close = progress_for(found[0])
+        try:
+            outcome = batch.run_case(found[0], client_for, outputs, opts, progress)
+        finally:
+            close()
+    except errors as e:
         return _fail(str(e))
-    lesion = int((result.labels > 0).sum())
-    print(f"mask: {out} ({lesion} lesion voxels of {result.labels.size})", file=sys.stderr)
-    for line in result.summary.lines():
+    finally:
+        for c in client_box:
+            c.close()
+    for line in outcome.lines:
         print(line, file=sys.stderr)
     return 0
 
 
-def _write_outputs(result: object, out: Path, preview: str | None) -> None:
-    """The mask, then the preview; if the preview fails, the mask goes too (all or nothing)."""
-    from . import volume
+class _ProgressBar:
+    """The progress bar of the case being segmented (a tqdm bar on a terminal, nothing when quiet);
+    the client's waits (the server's queue, retries) show as its description."""
 
-    volume.write_mask(result.labels, result.scan, out)  # type: ignore[attr-defined]
-    if preview:
-        try:
-            volume.preview(result.scan, result.labels, preview)  # type: ignore[attr-defined]
-        except BaseException:
-            out.unlink(missing_ok=True)
-            Path(preview).unlink(missing_ok=True)
-            raise
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        self.desc = "secure inference"
+        self.waiting = False  # the description shows a wait, not self.desc
+
+    def open(self, desc: str) -> Callable[[int, int], None] | None:
+        self.close()
+        self.desc = desc
+        if self.quiet:
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=1, unit="step", desc=desc, file=sys.stderr, leave=False, disable=None
+        )  # None: no bar when stderr is not a terminal
+        return self.progress
+
+    def status(self, text: str) -> None:
+        if self.bar is not None and not self.bar.disable:
+            self.bar.set_description_str(text)
+            self.waiting = True
+        else:  # quiet, or stderr is not a terminal: a line per wait
+            print(f"bunet-client: {text}", file=sys.stderr)
+
+    def progress(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            if done and self.waiting:
+                self.bar.set_description_str(self.desc)
+                self.waiting = False
+            self.bar.total = total
+            self.bar.n = done
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _single_outputs(args: argparse.Namespace, case: batch.Case, wanted: list[str]) -> dict[str, Path]:
+    """One scan: -o is the mask file, or a folder (one that exists, or a name without a suffix)
+    for it; the other outputs as named or beside the mask."""
+    from . import batch
+
+    out = Path(args.output) if args.output else None
+    if out is not None and (out.is_dir() or not out.suffix):
+        out.mkdir(parents=True, exist_ok=True)
+        outputs = batch.outputs_for(case, out, wanted)
+    else:
+        outputs = batch.outputs_for(case, None, wanted)
+        if out is not None:
+            outputs["mask"] = out
+    stem = batch.case_name(outputs["mask"]).removesuffix("_mask")
+    for k in wanted:
+        name = getattr(args, k)
+        outputs[k] = Path(name) if name else outputs["mask"].with_name(stem + batch.OUTPUTS[k])
+    return outputs
+
+
+def _segment_batch(
+    args: argparse.Namespace,
+    found: list[batch.Case],
+    wanted: list[str],
+    opts: batch.Options,
+    client_for: Callable[[], Client],
+    progress_for: Callable[[batch.Case], tuple],
+    errors: tuple[type[BaseException], ...],
+) -> int:
+    """Several cases: each runs on its own; a summary table; exit 1 when any case failed."""
+    from . import batch
+
+    named = [f"--{k.replace('_', '-')}" for k in wanted if getattr(args, k)]
+    if named:
+        return _fail(
+            f"with several cases, give {', '.join(named)} without a file name: each case's file is named after it",
+            EXIT_USAGE,
+        )
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            return _fail(f"with several cases, -o must be a folder; {out_dir} is a file", EXIT_USAGE)
+        out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes = batch.run_batch(
+        found, client_for, out_dir, wanted, opts, overwrite=args.overwrite, errors=errors, progress_for=progress_for
+    )
+    for line in batch.summary_table(outcomes):
+        print(line, file=sys.stderr)
+    failed = sum(o.status == "failed" for o in outcomes)
+    if failed:
+        print(f"{failed} of {len(outcomes)} cases failed", file=sys.stderr)
+    return EXIT_FAIL if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------

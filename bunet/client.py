@@ -340,10 +340,22 @@ class Client:
             fx.append(b)
         return np.concatenate(fl), np.concatenate(fx)
 
-    def plane_inputs(self, s: volume.Scan, plane: str) -> tuple[np.ndarray, tuple[int, int]]:
-        """The network input (n, 1, H, W) of the scan's slices along ``plane``, and their own size."""
+    @staticmethod
+    def roi_slices(s: volume.Scan, plane: str, roi: np.ndarray | None) -> np.ndarray:
+        """Indices of the slices along ``plane`` that cut ``roi`` (all of them without one)."""
+        if roi is None:
+            return np.arange(volume.to_slices(s.hu, plane).shape[0])
+        return np.flatnonzero(volume.to_slices(roi, plane).any(axis=(1, 2)))
+
+    def plane_inputs(
+        self, s: volume.Scan, plane: str, which: np.ndarray | None = None
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """The network input (n, 1, H, W) of the scan's slices along ``plane`` (only those at
+        indices ``which`` when given), and their own size."""
         pp = self.model.preprocessing
         st = volume.to_slices(s.hu, plane)
+        if which is not None:
+            st = st[which]
         if self.model.network(plane).graph.input.attrs.get("channels", 1) != 1:
             raise ClientError("the model expects multi-channel slices; BUNET scans give one channel")
         return volume.resize_stack(pp.apply(st), tuple(pp.input_size))[:, None].astype(np.float32), st.shape[1:]
@@ -362,8 +374,12 @@ class Client:
         planes: list[str] | None = None,
         fusion: str = "majority",
         progress: Callable[[int, int], None] | None = None,
+        roi: np.ndarray | None = None,
     ) -> Result:
-        """Segment a NIfTI file (or a loaded Scan): per-plane secure labels, fused."""
+        """Segment a NIfTI file (or a loaded Scan): per-plane secure labels, fused.
+
+        ``roi`` (canonical, boolean): only slices that cut it are sent; the others are background.
+        """
         t_start = time.perf_counter()
         try:
             s = scan if isinstance(scan, volume.Scan) else volume.load_scan(scan)
@@ -377,7 +393,8 @@ class Client:
                 raise ClientError(f"the model does not serve plane {p} (it serves {', '.join(self.model.planes)})")
         pp = self.model.preprocessing
         summary = Summary()
-        inputs = {p: self.plane_inputs(s, p) for p in planes}
+        sent = {p: self.roi_slices(s, p, roi) for p in planes}
+        inputs = {p: self.plane_inputs(s, p, sent[p]) for p in planes}
         per_plane: dict[str, np.ndarray] = {}
         done = [0]
         total_steps = sum(
@@ -391,7 +408,9 @@ class Client:
                 progress(done[0], total_steps)
 
         for p, (x, size) in inputs.items():
-            lab = self.segment_slices(x, p, tick, summary)
+            lab = np.zeros((volume.to_slices(s.hu, p).shape[0], *x.shape[2:]), dtype=np.uint8)
+            if len(x):
+                lab[sent[p]] = self.segment_slices(x, p, tick, summary)
             per_plane[p] = self.plane_volume(lab, size, p)
             summary.slices[p] = len(x)
         try:

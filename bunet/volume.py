@@ -1,4 +1,4 @@
-"""CT volumes: NIfTI I/O, intensity preprocessing, slicing along planes, resizing, fusion, preview.
+"""CT volumes: NIfTI I/O, intensity preprocessing, slicing along planes, resizing, fusion.
 
 Volumes are handled in nibabel's closest canonical orientation (RAS+: array axes x -> patient
 right... left-to-right, y posterior-to-anterior, z inferior-to-superior), whatever the file's
@@ -65,17 +65,22 @@ def load_scan(path: str | Path) -> Scan:
         raise ScanError(f"cannot read {path.name} as NIfTI: {why}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ScanError(f"{path.name} is not a NIfTI image")
+    return scan_from_image(img, data, path.name)
+
+
+def scan_from_image(img: nib.Nifti1Image, data: np.ndarray, name: str) -> Scan:
+    """A Scan from HU ``data`` in ``img``'s voxel order (any orientation); ``name`` for errors."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ScanError(f"{path.name} has {data.ndim} dimensions {data.shape}; a 3D CT volume is needed")
+        raise ScanError(f"{name} has {data.ndim} dimensions {data.shape}; a 3D CT volume is needed")
     if min(data.shape) < 1:
-        raise ScanError(f"{path.name} has an empty dimension {data.shape}: no voxels to segment")
+        raise ScanError(f"{name} has an empty dimension {data.shape}: no voxels to segment")
     if not np.isfinite(data).all():
-        raise ScanError(f"{path.name} holds non-finite voxel values")
+        raise ScanError(f"{name} holds non-finite voxel values")
     aff = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(aff).all() or np.linalg.matrix_rank(aff[:3, :3]) < 3:
-        raise ScanError(f"{path.name} has a singular or non-finite affine: its voxel geometry is unknown")
+        raise ScanError(f"{name} has a singular or non-finite affine: its voxel geometry is unknown")
     ornt = nib.orientations.io_orientation(img.affine)
     canon = nib.orientations.apply_orientation(data, ornt)
     return Scan(np.ascontiguousarray(canon, dtype=np.float32), img, ornt)
@@ -87,6 +92,12 @@ def to_slices(vol: np.ndarray, plane: str) -> np.ndarray:
         raise ValueError(f"unknown plane {plane!r}; use one of {', '.join(PLANES)}")
     perm, flips = _LAYOUT[plane]
     return np.ascontiguousarray(np.transpose(np.flip(vol, flips), perm))
+
+
+def slice_spacing(zooms: tuple[float, float, float], plane: str) -> tuple[float, float]:
+    """(row, column) pixel spacing in mm of :func:`to_slices` slices of a volume with voxel size ``zooms``."""
+    perm = _LAYOUT[plane][0]
+    return zooms[perm[1]], zooms[perm[2]]
 
 
 def from_slices(stack: np.ndarray, plane: str) -> np.ndarray:
@@ -139,9 +150,7 @@ def fuse(labels: dict[str, np.ndarray], method: str = "majority", classes: int =
 
 def write_mask(labels: np.ndarray, scan: Scan, path: str | Path) -> None:
     """Write canonical labels as a uint8 NIfTI in the input's own grid, affine and header."""
-    back = nib.orientations.apply_orientation(labels.astype(np.uint8), _inverse(scan.ornt))
-    if back.shape != scan.image.shape[:3]:
-        raise AssertionError("mask shape does not match the scan")  # a bug, not bad input
+    back = to_original(labels, scan)
     hdr = scan.image.header.copy()
     hdr.set_data_dtype(np.uint8)
     hdr.set_slope_inter(1, 0)
@@ -155,6 +164,14 @@ def write_mask(labels: np.ndarray, scan: Scan, path: str | Path) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def to_original(labels: np.ndarray, scan: Scan) -> np.ndarray:
+    """Canonical labels -> uint8 array in the scan's own voxel order (the file's grid)."""
+    back = nib.orientations.apply_orientation(labels.astype(np.uint8), _inverse(scan.ornt))
+    if back.shape != scan.image.shape[:3]:
+        raise AssertionError("mask shape does not match the scan")  # a bug, not bad input
+    return back
 
 
 MASK_SUFFIXES = (".nii", ".nii.gz")
@@ -182,33 +199,3 @@ def _inverse(ornt: np.ndarray) -> np.ndarray:
     for i, (ax, flip) in enumerate(ornt):
         inv[int(ax)] = (i, flip)
     return inv
-
-
-def preview(scan: Scan, labels: np.ndarray, path: str | Path, window: tuple[float, float] = (-1350.0, 150.0)) -> None:
-    """PNG with the middle slice of each plane, grey CT under a red lesion overlay."""
-    from PIL import Image
-
-    lo, hi = window
-    tiles = []
-    for plane in PLANES:
-        img = to_slices(scan.hu, plane)
-        lab = to_slices(labels, plane)
-        k = img.shape[0] // 2
-        grey = np.clip((img[k] - lo) / (hi - lo), 0, 1)
-        rgb = np.stack([grey] * 3, axis=-1)
-        m = lab[k] > 0
-        rgb[m] = 0.5 * rgb[m] + 0.5 * np.array([1.0, 0.1, 0.1])
-        # physical aspect: scale rows/cols by voxel size so anisotropic scans look right
-        z = scan.zooms
-        perm = _LAYOUT[plane][0]
-        row_mm, col_mm = z[perm[1]], z[perm[2]]
-        h = max(1, round(rgb.shape[0] * row_mm / min(row_mm, col_mm)))
-        w = max(1, round(rgb.shape[1] * col_mm / min(row_mm, col_mm)))
-        tiles.append(Image.fromarray((rgb * 255).astype(np.uint8)).resize((w, h), Image.NEAREST))
-    H = max(t.height for t in tiles)
-    canvas = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), H))
-    x = 0
-    for t in tiles:
-        canvas.paste(t, (x, (H - t.height) // 2))
-        x += t.width + 8
-    canvas.save(str(path))

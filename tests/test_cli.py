@@ -31,7 +31,7 @@ def test_unreachable_server(tmp_path):
 
     p = tmp_path / "s.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), dtype=np.int16), np.eye(4)), str(p))
-    r = _run("client_main", "segment", str(p), "--server", "127.0.0.1:1", "--quiet")
+    r = _run("client_main", "segment", str(p), "--server", "127.0.0.1:1", "--no-lung-mask", "--quiet")
     assert r.returncode == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -78,15 +78,18 @@ def _bad_cases(tmp_path):
         ("NaN voxels", [str(_nifti(tmp_path / "nan.nii.gz", np.full((4, 4, 4), np.nan, dtype=np.float32)))]),
         ("singular affine", [str(_nifti(tmp_path / "sing.nii.gz", np.zeros((4, 4, 4), dtype=np.int16), True))]),
         ("png output", [str(good), "-o", str(tmp_path / "mask.png")]),
-        ("folder output", [str(good), "-o", str(tmp_path / "outdir")]),
+        ("mask as -o with a folder's suffix", [str(good), "-o", str(tmp_path / "outdir"), "--preview", "p.txt"]),
+        ("bad report", [str(good), "--report", str(tmp_path / "r.txt")]),
+        ("DICOM-SEG of a NIfTI scan", [str(good), "--dicom-seg", str(tmp_path / "s.dcm")]),
+        ("no lung fields", [str(good)]),
         ("missing folder", [str(good), "-o", str(tmp_path / "no" / "mask.nii.gz")]),
         ("bare extension", [str(good), "-o", str(tmp_path / ".nii.gz")]),
         ("bad preview", [str(good), "--preview", str(tmp_path / "p.txt")]),
         ("preview folder missing", [str(good), "--preview", str(tmp_path / "no" / "p.png")]),
         ("cert without key", [str(good), "--server", "127.0.0.1:1", "--cert", str(good)]),
         ("key without cert", [str(good), "--server", "127.0.0.1:1", "--key", str(good)]),
-        ("unreadable CA", [str(good), "--server", "127.0.0.1:1", "--ca", str(tmp_path / "none.pem")]),
-        ("unreachable server", [str(good), "--server", "127.0.0.1:1"]),
+        ("unreadable CA", [str(good), "--server", "127.0.0.1:1", "--ca", str(tmp_path / "none.pem"), "--no-lung-mask"]),
+        ("unreachable server", [str(good), "--server", "127.0.0.1:1", "--no-lung-mask"]),
     ]
 
 
@@ -103,7 +106,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_file(tmp_path):
 
 def test_failed_preview_leaves_no_mask(tmp_path, monkeypatch):
     """A preview that fails after the job takes the mask with it: a failed run leaves no file."""
-    from bunet import cli, volume
+    from bunet import cli, preview
 
     m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=8)
     m.save(tmp_path / "m.bunet")
@@ -112,7 +115,7 @@ def test_failed_preview_leaves_no_mask(tmp_path, monkeypatch):
     def broken(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(volume, "preview", broken)
+    monkeypatch.setattr(preview, "write_preview", broken)
     code = cli.client_main(
         [
             "segment",
@@ -123,6 +126,7 @@ def test_failed_preview_leaves_no_mask(tmp_path, monkeypatch):
             str(tmp_path / "mask.nii.gz"),
             "--preview",
             str(tmp_path / "p.png"),
+            "--no-lung-mask",  # the random scan has no lungs
             "--quiet",
         ]
     )

@@ -1,4 +1,4 @@
-"""NIfTI I/O, planes, resizing, fusion, preview."""
+"""NIfTI I/O, planes, resizing, fusion."""
 
 from __future__ import annotations
 
@@ -70,15 +70,6 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     flat = _write(tmp_path, np.zeros((5, 5), dtype=np.int16), np.eye(4), "flat.nii.gz")
     with pytest.raises(volume.ScanError, match="3D"):
         volume.load_scan(flat)
-
-
-def test_preview_writes_png(tmp_path):
-    data = np.full((16, 16, 8), -800, dtype=np.int16)
-    scan = volume.load_scan(_write(tmp_path, data, np.diag([1, 1, 2.5, 1])))
-    volume.preview(scan, np.ones(scan.shape, dtype=np.uint8), tmp_path / "p.png")
-    from PIL import Image
-
-    assert Image.open(tmp_path / "p.png").size[0] > 40
 
 
 def test_real_ct_round_trip(shared_data, tmp_path):
