@@ -186,6 +186,22 @@ def test_input_and_output_packing(parties, conv: ConvSpec, shape) -> None:
         assert np.array_equal(got, ref), case
 
 
+def test_kernels_rebuilt_per_call_when_not_cached(parties) -> None:
+    """Without room in the kernel cache the server keeps the monomials and rebuilds the kernels in
+    every call: the same exact result, packed input channels included."""
+    params, cli, _ = parties
+    srv = ServerHE(params, cli.public_key(), filter_cache_bytes=0)
+    rng = np.random.default_rng(11)
+    conv = ConvSpec("conv", 3, 1)
+    w = rng.integers(-(1 << 9), 1 << 9, (20, 24, 3, 3))
+    layer = srv.prepare(conv, w, None, (24, 6, 7))
+    assert layer.filters is None and layer.taps is not None and layer.plan.ipack > 1
+    xc, xs = ring.random((1, 24, 6, 7), L), ring.random((1, 24, 6, 7), L)
+    down, ys = srv.apply(layer, cli.encrypt(layer.spec, xc), xs)
+    ref = ring.conv2d(ring.add(xc, xs, L), w, None, 1, L)
+    assert np.array_equal(ring.add(cli.decrypt(layer.spec, down), ys, L), ref)
+
+
 def test_tiny_plane_many_outputs(parties) -> None:
     """1x1 on a 1x1 plane: output packing is capped so NTT-domain sums stay exact."""
     rng = np.random.default_rng(9)
@@ -236,10 +252,13 @@ def test_block_filters_equal_one_pass(parties) -> None:
     assert layer.filters is not None
     k, n = server.rns.k, server.params.poly_degree
     c_in = layer.plan.n_ig
+    assert layer.taps is None  # cached kernels: the monomials are not kept
+    taps = server.monomials(layer.plan)
+    taps_t = np.ascontiguousarray(taps.reshape(k, -1, n).transpose(0, 2, 1))
     parts = []
     for ogs in server._og_groups(layer.plan):
         cols = (ogs[:, None] * c_in + np.arange(c_in)[None, :]).reshape(-1)
-        f = server.rns.reduce(np.matmul(layer.taps, layer.wgroup[:, cols]))  # taps: (K, N, O'*kk)
+        f = server.rns.reduce(np.matmul(taps_t, layer.wgroup[:, cols]))  # taps: (K, N, O'*I'*kk)
         parts.append(
             np.ascontiguousarray(f.reshape(k * n // 4, 4, ogs.size, c_in).transpose(0, 2, 3, 1), dtype=np.float32)
         )

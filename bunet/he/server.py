@@ -109,7 +109,9 @@ class ServerLayer:
     weight: np.ndarray  # original integer weights
     bias: np.ndarray | None
     wmat: np.ndarray  # (c_out_eff * k*k, c_in) float64
-    taps: np.ndarray  # (K, N, O'*k*k) NTT-form monomials, dense per slot (the kernels' left operand)
+    # (K, N, O'*I'*k*k) NTT-form monomials, dense per slot (the kernels' left operand); kept only
+    # when the kernels are rebuilt per call (not cached): up to 512 N K float64 per layer
+    taps: np.ndarray | None
     strategy: str  # "taps" (1x1: integer weights, then monomials) or "filters" (NTT-form kernels)
     wgroup: np.ndarray | None  # (O'*I'*k*k, n_og * n_ig) weights grouped per product polynomial
     filters: np.ndarray | None  # (K*N/4, n_og, n_ig, 4) float32 cached NTT-form kernels, if they fit
@@ -180,9 +182,7 @@ class ServerHE:
         k, n = self.rns.k, self.params.poly_degree
         wmat = np.ascontiguousarray(weff.transpose(0, 2, 1).reshape(plan.c_out * kk, c_in).astype(np.float64))
         n_ig, ik = plan.n_ig, plan.ipack * kk
-        mono = np.zeros((plan.opack * ik, n), dtype=np.int64)
-        mono[np.arange(plan.opack * ik), plan.tap_exponents().reshape(-1)] = 1
-        taps = self.rns.forward(self.rns.from_int(mono)).reshape(k, plan.opack, ik, n)
+        taps = self.monomials(plan)
         taps_t = np.ascontiguousarray(taps.reshape(k, -1, n).transpose(0, 2, 1))  # once: BLAS wants it dense
         n_filters = plan.n_og * n_ig
         strategy = "taps" if kk == 1 and plan.ipack == 1 and (plan.opack == 1 or n_filters > 8192) else "filters"
@@ -206,8 +206,24 @@ class ServerHE:
                     self._block_filters(taps_t, wgroup, ogs, n_ig, out=filters[:, ogs[0] : ogs[-1] + 1])
         _ = plan.returned_ranges, plan.returned_channels  # index maps of the returned coefficients, once per shape
         return ServerLayer(
-            spec, plan, np.array(weight, dtype=np.int64), bias, wmat, taps_t, strategy, wgroup, filters, tapvec
+            spec,
+            plan,
+            np.array(weight, dtype=np.int64),
+            bias,
+            wmat,
+            taps_t if strategy == "filters" and filters is None else None,
+            strategy,
+            wgroup,
+            filters,
+            tapvec,
         )
+
+    def monomials(self, plan: Plan) -> np.ndarray:
+        """(K, O', I'*k*k, N): the NTT forms of the layer's kernel monomials X^e (``Plan.tap_exponents``)."""
+        k, n, ik = self.rns.k, plan.n, plan.ipack * plan.k * plan.k
+        mono = np.zeros((plan.opack * ik, n), dtype=np.int64)
+        mono[np.arange(plan.opack * ik), plan.tap_exponents().reshape(-1)] = 1
+        return self.rns.forward(self.rns.from_int(mono)).reshape(k, plan.opack, ik, n)
 
     def _og_groups(self, plan: Plan) -> list[np.ndarray]:
         step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.n_ig))

@@ -368,11 +368,14 @@ class ServerProtocol:
                 step_bytes = self._upload_bytes(layer, B) + self._download_bytes(layer, B) + 2 * out + work
                 peak_step = max(peak_step, step_bytes)
             elif isinstance(step, CircuitStep):
+                # an op has at most one instance per input element: small jobs fill neither a chunk nor the window
+                most = B * int(np.prod(in_shape)) if in_shape is not None else chunk
+                n = max(1, min(chunk, most))
+                win = min(spec.gc_window, -(-most // n))
                 for op in step.gc_ops(plan.ring_bits, in_shape):
-                    req, resp = op.message_sizes(chunk, ot_k=1)
-                    win = spec.gc_window
-                    inflight = (gc_pipeline.PRE_AHEAD + 1) * win * op.pre_size(chunk, ot_k=1) + win * (req + resp)
-                    peak_step = max(peak_step, inflight + op.post_size(chunk))
+                    req, resp = op.message_sizes(n, ot_k=1)
+                    inflight = (gc_pipeline.PRE_AHEAD + 1) * win * op.pre_size(n, ot_k=1) + win * (req + resp)
+                    peak_step = max(peak_step, inflight + op.post_size(n))
             live -= sum(size.get(name, 0) for name in drops.get(idx, ()))
         ot_bytes = gc.silent.party_bytes() if spec.gc_ot == "silent" else 0
         return 2 * peak_shares + peak_step + ot_bytes + TRANSPORT_BYTES
