@@ -221,6 +221,29 @@ def test_job_size_within_the_flooding_bound(model, server, monkeypatch):
         assert [sl.stop - sl.start for sl in c._batches(5, "main", (16, 16))] == [2, 2, 1]
 
 
+@pytest.mark.parametrize("ot", [None, "silent", "softspoken"])
+def test_ot_choice_over_grpc(server, model, ot):
+    """A client of a server on this machine uses SoftSpoken unless told otherwise (bytes are free on
+    loopback, the cores are shared); either backend gives the reference mask over gRPC."""
+    with Client(server.address, ot=ot) as c:
+        assert c.protocol.gc_ot == (ot or "softspoken")
+        x = np.random.default_rng(4).random((2, 1, 16, 16)).astype(np.float32)
+        labels = c.segment_slices(x)
+    ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+    assert np.array_equal(labels, ref)
+
+
+def test_remote_server_defaults_to_silent_ot(server, monkeypatch):
+    """Over a network (any non-loopback address) the client's default is silent OT."""
+    from bunet import client as client_mod
+
+    assert client_mod._on_this_machine(["127.0.0.1:1", "localhost:2"])
+    assert not client_mod._on_this_machine(["127.0.0.1:1", "192.0.2.7:2"])  # TEST-NET-1: not this host
+    monkeypatch.setattr(client_mod, "_on_this_machine", lambda addresses: False)  # as if the server were remote
+    with Client(server.address) as c:
+        assert c.protocol.gc_ot == "silent"
+
+
 def test_segment_over_grpc_matches_reference_per_plane(server, model, tmp_path):
     path = _scan(tmp_path)
     with Client(server.address) as c:
