@@ -603,6 +603,9 @@ def _check_seed(sid: bytes, blk: int, cm: object) -> bytes:
     return otcheck.challenge(sid + blk.to_bytes(8, "little"), cm)
 
 
+_SETUP_BLOCKS = 1 + otcheck.PAD_ROWS // 128  # forward OT blocks of the set-up's 128 OTs and their padding
+
+
 class OTCheckFailed(ValueError):
     """The client's OT correction failed the consistency check: a cheating (or broken) receiver."""
 
@@ -695,12 +698,12 @@ class Evaluator(_Party):
             raise OSError("getrandom() failed")
         self._rchoice = ggm_choices(self.ot_k, bytes(self._rdelta))
         choice = np.packbits(np.array(self._rchoice, dtype=np.uint8), bitorder="little")
-        cm = bytearray(_cot_len(self.ot_k, N_BASE))
-        t = np.empty(16 * N_BASE, dtype=np.uint8)
-        lib.bn_cot_recv(self._leaves, self.ot_k, 0, N_BASE, _buf(choice), _buf(cm), _buf(t))
+        cm = bytearray(_req_len(self.ot_k, N_BASE))
+        t = np.empty(16 * _checked_rows(self.ot_k, N_BASE), dtype=np.uint8)
+        self._checked_recv(0, N_BASE, choice, _buf(cm), t)
         lib.bn_hash_batch(self._rk, _buf(t), _buf(t), N_BASE, 0, 1, _SETUP_DOM)
         self._rkeys = [t[16 * i : 16 * (i + 1)].tobytes() for i in range(N_BASE)]
-        self._blk = 1  # forward OT block 0 served the reverse setup
+        self._blk = _SETUP_BLOCKS  # forward OT block 0 served the reverse setup, the next ones its padding
         if self.ot == "silent":  # SoftSpoken OTs (blocks 1 ..) as the forward silent OT's first base COTs
             cm += self._silent_fwd_base(sid)
         out = MAGIC + bytes([T_HELLO3]) + tag + setup + bytes(cm)
@@ -709,17 +712,17 @@ class Evaluator(_Party):
 
     def _silent_fwd_base(self, sid: bytes) -> bytes:
         """Receiver of the forward silent OT: its first base COTs by SoftSpoken on random choice bits;
-        returns their SoftSpoken message."""
+        returns their SoftSpoken message and consistency proof (the server checks them: they carry its Δ)."""
         m = _silent_base(silent.SETUP.base)
         r = _random_bits(m)
-        cm = bytearray(_cot_len(self.ot_k, m))
-        t = np.empty((m, 16), dtype=np.uint8)
-        lib.bn_cot_recv(
-            self._leaves, self.ot_k, self._blk, m, _buf(np.packbits(r, bitorder="little")), _buf(cm), _buf(t)
-        )
+        rows = _checked_rows(self.ot_k, m)
+        cm = bytearray(_req_len(self.ot_k, m))
+        t = np.empty(16 * rows, dtype=np.uint8)
+        self._checked_recv(self._blk, m, np.packbits(r, bitorder="little"), _buf(cm), t)
         self._gk = _ggm_keys(sid)
+        t = t[: 16 * m].reshape(m, 16)
         self._fwd = silent.Receiver(silent.Schedule(silent.SETUP, silent.MAIN), r, t, self._gk, self._rk, _SOT_FWD)
-        self._blk += m // 128
+        self._blk += rows // 128
         self._blk0 = self._blk
         return bytes(cm)
 
@@ -798,9 +801,9 @@ class Evaluator(_Party):
         return job
 
     def _checked_recv(self, blk: int, m: int, choice: np.ndarray, body: object, t: np.ndarray) -> None:
-        """SoftSpoken receiver of a request's rows: m rows of ``choice`` and ``PAD_ROWS`` rows of random
-        choices (they hide the real ones in the proof); writes the correction and the proof at
-        ``body``, the t rows into ``t``."""
+        """SoftSpoken receiver of checked rows from block ``blk`` (a request's, or the set-up's): m rows of
+        ``choice`` and ``PAD_ROWS`` rows of random choices (they hide the real ones in the proof);
+        writes the correction and the proof at ``body``, the t rows into ``t``."""
         rows = _checked_rows(self.ot_k, m)
         full = np.empty(rows // 8, dtype=np.uint8)
         full[: m // 8] = choice
@@ -1042,10 +1045,10 @@ class Garbler(_Party):
         if self._tag is None or self._leaves is not None:
             raise ValueError("hello message out of order")
         sm = _silent_base(silent.SETUP.base) if self.ot == "silent" else 0
-        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + _cot_len(self._ot_k, N_BASE + sm))
+        setup_len = _req_len(self._ot_k, N_BASE)
+        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + setup_len + (_req_len(self._ot_k, sm) if sm else 0))
         self._finish_setup(body[: 32 * N_BASE])
-        q = np.empty(16 * N_BASE, dtype=np.uint8)
-        lib.bn_cot_send(self._leaves, self._ot_k, self._delta, 0, N_BASE, _buf(body[32 * N_BASE :]), _buf(q))
+        q = self._checked_send(0, N_BASE, body[32 * N_BASE : 32 * N_BASE + setup_len]).reshape(-1)
         q1 = q ^ np.tile(np.frombuffer(ffi.buffer(self._delta, 16), dtype=np.uint8), N_BASE)
         for a in (q, q1):
             lib.bn_hash_batch(self._rk, _buf(a), _buf(a), N_BASE, 0, 1, _SETUP_DOM)
@@ -1059,10 +1062,10 @@ class Garbler(_Party):
                 for i, (s0, s1) in enumerate(sums)
             )
         )
-        self._blk = 1  # forward OT block 0 served the reverse setup
+        self._blk = _SETUP_BLOCKS  # forward OT block 0 served the reverse setup, the next ones its padding
         rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         if sm:
-            out += self._silent_bases(sm, body[32 * N_BASE + _cot_len(self._ot_k, N_BASE) :], rleaves)
+            out += self._silent_bases(sm, body[32 * N_BASE + setup_len :], rleaves)
         self._rleaves = rleaves
         self.bytes_sent += len(out)
         return out
@@ -1073,10 +1076,9 @@ class Garbler(_Party):
         message this returns (the tail of the fourth hello)."""
         self._gk = _ggm_keys(self._sid)
         sched = silent.Schedule(silent.SETUP, silent.MAIN)
-        q = np.empty((m, 16), dtype=np.uint8)
-        lib.bn_cot_send(self._leaves, self._ot_k, self._delta, self._blk, m, _buf(cm), _buf(q))
+        q = self._checked_send(self._blk, m, cm)
         self._fwd = silent.Sender(sched, self._delta, q, self._gk, self._rk, _SOT_FWD)
-        self._blk += m // 128
+        self._blk += _checked_rows(self._ot_k, m) // 128
         self._blk0 = self._blk
         r = _random_bits(m)
         rcm = bytearray(_cot_len(self._ot_k, m))
@@ -1251,10 +1253,11 @@ class Garbler(_Party):
         return job
 
     def _checked_send(self, blk: int, m: int, body: memoryview) -> np.ndarray:
-        """SoftSpoken sender of a request's rows: the q rows of its m input bits (the zero labels),
-        after the client's consistency proof over them and the padding rows checks out."""
-        rows = _checked_rows(self._wk, m)
-        cm_len = _cot_len(self._wk, rows)
+        """SoftSpoken sender of checked rows from block ``blk`` (a request's, or the set-up's): the q rows
+        of the m real ones (a request's: the zero labels), after the client's consistency proof over
+        them and the padding rows checks out."""
+        rows = _checked_rows(self._ot_k, m)
+        cm_len = _cot_len(self._ot_k, rows)
         q = np.empty((rows, 16), dtype=np.uint8)
         lib.bn_cot_send(self._leaves, self._ot_k, self._delta, blk, rows, _buf(body[:cm_len]), _buf(q))
         seed = _check_seed(self._sid, blk, body[:cm_len])
