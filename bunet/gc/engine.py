@@ -26,6 +26,11 @@ bit but the silent iteration messages, and the server's own share bits are XOR-e
 With silent OT, an iteration's message rides on the first response (forward) or request (reverse)
 that uses it, and ``finish`` of a later response of that iteration waits for the one carrying it.
 
+Every batch of forward SoftSpoken OTs (the set-up's 128, silent OT's base COTs, each SoftSpoken
+request's) ends with ``otcheck.PAD_ROWS`` rows of random choices and the client's consistency proof
+(``bunet.gc.otcheck``); the server checks it before it uses the rows and raises ``OTCheckFailed``
+otherwise: a cheating receiver cannot probe Delta.
+
 Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
 client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
 exactly the entry of its own d bits x (1-of-2^d OT from d random OTs, Naor-Pinkas; see
