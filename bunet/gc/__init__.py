@@ -17,7 +17,7 @@ A ReLU feeding a 2x2 max-pool is ``relu_pool`` over these ops (three rounds).
 """
 
 from . import silent
-from .engine import DEFAULT_OT, OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc
+from .engine import DEFAULT_OT, OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc, OTCheckFailed
 from .pool import relu_pool, relu_pool_ops
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Evaluator",
     "Garbler",
     "MaxTrunc",
+    "OTCheckFailed",
     "relu_pool",
     "relu_pool_ops",
     "silent",

@@ -26,6 +26,11 @@ bit but the silent iteration messages, and the server's own share bits are XOR-e
 With silent OT, an iteration's message rides on the first response (forward) or request (reverse)
 that uses it, and ``finish`` of a later response of that iteration waits for the one carrying it.
 
+Every batch of forward SoftSpoken OTs (the set-up's 128, silent OT's base COTs, each SoftSpoken
+request's) ends with ``otcheck.PAD_ROWS`` rows of random choices and the client's consistency proof
+(``bunet.gc.otcheck``); the server checks it before it uses the rows and raises ``OTCheckFailed``
+otherwise: a cheating receiver cannot probe Delta.
+
 Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
 client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
 exactly the entry of its own d bits x (1-of-2^d OT from d random OTs, Naor-Pinkas; see
@@ -90,7 +95,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..message import new_message
-from . import circuits, silent
+from . import circuits, otcheck, silent
 from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 try:
@@ -277,7 +282,7 @@ class _Op:
         m = _pad128(n * self.items * self.circ_bits)
         c = self.circuit
         tables = n * self.items * self.lut_plan.table_bytes if self.lut_plan else 0
-        return _HDR.size + _cot_len(ot_k, m) + tables, _HDR.size + n * c.ct_bytes + c.arith_len(n)
+        return _HDR.size + _req_len(ot_k, m) + tables, _HDR.size + n * c.ct_bytes + c.arith_len(n)
 
     def pre_size(self, n: int, ot_k: int = 4) -> int:
         """Bytes of the server's pre-message for n instances (0 without a carry look-up)."""
@@ -586,6 +591,30 @@ def _cot_len(k: int, m: int) -> int:
     return m // 8 if k == 0 else (128 // k) * (m // 8)
 
 
+def _checked_rows(k: int, m: int) -> int:
+    """OT rows a request for m input bits claims: SoftSpoken's are checked (``bunet.gc.otcheck``),
+    so they end with ``otcheck.PAD_ROWS`` rows of random choices; silent OT's need no check."""
+    return m if k == 0 else m + otcheck.PAD_ROWS
+
+
+def _req_len(k: int, m: int) -> int:
+    """Bytes of a request's OT part for m input bits: the correction over the checked rows, and
+    (SoftSpoken) the receiver's consistency proof."""
+    return _cot_len(k, _checked_rows(k, m)) + (otcheck.PROOF_BYTES if k else 0)
+
+
+def _check_seed(sid: bytes, blk: int, cm: object) -> bytes:
+    """The Fiat-Shamir challenge key of the rows at block ``blk``: session, row range, correction."""
+    return otcheck.challenge(sid + blk.to_bytes(8, "little"), cm)
+
+
+_SETUP_BLOCKS = 1 + otcheck.PAD_ROWS // 128  # forward OT blocks of the set-up's 128 OTs and their padding
+
+
+class OTCheckFailed(ValueError):
+    """The client's OT correction failed the consistency check: a cheating (or broken) receiver."""
+
+
 def _xor16(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(SEED, "little")
 
@@ -661,6 +690,7 @@ class Evaluator(_Party):
         nonce_s = bytes(msg[5:21])
         bs = [bytes(msg[21 + POINT * i : 21 + POINT * (i + 1)]) for i in range(N_BASE)]
         sid, tag, aes_key = _derive(self._nonce, nonce_s, self._base.A)
+        self._sid = sid
         k0, k1 = self._base.keys(sid, bs)
         leaves, sums = ggm_client(self.ot_k)
         self._leaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
@@ -673,12 +703,12 @@ class Evaluator(_Party):
             raise OSError("getrandom() failed")
         self._rchoice = ggm_choices(self.ot_k, bytes(self._rdelta))
         choice = np.packbits(np.array(self._rchoice, dtype=np.uint8), bitorder="little")
-        cm = bytearray(_cot_len(self.ot_k, N_BASE))
-        t = np.empty(16 * N_BASE, dtype=np.uint8)
-        lib.bn_cot_recv(self._leaves, self.ot_k, 0, N_BASE, _buf(choice), _buf(cm), _buf(t))
+        cm = bytearray(_req_len(self.ot_k, N_BASE))
+        t = np.empty(16 * _checked_rows(self.ot_k, N_BASE), dtype=np.uint8)
+        self._checked_recv(0, N_BASE, choice, _buf(cm), t)
         lib.bn_hash_batch(self._rk, _buf(t), _buf(t), N_BASE, 0, 1, _SETUP_DOM)
         self._rkeys = [t[16 * i : 16 * (i + 1)].tobytes() for i in range(N_BASE)]
-        self._blk = 1  # forward OT block 0 served the reverse setup
+        self._blk = _SETUP_BLOCKS  # forward OT block 0 served the reverse setup, the next ones its padding
         if self.ot == "silent":  # SoftSpoken OTs (blocks 1 ..) as the forward silent OT's first base COTs
             cm += self._silent_fwd_base(sid)
         out = MAGIC + bytes([T_HELLO3]) + tag + setup + bytes(cm)
@@ -687,17 +717,17 @@ class Evaluator(_Party):
 
     def _silent_fwd_base(self, sid: bytes) -> bytes:
         """Receiver of the forward silent OT: its first base COTs by SoftSpoken on random choice bits;
-        returns their SoftSpoken message."""
+        returns their SoftSpoken message and consistency proof (the server checks them: they carry its Δ)."""
         m = _silent_base(silent.SETUP.base)
         r = _random_bits(m)
-        cm = bytearray(_cot_len(self.ot_k, m))
-        t = np.empty((m, 16), dtype=np.uint8)
-        lib.bn_cot_recv(
-            self._leaves, self.ot_k, self._blk, m, _buf(np.packbits(r, bitorder="little")), _buf(cm), _buf(t)
-        )
+        rows = _checked_rows(self.ot_k, m)
+        cm = bytearray(_req_len(self.ot_k, m))
+        t = np.empty(16 * rows, dtype=np.uint8)
+        self._checked_recv(self._blk, m, np.packbits(r, bitorder="little"), _buf(cm), t)
         self._gk = _ggm_keys(sid)
+        t = t[: 16 * m].reshape(m, 16)
         self._fwd = silent.Receiver(silent.Schedule(silent.SETUP, silent.MAIN), r, t, self._gk, self._rk, _SOT_FWD)
-        self._blk += m // 128
+        self._blk += rows // 128
         self._blk0 = self._blk
         return bytes(cm)
 
@@ -747,12 +777,13 @@ class Evaluator(_Party):
         if not op.lut_bits and pre is not None:
             raise ValueError("this operation has no pre-message")
         m, _, _ = _sizes(op, n)
-        seq, blk, tw = self._alloc(op, n, m)
+        rows = _checked_rows(self._wk, m)
+        seq, blk, tw = self._alloc(op, n, rows)
 
         ext = 0 if lut is None else self._rev_ext(op, n, lut[1])
 
         def job() -> bytes:
-            cot = _cot_len(self._wk, m)
+            cot = _req_len(self._wk, m)
             tables_len = 0 if lut is None else n * op.items * op.lut_plan.table_bytes
             out, body = _new_message(self._header(T_REQ, seq, op, n), cot + ext + tables_len)
             # the reverse silent OT's iteration messages and the tables go straight into the request
@@ -764,14 +795,30 @@ class Evaluator(_Party):
                 ffi.memmove(body, _corrections(choice, self._fwd.choices(lo, lo + m)), m // 8)
                 labels: np.ndarray | tuple[int, int] = (lo, m)
             else:
-                labels = self._take_buffer(16 * m)  # the client's input labels, made in the same pass
-                lib.bn_cot_recv(self._leaves, self.ot_k, blk, m, _buf(choice), body, _buf(labels))
+                labels = self._take_buffer(16 * rows)  # the client's input labels, made in the same pass
+                self._checked_recv(blk, m, choice, body, labels)
+                labels = labels[: 16 * m]
             with self._lock:
                 self._pending[seq] = (op._params(), n, labels, tw, mux)
                 self.bytes_sent += len(out)
             return out
 
         return job
+
+    def _checked_recv(self, blk: int, m: int, choice: np.ndarray, body: object, t: np.ndarray) -> None:
+        """SoftSpoken receiver of checked rows from block ``blk`` (a request's, or the set-up's): m rows of
+        ``choice`` and ``PAD_ROWS`` rows of random choices (they hide the real ones in the proof);
+        writes the correction and the proof at ``body``, the t rows into ``t``."""
+        rows = _checked_rows(self.ot_k, m)
+        full = np.empty(rows // 8, dtype=np.uint8)
+        full[: m // 8] = choice
+        if lib.bn_prg_fill(_buf(full[m // 8 :]), (rows - m) // 8) != 0:
+            raise OSError("getrandom() failed")
+        lib.bn_cot_recv(self._leaves, self.ot_k, blk, rows, _buf(full), body, _buf(t))
+        cm_len = _cot_len(self.ot_k, rows)
+        cm = ffi.buffer(body, cm_len)
+        proof = otcheck.prove(t[: 16 * rows], full, _check_seed(self._sid, blk, cm))
+        ffi.memmove(body + cm_len, proof, len(proof))
 
     def _claim_pre(self, op: Op, n: int, pre: bytes | None) -> tuple[memoryview, int]:
         """Check the server's pre-message (in order) and claim its reverse OT rows."""
@@ -1003,10 +1050,10 @@ class Garbler(_Party):
         if self._tag is None or self._leaves is not None:
             raise ValueError("hello message out of order")
         sm = _silent_base(silent.SETUP.base) if self.ot == "silent" else 0
-        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + _cot_len(self._ot_k, N_BASE + sm))
+        setup_len = _req_len(self._ot_k, N_BASE)
+        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + setup_len + (_req_len(self._ot_k, sm) if sm else 0))
         self._finish_setup(body[: 32 * N_BASE])
-        q = np.empty(16 * N_BASE, dtype=np.uint8)
-        lib.bn_cot_send(self._leaves, self._ot_k, self._delta, 0, N_BASE, _buf(body[32 * N_BASE :]), _buf(q))
+        q = self._checked_send(0, N_BASE, body[32 * N_BASE : 32 * N_BASE + setup_len]).reshape(-1)
         q1 = q ^ np.tile(np.frombuffer(ffi.buffer(self._delta, 16), dtype=np.uint8), N_BASE)
         for a in (q, q1):
             lib.bn_hash_batch(self._rk, _buf(a), _buf(a), N_BASE, 0, 1, _SETUP_DOM)
@@ -1020,10 +1067,10 @@ class Garbler(_Party):
                 for i, (s0, s1) in enumerate(sums)
             )
         )
-        self._blk = 1  # forward OT block 0 served the reverse setup
+        self._blk = _SETUP_BLOCKS  # forward OT block 0 served the reverse setup, the next ones its padding
         rleaves = aes_key_schedules([leaf for tree in leaves for leaf in tree])
         if sm:
-            out += self._silent_bases(sm, body[32 * N_BASE + _cot_len(self._ot_k, N_BASE) :], rleaves)
+            out += self._silent_bases(sm, body[32 * N_BASE + setup_len :], rleaves)
         self._rleaves = rleaves
         self.bytes_sent += len(out)
         return out
@@ -1034,10 +1081,9 @@ class Garbler(_Party):
         message this returns (the tail of the fourth hello)."""
         self._gk = _ggm_keys(self._sid)
         sched = silent.Schedule(silent.SETUP, silent.MAIN)
-        q = np.empty((m, 16), dtype=np.uint8)
-        lib.bn_cot_send(self._leaves, self._ot_k, self._delta, self._blk, m, _buf(cm), _buf(q))
+        q = self._checked_send(self._blk, m, cm)
         self._fwd = silent.Sender(sched, self._delta, q, self._gk, self._rk, _SOT_FWD)
-        self._blk += m // 128
+        self._blk += _checked_rows(self._ot_k, m) // 128
         self._blk0 = self._blk
         r = _random_bits(m)
         rcm = bytearray(_cot_len(self._ot_k, m))
@@ -1133,7 +1179,7 @@ class Garbler(_Party):
             raise ValueError("request was made for a different number of instances")
         m, nct, nar = _sizes(op, n)
         d = op.lut_bits
-        cot = _cot_len(self._wk, m)
+        cot = _req_len(self._wk, m)
         with self._lock:
             ext = self._rev_ext_due(op, n) if d else 0
             if len(body) != cot + ext + (n * op.items * op.lut_plan.table_bytes if d else 0):
@@ -1143,7 +1189,7 @@ class Garbler(_Party):
             pre = self._take_pre(op, n, ys) if d else None
             if pre is not None and self.ot == "silent":  # the client's iteration messages, in order
                 self._rev.deposit(*self._rev_range(op, n, pre[1]), body[cot : cot + ext])
-            _, blk, tw = self._alloc(op, n, m)
+            _, blk, tw = self._alloc(op, n, _checked_rows(self._wk, m))
             self.bytes_received += len(req)
             due = None
             if pre is not None and pre[2] is not None:
@@ -1163,6 +1209,8 @@ class Garbler(_Party):
                 lo = 128 * (blk - self._blk0)
                 msgs, q = self._fwd.take(lo, lo + m)
                 labels = _buf(_derand(q, body[:cot], self._delta))
+            else:  # checked before any table is garbled against these rows
+                labels = _buf(self._checked_send(blk, m, body[:cot]))
             out, head = _new_message(self._header(T_RESP, seq, op, n), len(msgs) + nct + nar)
             ffi.memmove(head, msgs, len(msgs))
             body_out = head + len(msgs)
@@ -1208,6 +1256,22 @@ class Garbler(_Party):
             return out, res.reshape(n, nout) if nout > 1 else res
 
         return job
+
+    def _checked_send(self, blk: int, m: int, body: memoryview) -> np.ndarray:
+        """SoftSpoken sender of checked rows from block ``blk`` (a request's, or the set-up's): the q rows
+        of the m real ones (a request's: the zero labels), after the client's consistency proof over
+        them and the padding rows checks out."""
+        rows = _checked_rows(self._ot_k, m)
+        cm_len = _cot_len(self._ot_k, rows)
+        q = np.empty((rows, 16), dtype=np.uint8)
+        lib.bn_cot_send(self._leaves, self._ot_k, self._delta, blk, rows, _buf(body[:cm_len]), _buf(q))
+        seed = _check_seed(self._sid, blk, body[:cm_len])
+        if not otcheck.verify(q, self._delta, seed, bytes(body[cm_len:])):
+            raise OTCheckFailed(
+                "the client's OT correction failed the consistency check (not one choice vector in every"
+                " column: a cheating or broken client); nothing was garbled against it"
+            )
+        return q[:m]
 
     def request_limit(self, op: Op, n: int) -> int:
         """The most bytes a well-formed request for n instances may have: SoftSpoken's largest OT

@@ -10,7 +10,10 @@ hash of the session id and the correction (Fiat-Shamir), so the check costs no e
 x~ reveals a linear combination of the choice bits, so the rows end with ``PAD_ROWS`` rows of
 random choices (>= 128 + 40: x~ is then uniform up to 2^-40).
 
-The arithmetic is ``bn_ot_check_prove`` / ``bn_ot_check_verify`` in native/bunet_gc.c.
+The arithmetic is ``bn_ot_check_prove`` / ``bn_ot_check_verify`` in native/bunet_gc.c. The engine
+runs it on every batch of forward SoftSpoken OTs (the set-up's, silent OT's base COTs, SoftSpoken
+requests: ``Evaluator._checked_recv`` / ``Garbler._checked_send``); the server checks before it uses
+the rows.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import hashlib
 
 import numpy as np
 
-from .engine import ffi, lib
+from ._native import ffi, lib
 
 PAD_ROWS = 256  # random-choice rows appended to a checked batch (a multiple of 128, >= 128 + 40)
 PROOF_BYTES = 32
@@ -49,9 +52,11 @@ def prove(t_rows: np.ndarray, choice: np.ndarray, seed: bytes) -> bytes:
     return bytes(ffi.buffer(proof))
 
 
-def verify(q_rows: np.ndarray, delta: bytes, seed: bytes, proof: bytes) -> bool:
+def verify(q_rows: np.ndarray, delta: bytes | object, seed: bytes, proof: bytes) -> bool:
     """The sender's check: True iff the receiver's correction was consistent (or it guessed Δ)."""
-    if len(proof) != PROOF_BYTES or len(delta) != 16:
+    if len(proof) != PROOF_BYTES:
         raise ValueError("malformed OT consistency proof")
+    if len(delta) < 16:  # (a C buffer made from 16 bytes has a seventeenth, NUL)
+        raise ValueError("delta must have 16 bytes")
     buf, m = _rows(q_rows)
     return bool(lib.bn_ot_check_verify(buf, delta, m, seed, proof))

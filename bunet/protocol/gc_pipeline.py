@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import gc
-from .channel import Channel, from_client
+from .channel import Channel, ProtocolError, from_client
 
 GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keeps the C working set in cache)
 # Windows of pre-messages the server keeps on the wire ahead of its answers: with two, the client
@@ -94,7 +94,10 @@ def garble(
             chan.send(t_pre, pres.popleft().result())
 
     def answer() -> None:
-        resp, out_s = inflight.popleft().result()
+        try:
+            resp, out_s = inflight.popleft().result()
+        except gc.OTCheckFailed as e:  # a cheating client: refused before its chunk was garbled
+            raise ProtocolError(f"GC request refused: {e}") from None
         chan.send(t_resp, resp)
         outs.append(out_s)
         send_pre()
