@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bunet_status.h"
+
 typedef struct {
     int k;                /* number of primes */
     int n;                /* polynomial degree, a power of two >= 16 */
@@ -85,7 +87,7 @@ void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_ou
  * c0's top down_c0_bits at c0_out[ret_base + pos] for pos in [ret_lo[j], ret_hi[j]),
  * coefficient ret_coef[pos].  m_s = bias[ret_ch[pos]] - r_out[ret_flat[pos]] mod 2^ring_bits
  * (the bias and the server's fresh mask at that output).  Randomness: ChaCha20 under key with
- * nonce (ct_global, label).  Returns 0, or -1 (nothing written) for unsupported precisions. */
+ * nonce (ct_global, label).  Returns BN_OK, BN_EPARAMS (nothing written) for unsupported precisions, or BN_ENOMEM. */
 int bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og,
                const int64_t *jobs_tl, const int64_t *ct_global, int64_t njobs,
                const int64_t *ret_lo, const int64_t *ret_hi, const int32_t *ret_coef, int64_t ret_base,
@@ -108,7 +110,7 @@ void bh_random_bits(const uint8_t *key, int64_t count, int bits, uint64_t *out, 
  * it is rounded to its top ring_bits bits (the decrypted value) and stored at
  * out[b * out_stride + ret_flat[pos]].  c1 * s uses the primes prime_idx[0..2], whose product
  * must exceed 4 N 2^m.  Returns the number of ciphertexts with a word out of range (then the
- * output is not usable), or -1 for bad precisions. */
+ * output is not usable), or BN_EPARAMS (< 0) for bad precisions. */
 int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
                          const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
                          const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,

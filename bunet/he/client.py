@@ -10,6 +10,7 @@ import numpy as np
 from bunet import ring
 
 from ..message import new_message
+from ..native_errors import check
 from . import wire
 from ._native import ffi, lib
 from .bfv import a_keys, plan_for, tiling, u64_ptr
@@ -163,6 +164,8 @@ class ClientHE:
                 n_flat,
                 THREADS,
             )
+            if bad < 0:
+                check(lib, int(bad), "HE decryption")
             if bad:
                 raise ValueError("HE result coefficients out of range")
             return plan, batch, res

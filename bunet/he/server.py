@@ -38,6 +38,7 @@ import numpy as np
 from bunet import ring
 
 from ..message import new_message
+from ..native_errors import check
 from . import wire
 from ._native import lib
 from .bfv import a_keys, plan_for, random_ring, tiling, u64_ptr
@@ -455,5 +456,4 @@ class ServerHE:
             ptr("uint8_t *", c0_out),
             self.threads,
         )
-        if rc:
-            raise ValueError("unsupported HE precisions for the finishing kernel")
+        check(lib, rc, "HE finishing kernel")
