@@ -26,8 +26,9 @@ ROOT = os.path.dirname(HERE)
 # Plain data, no dataclass: setuptools runs this file through cffi's execfile, outside sys.modules.
 MODULES: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
     "gc": (
-        "bunet_gc.h silent_ot.h",
-        "bunet_gc.c silent_ot.c",
+        "bunet_status.h bunet_gc.h silent_ot.h",
+        "gc/cpu.c gc/aes.c gc/transpose.c gc/ot_ext.c gc/ot_check.c gc/luts.c gc/pack.c gc/garble.c gc/evaluate.c"
+        " gc/run.c silent_ot.c",
         ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"],
         [],
         [],

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from bunet import ring
 from bunet.gc import OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc, relu_pool, relu_pool_ops
 from bunet.gc.engine import aes_key_schedules, ffi, lib
+from bunet.gc.native import run_circuit
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler, local_trees
+from bunet.native_errors import EngineArgumentError
 
 HSET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -217,7 +219,7 @@ def test_relu_pool_costs():
 
 def test_multi_output_index_checked():
     """An arithmetic gate whose output index is out of range, or a B2A2 run and its NOUT that target
-    different outputs, are refused by the engine (code -3) before anything is written."""
+    different outputs, are refused by the engine (BN_EINVAL) before anything is written."""
     from bunet.gc import circuits as gcc
 
     op = MaxTrunc(ring_bits=8, in_bits=8, shift=2)  # sign mode: 2 outputs (the share, the revealed bit)
@@ -232,37 +234,29 @@ def test_multi_output_index_checked():
         ct = np.zeros(n * circ.ct_bytes, dtype=np.uint8)
         ar = np.zeros(circ.arith_len(n), dtype=np.uint8)
         out = np.zeros(n * nout, dtype=np.uint64)
-        ys = np.zeros(n, dtype=np.uint64)
         labels = np.zeros(16 * m, dtype=np.uint8)
         rk = aes_key_schedules([bytes(16)])
-        rc = lib.bn_gc_run_multi(
-            0,
-            ffi.from_buffer("int32_t[]", gates),
-            gates.shape[0],
-            circ.nwires,
-            n,
-            1,
-            op.circ_bits,
-            ffi.from_buffer("uint64_t[]", ys),
-            ffi.NULL,
-            4,
-            ffi.NULL,
-            m,
-            0,
-            ffi.from_buffer("uint8_t[]", labels),
-            rk,
-            ffi.NULL,
-            0,
-            circ.tweaks_per_inst,
-            ffi.from_buffer("uint8_t[]", ct),
-            circ.ct_bytes,
-            ffi.from_buffer("uint8_t[]", ar),
-            circ.arith_len(n),
-            ffi.from_buffer("uint64_t[]", out),
-            (1 << 64) - 1,
-            nout,
-        )
-        assert rc == -3
+        with pytest.raises(EngineArgumentError, match="garbled-circuit evaluation: inconsistent arguments"):
+            run_circuit(
+                False,
+                gates=ffi.from_buffer("int32_t[]", gates),
+                ngates=gates.shape[0],
+                nwires=circ.nwires,
+                nout=nout,
+                n=n,
+                k=1,
+                b=op.circ_bits,
+                rk=rk,
+                tpi=circ.tweaks_per_inst,
+                in_labels=ffi.from_buffer("uint8_t[]", labels),
+                ot_k=4,
+                m=m,
+                ct=ffi.from_buffer("uint8_t[]", ct),
+                arith=ffi.from_buffer("uint8_t[]", ar),
+                arith_len=circ.arith_len(n),
+                out=ffi.from_buffer("uint64_t[]", out),
+                outmask=(1 << 64) - 1,
+            )
         assert not out.any()
 
 
@@ -621,52 +615,29 @@ def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray
     ys = np.ascontiguousarray(gbits, dtype=np.uint64)
     out_g = np.empty(n, dtype=np.uint64)
     out_e = np.empty(n, dtype=np.uint64)
-    g = ffi.from_buffer("int32_t[]", circ.gates)
-    common = (g, circ.gates.shape[0], circ.nwires, n, 1, b)
-    rc = lib.bn_gc_run(
-        1,
-        *common,
-        ffi.from_buffer("uint64_t[]", ys),
-        sg,
-        k,
-        u8(cm),
-        m,
-        0,
-        ffi.NULL,
-        rk,
-        delta,
-        7,
-        circ.tweaks_per_inst,
-        u8(ct),
-        circ.ct_bytes,
-        u8(ar),
-        circ.arith_len(n),
-        ffi.from_buffer("uint64_t[]", out_g),
-        (1 << 64) - 1,
+    u64 = lambda a: ffi.from_buffer("uint64_t[]", a)  # noqa: E731
+    common = dict(
+        gates=ffi.from_buffer("int32_t[]", circ.gates),
+        ngates=circ.gates.shape[0],
+        nwires=circ.nwires,
+        n=n,
+        k=1,
+        b=b,
+        nout=1,
+        rk=rk,
+        tweak_base=7,
+        tpi=circ.tweaks_per_inst,
+        ot_k=k,
+        m=m,
+        ct=u8(ct),
+        arith=u8(ar),
+        arith_len=circ.arith_len(n),
+        outmask=(1 << 64) - 1,
     )
-    assert rc == 0
-    rc = lib.bn_gc_run(
-        0,
-        *common,
-        ffi.NULL,
-        ffi.NULL,
-        k,
-        ffi.NULL,
-        m,
-        0,
-        u8(labels),
-        rk,
-        ffi.NULL,
-        7,
-        circ.tweaks_per_inst,
-        u8(ct),
-        circ.ct_bytes,
-        u8(ar),
-        circ.arith_len(n),
-        ffi.from_buffer("uint64_t[]", out_e),
-        (1 << 64) - 1,
+    run_circuit(
+        True, **common, ys=ffi.from_buffer("uint64_t[]", ys), ot_leaves=sg, cm=u8(cm), delta=delta, out=u64(out_g)
     )
-    assert rc == 0
+    run_circuit(False, **common, in_labels=u8(labels), out=u64(out_e))
     return out_e
 
 
@@ -817,11 +788,11 @@ def test_look_up_tables(dw, n, extra, seed):
             lib.bn_luts_send(
                 n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), u8(delta), rk, 0, u64(a), u64(rho), u8(tab)
             )
-            == -3
+            == lib.BN_EINVAL
         )
         assert (
             lib.bn_luts_recv(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), rk, 0, u64(a), u8(tab), u64(got))
-            == -3
+            == lib.BN_EINVAL
         )
 
 

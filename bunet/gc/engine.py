@@ -90,7 +90,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..message import new_message
+from ..native_errors import check
 from . import circuits, silent
+from .native import run_circuit
 from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 try:
@@ -463,8 +465,7 @@ def _ggm_keys(sid: bytes) -> object:
 def _random_bits(m: int) -> np.ndarray:
     """m fresh CSPRNG bits as 0/1 bytes."""
     r = np.empty(m, dtype=np.uint8)
-    if lib.bn_prg_fill(_buf(r), m) != 0:
-        raise OSError("getrandom() failed")
+    check(lib, lib.bn_prg_fill(_buf(r), m), "random bits")
     return r & 1
 
 
@@ -669,8 +670,7 @@ class Evaluator(_Party):
         lib.bn_aes_keysched(aes_key, rk)
         self._rk = rk
         self._tag = tag
-        if lib.bn_prg_fill(_buf(self._rdelta), 16) != 0:
-            raise OSError("getrandom() failed")
+        check(lib, lib.bn_prg_fill(_buf(self._rdelta), 16), "random bits")
         self._rchoice = ggm_choices(self.ot_k, bytes(self._rdelta))
         choice = np.packbits(np.array(self._rchoice, dtype=np.uint8), bitorder="little")
         cm = bytearray(_cot_len(self.ot_k, N_BASE))
@@ -819,8 +819,7 @@ class Evaluator(_Party):
             lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
         dest = dest + ext
         rho = np.empty(items, dtype=np.uint64)  # fresh CSPRNG mask bits, one per table bit (bit col + p)
-        if lib.bn_prg_fill(_buf(rho), 8 * items) != 0:
-            raise OSError("getrandom() failed")
+        check(lib, lib.bn_prg_fill(_buf(rho), 8 * items), "random bits")
         rho &= _mask(lp.n_masked)
         rc = lib.bn_luts_send(
             items,
@@ -835,8 +834,7 @@ class Evaluator(_Party):
             _u64(rho),
             dest,
         )
-        if rc != 0:
-            raise MemoryError(f"look-up tables failed (engine code {rc})")
+        check(lib, rc, "look-up tables")
         mux = None
         if lp.mux:  # the sender's keys of the r0 row: the post-message's correlated OT
             rq = np.ascontiguousarray(q.reshape(-1, 16)[lp.rows - 1 : items * lp.rows : lp.rows])
@@ -877,37 +875,31 @@ class Evaluator(_Party):
         mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
         ct = body[:nct]
         ar = body[nct:]
-        rc = lib.bn_gc_run_multi(
-            0,
-            ffi.from_buffer("int32_t[]", c.gates),
-            c.gates.shape[0],
-            c.nwires,
-            n,
-            op.items,
-            op.circ_bits,
-            ffi.NULL,
-            ffi.NULL,
-            self.ot_k,
-            ffi.NULL,
-            m,
-            0,
-            _buf(labels),
-            self._rk,
-            ffi.NULL,
-            tw,
-            c.tweaks_per_inst,
-            _buf(ct),
-            c.ct_bytes,
-            _buf(ar),
-            nar,
-            _u64(out),
-            mask,
-            nout,
-        )
-        if not silent_rows:
-            self._give_buffer(labels)
-        if rc != 0:
-            raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
+        try:
+            run_circuit(
+                False,
+                gates=ffi.from_buffer("int32_t[]", c.gates),
+                ngates=c.gates.shape[0],
+                nwires=c.nwires,
+                nout=nout,
+                n=n,
+                k=op.items,
+                b=op.circ_bits,
+                rk=self._rk,
+                tweak_base=tw,
+                tpi=c.tweaks_per_inst,
+                in_labels=_buf(labels),
+                ot_k=self.ot_k,
+                m=m,
+                ct=_buf(ct),
+                arith=_buf(ar),
+                arith_len=nar,
+                out=_u64(out),
+                outmask=mask,
+            )
+        finally:
+            if not silent_rows:
+                self._give_buffer(labels)
         if isinstance(op, Argmax):
             return (out | np.uint64(c.const_out)).astype(np.int64)
         if mux is not None:
@@ -947,8 +939,7 @@ class Garbler(_Party):
         self.ot = ot
         self._wk = 0
         d = bytearray(16)
-        if lib.bn_prg_fill(_buf(d), 16) != 0:
-            raise OSError("getrandom() failed")
+        check(lib, lib.bn_prg_fill(_buf(d), 16), "random bits")
         d[0] |= 1  # point-and-permute: lsb(Delta) = 1
         self._delta = ffi.new("uint8_t[]", bytes(d))
         d[:] = bytes(16)
@@ -1088,8 +1079,7 @@ class Garbler(_Party):
             r0 = None
             if op.lut_plan.mux:  # the last row is a fresh random bit r0, not a share bit
                 r0 = np.empty(n * op.items, dtype=np.uint8)
-                if lib.bn_prg_fill(_buf(r0), r0.size) != 0:
-                    raise OSError("getrandom() failed")
+                check(lib, lib.bn_prg_fill(_buf(r0), r0.size), "random bits")
                 r0 &= 1
                 vals = (ys.reshape(-1) & _mask(d - 1)) | (r0.astype(np.uint64) << np.uint64(d - 1))
             else:
@@ -1168,35 +1158,32 @@ class Garbler(_Party):
             body_out = head + len(msgs)
             nout = c.n_outputs
             acc = np.empty(n * nout, dtype=np.uint64)
-            rc = lib.bn_gc_run_multi(
-                1,
-                ffi.from_buffer("int32_t[]", c.gates),
-                c.gates.shape[0],
-                c.nwires,
-                n,
-                op.items,
-                op.circ_bits,
-                _u64(yg),
-                self._leaves,
-                self._ot_k,
-                _buf(body),
-                m,
-                blk,
-                labels,
-                self._rk,
-                self._delta,
-                tw,
-                c.tweaks_per_inst,
-                body_out,
-                c.ct_bytes,
-                body_out + nct,
-                nar,
-                _u64(acc),
-                (1 << 64) - 1,
-                nout,
+            run_circuit(
+                True,
+                gates=ffi.from_buffer("int32_t[]", c.gates),
+                ngates=c.gates.shape[0],
+                nwires=c.nwires,
+                nout=nout,
+                n=n,
+                k=op.items,
+                b=op.circ_bits,
+                rk=self._rk,
+                tweak_base=tw,
+                tpi=c.tweaks_per_inst,
+                in_labels=labels,
+                ot_leaves=self._leaves,
+                ot_k=self._ot_k,
+                m=m,
+                blk_off=blk,
+                ct=body_out,
+                arith=body_out + nct,
+                arith_len=nar,
+                out=_u64(acc),
+                outmask=(1 << 64) - 1,
+                ys=_u64(yg),
+                delta=self._delta,
+                cm=_buf(body),
             )
-            if rc != 0:
-                raise MemoryError(f"garbling failed (engine code {rc})")
             with self._lock:
                 self.bytes_sent += len(out)
             if isinstance(op, Argmax):
@@ -1298,8 +1285,7 @@ class Garbler(_Party):
             _buf(tables),
             _u64(u),
         )
-        if rc != 0:
-            raise MemoryError(f"look-up tables failed (engine code {rc})")
+        check(lib, rc, "look-up tables")
         w = lp.circuit_words(ys, u, op.word_bits)
         if r0 is not None:
             nt = np.uint64(lp.n_masked)
