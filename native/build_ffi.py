@@ -1,8 +1,8 @@
 """cffi build script (API mode) for the two native modules:
 
-* ``bunet.gc._native`` from bunet_gc.c: the garbled-circuit engine (AES-NI, SSE4.1; VAES/AVX2
-  paths are chosen at run time);
-* ``bunet.he._native`` from bunet_he.c: the HomConv kernels (portable C; the AVX2+FMA path is
+* ``bunet.gc._native`` from gc/*.c and silent_ot.c: the garbled-circuit engine (AES-NI, SSE4.1;
+  VAES/AVX2/BMI2 paths are chosen at run time);
+* ``bunet.he._native`` from he/*.c: the HomConv kernels (portable C; the AVX2+FMA path is
   chosen at run time, so no machine-specific flags are passed).
 
 Used by setup.py (``cffi_modules``: ``gc_builder`` and ``he_builder``); run as a script to build

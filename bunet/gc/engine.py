@@ -29,7 +29,7 @@ that uses it, and ``finish`` of a later response of that iteration waits for the
 Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
 client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
 exactly the entry of its own d bits x (1-of-2^d OT from d random OTs, Naor-Pinkas; see
-``bn_luts_send`` in native/bunet_gc.c). Entry x holds a bit of (client's bits a) + x - the carry
+``bn_luts_send`` in native/gc/luts.c). Entry x holds a bit of (client's bits a) + x - the carry
 out ("generate") or "propagate" - XOR a fresh random bit rho of the client. The server learns
 f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client input) XOR f ^ rho
 (garbler plaintext) = f.
