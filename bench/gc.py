@@ -40,7 +40,7 @@ from bunet import ring  # noqa: E402
 from bunet.gc import Argmax, MaxTrunc, relu_pool, relu_pool_ops  # noqa: E402
 from bunet.gc import circuits as gcc  # noqa: E402
 from bunet.gc.engine import ffi, lib  # noqa: E402
-from bunet.gc.native import run_circuit  # noqa: E402
+from bunet.gc.native import circuit_fields, run_circuit  # noqa: E402
 from bunet.protocol import gc_pipeline  # noqa: E402
 from bunet.protocol.session import GC_WINDOW  # noqa: E402
 from tests.gcpair import LocalCot, RunStats, two_party  # noqa: E402
@@ -79,27 +79,17 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
     ct = np.empty(n * circ.ct_bytes, dtype=np.uint8)
     ar = np.zeros(max(1, circ.arith_len(n)), dtype=np.uint8)
     out = np.empty(n, dtype=np.uint64)
-    g = ffi.from_buffer("int32_t[]", circ.gates)
+    fields = circuit_fields(circ, n, 1, 2, rk, 0)
     u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
 
     def run(garbler: int) -> None:
         run_circuit(
             bool(garbler),
-            gates=g,
-            ngates=circ.gates.shape[0],
-            nwires=circ.nwires,
-            nout=1,
-            n=n,
-            k=1,
-            b=2,
-            rk=rk,
-            tpi=circ.tweaks_per_inst,
+            **fields,
             ot_leaves=ks,
             ot_k=2,
-            m=m,
             ct=u8(ct),
             arith=u8(ar),
-            arith_len=circ.arith_len(n),
             out=ffi.from_buffer("uint64_t[]", out),
             outmask=(1 << 64) - 1,
             delta=bytes(delta) if garbler else None,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bunet import ring
 from bunet.gc import OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc, relu_pool, relu_pool_ops
 from bunet.gc.engine import aes_key_schedules, ffi, lib
-from bunet.gc.native import run_circuit
+from bunet.gc.native import circuit_fields, run_circuit
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler, local_trees
 from bunet.native_errors import EngineArgumentError
 
@@ -237,23 +237,14 @@ def test_multi_output_index_checked():
         labels = np.zeros(16 * m, dtype=np.uint8)
         rk = aes_key_schedules([bytes(16)])
         with pytest.raises(EngineArgumentError, match="garbled-circuit evaluation: inconsistent arguments"):
+            fields = {**circuit_fields(circ, n, 1, op.circ_bits, rk, 0), "nout": nout}
             run_circuit(
                 False,
-                gates=ffi.from_buffer("int32_t[]", gates),
-                ngates=gates.shape[0],
-                nwires=circ.nwires,
-                nout=nout,
-                n=n,
-                k=1,
-                b=op.circ_bits,
-                rk=rk,
-                tpi=circ.tweaks_per_inst,
+                **{**fields, "gates": ffi.from_buffer("int32_t[]", gates)},
                 in_labels=ffi.from_buffer("uint8_t[]", labels),
                 ot_k=4,
-                m=m,
                 ct=ffi.from_buffer("uint8_t[]", ct),
                 arith=ffi.from_buffer("uint8_t[]", ar),
-                arith_len=circ.arith_len(n),
                 out=ffi.from_buffer("uint64_t[]", out),
                 outmask=(1 << 64) - 1,
             )
@@ -616,24 +607,7 @@ def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray
     out_g = np.empty(n, dtype=np.uint64)
     out_e = np.empty(n, dtype=np.uint64)
     u64 = lambda a: ffi.from_buffer("uint64_t[]", a)  # noqa: E731
-    common = dict(
-        gates=ffi.from_buffer("int32_t[]", circ.gates),
-        ngates=circ.gates.shape[0],
-        nwires=circ.nwires,
-        n=n,
-        k=1,
-        b=b,
-        nout=1,
-        rk=rk,
-        tweak_base=7,
-        tpi=circ.tweaks_per_inst,
-        ot_k=k,
-        m=m,
-        ct=u8(ct),
-        arith=u8(ar),
-        arith_len=circ.arith_len(n),
-        outmask=(1 << 64) - 1,
-    )
+    common = dict(**circuit_fields(circ, n, 1, b, rk, 7), ot_k=k, ct=u8(ct), arith=u8(ar), outmask=(1 << 64) - 1)
     run_circuit(
         True, **common, ys=ffi.from_buffer("uint64_t[]", ys), ot_leaves=sg, cm=u8(cm), delta=delta, out=u64(out_g)
     )
@@ -641,10 +615,8 @@ def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray
     return out_e
 
 
-@pytest.mark.parametrize("n", [1, 7, 128, 1000, 4099])
-def test_three_halves_and_gate(n):
-    """One three-halves AND (and the fused CARRY) over all four input combinations, many instances;
-    chained gates check whole output labels (a wrong bit anywhere would garble the next gate)."""
+def _three_halves_circuit():
+    """ANDs, a CARRY with a garbler bit, NOTs and an XOR, chained, each result revealed (bits 0 .. 4)."""
     from bunet.gc import circuits as gcc
 
     bld = gcc._Builder(2)
@@ -656,7 +628,25 @@ def test_three_halves_and_gate(n):
     f = bld.and_(bld.not_(e), bld.not_(a))  # ~((x^y)&g) & ~(x&y)
     for i, w in enumerate((a, c, d, e, f)):
         bld._emit(gcc.REVEAL, w, 0, 0, i, out=False)
-    circ = gcc._finish(bld)
+    return gcc._finish(bld)
+
+
+def _three_halves_want(bits: np.ndarray, gb: np.ndarray) -> np.ndarray:
+    """What _three_halves_circuit reveals for client bits (n, 2) and garbler bits gb (n,)."""
+    xx, yy, gg = bits[:, 0].astype(np.uint64), bits[:, 1].astype(np.uint64), gb & np.uint64(1)
+    ra = xx & yy
+    rc = (xx & yy) | (xx & gg) | (yy & gg)
+    rd = xx ^ yy
+    re = rd & rc
+    rf = (re ^ 1) & (ra ^ 1)
+    return ra | rc << np.uint64(1) | rd << np.uint64(2) | re << np.uint64(3) | rf << np.uint64(4)
+
+
+@pytest.mark.parametrize("n", [1, 7, 128, 1000, 4099])
+def test_three_halves_and_gate(n):
+    """One three-halves AND (and the fused CARRY) over all four input combinations, many instances;
+    chained gates check whole output labels (a wrong bit anywhere would garble the next gate)."""
+    circ = _three_halves_circuit()
     assert circ.and_gates == 5 and circ.ct_bytes == 5 * 24 and circ.bytes_per_inst == 5 * 24 + (5 * 5 + 5) / 8
     rng = np.random.default_rng(n)
     combo = np.arange(n) % 4 if n < 8 else rng.permutation(np.arange(n) % 4)
@@ -664,14 +654,7 @@ def test_three_halves_and_gate(n):
     gb = rng.integers(0, 2, size=n).astype(np.uint64)
     for seed in range(3):
         got = _run_raw(circ, bits, gb | (rng.integers(0, 1 << 62, size=n).astype(np.uint64) << np.uint64(1)), seed)
-        xx, yy, gg = bits[:, 0].astype(np.uint64), bits[:, 1].astype(np.uint64), gb
-        ra = xx & yy
-        rc = (xx & yy) | (xx & gg) | (yy & gg)
-        rd = xx ^ yy
-        re = rd & rc
-        rf = (re ^ 1) & (ra ^ 1)
-        want = ra | rc << np.uint64(1) | rd << np.uint64(2) | re << np.uint64(3) | rf << np.uint64(4)
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, _three_halves_want(bits, gb))
 
 
 def test_claim_in_order_garble_concurrently():

@@ -14,9 +14,8 @@ import pytest
 import test_gc as gc_cases
 
 from bunet.gc import OT_BACKENDS
-from bunet.gc import circuits as gcc
 from bunet.gc.engine import aes_key_schedules, ffi, lib
-from bunet.gc.native import run_circuit
+from bunet.gc.native import circuit_fields, run_circuit
 from bunet.gc.ot import local_trees
 
 u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
@@ -114,24 +113,10 @@ def test_look_up_tables_and_check_identical():
     assert p0 == p1
 
 
-def _circuit() -> gcc.Compiled:
-    """test_gc's three-halves circuit: ANDs, a CARRY with a garbler bit, NOTs, XORs, revealed bits."""
-    bld = gcc._Builder(2)
-    x, y = 0, 1
-    a = bld.and_(x, y)
-    c = bld._emit(gcc.CARRY, x, y, 0, 0)
-    d = bld.and_(bld.not_(a), bld.xor(x, y))
-    e = bld.and_(d, c)
-    f = bld.and_(bld.not_(e), bld.not_(a))
-    for i, w in enumerate((a, c, d, e, f)):
-        bld._emit(gcc.REVEAL, w, 0, 0, i, out=False)
-    return gcc._finish(bld)
-
-
 @pytest.mark.parametrize("garble_sse", [False, True])
 def test_garble_on_one_path_evaluate_on_both(garble_sse):
     """Garbled on one path, the material evaluates to the same bytes on both, and to the right bits."""
-    circ, n, k, b = _circuit(), 1000, 4, 2
+    circ, n, k, b = gc_cases._three_halves_circuit(), 1000, 4, 2
     rng = np.random.default_rng(int(garble_sse))
     bits = rng.integers(0, 2, (n, b)).astype(np.uint64)
     gbits = rng.integers(0, 2, n).astype(np.uint64)
@@ -145,24 +130,7 @@ def test_garble_on_one_path_evaluate_on_both(garble_sse):
     lib.bn_cot_recv(sc, k, 0, m, u8(choice), u8(cm), u8(labels))
     rk = aes_key_schedules([rng.bytes(16)])
     ct, ar = np.zeros(n * circ.ct_bytes, dtype=np.uint8), np.zeros(circ.arith_len(n), dtype=np.uint8)
-    common = dict(
-        gates=ffi.from_buffer("int32_t[]", circ.gates),
-        ngates=circ.gates.shape[0],
-        nwires=circ.nwires,
-        nout=1,
-        n=n,
-        k=1,
-        b=b,
-        rk=rk,
-        tweak_base=3,
-        tpi=circ.tweaks_per_inst,
-        ot_k=k,
-        m=m,
-        ct=u8(ct),
-        arith=u8(ar),
-        arith_len=circ.arith_len(n),
-        outmask=(1 << 64) - 1,
-    )
+    common = dict(**circuit_fields(circ, n, 1, b, rk, 3), ot_k=k, ct=u8(ct), arith=u8(ar), outmask=(1 << 64) - 1)
     out_g = np.empty(n, dtype=np.uint64)
     with sse_only(garble_sse):
         run_circuit(True, **common, ys=u64(gbits), ot_leaves=sg, cm=u8(cm), delta=delta, out=u64(out_g))
@@ -174,12 +142,7 @@ def test_garble_on_one_path_evaluate_on_both(garble_sse):
 
     e0, e1 = both_paths(evaluate)
     np.testing.assert_array_equal(e0, e1)
-    xx, yy, gg = bits[:, 0], bits[:, 1], gbits
-    ra, rc = xx & yy, (xx & yy) | (xx & gg) | (yy & gg)
-    rd = xx ^ yy
-    re = rd & rc
-    rf = (re ^ 1) & (ra ^ 1)
-    np.testing.assert_array_equal(e0, ra | rc << 1 | rd << 2 | re << 3 | rf << 4)
+    np.testing.assert_array_equal(e0, gc_cases._three_halves_want(bits, gbits))
 
 
 @pytest.fixture(scope="module", params=OT_BACKENDS)

@@ -92,7 +92,7 @@ import numpy as np
 from ..message import new_message
 from ..native_errors import check
 from . import circuits, silent
-from .native import run_circuit
+from .native import circuit_fields, run_circuit
 from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 try:
@@ -869,7 +869,6 @@ class Evaluator(_Party):
             body = body[ext:]
             labels = self._fwd.rows(lo, lo + rows).reshape(-1)
         c = op.circuit
-        m = _pad128(n * op.items * op.circ_bits)
         nout = c.n_outputs
         out = np.empty(n * nout, dtype=np.uint64)
         mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
@@ -878,22 +877,11 @@ class Evaluator(_Party):
         try:
             run_circuit(
                 False,
-                gates=ffi.from_buffer("int32_t[]", c.gates),
-                ngates=c.gates.shape[0],
-                nwires=c.nwires,
-                nout=nout,
-                n=n,
-                k=op.items,
-                b=op.circ_bits,
-                rk=self._rk,
-                tweak_base=tw,
-                tpi=c.tweaks_per_inst,
+                **circuit_fields(c, n, op.items, op.circ_bits, self._rk, tw),
                 in_labels=_buf(labels),
                 ot_k=self.ot_k,
-                m=m,
                 ct=_buf(ct),
                 arith=_buf(ar),
-                arith_len=nar,
                 out=_u64(out),
                 outmask=mask,
             )
@@ -1160,24 +1148,13 @@ class Garbler(_Party):
             acc = np.empty(n * nout, dtype=np.uint64)
             run_circuit(
                 True,
-                gates=ffi.from_buffer("int32_t[]", c.gates),
-                ngates=c.gates.shape[0],
-                nwires=c.nwires,
-                nout=nout,
-                n=n,
-                k=op.items,
-                b=op.circ_bits,
-                rk=self._rk,
-                tweak_base=tw,
-                tpi=c.tweaks_per_inst,
+                **circuit_fields(c, n, op.items, op.circ_bits, self._rk, tw),
                 in_labels=labels,
                 ot_leaves=self._leaves,
                 ot_k=self._ot_k,
-                m=m,
                 blk_off=blk,
                 ct=body_out,
                 arith=body_out + nct,
-                arith_len=nar,
                 out=_u64(acc),
                 outmask=(1 << 64) - 1,
                 ys=_u64(yg),

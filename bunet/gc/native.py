@@ -23,3 +23,23 @@ def run_circuit(garbler: bool, **fields: Any) -> None:
     args = ffi.new("bn_gc_args *", fields)
     rc = (lib.bn_gc_garble if garbler else lib.bn_gc_evaluate)(args)
     check(lib, rc, "garbling" if garbler else "garbled-circuit evaluation")
+
+
+def circuit_fields(circ: Any, n: int, k: int, b: int, rk: Any, tweak_base: int) -> dict[str, Any]:
+    """The bn_gc_args fields that describe running the compiled circuit circ (``circuits.Compiled``) over
+    n instances of k input values of b bits each, hashing under rk from tweak_base; the party adds its
+    labels, buffers and outputs."""
+    return {
+        "gates": ffi.from_buffer("int32_t[]", circ.gates),
+        "ngates": circ.gates.shape[0],
+        "nwires": circ.nwires,
+        "nout": circ.n_outputs,
+        "n": n,
+        "k": k,
+        "b": b,
+        "rk": rk,
+        "tweak_base": tweak_base,
+        "tpi": circ.tweaks_per_inst,
+        "m": (n * k * b + 127) // 128 * 128,
+        "arith_len": circ.arith_len(n),
+    }
