@@ -41,8 +41,7 @@ def test_he_finish_refuses_unsupported_precisions():
     """bh_finish checks its precisions before touching any buffer."""
     lib, ffi = he_native.lib, he_native.ffi
     r = RNS(_candidates(1024)[:2], 1024)
-    null = ffi.NULL
-    rc = lib.bh_finish(r.ctx, null, 1, 2, null, null, null, 0, null, null, null, 0, null, null, null, null,
-                       24, null, null, 0, 30, 20, null, null, null, 1)  # fmt: skip
+    args = ffi.new("bh_finish_args *", dict(ring_bits=24, flood_bits=0, down_bits=30, down_c0_bits=20))
+    rc = lib.bh_finish(r.ctx, args, 1)
     with pytest.raises(ne.UnsupportedParametersError, match="HE finishing kernel: unsupported parameters"):
         ne.check(lib, rc, "HE finishing kernel")

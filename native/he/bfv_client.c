@@ -205,39 +205,36 @@ static void decrypt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     if (bad) __atomic_fetch_add(&c->bad, bad, __ATOMIC_RELAXED);
 }
 
-int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
-                         const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
-                         const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,
-                         uint64_t *phase, const int32_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
-                         int threads) {
-    if (down_bits > 50 || down_bits < 2 || down_c0_bits > down_bits || down_c0_bits < 1) return BN_EPARAMS;
-    if (out && (ring_bits < 1 || ring_bits >= down_bits)) return BN_EPARAMS;
+int64_t bh_decrypt_phase(const bh_rns *r, const bh_decrypt_args *a, int threads) {
+    if (a->down_bits > 50 || a->down_bits < 2 || a->down_c0_bits > a->down_bits || a->down_c0_bits < 1)
+        return BN_EPARAMS;
+    if (a->out && (a->ring_bits < 1 || a->ring_bits >= a->down_bits)) return BN_EPARAMS;
     dec_ctx c;
     memset(&c, 0, sizeof c);
     c.r = r;
-    for (int t = 0; t < 3; t++) c.pi[t] = prime_idx[t];
-    c.s_hat = s_hat;
-    c.c1 = c1;
-    c.c0 = c0;
-    c.per_ct = per_ct;
-    c.n_ret = n_ret;
-    c.ret_lo = ret_lo;
-    c.ret_hi = ret_hi;
-    c.ret_coef = ret_coef;
-    c.down_bits = down_bits;
-    c.down_c0_bits = down_c0_bits;
-    c.phase = phase;
-    c.out = out;
-    c.ret_flat = ret_flat;
-    c.out_stride = out_stride;
-    c.ring_bits = ring_bits;
+    for (int t = 0; t < 3; t++) c.pi[t] = a->prime_idx[t];
+    c.s_hat = a->s_hat;
+    c.c1 = a->c1;
+    c.c0 = a->c0;
+    c.per_ct = a->per_ct;
+    c.n_ret = a->n_ret;
+    c.ret_lo = a->ret_lo;
+    c.ret_hi = a->ret_hi;
+    c.ret_coef = a->ret_coef;
+    c.down_bits = a->down_bits;
+    c.down_c0_bits = a->down_c0_bits;
+    c.phase = a->phase;
+    c.out = a->out;
+    c.ret_flat = a->ret_flat;
+    c.out_stride = a->out_stride;
+    c.ring_bits = a->ring_bits;
     int64_t p1 = (int64_t)r->p[c.pi[0]], p2 = (int64_t)r->p[c.pi[1]], p3 = (int64_t)r->p[c.pi[2]];
     int64_t i12 = inv_mod(p1, p2), i3 = inv_mod((p1 % p3) * (p2 % p3) % p3, p3);
     c.inv12 = (double)(i12 > p2 / 2 ? i12 - p2 : i12);
     c.inv3 = (double)(i3 > p3 / 2 ? i3 - p3 : i3);
     c.p1 = (uint64_t)p1;
     c.p12 = (uint64_t)p1 * (uint64_t)p2;
-    int64_t count = batch * per_ct;
+    int64_t count = a->batch * a->per_ct;
     bh_par_for(threads, count, bh_grain_for(count, threads, 4), decrypt_task, &c,
             sizeof(double) * 3 * (size_t)r->n + sizeof(uint64_t) * (size_t)r->n);
     return c.bad;

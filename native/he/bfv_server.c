@@ -264,44 +264,39 @@ static void finish_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     }
 }
 
-int bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og, const int64_t *jobs_tl,
-               const int64_t *ct_global, int64_t njobs, const int64_t *ret_lo, const int64_t *ret_hi,
-               const int32_t *ret_coef, int64_t ret_base, const int32_t *ret_flat, const int32_t *ret_ch,
-               const uint64_t *r_out, const uint64_t *bias, int ring_bits, const double *pk, const double *delta,
-               int flood_bits, int down_bits, int down_c0_bits, const uint8_t *key, uint8_t *c1_out, uint8_t *c0_out,
-               int threads) {
-    if (r->k > 64 || flood_bits < 1 || flood_bits > 188 || down_bits > 50 || down_c0_bits > down_bits || ring_bits < 1
-        || ring_bits > 50)
+int bh_finish(const bh_rns *r, const bh_finish_args *a, int threads) {
+    if (r->k > 64 || a->flood_bits < 1 || a->flood_bits > 188 || a->down_bits > 50 || a->down_c0_bits > a->down_bits
+        || a->ring_bits < 1 || a->ring_bits > 50)
         return BN_EPARAMS;
     fin_ctx *c = (fin_ctx *)calloc(1, sizeof(fin_ctx));
     if (!c) return BN_ENOMEM;
     c->r = r;
-    c->y = y;
-    c->n_og = n_og;
-    c->rows = rows;
-    c->jobs_og = jobs_og;
-    c->jobs_tl = jobs_tl;
-    c->ct_global = ct_global;
-    c->ret_lo = ret_lo;
-    c->ret_hi = ret_hi;
-    c->ret_coef = ret_coef;
-    c->ret_base = ret_base;
-    c->r_out = r_out;
-    c->bias = bias;
-    c->ret_flat = ret_flat;
-    c->ret_ch = ret_ch;
-    c->ring_mask = (1ULL << ring_bits) - 1;
-    c->pk = pk;
-    c->delta = delta;
-    c->flood_bits = flood_bits;
-    c->down_bits = down_bits;
-    c->down_c0_bits = down_c0_bits;
-    c->key = key;
-    c->c1_out = c1_out;
-    c->c0_out = c0_out;
-    for (int i = 0; i < r->k; i++) c->scale[i] = ldexp(1.0, down_bits) / r->p[i];
-    bh_flood_consts(r, flood_bits, c->fl_c, c->fl_off, &c->n_limbs);
-    bh_par_for(threads, njobs, bh_grain_for(njobs, threads, GROUP), finish_task, c, finish_scratch(r, c->n_limbs));
+    c->y = a->y;
+    c->n_og = a->n_og;
+    c->rows = a->rows;
+    c->jobs_og = a->jobs_og;
+    c->jobs_tl = a->jobs_tl;
+    c->ct_global = a->ct_global;
+    c->ret_lo = a->ret_lo;
+    c->ret_hi = a->ret_hi;
+    c->ret_coef = a->ret_coef;
+    c->ret_base = a->ret_base;
+    c->r_out = a->r_out;
+    c->bias = a->bias;
+    c->ret_flat = a->ret_flat;
+    c->ret_ch = a->ret_ch;
+    c->ring_mask = (1ULL << a->ring_bits) - 1;
+    c->pk = a->pk;
+    c->delta = a->delta;
+    c->flood_bits = a->flood_bits;
+    c->down_bits = a->down_bits;
+    c->down_c0_bits = a->down_c0_bits;
+    c->key = a->key;
+    c->c1_out = a->c1_out;
+    c->c0_out = a->c0_out;
+    for (int i = 0; i < r->k; i++) c->scale[i] = ldexp(1.0, a->down_bits) / r->p[i];
+    bh_flood_consts(r, a->flood_bits, c->fl_c, c->fl_off, &c->n_limbs);
+    bh_par_for(threads, a->njobs, bh_grain_for(a->njobs, threads, GROUP), finish_task, c, finish_scratch(r, c->n_limbs));
     free(c);
     return BN_OK;
 }
