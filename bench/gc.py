@@ -40,6 +40,7 @@ from bunet import ring  # noqa: E402
 from bunet.gc import Argmax, MaxTrunc, relu_pool, relu_pool_ops  # noqa: E402
 from bunet.gc import circuits as gcc  # noqa: E402
 from bunet.gc.engine import ffi, lib  # noqa: E402
+from bunet.gc.native import circuit_fields, run_circuit  # noqa: E402
 from bunet.protocol import gc_pipeline  # noqa: E402
 from bunet.protocol.session import GC_WINDOW  # noqa: E402
 from tests.gcpair import LocalCot, RunStats, two_party  # noqa: E402
@@ -78,37 +79,22 @@ def bench_and(n: int = 1 << 14, depth: int = 64, reps: int = 5) -> dict:
     ct = np.empty(n * circ.ct_bytes, dtype=np.uint8)
     ar = np.zeros(max(1, circ.arith_len(n)), dtype=np.uint8)
     out = np.empty(n, dtype=np.uint64)
-    g = ffi.from_buffer("int32_t[]", circ.gates)
+    fields = circuit_fields(circ, n, 1, 2, rk, 0)
     u8 = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
 
     def run(garbler: int) -> None:
-        rc = lib.bn_gc_run(
-            garbler,
-            g,
-            circ.gates.shape[0],
-            circ.nwires,
-            n,
-            1,
-            2,
-            ffi.NULL,
-            ks,
-            2,
-            u8(u),
-            m,
-            0,
-            ffi.NULL,
-            rk,
-            bytes(delta),
-            0,
-            circ.tweaks_per_inst,
-            u8(ct),
-            circ.ct_bytes,
-            u8(ar),
-            circ.arith_len(n),
-            ffi.from_buffer("uint64_t[]", out),
-            (1 << 64) - 1,
+        run_circuit(
+            bool(garbler),
+            **fields,
+            ot_leaves=ks,
+            ot_k=2,
+            ct=u8(ct),
+            arith=u8(ar),
+            out=ffi.from_buffer("uint64_t[]", out),
+            outmask=(1 << 64) - 1,
+            delta=bytes(delta) if garbler else None,
+            cm=u8(u) if garbler else None,
         )
-        assert rc == 0
 
     tg = _best(lambda: run(1), reps)
     te = _best(lambda: run(0), reps)

@@ -1,8 +1,8 @@
 """cffi build script (API mode) for the two native modules:
 
-* ``bunet.gc._native`` from bunet_gc.c: the garbled-circuit engine (AES-NI, SSE4.1; VAES/AVX2
-  paths are chosen at run time);
-* ``bunet.he._native`` from bunet_he.c: the HomConv kernels (portable C; the AVX2+FMA path is
+* ``bunet.gc._native`` from gc/*.c and silent_ot.c: the garbled-circuit engine (AES-NI, SSE4.1;
+  VAES/AVX2/BMI2 paths are chosen at run time);
+* ``bunet.he._native`` from he/*.c: the HomConv kernels (portable C; the AVX2+FMA path is
   chosen at run time, so no machine-specific flags are passed).
 
 Used by setup.py (``cffi_modules``: ``gc_builder`` and ``he_builder``); run as a script to build
@@ -21,18 +21,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-# module -> C source(s) in native/ (each with a header of the same stem), compile flags, link flags, libraries.
+# module -> public headers (parsed by cffi, in native/), C sources (in native/), compile flags, link flags,
+# libraries. The internal headers of native/gc/ and native/he/ are found through include_dirs.
 # Plain data, no dataclass: setuptools runs this file through cffi's execfile, outside sys.modules.
-MODULES: dict[str, tuple[str, list[str], list[str], list[str]]] = {
+MODULES: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
     "gc": (
-        "bunet_gc.c silent_ot.c",
-        ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra"],
+        "bunet_status.h bunet_gc.h silent_ot.h",
+        "gc/cpu.c gc/aes.c gc/transpose.c gc/ot_ext.c gc/ot_check.c gc/luts.c gc/pack.c gc/garble.c gc/evaluate.c"
+        " gc/run.c silent_ot.c",
+        ["-O3", "-maes", "-msse4.1", "-mssse3", "-mpclmul", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"],
         [],
         [],
     ),
     "he": (
-        "bunet_he.c",
-        ["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-strict-aliasing", "-pthread", "-Wall", "-Wextra"],
+        "bunet_status.h bunet_he.h",
+        "he/cpu.c he/threads.c he/chacha20.c he/ntt.c he/sampling.c he/bfv_client.c he/bfv_server.c he/products.c",
+        [
+            "-O3",
+            "-std=gnu11",
+            "-ffp-contract=off",
+            "-fno-strict-aliasing",
+            "-pthread",
+            "-Wall",
+            "-Wextra",
+            "-fvisibility=hidden",
+        ],
         ["-pthread"],
         ["m"],
     ),
@@ -49,15 +62,16 @@ def _cdef(header: str) -> str:
 
 def make_builder(name: str, absolute: bool = False) -> FFI:
     """The FFI builder; setuptools wants source paths relative to the project root."""
-    sources, cflags, link, libraries = MODULES[name]
-    headers = [source[:-2] + ".h" for source in sources.split()]
+    headers, sources, cflags, link, libraries = (
+        part.split() if isinstance(part, str) else part for part in MODULES[name]
+    )
     b = FFI()
     b.cdef("\n".join(_cdef(header) for header in headers))
     where = HERE if absolute else "native"
     b.set_source(
         f"bunet.{name}._native",
         "".join(f'#include "{h}"\n' for h in headers),
-        sources=[os.path.join(where, source) for source in sources.split()],
+        sources=[os.path.join(where, source) for source in sources],
         include_dirs=[where],
         extra_compile_args=cflags,
         extra_link_args=link,

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bunet_status.h"
+
 typedef struct {
     int k;                /* number of primes */
     int n;                /* polynomial degree, a power of two >= 16 */
@@ -77,7 +79,7 @@ void bh_product_filters(const bh_rns *r, const float *f, int og_cnt, int c_in, i
 void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_out, int opack,
                      int n_og, int c_in, int rows, const double *x, double *y, int threads);
 
-/* Server: finish output ciphertexts.  Job j is slot-block output og = jobs_og[j], tile row
+/* Server: finish output ciphertexts (arguments: bh_finish_args).  Job j is slot-block output og = jobs_og[j], tile row
  * pair jobs_tl[j] of Y[blk][n_og][rows][4]; it is written as ciphertext ct_global[j].
  * Steps: + u*pk (u ternary, fresh), inverse NTT, + e (c1 everywhere, c0 at returned
  * coefficients), c0 also + Delta*m_s + a uniform flood in [-2^flood_bits, 2^flood_bits),
@@ -85,14 +87,25 @@ void bh_product_taps(const bh_rns *r, const double *w, const double *t, int c_ou
  * c0's top down_c0_bits at c0_out[ret_base + pos] for pos in [ret_lo[j], ret_hi[j]),
  * coefficient ret_coef[pos].  m_s = bias[ret_ch[pos]] - r_out[ret_flat[pos]] mod 2^ring_bits
  * (the bias and the server's fresh mask at that output).  Randomness: ChaCha20 under key with
- * nonce (ct_global, label).  Returns 0, or -1 (nothing written) for unsupported precisions. */
-int bh_finish(const bh_rns *r, const double *y, int n_og, int rows, const int64_t *jobs_og,
-               const int64_t *jobs_tl, const int64_t *ct_global, int64_t njobs,
-               const int64_t *ret_lo, const int64_t *ret_hi, const int32_t *ret_coef, int64_t ret_base,
-               const int32_t *ret_flat, const int32_t *ret_ch, const uint64_t *r_out, const uint64_t *bias,
-               int ring_bits, const double *pk, const double *delta, int flood_bits,
-               int down_bits, int down_c0_bits, const uint8_t *key, uint8_t *c1_out, uint8_t *c0_out,
-               int threads);
+ * nonce (ct_global, label).  Returns BN_OK, BN_EPARAMS (nothing written) for unsupported precisions, or BN_ENOMEM. */
+typedef struct {
+    const double *y;                                 /* Y[blk][n_og][rows][4] */
+    int n_og, rows;
+    const int64_t *jobs_og, *jobs_tl, *ct_global;    /* per job */
+    int64_t njobs;
+    const int64_t *ret_lo, *ret_hi;                  /* per job: its returned positions */
+    const int32_t *ret_coef;                         /* per position: its coefficient */
+    int64_t ret_base;                                /* c0_out index of position 0 */
+    const int32_t *ret_flat, *ret_ch;                /* per position: output index, channel */
+    const uint64_t *r_out, *bias;                    /* the server's fresh masks, the bias per channel */
+    int ring_bits;
+    const double *pk, *delta;                        /* public key (NTT form), Delta mod p_i */
+    int flood_bits, down_bits, down_c0_bits;
+    const uint8_t *key;                              /* 32-byte ChaCha20 key */
+    uint8_t *c1_out, *c0_out;
+} bh_finish_args;
+
+int bh_finish(const bh_rns *r, const bh_finish_args *a, int threads);
 
 /* Test hook: the residues (K, count) of `count` flooding integers drawn as bh_finish does
  * (nonce (ct, 2)), and the integers themselves as 32-bit limbs (count, (bits + 27) / 27). */
@@ -102,18 +115,29 @@ void bh_flood_sample(const bh_rns *r, const uint8_t *key, int64_t ct, int bits, 
 /* count uniform integers in [0, 2^bits) from ChaCha20 under key (a CSPRNG for masks). */
 void bh_random_bits(const uint8_t *key, int64_t count, int bits, uint64_t *out, int threads);
 
-/* Client: the phase c0 * 2^(m - m0) + (c1 * s)[coef] mod 2^m of every returned coefficient of a
+/* Client (arguments: bh_decrypt_args): the phase c0 * 2^(m - m0) + (c1 * s)[coef] mod 2^m of every returned coefficient of a
  * download (c1: batch*per_ct ciphertexts of (m+7)/8-byte words, c0: m0-bit values of (m0+7)/8
  * bytes, ranges as in bh_finish).  With out == NULL it is stored at phase[b * n_ret + pos]; else
  * it is rounded to its top ring_bits bits (the decrypted value) and stored at
  * out[b * out_stride + ret_flat[pos]].  c1 * s uses the primes prime_idx[0..2], whose product
  * must exceed 4 N 2^m.  Returns the number of ciphertexts with a word out of range (then the
- * output is not usable), or -1 for bad precisions. */
-int64_t bh_decrypt_phase(const bh_rns *r, const int *prime_idx, const double *s_hat, const uint8_t *c1,
-                         const uint8_t *c0, int64_t batch, int64_t per_ct, int64_t n_ret, const int64_t *ret_lo,
-                         const int64_t *ret_hi, const int32_t *ret_coef, int down_bits, int down_c0_bits,
-                         uint64_t *phase, const int32_t *ret_flat, int ring_bits, uint64_t *out, int64_t out_stride,
-                         int threads);
+ * output is not usable), or BN_EPARAMS (< 0) for bad precisions. */
+typedef struct {
+    const int *prime_idx;                            /* the three primes of c1 * s */
+    const double *s_hat;                             /* (K, N) secret key, NTT form */
+    const uint8_t *c1, *c0;
+    int64_t batch, per_ct, n_ret;
+    const int64_t *ret_lo, *ret_hi;
+    const int32_t *ret_coef;
+    int down_bits, down_c0_bits;
+    uint64_t *phase;                                 /* NULL, or the phases */
+    const int32_t *ret_flat;
+    int ring_bits;
+    uint64_t *out;                                   /* NULL, or the decrypted values */
+    int64_t out_stride;
+} bh_decrypt_args;
+
+int64_t bh_decrypt_phase(const bh_rns *r, const bh_decrypt_args *a, int threads);
 
 /* round(2^bits * c / q) mod 2^bits of residues (K, count) (|x| <= 2^22), bits <= 50. */
 void bh_to_pow2(const bh_rns *r, const double *x, int64_t count, int bits, uint64_t *out);

@@ -46,7 +46,7 @@ static const struct {
 #define SOT_NPARAM (sizeof SOT_TABLE / sizeof SOT_TABLE[0])
 
 int bn_sot_param(uint32_t id, uint32_t *t, uint32_t *logk, uint32_t *h, int *test_only) {
-    if (id >= SOT_NPARAM) return -1;
+    if (id >= SOT_NPARAM) return BN_EINVAL;
     *t = SOT_TABLE[id].t;
     *logk = SOT_TABLE[id].logk;
     *h = SOT_TABLE[id].h;
@@ -55,11 +55,11 @@ int bn_sot_param(uint32_t id, uint32_t *t, uint32_t *logk, uint32_t *h, int *tes
 }
 
 int bn_sot_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test) {
-    if (logk > 25 || h > 20) return -2; /* the positions' 25-bit fields; tree index arithmetic */
+    if (logk > 25 || h > 20) return BN_EPARAMS; /* the positions' 25-bit fields; tree index arithmetic */
     for (size_t i = 0; i < SOT_NPARAM; i++)
         if (SOT_TABLE[i].t == t && SOT_TABLE[i].logk == logk && SOT_TABLE[i].h == h)
             return SOT_TABLE[i].test_only && !allow_test ? -2 : 0;
-    return -2;
+    return BN_EPARAMS;
 }
 
 uint64_t bn_sot_msg_len(uint32_t t, uint32_t h) { return (uint64_t)t * (32 * (uint64_t)h + 16); }
@@ -314,7 +314,7 @@ static void level_sums(const block *node, uint64_t width, block *s0, block *s1) 
 
 static int keys_and_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, sot_key *K0,
                           sot_key *K1) {
-    if (bn_sot_check(t, logk, h, allow_test) != 0) return -2;
+    if (bn_sot_check(t, logk, h, allow_test) != 0) return BN_EPARAMS;
     load(K0, gk);
     load(K1, gk + 176);
     return 0;
@@ -324,13 +324,13 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
                 uint64_t tw0, uint64_t dom, const uint8_t *delta, const uint8_t *base_q, uint8_t *msg,
                 uint8_t *out_q) {
     sot_key K0, K1;
-    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0) return -2;
+    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0) return BN_EPARAMS;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
     const block D = _mm_loadu_si128((const block *)delta);
     const block *Q = (const block *)base_q;
     block *H = malloc(2 * th * sizeof(block));
     block *out = (block *)out_q;
-    if (!H) return -1;
+    if (!H) return BN_ENOMEM;
     /* H(q_i) and H(q_i ^ Delta) of the GGM base COTs, tweak = tw0 + base index */
     for (uint64_t i = 0; i < th; i++) H[th + i] = _mm_xor_si128(_mm_loadu_si128(Q + k + i), D);
     bn_hash_batch(rk, (const uint8_t *)(Q + k), (uint8_t *)H, th, tw0 + k, 1, dom);
@@ -339,7 +339,7 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     if (!roots || bn_prg_fill(roots, 16 * (size_t)t) != 0) {
         free(H);
         free(roots);
-        return -4;
+        return BN_ERANDOM;
     }
     block *cts = (block *)msg, *psi = (block *)msg + 2 * th;
     for (uint64_t tau = 0; tau < t; tau++) {
@@ -366,7 +366,7 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
 
 int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *base_c, uint8_t *out_c,
                   uint16_t *pos_out) {
-    if (bn_sot_check(t, logk, h, allow_test) != 0 || (pos_out && logk > 16)) return -2;
+    if (bn_sot_check(t, logk, h, allow_test) != 0 || (pos_out && logk > 16)) return BN_EPARAMS;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h;
     for (uint64_t tau = 0; tau < t; tau++) {
         uint64_t alpha = 0;
@@ -382,12 +382,12 @@ int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
                 uint64_t tw0, uint64_t dom, const uint8_t *base_c, const uint8_t *base_t, const uint8_t *msg,
                 uint8_t *out_t, const uint16_t *pos_in) {
     sot_key K0, K1;
-    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos_in && logk > 16)) return -2;
+    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos_in && logk > 16)) return BN_EPARAMS;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
     const block *T = (const block *)base_t;
     block *H = malloc(th * sizeof(block));
     block *out = (block *)out_t;
-    if (!H) return -1;
+    if (!H) return BN_ENOMEM;
     bn_hash_batch(rk, (const uint8_t *)(T + k), (uint8_t *)H, th, tw0 + k, 1, dom);
     const block *cts = (const block *)msg, *psi = (const block *)msg + 2 * th;
     for (uint64_t tau = 0; tau < t; tau++) {

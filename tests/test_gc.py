@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from bunet import ring
 from bunet.gc import OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc, relu_pool, relu_pool_ops
 from bunet.gc.engine import aes_key_schedules, ffi, lib
+from bunet.gc.native import circuit_fields, run_circuit
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler, local_trees
+from bunet.native_errors import EngineArgumentError
 
 HSET = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -217,7 +219,7 @@ def test_relu_pool_costs():
 
 def test_multi_output_index_checked():
     """An arithmetic gate whose output index is out of range, or a B2A2 run and its NOUT that target
-    different outputs, are refused by the engine (code -3) before anything is written."""
+    different outputs, are refused by the engine (BN_EINVAL) before anything is written."""
     from bunet.gc import circuits as gcc
 
     op = MaxTrunc(ring_bits=8, in_bits=8, shift=2)  # sign mode: 2 outputs (the share, the revealed bit)
@@ -232,37 +234,20 @@ def test_multi_output_index_checked():
         ct = np.zeros(n * circ.ct_bytes, dtype=np.uint8)
         ar = np.zeros(circ.arith_len(n), dtype=np.uint8)
         out = np.zeros(n * nout, dtype=np.uint64)
-        ys = np.zeros(n, dtype=np.uint64)
         labels = np.zeros(16 * m, dtype=np.uint8)
         rk = aes_key_schedules([bytes(16)])
-        rc = lib.bn_gc_run_multi(
-            0,
-            ffi.from_buffer("int32_t[]", gates),
-            gates.shape[0],
-            circ.nwires,
-            n,
-            1,
-            op.circ_bits,
-            ffi.from_buffer("uint64_t[]", ys),
-            ffi.NULL,
-            4,
-            ffi.NULL,
-            m,
-            0,
-            ffi.from_buffer("uint8_t[]", labels),
-            rk,
-            ffi.NULL,
-            0,
-            circ.tweaks_per_inst,
-            ffi.from_buffer("uint8_t[]", ct),
-            circ.ct_bytes,
-            ffi.from_buffer("uint8_t[]", ar),
-            circ.arith_len(n),
-            ffi.from_buffer("uint64_t[]", out),
-            (1 << 64) - 1,
-            nout,
-        )
-        assert rc == -3
+        with pytest.raises(EngineArgumentError, match="garbled-circuit evaluation: inconsistent arguments"):
+            fields = {**circuit_fields(circ, n, 1, op.circ_bits, rk, 0), "nout": nout}
+            run_circuit(
+                False,
+                **{**fields, "gates": ffi.from_buffer("int32_t[]", gates)},
+                in_labels=ffi.from_buffer("uint8_t[]", labels),
+                ot_k=4,
+                ct=ffi.from_buffer("uint8_t[]", ct),
+                arith=ffi.from_buffer("uint8_t[]", ar),
+                out=ffi.from_buffer("uint64_t[]", out),
+                outmask=(1 << 64) - 1,
+            )
         assert not out.any()
 
 
@@ -621,59 +606,17 @@ def _run_raw(circ, bits: np.ndarray, gbits: np.ndarray, seed: int) -> np.ndarray
     ys = np.ascontiguousarray(gbits, dtype=np.uint64)
     out_g = np.empty(n, dtype=np.uint64)
     out_e = np.empty(n, dtype=np.uint64)
-    g = ffi.from_buffer("int32_t[]", circ.gates)
-    common = (g, circ.gates.shape[0], circ.nwires, n, 1, b)
-    rc = lib.bn_gc_run(
-        1,
-        *common,
-        ffi.from_buffer("uint64_t[]", ys),
-        sg,
-        k,
-        u8(cm),
-        m,
-        0,
-        ffi.NULL,
-        rk,
-        delta,
-        7,
-        circ.tweaks_per_inst,
-        u8(ct),
-        circ.ct_bytes,
-        u8(ar),
-        circ.arith_len(n),
-        ffi.from_buffer("uint64_t[]", out_g),
-        (1 << 64) - 1,
+    u64 = lambda a: ffi.from_buffer("uint64_t[]", a)  # noqa: E731
+    common = dict(**circuit_fields(circ, n, 1, b, rk, 7), ot_k=k, ct=u8(ct), arith=u8(ar), outmask=(1 << 64) - 1)
+    run_circuit(
+        True, **common, ys=ffi.from_buffer("uint64_t[]", ys), ot_leaves=sg, cm=u8(cm), delta=delta, out=u64(out_g)
     )
-    assert rc == 0
-    rc = lib.bn_gc_run(
-        0,
-        *common,
-        ffi.NULL,
-        ffi.NULL,
-        k,
-        ffi.NULL,
-        m,
-        0,
-        u8(labels),
-        rk,
-        ffi.NULL,
-        7,
-        circ.tweaks_per_inst,
-        u8(ct),
-        circ.ct_bytes,
-        u8(ar),
-        circ.arith_len(n),
-        ffi.from_buffer("uint64_t[]", out_e),
-        (1 << 64) - 1,
-    )
-    assert rc == 0
+    run_circuit(False, **common, in_labels=u8(labels), out=u64(out_e))
     return out_e
 
 
-@pytest.mark.parametrize("n", [1, 7, 128, 1000, 4099])
-def test_three_halves_and_gate(n):
-    """One three-halves AND (and the fused CARRY) over all four input combinations, many instances;
-    chained gates check whole output labels (a wrong bit anywhere would garble the next gate)."""
+def _three_halves_circuit():
+    """ANDs, a CARRY with a garbler bit, NOTs and an XOR, chained, each result revealed (bits 0 .. 4)."""
     from bunet.gc import circuits as gcc
 
     bld = gcc._Builder(2)
@@ -685,7 +628,25 @@ def test_three_halves_and_gate(n):
     f = bld.and_(bld.not_(e), bld.not_(a))  # ~((x^y)&g) & ~(x&y)
     for i, w in enumerate((a, c, d, e, f)):
         bld._emit(gcc.REVEAL, w, 0, 0, i, out=False)
-    circ = gcc._finish(bld)
+    return gcc._finish(bld)
+
+
+def _three_halves_want(bits: np.ndarray, gb: np.ndarray) -> np.ndarray:
+    """What _three_halves_circuit reveals for client bits (n, 2) and garbler bits gb (n,)."""
+    xx, yy, gg = bits[:, 0].astype(np.uint64), bits[:, 1].astype(np.uint64), gb & np.uint64(1)
+    ra = xx & yy
+    rc = (xx & yy) | (xx & gg) | (yy & gg)
+    rd = xx ^ yy
+    re = rd & rc
+    rf = (re ^ 1) & (ra ^ 1)
+    return ra | rc << np.uint64(1) | rd << np.uint64(2) | re << np.uint64(3) | rf << np.uint64(4)
+
+
+@pytest.mark.parametrize("n", [1, 7, 128, 1000, 4099])
+def test_three_halves_and_gate(n):
+    """One three-halves AND (and the fused CARRY) over all four input combinations, many instances;
+    chained gates check whole output labels (a wrong bit anywhere would garble the next gate)."""
+    circ = _three_halves_circuit()
     assert circ.and_gates == 5 and circ.ct_bytes == 5 * 24 and circ.bytes_per_inst == 5 * 24 + (5 * 5 + 5) / 8
     rng = np.random.default_rng(n)
     combo = np.arange(n) % 4 if n < 8 else rng.permutation(np.arange(n) % 4)
@@ -693,14 +654,7 @@ def test_three_halves_and_gate(n):
     gb = rng.integers(0, 2, size=n).astype(np.uint64)
     for seed in range(3):
         got = _run_raw(circ, bits, gb | (rng.integers(0, 1 << 62, size=n).astype(np.uint64) << np.uint64(1)), seed)
-        xx, yy, gg = bits[:, 0].astype(np.uint64), bits[:, 1].astype(np.uint64), gb
-        ra = xx & yy
-        rc = (xx & yy) | (xx & gg) | (yy & gg)
-        rd = xx ^ yy
-        re = rd & rc
-        rf = (re ^ 1) & (ra ^ 1)
-        want = ra | rc << np.uint64(1) | rd << np.uint64(2) | re << np.uint64(3) | rf << np.uint64(4)
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, _three_halves_want(bits, gb))
 
 
 def test_claim_in_order_garble_concurrently():
@@ -817,11 +771,11 @@ def test_look_up_tables(dw, n, extra, seed):
             lib.bn_luts_send(
                 n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), u8(delta), rk, 0, u64(a), u64(rho), u8(tab)
             )
-            == -3
+            == lib.BN_EINVAL
         )
         assert (
             lib.bn_luts_recv(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), rk, 0, u64(a), u8(tab), u64(got))
-            == -3
+            == lib.BN_EINVAL
         )
 
 

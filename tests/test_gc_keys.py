@@ -12,7 +12,7 @@ from bunet import ring
 from bunet.gc import Evaluator, Garbler, MaxTrunc
 from bunet.gc.engine import aes_key_schedules, ffi, lib
 
-ROW_KEY_SHIFT = 16  # tweaks per row key: 2^16 (native/bunet_gc.c)
+ROW_KEY_SHIFT = 16  # tweaks per row key: 2^16 (native/gc/aes.h)
 KEY_TAG = 0x4B4559  # "KEY", OR-ed into the domain of a row key's derivation
 
 

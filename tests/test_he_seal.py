@@ -1,4 +1,4 @@
-"""The project's BFV (``bunet.he``, native kernels in native/bunet_he.c) against SEAL, through
+"""The project's BFV (``bunet.he``, native kernels in native/he/) against SEAL, through
 TenSEAL's ``tenseal.sealapi``, under the same secret key:
 
 * the NTT: SEAL's and the project's agree up to the order of the evaluation points (both

@@ -151,7 +151,7 @@ def test_parameter_table_checked():
         ffi.from_buffer("uint8_t[]", bytearray(m.msg_len)),
         ffi.from_buffer("uint8_t[]", dummy),
     )
-    assert rc == -2
+    assert rc == lib.BN_EPARAMS
     assert lib.bn_sot_check(1170, 17, 11, 0) == 0 and lib.bn_sot_check(1171, 17, 11, 0) != 0
 
 

@@ -37,8 +37,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# gate opcodes, must match native/bunet_gc.c
-XOR, NOT, XORG, AND, ANDG, B2A, B2A2, NOUT, REVEAL, CARRY, SUM, GVAL = range(12)
+from ._native import lib
+
+# gate opcodes and the fields of a gate record, as the engine defines them (native/bunet_gc.h)
+XOR, NOT, XORG, AND, ANDG = lib.BN_G_XOR, lib.BN_G_NOT, lib.BN_G_XORG, lib.BN_G_AND, lib.BN_G_ANDG
+B2A, B2A2, NOUT, REVEAL, GVAL = lib.BN_G_B2A, lib.BN_G_B2A2, lib.BN_G_NOUT, lib.BN_G_REVEAL, lib.BN_G_GVAL
+CARRY, SUM = lib.BN_G_CARRY, lib.BN_G_SUM
+GATE_FIELDS = lib.BN_GC_GATE_FIELDS
 _TWO_IN = (XOR, AND, B2A2, CARRY, SUM)
 _SINKS = {B2A, B2A2, NOUT, REVEAL, GVAL}
 
@@ -61,7 +66,7 @@ def _const(bit: int) -> int:
 class Compiled:
     """A compiled circuit: gate records for the engine plus its per-instance costs."""
 
-    gates: np.ndarray  # int32 (ngates, 9): op, a, b, o, tweak, ct/bit offset, p1, p2, output index
+    gates: np.ndarray  # int32 (ngates, GATE_FIELDS): op, a, b, o, tweak, ct/bit offset, p1, p2, output index
     nwires: int  # wire slots
     n_inputs: int  # k * b input wires (slots 0 .. n_inputs-1 at chunk start)
     tweaks_per_inst: int
@@ -260,7 +265,7 @@ def _finish(bld: _Builder, const_out: int = 0, n_outputs: int = 1) -> Compiled:
         for w in {a} | ({b} if op in _TWO_IN else set()):
             if last_use.get(w) == gi:
                 free.append(slot[w])
-    arr = np.array(recs, dtype=np.int32).reshape(-1, 9)
+    arr = np.array(recs, dtype=np.int32).reshape(-1, GATE_FIELDS)
     return Compiled(
         arr, max(nslots, 1), bld.n_inputs, max(tw, 1), ct, tuple(regions), n_and, n_andg, const_out, n_outputs
     )

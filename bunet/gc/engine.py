@@ -34,7 +34,7 @@ otherwise: a cheating receiver cannot probe Delta.
 Look-ups (``op.lut_plan``, ``op.lut_bits`` reverse OTs per value): instead of AND gates, the
 client sends 2^d-bit tables per value, encrypted under d reverse OTs so that the server opens
 exactly the entry of its own d bits x (1-of-2^d OT from d random OTs, Naor-Pinkas; see
-``bn_luts_send`` in native/bunet_gc.c). Entry x holds a bit of (client's bits a) + x - the carry
+``bn_luts_send`` in native/gc/luts.c). Entry x holds a bit of (client's bits a) + x - the carry
 out ("generate") or "propagate" - XOR a fresh random bit rho of the client. The server learns
 f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client input) XOR f ^ rho
 (garbler plaintext) = f.
@@ -95,7 +95,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..message import new_message
+from ..native_errors import check
 from . import circuits, otcheck, silent
+from .native import circuit_fields, run_circuit
 from .ot import N_BASE, POINT, SEED, BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler
 
 try:
@@ -468,8 +470,7 @@ def _ggm_keys(sid: bytes) -> object:
 def _random_bits(m: int) -> np.ndarray:
     """m fresh CSPRNG bits as 0/1 bytes."""
     r = np.empty(m, dtype=np.uint8)
-    if lib.bn_prg_fill(_buf(r), m) != 0:
-        raise OSError("getrandom() failed")
+    check(lib, lib.bn_prg_fill(_buf(r), m), "random bits")
     return r & 1
 
 
@@ -699,8 +700,7 @@ class Evaluator(_Party):
         lib.bn_aes_keysched(aes_key, rk)
         self._rk = rk
         self._tag = tag
-        if lib.bn_prg_fill(_buf(self._rdelta), 16) != 0:
-            raise OSError("getrandom() failed")
+        check(lib, lib.bn_prg_fill(_buf(self._rdelta), 16), "random bits")
         self._rchoice = ggm_choices(self.ot_k, bytes(self._rdelta))
         choice = np.packbits(np.array(self._rchoice, dtype=np.uint8), bitorder="little")
         cm = bytearray(_req_len(self.ot_k, N_BASE))
@@ -812,8 +812,7 @@ class Evaluator(_Party):
         rows = _checked_rows(self.ot_k, m)
         full = np.empty(rows // 8, dtype=np.uint8)
         full[: m // 8] = choice
-        if lib.bn_prg_fill(_buf(full[m // 8 :]), (rows - m) // 8) != 0:
-            raise OSError("getrandom() failed")
+        check(lib, lib.bn_prg_fill(_buf(full[m // 8 :]), (rows - m) // 8), "random bits")
         lib.bn_cot_recv(self._leaves, self.ot_k, blk, rows, _buf(full), body, _buf(t))
         cm_len = _cot_len(self.ot_k, rows)
         cm = ffi.buffer(body, cm_len)
@@ -866,8 +865,7 @@ class Evaluator(_Party):
             lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
         dest = dest + ext
         rho = np.empty(items, dtype=np.uint64)  # fresh CSPRNG mask bits, one per table bit (bit col + p)
-        if lib.bn_prg_fill(_buf(rho), 8 * items) != 0:
-            raise OSError("getrandom() failed")
+        check(lib, lib.bn_prg_fill(_buf(rho), 8 * items), "random bits")
         rho &= _mask(lp.n_masked)
         rc = lib.bn_luts_send(
             items,
@@ -882,8 +880,7 @@ class Evaluator(_Party):
             _u64(rho),
             dest,
         )
-        if rc != 0:
-            raise MemoryError(f"look-up tables failed (engine code {rc})")
+        check(lib, rc, "look-up tables")
         mux = None
         if lp.mux:  # the sender's keys of the r0 row: the post-message's correlated OT
             rq = np.ascontiguousarray(q.reshape(-1, 16)[lp.rows - 1 : items * lp.rows : lp.rows])
@@ -918,43 +915,25 @@ class Evaluator(_Party):
             body = body[ext:]
             labels = self._fwd.rows(lo, lo + rows).reshape(-1)
         c = op.circuit
-        m = _pad128(n * op.items * op.circ_bits)
         nout = c.n_outputs
         out = np.empty(n * nout, dtype=np.uint64)
         mask = (1 << 64) - 1 if isinstance(op, Argmax) else (1 << op.ring_bits) - 1
         ct = body[:nct]
         ar = body[nct:]
-        rc = lib.bn_gc_run_multi(
-            0,
-            ffi.from_buffer("int32_t[]", c.gates),
-            c.gates.shape[0],
-            c.nwires,
-            n,
-            op.items,
-            op.circ_bits,
-            ffi.NULL,
-            ffi.NULL,
-            self.ot_k,
-            ffi.NULL,
-            m,
-            0,
-            _buf(labels),
-            self._rk,
-            ffi.NULL,
-            tw,
-            c.tweaks_per_inst,
-            _buf(ct),
-            c.ct_bytes,
-            _buf(ar),
-            nar,
-            _u64(out),
-            mask,
-            nout,
-        )
-        if not silent_rows:
-            self._give_buffer(labels)
-        if rc != 0:
-            raise MemoryError(f"garbled-circuit evaluation failed (engine code {rc})")
+        try:
+            run_circuit(
+                False,
+                **circuit_fields(c, n, op.items, op.circ_bits, self._rk, tw),
+                in_labels=_buf(labels),
+                ot_k=self.ot_k,
+                ct=_buf(ct),
+                arith=_buf(ar),
+                out=_u64(out),
+                outmask=mask,
+            )
+        finally:
+            if not silent_rows:
+                self._give_buffer(labels)
         if isinstance(op, Argmax):
             return (out | np.uint64(c.const_out)).astype(np.int64)
         if mux is not None:
@@ -994,8 +973,7 @@ class Garbler(_Party):
         self.ot = ot
         self._wk = 0
         d = bytearray(16)
-        if lib.bn_prg_fill(_buf(d), 16) != 0:
-            raise OSError("getrandom() failed")
+        check(lib, lib.bn_prg_fill(_buf(d), 16), "random bits")
         d[0] |= 1  # point-and-permute: lsb(Delta) = 1
         self._delta = ffi.new("uint8_t[]", bytes(d))
         d[:] = bytes(16)
@@ -1134,8 +1112,7 @@ class Garbler(_Party):
             r0 = None
             if op.lut_plan.mux:  # the last row is a fresh random bit r0, not a share bit
                 r0 = np.empty(n * op.items, dtype=np.uint8)
-                if lib.bn_prg_fill(_buf(r0), r0.size) != 0:
-                    raise OSError("getrandom() failed")
+                check(lib, lib.bn_prg_fill(_buf(r0), r0.size), "random bits")
                 r0 &= 1
                 vals = (ys.reshape(-1) & _mask(d - 1)) | (r0.astype(np.uint64) << np.uint64(d - 1))
             else:
@@ -1216,35 +1193,21 @@ class Garbler(_Party):
             body_out = head + len(msgs)
             nout = c.n_outputs
             acc = np.empty(n * nout, dtype=np.uint64)
-            rc = lib.bn_gc_run_multi(
-                1,
-                ffi.from_buffer("int32_t[]", c.gates),
-                c.gates.shape[0],
-                c.nwires,
-                n,
-                op.items,
-                op.circ_bits,
-                _u64(yg),
-                self._leaves,
-                self._ot_k,
-                _buf(body),
-                m,
-                blk,
-                labels,
-                self._rk,
-                self._delta,
-                tw,
-                c.tweaks_per_inst,
-                body_out,
-                c.ct_bytes,
-                body_out + nct,
-                nar,
-                _u64(acc),
-                (1 << 64) - 1,
-                nout,
+            run_circuit(
+                True,
+                **circuit_fields(c, n, op.items, op.circ_bits, self._rk, tw),
+                in_labels=labels,
+                ot_leaves=self._leaves,
+                ot_k=self._ot_k,
+                blk_off=blk,
+                ct=body_out,
+                arith=body_out + nct,
+                out=_u64(acc),
+                outmask=(1 << 64) - 1,
+                ys=_u64(yg),
+                delta=self._delta,
+                cm=_buf(body),
             )
-            if rc != 0:
-                raise MemoryError(f"garbling failed (engine code {rc})")
             with self._lock:
                 self.bytes_sent += len(out)
             if isinstance(op, Argmax):
@@ -1362,8 +1325,7 @@ class Garbler(_Party):
             _buf(tables),
             _u64(u),
         )
-        if rc != 0:
-            raise MemoryError(f"look-up tables failed (engine code {rc})")
+        check(lib, rc, "look-up tables")
         w = lp.circuit_words(ys, u, op.word_bits)
         if r0 is not None:
             nt = np.uint64(lp.n_masked)

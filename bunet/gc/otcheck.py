@@ -10,7 +10,7 @@ hash of the session id and the correction (Fiat-Shamir), so the check costs no e
 x~ reveals a linear combination of the choice bits, so the rows end with ``PAD_ROWS`` rows of
 random choices (>= 128 + 40: x~ is then uniform up to 2^-40).
 
-The arithmetic is ``bn_ot_check_prove`` / ``bn_ot_check_verify`` in native/bunet_gc.c. The engine
+The arithmetic is ``bn_ot_check_prove`` / ``bn_ot_check_verify`` in native/gc/ot_check.c. The engine
 runs it on every batch of forward SoftSpoken OTs (the set-up's, silent OT's base COTs, SoftSpoken
 requests: ``Evaluator._checked_recv`` / ``Garbler._checked_send``); the server checks before it uses
 the rows.

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..native_errors import check
 from ._native import ffi, lib
 
 LPN_D = 10  # nonzeros per row of the LPN code (SOT_D in native/silent_ot.c)
@@ -226,8 +227,7 @@ class Sender(_Stream):
                     ffi.from_buffer("uint8_t[]", msg),
                     ffi.from_buffer("uint8_t[]", out),
                 )
-                if rc != 0:
-                    raise MemoryError(f"silent OT iteration failed (engine code {rc})")
+                check(lib, rc, "silent OT iteration")
                 with self._lock:
                     self._q[i] = out
                     self._q.pop(-1, None)
@@ -358,8 +358,7 @@ class Receiver(_Stream):
                     ffi.from_buffer("uint8_t[]", out),
                     ffi.NULL if pos is None else ffi.from_buffer("uint16_t[]", pos),
                 )
-                if rc != 0:
-                    raise MemoryError(f"silent OT iteration failed (engine code {rc})")
+                check(lib, rc, "silent OT iteration")
                 with self._lock:
                     self._t[i] = out
                     self._t.pop(-1, None)

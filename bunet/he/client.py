@@ -10,6 +10,7 @@ import numpy as np
 from bunet import ring
 
 from ..message import new_message
+from ..native_errors import check
 from . import wire
 from ._native import ffi, lib
 from .bfv import a_keys, plan_for, tiling, u64_ptr
@@ -142,27 +143,28 @@ class ClientHE:
             full = plan.n_returned == n_flat  # distinct in-range outputs: then each is written once
             res = (np.empty if full or not rounded else np.zeros)(batch * n_flat if rounded else n_ret, dtype=_U64)
             phase, out = (ffi.NULL, u64_ptr(res)) if rounded else (u64_ptr(res), ffi.NULL)
-            bad = lib.bh_decrypt_phase(
-                self.rns.ctx,
-                self._dec_primes,
-                f64_ptr(self._s_hat),
-                ptr("uint8_t *", c1),
-                ptr("uint8_t *", c0),
-                batch,
-                plan.n_og * plan.tiles,
-                plan.n_returned,
-                ptr("int64_t *", lo),
-                ptr("int64_t *", hi),
-                ptr("int32_t *", coef),
-                m_bits,
-                prm.down_c0_bits,
-                phase,
-                ptr("int32_t *", flat),
-                prm.ring_bits,
-                out,
-                n_flat,
-                THREADS,
+            fields = dict(  # the pointers' buffers stay referenced here for the call
+                prime_idx=self._dec_primes,
+                s_hat=f64_ptr(self._s_hat),
+                c1=ptr("uint8_t *", c1),
+                c0=ptr("uint8_t *", c0),
+                batch=batch,
+                per_ct=plan.n_og * plan.tiles,
+                n_ret=plan.n_returned,
+                ret_lo=ptr("int64_t *", lo),
+                ret_hi=ptr("int64_t *", hi),
+                ret_coef=ptr("int32_t *", coef),
+                down_bits=m_bits,
+                down_c0_bits=prm.down_c0_bits,
+                phase=phase,
+                ret_flat=ptr("int32_t *", flat),
+                ring_bits=prm.ring_bits,
+                out=out,
+                out_stride=n_flat,
             )
+            bad = lib.bh_decrypt_phase(self.rns.ctx, ffi.new("bh_decrypt_args *", fields), THREADS)
+            if bad < 0:
+                check(lib, int(bad), "HE decryption")
             if bad:
                 raise ValueError("HE result coefficients out of range")
             return plan, batch, res

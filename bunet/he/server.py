@@ -38,8 +38,9 @@ import numpy as np
 from bunet import ring
 
 from ..message import new_message
+from ..native_errors import check
 from . import wire
-from ._native import lib
+from ._native import ffi, lib
 from .bfv import a_keys, plan_for, random_ring, tiling, u64_ptr
 from .layout import ConvSpec, LayerSpec, Plan
 from .params import HEParams
@@ -443,33 +444,31 @@ class ServerHE:
         lo_all, hi_all, coef = plan.returned_ranges
         lo = np.ascontiguousarray(lo_all[ct_local])
         hi = np.ascontiguousarray(hi_all[ct_local])
-        rc = lib.bh_finish(
-            rns.ctx,
-            f64_ptr(y),
-            n_og,
-            rows,
-            ptr("int64_t *", og),
-            ptr("int64_t *", tl),
-            ptr("int64_t *", ct_global),
-            og.size,
-            ptr("int64_t *", lo),
-            ptr("int64_t *", hi),
-            ptr("int32_t *", coef),
-            b * plan.n_returned,
-            ptr("int32_t *", plan.returned_flat),
-            ptr("int32_t *", plan.returned_channels),
-            u64_ptr(r_bias[0]),
-            u64_ptr(r_bias[1]),
-            prm.ring_bits,
-            f64_ptr(self._pk),
-            f64_ptr(self._delta),
-            prm.flood_bits,
-            prm.down_bits,
-            prm.down_c0_bits,
-            key,
-            ptr("uint8_t *", c1_out),
-            ptr("uint8_t *", c0_out),
-            self.threads,
+        fields = dict(  # the pointers' buffers stay referenced here for the call
+            y=f64_ptr(y),
+            n_og=n_og,
+            rows=rows,
+            jobs_og=ptr("int64_t *", og),
+            jobs_tl=ptr("int64_t *", tl),
+            ct_global=ptr("int64_t *", ct_global),
+            njobs=og.size,
+            ret_lo=ptr("int64_t *", lo),
+            ret_hi=ptr("int64_t *", hi),
+            ret_coef=ptr("int32_t *", coef),
+            ret_base=b * plan.n_returned,
+            ret_flat=ptr("int32_t *", plan.returned_flat),
+            ret_ch=ptr("int32_t *", plan.returned_channels),
+            r_out=u64_ptr(r_bias[0]),
+            bias=u64_ptr(r_bias[1]),
+            ring_bits=prm.ring_bits,
+            pk=f64_ptr(self._pk),
+            delta=f64_ptr(self._delta),
+            flood_bits=prm.flood_bits,
+            down_bits=prm.down_bits,
+            down_c0_bits=prm.down_c0_bits,
+            key=ptr("uint8_t *", key),
+            c1_out=ptr("uint8_t *", c1_out),
+            c0_out=ptr("uint8_t *", c0_out),
         )
-        if rc:
-            raise ValueError("unsupported HE precisions for the finishing kernel")
+        rc = lib.bh_finish(rns.ctx, ffi.new("bh_finish_args *", fields), self.threads)
+        check(lib, rc, "HE finishing kernel")

@@ -25,7 +25,7 @@ def spec_digest(spec_bytes: bytes) -> bytes:
 
 
 def up_ct_bytes(primes: tuple[int, ...], n: int) -> int:
-    """Bytes of one uploaded ciphertext: residue i in bitlen(p_i - 1) bits (native/bunet_he.c
+    """Bytes of one uploaded ciphertext: residue i in bitlen(p_i - 1) bits (native/he/wire.h
     packs them; 108 bits per coefficient for the l = 24 primes, not 5 x 24)."""
     return sum(n * (p - 1).bit_length() // 8 for p in primes)
 

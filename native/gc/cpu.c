@@ -1,0 +1,58 @@
+/* CPU features and the run-time choice of paths. bn_force_sse(1) makes every kernel (and silent_ot.c)
+ * take its SSE/AES-NI path, so that the tests can run the fallbacks on a CPU with AVX2, VAES and BMI2. */
+#include "common.h"
+
+#include <cpuid.h>
+
+int bn_cpu_ok(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    return (c & bit_AES) && (c & bit_SSE4_1) && (c & bit_SSSE3) && (c & bit_PCLMUL) ? 1 : 0;
+}
+
+/* AVX2 usable (cpuid and OS-saved YMM state); VAES on top of it */
+static int detect_avx2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!(c & bit_OSXSAVE) || !(c & bit_AVX)) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if ((lo & 6) != 6) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & bit_AVX2) ? 1 : 0;
+}
+
+static int detect_vaes(void) {
+    unsigned a, b, c, d;
+    if (!detect_avx2()) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (c & (1u << 9)) ? 1 : 0; /* VAES: leaf 7 ECX bit 9 */
+}
+
+static int detect_bmi2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & (1u << 8)) ? 1 : 0;
+}
+
+static int have_vaes = -1, have_avx2 = -1, have_bmi2 = -1, force_sse = 0;
+
+int bn_have_vaes(void) {
+    if (have_vaes < 0) have_vaes = detect_vaes() && !getenv("BUNET_NO_VAES");
+    return have_vaes && !force_sse;
+}
+
+int bn_use_avx2(void) {
+    if (have_avx2 < 0) have_avx2 = detect_avx2() && !getenv("BUNET_NO_AVX2");
+    return have_avx2 && !force_sse;
+}
+
+int bn_use_bmi2(void) {
+    if (have_bmi2 < 0) have_bmi2 = detect_bmi2() && !getenv("BUNET_NO_BMI2");
+    return have_bmi2 && !force_sse;
+}
+
+void bn_force_sse(int on) { force_sse = on != 0; }
+
+int bn_simd_paths(void) { return bn_use_avx2() | bn_have_vaes() << 1 | bn_use_bmi2() << 2; }
