@@ -362,6 +362,13 @@ def server_main(argv: list[str] | None = None) -> int:
         help="memory the server may plan for, e.g. 16G (default: three quarters of the host's)",
     )
     ap.add_argument(
+        "--filter-cache",
+        metavar="SIZE",
+        default=None,
+        help="memory for the prepared HomConv kernels, e.g. 8G; the rest are rebuilt per call, slower "
+        "(default: three quarters of the memory budget)",
+    )
+    ap.add_argument(
         "--slice-sizes",
         metavar="HxW,...",
         default=None,
@@ -411,6 +418,7 @@ def server_main(argv: list[str] | None = None) -> int:
 
     try:
         budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+        cache = parse_bytes(args.filter_cache) if args.filter_cache else None
         sizes = _slice_sizes(args.slice_sizes) if args.slice_sizes else None
         token = _token(args)
         srv = Server(
@@ -425,6 +433,7 @@ def server_main(argv: list[str] | None = None) -> int:
             max_slices=args.max_slices,
             idle_timeout_s=args.idle_timeout,
             memory_budget=budget,
+            filter_cache_bytes=cache,
             slice_sizes=sizes,
             deadline_s_per_mpixel=args.deadline_per_mpixel,
             allow_plain_eval=args.allow_plain_eval,

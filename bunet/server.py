@@ -53,7 +53,9 @@ class Server:
     serves (``slice_sizes``, default the model's input size), and shared by all sessions; each
     session gets its own garbled-circuit keys and runs in its own thread, and a failing session
     only ends itself. Every job is admitted against ``memory_budget`` (bytes; default three
-    quarters of the host's memory) with its planned memory; ``max_sessions`` clients run at once
+    quarters of the host's memory) with its planned memory, after the prepared HomConv kernels
+    (at most ``filter_cache_bytes``, default three quarters of the budget; the kernels beyond it are
+    rebuilt in every call); ``max_sessions`` clients run at once
     (a client's parallel streams count as one), up to ``max_queue`` more wait their turn.
     """
 
@@ -71,6 +73,7 @@ class Server:
         max_slices: int = 256,
         idle_timeout_s: float = 120.0,
         memory_budget: int | None = None,
+        filter_cache_bytes: int | None = None,
         slice_sizes: list[tuple[int, int]] | None = None,
         deadline_s_per_mpixel: float = 7200.0,
         max_streams_per_client: int = 4,
@@ -86,7 +89,11 @@ class Server:
         if model is None:
             model = bundled_model_path()
         self.model = model if isinstance(model, Model) else Model.load(model)
-        self.protocol = ServerProtocol(self.model)
+        budget = memory_budget or default_budget()
+        # the HomConv kernels of every served size, in NTT form (a 512x512 seed U-Net at N = 8192
+        # needs 13 GB; kernels that do not fit are rebuilt in every call, about twice the HE time)
+        cache = (3 * budget) // 4 if filter_cache_bytes is None else filter_cache_bytes
+        self.protocol = ServerProtocol(self.model, filter_cache_bytes=cache)
         if ots is not None:  # the correlated-OT backends jobs may ask for (default: all)
             self.protocol.gc_ots = ots
         sizes = tuple(dict.fromkeys([tuple(self.model.preprocessing.input_size), *(slice_sizes or [])]))
@@ -99,7 +106,7 @@ class Server:
         )
         streams = max_sessions * max_streams_per_client + max_queue + 4
         self.admission = Admission(
-            memory_budget or default_budget(),
+            budget,
             _rss_bytes() + HEAP_SLACK_BYTES + streams * STREAM_BYTES,
             max_running=max_sessions,
             max_queue=max_queue,

@@ -233,6 +233,19 @@ def test_ot_choice_over_grpc(server, model, ot):
     assert np.array_equal(labels, ref)
 
 
+def test_filter_cache_bounds_the_prepared_kernels(model):
+    """With no room for prepared kernels the server rebuilds them in every call: same mask; by
+    default the cache is three quarters of the memory budget and holds them all."""
+    x = np.random.default_rng(6).random((1, 1, 16, 16)).astype(np.float32)
+    ref = reference.run_plan(compile_plan(model.networks["main"], model.quantization), x)
+    with Server(model, "127.0.0.1:0", filter_cache_bytes=0) as srv, Client(srv.address) as c:
+        assert all(layer.filters is None for layer in srv.protocol._layers.values() if layer.strategy == "filters")
+        assert np.array_equal(c.segment_slices(x), ref)
+    with Server(model, "127.0.0.1:0", memory_budget=8 << 30) as srv:
+        assert srv.protocol.he.cache_left <= 6 << 30
+        assert all(layer.filters is not None for layer in srv.protocol._layers.values() if layer.strategy == "filters")
+
+
 def test_remote_server_defaults_to_silent_ot(server, monkeypatch):
     """Over a network (any non-loopback address) the client's default is silent OT."""
     from bunet import client as client_mod

@@ -238,13 +238,15 @@ class ServerProtocol:
 
     gc_ots: tuple[str, ...] = gc.OT_BACKENDS  # the correlated-OT backends a job may ask for
 
-    def __init__(self, model: Model, he_params: he.HEParams | None = None) -> None:
+    def __init__(self, model: Model, he_params: he.HEParams | None = None, filter_cache_bytes: int = 6 << 30) -> None:
         model.validate()
         self.model = model
         self.plans: dict[str, Plan] = {k: compile_plan(n, model.quantization) for k, n in model.networks.items()}
         self.he_params = he_params or he.HEParams.for_ring(model.quantization.ring_bits)
         self.he_params.validate()  # SEAL's 128-bit check, at start-up
-        self.he = he.ServerHE(self.he_params)  # public parameters only; per-job views add the client's key
+        # public parameters only; per-job views add the client's key. Kernels beyond the cache are
+        # rebuilt in every call (slower, no memory held)
+        self.he = he.ServerHE(self.he_params, filter_cache_bytes=filter_cache_bytes)
         self._layers: dict[tuple[str, str, int, int], Any] = {}
         self._prepare_lock = threading.Lock()
         self._gc_pool = ThreadPoolExecutor(GC_THREADS, thread_name_prefix="garble")  # shared by all jobs
