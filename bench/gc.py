@@ -24,7 +24,6 @@ argmax_bytes (measured; argmax_bytes_by_part), argmax_per_s, CPU time per pixel.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+from jsonout import emit  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -304,11 +304,7 @@ def main() -> None:
     res["cpus"] = os.cpu_count()
     res["loadavg_at_start"] = load0
     res["loadavg_at_end"] = os.getloadavg()[0]
-    text = json.dumps(res, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(res, a.out)
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ and the one-time set-up (SoftSpoken base COTs and the set-up iteration) separate
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
+from jsonout import emit
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -129,11 +129,7 @@ def main() -> None:
         best[f"{name}_both_ns_per_cot"] = best[f"{name}_sender_ns_per_cot"] + best[f"{name}_receiver_ns_per_cot"]
     best["cots"] = cots
     best["loadavg"] = os.getloadavg()[0]
-    text = json.dumps(best, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit(best, a.out)
 
 
 if __name__ == "__main__":
