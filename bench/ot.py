@@ -113,10 +113,14 @@ def bench_softspoken(cots: int, k: int = 4) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out")
-    ap.add_argument("--cots", type=int, default=8_000_000, help="COTs per run (after the set-up iteration)")
+    ap.add_argument(
+        "--cots", type=int, default=8_000_000, help="COTs per run (after the set-up iteration; rounded up to 2^17)"
+    )
     ap.add_argument("--reps", type=int, default=3, help="alternated runs of each; the best is kept")
     a = ap.parse_args()
-    cots = a.cots // (1 << 17) * (1 << 17)
+    if a.cots < 1 or a.reps < 1:
+        ap.error("--cots and --reps must be positive")
+    cots = max(1, -(-a.cots // (1 << 17))) * (1 << 17)  # whole chunks of 2^17, at least one
     best: dict = {}
     for _ in range(a.reps):  # alternated, best CPU time of each (the machine is shared)
         for res in (bench_silent(cots), bench_softspoken(cots)):
