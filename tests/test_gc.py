@@ -557,6 +557,26 @@ def test_two_processes():
     np.testing.assert_array_equal(lab, ring.argmax(x2, in_bits=l))
 
 
+def test_two_processes_silent_ot_k1():
+    """Silent OT bootstrapped by IKNP (k = 1): the third hello carries over a megabyte of base COTs,
+    more than the first hello's limit; the server takes it at its exact size."""
+    from gcpair import two_party
+
+    from bunet.gc import engine
+    from bunet.protocol import gc_pipeline
+
+    sm = engine._silent_base(engine.silent.SETUP.base)
+    assert engine._req_len(1, sm) > gc_pipeline.HELLO_BYTES
+    l = 24
+    op = MaxTrunc(ring_bits=l, in_bits=l, shift=8, relu=True)
+    x = ring.random((500, 1), l)
+    yc, ys = ring.share(x, l)
+    out_c, out_s, _ = two_party(op, yc, ys, ot_k=1, ot="silent")
+    np.testing.assert_array_equal(
+        ring.add(out_c, out_s, l).reshape(-1), ring.nonlinear(x, in_bits=l, shift=8, relu=True, ring_bits=l).reshape(-1)
+    )
+
+
 @pytest.mark.parametrize("ot_k", [1, 2, 4])
 def test_message_sizes(ot_k):
     """SoftSpoken's sizes; silent OT's in tests/test_silent_ot.py."""

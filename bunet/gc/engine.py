@@ -1018,6 +1018,14 @@ class Garbler(_Party):
         self.bytes_sent += len(out)
         return out
 
+    def finish_hello_limit(self) -> int:
+        """The exact size of the third hello message for the OT the first one agreed (SoftSpoken's k:
+        with silent OT and k = 1 it carries over a megabyte of base COTs)."""
+        if self._tag is None:
+            raise ValueError("hello message out of order")
+        sm = _silent_base(silent.SETUP.base) if self.ot == "silent" else 0
+        return 13 + 32 * N_BASE + _req_len(self._ot_k, N_BASE) + (_req_len(self._ot_k, sm) if sm else 0)
+
     def finish_hello(self, msg: bytes) -> bytes:
         """Consume the third hello message; returns the fourth (server -> client).
 
@@ -1029,7 +1037,7 @@ class Garbler(_Party):
             raise ValueError("hello message out of order")
         sm = _silent_base(silent.SETUP.base) if self.ot == "silent" else 0
         setup_len = _req_len(self._ot_k, N_BASE)
-        body = self._hello_msg(msg, T_HELLO3, 32 * N_BASE + setup_len + (_req_len(self._ot_k, sm) if sm else 0))
+        body = self._hello_msg(msg, T_HELLO3, self.finish_hello_limit() - 13)
         self._finish_setup(body[: 32 * N_BASE])
         q = self._checked_send(0, N_BASE, body[32 * N_BASE : 32 * N_BASE + setup_len]).reshape(-1)
         q1 = q ^ np.tile(np.frombuffer(ffi.buffer(self._delta, 16), dtype=np.uint8), N_BASE)

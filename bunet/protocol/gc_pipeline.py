@@ -29,7 +29,7 @@ GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keep
 # holds the next request's pre-message while it waits for an answer and makes that request on its
 # pool meanwhile. Part of the message order, like the window.
 PRE_AHEAD = 2
-HELLO_BYTES = 1 << 20  # the setup messages are a few kB
+HELLO_BYTES = 1 << 20  # the first hello is 71 bytes; the third's exact size follows from it
 PARTS = ("pre", "req", "resp", "post")
 
 
@@ -38,7 +38,7 @@ def open_garbler(chan: Channel, ot: str = gc.DEFAULT_OT) -> gc.Garbler:
     correlated-OT backend the job agreed on."""
     garbler = gc.Garbler(ot=ot)
     chan.send("gc_hello", garbler.hello(chan.recv("gc_hello", limit=HELLO_BYTES)))
-    chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello", limit=HELLO_BYTES)))
+    chan.send("gc_hello", garbler.finish_hello(chan.recv("gc_hello", limit=garbler.finish_hello_limit())))
     return garbler
 
 
