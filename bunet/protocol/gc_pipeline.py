@@ -29,7 +29,7 @@ GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keep
 # holds the next request's pre-message while it waits for an answer and makes that request on its
 # pool meanwhile. Part of the message order, like the window.
 PRE_AHEAD = 2
-HELLO_BYTES = 1 << 20  # the first hello is 71 bytes; the third's exact size follows from it
+HELLO_BYTES = 1 << 20  # the first hello is 54 bytes; the third's exact size follows from it
 PARTS = ("pre", "req", "resp", "post")
 
 
