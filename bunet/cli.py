@@ -7,6 +7,7 @@ mismatch, server limits) ends as one line on stderr and a non-zero exit, never a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -214,10 +215,16 @@ def _segment(args: argparse.Namespace) -> int:
     try:
         if batch.is_batch(args.scans, found):
             return _segment_batch(args, found, wanted, opts, client_for, progress_for, errors)
-        outputs = _single_outputs(args, found[0], wanted)
+        made: list[Path] = []
+        outputs = _single_outputs(args, found[0], wanted, made)
         progress, close = progress_for(found[0])
         try:
             outcome = batch.run_case(found[0], client_for, outputs, opts, progress)
+        except errors:
+            for d in made:  # a failed case leaves nothing behind, not even the folder -o created
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
         finally:
             close()
     except errors as e:
@@ -274,13 +281,15 @@ class _ProgressBar:
             self.bar = None
 
 
-def _single_outputs(args: argparse.Namespace, case: batch.Case, wanted: list[str]) -> dict[str, Path]:
+def _single_outputs(args: argparse.Namespace, case: batch.Case, wanted: list[str], made: list[Path]) -> dict[str, Path]:
     """One scan: -o is the mask file, or a folder (one that exists, or a name without a suffix)
-    for it; the other outputs as named or beside the mask."""
+    for it; the other outputs as named or beside the mask. Folders it creates are added to
+    ``made``, innermost first."""
     from . import batch
 
     out = Path(args.output) if args.output else None
     if out is not None and (out.is_dir() or not out.suffix):
+        made.extend(d for d in (out, *out.parents) if not d.exists())
         out.mkdir(parents=True, exist_ok=True)
         outputs = batch.outputs_for(case, out, wanted)
     else:

@@ -83,6 +83,7 @@ def _bad_cases(tmp_path):
         ("DICOM-SEG of a NIfTI scan", [str(good), "--dicom-seg", str(tmp_path / "s.dcm")]),
         ("no lung fields", [str(good)]),
         ("missing folder", [str(good), "-o", str(tmp_path / "no" / "mask.nii.gz")]),
+        ("new output folder, bad scan", [str(tmp_path / "corrupt.nii.gz"), "-o", str(tmp_path / "new" / "sub")]),
         ("bare extension", [str(good), "-o", str(tmp_path / ".nii.gz")]),
         ("bad preview", [str(good), "--preview", str(tmp_path / "p.txt")]),
         ("preview folder missing", [str(good), "--preview", str(tmp_path / "no" / "p.png")]),
