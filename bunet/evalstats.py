@@ -48,23 +48,20 @@ def bootstrap_mean_ci(
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BCa warns (and gives NaN) on near-degenerate samples; handled below
-        ci = stats.bootstrap(
-            (v,),
-            np.mean,
-            confidence_level=confidence,
-            n_resamples=resamples,
-            method="BCa",
-            rng=np.random.default_rng(seed),
-        ).confidence_interval
-        if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
-            ci = stats.bootstrap(
+
+        def boot(method: str) -> object:
+            return stats.bootstrap(
                 (v,),
                 np.mean,
                 confidence_level=confidence,
                 n_resamples=resamples,
-                method="percentile",
+                method=method,
                 rng=np.random.default_rng(seed),
             ).confidence_interval
+
+        ci = boot("BCa")
+        if not (np.isfinite(ci.low) and np.isfinite(ci.high)):
+            ci = boot("percentile")
             out["method"] = "percentile bootstrap, cases resampled (BCa undefined on these values)"
     out.update(low=float(ci.low), high=float(ci.high))
     return out
