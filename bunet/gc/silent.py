@@ -155,6 +155,11 @@ class _Stream:
     def _tweak(self, j: int) -> int:
         return j << 24  # base indices stay below 2^24 (checked by the vetted table)
 
+    def _iteration_args(self, i: int, p: LpnParams) -> tuple:
+        """The leading arguments of bn_sot_send / bn_sot_recv for iteration i: its parameters, the
+        GGM and row hash keys, its tweak and the stream's hash domain."""
+        return (p.t, p.logk, p.h, int(self.sched.allow_test), self._gk, self._rk, self._tweak(i), self._dom)
+
     def _gather(self, lo: int, hi: int, have: dict[int, np.ndarray], width: int) -> np.ndarray:
         """Rows [lo, hi) copied out of the iterations' outputs (``width`` bytes per row)."""
         out = np.empty((hi - lo, width), dtype=np.uint8)
@@ -214,14 +219,7 @@ class Sender(_Stream):
                 out = self._rows_buffer(p.n)
                 msg = bytearray(p.msg_len)
                 rc = lib.bn_sot_send(
-                    p.t,
-                    p.logk,
-                    p.h,
-                    int(self.sched.allow_test),
-                    self._gk,
-                    self._rk,
-                    self._tweak(i),
-                    self._dom,
+                    *self._iteration_args(i, p),
                     self._delta,
                     ffi.from_buffer("uint8_t[]", base),
                     ffi.from_buffer("uint8_t[]", msg),
@@ -344,14 +342,7 @@ class Receiver(_Stream):
                     tb = np.ascontiguousarray(self._t[i - 1][: p.base])
                 out = self._rows_buffer(p.n)
                 rc = lib.bn_sot_recv(
-                    p.t,
-                    p.logk,
-                    p.h,
-                    int(self.sched.allow_test),
-                    self._gk,
-                    self._rk,
-                    self._tweak(i),
-                    self._dom,
+                    *self._iteration_args(i, p),
                     ffi.from_buffer("uint8_t[]", cb),
                     ffi.from_buffer("uint8_t[]", tb),
                     ffi.from_buffer("uint8_t[]", msg),
