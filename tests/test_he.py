@@ -7,6 +7,7 @@ import pytest
 
 from bunet import ring
 from bunet.he import ClientHE, ConvSpec, HEParams, LayerSpec, ServerHE
+from bunet.he.bfv import plan_for
 
 L = 24
 
@@ -326,3 +327,23 @@ def test_reserved_scratch_serves_apply(parties) -> None:
     )
     srv.reserve_scratch([layer])  # already held: nothing new
     assert sorted(b.ctypes.data for b in srv._scratch._free) == sorted(held)
+
+
+def test_kernel_cache_goes_to_the_layers_that_save_most_per_byte():
+    """A 3x3 layer rebuilds each kernel from 9 (or more) products per slot, a transposed 2x2 layer from
+    far fewer: with room for the larger of the two kernel sets only, the 3x3 layer's are kept,
+    whatever the order; with room for both, both; with none, neither."""
+    params = HEParams.for_ring(L)
+    conv = LayerSpec(ConvSpec("conv", 3, 1), 32, 32, 64, 64)
+    convt = LayerSpec(ConvSpec("convT", 2, 0), 32, 32, 64, 64)
+    srv = ServerHE(params, filter_cache_bytes=0)
+    sizes, inner = [], []
+    for spec in (conv, convt):
+        plan = plan_for(spec, params.poly_degree)
+        sizes.append(srv.rns.k * plan.n * plan.n_og * plan.n_ig * 4)
+        inner.append(plan.opack * plan.ipack * plan.k * plan.k)
+    assert inner[0] >= 9 > inner[1]
+    for budget, want in ((max(sizes), (True, False)), (sum(sizes), (True, True)), (min(sizes) - 1, (False, False))):
+        srv.cache_left = budget
+        assert srv.choose_cached([conv, convt]) == list(want)
+        assert srv.choose_cached([convt, conv]) == list(want[::-1])

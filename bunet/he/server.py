@@ -52,6 +52,14 @@ CHUNK_BYTES = 512 << 20  # working set (slot-block inputs and outputs) per chunk
 FILTER_GROUP_BYTES = 256 << 20  # outputs whose kernels one call builds: about this many bytes of float64 kernels
 
 
+def _strategy(plan: Plan) -> str:
+    """ "taps" for a 1x1 layer without input packing (integer weights, then monomials), unless its
+    outputs share polynomials and the kernels are few; "filters" (NTT-form kernels) otherwise."""
+    kk = plan.k * plan.k
+    n_filters = plan.n_og * plan.n_ig
+    return "taps" if kk == 1 and plan.ipack == 1 and (plan.opack == 1 or n_filters > 8192) else "filters"
+
+
 class _ScratchPool:
     """Reusable float64 work arrays for the per-chunk slot blocks.
 
@@ -165,9 +173,37 @@ class ServerHE:
         return np.ascontiguousarray(pk)
 
     # ----- per model ------------------------------------------------------------------------------
+    def choose_cached(self, specs: list[LayerSpec]) -> list[bool]:
+        """Which of these layers get their kernels prepared and kept, within the cache left.
+
+        A layer left out rebuilds its kernels in every call: K N (O' I' k k) (n_og n_ig) products per
+        chunk of tiles, against K N (n_og n_ig) float32 kept. So the kernels kept save the most per
+        byte where O' I' k k times the chunks per call is largest (3x3 layers at a high resolution;
+        a transposed 2x2 layer has O' I' k k = 1 or 2): those go first."""
+        rank = []
+        for i, spec in enumerate(specs):
+            plan = plan_for(spec, self.params.poly_degree)
+            if _strategy(plan) == "filters":
+                size = self.rns.k * plan.n * plan.n_og * plan.n_ig * 4
+                work = plan.opack * plan.ipack * plan.k * plan.k * len(self._tile_chunks(plan))
+                rank.append((-work, size, i))
+        chosen = [False] * len(specs)
+        left = self.cache_left
+        for _, size, i in sorted(rank):
+            if size <= left:
+                chosen[i], left = True, left - size
+        return chosen
+
     def prepare(
-        self, conv: ConvSpec, weight: np.ndarray, bias: np.ndarray | None, in_shape: tuple[int, int, int]
+        self,
+        conv: ConvSpec,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        in_shape: tuple[int, int, int],
+        cache: bool = True,
     ) -> ServerLayer:
+        """The layer's prepared form; its kernels are kept if ``cache`` and they fit the cache left
+        (:meth:`choose_cached` picks the layers worth it), else rebuilt in every call."""
         c_in, h, w = (int(v) for v in in_shape)
         weight = np.asarray(weight)
         c_out = weight.shape[1] if conv.kind == "convT" else weight.shape[0]
@@ -185,8 +221,7 @@ class ServerHE:
         n_ig, ik = plan.n_ig, plan.ipack * kk
         taps = self.monomials(plan)
         taps_t = np.ascontiguousarray(taps.reshape(k, -1, n).transpose(0, 2, 1))  # once: BLAS wants it dense
-        n_filters = plan.n_og * n_ig
-        strategy = "taps" if kk == 1 and plan.ipack == 1 and (plan.opack == 1 or n_filters > 8192) else "filters"
+        strategy = _strategy(plan)
         wgroup = filters = tapvec = None
         if strategy == "taps":
             tapvec = np.ascontiguousarray(taps[:, :, 0, :].transpose(1, 0, 2).reshape(plan.opack, k * n))
@@ -199,8 +234,8 @@ class ServerHE:
             wgroup = np.ascontiguousarray(wg.reshape(plan.opack * ik, plan.n_og * n_ig))
             if np.abs(wgroup).sum(axis=0).max(initial=0) * (1 << 22) >= 2.0**53:
                 raise ValueError("weights too large for exact kernel transforms")
-            size = k * n * n_filters * 4
-            if size <= self.cache_left:
+            size = k * n * plan.n_og * n_ig * 4
+            if cache and size <= self.cache_left:
                 self.cache_left -= size
                 filters = np.empty((k * n // 4, plan.n_og, n_ig, 4), dtype=np.float32)
                 for ogs in self._og_groups(plan):
@@ -333,9 +368,9 @@ class ServerHE:
         bias_eff = ring.from_signed(np.repeat(bias, plan.c_out // layer.spec.c_out), lb)  # convT: 4 per channel
         return np.ascontiguousarray(y_s), r_eff, np.ascontiguousarray(bias_eff, dtype=_U64)
 
-    def _tile_chunks(self, layer: ServerLayer) -> list[np.ndarray]:
+    def _tile_chunks(self, layer: ServerLayer | Plan) -> list[np.ndarray]:
         """Tiles per chunk: the slot-block inputs and outputs of a chunk fit CHUNK_BYTES."""
-        plan = layer.plan
+        plan = layer if isinstance(layer, Plan) else layer.plan
         per_tile = 8 * 2 * self.rns.k * plan.n * (plan.n_ig + plan.n_og)
         size = max(1, min(plan.tiles, CHUNK_BYTES // per_tile))
         n_chunks = -(-plan.tiles // size)

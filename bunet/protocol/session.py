@@ -260,21 +260,28 @@ class ServerProtocol:
             "gc_ots": list(self.gc_ots),
         }
 
-    def _layer(self, net: str, step: Linear, shape: Shape) -> Any:
+    def _layer(self, net: str, step: Linear, shape: Shape, cache: bool = True) -> Any:
         """Frequency-domain filters: computed once per model and slice size, shared by all jobs."""
         key = (net, step.out, shape[1], shape[2])
         with self._prepare_lock:
             if key not in self._layers:
-                self._layers[key] = self.he.prepare(conv_spec(step), step.weight, step.bias, in_shape=shape)
+                self._layers[key] = self.he.prepare(
+                    conv_spec(step), step.weight, step.bias, in_shape=shape, cache=cache
+                )
         return self._layers[key]
 
     def prepare(self, height: int, width: int) -> None:
-        """Precompute every layer's filters for slices of this size (at start-up, not in a job)."""
-        for net, plan in self.plans.items():
-            shapes = plan.shapes(height, width)
-            for step in plan.steps:
-                if isinstance(step, Linear):
-                    self._layer(net, step, shapes[step.inputs[0]])
+        """Precompute every layer's filters for slices of this size (at start-up, not in a job); the
+        kernel cache goes to the layers that save the most per byte (``ServerHE.choose_cached``)."""
+        todo = [
+            (net, step, plan.shapes(height, width)[step.inputs[0]])
+            for net, plan in self.plans.items()
+            for step in plan.steps
+            if isinstance(step, Linear)
+        ]
+        specs = [layer_spec(step, shape) for _, step, shape in todo]
+        for (net, step, shape), cache in zip(todo, self.he.choose_cached(specs), strict=True):
+            self._layer(net, step, shape, cache)
         self.he.reserve_scratch(list(self._layers.values()))
 
     def check_spec(self, spec: JobSpec, limits: Limits) -> None:
