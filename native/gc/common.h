@@ -42,6 +42,7 @@ int bn_use_avx2(void);
 int bn_use_bmi2(void);
 /* VAES: bn_have_vaes() (public); 256-bit carry-less multiplication (VPCLMULQDQ, off with VAES): */
 int bn_have_vclmul(void);
+int bn_use_avx512(void); /* AVX-512F (the OT check's 512-bit VAES path, with VAES and VPCLMULQDQ) */
 
 /* ---------------------------------------------------------------- AES */
 
