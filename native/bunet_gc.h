@@ -81,6 +81,13 @@ typedef struct {
     const uint64_t *ys;        /* n x k garbler values (bits for XORG, ANDG, SUM, CARRY; GVAL) */
     const uint8_t *delta;      /* the free-XOR offset (16 bytes) */
     const uint8_t *cm;         /* the client's OT-extension message (in_labels == NULL) */
+    /* garbler, OT rows from cm only: the client's consistency proof over the m rows and chk_pad rows after
+     * them (bunet/gc/otcheck.py), checked as the chunks are garbled; *chk_ok = 1 iff it holds (the caller
+     * sends nothing made in the run otherwise). chk_seed NULL: no check. */
+    const uint8_t *chk_seed;   /* the challenges' AES key (16 bytes) */
+    const uint8_t *chk_proof;  /* x~ || t~ (32 bytes) */
+    uint64_t chk_pad;          /* padding rows after the m rows (a multiple of 128) */
+    int32_t *chk_ok;
 } bn_gc_args;
 
 int bn_gc_garble(const bn_gc_args *a);

@@ -1,6 +1,6 @@
 """A cheating OT receiver in a real job: the client whose SoftSpoken correction uses different choice
 bits in different columns (the attack that probes the garbler's Δ) is refused with a clear error before
-anything is garbled against its OTs; an honest job over the same path still equals the reference, and
+anything made with its OTs is sent; an honest job over the same path still equals the reference, and
 the server serves the next job."""
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ def _ref(model, x):
 
 
 def test_honest_softspoken_job_is_checked_and_equals_reference(model, monkeypatch):
-    """Every request's proof is verified (counted) and the mask equals the reference."""
-    calls = []
-    verify = otcheck.verify
-    monkeypatch.setattr(otcheck, "verify", lambda *a: calls.append(1) or verify(*a))
+    """Every request's proof is verified (its rows counted) and the mask equals the reference."""
+    garblers = []
+    init = engine.Garbler.__init__
+    monkeypatch.setattr(engine.Garbler, "__init__", lambda self, *a, **k: garblers.append(self) or init(self, *a, **k))
     srv = ServerProtocol(model)
     srv.gc_ots = ("softspoken",)
     cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
@@ -80,7 +80,8 @@ def test_honest_softspoken_job_is_checked_and_equals_reference(model, monkeypatc
     th.join(timeout=60)
     assert not th.is_alive()
     assert np.array_equal(labels, _ref(model, x))
-    assert calls  # the check ran on the job's requests
+    (g,) = garblers
+    assert g.rows_checked > 0 and g.rows_checked == 128 * (g._blk - engine._SETUP_BLOCKS)  # every request row
 
 
 @pytest.mark.parametrize(

@@ -616,6 +616,12 @@ class OTCheckFailed(ValueError):
     """The client's OT correction failed the consistency check: a cheating (or broken) receiver."""
 
 
+_CHECK_FAILED = (
+    "the client's OT correction failed the consistency check (not one choice vector in every column: a"
+    " cheating or broken client); nothing made with it was sent"
+)
+
+
 def _xor16(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "little") ^ int.from_bytes(b, "little")).to_bytes(SEED, "little")
 
@@ -972,6 +978,7 @@ class Garbler(_Party):
             raise ValueError(f"ot must be one of {OT_BACKENDS}")
         self.ot = ot
         self._wk = 0
+        self.rows_checked = 0  # SoftSpoken request rows whose consistency proof held
         d = bytearray(16)
         check(lib, lib.bn_prg_fill(_buf(d), 16), "random bits")
         d[0] |= 1  # point-and-permute: lsb(Delta) = 1
@@ -1189,13 +1196,13 @@ class Garbler(_Party):
             if due is not None:
                 due[3] = self._mux_keys(op, lut)[0]
             yg = ys if lut is None else self._open_tables(op, ys, lut, body[cot + ext :])
-            msgs, labels = b"", ffi.NULL
+            msgs, labels, chk = b"", ffi.NULL, {}
             if self.ot == "silent":  # zero labels q ^ d Delta; the iteration messages lead the response
                 lo = 128 * (blk - self._blk0)
                 msgs, q = self._fwd.take(lo, lo + m)
                 labels = _buf(_derand(q, body[:cot], self._delta))
-            else:  # checked before any table is garbled against these rows
-                labels = _buf(self._checked_send(blk, m, body[:cot]))
+            else:  # the q rows come from the OT extension chunk by chunk, checked as they are made
+                chk = self._request_check(blk, m, body[:cot])
             out, head = _new_message(self._header(T_RESP, seq, op, n), len(msgs) + nct + nar)
             ffi.memmove(head, msgs, len(msgs))
             body_out = head + len(msgs)
@@ -1215,9 +1222,13 @@ class Garbler(_Party):
                 ys=_u64(yg),
                 delta=self._delta,
                 cm=_buf(body),
+                **chk,
             )
+            if chk and not chk["chk_ok"][0]:  # the response (made against unchecked rows) is dropped
+                raise OTCheckFailed(_CHECK_FAILED)
             with self._lock:
                 self.bytes_sent += len(out)
+                self.rows_checked += _checked_rows(self._wk, m) if chk else 0
             if isinstance(op, Argmax):
                 return out, None
             mask = np.uint64((1 << op.ring_bits) - 1)
@@ -1238,11 +1249,20 @@ class Garbler(_Party):
         lib.bn_cot_send(self._leaves, self._ot_k, self._delta, blk, rows, _buf(body[:cm_len]), _buf(q))
         seed = _check_seed(self._sid, blk, body[:cm_len])
         if not otcheck.verify(q, self._delta, seed, bytes(body[cm_len:])):
-            raise OTCheckFailed(
-                "the client's OT correction failed the consistency check (not one choice vector in every"
-                " column: a cheating or broken client); nothing was garbled against it"
-            )
+            raise OTCheckFailed(_CHECK_FAILED)
         return q[:m]
+
+    def _request_check(self, blk: int, m: int, body: memoryview) -> dict[str, object]:
+        """The ``bn_gc_garble`` fields that check the client's proof over a request's rows from block
+        ``blk`` (m real rows, then the padding) in the garbling run itself."""
+        rows = _checked_rows(self._ot_k, m)
+        cm_len = _cot_len(self._ot_k, rows)
+        return {
+            "chk_seed": _check_seed(self._sid, blk, body[:cm_len]),
+            "chk_proof": body[cm_len:],
+            "chk_pad": rows - m,
+            "chk_ok": ffi.new("int32_t *"),
+        }
 
     def request_limit(self, op: Op, n: int) -> int:
         """The most bytes a well-formed request for n instances may have: SoftSpoken's largest OT

@@ -6,34 +6,39 @@ offset), and with it both labels of a wire. SoftSpoken (Roy, CRYPTO 2022) closes
 check (Keller, Orsini, Scholl, CRYPTO 2015): for random challenges χ_i in GF(2^128) the receiver
 proves x~ = Σ x_i χ_i and t~ = Σ χ_i t_i, and the sender checks Σ χ_i q_i = t~ ⊕ x~ Δ, which an
 inconsistent correction passes only by guessing the Δ bits it touches. The challenges come from a
-hash of the session id and the correction (Fiat-Shamir), so the check costs no extra round trip.
+hash of the session id and the correction (Fiat-Shamir), so the check costs no extra round trip; the
+hash is BLAKE3 (O'Connor, Aumasson, Neves, Wilcox-O'Hearn 2020) in its key-derivation mode with a
+context of its own: it reads every byte of the correction, several GB a 512x512 slice, and runs
+about six times as fast as BLAKE2b there.
 x~ reveals a linear combination of the choice bits, so the rows end with ``PAD_ROWS`` rows of
 random choices (>= 128 + 40: x~ is then uniform up to 2^-40).
 
 The arithmetic is ``bn_ot_check_prove`` / ``bn_ot_check_verify`` in native/gc/ot_check.c. The engine
 runs it on every batch of forward SoftSpoken OTs (the set-up's, silent OT's base COTs, SoftSpoken
-requests: ``Evaluator._checked_recv`` / ``Garbler._checked_send``); the server checks before it uses
-the rows.
+requests: ``Evaluator._checked_recv`` / ``Garbler._checked_send``); the server checks the set-up's
+before it answers, and a request's in the garbling run itself (``bn_gc_garble``'s ``chk_*`` fields:
+each chunk's rows are added to the sums while they are in the cache), whose output it sends only if
+the check holds.
 """
 
 from __future__ import annotations
 
-import hashlib
-
+import blake3
 import numpy as np
 
 from ._native import ffi, lib
 
 PAD_ROWS = 256  # random-choice rows appended to a checked batch (a multiple of 128, >= 128 + 40)
 PROOF_BYTES = 32
+CONTEXT = "bunet 2026-12 OT consistency check challenge v2"  # BLAKE3 domain separation
 
 
 def challenge(sid: bytes, correction: bytes | np.ndarray) -> bytes:
     """The AES key of the challenges χ_i: bound to the session and the receiver's correction."""
-    h = hashlib.blake2b(digest_size=16, person=b"bunet-ot-chk-v1")
+    h = blake3.blake3(derive_key_context=CONTEXT)
     h.update(sid)
     h.update(memoryview(correction).cast("B"))
-    return h.digest()
+    return h.digest(16)
 
 
 def _rows(rows: np.ndarray) -> tuple[object, int]:

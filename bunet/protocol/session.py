@@ -53,7 +53,7 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire or how either side computes it (keys, hashes),
 # so a mismatch is a clear error, not a stall or a wrong mask.
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
 # What a job's stream may buffer in the transport (frames queued each way, one message being

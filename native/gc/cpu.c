@@ -30,17 +30,46 @@ static int detect_vaes(void) {
     return (c & (1u << 9)) ? 1 : 0; /* VAES: leaf 7 ECX bit 9 */
 }
 
+static int detect_vclmul(void) {
+    unsigned a, b, c, d;
+    if (!detect_avx2()) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (c & (1u << 10)) ? 1 : 0; /* VPCLMULQDQ: leaf 7 ECX bit 10 */
+}
+
+/* AVX-512F usable: cpuid and OS-saved opmask and ZMM state (XCR0 bits 5..7) */
+static int detect_avx512(void) {
+    unsigned a, b, c, d;
+    if (!detect_avx2()) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if ((lo & 0xe6) != 0xe6) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & (1u << 16)) ? 1 : 0; /* AVX512F: leaf 7 EBX bit 16 */
+}
+
 static int detect_bmi2(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return (b & (1u << 8)) ? 1 : 0;
 }
 
-static int have_vaes = -1, have_avx2 = -1, have_bmi2 = -1, force_sse = 0;
+static int have_vaes = -1, have_vclmul = -1, have_avx512 = -1, have_avx2 = -1, have_bmi2 = -1, force_sse = 0;
 
 int bn_have_vaes(void) {
     if (have_vaes < 0) have_vaes = detect_vaes() && !getenv("BUNET_NO_VAES");
     return have_vaes && !force_sse;
+}
+
+int bn_have_vclmul(void) {
+    if (have_vclmul < 0) have_vclmul = detect_vclmul() && !getenv("BUNET_NO_VAES");
+    return have_vclmul && !force_sse;
+}
+
+int bn_use_avx512(void) {
+    if (have_avx512 < 0) have_avx512 = detect_avx512() && !getenv("BUNET_NO_AVX512");
+    return have_avx512 && !force_sse;
 }
 
 int bn_use_avx2(void) {
