@@ -765,8 +765,8 @@ def test_look_up_tables(dw, n, extra, seed):
         [stride - tabs[-1][1] + 1 + extra, tabs[-1][1], 1],  # rows past the item's stride
         [0, 9, 1],
         [0, 0, 1],
-        [0, 2, 3],
-    ):  # d in 1..8, entries of 1 or 2 bits only
+        [0, 2, 4],
+    ):  # d in 1..8, entries of 1 or 2 bits (or links, w = 3)
         assert (
             lib.bn_luts_send(
                 n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), u8(delta), rk, 0, u64(a), u64(rho), u8(tab)
@@ -775,6 +775,79 @@ def test_look_up_tables(dw, n, extra, seed):
         )
         assert (
             lib.bn_luts_recv(n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), rk, 0, u64(a), u8(tab), u64(got))
+            == lib.BN_EINVAL
+        )
+
+
+@HSET
+@given(d=st.integers(2, 8), first=st.integers(0, 8), n=st.integers(1, 600), seed=st.integers(0, 2**32 - 1))
+@example(d=8, first=8, n=600, seed=1)  # the largest link (256 entries, a word per half) after a generate table
+@example(d=2, first=0, n=600, seed=2)  # the smallest (one chunk bit)
+def test_link_tables(d, first, n, seed):
+    """bn_luts_send / bn_luts_recv, a link (w = 3): d index bits, d - 1 server chunk bits x and its carry
+    share s on top; the entry opened is [a + x + (s ^ rho_in) >= 2^(d-1)] ^ rho_out (every entry of the
+    table checked by opening it), after an optional generate table (the columns: the link reads rho_out
+    and rho_in); another x or s, or other tweaks, open noise."""
+    rng = np.random.default_rng(seed)
+    rk = aes_key_schedules([rng.bytes(16)])
+    tabs = ([(0, first, 1)] if first else []) + [(first, d, 3)]
+    stride = first + d
+    flat = np.array(tabs, dtype=np.uint32).reshape(-1)
+    q = rng.integers(0, 256, (n * stride, 16), dtype=np.uint8)
+    delta = rng.integers(0, 256, 16, dtype=np.uint8)
+    a = rng.integers(0, 1 << 62, n, dtype=np.uint64) & np.uint64((1 << stride) - 1)
+    a[0] = (a[0] & np.uint64((1 << first) - 1)) | np.uint64(((1 << (d - 1)) - 1) << first)  # a = all ones
+    a[n // 2] &= np.uint64((1 << first) - 1)  # a = 0
+    col = 1 if first else 0
+    rho = rng.integers(0, 1 << (col + 2), n, dtype=np.uint64)
+    tstride = (max(1, (1 << first) // 8) if first else 0) + max(1, (1 << d) // 8)
+    tab = np.zeros(n * tstride, dtype=np.uint8)
+    u8, u32, u64 = (
+        (lambda v: ffi.from_buffer("uint8_t[]", v)),
+        (lambda v: ffi.from_buffer("uint32_t[]", v)),
+        (lambda v: ffi.from_buffer("uint64_t[]", v)),
+    )
+    assert lib.bn_luts_send(n, len(tabs), u32(flat), stride, u8(q), u8(delta), rk, 384, u64(a), u64(rho), u8(tab)) == 0
+
+    def open_at(xs: np.ndarray, row0: int = 384) -> np.ndarray:
+        t = q.copy().reshape(n, stride, 16)
+        t[((xs[:, None] >> np.arange(stride, dtype=np.uint64)) & np.uint64(1)).astype(bool)] ^= delta
+        got = np.empty(n, dtype=np.uint64)
+        assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(t), rk, row0, u64(xs), u8(tab), u64(got)) == 0
+        return got
+
+    def want_at(xs: np.ndarray) -> np.ndarray:
+        out = np.zeros(n, dtype=np.uint64)
+        if first:
+            m = np.uint64((1 << first) - 1)
+            out |= ((a & m) + (xs & m) >= np.uint64(1 << first)).astype(np.uint64) ^ (rho & np.uint64(1))
+        h = np.uint64(d - 1)
+        ac = (a >> np.uint64(first)) & np.uint64((1 << (d - 1)) - 1)
+        idx = xs >> np.uint64(first)
+        xc, s = idx & np.uint64((1 << (d - 1)) - 1), (idx >> h) & np.uint64(1)
+        c = s ^ ((rho >> np.uint64(col + 1)) & np.uint64(1))
+        f = (ac + xc + c >= np.uint64(1 << (d - 1))).astype(np.uint64) ^ ((rho >> np.uint64(col)) & np.uint64(1))
+        return out | f << np.uint64(col)
+
+    x = rng.integers(0, 1 << 62, n, dtype=np.uint64) & np.uint64((1 << first) - 1)
+    for e in range(1 << d):  # every entry of every item's link table
+        xs = x | np.uint64(e << first)
+        np.testing.assert_array_equal(open_at(xs), want_at(xs))
+    if n >= 400:  # wrong rows (another entry's, other tweaks) open to noise
+        bit = lambda v: (v >> np.uint64(col)) & np.uint64(1)  # noqa: E731
+        xs = x | (rng.integers(0, 1 << d, n, dtype=np.uint64) << np.uint64(first))
+        assert 0.3 < np.mean(bit(open_at(xs, 512)) == bit(want_at(xs))) < 0.7
+        other = xs ^ np.uint64(1 << (stride - 1))  # s flipped: the entry of the other half
+        t = q.copy().reshape(n, stride, 16)
+        t[((xs[:, None] >> np.arange(stride, dtype=np.uint64)) & np.uint64(1)).astype(bool)] ^= delta
+        got = np.empty(n, dtype=np.uint64)
+        assert lib.bn_luts_recv(n, len(tabs), u32(flat), stride, u8(t), rk, 384, u64(other), u8(tab), u64(got)) == 0
+        assert 0.3 < np.mean(bit(got) == bit(want_at(other))) < 0.7
+    for bad in ([0, 1, 3], [0, 9, 3], [0, 2, 4]):  # a link needs 2..8 index bits; w in 1..3
+        assert (
+            lib.bn_luts_send(
+                n, 1, u32(np.array(bad, dtype=np.uint32)), stride, u8(q), u8(delta), rk, 0, u64(a), u64(rho), u8(tab)
+            )
             == lib.BN_EINVAL
         )
 
