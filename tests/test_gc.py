@@ -45,8 +45,15 @@ def _finish_concurrently(ev: Evaluator, op, resps: list[bytes], order: list[int]
     return out
 
 
+def _links(ev: Evaluator, g: Garbler, op, yc: np.ndarray, ys: np.ndarray) -> None:
+    """The link passes of a chained op (none for the others)."""
+    for j in range(op.link_passes):
+        g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, j), j))
+
+
 def _req(ev: Evaluator, g: Garbler, op, yc: np.ndarray, ys: np.ndarray) -> bytes:
-    """The client's request, after the server's pre-message for ops with a carry look-up."""
+    """The client's request, after the link passes and the server's pre-message for ops with a carry look-up."""
+    _links(ev, g, op, yc, ys)
     return ev.request(op, yc, g.pre(op, ys) if op.lut_bits else None)
 
 
@@ -201,20 +208,26 @@ def test_relu_pool_hypothesis(sess, data, l, n):
     _check_relu_pool(sess, np.array(raw, dtype=np.uint64).reshape(n, 4), l, b, s)
 
 
+def _per_inst(op, n: int = 1 << 14, ot_k: int = 4) -> float:
+    """Bytes per instance of an op, link passes included (SoftSpoken sizes)."""
+    req, resp = op.message_sizes(n, ot_k)
+    links = sum(op.link_pre_size(n, j, ot_k) + op.link_req_size(n, j) for j in range(op.link_passes))
+    return (req + resp + op.pre_size(n, ot_k) + op.post_size(n) + links) / n
+
+
 def test_relu_pool_costs():
     """Four sign-mode ReLUs and three sign-mode comparisons of their 16-bit outputs: 1,586 bytes per
-    2x2 window at (24, 24, 8), where the fused carry-mode circuit (one per window) took 4,425.7."""
-    relu, cmp = relu_pool_ops(24, 24, 8)
+    2x2 window at (24, 24, 8) with ANDs chaining the carries (SoftSpoken, k = 4), where the fused
+    carry-mode circuit (one per window) took 4,425.7; chained through links, no AND at all."""
+    relu, cmp = relu_pool_ops(24, 24, 8, chain=False)
     assert (cmp.in_bits, cmp.shift, cmp.lut_plan.chunks) == (16, 0, (5, 5, 5))
     assert cmp.lut_plan.tables == ((0, 5, 1), (5, 5, 2), (10, 5, 2))  # chunk 1 has no carry in: no propagate
     assert (cmp.circuit.and_gates, cmp.circuit.andg_gates, cmp.lut_bits) == (2, 0, 16)
-
-    def per_inst(op, n=1 << 14):
-        req, resp = op.message_sizes(n)
-        return (req + resp + op.pre_size(n) + op.post_size(n)) / n
-
-    window = 4 * per_inst(relu) + 3 * per_inst(cmp)
+    window = 4 * _per_inst(relu) + 3 * _per_inst(cmp)
     assert 1585 < window < 1587, window
+    relu, cmp = relu_pool_ops(24, 24, 8)
+    assert (relu.circuit.and_gates, cmp.circuit.and_gates, relu.link_passes, cmp.link_passes) == (0, 0, 3, 2)
+    assert 4 * _per_inst(relu) + 3 * _per_inst(cmp) < window - 200
 
 
 def test_multi_output_index_checked():
@@ -563,6 +576,7 @@ def test_message_sizes(ot_k):
     ev, g = _handshake(Evaluator(ot_k=ot_k, ot="softspoken"), Garbler(ot="softspoken"))
     for op in (
         MaxTrunc(ring_bits=24, shift=8),
+        MaxTrunc(ring_bits=24, shift=8, chain=False),
         MaxTrunc(ring_bits=32, shift=12, k=4, relu=False),
         MaxTrunc(ring_bits=24, in_bits=16, shift=0),
         Argmax(ring_bits=24, k=3),
@@ -570,6 +584,11 @@ def test_message_sizes(ot_k):
         for n in (100, 257):
             x = ring.random((n, op.k), op.ring_bits)
             yc, ys = ring.share(x, op.ring_bits)
+            for j in range(op.link_passes):
+                lpre = g.link_pre(op, ys, j)
+                lreq = ev.link_request(op, yc, lpre, j)
+                assert (len(lpre), len(lreq)) == (op.link_pre_size(n, j, ot_k), op.link_req_size(n, j))
+                g.open_link(op, lreq)
             pre = g.pre(op, ys) if op.lut_bits else None
             req = ev.request(op, yc, pre)
             resp, out_s = g.respond(op, req, ys)
@@ -865,6 +884,9 @@ def test_link_tables(d, first, n, seed):
         MaxTrunc(ring_bits=24, shift=10),
         MaxTrunc(ring_bits=32, in_bits=30, shift=17),
         MaxTrunc(ring_bits=24, shift=10, lut=False),
+        MaxTrunc(ring_bits=24, shift=8, chain=False),
+        MaxTrunc(ring_bits=24, in_bits=16, shift=0, chain=False),
+        MaxTrunc(ring_bits=32, in_bits=30, shift=17, chain=False),
     ],
 )
 def test_lut_on_and_off(sess, op):
@@ -876,15 +898,22 @@ def test_lut_on_and_off(sess, op):
     out_c, out_s = _run(sess, op, x)
     kw = dict(in_bits=op.in_bits, shift=op.shift, ring_bits=op.ring_bits)
     np.testing.assert_array_equal(ring.add(out_c, out_s, op.ring_bits), ring.nonlinear(x, relu=op.relu, **kw))
-    on, off = MaxTrunc(ring_bits=24, shift=8), MaxTrunc(ring_bits=24, shift=8, lut=False)
+    on, off = MaxTrunc(ring_bits=24, shift=8, chain=False), MaxTrunc(ring_bits=24, shift=8, lut=False)
     assert on.lut_plan.chunks == (5, 5, 5)
     assert (on.circuit.and_gates, on.circuit.andg_gates) == (3, 0)  # sign mode: one AND per chunk
     assert on.circ_bits == 8 and on.lut_bits == 24  # 7 masks + the top bit in; 23 share bits + r0 looked up
     assert (off.circuit.and_gates, off.circuit.andg_gates) == (22, 1)
+    # chained: no AND; three link passes before the last table (chunk, carry share, r0)
+    ch = MaxTrunc(ring_bits=24, shift=8)
+    assert (ch.circuit.and_gates, ch.circuit.andg_gates, ch.link_passes) == (0, 0, 3)
+    assert ch.circ_bits == 3 and ch.lut_bits == 7  # masks of k0, k' and the top bit in
+    assert [ch.lut_plan.link_rows(j) for j in range(3)] == [8, 6, 6]
     # more than 8 dropped bits (a ReLU after a sum-pool): their carry is a chain of chunks too
-    on10 = MaxTrunc(ring_bits=24, shift=10)
+    on10 = MaxTrunc(ring_bits=24, shift=10, chain=False)
     assert (on10.lut_plan.drop, on10.lut_plan.chunks, on10.lut_bits) == ((5, 5), (5, 4, 4), 24)
     assert (on10.circuit.and_gates, on10.circuit.andg_gates) == (4, 0)
+    ch20 = MaxTrunc(ring_bits=32, shift=20)  # a link holds at most 7 chunk bits (and the carry share)
+    assert ch20.lut_plan.drop == (7, 7, 6) and ch20.circuit.and_gates == 0
     pool, pool_off = MaxTrunc(ring_bits=24, shift=8, k=4), MaxTrunc(ring_bits=24, shift=8, k=4, lut=False)
     assert pool_off.circuit.and_gates - pool.circuit.and_gates == 4 * 7  # carry mode: 7 ANDs + 1 ANDG per value
     assert pool_off.circuit.andg_gates - pool.circuit.andg_gates == 4
@@ -892,7 +921,7 @@ def test_lut_on_and_off(sess, op):
 
 def test_pre_message_checks():
     ev, g = _session()
-    op = MaxTrunc(ring_bits=24, shift=8)
+    op = MaxTrunc(ring_bits=24, shift=8, chain=False)
     x = ring.random((40, 1), 24)
     yc, ys = ring.share(x, 24)
     pre = g.pre(op, ys)
@@ -918,7 +947,26 @@ def test_pre_message_checks():
     )
 
 
-def test_sign_mode_leaks_nothing_visible(monkeypatch):
+def test_link_passes_in_order():
+    """A chained op's request needs every link pass of its chunk first, and each pass its
+    predecessor: a request or a link request out of turn is refused."""
+    ev, g = _session()
+    op = MaxTrunc(ring_bits=24, shift=8)
+    x = ring.random((40, 1), 24)
+    yc, ys = ring.share(x, 24)
+    with pytest.raises(ValueError):
+        ev.request(op, yc, g.pre(op, ys))  # no link pass yet
+    ev, g = _session()
+    with pytest.raises(ValueError):
+        g.link_pre(op, ys, 1)  # pass 1 before pass 0
+    ev, g = _session()
+    g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, 0), 0))
+    with pytest.raises(ValueError):
+        ev.request(op, yc, g.pre(op, ys))  # passes 1 and 2 missing
+
+
+@pytest.mark.parametrize("chain, masked", [(False, 7), (True, 2)])
+def test_sign_mode_leaks_nothing_visible(monkeypatch, chain, masked):
     """What each party sees of a sign-mode ReLU is masked: on inputs whose comparisons are all the
     same (x = 0: every carry, generate, propagate and the sign fixed), the server's opened table
     bits and the client's revealed bit are still uniform."""
@@ -939,12 +987,12 @@ def test_sign_mode_leaks_nothing_visible(monkeypatch):
     monkeypatch.setattr(engine.Garbler, "_open_tables", spy_open)
     monkeypatch.setattr(engine.Evaluator, "_mux", spy_mux)
     ev, g = _session()
-    op = MaxTrunc(ring_bits=24, shift=8)
+    op = MaxTrunc(ring_bits=24, shift=8, chain=chain)
     x = np.zeros((4000, 1), dtype=np.uint64)
     ys = np.zeros_like(x)  # the server's share 0: the client's is 0 too, nothing random but the masks
     resp, out_s = g.respond(op, _req(ev, g, op, x, ys), ys)
     out_c, out_s = _done(ev, g, op, resp, out_s)
     assert not ring.add(out_c, out_s, 24).any()  # relu(0) = 0
     means = seen["server"].mean(axis=0)
-    assert seen["server"].shape[1] == op.lut_plan.n_masked == 7 and np.all((means > 0.45) & (means < 0.55)), means
+    assert seen["server"].shape[1] == op.lut_plan.n_masked == masked and np.all((means > 0.45) & (means < 0.55)), means
     assert 0.45 < seen["client"].mean() < 0.55

@@ -53,7 +53,7 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire or how either side computes it (keys, hashes),
 # so a mismatch is a clear error, not a stall or a wrong mask.
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
 # What a job's stream may buffer in the transport (frames queued each way, one message being
@@ -377,6 +377,9 @@ class ServerProtocol:
                 for op in step.gc_ops(plan.ring_bits, in_shape):
                     req, resp = op.message_sizes(n, ot_k=1)
                     inflight = (gc_pipeline.PRE_AHEAD + 1) * win * op.pre_size(n, ot_k=1) + win * (req + resp)
+                    for j in range(op.link_passes):  # a chained op's link passes come first, one at a time
+                        lpre, lreq = op.link_pre_size(n, j, ot_k=1), op.link_req_size(n, j)
+                        inflight = max(inflight, (gc_pipeline.PRE_AHEAD + 1) * win * lpre + win * lreq)
                     peak_step = max(peak_step, inflight + op.post_size(n))
             live -= sum(size.get(name, 0) for name in drops.get(idx, ()))
         ot_bytes = gc.silent.party_bytes() if spec.gc_ot == "silent" else 0
