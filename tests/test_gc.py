@@ -919,6 +919,47 @@ def test_lut_on_and_off(sess, op):
     assert pool_off.circuit.andg_gates - pool.circuit.andg_gates == 4
 
 
+def test_link_message_checks():
+    """Link passes run in order per chunk; a link message of another pass, op or n, a replayed or
+    truncated one, or the op's own pre-message before the links, is refused; the result stays exact."""
+    ev, g = _session()
+    op = MaxTrunc(ring_bits=24, shift=8)
+    x = ring.random((40, 1), 24)
+    yc, ys = ring.share(x, 24)
+    with pytest.raises(ValueError, match="out of order"):
+        g.pre(op, ys)  # the last pass before the links
+    with pytest.raises(ValueError, match="out of order"):
+        g.link_pre(op, ys, 1)  # pass 1 before pass 0
+    for bad in (3, -1, True):
+        with pytest.raises(ValueError):
+            g.link_pre(op, ys, bad)  # no such pass
+    with pytest.raises(ValueError):
+        g.link_pre(MaxTrunc(ring_bits=24, shift=8, chain=False), ys, 0)  # not chained
+    lpre = g.link_pre(op, ys, 0)
+    with pytest.raises(ValueError):
+        ev.link_request(op, yc, lpre, 1)  # another pass
+    with pytest.raises(ValueError):
+        ev.link_request(op, yc[:10], lpre, 0)  # another n
+    with pytest.raises(ValueError):
+        ev.link_request(MaxTrunc(ring_bits=24, shift=7), yc, lpre, 0)  # another op
+    lreq = ev.link_request(op, yc, lpre, 0)
+    with pytest.raises(ValueError):
+        ev.link_request(op, yc, lpre, 0)  # replayed
+    with pytest.raises(ValueError):
+        g.open_link(op, lreq[:-1])  # truncated
+    with pytest.raises(ValueError):
+        g.open_link(MaxTrunc(ring_bits=24, shift=7), lreq)  # another op
+    g.open_link(op, lreq)
+    with pytest.raises(ValueError):
+        g.open_link(op, lreq)  # replayed
+    for j in (1, 2):
+        g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, j), j))
+    resp, out_s = g.respond(op, ev.request(op, yc, g.pre(op, ys)), ys)
+    out_c, out_s = _done(ev, g, op, resp, out_s)
+    want = ring.nonlinear(x, in_bits=24, shift=8, relu=True, ring_bits=24)
+    np.testing.assert_array_equal(ring.add(out_c, out_s, 24), want)
+
+
 def test_pre_message_checks():
     ev, g = _session()
     op = MaxTrunc(ring_bits=24, shift=8, chain=False)
