@@ -16,7 +16,10 @@ relu_per_s_cpu_bound (the rate with both cores ours: the machine is shared, so r
 with the other load; loadavg_at_start/end are recorded). relu_pool: a ReLU feeding a 2x2 max-pool
 (--relus / 4 windows, ``bunet.gc.relu_pool``: 4 ReLUs, then 3 comparisons in two rounds):
 window_bytes (measured; window_bytes_by_part) and window_bytes_circuit (from the ops' message sizes), windows_per_s,
-CPU time per window, all summed over the three rounds. argmax_k2 / argmax_k2_no_look_ups: the
+CPU time per window, all summed over the three rounds. The sign-mode ReLUs chain their carries
+through linked look-ups (``MaxTrunc.chain``, no AND gate, one more round per link);
+default_quantization_no_chain and relu_pool_no_chain are the same with the ANDs chaining them
+(``chain=False``), measured in the same run as the baseline. argmax_k2 / argmax_k2_no_look_ups: the
 argmax of 2 classes at 24 bits (--relus / 4 pixels) with look-up chains and with the adder circuit:
 argmax_bytes (measured; argmax_bytes_by_part), argmax_per_s, CPU time per pixel.
 """
