@@ -10,6 +10,8 @@ Session setup (four messages, once)::
 base OTs of a reverse extension (server = receiver, client's random correlation Delta'). Then
 every layer is one request/response per chunk, after a pre-message for ops with a carry look-up::
 
+    for j in range(op.link_passes):       # chained sign mode: one link pass per chunk after the first
+        g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, j), j))
     pre = g.pre(op, ys)                   # only if op.lut_bits: reverse OTs on the server's low bits
     req = ev.request(op, yc, pre)         # OT-extension message for the client's input bits (+ tables)
     resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
