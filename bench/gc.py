@@ -16,7 +16,10 @@ relu_per_s_cpu_bound (the rate with both cores ours: the machine is shared, so r
 with the other load; loadavg_at_start/end are recorded). relu_pool: a ReLU feeding a 2x2 max-pool
 (--relus / 4 windows, ``bunet.gc.relu_pool``: 4 ReLUs, then 3 comparisons in two rounds):
 window_bytes (measured; window_bytes_by_part) and window_bytes_circuit (from the ops' message sizes), windows_per_s,
-CPU time per window, all summed over the three rounds. argmax_k2 / argmax_k2_no_look_ups: the
+CPU time per window, all summed over the three rounds. The sign-mode ReLUs chain their carries
+through linked look-ups (``MaxTrunc.chain``, no AND gate, one more round per link);
+default_quantization_no_chain and relu_pool_no_chain are the same with the ANDs chaining them
+(``chain=False``), measured in the same run as the baseline. argmax_k2 / argmax_k2_no_look_ups: the
 argmax of 2 classes at 24 bits (--relus / 4 pixels) with look-up chains and with the adder circuit:
 argmax_bytes (measured; argmax_bytes_by_part), argmax_per_s, CPU time per pixel.
 """
@@ -39,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bunet import ring  # noqa: E402
 from bunet.gc import Argmax, MaxTrunc, relu_pool, relu_pool_ops  # noqa: E402
 from bunet.gc import circuits as gcc  # noqa: E402
-from bunet.gc.engine import ffi, lib  # noqa: E402
+from bunet.gc.engine import _lut_bytes, ffi, lib  # noqa: E402
 from bunet.gc.native import circuit_fields, run_circuit  # noqa: E402
 from bunet.protocol import gc_pipeline  # noqa: E402
 from bunet.protocol.session import GC_WINDOW  # noqa: E402
@@ -139,7 +142,8 @@ def bench_ot(m: int = 1 << 21, reps: int = 3, k: int = 4) -> dict:
 def _message_bytes(op, n: int, ot_k: int) -> float:
     """Bytes per instance from the op's message sizes: pre-message, request and response."""
     req, resp = op.message_sizes(n, ot_k)
-    return (op.pre_size(n, ot_k) + req + resp + op.post_size(n)) / n
+    links = sum(op.link_pre_size(n, j, ot_k) + op.link_req_size(n, j) for j in range(op.link_passes))
+    return (op.pre_size(n, ot_k) + req + resp + op.post_size(n) + links) / n
 
 
 def bytes_by_part(op, n: int, chunk: int, st: RunStats) -> dict:
@@ -150,14 +154,15 @@ def bytes_by_part(op, n: int, chunk: int, st: RunStats) -> dict:
     sizes = [sl.stop - sl.start for sl in gc_pipeline.chunks(n, chunk)]
     lp = op.lut_plan
     tables = sum(m * op.items * lp.table_bytes for m in sizes) if lp else 0
+    link_tables = sum(m * op.items * _lut_bytes(*lp.link_table(j)[1:]) for j in range(op.link_passes) for m in sizes)
     garbled = sum(m * op.circuit.ct_bytes for m in sizes)
     part = {p: st.by_part.get(p, [0, 0]) for p in (*gc_pipeline.PARTS, "gc_hello")}
     got = {
         "garbled_gates": garbled,
         "output_conversion": part["resp"][1] - garbled,
-        "ot_extension": part["req"][0] - tables,
-        "look_up_tables": tables,
-        "look_up_ots": part["pre"][1],
+        "ot_extension": part["req"][0] - tables + part["lreq"][0] - link_tables,
+        "look_up_tables": tables + link_tables,
+        "look_up_ots": part["pre"][1] + part["lpre"][1],
         "post_messages": part["post"][0],
         "setup": sum(part["gc_hello"]),
     }
@@ -165,8 +170,10 @@ def bytes_by_part(op, n: int, chunk: int, st: RunStats) -> dict:
     return {k: v / n for k, v in got.items()}
 
 
-def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = True, ot: str = "silent") -> dict:
-    op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1, lut=lut)
+def bench_relu(
+    l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = True, ot: str = "silent", chain: bool = True
+) -> dict:
+    op = MaxTrunc(ring_bits=l, in_bits=l, shift=s, relu=True, k=1, lut=lut, chain=chain)
     x = ring.random((n, 1), l)
     yc, ys = ring.share(x, l)
     out_c, out_s, st = two_party(op, yc, ys, chunk=chunk, window=GC_WINDOW, tcp=True, ot_k=ot_k, ot=ot)
@@ -193,12 +200,13 @@ def bench_relu(l: int, s: int, n: int, chunk: int, ot_k: int = 4, lut: bool = Tr
         "ot_softspoken_k": ot_k,
         "ot": ot,
         "look_ups": "none" if op.lut_plan is None else "sign" if op.lut_plan.chunks else "carry",
+        "link_passes": op.link_passes,
         "relu_bytes_from_message_sizes": _message_bytes(op, n, 0 if ot == "silent" else ot_k),
         "reverse_ots_per_relu": op.lut_bits,
     }
 
 
-def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4, ot: str = "silent") -> dict:
+def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4, ot: str = "silent", chain: bool = True) -> dict:
     """A ReLU feeding a 2x2 max-pool (a U-Net encoder level) as ``bunet.gc.relu_pool`` does it: n
     windows, 5 outputs each, in three rounds (the ReLUs, then two of comparisons); each round is a
     two-process session here (both parties' shares stacked, as relu_pool allows). Bytes and time per
@@ -219,11 +227,11 @@ def bench_relu_pool(l: int, s: int, n: int, chunk: int, ot_k: int = 4, ot: str =
         tot["server_cpu_s"] += st.extra["server_cpu_s"]
         return np.concatenate([out_c, out_s])
 
-    out = relu_pool(run, np.concatenate([yc, ys]), ring_bits=l, in_bits=l, shift=s)
+    out = relu_pool(run, np.concatenate([yc, ys]), ring_bits=l, in_bits=l, shift=s, chain=chain)
     el, pooled = ring.relu_pool(x, in_bits=l, shift=s, ring_bits=l)
     got = ring.add(out[:n], out[n:], l)
     ok = bool(np.array_equal(got[:, :4], el) and np.array_equal(got[:, 4], pooled))
-    relu, cmp = relu_pool_ops(l, l, s)
+    relu, cmp = relu_pool_ops(l, l, s, chain)
     m = 1 << 16
     ot_k = 0 if ot == "silent" else ot_k  # message sizes: silent OT's 1 bit per OT
     return {
@@ -293,12 +301,15 @@ def main() -> None:
     # the bandwidth/CPU knob: SoftSpoken k=2 sends twice the client OT bytes of k=4, for less CPU
     res["default_quantization_ot_k2"] = bench_relu(24, 8, n, a.chunk, ot_k=2, ot="softspoken")
     res["default_quantization_no_look_ups"] = bench_relu(24, 8, n, a.chunk, lut=False, ot=a.ot)  # the circuit alone
-    res["relu_pool"] = {
-        "ring_bits": 24,
-        "in_bits": 24,
-        "shift": 8,
-        **bench_relu_pool(24, 8, n // 4, a.chunk // 4, ot=a.ot),
-    }
+    # the carry chained by AND gates instead of linked look-ups (the baseline of the chained default)
+    res["default_quantization_no_chain"] = bench_relu(24, 8, n, a.chunk, ot=a.ot, chain=False)
+    for chain in (True, False):
+        res["relu_pool" + ("" if chain else "_no_chain")] = {
+            "ring_bits": 24,
+            "in_bits": 24,
+            "shift": 8,
+            **bench_relu_pool(24, 8, n // 4, a.chunk // 4, ot=a.ot, chain=chain),
+        }
     for lut in (True, False):  # look-up chains against the adder-and-comparator circuit
         res["argmax_k2" + ("" if lut else "_no_look_ups")] = bench_argmax(24, 2, n // 4, a.chunk, lut=lut, ot=a.ot)
     res["cpus"] = os.cpu_count()

@@ -79,6 +79,8 @@ def test_two_sessions_use_fresh_keys_and_stay_exact(relu: bool) -> None:
     want = ring.nonlinear(x, in_bits=24, shift=8, relu=relu, ring_bits=24)
     for ev, g in sessions:
         yc, ys = ring.share(x, 24)
+        for j in range(op.link_passes):  # sign mode: the carry's link passes first
+            g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, j), j))
         resp, out_s = g.respond(op, ev.request(op, yc, g.pre(op, ys)), ys)
         out_c = ev.finish(op, resp)
         for post in ev.take_posts():

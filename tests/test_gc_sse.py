@@ -86,16 +86,16 @@ def test_ot_extension_identical(k, m):
 
 def test_look_up_tables_and_check_identical():
     rng = np.random.default_rng(3)
-    tabs = [(0, 8, 1), (8, 5, 2), (13, 8, 2), (21, 3, 1)]
-    stride, n = 25, 700
+    tabs = [(0, 8, 1), (8, 5, 2), (13, 8, 2), (21, 3, 1), (24, 8, 3), (32, 4, 3)]  # the last two: links
+    stride, n = 36, 700
     rk = aes_key_schedules([rng.bytes(16)])
     q = rng.integers(0, 256, (n * stride, 16), dtype=np.uint8)
     delta = rng.integers(0, 256, 16, dtype=np.uint8)
     a = rng.integers(0, 1 << stride, n, dtype=np.uint64)
     x = rng.integers(0, 1 << stride, n, dtype=np.uint64)
-    rho = rng.integers(0, 1 << 6, n, dtype=np.uint64)
+    rho = rng.integers(0, 1 << 10, n, dtype=np.uint64)
     flat = np.array(tabs, dtype=np.uint32).reshape(-1)
-    tstride = sum(max(1, (1 << d) * w // 8) for _, d, w in tabs)
+    tstride = sum(max(1, (1 << d) * (1 if w == 3 else w) // 8) for _, d, w in tabs)
     seed, choice = rng.bytes(16), rng.integers(0, 256, n * stride // 8 + 1, dtype=np.uint8)
 
     def run():

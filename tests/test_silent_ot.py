@@ -170,7 +170,7 @@ def test_engine_silent_messages_and_bytes():
     batch large enough to cross from the setup iteration into a main one gives the reference."""
     ev, g = Evaluator(), Garbler()
     ev.finish_setup(g.finish_hello(ev.finish_hello(g.hello(ev.hello()))))
-    op = MaxTrunc(ring_bits=24, shift=8)
+    op = MaxTrunc(ring_bits=24, shift=8, chain=False)  # the chained op: tests/test_gc.py (both backends)
     sched = silent.Schedule(silent.SETUP, silent.MAIN)
     n = 40_000  # 24 reverse OTs each: 960k rows, past the first iteration's usable rows
     x = ring.random((n, 1), 24)

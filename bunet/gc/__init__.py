@@ -6,6 +6,8 @@ The server garbles, the client evaluates::
     ev, g = Evaluator(), Garbler()
     ev.finish_setup(g.finish_hello(ev.finish_hello(g.hello(ev.hello()))))
     op = MaxTrunc(ring_bits=24, in_bits=24, shift=8, relu=True, k=1)
+    for j in range(op.link_passes):    # chained sign mode: the carry's link passes first
+        g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, j), j))
     pre = g.pre(op, ys)                # ops with a carry look-up (op.lut_bits > 0) only
     resp, out_s = g.respond(op, ev.request(op, yc, pre), ys)
     out_c = ev.finish(op, resp)

@@ -424,6 +424,35 @@ def relu_sign_circuit(
 
 
 @functools.lru_cache(maxsize=64)
+def relu_link_circuit(ring_bits: int, in_bits: int, shift: int) -> Compiled:
+    """``relu_sign_circuit`` with the carry chained through linked look-ups (``engine.MaxTrunc``,
+    ``chain``): the tables give the carries themselves, so the circuit has no AND gate.
+
+    Client wires per value: the masks of the truncation's carry k0 (shift > 0 only) and of the carry
+    k' into the top kept bit (t = 1 or 2 wires), then its top kept bit a. Garbler value bits: its
+    opened shares of k0 and k' (same places), its top kept bit g at t, a random bit r0 at t + 1, S' from
+    t + 2 (m - 1 bits). Outputs as ``relu_sign_circuit``'s: ``n = NOT(a ^ g ^ k')``, output 0
+    ``n (S' + k0 - 2^(m-1) (a ^ g))``, output 1 reveals ``n ^ r0``.
+    """
+    l, b, s = ring_bits, in_bits, shift
+    m = b - s
+    if m < 2:
+        raise ValueError("a linked ReLU needs at least two kept bits")
+    top = 2 if s else 1
+    bld = _Builder(top + 1)
+    kp = bld.xorg(top - 1, 0, top - 1)  # k'
+    ag = bld.xorg(top, 0, top)  # a ^ g
+    n = bld.not_(bld.xor(ag, kp))
+    if s:
+        bld._emit(B2A2, bld.xorg(0, 0, 0), n, 0, 0, width=l, out=False)  # n k0
+    bld._emit(B2A2, ag, n, 1, m - 1, width=l - (m - 1), out=False)
+    bld._emit(GVAL, n, 0, top + 2, 0, width=m - 1, out=False)
+    bld._emit(NOUT, n, 0, 0, 0, width=l, out=False)
+    bld._emit(REVEAL, bld.xorg(n, 0, top + 1), 0, 0, 0, out=False, oi=1)
+    return _finish(bld, n_outputs=2)
+
+
+@functools.lru_cache(maxsize=64)
 def argmax_sign_circuit(k: int, chunks: tuple[int, ...]) -> Compiled:
     """Argmax of k values from look-ups (``engine.Argmax``, sign mode), revealed to the evaluator.
 

@@ -10,6 +10,8 @@ Session setup (four messages, once)::
 base OTs of a reverse extension (server = receiver, client's random correlation Delta'). Then
 every layer is one request/response per chunk, after a pre-message for ops with a carry look-up::
 
+    for j in range(op.link_passes):       # chained sign mode: one link pass per chunk after the first
+        g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, j), j))
     pre = g.pre(op, ys)                   # only if op.lut_bits: reverse OTs on the server's low bits
     req = ev.request(op, yc, pre)         # OT-extension message for the client's input bits (+ tables)
     resp, out_s = g.respond(op, req, ys)  # garbled tables + arithmetic output ciphertexts
@@ -52,11 +54,22 @@ f ^ rho (uniform), the client nothing; in the circuit the wire is rho (client in
   r0's row, closed by the client's post-message (``Evaluator.take_posts`` / ``Garbler.post``)
   once the step's responses are evaluated.
 
+Chained (``MaxTrunc.chain``, the default in sign mode): the carry goes through *link* tables
+instead of AND gates: chunk j's table is indexed by the server's chunk bits and its share s of the
+carry in (c = s ^ rho_in), entry [a + x + c >= 2^d] ^ rho_out (``bn_luts_send``, w = 3). The
+server picks s only after it opened the previous table, so each link is a pass before the op's
+pre-message: ``g.link_pre(op, ys, j)`` -> ``ev.link_request(op, yc, lpre, j)`` -> ``g.open_link``
+(``prepare_link_pre`` / ``prepare_link`` / ``claim_link`` to pipeline them); the last link rides in
+the request and the circuit has no AND (``circuits.relu_link_circuit``). docs/protocol.md has the
+argument.
+
 Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 272.3
 in sign mode (85.2 garbled + 96 of reverse OTs down; 91 up: 8 OTs, 56 bytes of tables, and
 3 bytes of post-message). Chunks of 8 + 7 bits took 311.6 (128 bytes of tables, one AND less).
 With silent OT 162.6 (2^18 ReLUs, set-up included): 1 + 3 bytes of corrections for the 8 + 24 OTs
-and about 11.5 bytes of iteration messages instead of 32 + 96.
+and about 11.5 bytes of iteration messages instead of 32 + 96. Chained (the default), silent OT:
+87.4 (no garbled gate; 56 bytes of tables, 12.5 of output conversion, 3.4 of reverse OTs; 3 link
+passes), ReLU + 2x2 max-pool window 491.6 instead of 940.6 (``bench/gc.py``, same run).
 
 Both parties make their messages on worker threads: ``prepare`` (client requests) and
 ``prepare_pre`` (server pre-messages) claim the OT ranges in order and return the job, like
@@ -90,6 +103,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,7 +123,7 @@ if not lib.bn_cpu_ok():  # pragma: no cover - hardware dependent
     raise RuntimeError("bunet.gc needs a CPU with AES-NI, PCLMULQDQ, SSSE3 and SSE4.1 (not found by cpuid)")
 
 MAGIC = b"BNG2"
-T_HELLO1, T_HELLO2, T_REQ, T_RESP, T_HELLO3, T_HELLO4, T_PRE, T_POST = 1, 2, 3, 4, 5, 6, 7, 8
+T_HELLO1, T_HELLO2, T_REQ, T_RESP, T_HELLO3, T_HELLO4, T_PRE, T_POST, T_LPRE, T_LREQ = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 LUT_MAX = 8  # carries out of at most this many low bits come from look-up tables (2^d-bit tables)
 # Sign mode's chunks of kept bits: at most 5 bits, a 64-bit generate/propagate table, one hash block
 # per key. Against 8-bit chunks (512-bit tables, two blocks per key) a 24/24/8 ReLU has 3 chunks
@@ -141,7 +155,8 @@ def _check_int(name: str, v: object, lo: int, hi: int) -> int:
 
 
 def _lut_bytes(d: int, w: int) -> int:
-    return max(1, (1 << d) * w // 8)
+    """Bytes of a table of d index bits, w bits per entry (w = 3: a link, one bit per entry)."""
+    return max(1, (1 << d) * (1 if w == 3 else w) // 8)
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,10 @@ class LutPlan:
     chunks: tuple[int, ...] = ()  # sign mode: the chunk sizes of the kept bits (generate/propagate pairs)
     drop: tuple[int, ...] = ()  # sign mode: the chunk sizes of the dropped bits (their carry chain)
     # sign mode: the last row is the server's random bit r0 (the mask of the revealed n), not a share bit
+    # chained (``MaxTrunc.chain``): the carry goes through linked tables in passes before this one; this
+    # plan is the last pass's: one link table over the last chunk's bits and the carry share (rows 0 .. d),
+    # then r0; the circuit's masked wires are the truncation's carry k0 (if any) and the carry k'
+    chain: bool = False
 
     @property
     def mux(self) -> bool:
@@ -172,7 +191,24 @@ class LutPlan:
     @property
     def n_masked(self) -> int:
         """Masked table bits (circuit wires) per value."""
+        if self.chain:
+            return 1 + bool(self.drop)
         return sum(w for _, _, w in self.tables)
+
+    @property
+    def seq(self) -> tuple[int, ...]:
+        """The carry chain's chunk sizes, LSB first: the dropped bits', then the kept bits'."""
+        return self.drop + self.chunks
+
+    def link_table(self, j: int) -> tuple[int, int, int]:
+        """Chained: table j of the chain as the native calls read it from a link word
+        (``MaxTrunc.link_word``): the first chunk's generate table, then links (w = 3)."""
+        d = self.seq[j]
+        return (0, d, 1) if j == 0 else (0, d + 1, 3)
+
+    def link_rows(self, j: int) -> int:
+        """Chained: reverse OTs per value of link pass j (its chunk's bits, and the carry share after the first)."""
+        return self.seq[j] + (j > 0)
 
     def tabs(self) -> np.ndarray:
         """The tables as the native calls read them: (off, d, w) per table, flattened."""
@@ -292,6 +328,19 @@ class _Op:
         return _HDR.size + _cot_len(ot_k, _pad128(n * self.items * d)) if d else 0
 
     @property
+    def link_passes(self) -> int:
+        """Passes of linked look-ups before the op's pre-message (0: none)."""
+        return 0
+
+    def link_pre_size(self, n: int, j: int, ot_k: int = 4) -> int:
+        """Bytes of the server's pre-message of link pass j for n instances."""
+        return _HDR.size + 1 + _cot_len(ot_k, _pad128(n * self.items * self.lut_plan.link_rows(j)))
+
+    def link_req_size(self, n: int, j: int) -> int:
+        """Bytes of the client's link request of pass j for n instances (without silent OT's iteration messages)."""
+        return _HDR.size + 1 + n * self.items * _lut_bytes(*self.lut_plan.link_table(j)[1:])
+
+    @property
     def has_post(self) -> bool:
         """Sign mode: the client's post-message completes the server's shares after the step."""
         return self.lut_plan is not None and self.lut_plan.mux
@@ -314,6 +363,7 @@ class MaxTrunc(_Op):
     relu: bool = True
     k: int = 1
     lut: bool = True  # carries out of the low shift bits (up to LUT_MAX) by look-up tables
+    chain: bool = True  # sign mode: the carry chained through linked tables (no AND gate; more rounds)
 
     def __post_init__(self) -> None:
         l = _check_int("ring_bits", self.ring_bits, 1, 64)
@@ -321,20 +371,44 @@ class MaxTrunc(_Op):
         object.__setattr__(self, "in_bits", b)
         _check_int("shift", self.shift, 0, b - 1)
         _check_int("k", self.k, 1, 64)
-        if not isinstance(self.relu, (bool, np.bool_)):
-            raise ValueError("relu must be a bool")
-        if not isinstance(self.lut, (bool, np.bool_)):
-            raise ValueError("lut must be a bool")
+        for name in ("relu", "lut", "chain"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be a bool")
 
     @property
     def lut_plan(self) -> LutPlan | None:
-        return _lut_plan(int(self.in_bits or 0), self.shift, bool(self.relu), self.k) if self.lut else None
+        if not self.lut:
+            return None
+        lp = _lut_plan(int(self.in_bits or 0), self.shift, bool(self.relu), self.k)
+        if self.chain and lp is not None and lp.chunks and len(lp.seq) >= 2:
+            # a link's index is its chunk and the carry share: chunks after the first of at most 7 bits
+            drop = lp.drop if len(lp.drop) <= 1 else _split(self.shift, LUT_MAX - 1)
+            d = lp.chunks[-1]
+            return LutPlan(d + 2, ((0, d + 1, 3),), lp.keep_from, lp.chunks, drop, chain=True)
+        return lp
+
+    @property
+    def link_passes(self) -> int:
+        lp = self.lut_plan
+        return len(lp.seq) - 1 if lp is not None and lp.chain else 0
+
+    def link_word(self, y: np.ndarray, j: int, s: np.ndarray | None) -> np.ndarray:
+        """Chained: the bits table j reads of each value: chunk j of y (n values), and on top the
+        server's carry share s (0/1 per value; None: the client's word, or the first table)."""
+        lp = self.lut_plan
+        off, d = sum(lp.seq[:j]), lp.seq[j]
+        w = (y.reshape(-1) >> np.uint64(off)) & _mask(d)
+        if s is not None:
+            w |= s.astype(np.uint64) << np.uint64(d)
+        return w
 
     @property
     def circuit(self) -> circuits.Compiled:
         lp = self.lut_plan
         if lp is None:
             return circuits.max_trunc_circuit(self.ring_bits, self.in_bits, self.shift, bool(self.relu), self.k)
+        if lp.chain:
+            return circuits.relu_link_circuit(self.ring_bits, self.in_bits, self.shift)
         if lp.chunks:
             return circuits.relu_sign_circuit(self.ring_bits, self.in_bits, self.shift, lp.chunks, lp.drop)
         return circuits.max_trunc_circuit(
@@ -343,7 +417,7 @@ class MaxTrunc(_Op):
 
     def _params(self) -> tuple[int, int, int, int, int, int]:
         lp = self.lut_plan
-        mode = 0 if lp is None else 2 if lp.chunks else 1
+        mode = 0 if lp is None else 3 if lp.chain else 2 if lp.chunks else 1
         return (OP_MAXTRUNC, self.ring_bits, self.in_bits, self.shift, int(bool(self.relu)) | mode << 1, self.k)
 
 
@@ -498,6 +572,29 @@ def aes_key_schedules(keys: list[bytes]) -> object:
     return buf
 
 
+@dataclass
+class _Pre:
+    """The server's state of a pre-message it sent, until the request answering it arrives."""
+
+    params: tuple
+    n: int
+    t: np.ndarray | None  # its reverse OT rows (silent OT: made when the request brings the iteration messages)
+    low: np.ndarray | None  # the share bits it was made for (checked against the request's)
+    rblk: int
+    rows: int
+    r0: np.ndarray | None = None  # sign mode: the random bits of the last row
+    link: tuple | None = None  # chained: the opened carry shares (k0, carry in) before this table
+    j: int = -1  # link pass (-1: the op's own pre-message)
+    words: np.ndarray | None = None  # link pass: the choice words (chunk bits, carry share)
+
+
+def _pre_low(op: Op, ys: np.ndarray) -> np.ndarray:
+    """The server's share bits a pre-message depends on (chained: all of them, every pass read some)."""
+    lp = op.lut_plan
+    v = ys.reshape(-1)
+    return v if lp.chain else v & _mask(lp.rows - lp.mux)
+
+
 class _Party:
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -514,6 +611,10 @@ class _Party:
         self._blk0 = self._rblk0 = 0
         self._gk: object = None
         self._pre_seq = 0
+        # chained look-ups: per chunk of instances (in order), its carry state after the last link pass
+        # that ran: (op params, n, pass, state); the client's state is its masks (rho of k0, rho of the
+        # carry), the server's a Future of its opened shares (s of k0, s of the carry)
+        self._links: deque[tuple] = deque()
         self.bytes_sent = 0
         self.bytes_received = 0
 
@@ -530,6 +631,13 @@ class _Party:
             if self._rblk >= 1 << 52:
                 raise ValueError("session exhausted: start a new session")
         return pseq, rblk
+
+    def _pop_link(self, op: Op, n: int, j: int) -> object:
+        """The carry state of the oldest chunk, which must have finished link pass j of this op."""
+        with self._lock:
+            if not self._links or self._links[0][:3] != (op._params(), n, j):
+                raise ValueError(f"linked look-ups out of order (expected the chunk's link pass {j} first)")
+            return self._links.popleft()[3]
 
     def _hello_msg(self, msg: object, typ: int, size: int) -> memoryview:
         if not isinstance(msg, (bytes, bytearray, memoryview)) or memoryview(msg).nbytes != 13 + size:
@@ -779,21 +887,23 @@ class Evaluator(_Party):
         self._ready()
         yc = op.words(_check_shares(op, yc, "client"), True)
         n = yc.shape[0]
-        lut = self._claim_pre(op, n, pre) if op.lut_bits else None
         if not op.lut_bits and pre is not None:
             raise ValueError("this operation has no pre-message")
+        with self._lock:
+            link = self._pop_link(op, n, op.link_passes - 1) if op.link_passes else None
+            lut = (*self._claim_pre(op, n, pre)[1:], link) if op.lut_bits else None
         m, _, _ = _sizes(op, n)
         rows = _checked_rows(self._wk, m)
         seq, blk, tw = self._alloc(op, n, rows)
 
-        ext = 0 if lut is None else self._rev_ext(op, n, lut[1])
+        ext = 0 if lut is None else self._rev_ext(_pad128(n * op.items * op.lut_bits), lut[1])
 
         def job() -> bytes:
             cot = _req_len(self._wk, m)
             tables_len = 0 if lut is None else n * op.items * op.lut_plan.table_bytes
             out, body = _new_message(self._header(T_REQ, seq, op, n), cot + ext + tables_len)
             # the reverse silent OT's iteration messages and the tables go straight into the request
-            y, mux = (yc, None) if lut is None else self._tables(op, yc, *lut, body + cot, ext)
+            y, mux = (yc, None) if lut is None else self._tables(op, yc, lut, body + cot, ext)
             choice = np.empty(m // 8, dtype=np.uint8)
             lib.bn_pack_choice(_u64(y), n, op.items, op.circ_bits, _buf(choice), m)
             if self.ot == "silent":  # the labels come at finish, with the server's iteration messages
@@ -825,68 +935,138 @@ class Evaluator(_Party):
         proof = otcheck.prove(t[: 16 * rows], full, _check_seed(self._sid, blk, cm))
         ffi.memmove(body + cm_len, proof, len(proof))
 
-    def _claim_pre(self, op: Op, n: int, pre: bytes | None) -> tuple[memoryview, int]:
+    def _claim_pre(self, op: Op, n: int, pre: bytes | None) -> tuple[int, memoryview, int]:
         """Check the server's pre-message (in order) and claim its reverse OT rows."""
         if pre is None:
             raise ValueError("this operation needs the server's pre-message (Garbler.pre)")
-        lp = op.lut_plan
-        assert lp is not None
-        pseq, n_pre, body = self._parse(pre, T_PRE, op)
-        rows = _pad128(n * op.items * lp.rows)
-        if n_pre != n or len(body) != _cot_len(self._wk, rows):
+        return self._claim_rev(op, n, pre, T_PRE, op.lut_plan.rows)
+
+    def _claim_rev(
+        self, op: Op, n: int, msg: object, typ: int, per_item: int, j: int | None = None
+    ) -> tuple[int, memoryview, int]:
+        """Check a pre-message of type ``typ`` (in order; a link pass's carries its pass j in its
+        first body byte) for per_item reverse OTs per value and claim them: (sequence, corrections, block)."""
+        pseq, n_pre, body = self._parse(msg, typ, op)
+        rows = _pad128(n * op.items * per_item)
+        head = 0 if j is None else 1
+        if n_pre != n or len(body) != head + _cot_len(self._wk, rows):
             raise ValueError("pre-message was made for a different number of instances")
+        if j is not None and body[0] != j:
+            raise ValueError("link pre-message of another pass")
         with self._lock:
             if pseq != self._pre_seq:
                 raise ValueError("pre-message out of order (or replayed)")
             _, rblk = self._alloc_rev(rows)
-            self.bytes_received += len(pre)
-        return body, rblk
+            self.bytes_received += len(msg)
+        return pseq, body[head:], rblk
 
-    def _rev_ext(self, op: Op, n: int, rblk: int) -> int:
+    def _rev_ext(self, rows: int, rblk: int) -> int:
         """Bytes of reverse silent-OT iteration messages a request for these pre-message rows carries."""
         if self.ot != "silent":
             return 0
         lo = 128 * (rblk - self._rblk0)
-        return self._rev.sched.ext_len(lo, lo + _pad128(n * op.items * op.lut_bits))
+        return self._rev.sched.ext_len(lo, lo + rows)
 
-    def _tables(
-        self, op: Op, yc: np.ndarray, body: memoryview, rblk: int, dest: object, ext: int = 0
-    ) -> tuple[np.ndarray, tuple | None]:
-        """The look-up tables for the server's pre-message, written at ``dest`` (a pointer to ``ext``
-        bytes of reverse silent-OT iteration messages, then n * k * table_bytes bytes), and the circuit
-        inputs (masks, kept bits)."""
-        lp, n = op.lut_plan, yc.shape[0]
-        assert lp is not None
-        items = n * op.items
-        rows = _pad128(items * lp.rows)
-        if self.ot == "silent":  # q ^ d Delta' with the server's corrections d (its pre-message)
+    def _rev_q(self, rblk: int, rows: int, body: memoryview, dest: object, ext: int) -> np.ndarray:
+        """The reverse OT sender's rows q for the server's pre-message ``body`` (silent: q ^ d Delta' with
+        its corrections d; the iteration messages, ``ext`` bytes, are written at ``dest``)."""
+        if self.ot == "silent":
             lo = 128 * (rblk - self._rblk0)
             msgs, q = self._rev.take(lo, lo + rows)
             if len(msgs) != ext:
                 raise AssertionError("silent OT: iteration messages out of step")
             ffi.memmove(dest, msgs, ext)
-            q = _derand(q, body, self._rdelta_c).reshape(-1)
-        else:
-            q = np.empty(16 * rows, dtype=np.uint8)
-            lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
-        dest = dest + ext
-        rho = np.empty(items, dtype=np.uint64)  # fresh CSPRNG mask bits, one per table bit (bit col + p)
-        check(lib, lib.bn_prg_fill(_buf(rho), 8 * items), "random bits")
-        rho &= _mask(lp.n_masked)
+            return _derand(q, body, self._rdelta_c).reshape(-1)
+        q = np.empty(16 * rows, dtype=np.uint8)
+        lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
+        return q
+
+    def _send_tables(
+        self, items: int, tabs: np.ndarray, stride: int, q: np.ndarray, rblk: int, a: np.ndarray, rho: np.ndarray, dest
+    ) -> None:
         rc = lib.bn_luts_send(
             items,
-            len(lp.tables),
-            ffi.from_buffer("uint32_t[]", lp.tabs()),
-            lp.rows,
+            tabs.size // 3,
+            ffi.from_buffer("uint32_t[]", tabs),
+            stride,
             _buf(q),
             _buf(self._rdelta),
             self._rk,
             128 * rblk,
-            _u64(yc.reshape(-1)),
-            _u64(rho),
+            _u64(np.ascontiguousarray(a)),
+            _u64(np.ascontiguousarray(rho)),
             dest,
         )
         check(lib, rc, "look-up tables")
+
+    def link_request(self, op: Op, yc: np.ndarray, lpre: bytes, j: int) -> bytes:
+        """Client -> server, link pass j of a chained op (``MaxTrunc.chain``): the link tables for the
+        server's link pre-message (``Garbler.link_pre``). ``link_request(...)`` is ``prepare_link(...)()``."""
+        return self.prepare_link(op, yc, lpre, j)()
+
+    def prepare_link(self, op: Op, yc: np.ndarray, lpre: bytes, j: int) -> Callable[[], bytes]:
+        """Claim link pass j's reverse OT rows in order and draw the chunk's fresh masks; returns the job
+        that makes the link request (any thread)."""
+        op = _check_op(op)
+        self._ready()
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < op.link_passes:
+            raise ValueError("no such link pass for this operation")
+        yc = op.words(_check_shares(op, yc, "client"), True)
+        n = yc.shape[0]
+        lp = op.lut_plan
+        items, per = n * op.items, lp.link_rows(j)
+        rho = _random_bits(items)  # the mask of this table's carry
+        with self._lock:
+            prev = self._pop_link(op, n, j - 1) if j else None
+            pseq, body, rblk = self._claim_rev(op, n, lpre, T_LPRE, per, j)
+            k0 = rho if j == len(lp.drop) - 1 else prev[0] if prev else None
+            self._links.append((op._params(), n, j, (k0, rho)))
+        rows = _pad128(items * per)
+        ext = self._rev_ext(rows, rblk)
+        tab = lp.link_table(j)
+
+        def job() -> bytes:
+            out, dest = _new_message(self._header(T_LREQ, pseq, op, n), 1 + ext + items * _lut_bytes(*tab[1:]))
+            dest[0] = j
+            q = self._rev_q(rblk, rows, body, dest + 1, ext)
+            rw = rho.astype(np.uint64)
+            if prev is not None:  # rho_in: the previous table's mask
+                rw |= prev[1].astype(np.uint64) << np.uint64(1)
+            tabs = np.array(tab, dtype=np.uint32)
+            self._send_tables(items, tabs, per, q, rblk, op.link_word(yc, j, None), rw, dest + 1 + ext)
+            with self._lock:
+                self.bytes_sent += len(out)
+            return out
+
+        return job
+
+    def _tables(
+        self, op: Op, yc: np.ndarray, lut: tuple, dest: object, ext: int = 0
+    ) -> tuple[np.ndarray, tuple | None]:
+        """The look-up tables for the server's pre-message (``lut``: its corrections, block and, chained,
+        the carry masks of the last link pass), written at ``dest`` (a pointer to ``ext`` bytes of reverse
+        silent-OT iteration messages, then n * k * table_bytes bytes), and the circuit inputs (masks,
+        kept bits)."""
+        body, rblk, link = lut
+        lp, n = op.lut_plan, yc.shape[0]
+        assert lp is not None
+        items = n * op.items
+        q = self._rev_q(rblk, _pad128(items * lp.rows), body, dest, ext)
+        dest = dest + ext
+        if lp.chain:  # the last link: its fresh mask is k''s, the masks of k0 and of the carry in come along
+            k0, rho_in = link
+            rho = _random_bits(items).astype(np.uint64)
+            a = op.link_word(yc, len(lp.seq) - 1, None)
+            self._send_tables(
+                items, lp.tabs(), lp.rows, q, rblk, a, rho | rho_in.astype(np.uint64) << np.uint64(1), dest
+            )
+            masked = (k0.astype(np.uint64) | rho << np.uint64(1)) if lp.drop else rho
+        else:
+            rho = np.empty(items, dtype=np.uint64)  # fresh CSPRNG mask bits, one per table bit (bit col + p)
+            check(lib, lib.bn_prg_fill(_buf(rho), 8 * items), "random bits")
+            rho &= _mask(lp.n_masked)
+            self._send_tables(items, lp.tabs(), lp.rows, q, rblk, yc.reshape(-1), rho, dest)
+            masked = rho
         mux = None
         if lp.mux:  # the sender's keys of the r0 row: the post-message's correlated OT
             rq = np.ascontiguousarray(q.reshape(-1, 16)[lp.rows - 1 : items * lp.rows : lp.rows])
@@ -896,7 +1076,7 @@ class Evaluator(_Party):
                 keys.append(blob.view("<u8")[:, 0].astype(np.uint64) & _mask(op.ring_bits))
             kept = (yc.reshape(-1) >> np.uint64(op.shift)) & _mask(op.in_bits - op.shift - 1)  # C'
             mux = (kept, keys[0], keys[1])
-        return lp.circuit_words(yc, rho, op.word_bits).reshape(yc.shape), mux
+        return lp.circuit_words(yc, masked, op.word_bits).reshape(yc.shape), mux
 
     def finish(self, op: Op, resp: bytes) -> np.ndarray:
         """Consume the server's response: the client's new shares (MaxTrunc: (n,)) or labels (Argmax)."""
@@ -988,8 +1168,11 @@ class Garbler(_Party):
         self._ot_k = 0
         self._base_keys: list[bytes] = []
         self._choices: list[int] = []
-        self._pres: dict[int, tuple | None] = {}  # pre-messages by sequence number (None: being made)
-        self._pre_next = 0  # the pre-message the next request consumes
+        self._pres: dict[int, _Pre | None] = {}  # pre-messages by sequence number (None: being made)
+        # the pending pre-messages' sequence numbers, in order: the op's own (the next request consumes
+        # the first) and link passes' (the next link request answers the first)
+        self._pre_q: deque[int] = deque()
+        self._lpre_q: deque[int] = deque()
         # sign mode, per claimed request: [seq, params, n, K_{r0} (set by its garbling job), r0]
         self._post_due: deque[list] = deque()
 
@@ -1117,37 +1300,164 @@ class Garbler(_Party):
         ys = op.words(_check_shares(op, ys, "server"), False)
         n = ys.shape[0]
         rows = _pad128(n * op.items * d)
-        pseq, rblk = self._alloc_rev(rows)
         params = op._params()
+        lp = op.lut_plan
         with self._lock:
+            link = self._pop_link(op, n, op.link_passes - 1) if op.link_passes else None
+            pseq, rblk = self._alloc_rev(rows)
             self._pres[pseq] = None  # claimed; the job fills it in
+            self._pre_q.append(pseq)
 
         def job() -> bytes:
-            choice = np.empty(rows // 8, dtype=np.uint8)
-            r0 = None
-            if op.lut_plan.mux:  # the last row is a fresh random bit r0, not a share bit
-                r0 = np.empty(n * op.items, dtype=np.uint8)
-                check(lib, lib.bn_prg_fill(_buf(r0), r0.size), "random bits")
-                r0 &= 1
-                vals = (ys.reshape(-1) & _mask(d - 1)) | (r0.astype(np.uint64) << np.uint64(d - 1))
+            r0, st = None, None
+            if lp.mux:  # the last row is a fresh random bit r0, not a share bit
+                r0 = _random_bits(n * op.items)
+                if link is not None:  # chained: the last chunk's bits and the carry share, then r0
+                    st = link.result()
+                    vals = op.link_word(ys, len(lp.seq) - 1, st[1])
+                else:
+                    vals = ys.reshape(-1) & _mask(d - 1)
+                vals |= r0.astype(np.uint64) << np.uint64(d - 1)
             else:
                 vals = ys.reshape(-1)
-            lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), n * op.items, d, _buf(choice), rows)  # row i*d+j: bit j
             out, body = _new_message(self._header(T_PRE, pseq, op, n), _cot_len(self._wk, rows))
-            if self.ot == "silent":  # the t rows come at the request, with the client's iteration messages
-                lo = 128 * (rblk - self._rblk0)
-                ffi.memmove(body, _corrections(choice, self._rev.choices(lo, lo + rows)), rows // 8)
-                t = None
-            else:
-                t = np.empty(16 * rows, dtype=np.uint8)
-                lib.bn_cot_recv(self._rleaves, self._ot_k, rblk, rows, _buf(choice), body, _buf(t))
-            low = ys.reshape(-1) & _mask(d - (r0 is not None))
+            t = self._rev_choose(vals, n * op.items, d, rows, rblk, body)
             with self._lock:
-                self._pres[pseq] = (params, n, t, low, rblk, r0)
+                self._pres[pseq] = _Pre(params, n, t, _pre_low(op, ys), rblk, rows, r0, st)
                 self.bytes_sent += len(out)
             return out
 
         return job
+
+    def _rev_choose(
+        self, vals: np.ndarray, items: int, d: int, rows: int, rblk: int, dest: object
+    ) -> np.ndarray | None:
+        """The reverse OT receiver's message for choice bits 0 .. d-1 of each of vals (row i*d + j: bit
+        j), written at ``dest``; returns its rows t (silent OT: None, they come with the client's
+        iteration messages)."""
+        choice = np.empty(rows // 8, dtype=np.uint8)
+        lib.bn_pack_bits(_u64(np.ascontiguousarray(vals)), items, d, _buf(choice), rows)
+        if self.ot == "silent":
+            lo = 128 * (rblk - self._rblk0)
+            ffi.memmove(dest, _corrections(choice, self._rev.choices(lo, lo + rows)), rows // 8)
+            return None
+        t = np.empty(16 * rows, dtype=np.uint8)
+        lib.bn_cot_recv(self._rleaves, self._ot_k, rblk, rows, _buf(choice), dest, _buf(t))
+        return t
+
+    def link_pre(self, op: Op, ys: np.ndarray, j: int) -> bytes:
+        """Server -> client, link pass j of a chained op (``MaxTrunc.chain``): the reverse OTs on the
+        chunk's share bits and (j > 0) on its share of the carry in, opened from the previous pass's
+        link request. ``link_pre(...)`` is ``prepare_link_pre(...)()``."""
+        return self.prepare_link_pre(op, ys, j)()
+
+    def prepare_link_pre(self, op: Op, ys: np.ndarray, j: int) -> Callable[[], bytes]:
+        """Claim link pass j's reverse OT rows in order; returns the job that makes its pre-message
+        (any thread; it waits for the chunk's previous link to be opened)."""
+        op = _check_op(op)
+        self._ready()
+        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < op.link_passes:
+            raise ValueError("no such link pass for this operation")
+        ys = op.words(_check_shares(op, ys, "server"), False)
+        n = ys.shape[0]
+        lp = op.lut_plan
+        items, per = n * op.items, lp.link_rows(j)
+        rows = _pad128(items * per)
+        params = op._params()
+        with self._lock:
+            prev = self._pop_link(op, n, j - 1) if j else None
+            pseq, rblk = self._alloc_rev(rows)
+            self._pres[pseq] = None
+            self._lpre_q.append(pseq)
+
+        def job() -> bytes:
+            st = prev.result() if prev is not None else None
+            words = op.link_word(ys, j, None if st is None else st[1])
+            out, body = _new_message(self._header(T_LPRE, pseq, op, n), 1 + _cot_len(self._wk, rows))
+            body[0] = j
+            t = self._rev_choose(words, items, per, rows, rblk, body + 1)
+            with self._lock:
+                self._pres[pseq] = _Pre(params, n, t, None, rblk, rows, None, st, j, words)
+                self.bytes_sent += len(out)
+            return out
+
+        return job
+
+    def open_link(self, op: Op, lreq: bytes) -> None:
+        """Consume the client's link request: open the server's entry of each link table (its share of
+        the chunk's carry out). ``open_link(...)`` is ``claim_link(...)()``."""
+        self.claim_link(op, lreq)()
+
+    def claim_link(self, op: Op, lreq: bytes) -> Callable[[], None]:
+        """Check a link request (in order) and claim it; returns the job that opens the tables (any
+        thread). The chunk's next pass waits for it."""
+        op = _check_op(op)
+        self._ready()
+        seq, n, body = self._parse(lreq, T_LREQ, op)
+        lp = op.lut_plan
+        with self._lock:
+            pre = self._pres.get(seq) if self._lpre_q and self._lpre_q[0] == seq else None
+            if (
+                pre is None
+                or pre.j < 0
+                or (pre.params, pre.n) != (op._params(), n)
+                or len(body) < 1
+                or body[0] != pre.j
+            ):
+                raise ValueError("link request out of order, replayed or for another pass")
+            j, tab = pre.j, lp.link_table(pre.j)
+            rng = self._rev_range(pre)
+            ext = self._rev.sched.ext_len(*rng) if self.ot == "silent" else 0
+            if len(body) != 1 + ext + n * op.items * _lut_bytes(*tab[1:]):
+                raise ValueError("link request has the wrong length")
+            if self.ot == "silent":
+                self._rev.deposit(*rng, body[1 : 1 + ext])
+            del self._pres[seq]
+            self._lpre_q.popleft()
+            fut: Future = Future()
+            self._links.append((op._params(), n, j, fut))
+            self.bytes_received += len(lreq)
+
+        def job() -> None:
+            try:
+                t = pre.t if pre.t is not None else self._rev.rows(*rng).reshape(-1)
+                u = self._recv_tables(
+                    n * op.items,
+                    np.array(tab, dtype=np.uint32),
+                    lp.link_rows(j),
+                    t,
+                    pre.rblk,
+                    pre.words,
+                    body[1 + ext :],
+                )
+                s = (u & np.uint64(1)).astype(np.uint8)
+                k0 = s if j == len(lp.drop) - 1 else None if pre.link is None else pre.link[0]
+                fut.set_result((k0, s))
+            except BaseException as e:
+                fut.set_exception(e)
+                raise
+
+        return job
+
+    def _recv_tables(
+        self, items: int, tabs: np.ndarray, stride: int, t: np.ndarray, rblk: int, x: np.ndarray, tables: memoryview
+    ) -> np.ndarray:
+        """The server's opened entries of the tables ``tabs`` (its bits x choose them)."""
+        u = np.empty(items, dtype=np.uint64)
+        rc = lib.bn_luts_recv(
+            items,
+            tabs.size // 3,
+            ffi.from_buffer("uint32_t[]", tabs),
+            stride,
+            _buf(t),
+            self._rk,
+            128 * rblk,
+            _u64(np.ascontiguousarray(x)),
+            _buf(tables),
+            _u64(u),
+        )
+        check(lib, rc, "look-up tables")
+        return u
 
     def respond(self, op: Op, req: bytes, ys: np.ndarray) -> tuple[bytes, np.ndarray | None]:
         """Garble one layer. Returns (response for the client, server's new shares or None).
@@ -1180,22 +1490,21 @@ class Garbler(_Party):
                 raise ValueError("request out of order (or replayed)")
             pre = self._take_pre(op, n, ys) if d else None
             if pre is not None and self.ot == "silent":  # the client's iteration messages, in order
-                self._rev.deposit(*self._rev_range(op, n, pre[1]), body[cot : cot + ext])
+                self._rev.deposit(*self._rev_range(pre), body[cot : cot + ext])
             _, blk, tw = self._alloc(op, n, _checked_rows(self._wk, m))
             self.bytes_received += len(req)
             due = None
-            if pre is not None and pre[2] is not None:
-                due = [seq, op._params(), n, None, pre[2]]
+            if pre is not None and pre.r0 is not None:
+                due = [seq, op._params(), n, None, pre.r0]
                 self._post_due.append(due)
         c = op.circuit
 
         def job() -> tuple[bytes, np.ndarray | None]:
-            lut = pre
-            if lut is not None and lut[0] is None:  # silent: the t rows (made here, off the claiming thread)
-                lut = (self._rev.rows(*self._rev_range(op, n, lut[1])).reshape(-1), *lut[1:])
+            if pre is not None and pre.t is None:  # silent: the t rows (made here, off the claiming thread)
+                pre.t = self._rev.rows(*self._rev_range(pre)).reshape(-1)
             if due is not None:
-                due[3] = self._mux_keys(op, lut)[0]
-            yg = ys if lut is None else self._open_tables(op, ys, lut, body[cot + ext :])
+                due[3] = self._mux_keys(op, pre)[0]
+            yg = ys if pre is None else self._open_tables(op, ys, pre, body[cot + ext :])
             msgs, labels, chk = b"", ffi.NULL, {}
             if self.ot == "silent":  # zero labels q ^ d Delta; the iteration messages lead the response
                 lo = 128 * (blk - self._blk0)
@@ -1233,7 +1542,7 @@ class Garbler(_Party):
                 return out, None
             mask = np.uint64((1 << op.ring_bits) - 1)
             res = (np.uint64(0) - acc) & mask
-            if pre is not None and pre[2] is not None:  # sign mode: output 1 is the client's revealed bit
+            if pre is not None and pre.r0 is not None:  # sign mode: output 1 is the client's revealed bit
                 return out, np.ascontiguousarray(res.reshape(n, nout)[:, 0])
             return out, res.reshape(n, nout) if nout > 1 else res
 
@@ -1277,22 +1586,31 @@ class Garbler(_Party):
             size += (2 + rows // sched.usable(1)) * max(sched.setup.msg_len, sched.main.msg_len)
         return size
 
+    def link_request_limit(self, op: Op, n: int, j: int) -> int:
+        """The most bytes a well-formed link request of pass j for n instances may have."""
+        size = op.link_req_size(n, j)
+        if self.ot == "silent":
+            sched = self._rev.sched
+            rows = _pad128(n * op.items * op.lut_plan.link_rows(j))
+            size += (2 + rows // sched.usable(1)) * max(sched.setup.msg_len, sched.main.msg_len)
+        return size
+
     def _rev_ext_due(self, op: Op, n: int) -> int:
         """Bytes of the client's reverse silent-OT iteration messages in the request that answers the
         oldest pending pre-message (0 without silent OT or without such a pre-message)."""
-        st = self._pres.get(self._pre_next)
+        st = self._pres.get(self._pre_q[0]) if self._pre_q else None
         if self.ot != "silent" or st is None:
             return 0
-        return self._rev.sched.ext_len(*self._rev_range(op, n, st[4]))
+        return self._rev.sched.ext_len(*self._rev_range(st))
 
-    def _rev_range(self, op: Op, n: int, rblk: int) -> tuple[int, int]:
-        """The reverse silent-OT stream rows of a pre-message at block ``rblk``."""
-        lo = 128 * (rblk - self._rblk0)
-        return lo, lo + _pad128(n * op.items * op.lut_bits)
+    def _rev_range(self, pre: _Pre) -> tuple[int, int]:
+        """The reverse silent-OT stream rows of a pre-message."""
+        lo = 128 * (pre.rblk - self._rblk0)
+        return lo, lo + pre.rows
 
-    def _mux_keys(self, op: Op, pre: tuple) -> tuple[np.ndarray, np.ndarray]:
+    def _mux_keys(self, op: Op, pre: _Pre) -> tuple[np.ndarray, np.ndarray]:
         """The receiver's key of each value's r0 row (K_{r0}), and r0."""
-        t_rows, rblk, r0 = pre
+        t_rows, rblk, r0 = pre.t, pre.rblk, pre.r0
         rows = op.lut_bits
         rt = np.ascontiguousarray(t_rows.reshape(-1, 16)[rows - 1 : r0.size * rows : rows])
         lib.bn_hash_batch(self._rk, _buf(rt), _buf(rt), r0.size, 128 * rblk + rows - 1, rows, _MUX_DOM)
@@ -1319,41 +1637,32 @@ class Garbler(_Party):
         e = _unpack_ring(body, n * op.items, _post_bytes(op))
         return (out_s + key - r0.astype(np.uint64) * e) & _mask(op.ring_bits)
 
-    def _take_pre(self, op: Op, n: int, ys: np.ndarray) -> tuple:
+    def _take_pre(self, op: Op, n: int, ys: np.ndarray) -> _Pre:
         """The oldest pending pre-message's state; it must be for this op, n and these shares."""
-        st = self._pres.get(self._pre_next)
-        if st is None:
+        pre = self._pres.get(self._pre_q[0]) if self._pre_q else None
+        if pre is None:
             raise ValueError("request needs a pre-message that was not sent")
-        params, n_pre, t, low, rblk, r0 = st
-        if params != op._params() or n_pre != n:
+        if pre.j >= 0 or pre.params != op._params() or pre.n != n:
             raise ValueError("request does not match the pending pre-message")
-        if not np.array_equal(low, ys.reshape(-1) & _mask(op.lut_bits - (r0 is not None))):
+        if not np.array_equal(pre.low, _pre_low(op, ys)):
             raise ValueError("request and pre-message were made for different server shares")
-        del self._pres[self._pre_next]
-        self._pre_next += 1
-        return t, rblk, r0
+        del self._pres[self._pre_q.popleft()]
+        return pre
 
-    def _open_tables(self, op: Op, ys: np.ndarray, pre: tuple, tables: memoryview) -> np.ndarray:
+    def _open_tables(self, op: Op, ys: np.ndarray, pre: _Pre, tables: memoryview) -> np.ndarray:
         """Open the server's entry of each table (f ^ rho); the circuit's garbler bits are those, then
-        the kept bits (sign mode: the top bit g, r0, then S'; see ``circuits.relu_sign_circuit``)."""
-        t_rows, rblk, r0 = pre
+        the kept bits (sign mode: the top bit g, r0, then S'; see ``circuits.relu_sign_circuit``;
+        chained: the shares of k0 and k', ``circuits.relu_link_circuit``)."""
+        r0 = pre.r0
         lp = op.lut_plan
         assert lp is not None
         v = ys.reshape(-1)
-        u = np.empty(v.size, dtype=np.uint64)
-        rc = lib.bn_luts_recv(
-            v.size,
-            len(lp.tables),
-            ffi.from_buffer("uint32_t[]", lp.tabs()),
-            lp.rows,
-            _buf(t_rows),
-            self._rk,
-            128 * rblk,
-            _u64(v),
-            _buf(tables),
-            _u64(u),
-        )
-        check(lib, rc, "look-up tables")
+        x = op.link_word(ys, len(lp.seq) - 1, pre.link[1]) if lp.chain else v
+        u = self._recv_tables(v.size, lp.tabs(), lp.rows, pre.t, pre.rblk, x, tables)
+        if lp.chain:  # the last link's bit is k''s share; k0's was opened in its pass
+            u &= np.uint64(1)
+            if lp.drop:
+                u = pre.link[0].astype(np.uint64) | u << np.uint64(1)
         w = lp.circuit_words(ys, u, op.word_bits)
         if r0 is not None:
             nt = np.uint64(lp.n_masked)

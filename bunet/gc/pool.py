@@ -25,18 +25,21 @@ from .engine import MaxTrunc
 Run = Callable[[MaxTrunc, str, np.ndarray], np.ndarray]
 
 
-def relu_pool_ops(ring_bits: int, in_bits: int, shift: int) -> tuple[MaxTrunc, MaxTrunc]:
-    """The two rounds' ops: the ReLU with truncation, and the ReLU of a difference of its outputs."""
+def relu_pool_ops(ring_bits: int, in_bits: int, shift: int, chain: bool = True) -> tuple[MaxTrunc, MaxTrunc]:
+    """The two rounds' ops: the ReLU with truncation, and the ReLU of a difference of its outputs
+    (``chain``: their carries through linked look-ups, ``MaxTrunc.chain``)."""
     return (
-        MaxTrunc(ring_bits=ring_bits, in_bits=in_bits, shift=shift),
-        MaxTrunc(ring_bits=ring_bits, in_bits=in_bits - shift, shift=0),
+        MaxTrunc(ring_bits=ring_bits, in_bits=in_bits, shift=shift, chain=chain),
+        MaxTrunc(ring_bits=ring_bits, in_bits=in_bits - shift, shift=0, chain=chain),
     )
 
 
-def relu_pool(run: Run, windows: np.ndarray, *, ring_bits: int, in_bits: int, shift: int) -> np.ndarray:
+def relu_pool(
+    run: Run, windows: np.ndarray, *, ring_bits: int, in_bits: int, shift: int, chain: bool = True
+) -> np.ndarray:
     """Shares of windows (n, k) -> shares (n, k + 1): the k ReLU outputs (``ring.relu_pool``'s
     elements), then the window max (its pool). Rounds: "relu", then "max0", "max1", ..."""
-    relu, cmp = relu_pool_ops(ring_bits, in_bits, shift)
+    relu, cmp = relu_pool_ops(ring_bits, in_bits, shift, chain)
     n, k = windows.shape
     el = run(relu, "relu", np.ascontiguousarray(windows.reshape(-1, 1))).reshape(n, k)
     cur, level = el, 0

@@ -10,7 +10,11 @@ Messages of one op carry its tag and their part, ``<tag>:<part>`` (:data:`PARTS`
 server's pre-message (``pre``: reverse OTs for the look-ups, ops with a carry look-up only), the
 client's request (``req``: OT extension and look-up tables), the server's response (``resp``:
 garbled gates and output conversion), and at the end the client's post-messages (``post``,
-sign-mode ops). Counting bytes by tag gives each part's share (``bench/gc.py``).
+sign-mode ops). A chained op (``gc.MaxTrunc.chain``) first runs its link passes, each a loop over the
+chunks of the server's link pre-message (``lpre``: reverse OTs on a chunk of share bits and on the
+carry share) and the client's link request (``lreq``: the link tables), no response; a pass ends
+before the next starts (each chunk's next pass needs its opened carry). Counting bytes by tag gives
+each part's share (``bench/gc.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ GC_CHUNK = 1 << 14  # instances per garbled-circuit message (bounds memory, keep
 # pool meanwhile. Part of the message order, like the window.
 PRE_AHEAD = 2
 HELLO_BYTES = 1 << 20  # the first hello is 54 bytes; the third's exact size follows from it
-PARTS = ("pre", "req", "resp", "post")
+PARTS = ("pre", "req", "resp", "post", "lpre", "lreq")
 
 
 def open_garbler(chan: Channel, ot: str = gc.DEFAULT_OT) -> gc.Garbler:
@@ -77,7 +81,8 @@ def garble(
     the pre-message of the chunk after its window and makes that request while it waits
     (``PRE_AHEAD``); they are made on the pool one window further ahead.
     """
-    t_pre, t_req, t_resp, t_post = (f"{tag}:{p}" for p in PARTS)
+    _garble_links(chan, garbler, pool, op, tag, rows, window, chunk)
+    t_pre, t_req, t_resp, t_post = (f"{tag}:{p}" for p in PARTS[:4])
     inflight: deque[Future] = deque()
     pres: deque[Future] = deque()  # pre-messages being made on the pool, in order
     outs: list[Any] = []
@@ -145,7 +150,8 @@ def evaluate(
     carry look-up, each request answers the server's pre-message for its chunk (see :func:`garble`;
     they arrive ``PRE_AHEAD`` windows ahead).
     """
-    t_pre, t_req, t_resp, t_post = (f"{tag}:{p}" for p in PARTS)
+    _evaluate_links(chan, ev, pool, op, tag, rows, window, chunk)
+    t_pre, t_req, t_resp, t_post = (f"{tag}:{p}" for p in PARTS[:4])
     parts = chunks(len(rows), chunk)
     n = len(parts)
     futs: list[Future] = []
@@ -179,3 +185,51 @@ def evaluate(
     for post in ev.take_posts():  # sign mode: completes the server's shares (in request order)
         chan.send(t_post, post)
     return outs
+
+
+def _garble_links(
+    chan: Channel, garbler: Any, pool: Executor, op: Any, tag: str, rows: np.ndarray, window: int, chunk: int | None
+) -> None:
+    """The server's link passes of a chained op (none for other ops): per pass, the link pre-messages
+    go out ``PRE_AHEAD * window`` chunks ahead of the client's link requests (made on the pool, one
+    window further ahead), each request is opened on the pool; the pass ends when every chunk's is."""
+    parts = chunks(len(rows), chunk)
+    ahead = PRE_AHEAD * window
+    for j in range(op.link_passes):
+        pres: deque[Future] = deque()
+        opens: list[Future] = []
+        made = sent = 0
+        try:
+            for i, sl in enumerate(parts):
+                while made < len(parts) and made <= i + ahead + window:  # claimed in order, made on the pool
+                    pres.append(pool.submit(garbler.prepare_link_pre(op, rows[parts[made]], j)))
+                    made += 1
+                while sent < len(parts) and sent < i + ahead:
+                    chan.send(f"{tag}:lpre", pres.popleft().result())
+                    sent += 1
+                lreq = chan.recv(f"{tag}:lreq", limit=garbler.link_request_limit(op, sl.stop - sl.start, j))
+                with from_client("GC link request"):
+                    job = garbler.claim_link(op, lreq)
+                opens.append(pool.submit(job))
+            for f in opens:
+                with from_client("GC link request"):
+                    f.result()
+        finally:
+            for f in (*pres, *opens):
+                f.cancel()
+
+
+def _evaluate_links(
+    chan: Channel, ev: Any, pool: Executor, op: Any, tag: str, rows: np.ndarray, window: int, chunk: int | None
+) -> None:
+    """The client's link passes of a chained op: each link pre-message answered by a link request
+    made on the pool, sent in order; at most ``window`` being made."""
+    parts = chunks(len(rows), chunk)
+    for j in range(op.link_passes):
+        reqs: deque[Future] = deque()
+        for sl in parts:
+            reqs.append(pool.submit(ev.prepare_link(op, rows[sl], chan.recv(f"{tag}:lpre"), j)))
+            while reqs and (len(reqs) > window or reqs[0].done()):
+                chan.send(f"{tag}:lreq", reqs.popleft().result())
+        while reqs:
+            chan.send(f"{tag}:lreq", reqs.popleft().result())

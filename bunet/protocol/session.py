@@ -384,6 +384,9 @@ class ServerProtocol:
                 for op in step.gc_ops(plan.ring_bits, in_shape):
                     req, resp = op.message_sizes(n, ot_k=1)
                     inflight = (gc_pipeline.PRE_AHEAD + 1) * win * op.pre_size(n, ot_k=1) + win * (req + resp)
+                    for j in range(op.link_passes):  # a chained op's link passes come first, one at a time
+                        lpre, lreq = op.link_pre_size(n, j, ot_k=1), op.link_req_size(n, j)
+                        inflight = max(inflight, (gc_pipeline.PRE_AHEAD + 1) * win * lpre + win * lreq)
                     peak_step = max(peak_step, inflight + op.post_size(n))
             live -= sum(size.get(name, 0) for name in drops.get(idx, ()))
         ot_bytes = gc.silent.party_bytes() if spec.gc_ot == "silent" else 0

@@ -12,6 +12,13 @@
  * it opens entry x and nothing else: every bit of R_j^b pads exactly one table bit (those of the
  * entries with x_j = b), so the bits it cannot open are independent and uniform.
  *   generate  = [a + x >= 2^d],   propagate = [a + x == 2^d - 1].
+ * A "link" (w = 3) chains a carry through the tables: its d index bits are the server's d - 1 chunk
+ * bits x and, on top, its share s of the carry in c = s ^ rho_in (rho_in: the client's mask of the
+ * previous table's bit), one bit per entry,
+ *   link[x + 2^(d-1) s] = [a + x + (s ^ rho_in) >= 2^(d-1)] ^ rho_out,
+ * padded like a w = 1 table of d index bits (the server opens exactly its (x, s) entry). The
+ * client's rho word holds rho_out at the table's column and rho_in at the next one (a link takes two
+ * columns); the server gets one bit, at the column.
  *
  * All of a value's tables at once (bn_luts_send / bn_luts_recv): item i has rows i * stride ..
  * i * stride + stride - 1 of q / t (global row: row0 + that); table t = (off, d, w) = tabs[3t ..]
@@ -43,8 +50,11 @@ __attribute__((target("bmi2"))) static inline uint64_t spread32_bmi2(uint64_t x,
 }
 
 
+/* bits per table entry: w, but 1 for a link (w = 3) */
+static inline uint32_t lut_wp(uint32_t w) { return w == 3 ? 1 : w; }
+
 static inline uint32_t lut_bytes(uint32_t d, uint32_t w) {
-    const uint32_t bits = (1u << d) * w;
+    const uint32_t bits = (1u << d) * lut_wp(w);
     return bits >= 8 ? bits / 8 : 1;
 }
 
@@ -63,12 +73,14 @@ static uint64_t lut_tabs(uint32_t ntab, const uint32_t *tabs, uint64_t stride, l
     if (ntab < 1 || ntab > LUT_MAX_TABS || stride < 1 || stride > LUT_ROWS) return 0;
     for (uint32_t t = 0; t < ntab; t++) {
         const uint32_t off = tabs[3 * t], d = tabs[3 * t + 1], w = tabs[3 * t + 2];
-        if (d < 1 || d > 8 || (w != 1 && w != 2) || (uint64_t)off + d > stride || col + w > 64) return 0;
-        const uint32_t tb = (1u << d) * w, kbits = tb / 2;
+        const uint32_t cols = w == 3 ? 2 : w; /* a link reads rho_out and rho_in */
+        if (d < 1 || d > 8 || w < 1 || w > 3 || (w == 3 && d < 2) || (uint64_t)off + d > stride || col + cols > 64)
+            return 0;
+        const uint32_t tb = (1u << d) * lut_wp(w), kbits = tb / 2;
         T[t] = (lut_tab){off, d, w, kbits > 128 ? kbits / 128 : 1, lut_bytes(d, w), (uint32_t)toff, col};
         if (T[t].nblk > *nblk) *nblk = T[t].nblk;
         toff += T[t].tby;
-        col += w;
+        col += cols;
     }
     return toff;
 }
@@ -91,7 +103,17 @@ static void lut_hash_rows(const aeskey *K, const block *rows, const block *D, ui
 
 /* every (d, w) a table can have: the kernels below are instantiated with them as constants */
 #define LUT_DW(X) X(1, 1) X(1, 2) X(2, 1) X(2, 2) X(3, 1) X(3, 2) X(4, 1) X(4, 2) \
-                  X(5, 1) X(5, 2) X(6, 1) X(6, 2) X(7, 1) X(7, 2) X(8, 1) X(8, 2)
+                  X(5, 1) X(5, 2) X(6, 1) X(6, 2) X(7, 1) X(7, 2) X(8, 1) X(8, 2) \
+                  X(2, 3) X(3, 3) X(4, 3) X(5, 3) X(6, 3) X(7, 3) X(8, 3)
+
+/* bits p in [0, nbits) (nbits <= 64) with base + p >= lo (lo >= 0): a generate table's word; no branch on lo */
+static inline uint64_t lut_ge(uint64_t lo, uint64_t base, uint32_t nbits) {
+    const int64_t t = (int64_t)lo - (int64_t)base;
+    const uint64_t c = (uint64_t)(t & ~(t >> 63)); /* max(t, 0) */
+    uint64_t g = (~0ULL << (c & 63)) & ~(-(uint64_t)(c >= 64));
+    if (nbits < 64) g &= (1ULL << nbits) - 1;
+    return g;
+}
 
 /* One item's table (d, w constants): the plain table (f per entry, then rho per plane), XOR-ed with every
  * key's pad bits (key (j, b) covers the positions whose index bit J = j + w - 1 equals b); A / B: the
@@ -100,13 +122,29 @@ static void lut_hash_rows(const aeskey *K, const block *rows, const block *D, ui
     ATTR static inline __attribute__((always_inline)) void lut_item_##S(                                         \
         const uint32_t d, const uint32_t w, uint64_t ai, uint64_t rho, const block *A0, const block *A1,         \
         const block *B0, const block *B1, size_t r0, uint8_t *table) {                                           \
-        const uint32_t tb = (1u << d) * w, nw = tb > 64 ? tb / 64 : 1, per = (tb >= 64 ? 64 : tb) / w;          \
+        const uint32_t wp = lut_wp(w), tb = (1u << d) * wp, nw = tb > 64 ? tb / 64 : 1;                         \
+        const uint32_t per = (tb >= 64 ? 64 : tb) / wp;                                                          \
         const uint64_t full = tb >= 64 ? ~0ULL : ((1ULL << tb) - 1), pm = w == 2 ? 0x5555555555555555ULL : ~0ULL; \
         uint64_t T[8];                                                                                           \
         const uint64_t lo = (1ULL << d) - ai, e = (1ULL << d) - 1 - ai;                                          \
-        /* no branch or index on the client's bits (ai, lo, e) nor on rho */                                     \
+        /* no branch or index on the client's bits (ai, lo, e, lo0, lo1) nor on rho */                           \
         const uint64_t rr = (-(rho & 1) & pm) | (w == 2 ? -((rho >> 1) & 1) & (pm << 1) : 0);                    \
-        for (uint32_t k = 0; k < nw; k++) { /* generate: x >= lo (none if a = 0); propagate: x == e */          \
+        if (w == 3) { /* link: half s of the entries is the generate table of a + (s ^ rho_in) */              \
+            const uint32_t h = d - 1;                                                                            \
+            const uint64_t am = ai & ((1ULL << h) - 1), rin = (rho >> 1) & 1;                                    \
+            const uint64_t lo0 = (1ULL << h) - am - rin, lo1 = (1ULL << h) - am - 1 + rin;                       \
+            for (uint32_t k = 0; k < nw; k++) {                                                                  \
+                uint64_t word;                                                                                   \
+                if (tb <= 64) {                                                                                  \
+                    word = lut_ge(lo0, 0, 1u << h) | lut_ge(lo1, 0, 1u << h) << (1u << h);                       \
+                } else { /* a word lies in one half (k is public) */                                             \
+                    const uint64_t s = ((uint64_t)k * 64) >> h;                                                  \
+                    word = lut_ge(s ? lo1 : lo0, (uint64_t)k * 64 - (s << h), 64);                               \
+                }                                                                                                \
+                T[k] = (word ^ rr) & full;                                                                       \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (uint32_t k = 0; k < nw && w != 3; k++) { /* generate: x >= lo (none if a = 0); propagate: x == e */\
             const uint64_t base = (uint64_t)k * per;                                                             \
             const int64_t t = (int64_t)lo - (int64_t)base;                                                       \
             const uint64_t c = (uint64_t)(t & ~(t >> 63)); /* max(t, 0) */                                       \
@@ -121,7 +159,7 @@ static void lut_hash_rows(const aeskey *K, const block *rows, const block *D, ui
         }                                                                                                        \
         for (uint32_t j = 0; j < d; j++) {                                                                       \
             const size_t r = r0 + j;                                                                             \
-            const uint32_t J = j + w - 1;                                                                        \
+            const uint32_t J = j + wp - 1;                                                                       \
             if (J < 6) {                                                                                         \
                 for (uint32_t k = 0; k < nw; k++) {                                                              \
                     const uint32_t sh = 32 * (k & 1);                                                            \
@@ -165,21 +203,21 @@ LUT_KERNEL(bmi2, __attribute__((target("bmi2"))), spread32_bmi2)
 static inline __attribute__((always_inline)) uint64_t lut_open(const uint32_t d, const uint32_t w, uint64_t x,
                                                                const uint8_t *tab, const block *H0,
                                                                const block *H1, size_t r0) {
-    const uint32_t tb = (1u << d) * w, tby = lut_bytes(d, w), nw = (tby + 7) / 8, npad = tb / 2 > 128 ? 4 : 2;
-    const uint32_t P = (uint32_t)x * w;
+    const uint32_t wp = lut_wp(w), tb = (1u << d) * wp, tby = lut_bytes(d, w), nw = (tby + 7) / 8;
+    const uint32_t npad = tb / 2 > 128 ? 4 : 2, P = (uint32_t)x * wp;
     uint64_t tw[8] = {0};
     memcpy(tw, tab, tby);
     uint64_t v = 0; /* the 64-bit table word holding entry x (w = 2: both its bits, P even) */
     for (uint32_t k = 0; k < nw; k++) v |= tw[k] & -(uint64_t)(k == P / 64);
     uint64_t bits = v >> (P % 64);
     for (uint32_t j = 0; j < d; j++) {
-        const uint32_t J = j + w - 1;
+        const uint32_t J = j + wp - 1;
         const uint32_t Q = (P & ((1u << J) - 1)) | ((P >> (J + 1)) << J); /* index bit J removed */
         uint64_t word = 0;
         for (uint32_t wi = 0; wi < npad; wi++) word |= pad_word(H0, H1, r0 + j, wi) & -(uint64_t)(wi == Q / 64);
         bits ^= word >> (Q % 64);
     }
-    return bits & (w == 2 ? 3 : 1);
+    return bits & (wp == 2 ? 3 : 1);
 }
 
 /* table L of cnt items: out[i] |= its opened bits << L->col */
