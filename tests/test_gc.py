@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bunet import ring
 from bunet.gc import OT_BACKENDS, Argmax, Evaluator, Garbler, MaxTrunc, relu_pool, relu_pool_ops
-from bunet.gc.engine import aes_key_schedules, ffi, lib
+from bunet.gc.engine import _lut_bytes, aes_key_schedules, ffi, lib
 from bunet.gc.native import circuit_fields, run_circuit
 from bunet.gc.ot import BaseOTReceiver, BaseOTSender, ggm_choices, ggm_client, ggm_garbler, local_trees
 from bunet.native_errors import EngineArgumentError
@@ -226,7 +226,7 @@ def test_relu_pool_costs():
     window = 4 * _per_inst(relu) + 3 * _per_inst(cmp)
     assert 1585 < window < 1587, window
     relu, cmp = relu_pool_ops(24, 24, 8)
-    assert (relu.circuit.and_gates, cmp.circuit.and_gates, relu.link_passes, cmp.link_passes) == (0, 0, 3, 2)
+    assert (relu.circuit.and_gates, cmp.circuit.and_gates, relu.link_passes, cmp.link_passes) == (0, 0, 4, 2)
     assert 4 * _per_inst(relu) + 3 * _per_inst(cmp) < window - 200
 
 
@@ -923,17 +923,20 @@ def test_lut_on_and_off(sess, op):
     assert (on.circuit.and_gates, on.circuit.andg_gates) == (3, 0)  # sign mode: one AND per chunk
     assert on.circ_bits == 8 and on.lut_bits == 24  # 7 masks + the top bit in; 23 share bits + r0 looked up
     assert (off.circuit.and_gates, off.circuit.andg_gates) == (22, 1)
-    # chained: no AND; three link passes before the last table (chunk, carry share, r0)
+    # chained: no AND; the dropped bits as 4 + 4, four link passes before the last table (chunk,
+    # carry share, r0)
     ch = MaxTrunc(ring_bits=24, shift=8)
-    assert (ch.circuit.and_gates, ch.circuit.andg_gates, ch.link_passes) == (0, 0, 3)
+    assert (ch.circuit.and_gates, ch.circuit.andg_gates, ch.link_passes) == (0, 0, 4)
+    assert ch.lut_plan.drop == (4, 4) and ch.lut_plan.chunks == (5, 5, 5)
     assert ch.circ_bits == 3 and ch.lut_bits == 7  # masks of k0, k' and the top bit in
-    assert [ch.lut_plan.link_rows(j) for j in range(3)] == [8, 6, 6]
+    assert [ch.lut_plan.link_rows(j) for j in range(4)] == [4, 5, 6, 6]
+    assert ch.lut_plan.table_bytes + sum(_lut_bytes(*ch.lut_plan.link_table(j)[1:]) for j in range(4)) == 30
     # more than 8 dropped bits (a ReLU after a sum-pool): their carry is a chain of chunks too
     on10 = MaxTrunc(ring_bits=24, shift=10, chain=False)
     assert (on10.lut_plan.drop, on10.lut_plan.chunks, on10.lut_bits) == ((5, 5), (5, 4, 4), 24)
     assert (on10.circuit.and_gates, on10.circuit.andg_gates) == (4, 0)
-    ch20 = MaxTrunc(ring_bits=32, shift=20)  # a link holds at most 7 chunk bits (and the carry share)
-    assert ch20.lut_plan.drop == (7, 7, 6) and ch20.circuit.and_gates == 0
+    ch20 = MaxTrunc(ring_bits=32, shift=20)
+    assert ch20.lut_plan.drop == (4, 4, 4, 4, 4) and ch20.circuit.and_gates == 0
     pool, pool_off = MaxTrunc(ring_bits=24, shift=8, k=4), MaxTrunc(ring_bits=24, shift=8, k=4, lut=False)
     assert pool_off.circuit.and_gates - pool.circuit.and_gates == 4 * 7  # carry mode: 7 ANDs + 1 ANDG per value
     assert pool_off.circuit.andg_gates - pool.circuit.andg_gates == 4
@@ -950,7 +953,7 @@ def test_link_message_checks():
         g.pre(op, ys)  # the last pass before the links
     with pytest.raises(ValueError, match="out of order"):
         g.link_pre(op, ys, 1)  # pass 1 before pass 0
-    for bad in (3, -1, True):
+    for bad in (op.link_passes, -1, True):
         with pytest.raises(ValueError):
             g.link_pre(op, ys, bad)  # no such pass
     with pytest.raises(ValueError):
@@ -972,7 +975,7 @@ def test_link_message_checks():
     g.open_link(op, lreq)
     with pytest.raises(ValueError):
         g.open_link(op, lreq)  # replayed
-    for j in (1, 2):
+    for j in range(1, op.link_passes):
         g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, j), j))
     resp, out_s = g.respond(op, ev.request(op, yc, g.pre(op, ys)), ys)
     out_c, out_s = _done(ev, g, op, resp, out_s)
@@ -1023,7 +1026,7 @@ def test_link_passes_in_order():
     ev, g = _session()
     g.open_link(op, ev.link_request(op, yc, g.link_pre(op, ys, 0), 0))
     with pytest.raises(ValueError):
-        ev.request(op, yc, g.pre(op, ys))  # passes 1 and 2 missing
+        ev.request(op, yc, g.pre(op, ys))  # the later passes missing
 
 
 @pytest.mark.parametrize("chain, masked", [(False, 7), (True, 2)])

@@ -136,6 +136,12 @@ SIGN_CHUNK = 5
 # 988), for up to 4 classes (k + k(k-1)/2 chains grow quadratically; K = 4: 2,727 bytes against the
 # adder circuit's 5,644).
 ARGMAX_CHUNK = 6
+# Chained sign mode (``MaxTrunc.chain``): the dropped bits' carry in chunks of at most 4 bits. The
+# truncation's 8 bits at 24/24/8 as 4 + 4 take a 16-bit generate table and a 32-bit link, 6 bytes,
+# instead of one 256-bit table, 32 bytes, for one more link pass; the kept bits stay in chunks of
+# SIGN_CHUNK (a 5-bit chunk's link is 8 bytes; two 4-bit ones, 8 in all, would cost a pass to save
+# 2 bytes).
+LINK_DROP_CHUNK = 4
 ARGMAX_SIGN_MAX = 4
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _MUX_DOM = 0x4D55580000000000  # "MUX": hash domain of the post-message's correlated OTs
@@ -381,8 +387,9 @@ class MaxTrunc(_Op):
             return None
         lp = _lut_plan(int(self.in_bits or 0), self.shift, bool(self.relu), self.k)
         if self.chain and lp is not None and lp.chunks and len(lp.seq) >= 2:
-            # a link's index is its chunk and the carry share: chunks after the first of at most 7 bits
-            drop = lp.drop if len(lp.drop) <= 1 else _split(self.shift, LUT_MAX - 1)
+            # a link's index is its chunk and the carry share (chunks after the first of at most 7 bits);
+            # the dropped bits go in chunks of LINK_DROP_CHUNK: one more pass for far smaller tables
+            drop = _split(self.shift, LINK_DROP_CHUNK)
             d = lp.chunks[-1]
             return LutPlan(d + 2, ((0, d + 1, 3),), lp.keep_from, lp.chunks, drop, chain=True)
         return lp
