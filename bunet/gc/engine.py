@@ -518,6 +518,17 @@ def _check_op(op: object) -> Op:
     return op
 
 
+def _link_pass(op: object, y: object, j: object, client: bool) -> tuple[Op, np.ndarray, int, int, int]:
+    """A link pass's checked arguments: the op, one party's circuit values, instances, values and
+    reverse OT rows per value of pass j."""
+    op = _check_op(op)
+    if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < op.link_passes:
+        raise ValueError("no such link pass for this operation")
+    y = op.words(_check_shares(op, y, "client" if client else "server"), client)
+    n = y.shape[0]
+    return op, y, n, n * op.items, op.lut_plan.link_rows(j)
+
+
 def _check_shares(op: Op, y: object, who: str) -> np.ndarray:
     if not isinstance(y, np.ndarray):
         raise ValueError(f"{who} shares must be a numpy array")
@@ -1014,14 +1025,9 @@ class Evaluator(_Party):
     def prepare_link(self, op: Op, yc: np.ndarray, lpre: bytes, j: int) -> Callable[[], bytes]:
         """Claim link pass j's reverse OT rows in order and draw the chunk's fresh masks; returns the job
         that makes the link request (any thread)."""
-        op = _check_op(op)
         self._ready()
-        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < op.link_passes:
-            raise ValueError("no such link pass for this operation")
-        yc = op.words(_check_shares(op, yc, "client"), True)
-        n = yc.shape[0]
+        op, yc, n, items, per = _link_pass(op, yc, j, True)
         lp = op.lut_plan
-        items, per = n * op.items, lp.link_rows(j)
         rho = _random_bits(items)  # the mask of this table's carry
         with self._lock:
             prev = self._pop_link(op, n, j - 1) if j else None
@@ -1361,14 +1367,8 @@ class Garbler(_Party):
     def prepare_link_pre(self, op: Op, ys: np.ndarray, j: int) -> Callable[[], bytes]:
         """Claim link pass j's reverse OT rows in order; returns the job that makes its pre-message
         (any thread; it waits for the chunk's previous link to be opened)."""
-        op = _check_op(op)
         self._ready()
-        if isinstance(j, bool) or not isinstance(j, int) or not 0 <= j < op.link_passes:
-            raise ValueError("no such link pass for this operation")
-        ys = op.words(_check_shares(op, ys, "server"), False)
-        n = ys.shape[0]
-        lp = op.lut_plan
-        items, per = n * op.items, lp.link_rows(j)
+        op, ys, n, items, per = _link_pass(op, ys, j, False)
         rows = _pad128(items * per)
         params = op._params()
         with self._lock:
