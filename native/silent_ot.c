@@ -24,6 +24,7 @@
 #include <wmmintrin.h>
 
 #include "bunet_gc.h"
+#include "gc/common.h" /* bn_use_avx512 */
 
 typedef __m128i block;
 typedef struct {
@@ -137,27 +138,28 @@ __attribute__((target("avx2,vaes"))) static void lpn_positions_vaes(const sot_ke
  * 5 (j0 / 4) + b, b < 5 per group of 4 rows (40 fields), so 1.25 blocks a row and no shifts across words */
 #define POS16_GROUPS 4 /* groups of 4 rows per step: 20 AES blocks in flight */
 
-static void lpn_positions16(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
-    const uint32_t mk = (1u << logk) - 1;
+static void lpn_positions16(const sot_key *K, uint64_t j0, uint64_t cnt, uint32_t logk, uint16_t *pos) {
+    const uint16_t mk = (uint16_t)((1u << logk) - 1);
     block x[5 * POS16_GROUPS];
-    for (uint32_t r = 0; r < cnt; r += 4 * POS16_GROUPS) {
-        const uint32_t rows = cnt - r < 4 * POS16_GROUPS ? cnt - r : 4 * POS16_GROUPS, groups = (rows + 3) / 4;
+    for (uint64_t r = 0; r < cnt; r += 4 * POS16_GROUPS) {
+        const uint64_t rows = cnt - r < 4 * POS16_GROUPS ? cnt - r : 4 * POS16_GROUPS, groups = (rows + 3) / 4;
         const uint64_t g0 = (j0 + r) / 4;
-        for (uint32_t b = 0; b < 5 * groups; b++) x[b] = _mm_set_epi64x(0x4c504e10, (long long)(5 * g0 + b));
+        for (uint64_t b = 0; b < 5 * groups; b++) x[b] = _mm_set_epi64x(0x4c504e10, (long long)(5 * g0 + b));
         aes_n(K, x, (int)(5 * groups));
         uint16_t f[40 * POS16_GROUPS];
-        for (uint32_t b = 0; b < 5 * groups; b++) _mm_storeu_si128((block *)(f + 8 * b), x[b]);
-        for (uint32_t i = 0; i < rows * SOT_D; i++) pos[r * SOT_D + i] = f[i] & mk;
+        for (uint64_t b = 0; b < 5 * groups; b++) _mm_storeu_si128((block *)(f + 8 * b), x[b]);
+        for (uint64_t i = 0; i < rows * SOT_D; i++) pos[r * SOT_D + i] = f[i] & mk;
     }
 }
 
-/* the same with VAES: the 20 blocks of 16 rows in 10 registers; the tail as above */
-__attribute__((target("avx2,vaes"))) static void lpn_positions16_vaes(const sot_key *K, uint64_t j0, uint32_t cnt,
-                                                                      uint32_t logk, uint32_t *pos) {
-    const uint32_t mk = (1u << logk) - 1;
+/* the same with VAES: the 20 blocks of 16 rows in 10 registers, masked and stored as they are; the tail
+ * as above */
+__attribute__((target("avx2,vaes"))) static void lpn_positions16_vaes(const sot_key *K, uint64_t j0, uint64_t cnt,
+                                                                      uint32_t logk, uint16_t *pos) {
+    const __m256i mk = _mm256_set1_epi16((short)((1u << logk) - 1));
     __m256i rk[11];
     for (int i = 0; i < 11; i++) rk[i] = _mm256_broadcastsi128_si256(K->k[i]);
-    uint32_t r = 0;
+    uint64_t r = 0;
     for (; r + 4 * POS16_GROUPS <= cnt; r += 4 * POS16_GROUPS) {
         const long long b0 = (long long)(5 * ((j0 + r) / 4));
         __m256i x[5 * POS16_GROUPS / 2];
@@ -165,66 +167,90 @@ __attribute__((target("avx2,vaes"))) static void lpn_positions16_vaes(const sot_
             x[q] = _mm256_xor_si256(_mm256_set_epi64x(0x4c504e10, b0 + 2 * q + 1, 0x4c504e10, b0 + 2 * q), rk[0]);
         for (int i = 1; i < 10; i++)
             for (int q = 0; q < 5 * POS16_GROUPS / 2; q++) x[q] = _mm256_aesenc_epi128(x[q], rk[i]);
-        uint16_t f[40 * POS16_GROUPS];
         for (int q = 0; q < 5 * POS16_GROUPS / 2; q++)
-            _mm256_storeu_si256((__m256i *)(f + 16 * q), _mm256_aesenclast_epi128(x[q], rk[10]));
-        for (uint32_t i = 0; i < 4 * POS16_GROUPS * SOT_D; i++) pos[r * SOT_D + i] = f[i] & mk;
+            _mm256_storeu_si256((__m256i *)(pos + r * SOT_D + 16 * q),
+                                _mm256_and_si256(_mm256_aesenclast_epi128(x[q], rk[10]), mk));
     }
     if (r < cnt) lpn_positions16(K, j0 + r, cnt - r, logk, pos + r * SOT_D);
 }
 
-static void lpn_positions(const sot_key *K, uint64_t j0, uint32_t cnt, uint32_t logk, uint32_t *pos) {
-    if (logk <= 16 && bn_have_vaes())
-        lpn_positions16_vaes(K, j0, cnt, logk, pos);
-    else if (logk <= 16)
-        lpn_positions16(K, j0, cnt, logk, pos);
-    else if (bn_have_vaes())
-        lpn_positions_vaes(K, j0, cnt, logk, pos);
+static void lpn_key(sot_key *K) {
+    uint8_t rk[176];
+    bn_aes_keysched(LPN_KEY, rk);
+    load(K, rk);
+}
+
+int bn_sot_positions(uint32_t logk, uint64_t n, uint16_t *pos) {
+    if (logk > 16 || n % 4) return BN_EINVAL;
+    sot_key K;
+    lpn_key(&K);
+    if (bn_have_vaes())
+        lpn_positions16_vaes(&K, 0, n, logk, pos);
     else
-        lpn_positions_sse(K, j0, cnt, logk, pos);
+        lpn_positions16(&K, 0, n, logk, pos);
+    return 0;
 }
 
 #define LPN_BATCH 256
 
-#define LPN_AHEAD 4 /* rows whose base values are prefetched ahead of the one being summed */
+/* Row i's sum over its SOT_D positions p: out[i] ^= XOR base[p] (16-byte values, two accumulators for
+ * the loads' latency) and out_bits[i] ^= XOR base_bits[p] (0/1 bytes). One pair for 16-bit positions
+ * (logk <= 16, the vetted main set) and one for 32-bit (larger k). */
+#define LPN_ROWS(SUFFIX, T)                                                                                    \
+    static void lpn_blocks_##SUFFIX(uint64_t cnt, const T *pos, const block *base, block *out) {            \
+        for (uint64_t i = 0; i < cnt; i++) {                                                                   \
+            const T *p = pos + i * SOT_D;                                                                      \
+            block a = _mm_xor_si128(_mm_loadu_si128(out + i), _mm_loadu_si128(base + p[0]));                 \
+            block b = _mm_loadu_si128(base + p[1]);                                                            \
+            for (int l = 2; l < SOT_D; l += 2) {                                                               \
+                a = _mm_xor_si128(a, _mm_loadu_si128(base + p[l]));                                            \
+                b = _mm_xor_si128(b, _mm_loadu_si128(base + p[l + 1]));                                        \
+            }                                                                                                  \
+            _mm_storeu_si128(out + i, _mm_xor_si128(a, b));                                                    \
+        }                                                                                                      \
+    }                                                                                                          \
+    static void lpn_bits_##SUFFIX(uint64_t cnt, const T *pos, const uint8_t *base_bits, uint8_t *out_bits) { \
+        for (uint64_t i = 0; i < cnt; i++) {                                                                   \
+            const T *p = pos + i * SOT_D;                                                                      \
+            uint8_t acc = out_bits[i];                                                                         \
+            for (int l = 0; l < SOT_D; l++) acc ^= base_bits[p[l]];                                            \
+            out_bits[i] = acc & 1;                                                                             \
+        }                                                                                                      \
+    }
+LPN_ROWS(p16, uint16_t)
+LPN_ROWS(p32, uint32_t)
 
-/* The LPN step over n rows, each output XOR-ed with its row's base entries: 16-byte values
- * (out[j] ^= XOR base[pos], if base) and/or 0/1 bytes (out_bits[j] ^= XOR base_bits[pos], if base_bits);
- * the positions are made once for both, or taken from pos_in (16-bit, SOT_D a row, logk <= 16), and
- * kept in pos_out if asked (the receiver's choice bits and its rows use the same ones). */
+/* The LPN step over n rows, each output XOR-ed with its row's base entries: 16-byte values (if base) and/or
+ * 0/1 bytes (if base_bits). The positions come from pos (16-bit, SOT_D a row: bn_sot_positions, made once
+ * per parameter set and shared by every iteration and both parties) or, without it, are made here. */
 static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const uint8_t *base_bits,
-                uint8_t *out_bits, const uint16_t *pos_in, uint16_t *pos_out) {
+                uint8_t *out_bits, const uint16_t *pos) {
+    if (pos) {
+        if (base) lpn_blocks_p16(n, pos, base, out);
+        if (base_bits) lpn_bits_p16(n, pos, base_bits, out_bits);
+        return;
+    }
     sot_key K;
-    uint8_t rk[176];
-    bn_aes_keysched(LPN_KEY, rk);
-    load(&K, rk);
-    uint32_t pos[LPN_BATCH * SOT_D];
+    lpn_key(&K);
+    uint16_t p16[LPN_BATCH * SOT_D];
+    uint32_t p32[LPN_BATCH * SOT_D];
     for (uint64_t j0 = 0; j0 < n; j0 += LPN_BATCH) {
-        const uint32_t cnt = (uint32_t)(n - j0 < LPN_BATCH ? n - j0 : LPN_BATCH);
-        if (pos_in)
-            for (uint32_t i = 0; i < cnt * SOT_D; i++) pos[i] = pos_in[j0 * SOT_D + i];
-        else
-            lpn_positions(&K, j0, cnt, logk, pos);
-        if (pos_out)
-            for (uint32_t i = 0; i < cnt * SOT_D; i++) pos_out[j0 * SOT_D + i] = (uint16_t)pos[i];
-        if (base) {
-            for (uint32_t i = 0; i < cnt && i < LPN_AHEAD; i++)
-                for (int l = 0; l < SOT_D; l++) _mm_prefetch((const char *)(base + pos[i * SOT_D + l]), _MM_HINT_T0);
-            for (uint32_t i = 0; i < cnt; i++) {
-                if (i + LPN_AHEAD < cnt)
-                    for (int l = 0; l < SOT_D; l++)
-                        _mm_prefetch((const char *)(base + pos[(i + LPN_AHEAD) * SOT_D + l]), _MM_HINT_T0);
-                block acc = _mm_loadu_si128(out + j0 + i);
-                for (int l = 0; l < SOT_D; l++) acc = _mm_xor_si128(acc, _mm_loadu_si128(base + pos[i * SOT_D + l]));
-                _mm_storeu_si128(out + j0 + i, acc);
-            }
+        const uint64_t cnt = n - j0 < LPN_BATCH ? n - j0 : LPN_BATCH;
+        if (logk <= 16) {
+            if (bn_have_vaes())
+                lpn_positions16_vaes(&K, j0, cnt, logk, p16);
+            else
+                lpn_positions16(&K, j0, cnt, logk, p16);
+            if (base) lpn_blocks_p16(cnt, p16, base, out + j0);
+            if (base_bits) lpn_bits_p16(cnt, p16, base_bits, out_bits + j0);
+        } else {
+            if (bn_have_vaes())
+                lpn_positions_vaes(&K, j0, (uint32_t)cnt, logk, p32);
+            else
+                lpn_positions_sse(&K, j0, (uint32_t)cnt, logk, p32);
+            if (base) lpn_blocks_p32(cnt, p32, base, out + j0);
+            if (base_bits) lpn_bits_p32(cnt, p32, base_bits, out_bits + j0);
         }
-        if (base_bits)
-            for (uint32_t i = 0; i < cnt; i++) {
-                uint8_t acc = out_bits[j0 + i];
-                for (int l = 0; l < SOT_D; l++) acc ^= base_bits[pos[i * SOT_D + l]];
-                out_bits[j0 + i] = acc & 1;
-            }
     }
 }
 
@@ -295,8 +321,52 @@ __attribute__((target("avx2,vaes"))) static void ggm_level_vaes(const sot_key *K
     if (j) ggm_level_sse(K0, K1, node, j);
 }
 
+/* the same with 512-bit VAES, 16 nodes (32 blocks) per step in 8 registers; the rest as above */
+#define GGM_W512 16
+__attribute__((target("avx512f,vaes"))) static void ggm_level_vaes512(const sot_key *K0, const sot_key *K1,
+                                                                       block *node, uint64_t width) {
+    __m512i k0[11], k1[11];
+    for (int i = 0; i < 11; i++) {
+        k0[i] = _mm512_broadcast_i32x4(K0->k[i]);
+        k1[i] = _mm512_broadcast_i32x4(K1->k[i]);
+    }
+    /* children of nodes u, u + 1 of a register: [a_u b_u a_{u+1} b_{u+1}] as 64-bit lanes of (a, b) */
+    const __m512i lo_idx = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i hi_idx = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    uint64_t j = width;
+    while (j >= GGM_W512) {
+        const uint64_t lo = j - GGM_W512;
+        __m512i x[GGM_W512 / 4], a[GGM_W512 / 4], b[GGM_W512 / 4];
+        for (int q = 0; q < GGM_W512 / 4; q++) {
+            x[q] = _mm512_loadu_si512((const void *)(node + lo + 4 * q));
+            a[q] = _mm512_xor_si512(x[q], k0[0]);
+            b[q] = _mm512_xor_si512(x[q], k1[0]);
+        }
+        for (int r = 1; r < 10; r++)
+            for (int q = 0; q < GGM_W512 / 4; q++) {
+                a[q] = _mm512_aesenc_epi128(a[q], k0[r]);
+                b[q] = _mm512_aesenc_epi128(b[q], k1[r]);
+            }
+        for (int q = 0; q < GGM_W512 / 4; q++) {
+            a[q] = _mm512_xor_si512(_mm512_aesenclast_epi128(a[q], k0[10]), x[q]);
+            b[q] = _mm512_xor_si512(_mm512_aesenclast_epi128(b[q], k1[10]), x[q]);
+        }
+        for (int q = GGM_W512 / 4; q-- > 0;) {
+            _mm512_storeu_si512((void *)(node + 2 * (lo + 4 * q)), _mm512_permutex2var_epi64(a[q], lo_idx, b[q]));
+            _mm512_storeu_si512((void *)(node + 2 * (lo + 4 * q) + 4), _mm512_permutex2var_epi64(a[q], hi_idx, b[q]));
+        }
+        j = lo;
+    }
+    if (j >= GGM_W)
+        ggm_level_vaes(K0, K1, node, j);
+    else if (j)
+        ggm_level_sse(K0, K1, node, j);
+}
+
 static void ggm_level(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
-    if (width >= GGM_W && bn_have_vaes())
+    if (width >= GGM_W512 && bn_have_vaes() && bn_use_avx512())
+        ggm_level_vaes512(K0, K1, node, width);
+    else if (width >= GGM_W && bn_have_vaes())
         ggm_level_vaes(K0, K1, node, width);
     else
         ggm_level_sse(K0, K1, node, width);
@@ -312,6 +382,38 @@ static void level_sums(const block *node, uint64_t width, block *s0, block *s1) 
     *s1 = b;
 }
 
+/* node[a] = va, node[b] = vb (a != b) and every other node unchanged, touching every node (a and b are
+ * the receiver's secret path: no branch or address depends on them) */
+static void set_two_sse(block *node, uint64_t width, uint64_t a, block va, uint64_t b, block vb) {
+    for (uint64_t y = 0; y < width; y++) {
+        const block ma = _mm_set1_epi64x((long long)eq_mask(y, a)), mb = _mm_set1_epi64x((long long)eq_mask(y, b));
+        const block keep = _mm_andnot_si128(_mm_or_si128(ma, mb), _mm_loadu_si128(node + y));
+        node[y] = _mm_or_si128(keep, _mm_or_si128(_mm_and_si128(ma, va), _mm_and_si128(mb, vb)));
+    }
+}
+
+__attribute__((target("avx512f"))) static void set_two_avx512(block *node, uint64_t width, uint64_t a, block va,
+                                                              uint64_t b, block vb) {
+    const __m512i A = _mm512_set1_epi64((long long)a), B = _mm512_set1_epi64((long long)b);
+    const __m512i VA = _mm512_broadcast_i32x4(va), VB = _mm512_broadcast_i32x4(vb);
+    __m512i idx = _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0); /* each 64-bit lane: its node's index */
+    const __m512i four = _mm512_set1_epi64(4);
+    for (uint64_t y = 0; y < width; y += 4) {
+        __m512i x = _mm512_loadu_si512((const void *)(node + y));
+        x = _mm512_mask_blend_epi64(_mm512_cmpeq_epi64_mask(idx, A), x, VA);
+        x = _mm512_mask_blend_epi64(_mm512_cmpeq_epi64_mask(idx, B), x, VB);
+        _mm512_storeu_si512((void *)(node + y), x);
+        idx = _mm512_add_epi64(idx, four);
+    }
+}
+
+static void set_two(block *node, uint64_t width, uint64_t a, block va, uint64_t b, block vb) {
+    if (width >= 4 && bn_use_avx512())
+        set_two_avx512(node, width, a, va, b, vb);
+    else
+        set_two_sse(node, width, a, va, b, vb);
+}
+
 static int keys_and_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, sot_key *K0,
                           sot_key *K1) {
     if (bn_sot_check(t, logk, h, allow_test) != 0) return BN_EPARAMS;
@@ -322,9 +424,9 @@ static int keys_and_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test,
 
 int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *rk,
                 uint64_t tw0, uint64_t dom, const uint8_t *delta, const uint8_t *base_q, uint8_t *msg,
-                uint8_t *out_q) {
+                uint8_t *out_q, const uint16_t *pos) {
     sot_key K0, K1;
-    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0) return BN_EPARAMS;
+    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos && logk > 16)) return BN_EPARAMS;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
     const block D = _mm_loadu_si128((const block *)delta);
     const block *Q = (const block *)base_q;
@@ -360,13 +462,13 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     memset(roots, 0, 16 * (size_t)t);
     free(roots);
     free(H);
-    lpn((uint64_t)t * leaves, logk, Q, out, NULL, NULL, NULL, NULL);
+    lpn((uint64_t)t * leaves, logk, Q, out, NULL, NULL, pos);
     return 0;
 }
 
 int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *base_c, uint8_t *out_c,
-                  uint16_t *pos_out) {
-    if (bn_sot_check(t, logk, h, allow_test) != 0 || (pos_out && logk > 16)) return BN_EPARAMS;
+                  const uint16_t *pos) {
+    if (bn_sot_check(t, logk, h, allow_test) != 0 || (pos && logk > 16)) return BN_EPARAMS;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h;
     for (uint64_t tau = 0; tau < t; tau++) {
         uint64_t alpha = 0;
@@ -374,15 +476,15 @@ int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const u
         uint8_t *o = out_c + tau * leaves;
         for (uint64_t y = 0; y < leaves; y++) o[y] = (uint8_t)(eq_mask(y, alpha) & 1);
     }
-    lpn((uint64_t)t * leaves, logk, NULL, NULL, base_c, out_c, NULL, pos_out);
+    lpn((uint64_t)t * leaves, logk, NULL, NULL, base_c, out_c, pos);
     return 0;
 }
 
 int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *rk,
                 uint64_t tw0, uint64_t dom, const uint8_t *base_c, const uint8_t *base_t, const uint8_t *msg,
-                uint8_t *out_t, const uint16_t *pos_in) {
+                uint8_t *out_t, const uint16_t *pos) {
     sot_key K0, K1;
-    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos_in && logk > 16)) return BN_EPARAMS;
+    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos && logk > 16)) return BN_EPARAMS;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
     const block *T = (const block *)base_t;
     block *H = malloc(th * sizeof(block));
@@ -390,6 +492,11 @@ int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     if (!H) return BN_ENOMEM;
     bn_hash_batch(rk, (const uint8_t *)(T + k), (uint8_t *)H, th, tw0 + k, 1, dom);
     const block *cts = (const block *)msg, *psi = (const block *)msg + 2 * th;
+    /* z0, z1: the children of a zero node. The receiver's punctured node is kept at 0, so at every level
+     * its two children hold z0, z1: the sibling's true value is the level sum of its side minus every
+     * other node of that side, i.e. S_r ^ (our side-r sum) ^ z_r, with no secret-dependent read. */
+    block z[2] = {_mm_setzero_si128(), _mm_setzero_si128()};
+    ggm_level_sse(&K0, &K1, z, 1);
     for (uint64_t tau = 0; tau < t; tau++) {
         block *node = out + tau * leaves;
         node[0] = _mm_setzero_si128();
@@ -399,39 +506,35 @@ int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
             path = 2 * path + (1 ^ r);
             const uint64_t sib = path ^ 1;
             ggm_level(&K0, &K1, node, width >> 1);
-            /* the sibling's side (parity r): its level sum minus the other nodes of that side */
+            block s0, s1;
+            level_sums(node, width, &s0, &s1);
             const block rm = mask_if(r);
-            block acc = _mm_xor_si128(_mm_loadu_si128(cts + 2 * b),
-                                      _mm_and_si128(rm, _mm_xor_si128(_mm_loadu_si128(cts + 2 * b),
-                                                                      _mm_loadu_si128(cts + 2 * b + 1))));
-            acc = _mm_xor_si128(acc, H[b]);
-            for (uint64_t y = 0; y < width; y++) {
-                const uint64_t take = ~eq_mask(y & 1, r ^ 1) & ~eq_mask(y, sib);
-                acc = _mm_xor_si128(acc, _mm_and_si128(node[y], _mm_set1_epi64x((long long)take)));
-            }
-            for (uint64_t y = 0; y < width; y++) {
-                const block ms = _mm_set1_epi64x((long long)eq_mask(y, sib));
-                const block keep = _mm_set1_epi64x((long long)~(eq_mask(y, sib) | eq_mask(y, path)));
-                node[y] = _mm_or_si128(_mm_and_si128(node[y], keep), _mm_and_si128(acc, ms));
-            }
+            const block c0 = _mm_loadu_si128(cts + 2 * b), c1 = _mm_loadu_si128(cts + 2 * b + 1);
+            const block sr = _mm_xor_si128(s0, _mm_and_si128(rm, _mm_xor_si128(s0, s1)));
+            const block zr = _mm_xor_si128(z[0], _mm_and_si128(rm, _mm_xor_si128(z[0], z[1])));
+            const block acc = _mm_xor_si128(_mm_xor_si128(c0, _mm_and_si128(rm, _mm_xor_si128(c0, c1))),
+                                            _mm_xor_si128(H[b], _mm_xor_si128(sr, zr)));
+            /* the last level: leaf alpha = psi ^ XOR of the others = v_alpha ^ Delta, where the others' XOR
+             * is our level sum with z_r, z_{1-r} replaced by acc and 0 */
+            const block top = _mm_xor_si128(_mm_loadu_si128(psi + tau),
+                                            _mm_xor_si128(_mm_xor_si128(s0, s1),
+                                                          _mm_xor_si128(_mm_xor_si128(z[0], z[1]), acc)));
+            set_two(node, width, sib, acc, path, i == h ? top : _mm_setzero_si128());
         }
-        /* leaf alpha = psi ^ XOR of the others = v_alpha ^ Delta */
-        block acc = _mm_loadu_si128(psi + tau);
-        for (uint64_t y = 0; y < leaves; y++) acc = _mm_xor_si128(acc, node[y]); /* node[path] is 0 */
-        for (uint64_t y = 0; y < leaves; y++)
-            node[y] = _mm_or_si128(node[y], _mm_and_si128(acc, _mm_set1_epi64x((long long)eq_mask(y, path))));
     }
     memset(H, 0, th * sizeof(block));
     free(H);
-    lpn((uint64_t)t * leaves, logk, T, out, NULL, NULL, pos_in, NULL);
+    lpn((uint64_t)t * leaves, logk, T, out, NULL, NULL, pos);
     return 0;
 }
 
-/* out[j] = rows[j] ^ d_j Delta (d: packed bits, LSB first) */
-void bn_sot_derand(const uint8_t *rows, uint64_t cnt, const uint8_t *d_bits, const uint8_t *delta, uint8_t *out) {
+/* out[j] = rows[j] ^ d_{off + j} Delta (d: packed bits, LSB first); out may be rows */
+void bn_sot_derand(const uint8_t *rows, uint64_t cnt, const uint8_t *d_bits, uint64_t off, const uint8_t *delta,
+                   uint8_t *out) {
     const block D = _mm_loadu_si128((const block *)delta);
     for (uint64_t j = 0; j < cnt; j++) {
+        const uint64_t b = off + j;
         const block r = _mm_loadu_si128((const block *)rows + j);
-        _mm_storeu_si128((block *)out + j, _mm_xor_si128(r, _mm_and_si128(D, mask_if(d_bits[j >> 3] >> (j & 7)))));
+        _mm_storeu_si128((block *)out + j, _mm_xor_si128(r, _mm_and_si128(D, mask_if(d_bits[b >> 3] >> (b & 7)))));
     }
 }

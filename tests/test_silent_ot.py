@@ -77,6 +77,22 @@ def test_correlation_on_every_output(cuts):
     assert len(snd._q) <= 3 and len(rcv._t) <= 3  # consumed iterations are freed
 
 
+def test_derandomised_take_over_iteration_edges():
+    """The sender's take with the receiver's corrections d = x ^ c gives q ^ d Delta in the same pass, so
+    t = q' ^ x Delta for the receiver's real choice x, over ranges whose ends and iteration edges sit at
+    odd bit offsets of d."""
+    delta, snd, rcv, _ = _streams(TEST_SETUP, TEST_MAIN, True)
+    rng = np.random.default_rng(7)
+    edges = [0, 3, 1029, 1030, snd.sched.usable(0) + 5, 3 * snd.sched.usable(1) + 17]
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        c = rcv.choices(lo, hi)
+        x = rng.integers(0, 2, hi - lo, dtype=np.uint8)
+        d = np.packbits(x ^ c, bitorder="little")
+        msg, q = snd.take(lo, hi, d)
+        rcv.deposit(lo, hi, memoryview(msg))
+        assert _check(delta, x, q, rcv.rows(lo, hi))
+
+
 def test_regular_noise_positions():
     """Before the LPN step the receiver's choice vector is one 1 per block of 2^h (regular noise), at the
     index its base choice bits give: check via bn_sot_choice with an all-zero LPN secret."""
@@ -150,6 +166,7 @@ def test_parameter_table_checked():
         ffi.from_buffer("uint8_t[]", dummy),
         ffi.from_buffer("uint8_t[]", bytearray(m.msg_len)),
         ffi.from_buffer("uint8_t[]", dummy),
+        ffi.NULL,
     )
     assert rc == lib.BN_EPARAMS
     assert lib.bn_sot_check(1170, 17, 11, 0) == 0 and lib.bn_sot_check(1171, 17, 11, 0) != 0
@@ -203,8 +220,40 @@ def test_backend_mismatch_is_a_clear_error():
         Garbler(ot="iknp")
 
 
+def test_shared_positions_equal_the_ones_made_on_the_fly():
+    """Every iteration reads the LPN positions made once per parameter set (bn_sot_positions); without
+    them each call makes its own: the three calls give the same outputs either way."""
+    p = TEST_MAIN
+    pos = silent.positions(p.logk, p.n)
+    assert pos is not None and pos.shape == (p.n * silent.LPN_D,) and int(pos.max()) < p.k
+    assert silent.positions(17, silent.vetted()["ferret_b11"].n) is None  # k > 2^16: made on the fly
+    assert silent.positions(p.logk, p.n) is pos  # made once
+    rng = np.random.default_rng(4)
+    c = rng.integers(0, 2, p.base, dtype=np.uint8)
+    q = rng.integers(0, 256, (p.base, 16), dtype=np.uint8)
+    delta = bytearray(_delta())
+    t = q ^ (c[:, None] * np.frombuffer(bytes(delta), dtype=np.uint8))
+    gk, rk = _keys(0)
+    b = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+    cached = ffi.cast("const uint16_t *", pos.ctypes.data)
+    choices = []
+    for send_pos, recv_pos in ((ffi.NULL, cached), (cached, ffi.NULL)):  # each side with the other's positions
+        oq, oc, ot = np.empty((p.n, 16), np.uint8), np.empty(p.n, np.uint8), np.empty((p.n, 16), np.uint8)
+        msg = bytearray(p.msg_len)
+        rc = lib.bn_sot_send(p.t, p.logk, p.h, 1, gk, rk, 0, 1, ffi.from_buffer(delta), b(q), b(msg), b(oq), send_pos)
+        assert rc == 0
+        assert lib.bn_sot_choice(p.t, p.logk, p.h, 1, b(c), b(oc), recv_pos) == 0
+        assert lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, rk, 0, 1, b(c), b(t), b(msg), b(ot), recv_pos) == 0
+        assert _check(bytes(delta), oc, oq, ot)  # t = q ^ c Delta on every row
+        choices.append(oc)
+    np.testing.assert_array_equal(choices[0], choices[1])
+    big = silent.vetted()["ferret_b11"]
+    assert lib.bn_sot_choice(big.t, big.logk, big.h, 0, b(c), b(oc), ffi.cast("const uint16_t *", pos.ctypes.data)) != 0
+
+
 def test_vaes_and_portable_paths_agree():
-    """The LPN code and the GGM expansion have a VAES path and a 128-bit one: the same outputs."""
+    """The LPN code and the GGM expansion have a 512-bit VAES path, a 256-bit one and a 128-bit one: the
+    same outputs."""
     import subprocess
     import sys
 
@@ -222,10 +271,11 @@ def test_vaes_and_portable_paths_agree():
         "sys.stdout.write(oc.tobytes().hex() + out.tobytes().hex()[:20000])"
     )
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    paths = ({}, {"BUNET_NO_AVX512": "1"}, {"BUNET_NO_VAES": "1"}, {"BUNET_NO_VAES": "1", "BUNET_NO_AVX512": "1"})
     runs = [
         subprocess.run(
             [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, check=True, timeout=60
         ).stdout
-        for extra in ({}, {"BUNET_NO_VAES": "1"})
+        for extra in paths
     ]
-    assert runs[0] and runs[0] == runs[1]
+    assert runs[0] and runs[0] == runs[1] == runs[2] == runs[3]

@@ -576,13 +576,6 @@ def _corrections(choice: np.ndarray, r: np.ndarray) -> np.ndarray:
     return choice ^ np.packbits(r, bitorder="little")
 
 
-def _derand(rows: np.ndarray, d: object, delta: object) -> np.ndarray:
-    """A silent sender's rows q ^ d Delta (d: the receiver's packed corrections)."""
-    out = np.empty_like(rows)
-    lib.bn_sot_derand(_buf(rows), rows.shape[0], _buf(d), delta, _buf(out))
-    return out
-
-
 def aes_key_schedules(keys: list[bytes]) -> object:
     buf = ffi.new("uint8_t[]", 176 * len(keys))
     for i, k in enumerate(keys):
@@ -990,11 +983,11 @@ class Evaluator(_Party):
         its corrections d; the iteration messages, ``ext`` bytes, are written at ``dest``)."""
         if self.ot == "silent":
             lo = 128 * (rblk - self._rblk0)
-            msgs, q = self._rev.take(lo, lo + rows)
+            msgs, q = self._rev.take(lo, lo + rows, body)
             if len(msgs) != ext:
                 raise AssertionError("silent OT: iteration messages out of step")
             ffi.memmove(dest, msgs, ext)
-            return _derand(q, body, self._rdelta_c).reshape(-1)
+            return q.reshape(-1)
         q = np.empty(16 * rows, dtype=np.uint8)
         lib.bn_cot_send(self._rleaves, self.ot_k, _buf(self._rdelta), rblk, rows, _buf(body), _buf(q))
         return q
@@ -1515,8 +1508,8 @@ class Garbler(_Party):
             msgs, labels, chk = b"", ffi.NULL, {}
             if self.ot == "silent":  # zero labels q ^ d Delta; the iteration messages lead the response
                 lo = 128 * (blk - self._blk0)
-                msgs, q = self._fwd.take(lo, lo + m)
-                labels = _buf(_derand(q, body[:cot], self._delta))
+                msgs, q = self._fwd.take(lo, lo + m, body[:cot])
+                labels = _buf(q)
             else:  # the q rows come from the OT extension chunk by chunk, checked as they are made
                 chk = self._request_check(blk, m, body[:cot])
             out, head = _new_message(self._header(T_RESP, seq, op, n), len(msgs) + nct + nar)

@@ -14,7 +14,9 @@ from the claimed range which iterations' messages it carries (``ext_len``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,8 +89,26 @@ MAIN = _TABLE["ferret_b10"].check()
 def party_bytes(main: LpnParams = MAIN) -> int:
     """An upper bound on what one party's two streams (a sender and a receiver) hold: per stream up
     to three iterations' rows (the one being taken, the next made ahead, and the one before until
-    the next was made from it), 16 bytes each, and the receiver's choice bytes and LPN positions."""
-    return 3 * main.n * (16 + 16 + 1 + 2 * LPN_D)
+    the next was made from it), 16 bytes each, and the receiver's choice bytes; plus the LPN
+    positions (shared by every stream of the process, counted here once per party)."""
+    return 3 * main.n * (16 + 16 + 1) + main.n * 2 * LPN_D
+
+
+@functools.lru_cache(maxsize=4)
+def positions(logk: int, n: int) -> np.ndarray | None:
+    """The public LPN code's positions of rows 0 .. n - 1 (16-bit, LPN_D a row), made once per process and
+    parameter set and read by every iteration of both parties; None for k > 2^16 (made on the fly)."""
+    if logk > 16:
+        return None
+    pos = np.empty(n * LPN_D, dtype=np.uint16)
+    check(lib, lib.bn_sot_positions(logk, n, ffi.from_buffer("uint16_t[]", pos)), "silent OT positions")
+    pos.flags.writeable = False
+    return pos
+
+
+def _pos_arg(p: LpnParams) -> object:
+    pos = positions(p.logk, p.n)
+    return ffi.NULL if pos is None else ffi.cast("const uint16_t *", pos.ctypes.data)
 
 
 class Schedule:
@@ -160,15 +180,22 @@ class _Stream:
         GGM and row hash keys, its tweak and the stream's hash domain."""
         return (p.t, p.logk, p.h, int(self.sched.allow_test), self._gk, self._rk, self._tweak(i), self._dom)
 
-    def _gather(self, lo: int, hi: int, have: dict[int, np.ndarray], width: int) -> np.ndarray:
-        """Rows [lo, hi) copied out of the iterations' outputs (``width`` bytes per row)."""
+    def _gather(
+        self, lo: int, hi: int, have: dict[int, np.ndarray], width: int, copy: Callable | None = None
+    ) -> np.ndarray:
+        """Rows [lo, hi) copied out of the iterations' outputs (``width`` bytes per row), by
+        ``copy(dest, src, k)`` (k: dest's first row in [0, hi - lo)) if given."""
         out = np.empty((hi - lo, width), dtype=np.uint8)
         row = lo
         while row < hi:
             j = self.sched.iteration(row)
             off = self.sched.main.base + row - self.sched.start(j)
             take = min(hi - row, self.sched.start(j) + self.sched.usable(j) - row)
-            out[row - lo : row - lo + take] = have[j][off : off + take]
+            dest, src = out[row - lo : row - lo + take], have[j][off : off + take]
+            if copy is None:
+                dest[...] = src
+            else:
+                copy(dest, src, row - lo)
             self._taken[j] = self._taken.get(j, 0) + take
             row += take
         return out
@@ -224,6 +251,7 @@ class Sender(_Stream):
                     ffi.from_buffer("uint8_t[]", base),
                     ffi.from_buffer("uint8_t[]", msg),
                     ffi.from_buffer("uint8_t[]", out),
+                    _pos_arg(p),
                 )
                 check(lib, rc, "silent OT iteration")
                 with self._lock:
@@ -232,13 +260,23 @@ class Sender(_Stream):
                     self._msg[i] = bytes(msg)
                     self._made += 1
 
-    def take(self, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
-        """(messages of the iterations starting in [lo, hi), q rows [lo, hi) as (hi - lo, 16) bytes)."""
+    def take(self, lo: int, hi: int, d: object | None = None) -> tuple[bytes, np.ndarray]:
+        """(messages of the iterations starting in [lo, hi), q rows [lo, hi) as (hi - lo, 16) bytes); with
+        ``d``, the receiver's packed corrections of these rows, q ^ d Delta instead (in the same pass)."""
         j = self.sched.iteration(max(lo, hi - 1))
         self._make_through(j)
+        copy = None
+        if d is not None:
+            dp = ffi.from_buffer("uint8_t[]", d)
+
+            def copy(dest: np.ndarray, src: np.ndarray, k: int) -> None:
+                lib.bn_sot_derand(
+                    ffi.from_buffer("uint8_t[]", src), len(src), dp, k, self._delta, ffi.from_buffer("uint8_t[]", dest)
+                )
+
         with self._lock:
             msgs = b"".join(self._msg.pop(i) for i in self.sched.firsts(lo, hi))
-            rows = self._gather(lo, hi, self._q, 16)
+            rows = self._gather(lo, hi, self._q, 16, copy)
             self._drop_done([self._q], self._made)
             ahead = self._made == j + 1 and 2 * (hi - self.sched.start(j)) >= self.sched.usable(j)
         if ahead:
@@ -261,7 +299,6 @@ class Receiver(_Stream):
         self._cmade = 0
         self._tmade = 0
         self._ctaken: dict[int, int] = {}
-        self._pos: dict[int, np.ndarray | None] = {}  # iteration i's LPN positions, until its t rows are made
 
     def _choices_through(self, j: int) -> None:
         """(Under the data lock.) Local and cheap: the choice bits of iterations 0 .. j."""
@@ -271,8 +308,6 @@ class Receiver(_Stream):
             out = np.empty(p.n, dtype=np.uint8)
             base = self._cbase[i] = np.ascontiguousarray(self._c[i - 1][: p.base])
             self._c.pop(-1, None)
-            # the LPN positions, kept for the rows (16-bit ones only: 20 bytes a row) instead of made twice
-            pos = self._pos[i] = np.empty(p.n * LPN_D, dtype=np.uint16) if p.logk <= 16 else None
             if (
                 lib.bn_sot_choice(
                     p.t,
@@ -281,7 +316,7 @@ class Receiver(_Stream):
                     int(self.sched.allow_test),
                     ffi.from_buffer("uint8_t[]", base),
                     ffi.from_buffer("uint8_t[]", out),
-                    ffi.NULL if pos is None else ffi.from_buffer("uint16_t[]", pos),
+                    _pos_arg(p),
                 )
                 != 0
             ):
@@ -338,7 +373,7 @@ class Receiver(_Stream):
                         continue
                     p = self.sched.params(i)
                     self._choices_through(i)
-                    cb, msg, pos = self._cbase[i], self._msg[i], self._pos[i]
+                    cb, msg = self._cbase[i], self._msg[i]
                     tb = np.ascontiguousarray(self._t[i - 1][: p.base])
                 out = self._rows_buffer(p.n)
                 rc = lib.bn_sot_recv(
@@ -347,13 +382,13 @@ class Receiver(_Stream):
                     ffi.from_buffer("uint8_t[]", tb),
                     ffi.from_buffer("uint8_t[]", msg),
                     ffi.from_buffer("uint8_t[]", out),
-                    ffi.NULL if pos is None else ffi.from_buffer("uint16_t[]", pos),
+                    _pos_arg(p),
                 )
                 check(lib, rc, "silent OT iteration")
                 with self._lock:
                     self._t[i] = out
                     self._t.pop(-1, None)
-                    del self._msg[i], self._cbase[i], self._pos[i]
+                    del self._msg[i], self._cbase[i]
                     self._tmade += 1
                     self._lock.notify_all()
 
