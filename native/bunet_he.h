@@ -54,19 +54,22 @@ void bh_ntt_inv(const bh_rns *r, double *a, int64_t count, int threads);
  * Returns the number of keys whose keystream ran short (probability < 2^-100 each). */
 int64_t bh_expand_a(const bh_rns *r, const uint8_t *keys, int64_t count, double *out, int threads);
 
-/* Client: seeded symmetric encryption of the share x (B, c, h, w), count = B*c*tiles
- * ciphertexts: m = the tile's coefficients (< 2^52), c0 = NTT(Delta*m + e) - a*s, written as
- * residues in [0, p_i), bit-packed in bitlen(p_i - 1) bits per residue, (count, K, N).  delta: [k] centred Delta mod p; s_hat: (K, N);
- * noise_key: 32 bytes (fresh per call). */
-int64_t bh_encrypt(const bh_rns *r, const uint64_t *x, const bh_tiling *t, int64_t count, const double *delta,
-                   const double *s_hat, const uint8_t *a_keys, const uint8_t *noise_key,
+/* Client: seeded symmetric encryption of `count` ciphertexts of the share x (B, c, h, w): item i
+ * encrypts ciphertext g = order[i] (index (b*c + group)*tiles + tile; order NULL: g = i) with the
+ * a-key a_keys[32*i]: m = the tile's coefficients (< 2^52), c0 = NTT(Delta*m + e) - a*s, written
+ * at item i of out as residues in [0, p_i), bit-packed in bitlen(p_i - 1) bits per residue,
+ * (count, K, N).  delta: [k] centred Delta mod p; s_hat: (K, N); noise_key: 32 bytes (fresh per
+ * call: item i's noise is keyed by (noise_key, i)). */
+int64_t bh_encrypt(const bh_rns *r, const uint64_t *x, const bh_tiling *t, const int64_t *order, int64_t count,
+                   const double *delta, const double *s_hat, const uint8_t *a_keys, const uint8_t *noise_key,
                    uint8_t *out, int threads);
 
-/* Server: slot-block input X[blk][c][2*tc][4] of one tile chunk.  Item (c, tl) uses upload
- * ciphertext g = ct_index[c*tc + tl] (bit-packed residues in c0, as bh_encrypt writes them), the same tile of the server's
- * share xs (B, c, h, w) and a-key a_keys[32*(c*tc + tl)].  Row 2*tl holds c0 + NTT(Delta*x_s),
- * row 2*tl+1 holds a.  Returns the number of ciphertexts with a residue out of range. */
-int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *ct_index,
+/* Server: slot-block input X[blk][c][2*tc][4] of one tile chunk.  Item i = c*tc + tl is the upload
+ * ciphertext at c0_index[i] of c0 (bit-packed residues, as bh_encrypt writes them) with a-key
+ * a_keys[32*i]; it encrypts ciphertext g = ct_index[i] ((b*c + group)*tiles + tile), whose tile of
+ * the server's share xs (B, c, h, w) is added.  Row 2*tl holds c0 + NTT(Delta*x_s), row 2*tl+1
+ * holds a.  Returns the number of ciphertexts with a residue out of range. */
+int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *c0_index, const int64_t *ct_index,
                        const uint64_t *xs, const bh_tiling *t, const double *delta, const uint8_t *a_keys,
                        int c_in, int tc, double *x, int threads);
 

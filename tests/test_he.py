@@ -347,3 +347,80 @@ def test_kernel_cache_goes_to_the_layers_that_save_most_per_byte():
         srv.cache_left = budget
         assert srv.choose_cached([conv, convt]) == list(want)
         assert srv.choose_cached([convt, conv]) == list(want[::-1])
+
+
+@pytest.fixture
+def small_parts(monkeypatch):
+    """Parts of at most 4 input ciphertexts, so small layers go in several messages (plans made
+    under it are dropped before and after: a plan's index maps depend on its parts)."""
+    from bunet.he import layout
+
+    plan_for.cache_clear()
+    monkeypatch.setattr(layout, "PART_IN_CTS", 4)
+    yield
+    plan_for.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "conv,shape,batch",
+    [
+        (ConvSpec("conv", 3, 1), (3, 150, 140), 2),  # 2 parts per slice, the last one short
+        (ConvSpec("conv", 3, 1), (5, 130, 90), 1),  # a part per tile (5 groups > 4)
+        (ConvSpec("convT"), (4, 100, 100), 2),
+    ],
+)
+def test_layer_in_parts_equals_reference(parties, small_parts, conv: ConvSpec, shape, batch: int) -> None:
+    """Both messages in several parts (and batch elements): the parts of every message in order,
+    each on its own, give the exact result; the message sizes are the ones the parts announce."""
+    params, cli, srv = parties
+    rng = np.random.default_rng(11)
+    ci, co = shape[0], 3
+    wshape = (ci, co, 2, 2) if conv.kind == "convT" else (co, ci, conv.k, conv.k)
+    w = rng.integers(-300, 300, wshape)
+    b = rng.integers(-(1 << 20), 1 << 20, co)
+    xc, xs = adversarial_share(rng, (batch,) + shape, "mixed"), ring.random((batch,) + shape, L)
+    layer = srv.prepare(conv, w, b, shape)
+    assert layer.plan.n_parts >= 2
+    up, job, down = cli.upload(layer.spec, xc), srv.start(layer, xs), cli.download(layer.spec, batch)
+    assert len(up) == len(job) == len(down) == batch * layer.plan.n_parts
+    for i in range(len(up)):
+        msg = up.message(i)
+        assert len(msg) == job.up_size(i)
+        answer = job.step(i, msg)
+        assert len(answer) == down.size(i)
+        down.add(i, answer)
+    x = ring.add(xc, xs, L)
+    ref = ring.conv_transpose2x2(x, w, b, L) if conv.kind == "convT" else ring.conv2d(x, w, b, conv.pad, L)
+    assert np.array_equal(ring.add(down.result(), job.y_s, L), ref)
+
+
+def test_parts_out_of_order_or_misshapen_are_refused(parties, small_parts) -> None:
+    params, cli, srv = parties
+    rng = np.random.default_rng(12)
+    shape = (3, 150, 140)
+    layer = srv.prepare(ConvSpec("conv", 3, 1), rng.integers(-9, 9, (2, 3, 3, 3)), None, shape)
+    xc, xs = ring.random((1,) + shape, L), ring.random((1,) + shape, L)
+    up = cli.upload(layer.spec, xc)
+    assert len(up) >= 2
+    with pytest.raises(ValueError, match="out of order"):
+        srv.start(layer, xs).step(1, up.message(1))
+    job = srv.start(layer, xs)
+    first = up.message(0)
+    with pytest.raises(ValueError):
+        job.step(0, first[:-1])
+    with pytest.raises(ValueError, match="wrong number"):  # the header's batch is not the job's
+        srv.start(layer, np.concatenate([xs, xs])).step(0, first)
+    job = srv.start(layer, xs)
+    answer = job.step(0, first)
+    down = cli.download(layer.spec, 1)
+    with pytest.raises(ValueError, match="out of order"):
+        down.add(1, answer)
+    with pytest.raises(ValueError):
+        down.add(0, answer + b"\0")
+    down = cli.download(layer.spec, 1)
+    down.add(0, answer)
+    with pytest.raises(ValueError, match="incomplete"):
+        down.result()
+    whole = b"".join(up.message(i) for i in range(len(up)))
+    with pytest.raises(ValueError, match="trailing"):
+        srv.apply(layer, whole + b"\0", xs)

@@ -154,14 +154,15 @@ def test_project_encrypts_seal_decrypts(parties, h: int, w: int) -> None:
     spec = LayerSpec(ConvSpec("conv", 3, 1), 1, 1, h, w)
     x = np.random.default_rng(h).integers(0, params.t, (1, 1, h, w), dtype=np.uint64)
     msg = cli.encrypt(spec, x)
-    head = len(wire.MAGIC_UP) + 16 + 16 + 8
+    head = wire.UP_HEAD_BYTES - wire.SEED_BYTES
     seed = bytes(msg[head : head + wire.SEED_BYTES])
     count = plan_for(spec, params.poly_degree).n_in_cts(1)
     body = memoryview(msg)[head + wire.SEED_BYTES :]
     assert len(body) == count * wire.up_ct_bytes(params.primes, sl.n)
     c0_hat = _unpack_upload(body, params.primes, sl.n, count)
     a_hat = expand_a(rns, seed, count)  # (K, count, N): c1 of each ciphertext, regenerated from the seed
-    want = plan_for(spec, params.poly_degree).encode_input(x).reshape(count, sl.n)
+    plan = plan_for(spec, params.poly_degree)
+    want = plan.encode_input(x).reshape(count, sl.n)[plan.up_order]  # in upload order
     for j in range(count):
         c0 = _canon(rns.inverse(c0_hat[j].astype(np.float64)), params.primes)
         c1 = _canon(rns.inverse(np.ascontiguousarray(a_hat[:, j])), params.primes)

@@ -33,6 +33,12 @@ from functools import cached_property
 
 import numpy as np
 
+# Input ciphertexts per part of an HE message (per batch element).  Both messages of a layer go in
+# parts of consecutive tiles, so the server computes a part while the next one travels and the client
+# decrypts a part's result while the server computes the next: over a WAN the transfer hides behind
+# the work.  Each part is one pass over the layer's kernels, so parts are kept large.
+PART_IN_CTS = 128
+
 
 @dataclass(frozen=True)
 class ConvSpec:
@@ -183,6 +189,54 @@ class Plan:
     def d(self) -> int:
         return (self.k - 1) * self.wt + (self.k - 1)
 
+    # ----- parts of the messages ----------------------------------------------------------------
+    @property
+    def part_tiles(self) -> int:
+        """Tiles per part (the last part may have fewer)."""
+        return max(1, min(self.tiles, PART_IN_CTS // self.n_ig))
+
+    @property
+    def n_parts(self) -> int:
+        """Parts per batch element; message i of a layer carries part i % n_parts of element i // n_parts."""
+        return -(-self.tiles // self.part_tiles)
+
+    def part_range(self, part: int) -> tuple[int, int]:
+        """Tiles [t0, t1) of a part."""
+        t0 = part * self.part_tiles
+        return t0, min(t0 + self.part_tiles, self.tiles)
+
+    def _wire(self, group: np.ndarray | int, tile: np.ndarray | int, groups: int) -> np.ndarray | int:
+        """Position within a batch element of the ciphertext (group, tile): part by part, then group
+        by group (input groups up, output groups down), then tile."""
+        t0 = (np.asarray(tile) // self.part_tiles) * self.part_tiles
+        width = np.minimum(t0 + self.part_tiles, self.tiles) - t0
+        return t0 * groups + group * width + (tile - t0)
+
+    def up_wire(self, c: np.ndarray | int, tile: np.ndarray | int) -> np.ndarray | int:
+        """Upload position (within a batch element) of input ciphertext (group c, tile)."""
+        return self._wire(c, tile, self.n_ig)
+
+    def down_wire(self, og: np.ndarray | int, tile: np.ndarray | int) -> np.ndarray | int:
+        """Download position (within a batch element) of output ciphertext (group og, tile)."""
+        return self._wire(og, tile, self.n_og)
+
+    @cached_property
+    def up_order(self) -> np.ndarray:
+        """Per upload position of one batch element: the ciphertext's index c * tiles + tile in
+        :meth:`encode_input` order (int64)."""
+        c, t = np.meshgrid(np.arange(self.n_ig), np.arange(self.tiles), indexing="ij")
+        out = np.empty(self.n_ig * self.tiles, dtype=np.int64)
+        out[self.up_wire(c, t).reshape(-1)] = (c * self.tiles + t).reshape(-1)
+        return out
+
+    @cached_property
+    def _down_order(self) -> np.ndarray:
+        """Per download position of one batch element: the ciphertext's og * tiles + tile (int64)."""
+        og, t = np.meshgrid(np.arange(self.n_og), np.arange(self.tiles), indexing="ij")
+        out = np.empty(self.n_og * self.tiles, dtype=np.int64)
+        out[self.down_wire(og, t).reshape(-1)] = (og * self.tiles + t).reshape(-1)
+        return out
+
     def n_in_cts(self, batch: int) -> int:
         return batch * self.n_ig * self.tiles
 
@@ -219,7 +273,8 @@ class Plan:
         return out.reshape(b, self.n_ig, self.tiles, self.n)
 
     def _returned_counts(self) -> np.ndarray:
-        """Returned c0 coefficients per ciphertext og*tiles + tile: its valid output slots x rows x columns."""
+        """Returned c0 coefficients per ciphertext og*tiles + tile (not by download position): its valid
+        output slots x rows x columns."""
         n_o = np.clip(self.c_out - np.arange(self.n_og, dtype=np.int64) * self.opack, 0, self.opack)
         n_r = np.clip(self.ho - np.arange(self.n_ti, dtype=np.int64) * self.th, 0, self.th)
         n_c = np.clip(self.wo - np.arange(self.n_tj, dtype=np.int64) * self.tw, 0, self.tw)
@@ -233,9 +288,9 @@ class Plan:
     @cached_property
     def _returned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Index maps of the returned c0 coefficients of one batch element, in the wire order (by
-        ciphertext og*tiles + tile, then output slot, row, column of its tile): per ciphertext
-        [lo, hi) into that order (int64), and per coefficient its index in the ciphertext and its
-        flat output index (both int32).
+        ciphertext in download order, then output slot, row, column of its tile): per download
+        position [lo, hi) into that order (int64), and per coefficient its index in the ciphertext
+        and its flat output index (both int32).
 
         Kept for the plan's lifetime (every layer's plan, on both sides), so they are compact: 8
         bytes per output. Each index is broadcast along its own axis only: the full-size work is the
@@ -254,13 +309,19 @@ class Plan:
         shape = valid.shape
         coef = np.broadcast_to(self.out_block(op) + self.d + i * self.wt + j, shape)[valid]
         flat = np.broadcast_to((o * self.ho + row) * self.wo + col, shape)[valid]
-        counts = self._returned_counts()
+        counts = self._returned_counts()  # by og*tiles + tile: the order of coef and flat so far
+        start = np.cumsum(counts) - counts
+        order = self._down_order
+        counts = counts[order]
         hi = np.cumsum(counts)
-        return hi - counts, hi, coef.astype(np.int32, copy=False), flat.astype(np.int32, copy=False)
+        lo = hi - counts
+        # regroup by download position: each ciphertext's run of coefficients moves as a whole
+        src = np.repeat(start[order] - lo, counts) + np.arange(int(hi[-1]), dtype=np.int64)
+        return lo, hi, coef.astype(np.int32, copy=False)[src], flat.astype(np.int32, copy=False)[src]
 
     @property
     def returned_ranges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per ciphertext og*tiles + tile: [lo, hi) into the wire order (int64); the coefficients (int32)."""
+        """Per download position: [lo, hi) into the wire order (int64); the coefficients (int32)."""
         lo, hi, coef, _ = self._returned
         return lo, hi, coef
 

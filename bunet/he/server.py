@@ -309,49 +309,28 @@ class ServerHE:
         return layer.spec
 
     # ----- per call ---------------------------------------------------------------------------------
+    def start(self, layer: ServerLayer, x_s: np.ndarray) -> Apply:
+        """One layer call on the server's share ``x_s`` (B, C, H, W), message by message
+        (:func:`wire.parts`): each upload message in, its download message out."""
+        if self._pk is None:
+            raise ValueError("no client public key: use with_public_key() for a session")
+        return Apply(self, layer, x_s)
+
     def apply(
         self, layer: ServerLayer, up: bytes | bytearray | memoryview, x_s: np.ndarray
     ) -> tuple[bytes, np.ndarray]:
-        """Returns (download message, server's new share y_s = r)."""
-        if self._pk is None:
-            raise ValueError("no client public key: use with_public_key() for a session")
-        prm, plan = self.params, layer.plan
-        n = prm.poly_degree
-        rd = wire.Reader(up)
-        rd.expect(wire.MAGIC_UP, "HE upload")
-        rd.check(prm.digest(), "HE parameters")
-        rd.check(wire.spec_digest(layer.spec.to_bytes()), "layer spec")
-        batch, count = struct.unpack("<II", rd.take(8))
-        seed = bytes(rd.take(wire.SEED_BYTES))
-        if batch < 1 or count != plan.n_in_cts(batch):
-            raise ValueError("HE upload has the wrong number of ciphertexts")
-        c0 = rd.take(count * wire.up_ct_bytes(prm.primes, n))
-        rd.done()
-        x_s = np.asarray(x_s)
-        if x_s.shape != (batch, layer.spec.c_in, layer.spec.h, layer.spec.w) or x_s.dtype != _U64:
-            raise ValueError("server share shape does not match the upload")
-
-        y_s, r_eff, bias_eff = self._plain_part(layer, batch)
-        x_s = np.ascontiguousarray(x_s)
-        tiles_of = tiling(plan, prm.ring_bits)  # x_s tiles encoded natively
-        n_ret = plan.n_returned
-        n_out = plan.n_out_cts(batch)
-        b1 = (prm.down_bits + 7) // 8
-        b0 = (prm.down_c0_bits + 7) // 8
-        head = (
-            wire.MAGIC_DOWN
-            + prm.digest()
-            + wire.spec_digest(layer.spec.to_bytes())
-            + struct.pack("<III", batch, n_out, batch * n_ret)
-        )
-        msg, body = new_message(head, n_out * n * b1 + batch * n_ret * b0)
-        c1_out, c0_out = body[: n_out * n * b1], body[n_out * n * b1 :]
-        key = secrets.token_bytes(32)  # this call's randomness: u, e, floods (ChaCha20)
-        c0_ptr = ptr("uint8_t *", c0)
-        for b in range(batch):
-            for tiles in self._tile_chunks(layer):
-                self._chunk(layer, b, tiles, c0_ptr, x_s, tiles_of, seed, (r_eff[b], bias_eff), key, c1_out, c0_out)
-        return msg, y_s
+        """The whole call at once: (download message, server's new share y_s = r)."""
+        job = self.start(layer, x_s)
+        view, pos, downs = memoryview(up), 0, []
+        for i in range(len(job)):
+            size = job.up_size(i)
+            if pos + size > len(view):
+                raise ValueError("HE upload too short")
+            downs.append(job.step(i, view[pos : pos + size]))
+            pos += size
+        if pos != len(view):
+            raise ValueError("HE upload has trailing bytes")
+        return b"".join(downs), job.y_s
 
     # ----- internals --------------------------------------------------------------------------------
     def _plain_part(self, layer: ServerLayer, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -368,44 +347,51 @@ class ServerHE:
         bias_eff = ring.from_signed(np.repeat(bias, plan.c_out // layer.spec.c_out), lb)  # convT: 4 per channel
         return np.ascontiguousarray(y_s), r_eff, np.ascontiguousarray(bias_eff, dtype=_U64)
 
-    def _tile_chunks(self, layer: ServerLayer | Plan) -> list[np.ndarray]:
-        """Tiles per chunk: the slot-block inputs and outputs of a chunk fit CHUNK_BYTES."""
+    def _tile_chunks(self, layer: ServerLayer | Plan, tiles: np.ndarray | None = None) -> list[np.ndarray]:
+        """``tiles`` (default: a part's worth, the most one message holds) in chunks whose slot-block
+        inputs and outputs fit CHUNK_BYTES."""
         plan = layer if isinstance(layer, Plan) else layer.plan
+        if tiles is None:
+            tiles = np.arange(plan.part_tiles)
         per_tile = 8 * 2 * self.rns.k * plan.n * (plan.n_ig + plan.n_og)
-        size = max(1, min(plan.tiles, CHUNK_BYTES // per_tile))
-        n_chunks = -(-plan.tiles // size)
-        size = -(-plan.tiles // n_chunks)
-        return [np.arange(s, min(s + size, plan.tiles)) for s in range(0, plan.tiles, size)]
+        size = max(1, min(tiles.size, CHUNK_BYTES // per_tile))
+        n_chunks = -(-tiles.size // size)
+        size = -(-tiles.size // n_chunks)
+        return [tiles[s : s + size] for s in range(0, tiles.size, size)]
 
     def _chunk(
         self,
         layer: ServerLayer,
-        b: int,
+        part: wire.Part,
         tiles: np.ndarray,
-        c0_ptr: object,
+        c0: memoryview,
         x_s: np.ndarray,
         tiles_of: object,
         seed: bytes,
         r_bias: tuple[np.ndarray, np.ndarray],
-        key: bytes,
-        c1_out: np.ndarray,
-        c0_out: np.ndarray,
+        out: tuple[bytes, np.ndarray, np.ndarray],
     ) -> None:
+        """Tiles ``tiles`` of ``part`` (upload ciphertexts in ``c0``, the part's message body): the
+        products, then the part's download ciphertexts of these tiles into ``out``."""
         plan, rns = layer.plan, self.rns
         tc, c_in, n_og = tiles.size, plan.n_ig, plan.n_og  # c_in: input polynomials per tile
         rows = 2 * tc
         # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form)
-        ct_index = ((b * c_in + np.arange(c_in))[:, None] * plan.tiles + tiles[None, :]).reshape(-1)
+        c_idx, t_idx = np.arange(c_in)[:, None], tiles[None, :]
+        wire_pos = (part.b * plan.n_in_cts(1) + plan.up_wire(c_idx, t_idx)).reshape(-1)  # the a-keys' index
+        local = np.ascontiguousarray(wire_pos - part.up_lo, dtype=np.int64)  # in the message body
+        ct_index = np.ascontiguousarray(((part.b * c_in + c_idx) * plan.tiles + t_idx).reshape(-1), dtype=np.int64)
         x_shape, y_shape = self._work_shapes(plan, tc)
         with self._scratch.take(x_shape) as x, self._scratch.take(y_shape) as y:
             bad = lib.bh_server_prep(
                 rns.ctx,
-                c0_ptr,
-                ptr("int64_t *", ct_index),
+                ptr("uint8_t *", c0),
+                ptr("int64_t *", local),
+                ptr("int64_t *", ct_index),  # the share's group and tile of each
                 u64_ptr(x_s),
                 tiles_of,
                 f64_ptr(self._delta),
-                a_keys(seed, ct_index),
+                a_keys(seed, wire_pos),
                 c_in,
                 tc,
                 f64_ptr(x),
@@ -456,43 +442,48 @@ class ServerHE:
                         n_og,
                         self.threads,
                     )
-            self._finish(layer, b, tiles, y, r_bias, key, c1_out, c0_out)
+            self._finish(layer, part, tiles, y, r_bias, out)
 
     def _finish(
         self,
         layer: ServerLayer,
-        b: int,
+        part: wire.Part,
         tiles: np.ndarray,
         y: np.ndarray,
         r_bias: tuple[np.ndarray, np.ndarray],
-        key: bytes,
-        c1_out: np.ndarray,
-        c0_out: np.ndarray,
+        out: tuple[bytes, np.ndarray, np.ndarray],
     ) -> None:
+        """Every output ciphertext of the chunk, written at its place in the part's message body
+        (c1 by download position, c0's returned coefficients by wire position, both from the part's
+        first). The finishing randomness is keyed per message (``out[0]``), its nonce the ciphertext's
+        place in the message."""
         plan, rns, prm = layer.plan, self.rns, self.params
+        key, c1_out, c0_out = out
         tc, n_og, rows = tiles.size, plan.n_og, 2 * tiles.size
-        # finish every output ciphertext of the chunk
         og = np.repeat(np.arange(n_og, dtype=np.int64), tc)
         tl = np.tile(np.arange(tc, dtype=np.int64), n_og)
-        ct_local = og * plan.tiles + tiles[tl]
-        ct_global = np.ascontiguousarray(b * n_og * plan.tiles + ct_local, dtype=np.int64)
+        pos = plan.down_wire(og, tiles[tl])  # download position within the batch element
+        d0 = part.down_lo - part.b * plan.n_out_cts(1)
+        r0 = part.ret_lo - part.b * plan.n_returned
+        slot = np.ascontiguousarray(pos - d0, dtype=np.int64)
         lo_all, hi_all, coef = plan.returned_ranges
-        lo = np.ascontiguousarray(lo_all[ct_local])
-        hi = np.ascontiguousarray(hi_all[ct_local])
+        lo = np.ascontiguousarray(lo_all[pos] - r0)
+        hi = np.ascontiguousarray(hi_all[pos] - r0)
+        r1 = part.ret_hi - part.b * plan.n_returned
         fields = dict(  # the pointers' buffers stay referenced here for the call
             y=f64_ptr(y),
             n_og=n_og,
             rows=rows,
             jobs_og=ptr("int64_t *", og),
             jobs_tl=ptr("int64_t *", tl),
-            ct_global=ptr("int64_t *", ct_global),
+            ct_global=ptr("int64_t *", slot),
             njobs=og.size,
             ret_lo=ptr("int64_t *", lo),
             ret_hi=ptr("int64_t *", hi),
-            ret_coef=ptr("int32_t *", coef),
-            ret_base=b * plan.n_returned,
-            ret_flat=ptr("int32_t *", plan.returned_flat),
-            ret_ch=ptr("int32_t *", plan.returned_channels),
+            ret_coef=ptr("int32_t *", coef[r0:r1]),
+            ret_base=0,
+            ret_flat=ptr("int32_t *", plan.returned_flat[r0:r1]),
+            ret_ch=ptr("int32_t *", plan.returned_channels[r0:r1]),
             r_out=u64_ptr(r_bias[0]),
             bias=u64_ptr(r_bias[1]),
             ring_bits=prm.ring_bits,
@@ -507,3 +498,67 @@ class ServerHE:
         )
         rc = lib.bh_finish(rns.ctx, ffi.new("bh_finish_args *", fields), self.threads)
         check(lib, rc, "HE finishing kernel")
+
+
+class Apply:
+    """One layer call in progress on the server (``ServerHE.start``): upload message i in, download
+    message i out (``wire.parts``), so a part is computed while the next one travels. The server's
+    new share (a fresh uniform mask) is ``y_s``."""
+
+    def __init__(self, he: ServerHE, layer: ServerLayer, x_s: np.ndarray) -> None:
+        x_s = np.asarray(x_s)
+        spec = layer.spec
+        if x_s.ndim != 4 or x_s.shape[1:] != (spec.c_in, spec.h, spec.w) or x_s.dtype != _U64 or x_s.shape[0] < 1:
+            raise ValueError("server share shape does not match the layer")
+        self.he, self.layer, self.batch = he, layer, x_s.shape[0]
+        self.x_s = np.ascontiguousarray(x_s)
+        self.parts = wire.parts(layer.plan, he.params, self.batch)
+        self.y_s, self._r_eff, self._bias_eff = he._plain_part(layer, self.batch)
+        self._tiles_of = tiling(layer.plan, he.params.ring_bits)  # x_s tiles encoded natively
+        self._seed = b""
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def up_size(self, i: int) -> int:
+        """The exact size of upload message i (the limit to receive it with)."""
+        return self.parts[i].up_bytes
+
+    def step(self, i: int, up: bytes | bytearray | memoryview) -> bytes:
+        """Upload message i (in order) in, download message i out; a ValueError for a malformed one."""
+        if i != self._next:
+            raise ValueError("HE upload messages out of order")
+        he, layer, part = self.he, self.layer, self.parts[i]
+        prm, plan = he.params, layer.plan
+        rd = wire.Reader(up)
+        if i == 0:
+            rd.expect(wire.MAGIC_UP, "HE upload")
+            rd.check(prm.digest(), "HE parameters")
+            rd.check(wire.spec_digest(layer.spec.to_bytes()), "layer spec")
+            batch, count = struct.unpack("<II", rd.take(8))
+            if batch != self.batch or count != plan.n_in_cts(batch):
+                raise ValueError("HE upload has the wrong number of ciphertexts")
+            self._seed = bytes(rd.take(wire.SEED_BYTES))
+        c0 = rd.take((part.up_hi - part.up_lo) * wire.up_ct_bytes(prm.primes, prm.poly_degree))
+        rd.done()
+        self._next += 1
+        n = prm.poly_degree
+        b1, b0 = (prm.down_bits + 7) // 8, (prm.down_c0_bits + 7) // 8
+        head = b""
+        if i == 0:
+            head = (
+                wire.MAGIC_DOWN
+                + prm.digest()
+                + wire.spec_digest(layer.spec.to_bytes())
+                + struct.pack("<III", self.batch, plan.n_out_cts(self.batch), self.batch * plan.n_returned)
+            )
+        n_c1 = (part.down_hi - part.down_lo) * n * b1
+        msg, body = new_message(head, n_c1 + (part.ret_hi - part.ret_lo) * b0)
+        # this message's randomness (u, e, floods: ChaCha20), nonces its ciphertexts' places in it
+        out = (secrets.token_bytes(32), body[:n_c1], body[n_c1:])
+        r_bias = (self._r_eff[part.b], self._bias_eff)
+        tiles = np.arange(part.t0, part.t1)
+        for chunk in he._tile_chunks(layer, tiles):
+            he._chunk(layer, part, chunk, c0, self.x_s, self._tiles_of, self._seed, r_bias, out)
+        return msg

@@ -53,7 +53,11 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire or how either side computes it (keys, hashes),
 # so a mismatch is a clear error, not a stall or a wrong mask.
-PROTOCOL_VERSION = 8
+PROTOCOL_VERSION = 9
+# An HE layer's parts the client sends ahead of the answers: the next part travels and is computed
+# while the client decrypts the last answer. Each side holds at most this many parts in its queues,
+# which the transport's buffers hold, so neither side can block the other.
+HE_WINDOW = 2
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
 # What a job's stream may buffer in the transport (frames queued each way, one message being
@@ -184,11 +188,13 @@ class _ServerBackend:
 
     def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray:
         layer = self.srv._layer(self.spec.network, step, in_shape)
-        up = self.chan.recv(f"he:{step.out}", limit=self.srv._upload_bytes(layer, self.spec.slices))
-        with from_client(f"HE upload of {step.out}"):
-            down, y_s = self.hes.apply(layer, up, x)
-        self.chan.send(f"he:{step.out}", down)
-        return y_s
+        job = self.hes.start(layer, x)
+        for i in range(len(job)):  # each part's answer goes out while the client sends the next parts
+            up = self.chan.recv(f"he:{step.out}:{i}", limit=job.up_size(i))
+            with from_client(f"HE upload of {step.out}"):
+                down = job.step(i, up)
+            self.chan.send(f"he:{step.out}:{i}", down)
+        return job.y_s
 
     def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray | None:
         def run(op: Any, sub: str, r: np.ndarray) -> np.ndarray | None:
@@ -221,8 +227,14 @@ class _ClientBackend:
 
     def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray:
         spec = layer_spec(step, in_shape)
-        self.chan.send(f"he:{step.out}", self.hec.encrypt(spec, x))
-        return self.hec.decrypt(spec, self.chan.recv(f"he:{step.out}"))
+        up, down = self.hec.upload(spec, x), self.hec.download(spec, x.shape[0])
+        sent = 0
+        for i in range(len(down)):  # HE_WINDOW parts in flight: encrypting and sending overlap the server's work
+            while sent < len(up) and sent - i < HE_WINDOW:
+                self.chan.send(f"he:{step.out}:{sent}", up.message(sent))
+                sent += 1
+            down.add(i, self.chan.recv(f"he:{step.out}:{i}", limit=down.size(i)))
+        return down.result()
 
     def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray | None:
         def run(op: Any, sub: str, r: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ typedef struct {
     const bh_rns *r;
     const uint64_t *x;
     const bh_tiling *t;
+    const int64_t *order;
     const double *delta, *s_hat;
     const uint8_t *a_keys, *noise_key;
     uint8_t *out;
@@ -28,7 +29,7 @@ BH_INLINE int encrypt_one(enc_ctx *c, int64_t ct, double *v, double *a, uint32_t
     bh_stream_ct(&s, c->noise_key, ct, 0);
     bh_stream_read(&s, nb, 8 * (size_t)n);
     cbd_body(nb, n, e);
-    encode_tile(c->x, c->t, ct, n, (uint64_t *)a);           /* a is filled later */
+    encode_tile(c->x, c->t, c->order ? c->order[ct] : ct, n, (uint64_t *)a); /* a is filled later */
     scaled_body(r, (const uint64_t *)a, c->delta, v);
     for (int i = 0; i < k; i++) {
         double *vi = v + (size_t)i * n;
@@ -77,10 +78,10 @@ static void encrypt_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     if (f) __atomic_fetch_add(&c->fails, f, __ATOMIC_RELAXED);
 }
 
-int64_t bh_encrypt(const bh_rns *r, const uint64_t *x, const bh_tiling *t, int64_t count, const double *delta,
-                   const double *s_hat,
-                   const uint8_t *a_keys, const uint8_t *noise_key, uint8_t *out, int threads) {
-    enc_ctx c = {r, x, t, delta, s_hat, a_keys, noise_key, out, 0};
+int64_t bh_encrypt(const bh_rns *r, const uint64_t *x, const bh_tiling *t, const int64_t *order, int64_t count,
+                   const double *delta, const double *s_hat, const uint8_t *a_keys, const uint8_t *noise_key,
+                   uint8_t *out, int threads) {
+    enc_ctx c = {r, x, t, order, delta, s_hat, a_keys, noise_key, out, 0};
     bh_par_for(threads, count, bh_grain_for(count, threads, 8), encrypt_task, &c, encrypt_scratch(r));
     return c.fails;
 }

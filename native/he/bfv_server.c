@@ -13,7 +13,7 @@
 typedef struct {
     const bh_rns *r;
     const uint8_t *c0;
-    const int64_t *ct_index;
+    const int64_t *c0_index, *ct_index;
     const uint64_t *xs;
     const bh_tiling *t;
     const double *delta;
@@ -30,7 +30,7 @@ BH_INLINE int prep_one(prep_ctx *c, int64_t item, double *v, double *a, uint32_t
     encode_tile(c->xs, c->t, c->ct_index[item], n, (uint64_t *)a);     /* a is filled later */
     scaled_body(r, (const uint64_t *)a, c->delta, v);
     for (int i = 0; i < k; i++) fwd1(&kk, r, v + (size_t)i * n, i);
-    const uint8_t *src = c->c0 + (size_t)c->ct_index[item] * up_ct_bytes(r);
+    const uint8_t *src = c->c0 + (size_t)c->c0_index[item] * up_ct_bytes(r);
     int bad = 0;
     (void)simd;
     for (int i = 0; i < k; i++) {
@@ -90,10 +90,10 @@ static void prep_task(void *vctx, int64_t lo, int64_t hi, void *scratch) {
     if (bad) __atomic_fetch_add(&c->bad, bad, __ATOMIC_RELAXED);
 }
 
-int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *ct_index, const uint64_t *xs,
-                       const bh_tiling *t,
-                       const double *delta, const uint8_t *a_keys, int c_in, int tc, double *x, int threads) {
-    prep_ctx c = {r, c0, ct_index, xs, t, delta, a_keys, c_in, tc, x, 0};
+int64_t bh_server_prep(const bh_rns *r, const uint8_t *c0, const int64_t *c0_index, const int64_t *ct_index,
+                       const uint64_t *xs, const bh_tiling *t, const double *delta, const uint8_t *a_keys, int c_in,
+                       int tc, double *x, int threads) {
+    prep_ctx c = {r, c0, c0_index, ct_index, xs, t, delta, a_keys, c_in, tc, x, 0};
     int64_t items = (int64_t)c_in * tc;
     bh_par_for(threads, items, bh_grain_for(items, threads, GROUP), prep_task, &c, sizeof(double) * 2 * GROUP * (size_t)r->k * r->n + bh_words_bytes(r));
     return c.bad;
