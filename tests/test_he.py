@@ -351,12 +351,13 @@ def test_kernel_cache_goes_to_the_layers_that_save_most_per_byte():
 
 @pytest.fixture
 def small_parts(monkeypatch):
-    """Parts of at most 4 input ciphertexts, so small layers go in several messages (plans made
+    """Parts of at most 4 input ciphertexts (or one tile), so small layers go in several messages (plans made
     under it are dropped before and after: a plan's index maps depend on its parts)."""
     from bunet.he import layout
 
     plan_for.cache_clear()
     monkeypatch.setattr(layout, "PART_IN_CTS", 4)
+    monkeypatch.setattr(layout, "MIN_PART_TILES", 1)
     yield
     plan_for.cache_clear()
 
@@ -424,3 +425,29 @@ def test_parts_out_of_order_or_misshapen_are_refused(parties, small_parts) -> No
     whole = b"".join(up.message(i) for i in range(len(up)))
     with pytest.raises(ValueError, match="trailing"):
         srv.apply(layer, whole + b"\0", xs)
+
+
+@pytest.mark.parametrize("call_kernels", [True, False])
+def test_parts_without_kept_kernels(parties, small_parts, monkeypatch, call_kernels: bool) -> None:
+    """A server that keeps no kernels builds them once per call for all its parts (or, above
+    CALL_KERNEL_BYTES, once per part); the result is exact either way."""
+    from bunet.he import server as he_server
+
+    params, cli, _ = parties
+    srv = ServerHE(params, cli.public_key(), filter_cache_bytes=0)
+    if not call_kernels:
+        monkeypatch.setattr(he_server, "CALL_KERNEL_BYTES", 0)
+    rng = np.random.default_rng(13)
+    shape, co = (3, 150, 140), 4
+    w, b = rng.integers(-300, 300, (co, 3, 3, 3)), rng.integers(-9, 9, co)
+    layer = srv.prepare(ConvSpec("conv", 3, 1), w, b, shape)
+    assert layer.strategy == "filters" and layer.filters is None and layer.plan.n_parts >= 2
+    builds = []
+    real = srv._block_filters
+    monkeypatch.setattr(srv, "_block_filters", lambda *a, **k: builds.append(1) or real(*a, **k))
+    xc, xs = ring.random((1,) + shape, L), ring.random((1,) + shape, L)
+    down, ys = srv.apply(layer, cli.encrypt(layer.spec, xc), xs)
+    ref = ring.conv2d(ring.add(xc, xs, L), w, b, 1, L)
+    assert np.array_equal(ring.add(cli.decrypt(layer.spec, down), ys, L), ref)
+    assert srv.call_kernel_bytes(layer) == (srv.kernel_bytes(layer.plan) if call_kernels else 0)
+    assert len(builds) == (1 if call_kernels else layer.plan.n_parts * len(srv._og_groups(layer.plan)))

@@ -36,8 +36,11 @@ import numpy as np
 # Input ciphertexts per part of an HE message (per batch element).  Both messages of a layer go in
 # parts of consecutive tiles, so the server computes a part while the next one travels and the client
 # decrypts a part's result while the server computes the next: over a WAN the transfer hides behind
-# the work.  Each part is one pass over the layer's kernels, so parts are kept large.
+# the work.  Each part is one pass over the layer's kernels (and, for kernels the server does not keep,
+# one rebuild), so parts are kept large: PART_IN_CTS input ciphertexts, and at least MIN_PART_TILES
+# tiles, which leaves the deep layers (a few tiles, many channels) in one part.
 PART_IN_CTS = 128
+MIN_PART_TILES = 4
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ class Plan:
     @property
     def part_tiles(self) -> int:
         """Tiles per part (the last part may have fewer)."""
-        return max(1, min(self.tiles, PART_IN_CTS // self.n_ig))
+        return max(1, min(self.tiles, max(MIN_PART_TILES, PART_IN_CTS // self.n_ig)))
 
     @property
     def n_parts(self) -> int:

@@ -50,6 +50,9 @@ from .rns import f64_ptr, mod_inplace, ptr, rns_for
 _U64 = np.uint64
 CHUNK_BYTES = 512 << 20  # working set (slot-block inputs and outputs) per chunk of tiles
 FILTER_GROUP_BYTES = 256 << 20  # outputs whose kernels one call builds: about this many bytes of float64 kernels
+# Kernels the server does not keep are built once per layer call, for all its parts, when they take at
+# most this many bytes (counted in the job's memory); larger ones are built again for every part.
+CALL_KERNEL_BYTES = 512 << 20
 
 
 def _strategy(plan: Plan) -> str:
@@ -184,7 +187,7 @@ class ServerHE:
         for i, spec in enumerate(specs):
             plan = plan_for(spec, self.params.poly_degree)
             if _strategy(plan) == "filters":
-                size = self.rns.k * plan.n * plan.n_og * plan.n_ig * 4
+                size = self.kernel_bytes(plan)
                 work = plan.opack * plan.ipack * plan.k * plan.k * len(self._tile_chunks(plan))
                 rank.append((-work, size, i))
         chosen = [False] * len(specs)
@@ -260,6 +263,18 @@ class ServerHE:
         mono = np.zeros((plan.opack * ik, n), dtype=np.int64)
         mono[np.arange(plan.opack * ik), plan.tap_exponents().reshape(-1)] = 1
         return self.rns.forward(self.rns.from_int(mono)).reshape(k, plan.opack, ik, n)
+
+    def kernel_bytes(self, plan: Plan) -> int:
+        """Bytes of a layer's NTT-form kernels (float32), kept or built."""
+        return self.rns.k * plan.n * plan.n_og * plan.n_ig * 4
+
+    def call_kernel_bytes(self, layer: ServerLayer) -> int:
+        """Bytes of the kernels one call of this layer builds and keeps for its parts (0: none)."""
+        plan = layer.plan
+        if layer.strategy != "filters" or layer.filters is not None or plan.n_parts < 2:
+            return 0
+        size = self.kernel_bytes(plan)
+        return size if size <= CALL_KERNEL_BYTES else 0
 
     def _og_groups(self, plan: Plan) -> list[np.ndarray]:
         step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.n_ig))
@@ -370,9 +385,11 @@ class ServerHE:
         seed: bytes,
         r_bias: tuple[np.ndarray, np.ndarray],
         out: tuple[bytes, np.ndarray, np.ndarray],
+        filters: np.ndarray | None,
     ) -> None:
         """Tiles ``tiles`` of ``part`` (upload ciphertexts in ``c0``, the part's message body): the
-        products, then the part's download ciphertexts of these tiles into ``out``."""
+        products (with ``filters``, the layer's kernels, if given; else they are built group by group),
+        then the part's download ciphertexts of these tiles into ``out``."""
         plan, rns = layer.plan, self.rns
         tc, c_in, n_og = tiles.size, plan.n_ig, plan.n_og  # c_in: input polynomials per tile
         rows = 2 * tc
@@ -414,10 +431,10 @@ class ServerHE:
                     f64_ptr(y),
                     self.threads,
                 )
-            elif layer.filters is not None:
+            elif filters is not None:
                 lib.bh_product_filters(
                     rns.ctx,
-                    ptr("float *", layer.filters),
+                    ptr("float *", filters),
                     n_og,
                     c_in,
                     rows,
@@ -515,6 +532,10 @@ class Apply:
         self.parts = wire.parts(layer.plan, he.params, self.batch)
         self.y_s, self._r_eff, self._bias_eff = he._plain_part(layer, self.batch)
         self._tiles_of = tiling(layer.plan, he.params.ring_bits)  # x_s tiles encoded natively
+        self._filters = layer.filters
+        if he.call_kernel_bytes(layer):  # not kept: built once for all the parts of this call
+            plan = layer.plan
+            self._filters = he._block_filters(layer.taps, layer.wgroup, np.arange(plan.n_og), plan.n_ig)
         self._seed = b""
         self._next = 0
 
@@ -560,5 +581,5 @@ class Apply:
         r_bias = (self._r_eff[part.b], self._bias_eff)
         tiles = np.arange(part.t0, part.t1)
         for chunk in he._tile_chunks(layer, tiles):
-            he._chunk(layer, part, chunk, c0, self.x_s, self._tiles_of, self._seed, r_bias, out)
+            he._chunk(layer, part, chunk, c0, self.x_s, self._tiles_of, self._seed, r_bias, out, self._filters)
         return msg

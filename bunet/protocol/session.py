@@ -386,6 +386,7 @@ class ServerProtocol:
                 layer = self._layer(spec.network, step, in_shape)
                 tiles = max(t.size for t in self.he._tile_chunks(layer))
                 work = sum(8 * int(np.prod(s)) for s in self.he._work_shapes(layer.plan, tiles))
+                work += self.he.call_kernel_bytes(layer)
                 step_bytes = self._upload_bytes(layer, B) + self._download_bytes(layer, B) + 2 * out + work
                 peak_step = max(peak_step, step_bytes)
             elif isinstance(step, CircuitStep):
