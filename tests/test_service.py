@@ -494,3 +494,24 @@ def test_last_messages_arrive_whole_when_the_handler_ends_first(monkeypatch):
     finally:
         stub.close()
         srv.stop(0)
+
+
+def test_he_layers_in_parts_over_grpc(monkeypatch):
+    """Slices bigger than one HE tile, in parts of one tile (the client keeps two parts in flight
+    over the gRPC stream's bounded queues), with kernels built per call: the reference mask."""
+    from bunet.he import layout
+    from bunet.he.bfv import plan_for
+
+    plan_for.cache_clear()
+    monkeypatch.setattr(layout, "PART_IN_CTS", 1)
+    monkeypatch.setattr(layout, "MIN_PART_TILES", 1)
+    try:
+        m = seed_unet_model(in_channels=1, base=2, depth=1, input_size=100, seed=3)
+        x = np.random.default_rng(8).random((1, 1, 100, 100)).astype(np.float32)
+        ref = reference.run_plan(compile_plan(m.networks["main"], m.quantization), x)
+        with Server(m, "127.0.0.1:0", filter_cache_bytes=0) as srv, Client(srv.address) as c:
+            plans = [layer.plan for layer in srv.protocol._layers.values()]
+            assert max(p.n_parts for p in plans) >= 2
+            assert np.array_equal(c.segment_slices(x), ref)
+    finally:
+        plan_for.cache_clear()
