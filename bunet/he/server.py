@@ -180,16 +180,19 @@ class ServerHE:
         """Which of these layers get their kernels prepared and kept, within the cache left.
 
         A layer left out rebuilds its kernels in every call: K N (O' I' k k) (n_og n_ig) products per
-        chunk of tiles, against K N (n_og n_ig) float32 kept. So the kernels kept save the most per
-        byte where O' I' k k times the chunks per call is largest (3x3 layers at a high resolution;
-        a transposed 2x2 layer has O' I' k k = 1 or 2): those go first."""
+        rebuild, against K N (n_og n_ig) float32 kept; a call rebuilds them once if they fit
+        CALL_KERNEL_BYTES and come in several parts, else once per chunk of tiles (each part at least
+        one). So the kernels kept save the most per byte where O' I' k k times the rebuilds per call
+        is largest (big 3x3 layers at a high resolution; a transposed 2x2 layer has O' I' k k = 1 or
+        2): those go first."""
         rank = []
         for i, spec in enumerate(specs):
             plan = plan_for(spec, self.params.poly_degree)
             if _strategy(plan) == "filters":
                 size = self.kernel_bytes(plan)
-                work = plan.opack * plan.ipack * plan.k * plan.k * len(self._tile_chunks(plan))
-                rank.append((-work, size, i))
+                once = plan.n_parts > 1 and size <= CALL_KERNEL_BYTES
+                rebuilds = 1 if once else plan.n_parts * len(self._tile_chunks(plan))
+                rank.append((-plan.opack * plan.ipack * plan.k * plan.k * rebuilds, size, i))
         chosen = [False] * len(specs)
         left = self.cache_left
         for _, size, i in sorted(rank):
