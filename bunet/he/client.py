@@ -158,10 +158,10 @@ class Upload:
         """c0 = NTT(Delta * m + e) - a * s of the part's ciphertexts, residues bit-packed
         (wire.up_ct_bytes), in upload order (``Plan.up_wire``); a from the seed and the position."""
         part, plan, hec = self.parts[i], self.plan, self.hec
-        count = part.up_hi - part.up_lo
+        count = part.u1 - part.u0
         msg, body = new_message(self.head if i == 0 else b"", count * wire.up_ct_bytes(hec.params.primes, plan.n))
-        base = part.b * plan.n_in_cts(1)  # the element's first ciphertext, in both orders
-        order = np.ascontiguousarray(plan.up_order[part.up_lo - base : part.up_hi - base] + base)
+        # the element's first ciphertext is up_base in both orders (upload and encode_input)
+        order = np.ascontiguousarray(plan.up_order[part.u0 : part.u1] + part.up_base)
         fails = lib.bh_encrypt(
             hec.rns.ctx,
             u64_ptr(self.x_c),
@@ -170,7 +170,7 @@ class Upload:
             count,
             f64_ptr(hec._delta),
             f64_ptr(hec._s_hat),
-            a_keys(self.seed, np.arange(part.up_lo, part.up_hi)),
+            a_keys(self.seed, np.arange(part.up_base + part.u0, part.up_base + part.u1)),
             secrets.token_bytes(32),
             ptr("uint8_t *", body),
             THREADS,
@@ -222,8 +222,8 @@ class Download:
                 raise ValueError("HE result has the wrong number of ciphertexts")
         n = prm.poly_degree
         b1, b0 = (prm.down_bits + 7) // 8, (prm.down_c0_bits + 7) // 8
-        c1 = rd.take((part.down_hi - part.down_lo) * n * b1)
-        c0 = rd.take((part.ret_hi - part.ret_lo) * b0)
+        c1 = rd.take((part.d1 - part.d0) * n * b1)
+        c0 = rd.take((part.r1 - part.r0) * b0)
         rd.done()
         self._next += 1
         if self._native:
@@ -234,14 +234,11 @@ class Download:
     def _decrypt(self, part: wire.Part, c1: memoryview, c0: memoryview) -> None:
         prm, plan, hec = self.hec.params, self.plan, self.hec
         lo, hi, coef = plan.returned_ranges
-        d0 = part.down_lo - part.b * plan.n_out_cts(1)  # positions within the batch element
-        d1 = part.down_hi - part.b * plan.n_out_cts(1)
-        r0 = part.ret_lo - part.b * plan.n_returned
-        r1 = part.ret_hi - part.b * plan.n_returned
+        d0, d1, r0, r1 = part.d0, part.d1, part.r0, part.r1
         if self.rounded:
             phase, out = ffi.NULL, u64_ptr(self.res[part.b * self.n_flat :])
         else:
-            phase, out = u64_ptr(self.res[part.ret_lo : part.ret_hi]), ffi.NULL
+            phase, out = u64_ptr(self.res[part.ret_base + r0 : part.ret_base + r1]), ffi.NULL
         lo_p = np.ascontiguousarray(lo[d0:d1] - r0)  # the part's ranges, from its first coefficient
         hi_p = np.ascontiguousarray(hi[d0:d1] - r0)
         fields = dict(  # the pointers' buffers stay referenced here for the call

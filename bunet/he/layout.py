@@ -223,22 +223,22 @@ class Plan:
         """Download position (within a batch element) of output ciphertext (group og, tile)."""
         return self._wire(og, tile, self.n_og)
 
-    @cached_property
-    def up_order(self) -> np.ndarray:
-        """Per upload position of one batch element: the ciphertext's index c * tiles + tile in
-        :meth:`encode_input` order (int64)."""
-        c, t = np.meshgrid(np.arange(self.n_ig), np.arange(self.tiles), indexing="ij")
-        out = np.empty(self.n_ig * self.tiles, dtype=np.int64)
-        out[self.up_wire(c, t).reshape(-1)] = (c * self.tiles + t).reshape(-1)
+    def _order(self, groups: int) -> np.ndarray:
+        """Per position of one batch element: the ciphertext's group * tiles + tile (int64)."""
+        g, t = np.meshgrid(np.arange(groups), np.arange(self.tiles), indexing="ij")
+        out = np.empty(groups * self.tiles, dtype=np.int64)
+        out[self._wire(g, t, groups).reshape(-1)] = (g * self.tiles + t).reshape(-1)
         return out
 
     @cached_property
+    def up_order(self) -> np.ndarray:
+        """Per upload position: the ciphertext's index c * tiles + tile in :meth:`encode_input` order."""
+        return self._order(self.n_ig)
+
+    @cached_property
     def _down_order(self) -> np.ndarray:
-        """Per download position of one batch element: the ciphertext's og * tiles + tile (int64)."""
-        og, t = np.meshgrid(np.arange(self.n_og), np.arange(self.tiles), indexing="ij")
-        out = np.empty(self.n_og * self.tiles, dtype=np.int64)
-        out[self.down_wire(og, t).reshape(-1)] = (og * self.tiles + t).reshape(-1)
-        return out
+        """Per download position: the ciphertext's og * tiles + tile."""
+        return self._order(self.n_og)
 
     def n_in_cts(self, batch: int) -> int:
         return batch * self.n_ig * self.tiles

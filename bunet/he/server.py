@@ -398,8 +398,8 @@ class ServerHE:
         rows = 2 * tc
         # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form)
         c_idx, t_idx = np.arange(c_in)[:, None], tiles[None, :]
-        wire_pos = (part.b * plan.n_in_cts(1) + plan.up_wire(c_idx, t_idx)).reshape(-1)  # the a-keys' index
-        local = np.ascontiguousarray(wire_pos - part.up_lo, dtype=np.int64)  # in the message body
+        pos = plan.up_wire(c_idx, t_idx).reshape(-1)  # within the batch element
+        local = np.ascontiguousarray(pos - part.u0, dtype=np.int64)  # in the message body
         ct_index = np.ascontiguousarray(((part.b * c_in + c_idx) * plan.tiles + t_idx).reshape(-1), dtype=np.int64)
         x_shape, y_shape = self._work_shapes(plan, tc)
         with self._scratch.take(x_shape) as x, self._scratch.take(y_shape) as y:
@@ -411,7 +411,7 @@ class ServerHE:
                 u64_ptr(x_s),
                 tiles_of,
                 f64_ptr(self._delta),
-                a_keys(seed, wire_pos),
+                a_keys(seed, part.up_base + pos),  # keyed by the layer's upload position
                 c_in,
                 tc,
                 f64_ptr(x),
@@ -483,13 +483,11 @@ class ServerHE:
         og = np.repeat(np.arange(n_og, dtype=np.int64), tc)
         tl = np.tile(np.arange(tc, dtype=np.int64), n_og)
         pos = plan.down_wire(og, tiles[tl])  # download position within the batch element
-        d0 = part.down_lo - part.b * plan.n_out_cts(1)
-        r0 = part.ret_lo - part.b * plan.n_returned
-        slot = np.ascontiguousarray(pos - d0, dtype=np.int64)
+        r0, r1 = part.r0, part.r1
+        slot = np.ascontiguousarray(pos - part.d0, dtype=np.int64)
         lo_all, hi_all, coef = plan.returned_ranges
         lo = np.ascontiguousarray(lo_all[pos] - r0)
         hi = np.ascontiguousarray(hi_all[pos] - r0)
-        r1 = part.ret_hi - part.b * plan.n_returned
         fields = dict(  # the pointers' buffers stay referenced here for the call
             y=f64_ptr(y),
             n_og=n_og,
@@ -564,7 +562,7 @@ class Apply:
             if batch != self.batch or count != plan.n_in_cts(batch):
                 raise ValueError("HE upload has the wrong number of ciphertexts")
             self._seed = bytes(rd.take(wire.SEED_BYTES))
-        c0 = rd.take((part.up_hi - part.up_lo) * wire.up_ct_bytes(prm.primes, prm.poly_degree))
+        c0 = rd.take((part.u1 - part.u0) * wire.up_ct_bytes(prm.primes, prm.poly_degree))
         rd.done()
         self._next += 1
         n = prm.poly_degree
@@ -577,8 +575,8 @@ class Apply:
                 + wire.spec_digest(layer.spec.to_bytes())
                 + struct.pack("<III", self.batch, plan.n_out_cts(self.batch), self.batch * plan.n_returned)
             )
-        n_c1 = (part.down_hi - part.down_lo) * n * b1
-        msg, body = new_message(head, n_c1 + (part.ret_hi - part.ret_lo) * b0)
+        n_c1 = (part.d1 - part.d0) * n * b1
+        msg, body = new_message(head, n_c1 + (part.r1 - part.r0) * b0)
         # this message's randomness (u, e, floods: ChaCha20), nonces its ciphertexts' places in it
         out = (secrets.token_bytes(32), body[:n_c1], body[n_c1:])
         r_bias = (self._r_eff[part.b], self._bias_eff)

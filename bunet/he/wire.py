@@ -30,59 +30,46 @@ DOWN_HEAD_BYTES = len(MAGIC_DOWN) + 2 * DIGEST_BYTES + 12  # magic, digests, bat
 @dataclass(frozen=True)
 class Part:
     """One message of a layer's upload and the matching message of its download: tiles [t0, t1) of
-    batch element b.  Message 0 of each direction also carries the header.  Positions are the
-    layer's (all batch elements): upload ciphertexts [up_lo, up_hi), download ciphertexts
-    [down_lo, down_hi), returned coefficients [ret_lo, ret_hi)."""
+    batch element b.  Message 0 of each direction also carries the header.  Ranges are positions
+    within the element: upload ciphertexts [u0, u1) (``Plan.up_wire``), download ciphertexts [d0, d1)
+    (``Plan.down_wire``), returned coefficients [r0, r1) (``Plan.returned_ranges``); the element's
+    own come after ``up_base`` upload ciphertexts and ``ret_base`` returned coefficients of the
+    layer's message."""
 
-    index: int
     b: int
     t0: int
     t1: int
-    up_lo: int
-    up_hi: int
-    down_lo: int
-    down_hi: int
-    ret_lo: int
-    ret_hi: int
+    u0: int
+    u1: int
+    d0: int
+    d1: int
+    r0: int
+    r1: int
+    up_base: int
+    ret_base: int
     up_bytes: int  # the upload message's size
     down_bytes: int  # the download message's size
 
 
-def parts(plan: Plan, params: HEParams, batch: int) -> list[Part]:
+def parts(plan: Plan, params: HEParams, batch: int) -> tuple[Part, ...]:
     """The messages of one layer each way (``Plan.part_tiles`` tiles a part), the same on both sides."""
     n = params.poly_degree
     ct_up = up_ct_bytes(params.primes, n)
     b1, b0 = (params.down_bits + 7) // 8, (params.down_c0_bits + 7) // 8
     lo, hi, _ = plan.returned_ranges
-    per_up, per_down = plan.n_in_cts(1), plan.n_out_cts(1)
-    out = []
+    out: list[Part] = []
     for b in range(batch):
         for p in range(plan.n_parts):
             t0, t1 = plan.part_range(p)
             u0, u1 = t0 * plan.n_ig, t1 * plan.n_ig
             d0, d1 = t0 * plan.n_og, t1 * plan.n_og
             r0, r1 = int(lo[d0]), int(hi[d1 - 1])
-            i = len(out)
-            up = (UP_HEAD_BYTES if i == 0 else 0) + (u1 - u0) * ct_up
-            down = (DOWN_HEAD_BYTES if i == 0 else 0) + (d1 - d0) * n * b1 + (r1 - r0) * b0
-            base_r = b * plan.n_returned
-            out.append(
-                Part(
-                    i,
-                    b,
-                    t0,
-                    t1,
-                    b * per_up + u0,
-                    b * per_up + u1,
-                    b * per_down + d0,
-                    b * per_down + d1,
-                    base_r + r0,
-                    base_r + r1,
-                    up,
-                    down,
-                )
-            )
-    return out
+            first = not out
+            up = (UP_HEAD_BYTES if first else 0) + (u1 - u0) * ct_up
+            down = (DOWN_HEAD_BYTES if first else 0) + (d1 - d0) * n * b1 + (r1 - r0) * b0
+            base_up, base_ret = b * plan.n_in_cts(1), b * plan.n_returned
+            out.append(Part(b, t0, t1, u0, u1, d0, d1, r0, r1, base_up, base_ret, up, down))
+    return tuple(out)
 
 
 def spec_digest(spec_bytes: bytes) -> bytes:
