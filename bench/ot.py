@@ -43,10 +43,10 @@ def bench_silent(cots: int) -> dict:
     c = rng.integers(0, 2, m, dtype=np.uint8)
     q = rng.integers(0, 256, (m, 16), dtype=np.uint8)
     t = q ^ (c[:, None] * np.frombuffer(bytes(delta), dtype=np.uint8))
-    gk, rk = aes_key_schedules([rng.bytes(16), rng.bytes(16)]), aes_key_schedules([rng.bytes(16)])
+    gk = aes_key_schedules([rng.bytes(16)])
     dptr = ffi.new("uint8_t[]", bytes(delta))
-    snd = silent.Sender(sched, dptr, q, gk, rk, 1)
-    rcv = silent.Receiver(sched, c, t, gk, rk, 1)
+    snd = silent.Sender(sched, dptr, q, gk)
+    rcv = silent.Receiver(sched, c, t, gk)
     lo0 = sched.usable(0)  # the set-up iteration first, timed apart
     cpu = time.process_time()
     rcv.deposit(0, lo0, memoryview(snd.take(0, lo0)[0]))

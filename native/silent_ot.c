@@ -2,15 +2,16 @@
  * primal LPN with regular noise over F_2 and a d = 10 local linear code.
  *
  * One iteration turns M = k + t*h base COTs (q_i = t_i ^ c_i Delta) into n = t * 2^h COTs:
- *   - multi-point COT: t single-point COTs (GGM trees of depth h, punctured PRF). The receiver's punctured
- *     leaf alpha of tree tau is given by the choice bits r_i of its h base COTs (alpha bit i = NOT r_i,
- *     most significant first), so nothing goes receiver -> sender. For level i the sender sends the
- *     level's left and right sums under H(q_i) and H(q_i ^ Delta); the receiver opens the side r_i (the
- *     sibling of its path) and rebuilds every leaf but alpha. The sender also sends psi = Delta ^ XOR of
- *     the tree's leaves, so the receiver's leaf alpha is v_alpha ^ Delta: w = v ^ e Delta, e one 1 per tree.
+ *   - multi-point COT: t single-point COTs, each a half-tree GGM tree of depth h (Guo et al., EUROCRYPT
+ *     2023: one AES per node, the two children of a node sum to it, level 1 is (s, s ^ Delta), so every
+ *     level sums to Delta). The receiver's punctured leaf alpha of tree tau is given by the choice bits r_i
+ *     of its h base COTs (alpha bit i = NOT r_i, most significant first), so nothing goes receiver ->
+ *     sender. For level i the sender sends the level's left sum K_0 ^ q_i; the receiver's t_i opens
+ *     K_{r_i} = K_0 ^ r_i Delta, the sum of its path's sibling's side, and it rebuilds every leaf but
+ *     alpha; leaf alpha is the XOR of the others (= v_alpha ^ Delta): w = v ^ e Delta, e one 1 per tree.
  *   - LPN: output j = e_j ^ <A_j, u> (choice) with A_j's 10 positions in [0, k) from AES under a fixed
  *     public key; the sender's value y_j = v_j ^ XOR q_u[A_j], the receiver's z_j = w_j ^ XOR t_u[A_j].
- * Messages: t * (32 h + 16) bytes sender -> receiver, nothing back.
+ * Messages: t * 16 h bytes sender -> receiver, nothing back.
  *
  * Parameters: only the vetted table below (emp-ot's tuning.h, ~128-bit against the published regular-LPN
  * attacks by the LPN estimator; see docs/protocol.md); a test-only set is accepted only when asked for.
@@ -63,7 +64,7 @@ int bn_sot_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test) {
     return BN_EPARAMS;
 }
 
-uint64_t bn_sot_msg_len(uint32_t t, uint32_t h) { return (uint64_t)t * (32 * (uint64_t)h + 16); }
+uint64_t bn_sot_msg_len(uint32_t t, uint32_t h) { return (uint64_t)t * 16 * (uint64_t)h; }
 
 static void load(sot_key *K, const uint8_t *rk) {
     for (int i = 0; i < 11; i++) K->k[i] = _mm_loadu_si128((const block *)(rk + 16 * i));
@@ -254,132 +255,128 @@ static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const 
     }
 }
 
-/* GGM: level i - 1 (2^(i-1) nodes at node[0 ..]) -> level i in place; children (pi_0(x) ^ x, pi_1(x) ^ x)
- * under the two session keys (fixed-key AES as a length-doubling PRG, as in emp-ot). Nodes are read four
- * at a time before their children are written, highest first, so nothing is overwritten before it is read. */
-#define GGM_W 8 /* nodes per step: 16 AES blocks in flight */
+/* Half-tree GGM (Guo, Yang, Wang, Zhang, Xie, Liu, Zhao, EUROCRYPT 2023): level i - 1 (w nodes at
+ * node[0 ..]) -> level i in place, children left = H(x) and right = x ^ H(x), so the two children of a node
+ * sum to it; H(x) = pi(sigma(x)) ^ sigma(x), pi = AES under the public per-session key, sigma the engine's
+ * linear orthomorphism (gc/common.h: (xl, xh) -> (xh, xl ^ xh)). Each call also returns the
+ * XOR of the level's left and of its right children (*s0, *s1). Nodes are read before their children are
+ * written, highest first, so nothing is overwritten before it is read. */
+#define GGM_W 8 /* nodes per step: 8 AES blocks in flight */
 
-static void ggm_level_sse(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
+static void ggm_level_sse(const sot_key *K, block *node, uint64_t width, block *s0, block *s1) {
+    block l0 = _mm_setzero_si128(), l1 = _mm_setzero_si128();
     uint64_t j = width;
     while (j > 0) {
         const uint64_t cnt = j < GGM_W ? j : GGM_W, lo = j - cnt;
-        block x[GGM_W], a[GGM_W], b[GGM_W];
+        block x[GGM_W], g[GGM_W], a[GGM_W];
         for (uint64_t q = 0; q < cnt; q++) {
             x[q] = node[lo + q];
-            a[q] = _mm_xor_si128(x[q], K0->k[0]);
-            b[q] = _mm_xor_si128(x[q], K1->k[0]);
+            g[q] = sigma(x[q]);
+            a[q] = _mm_xor_si128(g[q], K->k[0]);
         }
         for (int r = 1; r < 10; r++)
-            for (uint64_t q = 0; q < cnt; q++) {
-                a[q] = _mm_aesenc_si128(a[q], K0->k[r]);
-                b[q] = _mm_aesenc_si128(b[q], K1->k[r]);
-            }
-        for (uint64_t q = 0; q < cnt; q++) {
-            a[q] = _mm_aesenclast_si128(a[q], K0->k[10]);
-            b[q] = _mm_aesenclast_si128(b[q], K1->k[10]);
-        }
+            for (uint64_t q = 0; q < cnt; q++) a[q] = _mm_aesenc_si128(a[q], K->k[r]);
         for (uint64_t q = cnt; q-- > 0;) {
-            node[2 * (lo + q)] = _mm_xor_si128(a[q], x[q]);
-            node[2 * (lo + q) + 1] = _mm_xor_si128(b[q], x[q]);
+            const block left = _mm_xor_si128(_mm_aesenclast_si128(a[q], K->k[10]), g[q]);
+            const block right = _mm_xor_si128(left, x[q]);
+            node[2 * (lo + q)] = left;
+            node[2 * (lo + q) + 1] = right;
+            l0 = _mm_xor_si128(l0, left);
+            l1 = _mm_xor_si128(l1, right);
         }
         j = lo;
     }
+    *s0 = _mm_xor_si128(*s0, l0);
+    *s1 = _mm_xor_si128(*s1, l1);
 }
 
-/* the same with VAES, 8 nodes (16 blocks) per step in 8 registers; the tail as above */
-__attribute__((target("avx2,vaes"))) static void ggm_level_vaes(const sot_key *K0, const sot_key *K1, block *node,
-                                                                uint64_t width) {
-    __m256i k0[11], k1[11];
-    for (int i = 0; i < 11; i++) {
-        k0[i] = _mm256_broadcastsi128_si256(K0->k[i]);
-        k1[i] = _mm256_broadcastsi128_si256(K1->k[i]);
+/* the same with 512-bit VAES: 16 nodes per step in 4 registers; the rest with 4 nodes a step, then SSE */
+#define GGM_W512 16
+__attribute__((target("avx512f,vaes"))) static void ggm_level_vaes512(const sot_key *K, block *node, uint64_t width,
+                                                                       block *s0, block *s1) {
+    __m512i k[11];
+    for (int i = 0; i < 11; i++) k[i] = _mm512_broadcast_i32x4(K->k[i]);
+    const __m512i himask = _mm512_set_epi64(-1, 0, -1, 0, -1, 0, -1, 0); /* sigma, as in gc/common.h */
+    /* children of nodes u, u + 1 of a register: [l_u r_u l_{u+1} r_{u+1}] as 64-bit lanes of (l, r) */
+    const __m512i lo_idx = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+    const __m512i hi_idx = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+    __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+    uint64_t j = width;
+    while (j >= 4) {
+        const int regs = j >= GGM_W512 ? GGM_W512 / 4 : 1;
+        const uint64_t lo = j - 4 * (uint64_t)regs;
+        __m512i x[GGM_W512 / 4], g[GGM_W512 / 4], a[GGM_W512 / 4];
+        for (int q = 0; q < regs; q++) {
+            x[q] = _mm512_loadu_si512((const void *)(node + lo + 4 * q));
+            g[q] = _mm512_xor_si512(_mm512_shuffle_epi32(x[q], (_MM_PERM_ENUM)0x4e), _mm512_and_si512(x[q], himask));
+            a[q] = _mm512_xor_si512(g[q], k[0]);
+        }
+        for (int r = 1; r < 10; r++)
+            for (int q = 0; q < regs; q++) a[q] = _mm512_aesenc_epi128(a[q], k[r]);
+        for (int q = regs; q-- > 0;) {
+            const __m512i left = _mm512_xor_si512(_mm512_aesenclast_epi128(a[q], k[10]), g[q]);
+            const __m512i right = _mm512_xor_si512(left, x[q]);
+            a0 = _mm512_xor_si512(a0, left);
+            a1 = _mm512_xor_si512(a1, right);
+            _mm512_storeu_si512((void *)(node + 2 * (lo + 4 * q)), _mm512_permutex2var_epi64(left, lo_idx, right));
+            _mm512_storeu_si512((void *)(node + 2 * (lo + 4 * q) + 4), _mm512_permutex2var_epi64(left, hi_idx, right));
+        }
+        j = lo;
     }
+    block f0 = _mm_setzero_si128(), f1 = _mm_setzero_si128();
+    for (int u = 0; u < 4; u++) { /* fold the four lanes */
+        f0 = _mm_xor_si128(f0, _mm512_extracti32x4_epi32(a0, 0));
+        f1 = _mm_xor_si128(f1, _mm512_extracti32x4_epi32(a1, 0));
+        a0 = _mm512_alignr_epi64(a0, a0, 2);
+        a1 = _mm512_alignr_epi64(a1, a1, 2);
+    }
+    *s0 = _mm_xor_si128(*s0, f0);
+    *s1 = _mm_xor_si128(*s1, f1);
+    if (j) ggm_level_sse(K, node, j, s0, s1);
+}
+
+/* the same with 256-bit VAES: 8 nodes per step in 4 registers, then SSE */
+__attribute__((target("avx2,vaes"))) static void ggm_level_vaes(const sot_key *K, block *node, uint64_t width,
+                                                                block *s0, block *s1) {
+    __m256i k[11];
+    for (int i = 0; i < 11; i++) k[i] = _mm256_broadcastsi128_si256(K->k[i]);
+    const __m256i himask = _mm256_set_epi64x(-1, 0, -1, 0);
+    __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
     uint64_t j = width;
     while (j >= GGM_W) {
         const uint64_t lo = j - GGM_W;
-        __m256i x[GGM_W / 2], a[GGM_W / 2], b[GGM_W / 2];
+        __m256i x[GGM_W / 2], g[GGM_W / 2], a[GGM_W / 2];
         for (int q = 0; q < GGM_W / 2; q++) {
             x[q] = _mm256_loadu_si256((const __m256i *)(node + lo + 2 * q));
-            a[q] = _mm256_xor_si256(x[q], k0[0]);
-            b[q] = _mm256_xor_si256(x[q], k1[0]);
+            g[q] = _mm256_xor_si256(_mm256_shuffle_epi32(x[q], 0x4e), _mm256_and_si256(x[q], himask));
+            a[q] = _mm256_xor_si256(g[q], k[0]);
         }
         for (int r = 1; r < 10; r++)
-            for (int q = 0; q < GGM_W / 2; q++) {
-                a[q] = _mm256_aesenc_epi128(a[q], k0[r]);
-                b[q] = _mm256_aesenc_epi128(b[q], k1[r]);
-            }
-        for (int q = 0; q < GGM_W / 2; q++) {
-            a[q] = _mm256_xor_si256(_mm256_aesenclast_epi128(a[q], k0[10]), x[q]); /* left children of 2 nodes */
-            b[q] = _mm256_xor_si256(_mm256_aesenclast_epi128(b[q], k1[10]), x[q]); /* right children */
-        }
-        for (int q = GGM_W / 2; q-- > 0;) { /* node lo+2q+u -> 2(lo+2q+u), 2(lo+2q+u)+1: [a_u, b_u] */
-            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q)), _mm256_permute2x128_si256(a[q], b[q], 0x20));
-            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q) + 2), _mm256_permute2x128_si256(a[q], b[q], 0x31));
+            for (int q = 0; q < GGM_W / 2; q++) a[q] = _mm256_aesenc_epi128(a[q], k[r]);
+        for (int q = GGM_W / 2; q-- > 0;) { /* node lo+2q+u -> 2(lo+2q+u), 2(lo+2q+u)+1: [l_u, r_u] */
+            const __m256i left = _mm256_xor_si256(_mm256_aesenclast_epi128(a[q], k[10]), g[q]);
+            const __m256i right = _mm256_xor_si256(left, x[q]);
+            a0 = _mm256_xor_si256(a0, left);
+            a1 = _mm256_xor_si256(a1, right);
+            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q)), _mm256_permute2x128_si256(left, right, 0x20));
+            _mm256_storeu_si256((__m256i *)(node + 2 * (lo + 2 * q) + 2), _mm256_permute2x128_si256(left, right, 0x31));
         }
         j = lo;
     }
-    if (j) ggm_level_sse(K0, K1, node, j);
+    *s0 = _mm_xor_si128(*s0, _mm_xor_si128(_mm256_castsi256_si128(a0), _mm256_extracti128_si256(a0, 1)));
+    *s1 = _mm_xor_si128(*s1, _mm_xor_si128(_mm256_castsi256_si128(a1), _mm256_extracti128_si256(a1, 1)));
+    if (j) ggm_level_sse(K, node, j, s0, s1);
 }
 
-/* the same with 512-bit VAES, 16 nodes (32 blocks) per step in 8 registers; the rest as above */
-#define GGM_W512 16
-__attribute__((target("avx512f,vaes"))) static void ggm_level_vaes512(const sot_key *K0, const sot_key *K1,
-                                                                       block *node, uint64_t width) {
-    __m512i k0[11], k1[11];
-    for (int i = 0; i < 11; i++) {
-        k0[i] = _mm512_broadcast_i32x4(K0->k[i]);
-        k1[i] = _mm512_broadcast_i32x4(K1->k[i]);
-    }
-    /* children of nodes u, u + 1 of a register: [a_u b_u a_{u+1} b_{u+1}] as 64-bit lanes of (a, b) */
-    const __m512i lo_idx = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
-    const __m512i hi_idx = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
-    uint64_t j = width;
-    while (j >= GGM_W512) {
-        const uint64_t lo = j - GGM_W512;
-        __m512i x[GGM_W512 / 4], a[GGM_W512 / 4], b[GGM_W512 / 4];
-        for (int q = 0; q < GGM_W512 / 4; q++) {
-            x[q] = _mm512_loadu_si512((const void *)(node + lo + 4 * q));
-            a[q] = _mm512_xor_si512(x[q], k0[0]);
-            b[q] = _mm512_xor_si512(x[q], k1[0]);
-        }
-        for (int r = 1; r < 10; r++)
-            for (int q = 0; q < GGM_W512 / 4; q++) {
-                a[q] = _mm512_aesenc_epi128(a[q], k0[r]);
-                b[q] = _mm512_aesenc_epi128(b[q], k1[r]);
-            }
-        for (int q = 0; q < GGM_W512 / 4; q++) {
-            a[q] = _mm512_xor_si512(_mm512_aesenclast_epi128(a[q], k0[10]), x[q]);
-            b[q] = _mm512_xor_si512(_mm512_aesenclast_epi128(b[q], k1[10]), x[q]);
-        }
-        for (int q = GGM_W512 / 4; q-- > 0;) {
-            _mm512_storeu_si512((void *)(node + 2 * (lo + 4 * q)), _mm512_permutex2var_epi64(a[q], lo_idx, b[q]));
-            _mm512_storeu_si512((void *)(node + 2 * (lo + 4 * q) + 4), _mm512_permutex2var_epi64(a[q], hi_idx, b[q]));
-        }
-        j = lo;
-    }
-    if (j >= GGM_W)
-        ggm_level_vaes(K0, K1, node, j);
-    else if (j)
-        ggm_level_sse(K0, K1, node, j);
-}
-
-static void ggm_level(const sot_key *K0, const sot_key *K1, block *node, uint64_t width) {
-    if (width >= GGM_W512 && bn_have_vaes() && bn_use_avx512())
-        ggm_level_vaes512(K0, K1, node, width);
+/* expand level i - 1 (width nodes) into level i; *s0, *s1 := the XOR of its left and of its right children */
+static void ggm_level(const sot_key *K, block *node, uint64_t width, block *s0, block *s1) {
+    *s0 = *s1 = _mm_setzero_si128();
+    if (width >= 4 && bn_have_vaes() && bn_use_avx512())
+        ggm_level_vaes512(K, node, width, s0, s1);
     else if (width >= GGM_W && bn_have_vaes())
-        ggm_level_vaes(K0, K1, node, width);
+        ggm_level_vaes(K, node, width, s0, s1);
     else
-        ggm_level_sse(K0, K1, node, width);
-}
-
-static void level_sums(const block *node, uint64_t width, block *s0, block *s1) {
-    block a = _mm_setzero_si128(), b = _mm_setzero_si128();
-    for (uint64_t y = 0; y < width; y += 2) {
-        a = _mm_xor_si128(a, node[y]);
-        b = _mm_xor_si128(b, node[y + 1]);
-    }
-    *s0 = a;
-    *s1 = b;
+        ggm_level_sse(K, node, width, s0, s1);
 }
 
 /* node[a] = va, node[b] = vb (a != b) and every other node unchanged, touching every node (a and b are
@@ -414,55 +411,44 @@ static void set_two(block *node, uint64_t width, uint64_t a, block va, uint64_t 
         set_two_sse(node, width, a, va, b, vb);
 }
 
-static int keys_and_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, sot_key *K0,
-                          sot_key *K1) {
+static int key_and_check(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, sot_key *K) {
     if (bn_sot_check(t, logk, h, allow_test) != 0) return BN_EPARAMS;
-    load(K0, gk);
-    load(K1, gk + 176);
+    load(K, gk);
     return 0;
 }
 
-int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *rk,
-                uint64_t tw0, uint64_t dom, const uint8_t *delta, const uint8_t *base_q, uint8_t *msg,
-                uint8_t *out_q, const uint16_t *pos) {
-    sot_key K0, K1;
-    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos && logk > 16)) return BN_EPARAMS;
-    const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
+/* The sender's tree tau: level 1 is (s, s ^ Delta) for a fresh random s, so every level sums to Delta, and
+ * its left sum K_0 at level i is sent as K_0 ^ q_i: the receiver, holding t_i = q_i ^ r_i Delta, opens
+ * K_{r_i} = K_0 ^ r_i Delta, the sum of its path's sibling's side. One block per level, no hash. */
+int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *delta,
+                const uint8_t *base_q, uint8_t *msg, uint8_t *out_q, const uint16_t *pos) {
+    sot_key K;
+    if (key_and_check(t, logk, h, allow_test, gk, &K) != 0 || (pos && logk > 16)) return BN_EPARAMS;
+    const uint64_t k = 1ULL << logk, leaves = 1ULL << h;
     const block D = _mm_loadu_si128((const block *)delta);
-    const block *Q = (const block *)base_q;
-    block *H = malloc(2 * th * sizeof(block));
-    block *out = (block *)out_q;
-    if (!H) return BN_ENOMEM;
-    /* H(q_i) and H(q_i ^ Delta) of the GGM base COTs, tweak = tw0 + base index */
-    for (uint64_t i = 0; i < th; i++) H[th + i] = _mm_xor_si128(_mm_loadu_si128(Q + k + i), D);
-    bn_hash_batch(rk, (const uint8_t *)(Q + k), (uint8_t *)H, th, tw0 + k, 1, dom);
-    bn_hash_batch(rk, (const uint8_t *)(H + th), (uint8_t *)(H + th), th, tw0 + k, 1, dom);
+    const block *Q = (const block *)base_q + k;
+    block *out = (block *)out_q, *cts = (block *)msg;
     uint8_t *roots = malloc(16 * (size_t)t);
     if (!roots || bn_prg_fill(roots, 16 * (size_t)t) != 0) {
-        free(H);
         free(roots);
         return BN_ERANDOM;
     }
-    block *cts = (block *)msg, *psi = (block *)msg + 2 * th;
     for (uint64_t tau = 0; tau < t; tau++) {
         block *node = out + tau * leaves;
-        node[0] = _mm_loadu_si128((const block *)roots + tau);
-        for (uint32_t i = 1; i <= h; i++) {
+        const block s = _mm_loadu_si128((const block *)roots + tau);
+        node[0] = s;
+        node[1] = _mm_xor_si128(s, D);
+        _mm_storeu_si128(cts + tau * h, _mm_xor_si128(s, _mm_loadu_si128(Q + tau * h)));
+        for (uint32_t i = 2; i <= h; i++) {
             block s0, s1;
-            ggm_level(&K0, &K1, node, 1ULL << (i - 1));
-            level_sums(node, 1ULL << i, &s0, &s1);
+            ggm_level(&K, node, 1ULL << (i - 1), &s0, &s1);
             const uint64_t b = tau * h + i - 1;
-            _mm_storeu_si128(cts + 2 * b, _mm_xor_si128(s0, H[b]));
-            _mm_storeu_si128(cts + 2 * b + 1, _mm_xor_si128(s1, H[th + b]));
+            _mm_storeu_si128(cts + b, _mm_xor_si128(s0, _mm_loadu_si128(Q + b)));
         }
-        block s = D;
-        for (uint64_t y = 0; y < leaves; y++) s = _mm_xor_si128(s, node[y]);
-        _mm_storeu_si128(psi + tau, s);
     }
     memset(roots, 0, 16 * (size_t)t);
     free(roots);
-    free(H);
-    lpn((uint64_t)t * leaves, logk, Q, out, NULL, NULL, pos);
+    lpn((uint64_t)t * leaves, logk, (const block *)base_q, out, NULL, NULL, pos);
     return 0;
 }
 
@@ -480,51 +466,44 @@ int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const u
     return 0;
 }
 
-int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *rk,
-                uint64_t tw0, uint64_t dom, const uint8_t *base_c, const uint8_t *base_t, const uint8_t *msg,
-                uint8_t *out_t, const uint16_t *pos) {
-    sot_key K0, K1;
-    if (keys_and_check(t, logk, h, allow_test, gk, &K0, &K1) != 0 || (pos && logk > 16)) return BN_EPARAMS;
-    const uint64_t k = 1ULL << logk, leaves = 1ULL << h, th = (uint64_t)t * h;
-    const block *T = (const block *)base_t;
-    block *H = malloc(th * sizeof(block));
+/* The receiver's tree tau, its punctured leaf alpha (bit i = NOT r_i, most significant first) kept at 0 on
+ * every level: the path node's two children are then Z = H(0) = pi(0) both, so at level i the sibling is
+ * K_{r_i} ^ (our side-r_i sum) ^ Z, with no secret-dependent read (level 1: K_{r_1} itself). The leaves
+ * sum to Delta on the sender's side, so leaf alpha, v_alpha ^ Delta, is the XOR of all the others. */
+int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uint8_t *gk, const uint8_t *base_c,
+                const uint8_t *base_t, const uint8_t *msg, uint8_t *out_t, const uint16_t *pos) {
+    sot_key K;
+    if (key_and_check(t, logk, h, allow_test, gk, &K) != 0 || (pos && logk > 16)) return BN_EPARAMS;
+    const uint64_t k = 1ULL << logk, leaves = 1ULL << h;
+    const block *T = (const block *)base_t + k, *cts = (const block *)msg;
     block *out = (block *)out_t;
-    if (!H) return BN_ENOMEM;
-    bn_hash_batch(rk, (const uint8_t *)(T + k), (uint8_t *)H, th, tw0 + k, 1, dom);
-    const block *cts = (const block *)msg, *psi = (const block *)msg + 2 * th;
-    /* z0, z1: the children of a zero node. The receiver's punctured node is kept at 0, so at every level
-     * its two children hold z0, z1: the sibling's true value is the level sum of its side minus every
-     * other node of that side, i.e. S_r ^ (our side-r sum) ^ z_r, with no secret-dependent read. */
-    block z[2] = {_mm_setzero_si128(), _mm_setzero_si128()};
-    ggm_level_sse(&K0, &K1, z, 1);
+    block zz[2] = {_mm_setzero_si128(), _mm_setzero_si128()}, u0 = _mm_setzero_si128(), u1 = u0;
+    ggm_level_sse(&K, zz, 1, &u0, &u1); /* the children of 0: (Z, Z) */
+    const block Z = zz[0];
     for (uint64_t tau = 0; tau < t; tau++) {
         block *node = out + tau * leaves;
-        node[0] = _mm_setzero_si128();
         uint64_t path = 0;
         for (uint32_t i = 1; i <= h; i++) {
             const uint64_t b = tau * h + i - 1, r = base_c[k + b] & 1, width = 1ULL << i;
             path = 2 * path + (1 ^ r);
-            const uint64_t sib = path ^ 1;
-            ggm_level(&K0, &K1, node, width >> 1);
-            block s0, s1;
-            level_sums(node, width, &s0, &s1);
+            block s0 = _mm_setzero_si128(), s1 = _mm_setzero_si128(), z = _mm_setzero_si128();
+            if (i == 1) {
+                node[0] = node[1] = _mm_setzero_si128();
+            } else {
+                ggm_level(&K, node, width >> 1, &s0, &s1);
+                z = Z;
+            }
             const block rm = mask_if(r);
-            const block c0 = _mm_loadu_si128(cts + 2 * b), c1 = _mm_loadu_si128(cts + 2 * b + 1);
             const block sr = _mm_xor_si128(s0, _mm_and_si128(rm, _mm_xor_si128(s0, s1)));
-            const block zr = _mm_xor_si128(z[0], _mm_and_si128(rm, _mm_xor_si128(z[0], z[1])));
-            const block acc = _mm_xor_si128(_mm_xor_si128(c0, _mm_and_si128(rm, _mm_xor_si128(c0, c1))),
-                                            _mm_xor_si128(H[b], _mm_xor_si128(sr, zr)));
-            /* the last level: leaf alpha = psi ^ XOR of the others = v_alpha ^ Delta, where the others' XOR
-             * is our level sum with z_r, z_{1-r} replaced by acc and 0 */
-            const block top = _mm_xor_si128(_mm_loadu_si128(psi + tau),
-                                            _mm_xor_si128(_mm_xor_si128(s0, s1),
-                                                          _mm_xor_si128(_mm_xor_si128(z[0], z[1]), acc)));
-            set_two(node, width, sib, acc, path, i == h ? top : _mm_setzero_si128());
+            const block kr = _mm_xor_si128(_mm_loadu_si128(cts + b), _mm_loadu_si128(T + b));
+            const block sib = _mm_xor_si128(kr, _mm_xor_si128(sr, z));
+            /* the last level: leaf alpha = XOR of the others = our level sum with the path's two Z
+             * children replaced by the sibling and 0 */
+            const block top = _mm_xor_si128(_mm_xor_si128(s0, s1), sib);
+            set_two(node, width, path ^ 1, sib, path, i == h ? top : _mm_setzero_si128());
         }
     }
-    memset(H, 0, th * sizeof(block));
-    free(H);
-    lpn((uint64_t)t * leaves, logk, T, out, NULL, NULL, pos);
+    lpn((uint64_t)t * leaves, logk, (const block *)base_t, out, NULL, NULL, pos);
     return 0;
 }
 

@@ -16,9 +16,9 @@ TABLE = silent.vetted()
 TEST_SETUP, TEST_MAIN = TABLE["test_16_8"], TABLE["test_32_8"]
 
 
-def _keys(seed: int) -> tuple[object, object]:
-    rng = np.random.default_rng(seed)
-    return aes_key_schedules([rng.bytes(16), rng.bytes(16)]), aes_key_schedules([rng.bytes(16)])
+def _key(seed: int) -> object:
+    """A half-tree GGM key schedule."""
+    return aes_key_schedules([np.random.default_rng(seed).bytes(16)])
 
 
 def _delta() -> bytes:
@@ -44,10 +44,10 @@ def _streams(
     c = rng.integers(0, 2, m, dtype=np.uint8)
     q = rng.integers(0, 256, (m, 16), dtype=np.uint8)
     t = q ^ (c[:, None] * np.frombuffer(recv_delta or delta, dtype=np.uint8))
-    gk, rk = _keys(seed)
-    gk_r, rk_r = _keys(recv_seed) if recv_seed is not None else (gk, rk)
+    gk = _key(seed)
+    gk_r = _key(recv_seed) if recv_seed is not None else gk
     dptr = ffi.new("uint8_t[]", delta)
-    return delta, silent.Sender(sched, dptr, q, gk, rk, 5), silent.Receiver(sched, c, t, gk_r, rk_r, 5), dptr
+    return delta, silent.Sender(sched, dptr, q, gk), silent.Receiver(sched, c, t, gk_r), dptr
 
 
 def _pull(snd, rcv, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,7 +119,7 @@ def test_wrong_delta_or_seed_breaks_it():
     delta, snd, rcv, _ = _streams(TEST_SETUP, TEST_MAIN, True, recv_delta=_delta())
     c, q, t = _pull(snd, rcv, lo, hi)
     assert not _check(delta, c, q, t)
-    delta, snd, rcv, _ = _streams(TEST_SETUP, TEST_MAIN, True, recv_seed=99)  # other GGM / hash keys
+    delta, snd, rcv, _ = _streams(TEST_SETUP, TEST_MAIN, True, recv_seed=99)  # another GGM key
     c, q, t = _pull(snd, rcv, lo, hi)
     assert not _check(delta, c, q, t)
     delta, snd, rcv, _ = _streams(TEST_SETUP, TEST_MAIN, True)  # a corrupted iteration message
@@ -152,16 +152,12 @@ def test_parameter_table_checked():
     # the C side refuses them too, whatever the Python side says
     m = TEST_MAIN
     dummy = np.zeros(m.n * 16, dtype=np.uint8)
-    gk, rk = _keys(0)
     rc = lib.bn_sot_send(
         m.t,
         m.logk,
         m.h,
         0,
-        gk,
-        rk,
-        0,
-        0,
+        _key(0),
         ffi.new("uint8_t[]", 16),
         ffi.from_buffer("uint8_t[]", dummy),
         ffi.from_buffer("uint8_t[]", bytearray(m.msg_len)),
@@ -233,17 +229,17 @@ def test_shared_positions_equal_the_ones_made_on_the_fly():
     q = rng.integers(0, 256, (p.base, 16), dtype=np.uint8)
     delta = bytearray(_delta())
     t = q ^ (c[:, None] * np.frombuffer(bytes(delta), dtype=np.uint8))
-    gk, rk = _keys(0)
+    gk = _key(0)
     b = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
     cached = ffi.cast("const uint16_t *", pos.ctypes.data)
     choices = []
     for send_pos, recv_pos in ((ffi.NULL, cached), (cached, ffi.NULL)):  # each side with the other's positions
         oq, oc, ot = np.empty((p.n, 16), np.uint8), np.empty(p.n, np.uint8), np.empty((p.n, 16), np.uint8)
         msg = bytearray(p.msg_len)
-        rc = lib.bn_sot_send(p.t, p.logk, p.h, 1, gk, rk, 0, 1, ffi.from_buffer(delta), b(q), b(msg), b(oq), send_pos)
+        rc = lib.bn_sot_send(p.t, p.logk, p.h, 1, gk, ffi.from_buffer(delta), b(q), b(msg), b(oq), send_pos)
         assert rc == 0
         assert lib.bn_sot_choice(p.t, p.logk, p.h, 1, b(c), b(oc), recv_pos) == 0
-        assert lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, rk, 0, 1, b(c), b(t), b(msg), b(ot), recv_pos) == 0
+        assert lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, b(c), b(t), b(msg), b(ot), recv_pos) == 0
         assert _check(bytes(delta), oc, oq, ot)  # t = q ^ c Delta on every row
         choices.append(oc)
     np.testing.assert_array_equal(choices[0], choices[1])
@@ -263,11 +259,11 @@ def test_vaes_and_portable_paths_agree():
         "p = silent.vetted()['test_32_8']; c = np.random.default_rng(1).integers(0, 2, p.base, dtype=np.uint8)\n"
         "oc = np.empty(p.n, np.uint8); b = lambda a: ffi.from_buffer('uint8_t[]', a)\n"
         "lib.bn_sot_choice(p.t, p.logk, p.h, 1, b(c), b(oc), ffi.NULL)\n"
-        "gk = aes_key_schedules([bytes(range(16)), bytes(range(1, 17))]); rk = aes_key_schedules([bytes(16)])\n"
+        "gk = aes_key_schedules([bytes(range(16))])\n"
         "t = np.random.default_rng(2).integers(0, 256, (p.base, 16), dtype=np.uint8); out = np.empty((p.n, 16), "
         "np.uint8)\n"
         "msg = bytes(range(256)) * (p.msg_len // 256) + bytes(p.msg_len % 256)\n"
-        "lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, rk, 0, 1, b(c), b(t), msg, b(out), ffi.NULL)\n"
+        "lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, b(c), b(t), msg, b(out), ffi.NULL)\n"
         "sys.stdout.write(oc.tobytes().hex() + out.tobytes().hex()[:20000])"
     )
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
@@ -279,3 +275,34 @@ def test_vaes_and_portable_paths_agree():
         for extra in paths
     ]
     assert runs[0] and runs[0] == runs[1] == runs[2] == runs[3]
+
+
+def test_half_tree_leaves():
+    """With an all-zero LPN secret the outputs are the GGM leaves: each of the sender's trees sums to
+    Delta (level 1 is (s, s ^ Delta) and children sum to their parent), and the receiver's leaves equal
+    the sender's except its punctured one, v_alpha ^ Delta; the message is one block per level."""
+    p = TEST_SETUP
+    rng = np.random.default_rng(11)
+    delta = _delta()
+    dv = np.frombuffer(delta, dtype=np.uint8)
+    c = np.zeros(p.base, dtype=np.uint8)
+    c[p.k :] = rng.integers(0, 2, p.t * p.h, dtype=np.uint8)
+    q = rng.integers(0, 256, (p.base, 16), dtype=np.uint8)
+    q[: p.k] = 0
+    t = q ^ (c[:, None] * dv)
+    gk = _key(3)
+    b = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+    msg = bytearray(p.msg_len)
+    assert p.msg_len == 16 * p.t * p.h
+    v, w = np.empty((p.n, 16), np.uint8), np.empty((p.n, 16), np.uint8)
+    assert lib.bn_sot_send(p.t, p.logk, p.h, 1, gk, ffi.from_buffer(delta), b(q), b(msg), b(v), ffi.NULL) == 0
+    assert lib.bn_sot_recv(p.t, p.logk, p.h, 1, gk, b(c), b(t), b(msg), b(w), ffi.NULL) == 0
+    trees_v, trees_w = v.reshape(p.t, 1 << p.h, 16), w.reshape(p.t, 1 << p.h, 16)
+    np.testing.assert_array_equal(np.bitwise_xor.reduce(trees_v, axis=1), np.tile(dv, (p.t, 1)))
+    bits = 1 - c[p.k :].reshape(p.t, p.h)
+    alpha = (bits.astype(np.int64) << np.arange(p.h - 1, -1, -1)).sum(axis=1)
+    diff = trees_v ^ trees_w
+    for tau in range(p.t):
+        assert (diff[tau].any(axis=1).nonzero()[0] == [alpha[tau]]).all()
+        np.testing.assert_array_equal(diff[tau, alpha[tau]], dv)
+    assert len({bytes(r) for r in v}) == p.n  # no repeated leaves

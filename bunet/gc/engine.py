@@ -18,10 +18,10 @@ every layer is one request/response per chunk, after a pre-message for ops with 
     out_c = ev.finish(op, resp)
 
 Correlated OTs come from silent OT by default (``ot="silent"``, ``bunet.gc.silent``: Ferret's LPN
-extension, 1 bit of choice corrections per OT plus its iteration messages, about 0.48 bytes per OT),
-bootstrapped at set-up by SoftSpoken (Roy, CRYPTO 2022) with k bits per block (``Evaluator(ot_k=4)``,
-k = 1 is plain IKNP), or from SoftSpoken alone (``ot="softspoken"`` on both parties): the receiver
-sends 128/k bits per OT (16 bytes for IKNP, 4 for the default k = 4; k = 2 costs 8 bytes and less
+extension with half-tree GGM, 1 bit of choice corrections per OT plus its iteration messages, about
+0.30 bytes per OT), bootstrapped at set-up by SoftSpoken (Roy, CRYPTO 2022) with k bits per block
+(``Evaluator(ot_k=4)``, k = 1 is plain IKNP), or from SoftSpoken alone (``ot="softspoken"`` on both
+parties): the receiver sends 128/k bits per OT (16 bytes for IKNP, 4 for the default k = 4; k = 2 costs 8 bytes and less
 CPU). The forward correlated OTs are directly the client's input labels (silent: the garbler's zero
 labels are q ^ d Delta for the client's corrections d): the garbler sends nothing per client input
 bit but the silent iteration messages, and the server's own share bits are XOR-ed in for free.
@@ -145,8 +145,6 @@ LINK_DROP_CHUNK = 4
 ARGMAX_SIGN_MAX = 4
 _SETUP_DOM = 0x5245560000000000  # "REV": hash domain of the reverse OT extension's base-OT keys
 _MUX_DOM = 0x4D55580000000000  # "MUX": hash domain of the post-message's correlated OTs
-_SOT_FWD = 0x534F544600000000  # "SOTF": hash domain of the forward silent-OT iterations (client = receiver)
-_SOT_REV = 0x534F545200000000  # "SOTR": the reverse ones (server = receiver)
 OT_BACKENDS = ("silent", "softspoken")
 DEFAULT_OT = "silent"
 _SILENT_BIT = 0x80  # in the first hello's OT byte: the client asks for silent OT (low bits: SoftSpoken's k)
@@ -553,10 +551,11 @@ def _derive(nonce_c: bytes, nonce_s: bytes, a_pt: bytes) -> tuple[bytes, bytes, 
     return sid, sid[:8], aes_key
 
 
-def _ggm_keys(sid: bytes) -> object:
-    """The silent OT's two GGM expansion keys (public, per session)."""
-    keys = hashlib.blake2b(sid, digest_size=32, person=b"bunet-sot-ggm-v1").digest()
-    return aes_key_schedules([keys[:16], keys[16:]])
+def _ggm_keys(sid: bytes) -> tuple[object, object]:
+    """The silent OT's half-tree GGM keys (public, per session): one for the forward stream, one for
+    the reverse."""
+    keys = hashlib.blake2b(sid, digest_size=32, person=b"bunet-sot-ggm-v2").digest()
+    return aes_key_schedules([keys[:16]]), aes_key_schedules([keys[16:]])
 
 
 def _random_bits(m: int) -> np.ndarray:
@@ -620,7 +619,7 @@ class _Party:
         self._fwd: silent.Sender | silent.Receiver | None = None
         self._rev: silent.Sender | silent.Receiver | None = None
         self._blk0 = self._rblk0 = 0
-        self._gk: object = None
+        self._gk: tuple[object, object] | None = None
         self._pre_seq = 0
         # chained look-ups: per chunk of instances (in order), its carry state after the last link pass
         # that ran: (op params, n, pass, state); the client's state is its masks (rho of k0, rho of the
@@ -851,7 +850,7 @@ class Evaluator(_Party):
         self._checked_recv(self._blk, m, np.packbits(r, bitorder="little"), _buf(cm), t)
         self._gk = _ggm_keys(sid)
         t = t[: 16 * m].reshape(m, 16)
-        self._fwd = silent.Receiver(silent.Schedule(silent.SETUP, silent.MAIN), r, t, self._gk, self._rk, _SOT_FWD)
+        self._fwd = silent.Receiver(silent.Schedule(silent.SETUP, silent.MAIN), r, t, self._gk[0])
         self._blk += rows // 128
         self._blk0 = self._blk
         return bytes(cm)
@@ -873,9 +872,7 @@ class Evaluator(_Party):
             self._rdelta_c = _buf(self._rdelta)
             q = np.empty((m, 16), dtype=np.uint8)
             lib.bn_cot_send(rleaves, self.ot_k, self._rdelta_c, 0, m, _buf(body[32 * N_BASE :]), _buf(q))
-            self._rev = silent.Sender(
-                silent.Schedule(silent.SETUP, silent.MAIN), self._rdelta_c, q, self._gk, self._rk, _SOT_REV
-            )
+            self._rev = silent.Sender(silent.Schedule(silent.SETUP, silent.MAIN), self._rdelta_c, q, self._gk[1])
             self._rblk = self._rblk0 = m // 128
         self._rleaves = rleaves
 
@@ -1264,14 +1261,14 @@ class Garbler(_Party):
         self._gk = _ggm_keys(self._sid)
         sched = silent.Schedule(silent.SETUP, silent.MAIN)
         q = self._checked_send(self._blk, m, cm)
-        self._fwd = silent.Sender(sched, self._delta, q, self._gk, self._rk, _SOT_FWD)
+        self._fwd = silent.Sender(sched, self._delta, q, self._gk[0])
         self._blk += _checked_rows(self._ot_k, m) // 128
         self._blk0 = self._blk
         r = _random_bits(m)
         rcm = bytearray(_cot_len(self._ot_k, m))
         t = np.empty((m, 16), dtype=np.uint8)
         lib.bn_cot_recv(rleaves, self._ot_k, 0, m, _buf(np.packbits(r, bitorder="little")), _buf(rcm), _buf(t))
-        self._rev = silent.Receiver(sched, r, t, self._gk, self._rk, _SOT_REV)
+        self._rev = silent.Receiver(sched, r, t, self._gk[1])
         self._rblk = self._rblk0 = m // 128
         return bytes(rcm)
 

@@ -1,4 +1,4 @@
-"""Silent correlated OT (Ferret: primal LPN with regular noise) as a stream of COTs for the engine.
+"""Silent correlated OT (Ferret: primal LPN with regular noise, half-tree GGM) as a stream of COTs for the engine.
 
 One party is the COT sender (holds Delta and q_j), the other the receiver (choice c_j, t_j = q_j ^ c_j Delta).
 Iterations run in ``native/silent_ot.c``: the first (``SETUP``) from base COTs made by SoftSpoken at
@@ -80,8 +80,8 @@ def vetted() -> dict[str, LpnParams]:
 _TABLE = vetted()
 SETUP = _TABLE["ferret_b10"].check()  # from ~74k SoftSpoken COTs
 # b10 for every iteration too: 0.80 M COTs per iteration, 14 MB of rows per party and direction, its
-# 1 MB LPN secret in a core's L2 cache and 16-bit LPN positions. b11 sends 0.19 bytes of iteration
-# message per COT instead of 0.36 (0.2 % of a U-Net's bytes) for about a fifth more CPU per COT
+# 1 MB LPN secret in a core's L2 cache and 16-bit LPN positions. b11 sends 0.09 bytes of iteration
+# message per COT instead of 0.17 (0.1 % of a U-Net's bytes) for about a fifth more CPU per COT
 # (docs/protocol.md, bench/ot.py).
 MAIN = _TABLE["ferret_b10"].check()
 
@@ -155,9 +155,9 @@ class _Stream:
     meanwhile; the next one is started on a background thread once half of the newest is taken (the
     sender) or as soon as its message is in (the receiver), so consumers rarely wait for one."""
 
-    def __init__(self, sched: Schedule, gk: object, rk: object, dom: int) -> None:
+    def __init__(self, sched: Schedule, gk: object) -> None:
         self.sched = sched
-        self._gk, self._rk, self._dom = gk, rk, dom
+        self._gk = gk
         self._lock = threading.Condition()  # the stores and counters
         self._make = threading.Lock()  # one iteration made at a time
         self._taken: dict[int, int] = {}
@@ -172,13 +172,10 @@ class _Stream:
                     return self._free.pop(i)
         return np.empty((n, 16), dtype=np.uint8)
 
-    def _tweak(self, j: int) -> int:
-        return j << 24  # base indices stay below 2^24 (checked by the vetted table)
-
-    def _iteration_args(self, i: int, p: LpnParams) -> tuple:
-        """The leading arguments of bn_sot_send / bn_sot_recv for iteration i: its parameters, the
-        GGM and row hash keys, its tweak and the stream's hash domain."""
-        return (p.t, p.logk, p.h, int(self.sched.allow_test), self._gk, self._rk, self._tweak(i), self._dom)
+    def _iteration_args(self, p: LpnParams) -> tuple:
+        """The leading arguments of bn_sot_send / bn_sot_recv: the parameters of an iteration and the
+        stream's GGM key."""
+        return (p.t, p.logk, p.h, int(self.sched.allow_test), self._gk)
 
     def _gather(
         self, lo: int, hi: int, have: dict[int, np.ndarray], width: int, copy: Callable | None = None
@@ -224,8 +221,8 @@ class _Stream:
 class Sender(_Stream):
     """The COT sender: q rows; every iteration made here (locally) and its message handed out once."""
 
-    def __init__(self, sched: Schedule, delta: object, base_q: np.ndarray, gk: object, rk: object, dom: int) -> None:
-        super().__init__(sched, gk, rk, dom)
+    def __init__(self, sched: Schedule, delta: object, base_q: np.ndarray, gk: object) -> None:
+        super().__init__(sched, gk)
         self._delta = delta
         self._q: dict[int, np.ndarray] = {-1: np.ascontiguousarray(base_q[: sched.setup.base])}
         self._msg: dict[int, bytes] = {}
@@ -246,7 +243,7 @@ class Sender(_Stream):
                 out = self._rows_buffer(p.n)
                 msg = bytearray(p.msg_len)
                 rc = lib.bn_sot_send(
-                    *self._iteration_args(i, p),
+                    *self._iteration_args(p),
                     self._delta,
                     ffi.from_buffer("uint8_t[]", base),
                     ffi.from_buffer("uint8_t[]", msg),
@@ -287,10 +284,8 @@ class Sender(_Stream):
 class Receiver(_Stream):
     """The COT receiver: choice bits at claim time (no message needed), t rows once the messages are in."""
 
-    def __init__(
-        self, sched: Schedule, base_c: np.ndarray, base_t: np.ndarray, gk: object, rk: object, dom: int
-    ) -> None:
-        super().__init__(sched, gk, rk, dom)
+    def __init__(self, sched: Schedule, base_c: np.ndarray, base_t: np.ndarray, gk: object) -> None:
+        super().__init__(sched, gk)
         m = sched.setup.base
         self._c: dict[int, np.ndarray] = {-1: np.ascontiguousarray(base_c[:m], dtype=np.uint8)}
         self._t: dict[int, np.ndarray] = {-1: np.ascontiguousarray(base_t[:m])}
@@ -377,7 +372,7 @@ class Receiver(_Stream):
                     tb = np.ascontiguousarray(self._t[i - 1][: p.base])
                 out = self._rows_buffer(p.n)
                 rc = lib.bn_sot_recv(
-                    *self._iteration_args(i, p),
+                    *self._iteration_args(p),
                     ffi.from_buffer("uint8_t[]", cb),
                     ffi.from_buffer("uint8_t[]", tb),
                     ffi.from_buffer("uint8_t[]", msg),

@@ -53,7 +53,7 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire or how either side computes it (keys, hashes),
 # so a mismatch is a clear error, not a stall or a wrong mask.
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 # An HE layer's parts the client sends ahead of the answers: the next part travels and is computed
 # while the client decrypts the last answer. Each side holds at most this many parts in its queues,
 # which the transport's buffers hold, so neither side can block the other.
