@@ -194,14 +194,15 @@ int bn_sot_positions(uint32_t logk, uint64_t n, uint16_t *pos) {
 
 #define LPN_BATCH 256
 
-/* Row i's sum over its SOT_D positions p: out[i] ^= XOR base[p] (16-byte values, two accumulators for
- * the loads' latency) and out_bits[i] ^= XOR base_bits[p] (0/1 bytes). One pair for 16-bit positions
+/* Row i's sum over its SOT_D positions p: out[i] = in[i] ^ XOR base[p] (16-byte values, two accumulators
+ * for the loads' latency) and out_bits[i] ^= XOR base_bits[p] (0/1 bytes). One pair for 16-bit positions
  * (logk <= 16, the vetted main set) and one for 32-bit (larger k). */
 #define LPN_ROWS(SUFFIX, T)                                                                                    \
-    static void lpn_blocks_##SUFFIX(uint64_t cnt, const T *pos, const block *base, block *out) {            \
+    static void lpn_blocks_##SUFFIX(uint64_t cnt, const T *pos, const block *base, const block *in,           \
+                                    block *out) {                                                              \
         for (uint64_t i = 0; i < cnt; i++) {                                                                   \
             const T *p = pos + i * SOT_D;                                                                      \
-            block a = _mm_xor_si128(_mm_loadu_si128(out + i), _mm_loadu_si128(base + p[0]));                 \
+            block a = _mm_xor_si128(_mm_loadu_si128(in + i), _mm_loadu_si128(base + p[0]));                  \
             block b = _mm_loadu_si128(base + p[1]);                                                            \
             for (int l = 2; l < SOT_D; l += 2) {                                                               \
                 a = _mm_xor_si128(a, _mm_loadu_si128(base + p[l]));                                            \
@@ -221,36 +222,38 @@ int bn_sot_positions(uint32_t logk, uint64_t n, uint16_t *pos) {
 LPN_ROWS(p16, uint16_t)
 LPN_ROWS(p32, uint32_t)
 
-/* The LPN step over n rows, each output XOR-ed with its row's base entries: 16-byte values (if base) and/or
- * 0/1 bytes (if base_bits). The positions come from pos (16-bit, SOT_D a row: bn_sot_positions, made once
- * per parameter set and shared by every iteration and both parties) or, without it, are made here. */
-static void lpn(uint64_t n, uint32_t logk, const block *base, block *out, const uint8_t *base_bits,
-                uint8_t *out_bits, const uint16_t *pos) {
+/* The LPN step over rows j0 .. j0 + n - 1 (j0 a multiple of 4): out = in ^ the rows' sums of base entries
+ * (16-byte values, if base; in and out point at row j0's value, in may be out) and/or out_bits ^= the
+ * sums of base_bits (0/1 bytes, if base_bits; out_bits points at row j0's). The positions come from pos
+ * (16-bit, SOT_D a row: bn_sot_positions, made once per parameter set and shared by every iteration and
+ * both parties) or, without it, are made here. */
+static void lpn(uint64_t j0, uint64_t n, uint32_t logk, const block *base, const block *in, block *out,
+                const uint8_t *base_bits, uint8_t *out_bits, const uint16_t *pos) {
     if (pos) {
-        if (base) lpn_blocks_p16(n, pos, base, out);
-        if (base_bits) lpn_bits_p16(n, pos, base_bits, out_bits);
+        if (base) lpn_blocks_p16(n, pos + j0 * SOT_D, base, in, out);
+        if (base_bits) lpn_bits_p16(n, pos + j0 * SOT_D, base_bits, out_bits);
         return;
     }
     sot_key K;
     lpn_key(&K);
     uint16_t p16[LPN_BATCH * SOT_D];
     uint32_t p32[LPN_BATCH * SOT_D];
-    for (uint64_t j0 = 0; j0 < n; j0 += LPN_BATCH) {
-        const uint64_t cnt = n - j0 < LPN_BATCH ? n - j0 : LPN_BATCH;
+    for (uint64_t r = 0; r < n; r += LPN_BATCH) {
+        const uint64_t cnt = n - r < LPN_BATCH ? n - r : LPN_BATCH;
         if (logk <= 16) {
             if (bn_have_vaes())
-                lpn_positions16_vaes(&K, j0, cnt, logk, p16);
+                lpn_positions16_vaes(&K, j0 + r, cnt, logk, p16);
             else
-                lpn_positions16(&K, j0, cnt, logk, p16);
-            if (base) lpn_blocks_p16(cnt, p16, base, out + j0);
-            if (base_bits) lpn_bits_p16(cnt, p16, base_bits, out_bits + j0);
+                lpn_positions16(&K, j0 + r, cnt, logk, p16);
+            if (base) lpn_blocks_p16(cnt, p16, base, in + r, out + r);
+            if (base_bits) lpn_bits_p16(cnt, p16, base_bits, out_bits + r);
         } else {
             if (bn_have_vaes())
-                lpn_positions_vaes(&K, j0, (uint32_t)cnt, logk, p32);
+                lpn_positions_vaes(&K, j0 + r, (uint32_t)cnt, logk, p32);
             else
-                lpn_positions_sse(&K, j0, (uint32_t)cnt, logk, p32);
-            if (base) lpn_blocks_p32(cnt, p32, base, out + j0);
-            if (base_bits) lpn_bits_p32(cnt, p32, base_bits, out_bits + j0);
+                lpn_positions_sse(&K, j0 + r, (uint32_t)cnt, logk, p32);
+            if (base) lpn_blocks_p32(cnt, p32, base, in + r, out + r);
+            if (base_bits) lpn_bits_p32(cnt, p32, base_bits, out_bits + r);
         }
     }
 }
@@ -429,12 +432,14 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     const block *Q = (const block *)base_q + k;
     block *out = (block *)out_q, *cts = (block *)msg;
     uint8_t *roots = malloc(16 * (size_t)t);
-    if (!roots || bn_prg_fill(roots, 16 * (size_t)t) != 0) {
+    block *node = aligned_alloc(64, leaves * sizeof(block));
+    if (!roots || !node || bn_prg_fill(roots, 16 * (size_t)t) != 0) {
         free(roots);
+        free(node);
         return BN_ERANDOM;
     }
+    /* each tree in a cache-resident scratch, then its leaves through the LPN step straight into out */
     for (uint64_t tau = 0; tau < t; tau++) {
-        block *node = out + tau * leaves;
         const block s = _mm_loadu_si128((const block *)roots + tau);
         node[0] = s;
         node[1] = _mm_xor_si128(s, D);
@@ -445,10 +450,12 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
             const uint64_t b = tau * h + i - 1;
             _mm_storeu_si128(cts + b, _mm_xor_si128(s0, _mm_loadu_si128(Q + b)));
         }
+        lpn(tau * leaves, leaves, logk, (const block *)base_q, node, out + tau * leaves, NULL, NULL, pos);
     }
     memset(roots, 0, 16 * (size_t)t);
+    memset(node, 0, leaves * sizeof(block));
     free(roots);
-    lpn((uint64_t)t * leaves, logk, (const block *)base_q, out, NULL, NULL, pos);
+    free(node);
     return 0;
 }
 
@@ -462,7 +469,7 @@ int bn_sot_choice(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const u
         uint8_t *o = out_c + tau * leaves;
         for (uint64_t y = 0; y < leaves; y++) o[y] = (uint8_t)(eq_mask(y, alpha) & 1);
     }
-    lpn((uint64_t)t * leaves, logk, NULL, NULL, base_c, out_c, pos);
+    lpn(0, (uint64_t)t * leaves, logk, NULL, NULL, NULL, base_c, out_c, pos);
     return 0;
 }
 
@@ -476,12 +483,12 @@ int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     if (key_and_check(t, logk, h, allow_test, gk, &K) != 0 || (pos && logk > 16)) return BN_EPARAMS;
     const uint64_t k = 1ULL << logk, leaves = 1ULL << h;
     const block *T = (const block *)base_t + k, *cts = (const block *)msg;
-    block *out = (block *)out_t;
+    block *out = (block *)out_t, *node = aligned_alloc(64, leaves * sizeof(block));
+    if (!node) return BN_ENOMEM;
     block zz[2] = {_mm_setzero_si128(), _mm_setzero_si128()}, u0 = _mm_setzero_si128(), u1 = u0;
     ggm_level_sse(&K, zz, 1, &u0, &u1); /* the children of 0: (Z, Z) */
     const block Z = zz[0];
-    for (uint64_t tau = 0; tau < t; tau++) {
-        block *node = out + tau * leaves;
+    for (uint64_t tau = 0; tau < t; tau++) { /* each tree in a scratch, then through the LPN step into out */
         uint64_t path = 0;
         for (uint32_t i = 1; i <= h; i++) {
             const uint64_t b = tau * h + i - 1, r = base_c[k + b] & 1, width = 1ULL << i;
@@ -502,8 +509,10 @@ int bn_sot_recv(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
             const block top = _mm_xor_si128(_mm_xor_si128(s0, s1), sib);
             set_two(node, width, path ^ 1, sib, path, i == h ? top : _mm_setzero_si128());
         }
+        lpn(tau * leaves, leaves, logk, (const block *)base_t, node, out + tau * leaves, NULL, NULL, pos);
     }
-    lpn((uint64_t)t * leaves, logk, (const block *)base_t, out, NULL, NULL, pos);
+    memset(node, 0, leaves * sizeof(block));
+    free(node);
     return 0;
 }
 
