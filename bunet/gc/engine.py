@@ -66,10 +66,10 @@ argument.
 Bytes per ReLU (24, 24, 8) at ot_k = 4: 720.5 without look-ups (624.5 garbled + 96 up), 272.3
 in sign mode (85.2 garbled + 96 of reverse OTs down; 91 up: 8 OTs, 56 bytes of tables, and
 3 bytes of post-message). Chunks of 8 + 7 bits took 311.6 (128 bytes of tables, one AND less).
-With silent OT 162.6 (2^18 ReLUs, set-up included): 1 + 3 bytes of corrections for the 8 + 24 OTs
-and about 11.5 bytes of iteration messages instead of 32 + 96. Chained (the default), silent OT:
-62.6 (no garbled gate; 30 bytes of tables, 12.5 of output conversion, 3.5 of reverse OTs; 4 link
-passes), ReLU + 2x2 max-pool window 392.5 instead of 940.6 (``bench/gc.py``, same run).
+With silent OT 156.3 (2^18 ReLUs, set-up included): 1 + 3 bytes of corrections for the 8 + 24 OTs
+and about 5 bytes of iteration messages instead of 32 + 96. Chained (the default), silent OT:
+56.3 (no garbled gate; 30 bytes of tables, 11.9 of output conversion, 3.5 of reverse OTs; 4 link
+passes), ReLU + 2x2 max-pool window 351.5 instead of 899.6 (``bench/gc.py``, same run).
 
 Both parties make their messages on worker threads: ``prepare`` (client requests) and
 ``prepare_pre`` (server pre-messages) claim the OT ranges in order and return the job, like
