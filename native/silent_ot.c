@@ -433,10 +433,11 @@ int bn_sot_send(uint32_t t, uint32_t logk, uint32_t h, int allow_test, const uin
     block *out = (block *)out_q, *cts = (block *)msg;
     uint8_t *roots = malloc(16 * (size_t)t);
     block *node = aligned_alloc(64, leaves * sizeof(block));
-    if (!roots || !node || bn_prg_fill(roots, 16 * (size_t)t) != 0) {
+    const int rc = !roots || !node ? BN_ENOMEM : bn_prg_fill(roots, 16 * (size_t)t) != 0 ? BN_ERANDOM : 0;
+    if (rc) {
         free(roots);
         free(node);
-        return BN_ERANDOM;
+        return rc;
     }
     /* each tree in a cache-resident scratch, then its leaves through the LPN step straight into out */
     for (uint64_t tau = 0; tau < t; tau++) {
