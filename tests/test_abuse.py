@@ -449,3 +449,13 @@ def test_servers_of_different_models_are_refused(model):
     other = seed_unet_model(in_channels=1, base=2, depth=1, input_size=SIZE, seed=4)
     with Server(model) as a, Server(other) as b, pytest.raises(ClientError, match="another model"):
         Client(f"{a.address},{b.address}")
+
+
+def test_a_second_server_on_a_port_in_use_fails_to_start(model):
+    """No SO_REUSEPORT: a server started on a port another one holds is an error at start-up, not a
+    silent share of the first one's connections."""
+    with Server(model, "127.0.0.1:0") as a:
+        with pytest.raises(OSError, match="cannot listen"):
+            Server(model, a.address)
+        with Client(a.address) as c:  # the first still serves
+            assert json.loads(c.servers[0].describe().description_json)["model"]

@@ -450,7 +450,10 @@ class GrpcServer:
         client_ca: str | None = None,
         workers: int = 8,
     ) -> None:
-        opts = _grpc_options(MAX_FRAME_MESSAGE_BYTES) + SERVER_KEEPALIVE
+        # no SO_REUSEPORT (gRPC's default): a second server on a port in use must fail to start, not
+        # share the port and take half of the first one's connections; and port 0 must not hand out
+        # a port another server still holds
+        opts = _grpc_options(MAX_FRAME_MESSAGE_BYTES) + SERVER_KEEPALIVE + [("grpc.so_reuseport", 0)]
         # every open stream holds a worker thread; beyond max_streams gRPC refuses new calls at once
         # (RESOURCE_EXHAUSTED) instead of queueing them unseen. Describe and health need a few more.
         streams = servicer.limits.max_streams
@@ -484,13 +487,17 @@ class GrpcServer:
                 root_certificates=_read(client_ca) if client_ca else None,
                 require_client_auth=bool(client_ca),
             )
-            self.port = self.server.add_secure_port(listen, creds)
-        else:
-            if client_ca:
-                raise ValueError("--client-ca needs TLS (--tls-cert and --tls-key)")
-            self.port = self.server.add_insecure_port(listen)
+        elif client_ca:
+            raise ValueError("--client-ca needs TLS (--tls-cert and --tls-key)")
+        try:  # gRPC raises RuntimeError on a failed bind (port in use, address not ours), or returns 0
+            self.port = (
+                self.server.add_secure_port(listen, creds) if tls_cert else self.server.add_insecure_port(listen)
+            )
+        except RuntimeError:
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {listen}")
+            self.server.stop(0)
+            raise OSError(f"cannot listen on {listen}: the address is in use or not this machine's")
 
     def start(self) -> GrpcServer:
         self.server.start()
