@@ -21,10 +21,11 @@ Correlated OTs come from silent OT by default (``ot="silent"``, ``bunet.gc.silen
 extension with half-tree GGM, 1 bit of choice corrections per OT plus its iteration messages, about
 0.30 bytes per OT), bootstrapped at set-up by SoftSpoken (Roy, CRYPTO 2022) with k bits per block
 (``Evaluator(ot_k=4)``, k = 1 is plain IKNP), or from SoftSpoken alone (``ot="softspoken"`` on both
-parties): the receiver sends 128/k bits per OT (16 bytes for IKNP, 4 for the default k = 4; k = 2 costs 8 bytes and less
-CPU). The forward correlated OTs are directly the client's input labels (silent: the garbler's zero
-labels are q ^ d Delta for the client's corrections d): the garbler sends nothing per client input
-bit but the silent iteration messages, and the server's own share bits are XOR-ed in for free.
+parties): the receiver sends 128/k bits per OT (16 bytes for IKNP, 4 for the default k = 4; k = 2
+costs 8 bytes and less CPU). The forward correlated OTs are directly the client's input labels
+(silent: the garbler's zero labels are q ^ d Delta for the client's corrections d): the garbler sends
+nothing per client input bit but the silent iteration messages, and the server's own share bits are
+XOR-ed in for free.
 With silent OT, an iteration's message rides on the first response (forward) or request (reverse)
 that uses it, and ``finish`` of a later response of that iteration waits for the one carrying it.
 

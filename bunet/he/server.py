@@ -189,10 +189,8 @@ class ServerHE:
         for i, spec in enumerate(specs):
             plan = plan_for(spec, self.params.poly_degree)
             if _strategy(plan) == "filters":
-                size = self.kernel_bytes(plan)
-                once = plan.n_parts > 1 and size <= CALL_KERNEL_BYTES
-                rebuilds = 1 if once else plan.n_parts * len(self._tile_chunks(plan))
-                rank.append((-plan.opack * plan.ipack * plan.k * plan.k * rebuilds, size, i))
+                rebuilds = 1 if self._built_per_call(plan) else plan.n_parts * len(self._tile_chunks(plan))
+                rank.append((-plan.opack * plan.ipack * plan.k * plan.k * rebuilds, self.kernel_bytes(plan), i))
         chosen = [False] * len(specs)
         left = self.cache_left
         for _, size, i in sorted(rank):
@@ -271,13 +269,16 @@ class ServerHE:
         """Bytes of a layer's NTT-form kernels (float32), kept or built."""
         return self.rns.k * plan.n * plan.n_og * plan.n_ig * 4
 
+    def _built_per_call(self, plan: Plan) -> bool:
+        """Whether a call builds the layer's kernels, if not kept, once for all its parts (several
+        parts, kernels within CALL_KERNEL_BYTES) rather than again for every chunk of tiles."""
+        return plan.n_parts > 1 and self.kernel_bytes(plan) <= CALL_KERNEL_BYTES
+
     def call_kernel_bytes(self, layer: ServerLayer) -> int:
         """Bytes of the kernels one call of this layer builds and keeps for its parts (0: none)."""
-        plan = layer.plan
-        if layer.strategy != "filters" or layer.filters is not None or plan.n_parts < 2:
+        if layer.strategy != "filters" or layer.filters is not None or not self._built_per_call(layer.plan):
             return 0
-        size = self.kernel_bytes(plan)
-        return size if size <= CALL_KERNEL_BYTES else 0
+        return self.kernel_bytes(layer.plan)
 
     def _og_groups(self, plan: Plan) -> list[np.ndarray]:
         step = max(1, FILTER_GROUP_BYTES // (8 * self.rns.k * plan.n * plan.n_ig))

@@ -59,6 +59,7 @@ def parts(plan: Plan, params: HEParams, batch: int) -> tuple[Part, ...]:
     lo, hi, _ = plan.returned_ranges
     out: list[Part] = []
     for b in range(batch):
+        base_up, base_ret = b * plan.n_in_cts(1), b * plan.n_returned
         for p in range(plan.n_parts):
             t0, t1 = plan.part_range(p)
             u0, u1 = t0 * plan.n_ig, t1 * plan.n_ig
@@ -67,7 +68,6 @@ def parts(plan: Plan, params: HEParams, batch: int) -> tuple[Part, ...]:
             first = not out
             up = (UP_HEAD_BYTES if first else 0) + (u1 - u0) * ct_up
             down = (DOWN_HEAD_BYTES if first else 0) + (d1 - d0) * n * b1 + (r1 - r0) * b0
-            base_up, base_ret = b * plan.n_in_cts(1), b * plan.n_returned
             out.append(Part(b, t0, t1, u0, u1, d0, d1, r0, r1, base_up, base_ret, up, down))
     return tuple(out)
 
