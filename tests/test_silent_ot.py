@@ -168,6 +168,26 @@ def test_parameter_table_checked():
     assert lib.bn_sot_check(1170, 17, 11, 0) == 0 and lib.bn_sot_check(1171, 17, 11, 0) != 0
 
 
+def test_lpn_step_equals_a_numpy_reference_at_the_real_parameters():
+    """The receiver's choice bits of a ferret_b10 iteration are e ^ A u (e: one 1 per tree at the punctured
+    leaf, A: the public code's rows from bn_sot_positions, u: the LPN secret's base choice bits), computed
+    here in NumPy over all 16 bits of every position. The correlation tests tie the 16-byte rows of both
+    sides to these bits, so together they pin the native LPN step to the specified code."""
+    p = silent.MAIN
+    rng = np.random.default_rng(8)
+    base = rng.integers(0, 2, p.base, dtype=np.uint8)
+    out = np.empty(p.n, dtype=np.uint8)
+    pos = silent.positions(p.logk, p.n)
+    assert int(pos.max()) >= 1 << 15  # the top bits of the fields are exercised
+    b = lambda a: ffi.from_buffer("uint8_t[]", a)  # noqa: E731
+    assert lib.bn_sot_choice(p.t, p.logk, p.h, 0, b(base), b(out), ffi.cast("const uint16_t *", pos.ctypes.data)) == 0
+    alpha = ((1 - base[p.k :].reshape(p.t, p.h)).astype(np.int64) << np.arange(p.h - 1, -1, -1)).sum(axis=1)
+    e = np.zeros((p.t, 1 << p.h), dtype=np.uint8)
+    e[np.arange(p.t), alpha] = 1
+    want = e.reshape(-1) ^ np.bitwise_xor.reduce(base[: p.k][pos.reshape(p.n, silent.LPN_D)], axis=1)
+    np.testing.assert_array_equal(out, want)
+
+
 def test_real_parameters_cross_into_main_iteration():
     """ferret_b10 from 74k base COTs, then the main set from its reserved head: every row checked."""
     delta, snd, rcv, _ = _streams(silent.SETUP, silent.MAIN, False)
