@@ -36,11 +36,11 @@ import numpy as np
 # Input ciphertexts per part of an HE message (per batch element).  Both messages of a layer go in
 # parts of consecutive tiles, so the server computes a part while the next one travels and the client
 # decrypts a part's result while the server computes the next: over a WAN the transfer hides behind
-# the work.  Each part is one pass over the layer's kernels (and, for kernels the server does not keep,
-# one rebuild), so parts are kept large: PART_IN_CTS input ciphertexts, and at least MIN_PART_TILES
-# tiles, which leaves the deep layers (a few tiles, many channels) in one part.
-PART_IN_CTS = 128
-MIN_PART_TILES = 4
+# the work.  Small parts pipeline better (a part is about 8.5 MB at N = 8192, 68 ms at 1 Gbit/s, and
+# the deep layers of few tiles are split too), at a price only for kernels the server does not keep:
+# each part is one pass over the layer's kernels and, for those, one rebuild (docs/benchmarks.md).
+PART_IN_CTS = 64
+MIN_PART_TILES = 1
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,12 @@ Progress = Callable[[int], None]  # called with the number of plan steps just fi
 # The message order of a job (tags, windows, pre-messages): both builds must speak the same one.
 # Raise it with every change to what goes on the wire or how either side computes it (keys, hashes),
 # so a mismatch is a clear error, not a stall or a wrong mask.
-PROTOCOL_VERSION = 10
-# An HE layer's parts the client sends ahead of the answers: the next part travels and is computed
-# while the client decrypts the last answer. Each side holds at most this many parts in its queues,
-# which the transport's buffers hold, so neither side can block the other.
-HE_WINDOW = 2
+PROTOCOL_VERSION = 11
+# An HE layer's parts the client sends ahead of the answers: the next parts travel and are computed
+# while the client decrypts the last answer. Each side holds at most this many parts in its queues
+# (4 x 64 input ciphertexts, about 34 MB at N = 8192), which the transport's buffers hold, so neither
+# side can block the other.
+HE_WINDOW = 4
 JOB_SPEC_BYTES = 4 << 10  # the job request is a few dozen bytes of JSON
 SETUP_BYTES = 1 << 20  # public key, GC hello: well below
 # What a job's stream may buffer in the transport (frames queued each way, one message being
