@@ -194,32 +194,30 @@ int bn_sot_positions(uint32_t logk, uint64_t n, uint16_t *pos) {
 
 #define LPN_BATCH 256
 
-/* Row i's sum over its SOT_D positions p: out[i] = in[i] ^ XOR base[p] (16-byte values, two accumulators
- * for the loads' latency) and out_bits[i] ^= XOR base_bits[p] (0/1 bytes). One pair for 32-bit positions
- * (k > 2^16); the 16-bit ones (the vetted main set) below. */
-#define LPN_ROWS(SUFFIX, T)                                                                                    \
-    static void lpn_blocks_##SUFFIX(uint64_t cnt, const T *pos, const block *base, const block *in,           \
-                                    block *out) {                                                              \
-        for (uint64_t i = 0; i < cnt; i++) {                                                                   \
-            const T *p = pos + i * SOT_D;                                                                      \
-            block a = _mm_xor_si128(_mm_loadu_si128(in + i), _mm_loadu_si128(base + p[0]));                  \
-            block b = _mm_loadu_si128(base + p[1]);                                                            \
-            for (int l = 2; l < SOT_D; l += 2) {                                                               \
-                a = _mm_xor_si128(a, _mm_loadu_si128(base + p[l]));                                            \
-                b = _mm_xor_si128(b, _mm_loadu_si128(base + p[l + 1]));                                        \
-            }                                                                                                  \
-            _mm_storeu_si128(out + i, _mm_xor_si128(a, b));                                                    \
-        }                                                                                                      \
-    }                                                                                                          \
-    static void lpn_bits_##SUFFIX(uint64_t cnt, const T *pos, const uint8_t *base_bits, uint8_t *out_bits) { \
-        for (uint64_t i = 0; i < cnt; i++) {                                                                   \
-            const T *p = pos + i * SOT_D;                                                                      \
-            uint8_t acc = out_bits[i];                                                                         \
-            for (int l = 0; l < SOT_D; l++) acc ^= base_bits[p[l]];                                            \
-            out_bits[i] = acc & 1;                                                                             \
-        }                                                                                                      \
+/* Row i's sum over its SOT_D 32-bit positions p (k > 2^16; the 16-bit ones of the vetted main set below):
+ * out[i] = in[i] ^ XOR base[p] (16-byte values, two accumulators for the loads' latency) and
+ * out_bits[i] ^= XOR base_bits[p] (0/1 bytes). */
+static void lpn_blocks_p32(uint64_t cnt, const uint32_t *pos, const block *base, const block *in, block *out) {
+    for (uint64_t i = 0; i < cnt; i++) {
+        const uint32_t *p = pos + i * SOT_D;
+        block a = _mm_xor_si128(_mm_loadu_si128(in + i), _mm_loadu_si128(base + p[0]));
+        block b = _mm_loadu_si128(base + p[1]);
+        for (int l = 2; l < SOT_D; l += 2) {
+            a = _mm_xor_si128(a, _mm_loadu_si128(base + p[l]));
+            b = _mm_xor_si128(b, _mm_loadu_si128(base + p[l + 1]));
+        }
+        _mm_storeu_si128(out + i, _mm_xor_si128(a, b));
     }
-LPN_ROWS(p32, uint32_t)
+}
+
+static void lpn_bits_p32(uint64_t cnt, const uint32_t *pos, const uint8_t *base_bits, uint8_t *out_bits) {
+    for (uint64_t i = 0; i < cnt; i++) {
+        const uint32_t *p = pos + i * SOT_D;
+        uint8_t acc = out_bits[i];
+        for (int l = 0; l < SOT_D; l++) acc ^= base_bits[p[l]];
+        out_bits[i] = acc & 1;
+    }
+}
 
 /* A row's ten 16-bit positions in three loads (two 8-byte words and a 4-byte one, little-endian), each
  * position then a shift and a mask: the loop is bound by its loads, and this takes seven of the
@@ -256,17 +254,13 @@ static void lpn_blocks_p16(uint64_t cnt, const uint16_t *pos, const block *base,
     }
 }
 
-#define BIT16(bits, x, f) (bits)[((x) >> (16 * (f))) & 0xffff]
-
 static void lpn_bits_p16(uint64_t cnt, const uint16_t *pos, const uint8_t *base_bits, uint8_t *out_bits) {
     for (uint64_t i = 0; i < cnt; i++) {
         uint64_t w[3];
         row_words16(pos + i * SOT_D, w);
-        const uint8_t a = (uint8_t)(BIT16(base_bits, w[0], 0) ^ BIT16(base_bits, w[0], 1) ^ BIT16(base_bits, w[0], 2) ^
-                                    BIT16(base_bits, w[0], 3) ^ BIT16(base_bits, w[1], 0));
-        const uint8_t b = (uint8_t)(BIT16(base_bits, w[1], 1) ^ BIT16(base_bits, w[1], 2) ^ BIT16(base_bits, w[1], 3) ^
-                                    BIT16(base_bits, w[2], 0) ^ BIT16(base_bits, w[2], 1));
-        out_bits[i] = (out_bits[i] ^ a ^ b) & 1;
+        uint8_t acc = out_bits[i];
+        for (int l = 0; l < SOT_D; l++) acc ^= base_bits[(w[l / 4] >> (16 * (l % 4))) & 0xffff];
+        out_bits[i] = acc & 1;
     }
 }
 
