@@ -26,8 +26,9 @@ TAG = "gc:bench"
 class SocketChannel(Channel):
     """Tagged length-prefixed messages over a connected socket; bytes per tag suffix both ways."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float | None = None) -> None:
         super().__init__()
+        sock.settimeout(timeout)  # a test's bound on each send and receive: a deadlock fails, not hangs
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             with contextlib.suppress(OSError):  # best effort
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
@@ -87,7 +88,7 @@ def _garbler_proc(conn: object, sock: socket.socket | None, op: MaxTrunc | Argma
             conn.send(srv.getsockname()[1])
             sock, _ = srv.accept()
             srv.close()
-        ch = SocketChannel(sock)
+        ch = SocketChannel(sock, cfg["timeout"])
         try:
             cpu0 = time.process_time()
             g = gc_pipeline.open_garbler(ch, cfg["ot"])
@@ -114,14 +115,16 @@ def two_party(
     ot_k: int = 4,
     threads: int = 2,
     ot: str = "silent",
+    timeout: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, RunStats]:
     """Run one op over (instances, k) shares with the garbler in a spawned process and the evaluator
     here. tcp=False: a Unix socketpair; tcp=True: loopback TCP. Returns (client result, server
     shares or None, stats); stats.seconds covers the session from the client's hello to its last
-    output, stats.extra each party's CPU seconds (process time, all threads)."""
+    output, stats.extra each party's CPU seconds (process time, all threads). ``timeout``: seconds
+    either party waits for the other at most, per message (default: no bound)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    cfg = {"chunk": chunk, "window": window, "threads": threads, "ot": ot}
+    cfg = {"chunk": chunk, "window": window, "threads": threads, "ot": ot, "timeout": timeout}
     if tcp:
         proc = ctx.Process(target=_garbler_proc, args=(child, None, op, ys, cfg))
         proc.start()
@@ -132,7 +135,7 @@ def two_party(
         proc = ctx.Process(target=_garbler_proc, args=(child, peer, op, ys, cfg))
         proc.start()
         peer.close()
-    ch = SocketChannel(s)
+    ch = SocketChannel(s, timeout)
     try:
         t0, cpu0 = time.perf_counter(), time.process_time()
         try:

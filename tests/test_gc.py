@@ -570,6 +570,24 @@ def test_two_processes():
     np.testing.assert_array_equal(lab, ring.argmax(x2, in_bits=l))
 
 
+@pytest.mark.parametrize("n,chunk,window", [(300, 1000, 4), (300, 100, 8), (900, 100, 2), (1500, 100, 1)])
+def test_link_passes_over_any_number_of_chunks(n, chunk, window):
+    """A chained op's link passes over one chunk, fewer chunks than the window, and many more than the
+    pre-messages kept ahead (each pass ends before the next starts): no deadlock (every message waits
+    at most a minute) and the shares equal the reference."""
+    from gcpair import two_party
+
+    l = 24
+    op = MaxTrunc(ring_bits=l, in_bits=l, shift=8, relu=True)
+    assert op.link_passes >= 2
+    x = ring.random((n, 1), l)
+    yc, ys = ring.share(x, l)
+    out_c, out_s, _ = two_party(op, yc, ys, chunk=chunk, window=window, timeout=60)
+    np.testing.assert_array_equal(
+        ring.add(out_c, out_s, l).reshape(-1), ring.nonlinear(x, in_bits=l, shift=8, relu=True, ring_bits=l).reshape(-1)
+    )
+
+
 def test_two_processes_silent_ot_k1():
     """Silent OT bootstrapped by IKNP (k = 1): the third hello carries over a megabyte of base COTs,
     more than the first hello's limit; the server takes it at its exact size."""
