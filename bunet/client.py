@@ -21,7 +21,7 @@ import numpy as np
 
 from . import volume
 from .protocol.channel import ProtocolError
-from .protocol.session import ClientProtocol
+from .protocol.session import GC_WINDOW_SMALL, ClientProtocol
 from .service.transport import NotAllowed, StubClient, TransportError, job_failure, open_channel, rpc_error_message
 
 RETRY_FOR_S = 600.0  # how long a job refused for a busy server is retried (with backoff) before giving up
@@ -67,6 +67,13 @@ def _on_this_machine(addresses: list[str]) -> bool:
     return True
 
 
+def _too_big(code: Any, retry_after: float | None) -> bool:
+    """Whether the server refused a job as larger than it allows one job (not busy: no retry hint)."""
+    import grpc
+
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after is None
+
+
 def _server_failed(e: ProtocolError, code: Any, retry_after: float | None) -> bool:
     """Whether a job's failure is its server's (try another) rather than the job's own."""
     import grpc
@@ -76,7 +83,7 @@ def _server_failed(e: ProtocolError, code: Any, retry_after: float | None) -> bo
     if isinstance(e, DeadlineExceeded):
         return True  # stalled
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return retry_after is not None  # busy, not too big
+        return not _too_big(code, retry_after)  # busy
     return code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.CANCELLED,
@@ -273,6 +280,7 @@ class Client:
         backoff = 1.0
         turn = next(self._turn)
         moves = 0
+        window = self.protocol.gc_window
         while True:
             idx = self._pick(turn + moves)
             stub = self.servers[idx]
@@ -287,13 +295,21 @@ class Client:
                     progress(k)
 
             try:
-                labels, t = self.protocol.run_job(chan, network, x, counted)
+                labels, t = self.protocol.run_job(chan, network, x, counted, gc_window=window)
                 return chan, labels, t
             except ProtocolError as e:
                 finish()
                 if chan.aborted:  # ended on purpose (another job of the scan failed)
                     raise ClientError(str(e)) from None
                 code, retry_after = job_failure(chan)
+                if _too_big(code, retry_after) and window > GC_WINDOW_SMALL:
+                    # refused before any work: fewer chunks in flight need less of the server's memory
+                    window = GC_WINDOW_SMALL
+                    if progress and done[0]:
+                        progress(-done[0])
+                    if self.status:
+                        self.status(f"{self._failure(e, chan, stub.address)}; trying with fewer messages in flight")
+                    continue
                 if self._spread > 1 and moves < 3 * self._spread and _server_failed(e, code, retry_after):
                     self._down[idx] = time.monotonic() + (retry_after or 60.0)
                     if progress and done[0]:

@@ -319,6 +319,34 @@ def test_job_over_the_budget_is_refused_at_once(model, x):
         srv.stop(0)
 
 
+def test_job_too_big_at_the_default_window_runs_with_a_smaller_one(model, x, ref, monkeypatch):
+    """A server whose per-job memory covers a job with GC_WINDOW_SMALL chunks in flight but not with
+    GC_WINDOW refuses it at once; the client sends it again with the smaller window and gets the
+    reference labels. (The test model's jobs are too small to fill either window, so the server's
+    estimate is raised past its budget for the deeper window.)"""
+    from bunet.protocol import session
+
+    srv = Server(model, "127.0.0.1:0").start()
+    try:
+        real = srv.protocol.job_memory
+        windows: list[int] = []
+
+        def job_memory(spec: JobSpec) -> int:
+            windows.append(spec.gc_window)
+            over = spec.gc_window > session.GC_WINDOW_SMALL
+            return real(spec) + (srv.admission.job_budget if over else 0)
+
+        monkeypatch.setattr(srv.protocol, "job_memory", job_memory)
+        said: list[str] = []
+        with Client(srv.address, lanes=1, status=said.append) as c:
+            assert c.protocol.gc_window == session.GC_WINDOW > session.GC_WINDOW_SMALL
+            assert np.array_equal(c.segment_slices(x), ref)
+        assert windows == [session.GC_WINDOW, session.GC_WINDOW_SMALL]
+        assert any("fewer messages in flight" in s for s in said)
+    finally:
+        srv.stop(0)
+
+
 def test_admission_queue_order_and_client_grouping():
     adm = Admission(budget=1000, reserved=100, max_running=1, max_queue=2, max_streams_per_client=2)
     order: list[str] = []

@@ -40,10 +40,13 @@ from . import gc_pipeline
 from .channel import Channel, MalformedMessage, ProtocolError, from_client
 
 # Requests in flight; the server garbles up to this many chunks at once. Each message crosses two
-# transport threads and the network, so a deeper window hides that latency; a deeper one also holds
-# more memory (the server makes pre-messages PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per
-# 16,384-ReLU chunk), and 8 kept the two cores about as busy as 16.
-GC_WINDOW = 8
+# transport threads and the network, so a deeper window hides that latency, and each party wakes up
+# fewer times per chunk: 16 rather than 8 saves time and CPU both on loopback and over a WAN link
+# (docs/benchmarks.md). A deeper one also holds more memory (the server makes pre-messages
+# PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per 16,384-ReLU chunk), so a job that needs more
+# than the server allows one job at GC_WINDOW is sent again with GC_WINDOW_SMALL (bunet.client).
+GC_WINDOW = 16
+GC_WINDOW_SMALL = 8
 MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: PRE_AHEAD + 1 windows of pre-messages per job)
 GC_THREADS = min(2, os.cpu_count() or 1)  # garbling / evaluation threads per party
 
@@ -218,10 +221,11 @@ class _ClientBackend:
         frac_bits: int,
         ring_bits: int,
         ev: gc.Evaluator,
+        window: int,
     ) -> None:
         self.cli, self.chan, self.hec, self.x, self.ev = cli, chan, hec, x, ev
         self.frac_bits, self.ring_bits = frac_bits, ring_bits
-        self.window = cli.gc_window
+        self.window = window  # the job's, as announced in its spec
 
     def input(self, step: Input, shape: Shape) -> np.ndarray:
         return ring.encode(self.x, self.frac_bits, self.ring_bits)
@@ -443,18 +447,25 @@ class ClientProtocol:
         return max_job_slices(self.plans[network], self.he_params.poly_degree, height, width)
 
     def run_job(
-        self, chan: Channel, network: str, x: np.ndarray, progress: Progress | None = None
+        self,
+        chan: Channel,
+        network: str,
+        x: np.ndarray,
+        progress: Progress | None = None,
+        gc_window: int | None = None,
     ) -> tuple[np.ndarray, Timings]:
-        """Segment a batch of preprocessed slices x (B, C, H, W) float in [0, 1] -> labels (B, H, W)."""
+        """Segment a batch of preprocessed slices x (B, C, H, W) float in [0, 1] -> labels (B, H, W);
+        ``gc_window``: this job's window instead of ``self.gc_window``."""
         plan = self.plans[network]
         B, C, H, W = x.shape
         t = Timings()
-        chan.send("job", JobSpec(network, B, H, W, self.gc_window, gc_ot=self.gc_ot).to_bytes())
+        window = self.gc_window if gc_window is None else gc_window
+        chan.send("job", JobSpec(network, B, H, W, window, gc_ot=self.gc_ot).to_bytes())
         t0 = time.perf_counter()
         hec = he.ClientHE(self.he_params)  # a key pair per job: jobs are unlinkable by key; the secret stays here
         chan.send("he_pk", hec.public_key())
         ev = gc_pipeline.open_evaluator(chan, ot=self.gc_ot)
-        backend = _ClientBackend(self, chan, hec, x, plan.frac_bits, plan.ring_bits, ev)
+        backend = _ClientBackend(self, chan, hec, x, plan.frac_bits, plan.ring_bits, ev, window)
         t.add("gc", t0)
         out = execute(plan, backend, H, W, on_step=_on_step(t, progress))
         chan.recv("done")
