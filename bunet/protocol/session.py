@@ -41,10 +41,11 @@ from .channel import Channel, MalformedMessage, ProtocolError, from_client
 
 # Requests in flight; the server garbles up to this many chunks at once. Each message crosses two
 # transport threads and the network, so a deeper window hides that latency, and each party wakes up
-# fewer times per chunk: 16 rather than 8 saves time and CPU both on loopback and over a WAN link
-# (docs/benchmarks.md). A deeper one also holds more memory (the server makes pre-messages
-# PRE_AHEAD + 1 windows ahead: 6.3 MB of OT rows per 16,384-ReLU chunk), so a job that needs more
-# than the server allows one job at GC_WINDOW is sent again with GC_WINDOW_SMALL (bunet.client).
+# fewer times per chunk: with silent OT 16 rather than 8 saves time and CPU on loopback and over a
+# WAN link (SoftSpoken on loopback: no gain beyond the noise; docs/benchmarks.md). A deeper one
+# also holds more memory (the server makes pre-messages PRE_AHEAD + 1 windows ahead: 6.3 MB of OT
+# rows per 16,384-ReLU chunk), so a job that needs more than the server allows one job at
+# GC_WINDOW is sent again with GC_WINDOW_SMALL (bunet.client).
 GC_WINDOW = 16
 GC_WINDOW_SMALL = 8
 MAX_GC_WINDOW = 64  # the deepest window a server accepts (memory: PRE_AHEAD + 1 windows of pre-messages per job)
