@@ -83,7 +83,7 @@ def _server_failed(e: ProtocolError, code: Any, retry_after: float | None) -> bo
     if isinstance(e, DeadlineExceeded):
         return True  # stalled
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return not _too_big(code, retry_after)  # busy
+        return retry_after is not None  # busy, not too big (_too_big)
     return code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.CANCELLED,
