@@ -67,3 +67,27 @@ def test_large_payload_is_a_view_not_a_copy():
 def test_malformed_frames_are_rejected(bad):
     with pytest.raises(frames.FrameError):
         frames.decode(bad)
+
+
+def test_channels_tell_whether_the_next_message_is_arriving():
+    """``ready``: the next message is queued whole (a message of several frames once its last frame
+    is in), for the gRPC channel and the in-memory pair."""
+    from bunet.protocol.channel import pipe
+    from bunet.service.transport import FRAME_BYTES, StreamChannel
+
+    chan = StreamChannel(timeout=5.0)
+    assert not chan.ready()
+    big = bytes(range(256)) * (FRAME_BYTES // 256 + 1)
+    first = frames.encode("m", big[:FRAME_BYTES], True)
+    chan.inq.put(first)
+    assert not chan.ready()
+    chan.inq.put(frames.encode("m", big[FRAME_BYTES:], False))
+    assert chan.ready()
+    assert bytes(chan.recv("m")) == big
+    assert not chan.ready()
+    a, b = pipe()
+    assert not b.ready()
+    a.send("x", b"1")
+    assert b.ready()
+    assert b.recv("x") == b"1"
+    assert not b.ready()

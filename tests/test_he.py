@@ -395,6 +395,68 @@ def test_layer_in_parts_equals_reference(parties, small_parts, conv: ConvSpec, s
     assert np.array_equal(ring.add(down.result(), job.y_s, L), ref)
 
 
+@pytest.mark.parametrize(
+    "conv,shape,batch,cap",
+    [
+        (ConvSpec("conv", 3, 1), (3, 150, 140), 2, 1),  # merges across batch elements, a chunk per tile
+        (ConvSpec("conv", 3, 1), (5, 200, 180), 1, 3),  # chunks that cut merges in the middle
+        (ConvSpec("conv", 3, 1), (2, 200, 180), 2, 3),  # parts of 2 tiles: chunks that cut parts
+        (ConvSpec("convT"), (4, 100, 100), 2, 64),  # a whole merge in one chunk
+    ],
+)
+def test_merged_parts_equal_reference(parties, small_parts, monkeypatch, conv, shape, batch, cap) -> None:
+    """Upload messages computed several at a time (``Apply.steps``: 1, then up to MERGE_PARTS), with
+    chunks of ``cap`` tiles, give answers of the announced sizes whose result is exact; and each
+    answer is a fresh one (no two answers of a merge share their finishing randomness)."""
+    from bunet.he import server as he_server
+
+    params, cli, srv = parties
+    monkeypatch.setattr(srv, "_chunk_cap", lambda plan: cap)
+    rng = np.random.default_rng(21)
+    ci, co = shape[0], 3
+    wshape = (ci, co, 2, 2) if conv.kind == "convT" else (co, ci, conv.k, conv.k)
+    w = rng.integers(-300, 300, wshape)
+    b = rng.integers(-(1 << 20), 1 << 20, co)
+    xc, xs = adversarial_share(rng, (batch,) + shape, "mixed"), ring.random((batch,) + shape, L)
+    layer = srv.prepare(conv, w, b, shape)
+    up, job, down = cli.upload(layer.spec, xc), srv.start(layer, xs), cli.download(layer.spec, batch)
+    assert len(up) > he_server.MERGE_PARTS
+    i, sizes = 0, []
+    while i < len(up):
+        n = min(1 if i == 0 else he_server.MERGE_PARTS, len(up) - i)
+        answers = job.steps(i, [up.message(j) for j in range(i, i + n)])
+        assert len(answers) == n
+        for answer in answers:
+            assert len(answer) == down.size(i)
+            down.add(i, answer)
+            i += 1
+        sizes.append(n)
+    assert max(sizes) == he_server.MERGE_PARTS
+    x = ring.add(xc, xs, L)
+    ref = ring.conv_transpose2x2(x, w, b, L) if conv.kind == "convT" else ring.conv2d(x, w, b, conv.pad, L)
+    assert np.array_equal(ring.add(down.result(), job.y_s, L), ref)
+
+
+def test_merged_parts_refuse_what_single_parts_refuse(parties, small_parts) -> None:
+    params, cli, srv = parties
+    rng = np.random.default_rng(22)
+    shape = (3, 150, 140)
+    layer = srv.prepare(ConvSpec("conv", 3, 1), rng.integers(-9, 9, (2, 3, 3, 3)), None, shape)
+    xs = ring.random((1,) + shape, L)
+    up = cli.upload(layer.spec, ring.random((1,) + shape, L))
+    msgs = [up.message(i) for i in range(len(up))]
+    with pytest.raises(ValueError, match="out of order"):
+        srv.start(layer, xs).steps(1, msgs[1:3])
+    with pytest.raises(ValueError, match="1 to"):
+        srv.start(layer, xs).steps(0, [])
+    with pytest.raises(ValueError):  # a short second message fails the whole merge
+        srv.start(layer, xs).steps(0, [msgs[0], msgs[1][:-1]])
+    job = srv.start(layer, xs)
+    job.steps(0, msgs[:2])
+    with pytest.raises(ValueError, match="out of order"):  # message 1 was taken already
+        job.steps(1, msgs[1:3])
+
+
 def test_parts_out_of_order_or_misshapen_are_refused(parties, small_parts) -> None:
     params, cli, srv = parties
     rng = np.random.default_rng(12)
@@ -450,4 +512,8 @@ def test_parts_without_kept_kernels(parties, small_parts, monkeypatch, call_kern
     ref = ring.conv2d(ring.add(xc, xs, L), w, b, 1, L)
     assert np.array_equal(ring.add(cli.decrypt(layer.spec, down), ys, L), ref)
     assert srv.call_kernel_bytes(layer) == (srv.kernel_bytes(layer.plan) if call_kernels else 0)
-    assert len(builds) == (1 if call_kernels else layer.plan.n_parts * len(srv._og_groups(layer.plan)))
+    plan = layer.plan
+    # apply computes MERGE_PARTS parts at a time, each chunk of their tiles building the kernels once
+    merged = [plan.tiles - i * plan.part_tiles for i in range(0, plan.n_parts, he_server.MERGE_PARTS)]
+    passes = sum(len(srv._chunks(plan, min(t, he_server.MERGE_PARTS * plan.part_tiles))) for t in merged)
+    assert len(builds) == (1 if call_kernels else passes * len(srv._og_groups(plan)))

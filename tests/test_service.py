@@ -70,6 +70,34 @@ def test_secure_equals_fixed_point_reference_in_memory(model):
     assert np.array_equal(labels, ref)
 
 
+@pytest.mark.parametrize("ready", [True, False])
+def test_server_computes_the_he_parts_already_in_together(model, monkeypatch, ready):
+    """The server computes the HE parts that have already arrived (the channel's ``ready``) with
+    the one it waited for, up to MERGE_PARTS (here every slice is a part); a transport that cannot
+    tell gets them one by one. The labels equal the reference either way."""
+    import threading
+
+    from bunet.he import server as he_server
+
+    merges: list[int] = []
+    real = he_server.Apply.steps
+    monkeypatch.setattr(he_server.Apply, "steps", lambda self, i, ups: merges.append(len(ups)) or real(self, i, ups))
+    srv = ServerProtocol(model)
+    cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
+    x = np.random.default_rng(3).random((6, 1, 16, 16)).astype(np.float32)
+    a, b = pipe()
+    b.ready = lambda: ready  # the server's end
+    th = threading.Thread(target=srv.run_job, args=(b,))
+    th.start()
+    labels, _ = cli.run_job(a, "main", x)
+    th.join()
+    plan = compile_plan(model.networks["main"], model.quantization)
+    assert np.array_equal(labels, reference.run_plan(plan, x))
+    layers = sum(isinstance(s, Linear) for s in plan.steps)
+    assert sum(merges) == 6 * layers  # one part per slice and layer
+    assert merges == ([he_server.MERGE_PARTS, 2] if ready else [1] * 6) * layers
+
+
 @pytest.mark.parametrize("size,quant", [((12, 20), Quantization(24, 8, 8)), ((8, 4), Quantization(32, 10, 9))])
 def test_secure_fused_relu_pool_non_square(size, quant, monkeypatch):
     """Fused ReLU + max-pool on non-square slices (the window layout both ways) and another ring;

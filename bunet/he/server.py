@@ -29,9 +29,9 @@ import os
 import secrets
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -53,6 +53,10 @@ FILTER_GROUP_BYTES = 256 << 20  # outputs whose kernels one call builds: about t
 # Kernels the server does not keep are built once per layer call, for all its parts, when they take at
 # most this many bytes (counted in the job's memory); larger ones are built again for every part.
 CALL_KERNEL_BYTES = 512 << 20
+# Upload messages (parts) one computation may take together (``Apply.steps``): their tiles share one
+# pass over the kernels, which the products read from memory once per pass (at 512x512, N = 8192,
+# the deep layers' kernels are GBs and a part is one or two tiles).
+MERGE_PARTS = 4
 
 
 def _strategy(plan: Plan) -> str:
@@ -130,6 +134,19 @@ class ServerLayer:
     tapvec: np.ndarray | None = None  # (O', K*N) monomials of a 1x1 layer, for the taps strategy
 
 
+@dataclass
+class _Segment:
+    """A part's tiles within one chunk of a call, with what finishing them needs: the part's answer
+    buffers (``out``: finishing key, c1 and c0 bodies), the server share's effective mask and bias,
+    and where the part's ciphertexts start in the chunk's c0 (``c0_at``, in ciphertexts)."""
+
+    part: wire.Part
+    tiles: np.ndarray
+    r_bias: tuple[np.ndarray, np.ndarray]
+    out: tuple[bytes, memoryview, memoryview]
+    c0_at: int = 0
+
+
 class ServerHE:
     """Public side: ``params`` plus the client's public key (no secret key anywhere)."""
 
@@ -189,7 +206,8 @@ class ServerHE:
         for i, spec in enumerate(specs):
             plan = plan_for(spec, self.params.poly_degree)
             if _strategy(plan) == "filters":
-                rebuilds = 1 if self._built_per_call(plan) else plan.n_parts * len(self._tile_chunks(plan))
+                per_part = -(-plan.part_tiles // self._chunk_cap(plan))  # chunks of a part computed alone
+                rebuilds = 1 if self._built_per_call(plan) else plan.n_parts * per_part
                 rank.append((-plan.opack * plan.ipack * plan.k * plan.k * rebuilds, self.kernel_bytes(plan), i))
         chosen = [False] * len(specs)
         left = self.cache_left
@@ -313,7 +331,7 @@ class ServerHE:
         sizes = [
             int(np.prod(shape))
             for layer in layers
-            for shape in self._work_shapes(layer.plan, max(t.size for t in self._tile_chunks(layer)))
+            for shape in self._work_shapes(layer.plan, self.max_chunk_tiles(layer.plan))
         ]
         if sizes:
             self._scratch.reserve(max(sizes), 2)
@@ -338,15 +356,19 @@ class ServerHE:
     def apply(
         self, layer: ServerLayer, up: bytes | bytearray | memoryview, x_s: np.ndarray
     ) -> tuple[bytes, np.ndarray]:
-        """The whole call at once: (download message, server's new share y_s = r)."""
+        """The whole call at once: (download message, server's new share y_s = r); its parts
+        computed MERGE_PARTS at a time."""
         job = self.start(layer, x_s)
         view, pos, downs = memoryview(up), 0, []
-        for i in range(len(job)):
-            size = job.up_size(i)
-            if pos + size > len(view):
-                raise ValueError("HE upload too short")
-            downs.append(job.step(i, view[pos : pos + size]))
-            pos += size
+        for i in range(0, len(job), MERGE_PARTS):
+            ups = []
+            for j in range(i, min(i + MERGE_PARTS, len(job))):
+                size = job.up_size(j)
+                if pos + size > len(view):
+                    raise ValueError("HE upload too short")
+                ups.append(view[pos : pos + size])
+                pos += size
+            downs += job.steps(i, ups)
         if pos != len(view):
             raise ValueError("HE upload has trailing bytes")
         return b"".join(downs), job.y_s
@@ -366,53 +388,63 @@ class ServerHE:
         bias_eff = ring.from_signed(np.repeat(bias, plan.c_out // layer.spec.c_out), lb)  # convT: 4 per channel
         return np.ascontiguousarray(y_s), r_eff, np.ascontiguousarray(bias_eff, dtype=_U64)
 
-    def _tile_chunks(self, layer: ServerLayer | Plan, tiles: np.ndarray | None = None) -> list[np.ndarray]:
-        """``tiles`` (default: a part's worth, the most one message holds) in chunks whose slot-block
-        inputs and outputs fit CHUNK_BYTES."""
-        plan = layer if isinstance(layer, Plan) else layer.plan
-        if tiles is None:
-            tiles = np.arange(plan.part_tiles)
+    def _chunk_cap(self, plan: Plan) -> int:
+        """The most tiles whose slot-block inputs and outputs fit CHUNK_BYTES (at least one)."""
         per_tile = 8 * 2 * self.rns.k * plan.n * (plan.n_ig + plan.n_og)
-        size = max(1, min(tiles.size, CHUNK_BYTES // per_tile))
-        n_chunks = -(-tiles.size // size)
-        size = -(-tiles.size // n_chunks)
-        return [tiles[s : s + size] for s in range(0, tiles.size, size)]
+        return max(1, CHUNK_BYTES // per_tile)
+
+    def max_chunk_tiles(self, plan: Plan, batch: int | None = None) -> int:
+        """The most tiles one chunk of a call computes together: MERGE_PARTS parts' worth at most
+        (and no more than the call has), cut at CHUNK_BYTES; the work arrays are sized for it."""
+        most = MERGE_PARTS * plan.part_tiles
+        if batch is not None:
+            most = min(most, batch * plan.tiles)
+        return min(most, self._chunk_cap(plan))
+
+    def _chunks(self, plan: Plan, count: int) -> list[slice]:
+        """``count`` tiles in balanced chunks of at most ``_chunk_cap`` tiles."""
+        n_chunks = -(-count // self._chunk_cap(plan))
+        size = -(-count // n_chunks)
+        return [slice(s, min(s + size, count)) for s in range(0, count, size)]
 
     def _chunk(
         self,
         layer: ServerLayer,
-        part: wire.Part,
-        tiles: np.ndarray,
-        c0: memoryview,
+        segs: list[_Segment],
+        c0: bytes | memoryview,
         x_s: np.ndarray,
         tiles_of: object,
         seed: bytes,
-        r_bias: tuple[np.ndarray, np.ndarray],
-        out: tuple[bytes, np.ndarray, np.ndarray],
         filters: np.ndarray | None,
     ) -> None:
-        """Tiles ``tiles`` of ``part`` (upload ciphertexts in ``c0``, the part's message body): the
-        products (with ``filters``, the layer's kernels, if given; else they are built group by group),
-        then the part's download ciphertexts of these tiles into ``out``."""
+        """One chunk of tiles, made of one or more parts' tiles (``segs``; their upload ciphertexts in
+        ``c0``, each part's from ``seg.c0_at``): the products (with ``filters``, the layer's kernels,
+        if given; else they are built group by group), one pass over the kernels for all the chunk's
+        tiles, then each part's download ciphertexts of these tiles into that part's message."""
         plan, rns = layer.plan, self.rns
-        tc, c_in, n_og = tiles.size, plan.n_ig, plan.n_og  # c_in: input polynomials per tile
+        c_in, n_og = plan.n_ig, plan.n_og  # c_in: input polynomials per tile
+        tc = sum(seg.tiles.size for seg in segs)
         rows = 2 * tc
-        # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form)
-        c_idx, t_idx = np.arange(c_in)[:, None], tiles[None, :]
-        pos = plan.up_wire(c_idx, t_idx).reshape(-1)  # within the batch element
-        local = np.ascontiguousarray(pos - part.u0, dtype=np.int64)  # in the message body
-        ct_index = np.ascontiguousarray(((part.b * c_in + c_idx) * plan.tiles + t_idx).reshape(-1), dtype=np.int64)
+        # inputs: X[blk, c, 2*tile + poly, 4], poly 0 = c0 + Delta * x_s, poly 1 = a (both NTT form);
+        # items channel by channel, each channel's tiles in chunk order (the parts' one after another)
+        c_idx = np.arange(c_in)[:, None]
+        pos = np.concatenate([plan.up_wire(c_idx, seg.tiles[None, :]) for seg in segs], axis=1)
+        start = np.concatenate([np.full(seg.tiles.size, seg.c0_at - seg.part.u0) for seg in segs])
+        local = np.ascontiguousarray((pos + start).reshape(-1), dtype=np.int64)  # in c0
+        ct_index = np.concatenate([(seg.part.b * c_in + c_idx) * plan.tiles + seg.tiles for seg in segs], axis=1)
+        ct_index = np.ascontiguousarray(ct_index.reshape(-1), dtype=np.int64)  # the share's group and tile of each
+        up_base = np.concatenate([np.full(seg.tiles.size, seg.part.up_base) for seg in segs])
         x_shape, y_shape = self._work_shapes(plan, tc)
         with self._scratch.take(x_shape) as x, self._scratch.take(y_shape) as y:
             bad = lib.bh_server_prep(
                 rns.ctx,
                 ptr("uint8_t *", c0),
                 ptr("int64_t *", local),
-                ptr("int64_t *", ct_index),  # the share's group and tile of each
+                ptr("int64_t *", ct_index),
                 u64_ptr(x_s),
                 tiles_of,
                 f64_ptr(self._delta),
-                a_keys(seed, part.up_base + pos),  # keyed by the layer's upload position
+                a_keys(seed, up_base + pos),  # keyed by the layer's upload position
                 c_in,
                 tc,
                 f64_ptr(x),
@@ -463,27 +495,25 @@ class ServerHE:
                         n_og,
                         self.threads,
                     )
-            self._finish(layer, part, tiles, y, r_bias, out)
+            row = 0
+            for seg in segs:
+                self._finish(layer, seg, row, tc, y)
+                row += seg.tiles.size
 
-    def _finish(
-        self,
-        layer: ServerLayer,
-        part: wire.Part,
-        tiles: np.ndarray,
-        y: np.ndarray,
-        r_bias: tuple[np.ndarray, np.ndarray],
-        out: tuple[bytes, np.ndarray, np.ndarray],
-    ) -> None:
-        """Every output ciphertext of the chunk, written at its place in the part's message body
-        (c1 by download position, c0's returned coefficients by wire position, both from the part's
-        first). The finishing randomness is keyed per message (``out[0]``), its nonce the ciphertext's
-        place in the message."""
+    def _finish(self, layer: ServerLayer, seg: _Segment, row: int, tc: int, y: np.ndarray) -> None:
+        """Every output ciphertext of a part's tiles in a chunk (``seg``; the chunk's tiles ``row`` ..
+        of ``tc``), written at its place in the part's message body (c1 by download position, c0's
+        returned coefficients by wire position, both from the part's first). The finishing
+        randomness is keyed per message (``seg.out[0]``), its nonce the ciphertext's place in the
+        message."""
         plan, rns, prm = layer.plan, self.rns, self.params
-        key, c1_out, c0_out = out
-        tc, n_og, rows = tiles.size, plan.n_og, 2 * tiles.size
-        og = np.repeat(np.arange(n_og, dtype=np.int64), tc)
-        tl = np.tile(np.arange(tc, dtype=np.int64), n_og)
+        part, tiles, r_bias = seg.part, seg.tiles, seg.r_bias
+        key, c1_out, c0_out = seg.out
+        n_og, rows = plan.n_og, 2 * tc
+        og = np.repeat(np.arange(n_og, dtype=np.int64), tiles.size)
+        tl = np.tile(np.arange(tiles.size, dtype=np.int64), n_og)
         pos = plan.down_wire(og, tiles[tl])  # download position within the batch element
+        tl += row  # the tile's row pair in the chunk's outputs
         r0, r1 = part.r0, part.r1
         slot = np.ascontiguousarray(pos - part.d0, dtype=np.int64)
         lo_all, hi_all, coef = plan.returned_ranges
@@ -522,7 +552,10 @@ class ServerHE:
 class Apply:
     """One layer call in progress on the server (``ServerHE.start``): upload message i in, download
     message i out (``wire.parts``), so a part is computed while the next one travels. The server's
-    new share (a fresh uniform mask) is ``y_s``."""
+    new share (a fresh uniform mask) is ``y_s``. Messages that are already in may be computed
+    together (``steps``, at most ``merge``)."""
+
+    merge = MERGE_PARTS
 
     def __init__(self, he: ServerHE, layer: ServerLayer, x_s: np.ndarray) -> None:
         x_s = np.asarray(x_s)
@@ -550,8 +583,39 @@ class Apply:
 
     def step(self, i: int, up: bytes | bytearray | memoryview) -> bytes:
         """Upload message i (in order) in, download message i out; a ValueError for a malformed one."""
+        return self.steps(i, [up])[0]
+
+    def steps(self, i: int, ups: Sequence[bytes | bytearray | memoryview]) -> list[bytes]:
+        """Upload messages i, i + 1, ... (in order; at most MERGE_PARTS) in, their download messages
+        out, computed together: every chunk of their tiles takes one pass over the kernels. Each
+        answer is the one ``step`` gives (its own randomness); a ValueError for a malformed message."""
+        if not 1 <= len(ups) <= MERGE_PARTS:
+            raise ValueError(f"one computation takes 1 to {MERGE_PARTS} HE upload messages")
+        opened = [self._open(i + j, up) for j, up in enumerate(ups)]
+        segs = [seg for seg, _, _ in opened]
+        c0 = opened[0][1] if len(opened) == 1 else b"".join(c for _, c, _ in opened)
+        at = 0
+        for seg in segs:
+            seg.c0_at = at
+            at += seg.part.u1 - seg.part.u0
+        # the parts' tiles one after another, cut into chunks; a chunk holds pieces of one or more parts
+        he, layer = self.he, self.layer
+        flat = [(k, t) for k, seg in enumerate(segs) for t in range(seg.part.t0, seg.part.t1)]
+        for sl in he._chunks(layer.plan, len(flat)):
+            pieces: dict[int, list[int]] = {}
+            for k, t in flat[sl]:
+                pieces.setdefault(k, []).append(t)
+            chunk = [replace(segs[k], tiles=np.array(ts)) for k, ts in pieces.items()]
+            he._chunk(layer, chunk, c0, self.x_s, self._tiles_of, self._seed, self._filters)
+        return [msg for _, _, msg in opened]
+
+    def _open(self, i: int, up: bytes | bytearray | memoryview) -> tuple[_Segment, memoryview, bytes]:
+        """Check upload message i (the next one) and lay out its answer: (the part with its
+        answer's buffers, its ciphertexts' c0, the answer message)."""
         if i != self._next:
             raise ValueError("HE upload messages out of order")
+        if i >= len(self.parts):
+            raise ValueError("more HE upload messages than the layer has")
         he, layer, part = self.he, self.layer, self.parts[i]
         prm, plan = he.params, layer.plan
         rd = wire.Reader(up)
@@ -581,7 +645,4 @@ class Apply:
         # this message's randomness (u, e, floods: ChaCha20), nonces its ciphertexts' places in it
         out = (secrets.token_bytes(32), body[:n_c1], body[n_c1:])
         r_bias = (self._r_eff[part.b], self._bias_eff)
-        tiles = np.arange(part.t0, part.t1)
-        for chunk in he._tile_chunks(layer, tiles):
-            he._chunk(layer, part, chunk, c0, self.x_s, self._tiles_of, self._seed, r_bias, out, self._filters)
-        return msg
+        return _Segment(part, np.arange(part.t0, part.t1), r_bias, out), c0, msg

@@ -114,6 +114,11 @@ class Channel:
         self.traffic.count(tag, len(payload), False)
         return payload
 
+    def ready(self) -> bool:
+        """Whether the next message has arrived whole, so ``recv`` returns it without waiting.
+        Transports that cannot tell say False."""
+        return False
+
     def set_deadline(self, seconds: float) -> None:
         """End the job with :class:`DeadlineExceeded` once ``seconds`` from now have passed."""
         self.deadline = time.monotonic() + seconds
@@ -169,6 +174,9 @@ class QueueChannel(Channel):
         if item == _CLOSE:
             raise ChannelClosed("peer closed the channel")
         return item
+
+    def ready(self) -> bool:
+        return not self._in.empty()
 
     def close(self) -> None:
         if not self._closed.is_set():

@@ -194,11 +194,18 @@ class _ServerBackend:
     def linear(self, step: Linear, x: np.ndarray, in_shape: Shape) -> np.ndarray:
         layer = self.srv._layer(self.spec.network, step, in_shape)
         job = self.hes.start(layer, x)
-        for i in range(len(job)):  # each part's answer goes out while the client sends the next parts
-            up = self.chan.recv(f"he:{step.out}:{i}", limit=job.up_size(i))
+        i = 0
+        while i < len(job):  # each part's answer goes out while the client sends the next parts
+            ups = [self.chan.recv(f"he:{step.out}:{i}", limit=job.up_size(i))]
+            # parts already here are computed with it: one pass over the layer's kernels for all
+            while i + len(ups) < len(job) and len(ups) < job.merge and self.chan.ready():
+                j = i + len(ups)
+                ups.append(self.chan.recv(f"he:{step.out}:{j}", limit=job.up_size(j)))
             with from_client(f"HE upload of {step.out}"):
-                down = job.step(i, up)
-            self.chan.send(f"he:{step.out}:{i}", down)
+                downs = job.steps(i, ups)
+            for down in downs:
+                self.chan.send(f"he:{step.out}:{i}", down)
+                i += 1
         return job.y_s
 
     def circuit(self, step: CircuitStep, rows: np.ndarray) -> np.ndarray | None:
@@ -390,7 +397,7 @@ class ServerProtocol:
             in_shape = shapes[step.inputs[0]] if step.inputs else None
             if isinstance(step, Linear):
                 layer = self._layer(spec.network, step, in_shape)
-                tiles = max(t.size for t in self.he._tile_chunks(layer))
+                tiles = self.he.max_chunk_tiles(layer.plan, B)
                 work = sum(8 * int(np.prod(s)) for s in self.he._work_shapes(layer.plan, tiles))
                 work += self.he.call_kernel_bytes(layer)
                 step_bytes = self._upload_bytes(layer, B) + self._download_bytes(layer, B) + 2 * out + work

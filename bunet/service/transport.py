@@ -150,6 +150,20 @@ class StreamChannel(Channel):
                 continue  # the server ignores notices: a client's cannot stretch a timeout
             return tag, data, more
 
+    def ready(self) -> bool:
+        with self.inq.mutex:  # a look at the queued frames, not a take
+            queued = list(self.inq.queue)
+        for item in queued:  # whole: its last frame is queued (a message of more than INQ_FRAMES never is)
+            if item is _END:
+                return True  # recv fails at once
+            try:
+                tag, _, more = frames.decode(item)
+            except frames.FrameError:
+                return True  # recv fails at once
+            if not more and not tag.startswith(NOTICE_PREFIX):
+                return True
+        return False
+
     def _recv(self, cap: int | None) -> tuple[str, bytes | memoryview]:
         # the whole message must arrive within the timeout: a trickle of frames does not extend it
         wait = self._wait_s()
