@@ -96,6 +96,8 @@ int bn_gc_evaluate(const bn_gc_args *a);
 /* 1: every kernel (this engine and silent OT) takes its SSE4.1/AES-NI path, no AVX2, VAES or BMI2;
  * 0: the fastest path the CPU has (the default). Results are bit-identical either way. */
 void bn_force_sse(int on);
-/* the wide paths in use: 1 AVX2, 2 VAES, 4 BMI2 */
+/* 1: the AVX2 path in place of the GFNI one where both exist (tests compare them); 0: the default */
+void bn_force_no_gfni(int on);
+/* the wide paths in use: 1 AVX2, 2 VAES, 4 BMI2, 8 GFNI */
 int bn_simd_paths(void);
 #endif

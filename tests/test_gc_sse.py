@@ -1,6 +1,6 @@
 """The garbled-circuit engine's SSE4.1/AES-NI fallbacks (what a CPU without AVX2, VAES or BMI2 runs),
-forced with ``bn_force_sse`` on this CPU: every deterministic kernel gives the same bytes as the
-default path, a circuit garbled on one path evaluates correctly on the other, and test_gc's key
+forced with ``bn_force_sse`` on this CPU (and the AVX2 transpose in place of the GFNI one, with
+``bn_force_no_gfni``): every deterministic kernel gives the same bytes as the default path, a circuit garbled on one path evaluates correctly on the other, and test_gc's key
 correctness cases pass end to end (both OT backends, silent OT's kernels included) on the fallbacks.
 The HE engine's portable path has its own switch and tests (test_he_native.py, ``portable``)."""
 
@@ -39,10 +39,22 @@ def both_paths(fn):
         return default, fn()
 
 
+@contextlib.contextmanager
+def no_gfni() -> Iterator[None]:
+    lib.bn_force_no_gfni(1)
+    try:
+        yield
+    finally:
+        lib.bn_force_no_gfni(0)
+
+
 def test_switch():
     default = lib.bn_simd_paths()
     with sse_only():
         assert lib.bn_simd_paths() == 0 and lib.bn_have_vaes() == 0
+    assert lib.bn_simd_paths() == default
+    with no_gfni():
+        assert lib.bn_simd_paths() == default & ~8
     assert lib.bn_simd_paths() == default
 
 
@@ -79,6 +91,11 @@ def test_ot_extension_identical(k, m):
     np.testing.assert_array_equal(cm0, cm1)
     np.testing.assert_array_equal(t0, t1)
     np.testing.assert_array_equal(q0, q1)
+    with no_gfni():  # the AVX2 transpose where the default is the GFNI one (the same path elsewhere)
+        cm2, t2, q2 = run()
+    np.testing.assert_array_equal(cm0, cm2)
+    np.testing.assert_array_equal(t0, t2)
+    np.testing.assert_array_equal(q0, q2)
     r = np.unpackbits(choice, bitorder="little")[:, None]
     dl = np.frombuffer(delta, dtype=np.uint8)[None, :]
     np.testing.assert_array_equal((t0 ^ q0).reshape(m, 16), np.where(r == 1, dl, 0))

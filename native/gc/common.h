@@ -40,6 +40,7 @@ _Static_assert(NB % 64 == 0 && NB <= 512, "NB: a multiple of 64, at most 512 (co
 /* run-time paths (cpu.c): each 1 when the CPU has it, BUNET_NO_<X> is unset and bn_force_sse(1) is not in effect */
 int bn_use_avx2(void);
 int bn_use_bmi2(void);
+int bn_use_gfni(void); /* GFNI with AVX2 (the OT rows' bit transpose); off also with bn_force_no_gfni(1) */
 /* VAES: bn_have_vaes() (public); 256-bit carry-less multiplication (VPCLMULQDQ, off with VAES): */
 int bn_have_vclmul(void);
 int bn_use_avx512(void); /* AVX-512F (the OT check's 512-bit VAES path, with VAES and VPCLMULQDQ) */

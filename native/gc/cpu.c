@@ -49,13 +49,21 @@ static int detect_avx512(void) {
     return (b & (1u << 16)) ? 1 : 0; /* AVX512F: leaf 7 EBX bit 16 */
 }
 
+static int detect_gfni(void) {
+    unsigned a, b, c, d;
+    if (!detect_avx2()) return 0; /* the VEX-encoded (256-bit) forms */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (c & (1u << 8)) ? 1 : 0; /* GFNI: leaf 7 ECX bit 8 */
+}
+
 static int detect_bmi2(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return (b & (1u << 8)) ? 1 : 0;
 }
 
-static int have_vaes = -1, have_vclmul = -1, have_avx512 = -1, have_avx2 = -1, have_bmi2 = -1, force_sse = 0;
+static int have_vaes = -1, have_vclmul = -1, have_avx512 = -1, have_avx2 = -1, have_bmi2 = -1, have_gfni = -1;
+static int force_sse = 0, no_gfni = 0;
 
 int bn_have_vaes(void) {
     if (have_vaes < 0) have_vaes = detect_vaes() && !getenv("BUNET_NO_VAES");
@@ -82,6 +90,13 @@ int bn_use_bmi2(void) {
     return have_bmi2 && !force_sse;
 }
 
+int bn_use_gfni(void) {
+    if (have_gfni < 0) have_gfni = detect_gfni() && !getenv("BUNET_NO_GFNI");
+    return have_gfni && !force_sse && !no_gfni && bn_use_avx2();
+}
+
 void bn_force_sse(int on) { force_sse = on != 0; }
 
-int bn_simd_paths(void) { return bn_use_avx2() | bn_have_vaes() << 1 | bn_use_bmi2() << 2; }
+void bn_force_no_gfni(int on) { no_gfni = on != 0; }
+
+int bn_simd_paths(void) { return bn_use_avx2() | bn_have_vaes() << 1 | bn_use_bmi2() << 2 | bn_use_gfni() << 3; }

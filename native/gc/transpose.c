@@ -91,8 +91,67 @@ __attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile
     }
 }
 
+/* With GFNI: for each group of 8 columns 8G .. 8G + 7, an 8 x 16 byte transpose (three unpack stages)
+ * puts byte R of the 8 columns in one quadword (columns in reverse order), whose 8 x 8 bit transpose is
+ * one affine instruction: gf2p8affine(x, A) gives byte k bit i = parity(A.byte[7 - i] & x.byte[k]), so
+ * with x.byte[k] = 1 << k it is bit k of A.byte[7 - i], the transpose of A with its bytes reversed.
+ * The result's byte j is byte G of row 8R + j; a 16 x 16 byte transpose over G (four unpack stages)
+ * per pair of R then gives 16 whole rows: about half the instructions of tiles_to_rows_avx2. */
+__attribute__((target("avx2,gfni"))) static void tiles_to_rows_gfni(const block *tile, int nb, uint8_t *out, int nt) {
+    __m256i e[16][8];
+    const __m256i unit = _mm256_set1_epi64x(0x8040201008040201LL);
+    for (int q = 0; q < nb; q += 2) {
+        const __m256i *t2 = (const __m256i *)tile_at((block *)tile, 0, q);
+        for (int G = 0; G < 16; G++) {
+            __m256i a[8], b[8], c[8];
+            for (int i = 0; i < 8; i++) a[i] = _mm256_load_si256(t2 + 8 * G + 7 - i); /* reversed: see above */
+            for (int m = 0; m < 4; m++) {
+                b[2 * m] = _mm256_unpacklo_epi8(a[2 * m], a[2 * m + 1]);     /* R 0..7: (a2m, a2m+1) words */
+                b[2 * m + 1] = _mm256_unpackhi_epi8(a[2 * m], a[2 * m + 1]); /* R 8..15 */
+            }
+            for (int h = 0; h < 2; h++) { /* h: R half */
+                for (int m = 0; m < 2; m++) { /* m: columns 0-3 or 4-7 */
+                    c[4 * h + 2 * m] = _mm256_unpacklo_epi16(b[4 * m + h], b[4 * m + 2 + h]);     /* R 8h+0..3 */
+                    c[4 * h + 2 * m + 1] = _mm256_unpackhi_epi16(b[4 * m + h], b[4 * m + 2 + h]); /* R 8h+4..7 */
+                }
+            }
+            for (int h = 0; h < 2; h++)
+                for (int f = 0; f < 2; f++) { /* f: R 8h+4f .. +3 */
+                    __m256i lo = c[4 * h + f], hi = c[4 * h + 2 + f];
+                    __m256i d0 = _mm256_unpacklo_epi32(lo, hi), d1 = _mm256_unpackhi_epi32(lo, hi);
+                    /* d0: R = 8h+4f+0, +1; d1: +2, +3 -> s = 4h + 2f (+1) */
+                    e[G][4 * h + 2 * f] = _mm256_gf2p8affine_epi64_epi8(unit, d0, 0);
+                    e[G][4 * h + 2 * f + 1] = _mm256_gf2p8affine_epi64_epi8(unit, d1, 0);
+                }
+        }
+        uint8_t *o = out + (size_t)q * 128 * 16;
+        for (int s = 0; s < 8; s++) {
+            __m256i x[16];
+            for (int G = 0; G < 16; G++) x[G] = e[G][s];
+            BN_BYTES16X16(__m256i, _mm256_unpacklo_epi8, _mm256_unpackhi_epi8, x);
+            /* x[idx] = row 16 s + idx */
+            if (nt) {
+                for (int r = 0; r < 16; r++)
+                    _mm_stream_si128((block *)(o + (16 * s + r) * 16), _mm256_castsi256_si128(x[r]));
+                if (q + 1 < nb)
+                    for (int r = 0; r < 16; r++)
+                        _mm_stream_si128((block *)(o + (128 + 16 * s + r) * 16), _mm256_extracti128_si256(x[r], 1));
+                continue;
+            }
+            for (int r = 0; r < 16; r += 2) {
+                _mm256_storeu_si256((__m256i *)(o + (16 * s + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x20));
+                if (q + 1 < nb)
+                    _mm256_storeu_si256((__m256i *)(o + (128 + 16 * s + r) * 16),
+                                        _mm256_permute2x128_si256(x[r], x[r + 1], 0x31));
+            }
+        }
+    }
+}
+
 void bn_tiles_to_rows(const block *tile, int nb, uint8_t *out, int nt) {
-    if (bn_use_avx2())
+    if (bn_use_gfni())
+        tiles_to_rows_gfni(tile, nb, out, nt);
+    else if (bn_use_avx2())
         tiles_to_rows_avx2(tile, nb, out, nt);
     else
         tiles_to_rows_sse(tile, nb, out, nt);

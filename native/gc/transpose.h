@@ -10,7 +10,8 @@
  * of both and every step below stays inside a 128-bit lane: two tiles per AVX2 instruction.
  * With r = 8R + rho and c = 8C + gamma: an 8 x 8 bit transpose inside every byte of the 8 columns
  * 8C .. 8C + 7 (three delta swaps), then for each rho a 16 x 16 byte transpose (four unpack stages)
- * of byte R of those results over C. No movemasks, and each output row is one 16-byte store. */
+ * of byte R of those results over C. No movemasks, and each output row is one 16-byte store. With
+ * GFNI the 8 x 8 bit transposes are one instruction each (transpose.c). */
 static inline block *tile_at(block *tile, uint32_t c, int q) {
     return tile + ((size_t)(q >> 1) * 128 + c) * 2 + (q & 1);
 }
