@@ -21,7 +21,7 @@ log = logging.getLogger("bunet.server")
 # Beyond what start-up measures: freed memory glibc may keep (bunet.heap.tune_malloc's trim
 # threshold), and the buffers of streams that are open but not (yet) admitted.
 HEAP_SLACK_BYTES = 512 << 20
-STREAM_BYTES = 20 << 20  # a stream before admission: its inbound frames (INQ_FRAMES) and a few notices
+STREAM_BYTES = 28 << 20  # a stream before admission: its inbound frames (INQ_FRAMES) and a few notices
 
 
 def bundled_model_path() -> Path:

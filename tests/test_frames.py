@@ -91,3 +91,17 @@ def test_channels_tell_whether_the_next_message_is_arriving():
     assert b.ready()
     assert b.recv("x") == b"1"
     assert not b.ready()
+
+
+def test_transport_bounds_fit_the_memory_the_server_plans():
+    """A stream's queued inbound frames fit what admission counts per stream, and both queues with
+    one message being assembled (the largest HE part of the seed U-Net at 512x512, 17 MB) fit what a
+    job plans for its transport."""
+    from bunet import server
+    from bunet.protocol import session
+    from bunet.service import transport
+
+    inq = transport.INQ_FRAMES * transport.MAX_FRAME_MESSAGE_BYTES
+    assert inq < server.STREAM_BYTES
+    assert inq >= 17_000_000 + transport.FRAME_BYTES  # a 17 MB part can be in whole
+    assert transport.OUTQ_BYTES + inq + (17 << 20) <= session.TRANSPORT_BYTES

@@ -1,8 +1,9 @@
 """The garbled-circuit engine's SSE4.1/AES-NI fallbacks (what a CPU without AVX2, VAES or BMI2 runs),
 forced with ``bn_force_sse`` on this CPU (and the AVX2 transpose in place of the GFNI one, with
-``bn_force_no_gfni``): every deterministic kernel gives the same bytes as the default path, a circuit garbled on one path evaluates correctly on the other, and test_gc's key
-correctness cases pass end to end (both OT backends, silent OT's kernels included) on the fallbacks.
-The HE engine's portable path has its own switch and tests (test_he_native.py, ``portable``)."""
+``bn_force_no_gfni``): every deterministic kernel gives the same bytes as the default path, a circuit
+garbled on one path evaluates correctly on the other, and test_gc's key correctness cases pass end to
+end (both OT backends, silent OT's kernels included) on the fallbacks. The HE engine's portable path
+has its own switch and tests (test_he_native.py, ``portable``)."""
 
 from __future__ import annotations
 

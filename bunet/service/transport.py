@@ -40,7 +40,10 @@ MAX_MESSAGE_BYTES = 4 << 20
 MAX_FRAME_MESSAGE_BYTES = FRAME_BYTES + (4 << 10)
 ZERO_COPY_BYTES = 64 << 10  # single-frame messages from this size are handed on as views of the frame
 OUTQ_BYTES = 64 << 20  # frames queued for sending per stream (back-pressure, bounded memory)
-INQ_FRAMES = 8  # frames received ahead of the protocol per stream: then gRPC's flow control holds the peer
+# frames received ahead of the protocol per stream: then gRPC's flow control holds the peer. 24 MiB
+# holds a whole HE part of 128 ciphertexts at N = 8192 (17 MB), which the server merges with the one
+# it computes only once it is in whole (ready).
+INQ_FRAMES = 12
 NOTICE_PREFIX = "~"  # frames whose tag starts with it are transport notices (queue place), not protocol messages
 SERVICE_NAME = "bunet.v1.Segmentation"
 CLIENT_ID_KEY = "bunet-client-id"  # groups one client's parallel streams into one job (not an identity)
