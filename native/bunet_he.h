@@ -38,9 +38,11 @@ typedef struct {
     uint64_t mask;
 } bh_tiling;
 
-/* 1 when the AVX2+FMA path is in use; bh_force_portable(1) switches to the portable path. */
+/* 1 when the AVX2+FMA path is in use (+2 with AVX-512VL's rotations in ChaCha20); bh_force_portable(1)
+ * switches to the portable path, bh_force_no_avx512(1) to the AVX2 path without AVX-512VL. */
 int bh_simd(void);
 void bh_force_portable(int on);
+void bh_force_no_avx512(int on);
 
 /* ChaCha20 (RFC 8439, 96-bit nonce, 32-bit block counter) keystream. */
 void bh_chacha20(const uint8_t *key, const uint8_t *nonce, uint32_t counter, uint8_t *out, size_t len);

@@ -30,13 +30,19 @@ def portable() -> Iterator[None]:
 
 @pytest.mark.parametrize("length", [1, 63, 64, 511, 512, 513, 5000, 83200])
 def test_chacha20_matches_libsodium(length: int) -> None:
+    """Every path the CPU has: the default (AVX-512VL rotations where present), AVX2, portable."""
     key = bytes(range(32))
-    for force in (0, 1):
-        lib.bh_force_portable(force)
-        out = bytearray(length)
-        lib.bh_chacha20(key, b"LibsodiumDRG", 0, ffi.from_buffer(out), length)
-        assert bytes(out) == randombytes_buf_deterministic(length, key)
-    lib.bh_force_portable(0)
+    try:
+        for portable, no_vl in ((0, 0), (0, 1), (1, 0)):
+            lib.bh_force_portable(portable)
+            lib.bh_force_no_avx512(no_vl)
+            assert lib.bh_simd() & (3 if portable else 2 if no_vl else 0) == 0
+            out = bytearray(length)
+            lib.bh_chacha20(key, b"LibsodiumDRG", 0, ffi.from_buffer(out), length)
+            assert bytes(out) == randombytes_buf_deterministic(length, key)
+    finally:
+        lib.bh_force_portable(0)
+        lib.bh_force_no_avx512(0)
 
 
 @pytest.mark.parametrize("n", [16, 64, 4096, 8192])

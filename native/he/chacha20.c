@@ -32,11 +32,12 @@ BH_INLINE void chacha8_body(const uint32_t st[16], uint8_t *out) {
 
 #ifdef BH_X86
 #define CC_ROT(v, c) _mm256_or_si256(_mm256_slli_epi32((v), (c)), _mm256_srli_epi32((v), 32 - (c)))
-#define CC_QRV(a, b, c, d)                                                                          \
+#define CC_ROL(v, c) _mm256_rol_epi32((v), (c)) /* AVX-512VL: one instruction for the two shifts and the or */
+#define CC_QRV(a, b, c, d, ROT)                                                                     \
     x[a] = _mm256_add_epi32(x[a], x[b]); x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), r16); \
-    x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]); x[b] = CC_ROT(x[b], 12); \
+    x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]); x[b] = ROT(x[b], 12);    \
     x[a] = _mm256_add_epi32(x[a], x[b]); x[d] = _mm256_shuffle_epi8(_mm256_xor_si256(x[d], x[a]), r8);  \
-    x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]); x[b] = CC_ROT(x[b], 7);
+    x[c] = _mm256_add_epi32(x[c], x[d]); x[b] = _mm256_xor_si256(x[b], x[c]); x[b] = ROT(x[b], 7);
 
 /* 8x8 transpose of 32-bit words: v[i] lane l -> block l word i; stores 32 bytes per block. */
 BH_AVX2 BH_INLINE void cc_store8(const __m256i v[8], uint8_t *out) {
@@ -57,25 +58,36 @@ BH_AVX2 BH_INLINE void cc_store8(const __m256i v[8], uint8_t *out) {
     }
 }
 
-BH_AVX2 static void chacha8_avx2(const uint32_t st[16], uint8_t *out) {
-    const __m256i r16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13,
-                                         2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    const __m256i r8 = _mm256_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14,
-                                        3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);
-    __m256i s[16], x[16];
-    for (int i = 0; i < 16; i++) s[i] = _mm256_set1_epi32((int)st[i]);
-    s[12] = _mm256_add_epi32(s[12], _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int i = 0; i < 16; i++) x[i] = s[i];
-    for (int r = 0; r < 10; r++) {
-        CC_QRV(0, 4, 8, 12) CC_QRV(1, 5, 9, 13) CC_QRV(2, 6, 10, 14) CC_QRV(3, 7, 11, 15)
-        CC_QRV(0, 5, 10, 15) CC_QRV(1, 6, 11, 12) CC_QRV(2, 7, 8, 13) CC_QRV(3, 4, 9, 14)
-    }
-    for (int i = 0; i < 16; i++) x[i] = _mm256_add_epi32(x[i], s[i]);
-    cc_store8(x, out);
-    cc_store8(x + 8, out + 32);
+/* Eight blocks, a 32-bit word of each per lane; ROT: the 12- and 7-bit rotations. */
+#define CC_BLOCKS8(ROT)                                                                                   \
+    do {                                                                                                  \
+        const __m256i r16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13,        \
+                                             2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);       \
+        const __m256i r8 = _mm256_setr_epi8(3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14,         \
+                                            3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14);        \
+        __m256i s[16], x[16];                                                                             \
+        for (int i = 0; i < 16; i++) s[i] = _mm256_set1_epi32((int)st[i]);                                \
+        s[12] = _mm256_add_epi32(s[12], _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));                       \
+        for (int i = 0; i < 16; i++) x[i] = s[i];                                                         \
+        for (int r = 0; r < 10; r++) {                                                                    \
+            CC_QRV(0, 4, 8, 12, ROT) CC_QRV(1, 5, 9, 13, ROT) CC_QRV(2, 6, 10, 14, ROT)                   \
+            CC_QRV(3, 7, 11, 15, ROT) CC_QRV(0, 5, 10, 15, ROT) CC_QRV(1, 6, 11, 12, ROT)                 \
+            CC_QRV(2, 7, 8, 13, ROT) CC_QRV(3, 4, 9, 14, ROT)                                             \
+        }                                                                                                 \
+        for (int i = 0; i < 16; i++) x[i] = _mm256_add_epi32(x[i], s[i]);                                 \
+        cc_store8(x, out);                                                                                \
+        cc_store8(x + 8, out + 32);                                                                       \
+    } while (0)
+
+BH_AVX2 static void chacha8_avx2(const uint32_t st[16], uint8_t *out) { CC_BLOCKS8(CC_ROT); }
+
+__attribute__((target("avx2,fma,popcnt,avx512f,avx512vl"))) static void chacha8_vl(const uint32_t st[16],
+                                                                                     uint8_t *out) {
+    CC_BLOCKS8(CC_ROL);
 }
 #else
 static void chacha8_avx2(const uint32_t st[16], uint8_t *out) { chacha8_body(st, out); }
+static void chacha8_vl(const uint32_t st[16], uint8_t *out) { chacha8_body(st, out); }
 #endif
 static void chacha8_gen(const uint32_t st[16], uint8_t *out) { chacha8_body(st, out); }
 
@@ -87,7 +99,7 @@ void bh_stream_init(stream_t *s, const uint8_t *key, const uint32_t nonce[3], ui
     s->st[12] = counter;
     for (int i = 0; i < 3; i++) s->st[13 + i] = nonce[i];
     s->pos = 512;
-    s->blocks = bh_simd_on() ? chacha8_avx2 : chacha8_gen;
+    s->blocks = bh_vl_on() ? chacha8_vl : bh_simd_on() ? chacha8_avx2 : chacha8_gen;
 }
 
 /* Stream for one ciphertext's randomness: nonce (ct low, ct high, label). */

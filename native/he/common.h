@@ -37,6 +37,8 @@
 
 /* 1 when the AVX2+FMA path is in use (cpu.c) */
 int bh_simd_on(void);
+/* 1 when AVX-512VL is there too (its rotations in ChaCha20), BUNET_NO_AVX512 unset and not forced off */
+int bh_vl_on(void);
 
 #define PREFETCH_AHEAD 16
 
