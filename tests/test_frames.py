@@ -93,6 +93,40 @@ def test_channels_tell_whether_the_next_message_is_arriving():
     assert not b.ready()
 
 
+def test_ready_waits_for_a_whole_message_and_arrival_is_timed():
+    """``ready(wait)``: True once a message is in whole (a later frame completes it), False after
+    ``wait`` seconds without one; ``arrival_s``: first to last frame of the message received, as
+    they were queued. For the gRPC channel and the in-memory pair."""
+    import threading
+    import time
+
+    from bunet.protocol.channel import pipe
+    from bunet.service.transport import StreamChannel
+
+    chan = StreamChannel(timeout=5.0)
+    t0 = time.monotonic()
+    assert not chan.ready(0.2)
+    assert 0.2 <= time.monotonic() - t0 < 2.0
+    chan.inq.put(frames.encode("m", b"ab", True))
+    timer = threading.Timer(0.3, lambda: chan.inq.put(frames.encode("m", b"cd", False)))
+    timer.start()
+    t0 = time.monotonic()
+    assert chan.ready(5.0)
+    assert time.monotonic() - t0 < 2.0
+    timer.join()
+    assert bytes(chan.recv("m")) == b"abcd"
+    assert 0.25 <= chan.arrival_s < 2.0
+    chan.inq.put(frames.encode("n", b"x" * 100_000, False))
+    assert bytes(chan.recv("n")) == b"x" * 100_000 and chan.arrival_s == 0.0
+    a, b = pipe()
+    assert not b.ready(0.05)
+    timer = threading.Timer(0.1, lambda: a.send("x", b"1"))
+    timer.start()
+    assert b.ready(5.0)
+    timer.join()
+    assert b.recv("x") == b"1" and b.arrival_s == 0.0
+
+
 def test_transport_bounds_fit_the_memory_the_server_plans():
     """A stream's queued inbound frames fit what admission counts per stream, and both queues with
     one message being assembled (the largest HE part of the seed U-Net at 512x512, 17 MB) fit what a

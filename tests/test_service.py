@@ -70,23 +70,26 @@ def test_secure_equals_fixed_point_reference_in_memory(model):
     assert np.array_equal(labels, ref)
 
 
-@pytest.mark.parametrize("ready", [True, False])
-def test_server_computes_the_he_parts_already_in_together(model, monkeypatch, ready):
-    """The server computes the HE parts that have already arrived (the channel's ``ready``) with
-    the one it waited for, up to MERGE_PARTS (here every slice is a part); a transport that cannot
-    tell gets them one by one. The labels equal the reference either way."""
+@pytest.mark.parametrize("ready,arrival_s", [(True, 0.0), (False, 10.0)])
+def test_server_computes_the_he_parts_already_in_together(model, monkeypatch, ready, arrival_s):
+    """The server computes the HE parts that have arrived (the channel's ``ready``) with the one it
+    waited for, up to MERGE_PARTS (here every slice is a part); a transport that cannot tell gets
+    them one by one. It waits for them (up to the layer's ``merge_wait_s``) only while parts come in
+    fast. The labels equal the reference either way."""
     import threading
 
     from bunet.he import server as he_server
 
     merges: list[int] = []
+    waits: list[float] = []
     real = he_server.Apply.steps
     monkeypatch.setattr(he_server.Apply, "steps", lambda self, i, ups: merges.append(len(ups)) or real(self, i, ups))
     srv = ServerProtocol(model)
     cli = ClientProtocol(json.loads(json.dumps(srv.describe())))
     x = np.random.default_rng(3).random((6, 1, 16, 16)).astype(np.float32)
     a, b = pipe()
-    b.ready = lambda: ready  # the server's end
+    b.ready = lambda wait=0.0: waits.append(wait) or ready  # the server's end
+    b.arrival_s = arrival_s  # how long its messages take to come in
     th = threading.Thread(target=srv.run_job, args=(b,))
     th.start()
     labels, _ = cli.run_job(a, "main", x)
@@ -96,6 +99,7 @@ def test_server_computes_the_he_parts_already_in_together(model, monkeypatch, re
     layers = sum(isinstance(s, Linear) for s in plan.steps)
     assert sum(merges) == 6 * layers  # one part per slice and layer
     assert merges == ([he_server.MERGE_PARTS, 2] if ready else [1] * 6) * layers
+    assert (max(waits) > 0) == (arrival_s == 0.0) and max(waits) <= he_server.MERGE_WAIT_S
 
 
 @pytest.mark.parametrize("size,quant", [((12, 20), Quantization(24, 8, 8)), ((8, 4), Quantization(32, 10, 9))])

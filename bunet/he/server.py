@@ -57,6 +57,10 @@ CALL_KERNEL_BYTES = 512 << 20
 # pass over the kernels, which the products read from memory once per pass (at 512x512, N = 8192,
 # the deep layers' kernels are GBs and a part is one or two tiles).
 MERGE_PARTS = 4
+# How long the server may wait for the next part to merge with: what a pass over the layer's kept
+# kernels would take at this rate (a conservative memory bandwidth), at most MERGE_WAIT_S.
+KERNEL_PASS_BYTES_PER_S = 10e9
+MERGE_WAIT_S = 0.25
 
 
 def _strategy(plan: Plan) -> str:
@@ -552,8 +556,9 @@ class ServerHE:
 class Apply:
     """One layer call in progress on the server (``ServerHE.start``): upload message i in, download
     message i out (``wire.parts``), so a part is computed while the next one travels. The server's
-    new share (a fresh uniform mask) is ``y_s``. Messages that are already in may be computed
-    together (``steps``, at most ``merge``)."""
+    new share (a fresh uniform mask) is ``y_s``. Messages that are in may be computed together
+    (``steps``, at most ``merge``); ``merge_wait_s``: how long the next one is worth waiting for
+    (about what a pass over the layer's kernels costs)."""
 
     merge = MERGE_PARTS
 
@@ -573,6 +578,9 @@ class Apply:
             self._filters = he._block_filters(layer.taps, layer.wgroup, np.arange(plan.n_og), plan.n_ig)
         self._seed = b""
         self._next = 0
+        # waiting for the next part pays when it saves a pass over large kernels (the deep layers)
+        kernels = he.kernel_bytes(layer.plan) if layer.strategy == "filters" else 0
+        self.merge_wait_s = min(MERGE_WAIT_S, kernels / KERNEL_PASS_BYTES_PER_S)
 
     def __len__(self) -> int:
         return len(self.parts)

@@ -94,6 +94,9 @@ class Channel:
         self.max_message: int | None = None
         self.deadline: float | None = None  # time.monotonic() after which the job is over
         self.on_notice: Callable[[str, str], None] | None = None  # transport notices (queue place)
+        # seconds from the first to the last frame of the last message received, as they came in
+        # (None: the transport cannot tell; 0: whole at once)
+        self.arrival_s: float | None = None
 
     def send(self, tag: str, payload: bytes | bytearray | memoryview) -> None:
         self._check_deadline()
@@ -114,9 +117,9 @@ class Channel:
         self.traffic.count(tag, len(payload), False)
         return payload
 
-    def ready(self) -> bool:
-        """Whether the next message has arrived whole, so ``recv`` returns it without waiting.
-        Transports that cannot tell say False."""
+    def ready(self, wait: float = 0.0) -> bool:
+        """Whether the next message has arrived whole, so ``recv`` returns it without waiting; waits
+        up to ``wait`` seconds for it. Transports that cannot tell say False (after no wait)."""
         return False
 
     def set_deadline(self, seconds: float) -> None:
@@ -158,6 +161,7 @@ class QueueChannel(Channel):
     def __init__(self, inbox: queue.Queue, outbox: queue.Queue) -> None:
         super().__init__()
         self._in, self._out = inbox, outbox
+        self.arrival_s = 0.0  # messages arrive whole
         self._closed = threading.Event()
 
     def _send(self, tag: str, payload: bytes | bytearray | memoryview) -> None:
@@ -175,8 +179,11 @@ class QueueChannel(Channel):
             raise ChannelClosed("peer closed the channel")
         return item
 
-    def ready(self) -> bool:
-        return not self._in.empty()
+    def ready(self, wait: float = 0.0) -> bool:
+        with self._in.not_empty:  # messages are put whole
+            if wait > 0:
+                self._in.not_empty.wait_for(lambda: len(self._in.queue) > 0, timeout=wait)
+            return len(self._in.queue) > 0
 
     def close(self) -> None:
         if not self._closed.is_set():

@@ -7,6 +7,7 @@ server side runs a *job handler* (any callable taking a Channel) once per stream
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hmac
 import logging
@@ -54,6 +55,24 @@ _END = object()
 _POLL_S = 0.5  # how often a blocked queue operation looks whether the stream was aborted
 
 
+class _FrameQueue(queue.Queue):
+    """A queue that remembers when each item was put: ``taken_at`` is the arrival time of the item
+    the last ``get`` returned (the reader thread puts frames as they come off the stream)."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._times: collections.deque[float] = collections.deque()
+        self.taken_at = 0.0
+
+    def _put(self, item: object) -> None:  # called with the queue's lock held, as _get
+        super()._put(item)
+        self._times.append(time.monotonic())
+
+    def _get(self) -> object:
+        self.taken_at = self._times.popleft()
+        return super()._get()
+
+
 class StreamChannel(Channel):
     """A Channel over two bounded frame queues: ``outq`` feeds the gRPC request/response iterator
     and ``inq`` is filled from the peer's iterator by a reader thread. Frames travel as raw bytes in
@@ -78,7 +97,7 @@ class StreamChannel(Channel):
         # it bounds a whole message, so a trickle of frames cannot hold a session.
         self.per_frame = per_frame
         self.outq: queue.Queue = queue.Queue(maxsize=max(2, OUTQ_BYTES // FRAME_BYTES))
-        self.inq: queue.Queue = queue.Queue(maxsize=INQ_FRAMES)
+        self.inq: _FrameQueue = _FrameQueue(maxsize=INQ_FRAMES)
         self.timeout = timeout
         self.send_timeout = send_timeout
         self.max_message = max_message
@@ -153,16 +172,27 @@ class StreamChannel(Channel):
                 continue  # the server ignores notices: a client's cannot stretch a timeout
             return tag, data, more
 
-    def ready(self) -> bool:
-        with self.inq.mutex:  # a look at the queued frames, not a take
-            queued = list(self.inq.queue)
-        for item in queued:  # whole: its last frame is queued (a message of more than INQ_FRAMES never is)
+    def ready(self, wait: float = 0.0) -> bool:
+        end = time.monotonic() + wait
+        with self.inq.not_empty:  # every frame the reader queues wakes this
+            while not self._whole_queued():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.inq.not_empty.wait(left)
+            return True
+
+    def _whole_queued(self) -> bool:
+        """A whole message waits in ``inq``: its last frame is queued (a message of more frames than
+        INQ_FRAMES never is); the end of the stream or a frame that does not decode count too (``recv``
+        then fails at once). Called with the queue's lock held."""
+        for item in self.inq.queue:
             if item is _END:
-                return True  # recv fails at once
+                return True
             try:
                 tag, _, more = frames.decode(item)
             except frames.FrameError:
-                return True  # recv fails at once
+                return True
             if not more and not tag.startswith(NOTICE_PREFIX):
                 return True
         return False
@@ -172,6 +202,8 @@ class StreamChannel(Channel):
         wait = self._wait_s()
         end = None if wait is None else time.monotonic() + wait
         tag, data, more = self._next(end)
+        first = self.inq.taken_at
+        self.arrival_s = 0.0
         if self.per_frame:
             end = None
         size = len(data)
@@ -191,6 +223,7 @@ class StreamChannel(Channel):
             if cap is not None and size > cap:
                 raise MalformedMessage(f"message {tag!r} is larger than this job allows ({cap} bytes)")
             if not more:
+                self.arrival_s = self.inq.taken_at - first
                 return tag, b"".join(parts)  # the one copy of the payload on the receiving side
 
     def feed(self, incoming: Iterator[bytes]) -> None:
