@@ -1,6 +1,6 @@
 """Benchmark HomConv on every linear layer of the seed U-Net (JSON on stdout and in --out).
 
-    python bench/he.py --out he.json [--size 512] [--batch 1] [--ring-bits 24] [--check]
+    python bench/he.py --out he.json [--size 512] [--batch 1] [--ring-bits 24] [--check] [--filter-cache GIB]
 
 Per layer: milliseconds (client encrypt + server apply + client decrypt, both parties in this
 process), CPU milliseconds over all threads, ciphertext-plaintext products, bytes client->server
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bunet import ring  # noqa: E402
 from bunet.he import ClientHE, ConvSpec, HEParams, ServerHE  # noqa: E402
+from bunet.server import default_budget  # noqa: E402
 
 
 def seed_unet_layers(size: int) -> list[tuple[str, str, int, int, int]]:
@@ -53,12 +54,18 @@ def main() -> None:
     ap.add_argument("--weight-bits", type=int, default=8, help="|w| < 2^bits for the random weights")
     ap.add_argument("--check", action="store_true", help="compare with bunet.ring (slow)")
     ap.add_argument("--only", default="", help="comma-separated layer names")
+    ap.add_argument(
+        "--filter-cache",
+        type=float,
+        help="GiB of kept kernels (default: the server's, three quarters of its default memory budget)",
+    )
     args = ap.parse_args()
 
     lb = args.ring_bits
     params = HEParams.for_ring(lb)
     cli = ClientHE(params)
-    srv = ServerHE(params, cli.public_key())
+    cache = int(args.filter_cache * 2**30) if args.filter_cache is not None else (3 * default_budget()) // 4
+    srv = ServerHE(params, cli.public_key(), filter_cache_bytes=cache)
     rng = np.random.default_rng(0)
     specs = {"conv": ConvSpec("conv", 3, 1), "conv1": ConvSpec("conv", 1, 0), "convT": ConvSpec("convT")}
     rows, tot_t, tot_cpu, tot_up, tot_down = [], 0.0, 0.0, 0, 0

@@ -362,6 +362,20 @@ def small_parts(monkeypatch):
     plan_for.cache_clear()
 
 
+def _three_output_layer(srv: ServerHE, seed: int, conv: ConvSpec, shape, batch: int):
+    """A prepared layer of 3 outputs with random weights, adversarial client shares and random
+    server shares: (layer, x_c, x_s, the exact result of the layer on x_c + x_s)."""
+    rng = np.random.default_rng(seed)
+    ci, co = shape[0], 3
+    wshape = (ci, co, 2, 2) if conv.kind == "convT" else (co, ci, conv.k, conv.k)
+    w = rng.integers(-300, 300, wshape)
+    b = rng.integers(-(1 << 20), 1 << 20, co)
+    xc, xs = adversarial_share(rng, (batch,) + shape, "mixed"), ring.random((batch,) + shape, L)
+    x = ring.add(xc, xs, L)
+    ref = ring.conv_transpose2x2(x, w, b, L) if conv.kind == "convT" else ring.conv2d(x, w, b, conv.pad, L)
+    return srv.prepare(conv, w, b, shape), xc, xs, ref
+
+
 @pytest.mark.parametrize(
     "conv,shape,batch",
     [
@@ -374,13 +388,7 @@ def test_layer_in_parts_equals_reference(parties, small_parts, conv: ConvSpec, s
     """Both messages in several parts (and batch elements): the parts of every message in order,
     each on its own, give the exact result; the message sizes are the ones the parts announce."""
     params, cli, srv = parties
-    rng = np.random.default_rng(11)
-    ci, co = shape[0], 3
-    wshape = (ci, co, 2, 2) if conv.kind == "convT" else (co, ci, conv.k, conv.k)
-    w = rng.integers(-300, 300, wshape)
-    b = rng.integers(-(1 << 20), 1 << 20, co)
-    xc, xs = adversarial_share(rng, (batch,) + shape, "mixed"), ring.random((batch,) + shape, L)
-    layer = srv.prepare(conv, w, b, shape)
+    layer, xc, xs, ref = _three_output_layer(srv, 11, conv, shape, batch)
     assert layer.plan.n_parts >= 2
     up, job, down = cli.upload(layer.spec, xc), srv.start(layer, xs), cli.download(layer.spec, batch)
     assert len(up) == len(job) == len(down) == batch * layer.plan.n_parts
@@ -390,8 +398,6 @@ def test_layer_in_parts_equals_reference(parties, small_parts, conv: ConvSpec, s
         answer = job.step(i, msg)
         assert len(answer) == down.size(i)
         down.add(i, answer)
-    x = ring.add(xc, xs, L)
-    ref = ring.conv_transpose2x2(x, w, b, L) if conv.kind == "convT" else ring.conv2d(x, w, b, conv.pad, L)
     assert np.array_equal(ring.add(down.result(), job.y_s, L), ref)
 
 
@@ -412,13 +418,7 @@ def test_merged_parts_equal_reference(parties, small_parts, monkeypatch, conv, s
 
     params, cli, srv = parties
     monkeypatch.setattr(srv, "_chunk_cap", lambda plan: cap)
-    rng = np.random.default_rng(21)
-    ci, co = shape[0], 3
-    wshape = (ci, co, 2, 2) if conv.kind == "convT" else (co, ci, conv.k, conv.k)
-    w = rng.integers(-300, 300, wshape)
-    b = rng.integers(-(1 << 20), 1 << 20, co)
-    xc, xs = adversarial_share(rng, (batch,) + shape, "mixed"), ring.random((batch,) + shape, L)
-    layer = srv.prepare(conv, w, b, shape)
+    layer, xc, xs, ref = _three_output_layer(srv, 21, conv, shape, batch)
     up, job, down = cli.upload(layer.spec, xc), srv.start(layer, xs), cli.download(layer.spec, batch)
     assert len(up) > he_server.MERGE_PARTS
     i, sizes = 0, []
@@ -432,8 +432,6 @@ def test_merged_parts_equal_reference(parties, small_parts, monkeypatch, conv, s
             i += 1
         sizes.append(n)
     assert max(sizes) == he_server.MERGE_PARTS
-    x = ring.add(xc, xs, L)
-    ref = ring.conv_transpose2x2(x, w, b, L) if conv.kind == "convT" else ring.conv2d(x, w, b, conv.pad, L)
     assert np.array_equal(ring.add(down.result(), job.y_s, L), ref)
 
 

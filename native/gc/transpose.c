@@ -58,6 +58,24 @@ static void tiles_to_rows_sse(const block *tile, int nb, uint8_t *out, int nt) {
     }
 }
 
+/* Rows r0 .. r0 + cnt - 1 (cnt even) of two interleaved row blocks from x: the low lanes to the block at
+ * o, the high lanes to the next one (128 rows on) when both; nt: non-temporal stores. */
+__attribute__((target("avx2"))) static inline void store_rows2(uint8_t *o, const __m256i *x, int r0, int cnt,
+                                                               int both, int nt) {
+    if (nt) {
+        for (int r = 0; r < cnt; r++) _mm_stream_si128((block *)(o + (r0 + r) * 16), _mm256_castsi256_si128(x[r]));
+        if (both)
+            for (int r = 0; r < cnt; r++)
+                _mm_stream_si128((block *)(o + (128 + r0 + r) * 16), _mm256_extracti128_si256(x[r], 1));
+        return;
+    }
+    for (int r = 0; r < cnt; r += 2) {
+        _mm256_storeu_si256((__m256i *)(o + (r0 + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x20));
+        if (both) /* public: the last row block of an odd count has no partner */
+            _mm256_storeu_si256((__m256i *)(o + (128 + r0 + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x31));
+    }
+}
+
 __attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile, int nb, uint8_t *out, int nt) {
     __m256i s[128];
     for (int q = 0; q < nb; q += 2) {
@@ -73,20 +91,7 @@ __attribute__((target("avx2"))) static void tiles_to_rows_avx2(const block *tile
             __m256i *x = s + 8 * R;
             BN_BITS8X8(__m256i, _mm256_xor_si256, _mm256_and_si256, _mm256_srli_epi64, _mm256_slli_epi64, SET1_256,
                        x);
-            if (nt) {
-                for (int r = 0; r < 8; r++)
-                    _mm_stream_si128((block *)(o + (8 * R + r) * 16), _mm256_castsi256_si128(x[r]));
-                if (q + 1 < nb)
-                    for (int r = 0; r < 8; r++)
-                        _mm_stream_si128((block *)(o + (128 + 8 * R + r) * 16), _mm256_extracti128_si256(x[r], 1));
-                continue;
-            }
-            for (int r = 0; r < 8; r += 2) {
-                _mm256_storeu_si256((__m256i *)(o + (8 * R + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x20));
-                if (q + 1 < nb) /* public: the last row block of an odd count has no partner */
-                    _mm256_storeu_si256((__m256i *)(o + (128 + 8 * R + r) * 16),
-                                        _mm256_permute2x128_si256(x[r], x[r + 1], 0x31));
-            }
+            store_rows2(o, x, 8 * R, 8, q + 1 < nb, nt);
         }
     }
 }
@@ -129,21 +134,7 @@ __attribute__((target("avx2,gfni"))) static void tiles_to_rows_gfni(const block 
             __m256i x[16];
             for (int G = 0; G < 16; G++) x[G] = e[G][s];
             BN_BYTES16X16(__m256i, _mm256_unpacklo_epi8, _mm256_unpackhi_epi8, x);
-            /* x[idx] = row 16 s + idx */
-            if (nt) {
-                for (int r = 0; r < 16; r++)
-                    _mm_stream_si128((block *)(o + (16 * s + r) * 16), _mm256_castsi256_si128(x[r]));
-                if (q + 1 < nb)
-                    for (int r = 0; r < 16; r++)
-                        _mm_stream_si128((block *)(o + (128 + 16 * s + r) * 16), _mm256_extracti128_si256(x[r], 1));
-                continue;
-            }
-            for (int r = 0; r < 16; r += 2) {
-                _mm256_storeu_si256((__m256i *)(o + (16 * s + r) * 16), _mm256_permute2x128_si256(x[r], x[r + 1], 0x20));
-                if (q + 1 < nb)
-                    _mm256_storeu_si256((__m256i *)(o + (128 + 16 * s + r) * 16),
-                                        _mm256_permute2x128_si256(x[r], x[r + 1], 0x31));
-            }
+            store_rows2(o, x, 16 * s, 16, q + 1 < nb, nt); /* x[idx] = row 16 s + idx */
         }
     }
 }
