@@ -600,21 +600,18 @@ class Apply:
         if not 1 <= len(ups) <= MERGE_PARTS:
             raise ValueError(f"one computation takes 1 to {MERGE_PARTS} HE upload messages")
         opened = [self._open(i + j, up) for j, up in enumerate(ups)]
-        segs = [seg for seg, _, _ in opened]
         c0 = opened[0][1] if len(opened) == 1 else b"".join(c for _, c, _ in opened)
-        at = 0
-        for seg in segs:
-            seg.c0_at = at
-            at += seg.part.u1 - seg.part.u0
+        c0_at = np.cumsum([0] + [seg.part.u1 - seg.part.u0 for seg, _, _ in opened])  # each part's in c0
+        segs = [replace(seg, c0_at=int(at)) for (seg, _, _), at in zip(opened, c0_at, strict=False)]
         # the parts' tiles one after another, cut into chunks; a chunk holds pieces of one or more parts
-        he, layer = self.he, self.layer
-        flat = [(k, t) for k, seg in enumerate(segs) for t in range(seg.part.t0, seg.part.t1)]
-        for sl in he._chunks(layer.plan, len(flat)):
-            pieces: dict[int, list[int]] = {}
-            for k, t in flat[sl]:
-                pieces.setdefault(k, []).append(t)
-            chunk = [replace(segs[k], tiles=np.array(ts)) for k, ts in pieces.items()]
-            he._chunk(layer, chunk, c0, self.x_s, self._tiles_of, self._seed, self._filters)
+        first = np.cumsum([0] + [seg.tiles.size for seg in segs])  # each part's first in that order
+        for sl in self.he._chunks(self.layer.plan, int(first[-1])):
+            chunk = [
+                replace(seg, tiles=seg.tiles[max(0, sl.start - a) : sl.stop - a])
+                for seg, a in zip(segs, first, strict=False)
+                if a < sl.stop and a + seg.tiles.size > sl.start
+            ]
+            self.he._chunk(self.layer, chunk, c0, self.x_s, self._tiles_of, self._seed, self._filters)
         return [msg for _, _, msg in opened]
 
     def _open(self, i: int, up: bytes | bytearray | memoryview) -> tuple[_Segment, memoryview, bytes]:
