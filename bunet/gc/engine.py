@@ -106,6 +106,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -257,6 +258,29 @@ def _lut_plan(in_bits: int, shift: int, relu: bool, k: int) -> LutPlan | None:
     return LutPlan(d, ((0, d, 1),), d)
 
 
+# The plans are pure functions of an op's fields; they are cached because the engines and the
+# pipelines ask for them per chunk and per message (hundreds of thousands of times a slice).
+@lru_cache(maxsize=256)
+def _max_trunc_plan(in_bits: int, shift: int, relu: bool, k: int, chain: bool) -> LutPlan | None:
+    lp = _lut_plan(in_bits, shift, relu, k)
+    if chain and lp is not None and lp.chunks and len(lp.seq) >= 2:
+        # a link's index is its chunk and the carry share (chunks after the first of at most 7 bits);
+        # the dropped bits go in chunks of LINK_DROP_CHUNK: one more pass for far smaller tables
+        drop = _split(shift, LINK_DROP_CHUNK)
+        d = lp.chunks[-1]
+        return LutPlan(d + 2, ((0, d + 1, 3),), lp.keep_from, lp.chunks, drop, chain=True)
+    return lp
+
+
+@lru_cache(maxsize=256)
+def _argmax_plan(b: int) -> LutPlan:
+    tabs, off = [], 0
+    for d in _split(b, ARGMAX_CHUNK):  # one carry chain over the low b bits, LSB first
+        tabs.append((off, d, 2 if tabs else 1))
+        off += d
+    return LutPlan(b, tuple(tabs), b)
+
+
 def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1)
 
@@ -384,14 +408,7 @@ class MaxTrunc(_Op):
     def lut_plan(self) -> LutPlan | None:
         if not self.lut:
             return None
-        lp = _lut_plan(int(self.in_bits or 0), self.shift, bool(self.relu), self.k)
-        if self.chain and lp is not None and lp.chunks and len(lp.seq) >= 2:
-            # a link's index is its chunk and the carry share (chunks after the first of at most 7 bits);
-            # the dropped bits go in chunks of LINK_DROP_CHUNK: one more pass for far smaller tables
-            drop = _split(self.shift, LINK_DROP_CHUNK)
-            d = lp.chunks[-1]
-            return LutPlan(d + 2, ((0, d + 1, 3),), lp.keep_from, lp.chunks, drop, chain=True)
-        return lp
+        return _max_trunc_plan(int(self.in_bits or 0), self.shift, bool(self.relu), self.k, bool(self.chain))
 
     @property
     def link_passes(self) -> int:
@@ -467,14 +484,7 @@ class Argmax(_Op):
 
     @property
     def lut_plan(self) -> LutPlan | None:
-        if not self.sign_mode:
-            return None
-        b = int(self.in_bits or 0)
-        tabs, off = [], 0
-        for d in _split(b, ARGMAX_CHUNK):  # one carry chain over the low b bits, LSB first
-            tabs.append((off, d, 2 if tabs else 1))
-            off += d
-        return LutPlan(b, tuple(tabs), b)
+        return _argmax_plan(int(self.in_bits or 0)) if self.sign_mode else None
 
     @property
     def items(self) -> int:
@@ -537,7 +547,7 @@ def _check_shares(op: Op, y: object, who: str) -> np.ndarray:
         y = y.reshape(-1, 1)
     if y.ndim != 2 or y.shape[1] != op.k:
         raise ValueError(f"{who} shares must have shape (n, {op.k}), got {y.shape}")
-    if op.ring_bits < 64 and y.size and bool((y >> np.uint64(op.ring_bits)).any()):
+    if op.ring_bits < 64 and y.size and int(y.max()) >> op.ring_bits:  # one pass, no temporary
         raise ValueError(f"{who} shares must lie in [0, 2^{op.ring_bits})")
     return np.ascontiguousarray(y)
 
