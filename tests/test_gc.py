@@ -946,6 +946,7 @@ def test_lut_on_and_off(sess, op):
     ch = MaxTrunc(ring_bits=24, shift=8)
     assert (ch.circuit.and_gates, ch.circuit.andg_gates, ch.link_passes) == (0, 0, 4)
     assert ch.lut_plan.drop == (4, 4) and ch.lut_plan.chunks == (5, 5, 5)
+    assert MaxTrunc(ring_bits=24, shift=8).lut_plan is ch.lut_plan  # cached: asked per chunk and message
     assert ch.circ_bits == 3 and ch.lut_bits == 7  # masks of k0, k' and the top bit in
     assert [ch.lut_plan.link_rows(j) for j in range(4)] == [4, 5, 6, 6]
     assert ch.lut_plan.table_bytes + sum(_lut_bytes(*ch.lut_plan.link_table(j)[1:]) for j in range(4)) == 30
