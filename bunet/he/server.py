@@ -210,7 +210,7 @@ class ServerHE:
         for i, spec in enumerate(specs):
             plan = plan_for(spec, self.params.poly_degree)
             if _strategy(plan) == "filters":
-                per_part = -(-plan.part_tiles // self._chunk_cap(plan))  # chunks of a part computed alone
+                per_part = len(self._chunks(plan, plan.part_tiles))  # chunks of a part computed alone
                 rebuilds = 1 if self._built_per_call(plan) else plan.n_parts * per_part
                 rank.append((-plan.opack * plan.ipack * plan.k * plan.k * rebuilds, self.kernel_bytes(plan), i))
         chosen = [False] * len(specs)
@@ -361,12 +361,12 @@ class ServerHE:
         self, layer: ServerLayer, up: bytes | bytearray | memoryview, x_s: np.ndarray
     ) -> tuple[bytes, np.ndarray]:
         """The whole call at once: (download message, server's new share y_s = r); its parts
-        computed MERGE_PARTS at a time."""
+        computed ``Apply.merge`` at a time."""
         job = self.start(layer, x_s)
         view, pos, downs = memoryview(up), 0, []
-        for i in range(0, len(job), MERGE_PARTS):
+        for i in range(0, len(job), job.merge):
             ups = []
-            for j in range(i, min(i + MERGE_PARTS, len(job))):
+            for j in range(i, min(i + job.merge, len(job))):
                 size = job.up_size(j)
                 if pos + size > len(view):
                     raise ValueError("HE upload too short")
@@ -597,8 +597,8 @@ class Apply:
         """Upload messages i, i + 1, ... (in order; at most MERGE_PARTS) in, their download messages
         out, computed together: every chunk of their tiles takes one pass over the kernels. Each
         answer is the one ``step`` gives (its own randomness); a ValueError for a malformed message."""
-        if not 1 <= len(ups) <= MERGE_PARTS:
-            raise ValueError(f"one computation takes 1 to {MERGE_PARTS} HE upload messages")
+        if not 1 <= len(ups) <= self.merge:
+            raise ValueError(f"one computation takes 1 to {self.merge} HE upload messages")
         opened = [self._open(i + j, up) for j, up in enumerate(ups)]
         c0 = opened[0][1] if len(opened) == 1 else b"".join(c for _, c, _ in opened)
         c0_at = np.cumsum([0] + [seg.part.u1 - seg.part.u0 for seg, _, _ in opened])  # each part's in c0
